@@ -1,0 +1,6 @@
+"""Shared pytest set-up: offline hub, CPU only, quiet JAX."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
