@@ -1,0 +1,33 @@
+"""The contract between scoring models and the searches that use them.
+
+A `Scorer` is any differentiable function of a token sequence: a reward model
+(`goodhart_jax.models`), a base causal LM's log-probability, or a toy function
+in a test. The coordinate-gradient search (`goodhart_jax.search`) only sees this
+interface, so it works on anything that provides it.
+
+Glossary: B batch, T sequence, V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from jax import Array
+
+
+class Scorer(NamedTuple):
+    """A differentiable sequence scorer.
+
+    Fields:
+      params: pytree of parameters, passed as the first argument of both
+        functions (so they can be jitted without baking arrays in).
+      score_tokens: (params, input_ids [B, T] int, mask [B, T]) -> [B] scores.
+      score_onehot: (params, onehot [B, T, V] float, mask [B, T]) -> [B]
+        scores; equal to `score_tokens` on exact one-hot inputs and
+        differentiable in `onehot` (the relaxed input of GCG/ACG).
+      vocab_size: V, the size of the one-hot axis.
+    """
+
+    params: Any
+    score_tokens: Callable[[Any, Array, Array], Array]
+    score_onehot: Callable[[Any, Array, Array], Array]
+    vocab_size: int
