@@ -1,0 +1,194 @@
+"""Flax (linen) port of transformers' GPT-NeoX backbone (Pythia, OpenAssistant RM).
+
+Why linen and not NNX: a linen module's parameters are a plain nested dict,
+which is exactly what the converter produces from a PyTorch state dict (key
+remapping plus transposes) and what the pure `reward_fn(params, ids, mask)`
+takes as its first argument for `jit`, `grad` and sharding; NNX would add a
+split/merge step around every such call for no gain here.
+
+Submodules carry the Hugging Face names (`embed_in`, `layers_{i}.attention.
+query_key_value`, `final_layer_norm`, ...), so `gpt_neox.layers.3.mlp.
+dense_h_to_4h.weight` lives at `params["layers_3"]["mlp"]["dense_h_to_4h"]
+["kernel"]` (transposed).
+
+Glossary: B batch, T sequence, V vocab, D model, N heads, H head dim.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array
+
+from goodhart_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTNeoXConfig:
+    """The fields of a transformers GPTNeoXConfig that the forward pass uses."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    rotary_pct: float = 0.25
+    rotary_emb_base: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    use_parallel_residual: bool = True
+    attention_bias: bool = True
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_ndims(self) -> int:
+        return int(self.head_size * self.rotary_pct)
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> "GPTNeoXConfig":
+        """Read a config.json dict, old (`rotary_pct`) or new (`rope_parameters`) style."""
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise NotImplementedError(f"GPT-NeoX rope_type {rope_type!r} is not ported (only 'default')")
+        cfg = cls(
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=int(d["hidden_size"]),
+            num_hidden_layers=int(d["num_hidden_layers"]),
+            num_attention_heads=int(d["num_attention_heads"]),
+            intermediate_size=int(d["intermediate_size"]),
+            hidden_act=d.get("hidden_act", "gelu"),
+            rotary_pct=float(rope.get("partial_rotary_factor", d.get("rotary_pct", 0.25))),
+            rotary_emb_base=float(rope.get("rope_theta", d.get("rotary_emb_base", 10000.0))),
+            layer_norm_eps=float(d.get("layer_norm_eps", 1e-5)),
+            use_parallel_residual=bool(d.get("use_parallel_residual", True)),
+            attention_bias=bool(d.get("attention_bias", True)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            pad_token_id=d.get("pad_token_id"),
+        )
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ValueError(f"config: hidden_size={cfg.hidden_size} is not divisible by "
+                             f"num_attention_heads={cfg.num_attention_heads}")
+        if cfg.rotary_ndims % 2:
+            raise ValueError(f"config: rotary dims int(head_size * rotary_pct) = {cfg.rotary_ndims} is odd")
+        layers.activation(cfg.hidden_act)
+        return cfg
+
+    def expected_shapes(self, prefix: str = "gpt_neox.") -> dict[str, tuple[int, ...]]:
+        """PyTorch state-dict names and shapes of the backbone under `prefix`."""
+        d, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        out = {f"{prefix}embed_in.weight": (v, d),
+               f"{prefix}final_layer_norm.weight": (d,), f"{prefix}final_layer_norm.bias": (d,)}
+        for n in range(self.num_hidden_layers):
+            p = f"{prefix}layers.{n}."
+            for ln in ("input_layernorm", "post_attention_layernorm"):
+                out[f"{p}{ln}.weight"] = (d,)
+                out[f"{p}{ln}.bias"] = (d,)
+            out[f"{p}attention.query_key_value.weight"] = (3 * d, d)
+            out[f"{p}attention.dense.weight"] = (d, d)
+            if self.attention_bias:
+                out[f"{p}attention.query_key_value.bias"] = (3 * d,)
+                out[f"{p}attention.dense.bias"] = (d,)
+            out[f"{p}mlp.dense_h_to_4h.weight"] = (i, d)
+            out[f"{p}mlp.dense_h_to_4h.bias"] = (i,)
+            out[f"{p}mlp.dense_4h_to_h.weight"] = (d, i)
+            out[f"{p}mlp.dense_4h_to_h.bias"] = (d,)
+        return out
+
+
+class BackboneOutput(NamedTuple):
+    """Fields:
+      last_hidden_state: [B, T, D] after the final norm.
+      hidden_states: tuple of L + 1 arrays [B, T, D]: the embeddings, then the
+        output of each layer (before the final norm).
+    """
+
+    last_hidden_state: Array
+    hidden_states: tuple[Array, ...]
+
+
+class GPTNeoXAttention(nn.Module):
+    config: GPTNeoXConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array) -> Array:
+        c = self.config
+        b, t, _ = x.shape
+        qkv = nn.Dense(3 * c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
+                       param_dtype=self.dtype, name="query_key_value")(x)
+        # transformers views the fused projection as [B, T, N, 3H] then chunks.
+        qkv = qkv.reshape(b, t, c.num_attention_heads, 3 * c.head_size)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        q, k = layers.apply_rotary(q, cos, sin), layers.apply_rotary(k, cos, sin)
+        out = layers.attention(q, k, v, mask).reshape(b, t, c.hidden_size)
+        return nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
+                        param_dtype=self.dtype, name="dense")(out)
+
+
+class GPTNeoXMLP(nn.Module):
+    config: GPTNeoXConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        h = nn.Dense(c.intermediate_size, dtype=self.dtype, param_dtype=self.dtype, name="dense_h_to_4h")(x)
+        h = layers.activation(c.hidden_act)(h)
+        return nn.Dense(c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="dense_4h_to_h")(h)
+
+
+class GPTNeoXLayer(nn.Module):
+    config: GPTNeoXConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array) -> Array:
+        c = self.config
+        ln1 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="input_layernorm")
+        ln2 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="post_attention_layernorm")
+        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(x), mask, cos, sin)
+        mlp = GPTNeoXMLP(c, self.dtype, name="mlp")
+        if c.use_parallel_residual:
+            return x + attn + mlp(ln2(x))
+        h = x + attn
+        return h + mlp(ln2(h))
+
+
+class GPTNeoXModel(nn.Module):
+    """GPT-NeoX backbone: embeddings, L layers, final LayerNorm.
+
+    Attributes:
+      config: GPTNeoXConfig.
+      dtype: compute and parameter dtype (float32 or bfloat16).
+    """
+
+    config: GPTNeoXConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None) -> BackboneOutput:
+        """Args:
+          input_ids: [B, T] int tokens (ignored when `onehot` is given).
+          mask: [B, T] 1 for real tokens (left or right padding).
+          onehot: optional [B, T, V] relaxed tokens, embedded as onehot @ E.
+        Returns:
+          BackboneOutput.
+        """
+        c = self.config
+        emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed_in")
+        x = layers.embed(emb, input_ids, onehot)
+        cos, sin = layers.rotary_cos_sin(layers.positions_from_mask(mask), c.rotary_ndims, c.rotary_emb_base)
+        hidden = [x]
+        for n in range(c.num_hidden_layers):
+            x = GPTNeoXLayer(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin)
+            hidden.append(x)
+        x = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="final_layer_norm")(x)
+        return BackboneOutput(x, tuple(hidden))

@@ -1,0 +1,151 @@
+"""Pieces shared by the GPT-NeoX and Llama ports: positions, rotary, attention.
+
+Glossary: B batch, T sequence, D model, N query heads, K key/value heads,
+H head dim, R rotary dims.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the erf form
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str):
+    """The activation transformers calls `name` (ACT2FN)."""
+    if name not in ACTIVATIONS:
+        raise NotImplementedError(f"hidden_act {name!r} is not ported; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def positions_from_mask(mask: Array) -> Array:
+    """Position ids that ignore padding: p_t = (sum_{s<=t} m_s) - 1, clipped at 0.
+
+    With this rule a left- or right-padded sequence sees the same positions as
+    the unpadded one (transformers' default `arange(T)` does not, for left
+    padding). Masks are assumed contiguous (one run of ones).
+
+    Args:
+      mask: [B, T] 1 for real tokens.
+    Returns:
+      [B, T] int32 positions.
+    """
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rotary_cos_sin(positions: Array, rotary_dims: int, theta: float) -> tuple[Array, Array]:
+    """cos/sin tables of rotary embeddings, as transformers builds them.
+
+    inv_freq_i = theta^(-2i/R) (computed in float32 like PyTorch), angles
+    p * inv_freq, duplicated to R dims (the "rotate_half" convention).
+
+    Args:
+      positions: [B, T] int positions.
+      rotary_dims: R, even.
+      theta: rotary base.
+    Returns:
+      cos, sin: [B, T, R] float32.
+    """
+    exponents = np.arange(0, rotary_dims, 2, dtype=np.float32) / np.float32(rotary_dims)
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate the first R dims of every head: x_rot cos + rotate_half(x_rot) sin.
+
+    Args:
+      x: [B, T, N, H] queries or keys.
+      cos, sin: [B, T, R] with R <= H.
+    Returns:
+      [B, T, N, H], dims R..H passed through.
+    """
+    r = cos.shape[-1]
+    if r == 0:
+        return x
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Causal softmax attention over non-padding keys, grouped-query aware.
+
+    softmax_s(q_t . k_s / sqrt(H)) over s <= t with mask_s = 1; the softmax
+    runs in float32 (as transformers does). Query head n uses key/value head
+    n // (N / K). A query with no visible key (a left pad) gets a uniform
+    average instead of NaN; its output is never read.
+
+    Args:
+      q: [B, T, N, H]; k, v: [B, T, K, H] with N % K == 0.
+      mask: [B, T] 1 for real tokens.
+    Returns:
+      [B, T, N, H].
+    """
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    q = q.reshape(b, t, kh, n // kh, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32) / math.sqrt(h)
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    allowed = causal[None, :, :] & (mask[:, None, :] > 0)  # [B, T, S]
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", weights, v)
+    return out.reshape(b, t, n, h)
+
+
+class RMSNorm(nn.Module):
+    """LlamaRMSNorm: w * x / sqrt(mean(x^2) + eps), computed in float32."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        w = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return w * x32.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """torch.nn.LayerNorm (weight -> scale, bias), statistics in float32."""
+
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        w = self.param("scale", nn.initializers.ones, (d,), self.dtype)
+        b = self.param("bias", nn.initializers.zeros, (d,), self.dtype)
+        x32 = x.astype(jnp.float32)
+        mu = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mu), axis=-1, keepdims=True)
+        y = (x32 - mu) * jax.lax.rsqrt(var + self.eps)
+        return (y * w.astype(jnp.float32) + b.astype(jnp.float32)).astype(x.dtype)
+
+
+def embed(module: nn.Embed, input_ids: Array | None, onehot: Array | None) -> Array:
+    """Token embeddings by lookup, or by `onehot @ E` (differentiable in onehot)."""
+    if onehot is None:
+        return module(input_ids)
+    table = module.embedding
+    return jnp.einsum("btv,vd->btd", onehot.astype(table.dtype), table)
