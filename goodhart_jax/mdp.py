@@ -1,0 +1,363 @@
+"""Token-tree DMRMDPs: deterministic transitions, returns on terminal states.
+
+States are token prefixes; an action appends one of A tokens; a sequence ends
+at the EOS token (the last id, A - 1, when `eos=True`) or at length L. Only the
+terminal state carries a return U = X + V (Markovian return, Section 3.2 of Kwa
+et al. 2024).
+
+Layout: with n = A - 1 non-EOS tokens when `eos` else n = A, the internal states
+at depth k are the n^k non-EOS prefixes, in row-major order: the children of
+state i at depth k are states i * n + a at depth k + 1. Terminal returns are
+stored per level: `level[k]` for k < L holds the returns of "prefix k, then
+EOS" ([n^k], empty when there is no EOS) and `level[L]` those of the full-length
+sequences ([n^L]).
+
+Policies are per-level log-probabilities `log_pi[k]`: [n^k, A].
+
+The exact optimum of E[U] - beta KL(Tr(pi) || Tr(pi0)) is soft backward
+induction (Theorem 4): W(leaf) = U, W(s) = beta log sum_a pi0(a|s) exp(W(sa)/beta),
+pi*(a|s) = pi0(a|s) exp((W(sa) - W(s)) / beta).
+
+Glossary: A vocabulary (actions), L depth, n non-EOS tokens, K sweep points.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.scipy.special import logsumexp
+
+from goodhart_jax.tails import Family
+
+__all__ = [
+    "TreeSpec", "Tree", "TreeResult", "make_base_policy", "make_tree", "soft_optimum",
+    "optimal_policy", "policy_kl", "terminal_probs", "trajectory_stats", "thm2_policy", "thm2", "conditional_value",
+    "terminal_values", "sweep_betas",
+]
+
+Levels = tuple  # tuple of L + 1 arrays, level k: [n^k] (k < L: EOS terminals), level L: [n^L]
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeSpec:
+    """Shape of a token tree (static).
+
+    Attributes:
+      vocab: A >= 2 tokens (including EOS when `eos`).
+      depth: L >= 1, the maximum sequence length.
+      eos: whether token A - 1 ends the sequence.
+    """
+
+    vocab: int
+    depth: int
+    eos: bool = False
+
+    def __post_init__(self):
+        if int(self.vocab) != self.vocab or self.vocab < 2:
+            raise ValueError(f"vocab must be an integer >= 2, got {self.vocab}")
+        if int(self.depth) != self.depth or self.depth < 1:
+            raise ValueError(f"depth must be an integer >= 1, got {self.depth}")
+        if self.eos and self.vocab < 3 and self.depth > 1:
+            pass  # one non-EOS token: a chain with exits, still a valid tree
+
+    @property
+    def n(self) -> int:
+        """Non-EOS tokens per state."""
+        return self.vocab - 1 if self.eos else self.vocab
+
+    def level_sizes(self) -> tuple[int, ...]:
+        """Number of terminal states per level (k < L: EOS exits, L: full length)."""
+        eos = [self.n**k if self.eos else 0 for k in range(self.depth)]
+        return tuple(eos) + (self.n**self.depth,)
+
+    @property
+    def num_terminals(self) -> int:
+        return sum(self.level_sizes())
+
+
+class Tree(NamedTuple):
+    """A tree instance: base policy and terminal returns (a pytree of arrays)."""
+
+    log_pi0: tuple  # L arrays, [n^k, A]: base policy log-probabilities
+    X: Levels  # error of each terminal state
+    V: Levels  # utility of each terminal state
+
+
+class TreeResult(NamedTuple):
+    """Expectations under a policy; fields [] (or [K] in a sweep)."""
+
+    E_U: Array  # E_pi[U]
+    E_V: Array  # E_pi[V]
+    KL: Array  # KL(Tr(pi) || Tr(pi0)), the trajectory KL
+    KL_per_state: Array  # E_{s in T, T ~ Tr(pi)}[KL(pi(s) || pi0(s))], T's states averaged
+
+
+def make_base_policy(key: Array, spec: TreeSpec, kind: str = "uniform", temperature: float = 1.0,
+                     dtype=jnp.float32) -> tuple:
+    """Base policy pi0: uniform, or softmax(N(0, 1) logits / temperature) per state.
+
+    Returns:
+      L arrays [n^k, A] of log-probabilities.
+    """
+    if kind not in ("uniform", "random"):
+        raise ValueError(f"unknown base policy {kind!r}; valid: uniform, random")
+    if kind == "random" and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    out = []
+    keys = jax.random.split(key, spec.depth)
+    for k in range(spec.depth):
+        shape = (spec.n**k, spec.vocab)
+        if kind == "uniform":
+            out.append(jnp.full(shape, -jnp.log(spec.vocab), dtype))
+        else:
+            logits = jax.random.normal(keys[k], shape, dtype) / temperature
+            out.append(jax.nn.log_softmax(logits, axis=-1))
+    return tuple(out)
+
+
+def make_tree(key: Array, spec: TreeSpec, error: Family, utility: Family, pi0: str = "uniform",
+              temperature: float = 1.0, dependent: bool = False, dtype=jnp.float32) -> Tree:
+    """Draw a tree: base policy and independent X ~ error, V ~ utility per terminal.
+
+    With `dependent=True`, returns follow footnote 4 of the paper instead
+    (V ~ N(0, 1); X | V ~ N(0, 4) when |V| <= 1, else X = 0), ignoring the
+    families.
+    """
+    k_pi, k_x, k_v = jax.random.split(key, 3)
+    sizes = spec.level_sizes()
+    total = sum(sizes)
+    if dependent:
+        V = jax.random.normal(k_v, (total,), dtype)
+        X = jnp.where(jnp.abs(V) <= 1.0, 2.0 * jax.random.normal(k_x, (total,), dtype), 0.0)
+    else:
+        X = error.sample(k_x, (total,), dtype)
+        V = utility.sample(k_v, (total,), dtype)
+    splits = np.cumsum(sizes)[:-1]
+    return Tree(
+        make_base_policy(k_pi, spec, pi0, temperature, dtype),
+        tuple(jnp.split(X, splits)),
+        tuple(jnp.split(V, splits)),
+    )
+
+
+def _spec_of(tree: Tree) -> TreeSpec:
+    """Recover the static shape of a tree from its arrays."""
+    depth = len(tree.log_pi0)
+    vocab = tree.log_pi0[0].shape[-1]
+    leaves = tree.X[-1].shape[0]
+    n = int(round(leaves ** (1.0 / depth)))
+    if n**depth != leaves or n not in (vocab, vocab - 1):
+        raise ValueError(f"inconsistent tree: {leaves} leaves at depth {depth} with vocab {vocab}")
+    return TreeSpec(vocab, depth, eos=(n == vocab - 1))
+
+
+def _children(spec: TreeSpec, below: Array, exit_: Array) -> Array:
+    """[n^k, A] values of each action: children's values, then EOS if any."""
+    m = below.shape[0] // spec.n
+    kids = below.reshape(m, spec.n)
+    if spec.eos:
+        kids = jnp.concatenate([kids, exit_[:, None]], axis=1)
+    return kids
+
+
+def terminal_values(tree: Tree) -> Levels:
+    """U = X + V per level."""
+    return tuple(x + v for x, v in zip(tree.X, tree.V))
+
+
+def _soft_backward(tree: Tree, beta: Array) -> tuple[tuple, tuple, Array]:
+    """Soft backward induction in log space.
+
+    Returns:
+      (pi, state_kl, W0): L arrays [n^k, A] of pi*(a|s); L arrays [n^k] of
+      KL(pi*(s) || pi0(s)); and W(root) = beta log E_pi0[exp(U / beta)].
+    """
+    spec = _spec_of(tree)
+    U = terminal_values(tree)
+    W = U[-1]
+    pi, kl = [None] * spec.depth, [None] * spec.depth
+    for k in reversed(range(spec.depth)):
+        q = _children(spec, W, U[k]) / beta  # [n^k, A]
+        z = tree.log_pi0[k] + q
+        m = jnp.max(z, axis=1, keepdims=True)
+        e = jnp.exp(z - m)
+        S = jnp.sum(e, axis=1, keepdims=True)
+        logZ = m + jnp.log(S)  # [n^k, 1]
+        pi[k] = e / S
+        # log pi* - log pi0 = q - logZ, so KL(pi*(s) || pi0(s)) = sum_a pi* q - logZ.
+        kl[k] = jnp.sum(pi[k] * q, axis=1) - logZ[:, 0]
+        W = beta * logZ[:, 0]
+    return tuple(pi), tuple(kl), W[0]
+
+
+def optimal_policy(tree: Tree, beta: Array) -> tuple[tuple, Array]:
+    """The maximiser of E[U] - beta KL(Tr(pi) || Tr(pi0)) (Theorem 4).
+
+    Args:
+      tree: the tree.
+      beta: [] > 0.
+    Returns:
+      (pi, W0): L arrays [n^k, A] of pi*(a|s), and the optimal objective
+      W(root) = beta log E_pi0[exp(U / beta)].
+    """
+    pi, _, W0 = _soft_backward(tree, beta)
+    return pi, W0
+
+
+def policy_kl(pi: tuple, log_pi0: tuple) -> tuple:
+    """Per-state KL(pi(s) || pi0(s)): L arrays [n^k]."""
+    return tuple(
+        jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.where(p > 0, p, 1.0)) - l0), 0.0), axis=1)
+        for p, l0 in zip(pi, log_pi0)
+    )
+
+
+def terminal_probs(tree: Tree, pi: tuple) -> Levels:
+    """Tr(pi) on terminal states: the probability of each, per level."""
+    spec = _spec_of(tree)
+    r = jnp.ones((1,), pi[0].dtype)
+    out = []
+    for k in range(spec.depth):
+        p = r[:, None] * pi[k]
+        out.append(p[:, -1] if spec.eos else jnp.zeros((0,), p.dtype))
+        r = p[:, : spec.n].reshape(-1)
+    return tuple(out) + (r,)
+
+
+def trajectory_stats(tree: Tree, pi: tuple, state_kl: tuple | None = None) -> TreeResult:
+    """Expectations of a policy over its trajectories.
+
+    The trajectory KL is the chain rule sum_s P_pi(reach s) KL(pi(s) || pi0(s));
+    the per-state KL averages KL(pi(s) || pi0(s)) over the states of each
+    trajectory (the paper's E_{s in T, T ~ Tr(pi)}), then over trajectories.
+
+    Args:
+      tree: the tree.
+      pi: L arrays [n^k, A] of policy probabilities.
+      state_kl: L arrays [n^k] of KL(pi(s) || pi0(s)); computed when None.
+    """
+    spec = _spec_of(tree)
+    if state_kl is None:
+        state_kl = policy_kl(pi, tree.log_pi0)
+    U = terminal_values(tree)
+    dtype = pi[0].dtype
+    r = jnp.ones((1,), dtype)  # reach probability of each state at depth k
+    cum = jnp.zeros((1,), dtype)  # KL summed along the path to each state
+    E_U = E_V = KL = KLs = jnp.zeros((), dtype)
+    for k in range(spec.depth):
+        KL += jnp.sum(r * state_kl[k])
+        cum = cum + state_kl[k]  # states s_0..s_k
+        if spec.eos:
+            p_exit = r * pi[k][:, -1]
+            E_U += jnp.sum(p_exit * U[k])
+            E_V += jnp.sum(p_exit * tree.V[k])
+            KLs += jnp.sum(p_exit * cum) / (k + 1)
+        p = r[:, None] * pi[k][:, : spec.n]  # [n^k, n]
+        if k + 1 < spec.depth:
+            r = p.reshape(-1)
+            cum = jnp.repeat(cum, spec.n)
+    leaf = p.reshape(-1)
+    E_U += jnp.sum(leaf * U[-1])
+    E_V += jnp.sum(leaf * tree.V[-1])
+    KLs += jnp.sum(jnp.sum(p, axis=1) * cum) / spec.depth
+    return TreeResult(E_U, E_V, KL, KLs)
+
+
+def soft_optimum(tree: Tree, beta: Array) -> TreeResult:
+    """E_U, E_V and both KLs of the exact KL-penalised optimum pi*(beta)."""
+    pi, kl, _ = _soft_backward(tree, beta)
+    return trajectory_stats(tree, pi, kl)
+
+
+def _base_terminal_logprobs(tree: Tree) -> Levels:
+    spec = _spec_of(tree)
+    log_r = jnp.zeros((1,), tree.X[-1].dtype)
+    out = []
+    for k in range(spec.depth):
+        lp = log_r[:, None] + tree.log_pi0[k]
+        out.append(lp[:, -1] if spec.eos else jnp.zeros((0,), lp.dtype))
+        log_r = lp[:, : spec.n].reshape(-1)
+    return tuple(out) + (log_r,)
+
+
+def thm2_policy(tree: Tree, t: Array, c: Array) -> tuple[tuple, Levels, Array]:
+    """The Theorem 2 construction: rho_t and the policy that induces it.
+
+    rho_t(tau) = (1 - c/t) / F_Q(t) rho0(tau) if U(tau) <= t, else
+    (c/t) / Fbar_Q(t) rho0(tau), with Q the law of U under pi0; the policy is
+    pi(a|s) = rho_t(next token a | prefix s).
+
+    Args:
+      t: [] threshold, > c.
+      c: [] > 0, the tail mass is c / t.
+    Returns:
+      (pi, log_rho_t, valid): the policy (L arrays [n^k, A] of probabilities),
+      rho_t's log-probabilities per level, and whether the construction is defined
+      (t > c > 0 and some terminal has U > t and some U <= t).
+    """
+    spec = _spec_of(tree)
+    U = terminal_values(tree)
+    lr0 = _base_terminal_logprobs(tree)
+    flat_u = jnp.concatenate(U)
+    flat_l = jnp.concatenate(lr0)
+    above = flat_u > t
+    log_F = logsumexp(jnp.where(above, -jnp.inf, flat_l))
+    log_Fbar = logsumexp(jnp.where(above, flat_l, -jnp.inf))
+    valid = (c > 0) & (t > c) & jnp.isfinite(log_F) & jnp.isfinite(log_Fbar)
+    w_lo = jnp.log1p(-c / t) - log_F
+    w_hi = jnp.log(c / t) - log_Fbar
+    log_rho = tuple(l + jnp.where(u > t, w_hi, w_lo) for l, u in zip(lr0, U))
+    # Backward: log-mass under each state; pi(a|s) = M(child) / M(s).
+    M = log_rho[-1]
+    pi = [None] * spec.depth
+    for k in reversed(range(spec.depth)):
+        kids = _children(spec, M, log_rho[k])  # [n^k, A]
+        Ms = logsumexp(kids, axis=1, keepdims=True)
+        reach = jnp.isfinite(Ms)
+        pi[k] = jnp.exp(jnp.where(reach, kids - jnp.where(reach, Ms, 0.0), tree.log_pi0[k]))
+        M = Ms[:, 0]
+    return tuple(pi), log_rho, valid
+
+
+def thm2(tree: Tree, t: Array, c: Array) -> tuple[TreeResult, Array]:
+    """`TreeResult` of the Theorem 2 policy and whether it is defined."""
+    pi, _, valid = thm2_policy(tree, t, c)
+    return trajectory_stats(tree, pi), valid
+
+
+def conditional_value(tree: Tree, t: Array) -> tuple[Array, Array]:
+    """E[V | U >= t] under pi0, and log P(U >= t) (-inf where no terminal qualifies)."""
+    lr0 = jnp.concatenate(_base_terminal_logprobs(tree))
+    U = jnp.concatenate(terminal_values(tree))
+    V = jnp.concatenate(tree.V)
+    lw = jnp.where(U >= t, lr0, -jnp.inf)
+    log_p = logsumexp(lw)
+    w = jnp.exp(lw - jnp.where(jnp.isfinite(log_p), log_p, 0.0))
+    return jnp.sum(w * V), log_p
+
+
+def sweep_betas(tree: Tree, betas: Array, mesh: jax.sharding.Mesh | None = None) -> TreeResult:
+    """`soft_optimum` over a sweep of betas, one beta at a time (`lax.map`).
+
+    `lax.map` rather than `vmap`: vmap would materialise K copies of every
+    level (512 MB for 8^7 leaves x 64 betas) and run slower. With a `mesh`
+    (one axis, any name) the betas are sharded over its devices and each
+    device maps over its share; K must be divisible by the number of devices.
+
+    Args:
+      tree: the tree.
+      betas: [K] > 0.
+    Returns:
+      `TreeResult` with [K] fields.
+    """
+    run = lambda tr, b: jax.lax.map(lambda x: soft_optimum(tr, x), b)  # noqa: E731
+    if mesh is None:
+        return run(tree, betas)
+    from jax.sharding import PartitionSpec as P
+
+    (axis,) = mesh.axis_names
+    return jax.shard_map(run, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis))(tree, betas)
