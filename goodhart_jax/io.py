@@ -1,0 +1,126 @@
+"""Host-side plumbing shared by the `sims/` scripts: atomic files, JSON lines, CLI errors.
+
+Everything a run writes goes through `atomic_write`: the bytes land in a
+temporary file in the destination directory, which then replaces the target
+(`os.replace` is atomic on POSIX), so an interrupt never leaves a half-written
+file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+__all__ = [
+    "UsageError", "atomic_write", "save_json", "save_jsonl", "save_csv", "save_figure",
+    "json_safe", "default_out_dir", "run_cli", "log",
+]
+
+
+class UsageError(ValueError):
+    """Bad input from the command line: reported in one line, exit status 2."""
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` atomically (temp file in the same dir + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """Plain-JSON version of a value: numpy scalars unwrapped, non-finite floats -> None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    if isinstance(value, np.ndarray) or hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        arr = np.asarray(value)
+        return json_safe(arr.item() if arr.ndim == 0 else arr.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value
+
+
+def save_json(path, obj) -> Path:
+    return atomic_write(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def save_jsonl(path, rows: Iterable[dict]) -> Path:
+    return atomic_write(path, "".join(json.dumps(json_safe(r)) + "\n" for r in rows))
+
+
+def save_csv(path, rows: list[dict]) -> Path:
+    """CSV with the union of the rows' keys as columns (first-seen order); None -> empty."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
+    return atomic_write(path, buf.getvalue())
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (PNG or GIF by suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write(path, buf.getvalue())
+
+
+def default_out_dir(name: str) -> Path:
+    """runs/<name>/<YYYYmmdd-HHMMSS>/ relative to the working directory."""
+    return Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def log(*args) -> None:
+    """Progress and logs go to stderr, so `--json` stdout stays machine-readable."""
+    print(*args, file=sys.stderr, flush=True)
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a script's entry point; bad input prints one line and exits with status 2."""
+    try:
+        main(argv)
+    except (UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished results are on disk", file=sys.stderr)
+        sys.exit(130)
