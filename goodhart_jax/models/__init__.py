@@ -1,1 +1,48 @@
-"""placeholder, filled below"""
+"""Flax ports of the reward models and base LMs of the paper, loaded from PyTorch checkpoints.
+
+GPT-NeoX (OpenAssistant's Pythia reward model) and Llama (Starling-RM-7B-alpha)
+backbones in linen, checked against transformers' PyTorch models; reward heads
+(OpenAssistant `out_proj`, Starling `v_head`, transformers `score`) and the
+causal-LM log-probability log p(x) = sum_t log p(x_t | x_<t).
+
+Public API:
+  load_model(path, base_model=None, dtype=None, pooling=None, pad_id=None) -> LoadedModel
+  reward_scorer(model) -> goodhart_jax.scorer.Scorer     # reward head
+  logprob_scorer(model) -> Scorer                          # causal-LM log-probability
+  make_reward_fn(model, onehot=False) -> reward_fn(params, input_ids [B,T], mask [B,T]) -> [B]
+  make_logprob_fn(model, onehot=False) -> logprob_fn(params, input_ids, mask) -> [B]
+  make_hidden_fn(model) -> (params, ids, mask, onehot=None) -> BackboneOutput
+  score_array(fn, params, tokens [N,T], mask=None, batch_size=8, ...) -> np [N]
+  data_mesh(devices=None), shard_params(params, mesh)      # jax.sharding helpers
+  CheckpointError                                          # bad checkpoint directories
+  goodhart_jax.models.testing.make_tiny_checkpoint(path, arch="gpt_neox"|"llama",
+      layout="oasst"|"starling"|"seq_cls"|"causal_lm", seed=0, fmt="safetensors", ...)
+      -> TinyCheckpoint(path, base_model, torch_model, arch, layout)   # needs torch
+
+Example:
+  model = load_model("oasst-rm-dir")
+  scorer = reward_scorer(model)
+  r = jax.jit(scorer.score_tokens)(scorer.params, ids, mask)   # [B]
+"""
+from goodhart_jax.models.gpt_neox import BackboneOutput, GPTNeoXConfig, GPTNeoXModel
+from goodhart_jax.models.heads import HeadSpec
+from goodhart_jax.models.llama import LlamaConfig, LlamaModel
+from goodhart_jax.models.loading import CheckpointError, LoadedModel, load_model, read_state_dict
+from goodhart_jax.models.scoring import (
+    data_mesh,
+    default_buckets,
+    logprob_scorer,
+    make_hidden_fn,
+    make_logprob_fn,
+    make_reward_fn,
+    reward_scorer,
+    score_array,
+    shard_params,
+)
+
+__all__ = [
+    "BackboneOutput", "CheckpointError", "GPTNeoXConfig", "GPTNeoXModel", "HeadSpec", "LlamaConfig",
+    "LlamaModel", "LoadedModel", "data_mesh", "default_buckets", "load_model", "logprob_scorer",
+    "make_hidden_fn", "make_logprob_fn", "make_reward_fn", "read_state_dict", "reward_scorer",
+    "score_array", "shard_params",
+]

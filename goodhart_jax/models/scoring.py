@@ -1,0 +1,199 @@
+"""Scoring functions and `Scorer`s from loaded models; bucketed, sharded batch scoring.
+
+The functions returned here are pure and un-jitted: `fn(params, input_ids,
+mask) -> [B]`. Jit them at the boundary (`score_array` does, once per length
+bucket).
+
+Glossary: B batch, T sequence, V vocab, D model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from goodhart_jax.models import heads
+from goodhart_jax.models.gpt_neox import BackboneOutput, GPTNeoXModel
+from goodhart_jax.models.llama import LlamaModel
+from goodhart_jax.models.loading import LoadedModel
+from goodhart_jax.scorer import Scorer
+
+ScoreFn = Callable[[dict, Array, Array], Array]
+
+
+def backbone(model: LoadedModel):
+    """The linen backbone module of a loaded model (apply with params[model.backbone_key])."""
+    cls = GPTNeoXModel if model.arch == "gpt_neox" else LlamaModel
+    return cls(model.config, dtype=jnp.dtype(model.dtype))
+
+
+def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
+    """(params, input_ids [B, T], mask [B, T], onehot=None) -> BackboneOutput."""
+    module, key = backbone(model), model.backbone_key
+
+    def hidden_fn(params, input_ids, mask, onehot=None):
+        return module.apply({"params": params[key]}, input_ids, mask, onehot)
+
+    return hidden_fn
+
+
+def _lm_kernel(model: LoadedModel, params: dict) -> Array:
+    if "lm_head" in params:
+        return params["lm_head"]["kernel"]
+    emb = params[model.backbone_key]["embed_in" if model.arch == "gpt_neox" else "embed_tokens"]["embedding"]
+    return emb.T  # tied embeddings
+
+
+def make_reward_fn(model: LoadedModel, onehot: bool = False) -> ScoreFn:
+    """Pure reward_fn(params, input_ids [B, T] | onehot [B, T, V], mask [B, T]) -> [B] float32.
+
+    The reward head reads the final-normed hidden state at the position its
+    `HeadSpec.pooling` picks (by default the last non-padding token).
+    """
+    if model.reward_head is None:
+        raise ValueError(f"this {model.layout} checkpoint has no reward head; use make_logprob_fn")
+    hidden_fn, spec = make_hidden_fn(model), model.reward_head
+
+    def reward_fn(params, inputs, mask):
+        if onehot:
+            ids = jnp.argmax(inputs, axis=-1) if spec.pooling == "before_first_pad" else None
+            h = hidden_fn(params, None, mask, inputs).last_hidden_state
+        else:
+            ids = inputs
+            h = hidden_fn(params, inputs, mask).last_hidden_state
+        return heads.linear_reward(params[spec.name], heads.pool(h, mask, ids, spec))
+
+    return reward_fn
+
+
+def make_logprob_fn(model: LoadedModel, onehot: bool = False) -> ScoreFn:
+    """Pure logprob_fn(params, input_ids [B, T] | onehot [B, T, V], mask [B, T]) -> [B].
+
+    log p(x) = sum_t log p(x_t | x_<t) under the causal-LM head, the first real
+    token unscored (see `heads.sequence_logprob`).
+    """
+    if not model.has_lm_head:
+        raise ValueError(f"this {model.layout} checkpoint has no language-model head (lm_head / embed_out)")
+    hidden_fn = make_hidden_fn(model)
+
+    def logprob_fn(params, inputs, mask):
+        h = hidden_fn(params, None, mask, inputs) if onehot else hidden_fn(params, inputs, mask)
+        return heads.sequence_logprob(h.last_hidden_state, _lm_kernel(model, params), inputs, mask)
+
+    return logprob_fn
+
+
+def reward_scorer(model: LoadedModel) -> Scorer:
+    """A `Scorer` (goodhart_jax.scorer) giving the reward head's score."""
+    return Scorer(model.params, make_reward_fn(model), make_reward_fn(model, onehot=True), model.vocab_size)
+
+
+def logprob_scorer(model: LoadedModel) -> Scorer:
+    """A `Scorer` giving the causal-LM log-probability of the sequence."""
+    return Scorer(model.params, make_logprob_fn(model), make_logprob_fn(model, onehot=True), model.vocab_size)
+
+
+# ---------------------------------------------------------------- sharding
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named "data" over `devices` (default: all)."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), ("data",))
+
+
+def shard_params(params, mesh: Mesh, axis: str = "data", min_size: int = 2**16):
+    """Place parameters on `mesh`: large matrices split over `axis`, the rest replicated.
+
+    A matrix of at least `min_size` elements is split along its first
+    dimension divisible by the mesh size (FSDP-like: XLA gathers it where it
+    is used), so a model that does not fit on one device can still be scored.
+    With `min_size=inf` every parameter is replicated (plain data parallel).
+    """
+    n = mesh.shape[axis]
+
+    def place(x):
+        spec = [None] * x.ndim
+        if n > 1 and x.ndim >= 2 and x.size >= min_size:
+            for i, s in enumerate(x.shape):
+                if s % n == 0:
+                    spec[i] = axis
+                    break
+        return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+
+    return jax.tree.map(place, params)
+
+
+def default_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Padded lengths: powers of two from `smallest` up to (and including) max_len."""
+    out, b = [], smallest
+    while b < max_len:
+        out.append(b)
+        b *= 2
+    out.append(max_len)
+    return tuple(sorted(set(out)))
+
+
+def score_array(
+    fn: ScoreFn,
+    params,
+    tokens: np.ndarray,
+    mask: np.ndarray | None = None,
+    batch_size: int = 8,
+    buckets: Iterable[int] | None = None,
+    mesh: Mesh | None = None,
+    pad_id: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Score every row of tokens [N, T] in fixed-shape batches; returns [N] float32.
+
+    Each batch is right-padded to the smallest bucket length holding its
+    longest row and to `batch_size` rows (a multiple of the mesh size), so
+    the jitted function is traced once per bucket and never per batch. The
+    batch axis is sharded over the mesh's "data" axis; params should already
+    be placed (`shard_params`).
+
+    Args:
+      fn: pure (params, input_ids [B, T], mask [B, T]) -> [B].
+      params: its parameters.
+      tokens: [N, T] int token ids.
+      mask: [N, T] 1 for real tokens (default all ones).
+      batch_size: rows per call (rounded up to a multiple of the mesh size).
+      buckets: allowed padded lengths (default `default_buckets(T)`).
+      mesh: a mesh with a "data" axis (default: all devices).
+      pad_id: token written into padding (masked out, so any valid id).
+      progress: called with the number of rows done after each batch.
+    """
+    tokens = np.asarray(tokens)
+    n, t = tokens.shape
+    mask = np.ones_like(tokens, dtype=np.int32) if mask is None else np.asarray(mask).astype(np.int32)
+    mesh = mesh or data_mesh()
+    ndev = mesh.shape["data"]
+    batch_size = int(math.ceil(batch_size / ndev) * ndev)
+    buckets = sorted(buckets or default_buckets(t))
+    if buckets[-1] < t:
+        buckets.append(t)
+    sharding = NamedSharding(mesh, P("data", None))
+    jitted = jax.jit(fn, out_shardings=NamedSharding(mesh, P("data")))
+    lengths = mask.sum(axis=1)
+    # Rows holding tokens beyond the last real one (left padding) need their full width.
+    last = np.where(lengths > 0, t - np.argmax(mask[:, ::-1] > 0, axis=1), 0)
+    out = np.empty(n, dtype=np.float32)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        need = int(last[start:stop].max()) if stop > start else 1
+        width = next(b for b in buckets if b >= max(need, 1))
+        ids = np.full((batch_size, width), pad_id, dtype=np.int32)
+        m = np.zeros((batch_size, width), dtype=np.int32)
+        w = min(width, t)
+        ids[: stop - start, :w] = tokens[start:stop, :w]
+        m[: stop - start, :w] = mask[start:stop, :w]
+        m[stop - start:, 0] = 1  # filler rows score one token (ignored)
+        ids_d, m_d = jax.device_put(ids, sharding), jax.device_put(m, sharding)
+        out[start:stop] = np.asarray(jitted(params, ids_d, m_d))[: stop - start]
+        if progress is not None:
+            progress(stop - start)
+    return out
