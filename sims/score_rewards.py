@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from goodhart_jax import models
+from goodhart_jax.io import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +119,13 @@ def main(cfg: Config) -> dict:
               "devices": len(mesh.devices.reshape(-1))}
     if cfg.out:
         out = Path(cfg.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".npy":
-            np.save(out, scores)
+            buf = io.BytesIO()
+            np.save(buf, scores)
+            atomic_write(out, buf.getvalue())
         else:
-            out.write_text(json.dumps([{"index": i, kind: float(s)} for i, s in enumerate(scores)]))
-        out.with_suffix(".config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            atomic_write(out, json.dumps([{"index": i, kind: float(s)} for i, s in enumerate(scores)]))
+        atomic_write(out.with_suffix(".config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
     return result
 
 
