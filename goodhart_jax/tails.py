@@ -223,13 +223,14 @@ class Family:
       name: registry key, e.g. "student_t" (static).
       params: numpyro parameter name -> value (leaves).
       shift: added to every draw (leaf); `centered()` sets it to -mean.
-      spec: the spec string it was parsed from (static; for display).
+
+    Only the name is static, so a jitted function of a family retraces when the
+    name changes, not when parameter values do.
     """
 
     name: str = dataclasses.field(metadata=dict(static=True))
     params: dict
     shift: float | Array = 0.0
-    spec: str = dataclasses.field(default="", metadata=dict(static=True))
 
     @property
     def _def(self) -> _Def:
@@ -287,11 +288,14 @@ class Family:
         """The same family shifted to mean 0. Raises if the mean is not finite."""
         m = float(self.dist.mean)
         if not math.isfinite(m):
-            raise ValueError(f"cannot centre {self.spec or self.name}: its mean is not finite")
+            raise ValueError(f"cannot centre {self}: its mean is not finite")
         return dataclasses.replace(self, shift=-m)
 
     def __str__(self) -> str:
-        return self.spec or self.name
+        """The spec string, e.g. 'student_t:df=3' (non-default parameters only)."""
+        d = FAMILIES[self.name].defaults
+        extra = ",".join(f"{k}={float(v):g}" for k, v in self.params.items() if float(v) != d[k])
+        return f"{self.name}:{extra}" if extra else self.name
 
 
 def parse(spec: str | Family) -> Family:
@@ -326,4 +330,4 @@ def parse(spec: str | Family) -> Family:
     for key, ok, desc in d.checks:
         if not ok(params[key]):
             raise ValueError(f"{name}: parameter {key}={params[key]:g} is invalid; it must be {desc}")
-    return Family(name=name, params=params, shift=0.0, spec=spec.strip())
+    return Family(name=name, params=params, shift=0.0)

@@ -11,7 +11,8 @@ With X and V independent the tilt factorises, P_beta = P_beta^X x P_beta^V, so
 E_P[U] = E[X] + E[V] under the tilted factors and KL = KL_X + KL_V. Each factor
 is a one-dimensional quadrature done in log space: a coarse sinh-spaced grid
 finds where the tilted density lives, a uniform grid tightens the bracket, and
-composite Gauss-Legendre (split at the density's kink) integrates it.
+composite Gauss-Legendre panels growing geometrically away from the mode
+integrate it.
 
 Glossary: K sweep points (betas).
 """
@@ -71,13 +72,16 @@ def log_quadrature(log_f, centre: Array, lower: Array, kink: Array, dtype=None):
     """Nodes and log-weights integrating exp(log_f) over the real line.
 
     Locates the mass of a unimodal density known up to a constant, then lays
-    composite Gauss-Legendre nodes over it, split at `kink`.
+    composite Gauss-Legendre panels outward from its mode, their widths growing
+    geometrically (so a sharp peak and a long tail are both resolved). When
+    `kink` lies within two grid steps of the mode, the panels start exactly at
+    the kink instead (the density of a Laplace law is not smooth there).
 
     Args:
       log_f: vectorised y -> log f(y) (may be -inf outside the support).
       centre: [] a point the coarse grid is centred on.
       lower: [] lower end of the support (-inf for the real line).
-      kink: [] where f may be non-smooth (split point).
+      kink: [] a point where f may be non-smooth.
     Returns:
       (y, log_w): [2 * _PANELS * _NODES] nodes and log weights; the integral of
       g f is approximately sum exp(log_w + log_f(y)) g(y).
@@ -88,23 +92,27 @@ def log_quadrature(log_f, centre: Array, lower: Array, kink: Array, dtype=None):
     a, b = _bracket(y0, log_f(y0))
     a = jnp.maximum(a, lower)
     y1 = jnp.linspace(a, b, _FINE, dtype=dtype)
-    a, b = _bracket(y1, log_f(y1))
+    l1 = log_f(y1)
+    a, b = _bracket(y1, l1)
     a = jnp.maximum(a, lower)
-    k = jnp.clip(kink, a, b)
+    h = (y1[1] - y1[0]) / 4  # the first panel's scale
+    mode = jnp.clip(y1[jnp.argmax(l1)], a, b)
+    split = jnp.where(jnp.abs(kink - mode) <= 2 * (y1[1] - y1[0]), jnp.clip(kink, a, b), mode)
     gx = jnp.asarray(_GL_X, dtype)
     gw = jnp.asarray(_GL_W, dtype)
+    j = jnp.arange(_PANELS + 1, dtype=dtype) / _PANELS
 
-    def panels(lo, hi):
-        edges = jnp.linspace(lo, hi, _PANELS + 1, dtype=dtype)
-        half = (edges[1:] - edges[:-1]) / 2  # [P]
-        mid = (edges[1:] + edges[:-1]) / 2
-        nodes = (mid[:, None] + half[:, None] * gx).reshape(-1)
-        weights = (half[:, None] * gw).reshape(-1)
-        return nodes, weights
+    def panels(length):
+        """Panel edges at distances length ((1+c)^j - 1)/c from the split, c = length/h."""
+        c = jnp.maximum(length / h, 1e-6)
+        d = length * jnp.expm1(j * jnp.log1p(c)) / c  # [P+1], 0 .. length
+        half = (d[1:] - d[:-1]) / 2
+        mid = (d[1:] + d[:-1]) / 2
+        return (mid[:, None] + half[:, None] * gx).reshape(-1), (half[:, None] * gw).reshape(-1)
 
-    n_lo, w_lo = panels(a, k)
-    n_hi, w_hi = panels(k, b)
-    y = jnp.concatenate([n_lo, n_hi])
+    d_hi, w_hi = panels(b - split)
+    d_lo, w_lo = panels(split - a)
+    y = jnp.concatenate([split - d_lo, split + d_hi])
     w = jnp.concatenate([w_lo, w_hi])
     return y, jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
 
@@ -180,12 +188,13 @@ def check_betas(betas) -> np.ndarray:
 def why_no_tilt(error: Family | str, utility: Family | str, beta: float) -> str | None:
     """Why P_beta ∝ Q exp(U/beta) does not exist, or None when it does."""
     beta = float(check_betas(beta)[0])
-    for fam in (parse(error), parse(utility)):
+    for spec in (error, utility):
+        fam = parse(spec)
         s = float(fam.mgf_sup)
         if 1.0 / beta < s:
             continue
         if bool(fam.heavy):
-            return f"E[exp(U/beta)] diverges: {fam} is heavy-tailed"
-        return (f"E[exp(U/beta)] diverges at beta={beta:g}: {fam} has E[exp(sX)] < inf only for "
+            return f"E[exp(U/beta)] diverges: {spec} is heavy-tailed"
+        return (f"E[exp(U/beta)] diverges at beta={beta:g}: {spec} has E[exp(sX)] < inf only for "
                 f"s < {s:g}, so only beta > {1.0 / s:g} works")
     return None

@@ -1,0 +1,121 @@
+"""The continuous KL-tilted optimum against closed forms and scipy quadrature."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from goodhart_jax import tails, tilting
+
+BETAS = np.array([0.02, 0.1, 0.5, 1.0, 3.0, 30.0, 1e3])
+tilt_component = jax.jit(tilting.tilt_component)
+
+
+@pytest.mark.parametrize("jit,sx,sv", [(False, 1.0, 1.0), (True, 1.0, 1.0), (True, 2.0, 0.5), (True, 0.3, 1.7)])
+def test_gaussian_closed_form(jit, sx, sv):
+    """E[V] = sv^2/beta, E[U] = (sx^2+sv^2)/beta, KL = (sx^2+sv^2)/(2 beta^2): 1e-6 relative."""
+    X, V = tails.parse(f"normal:scale={sx}"), tails.parse(f"normal:scale={sv}")
+    with jax.enable_x64(True):
+        f = tilting.sweep_tilt if jit else jax.vmap(tilting.tilt, in_axes=(None, None, 0))
+        r = f(X, V, jnp.asarray(BETAS))
+    s2 = sx**2 + sv**2
+    assert np.all(r.exists)
+    np.testing.assert_allclose(r.E_V, sv**2 / BETAS, rtol=1e-6)
+    np.testing.assert_allclose(r.E_X, sx**2 / BETAS, rtol=1e-6)
+    np.testing.assert_allclose(r.E_U, s2 / BETAS, rtol=1e-6)
+    np.testing.assert_allclose(r.KL, s2 / (2 * BETAS**2), rtol=1e-6)
+    np.testing.assert_allclose(r.log_Z, s2 / (2 * BETAS**2), rtol=1e-6)
+
+
+def test_gaussian_float32_is_close():
+    X = V = tails.parse("normal")
+    r = tilting.sweep_tilt(X, V, jnp.asarray(BETAS, jnp.float32))
+    np.testing.assert_allclose(r.E_V, 1 / BETAS, rtol=1e-4)  # float32 rounding of ~1e3 nodes
+    # KL = E/beta - log Z cancels: float32 keeps ~1e-7 absolute (use float64 for tiny KL).
+    np.testing.assert_allclose(r.KL, 1 / BETAS**2, rtol=1e-4, atol=2e-7)
+
+
+def _scipy_tilt(ref, beta, lo, hi, kink):
+    """Tilted mean, KL and log Z by scipy quad on the shifted log integrand (float64)."""
+    grid = np.linspace(lo, hi, 20001)
+    m = np.max(ref.logpdf(grid) + grid / beta)
+    f = lambda x, g: g(x) * np.exp(ref.logpdf(x) + x / beta - m)  # noqa: E731
+    pts = [p for p in (kink,) if lo < p < hi]
+    Z = integrate.quad(f, lo, hi, args=(lambda x: 1.0,), points=pts, limit=500, epsabs=0, epsrel=1e-13)[0]
+    M = integrate.quad(f, lo, hi, args=(lambda x: x,), points=pts, limit=500, epsabs=0, epsrel=1e-13)[0] / Z
+    logZ = m + np.log(Z)
+    return M, M / beta - logZ, logZ
+
+
+@pytest.mark.parametrize("spec,ref,betas,lo,hi,kink", [
+    ("laplace", stats.laplace(), [1.05, 4.0, 50.0], -80, 2500, 0.0),
+    ("laplace:loc=1,scale=0.5", stats.laplace(1, 0.5), [0.6, 2.0], -40, 400, 1.0),
+    ("gumbel", stats.gumbel_r(), [1.2, 3.0], -10, 400, 0.0),
+    ("logistic:scale=2", stats.logistic(scale=2), [2.5, 10.0], -200, 400, 0.0),
+    ("exponential:rate=2", stats.expon(scale=0.5), [0.6, 5.0], 0, 300, 0.0),
+    ("weibull:concentration=2", stats.weibull_min(2), [0.2, 1.0], 0, 40, 0.0),
+])
+def test_light_tails_against_scipy_quad(spec, ref, betas, lo, hi, kink):
+    fam = tails.parse(spec)
+    with jax.enable_x64(True):
+        for b in betas:
+            ex, mean, kl, logZ = tilt_component(fam, jnp.float64(b))
+            M, KL, LZ = _scipy_tilt(ref, b, lo, hi, kink)
+            assert bool(ex)
+            np.testing.assert_allclose([mean, kl, logZ], [M, KL, LZ], rtol=1e-7, atol=1e-10)
+
+
+def test_laplace_and_gumbel_closed_forms():
+    """Laplace: Z = 1/(1-s^2); Gumbel: Z = Gamma(1-s) (s = 1/beta, unit scale)."""
+    with jax.enable_x64(True):
+        for b in (1.01, 1.3, 7.0):
+            s = 1 / b
+            _, m, _, lz = tilt_component(tails.parse("laplace"), jnp.float64(b))
+            np.testing.assert_allclose([m, lz], [2 * s / (1 - s * s), -np.log1p(-s * s)], rtol=1e-8)
+            _, m, _, lz = tilt_component(tails.parse("gumbel"), jnp.float64(b))
+            np.testing.assert_allclose([m, lz], [-special.digamma(1 - s), special.gammaln(1 - s)], rtol=1e-8)
+
+
+@pytest.mark.parametrize("error", ["student_t:df=3", "lognormal", "pareto:alpha=2.5", "weibull:concentration=0.5"])
+def test_heavy_tailed_error_has_no_optimum(error):
+    r = tilting.sweep_tilt(tails.parse(error), tails.parse("normal"), jnp.asarray(BETAS, jnp.float32))
+    assert not np.any(r.exists)
+    for field in (r.E_U, r.E_V, r.KL, r.log_Z):
+        assert not np.any(np.isnan(field))
+        assert np.all(np.isposinf(field))
+    msg = tilting.why_no_tilt(error, "normal", 0.5)
+    assert msg == f"E[exp(U/beta)] diverges: {error} is heavy-tailed"
+
+
+def test_laplace_exists_only_above_its_scale():
+    r = tilting.sweep_tilt(tails.parse("laplace:scale=2"), tails.parse("normal"), jnp.asarray([1.0, 2.0, 2.1, 5.0]))
+    np.testing.assert_array_equal(r.exists, [False, False, True, True])
+    assert "only beta > 2 works" in tilting.why_no_tilt("laplace:scale=2", "normal", 1.0)
+    assert tilting.why_no_tilt("laplace:scale=2", "normal", 2.1) is None
+
+
+def test_kl_nonnegative_decreasing_and_large_beta_recovers_base():
+    X, V = tails.parse("gumbel").centered(), tails.parse("logistic")
+    betas = np.geomspace(1.2, 1e4, 30)
+    with jax.enable_x64(True):
+        r = jax.device_get(tilting.sweep_tilt(X, V, jnp.asarray(betas)))
+    assert np.all(r.KL >= 0)
+    assert np.all(np.diff(r.KL) < 0)  # KL grows as beta shrinks
+    assert np.all(np.diff(r.E_V) < 0)
+    np.testing.assert_allclose([r.E_X[-1], r.E_V[-1]], [0.0, 0.0], atol=1e-3)  # tilt -> Q
+    assert r.KL[-1] < 1e-7
+
+
+def test_sweep_does_not_retrace_when_betas_or_params_change():
+    X, V = tails.parse("normal:scale=1.25"), tails.parse("normal:scale=0.75")
+    before = tilting.sweep_tilt._cache_size()
+    tilting.sweep_tilt(X, V, jnp.asarray([0.5, 1.0, 2.0], jnp.float32))
+    tilting.sweep_tilt(X, V, jnp.asarray([0.7, 1.1, 9.0], jnp.float32))
+    tilting.sweep_tilt(tails.parse("normal:scale=1.5"), V, jnp.asarray([0.7, 1.1, 9.0], jnp.float32))
+    assert tilting.sweep_tilt._cache_size() == before + 1
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_beta(bad):
+    with pytest.raises(ValueError, match="beta must be finite and > 0"):
+        tilting.check_betas([1.0, bad])
