@@ -1,0 +1,95 @@
+"""Reward-model scoring throughput: our jitted JAX scorer vs transformers' PyTorch, same process.
+
+Both score the same random Pythia-160M-sized GPT-NeoX reward model
+(OpenAssistant layout: backbone + `out_proj`, written by
+`make_tiny_checkpoint`) on the same uniform random tokens, float32, B x T.
+Prints tokens/s (median of --repeats after a warm-up, compile excluded) and
+the ratio JAX / PyTorch.
+
+    python benchmarks/bench_scoring.py [--batch 8] [--length 256] [--repeats 5] [--size 160m|14m]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from goodhart_jax import models
+from goodhart_jax.models.testing import make_tiny_checkpoint
+
+SIZES = {  # Pythia configs (hidden, layers, heads, intermediate), vocab 50304
+    "160m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "14m": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
+    "1.4b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192),
+}
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (and compile)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
+    import torch
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = make_tiny_checkpoint(os.path.join(d, "rm"), "gpt_neox", "oasst", seed=0, dtype=dtype,
+                                    vocab_size=50304, max_position_embeddings=2048, **SIZES[size])
+        model = models.load_model(ckpt.path)
+    ids = np.asarray(jax.random.randint(jax.random.key(0), (batch, length), 0, model.vocab_size))
+    mask = np.ones_like(ids, dtype=np.int32)
+
+    reward = jax.jit(models.make_reward_fn(model))
+    t0 = time.perf_counter()
+    reward(model.params, ids, mask).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    jax_s = _median_time(lambda: reward(model.params, ids, mask).block_until_ready(), repeats)
+    ours = np.asarray(reward(model.params, ids, mask))
+
+    ref = ckpt.torch_model
+    tids, tmask = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask)
+
+    def torch_score():
+        with torch.inference_mode():
+            h = ref.backbone(input_ids=tids, attention_mask=tmask).last_hidden_state
+            return ref.head(h[:, -1])[:, 0]
+
+    ref.backbone.config._attn_implementation = "sdpa"  # transformers' default (fastest on CPU)
+    torch_s = _median_time(torch_score, repeats)
+    theirs = torch_score().float().numpy()
+    tokens = batch * length
+    result = {
+        "size": size, "dtype": dtype, "batch": batch, "length": length, "repeats": repeats,
+        "jax_tokens_per_s": tokens / jax_s, "torch_tokens_per_s": tokens / torch_s,
+        "ratio_jax_over_torch": torch_s / jax_s, "jax_compile_s": compile_s,
+        "max_abs_diff": float(np.abs(ours - theirs).max()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+                   f"({torch.get_num_threads()} threads)",
+    }
+    return result
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--size", choices=sorted(SIZES), default="160m")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    a = p.parse_args()
+    r = main(a.batch, a.length, a.repeats, a.size, a.dtype)
+    print(json.dumps(r, indent=1))
+    print(f"{r['size']} {r['dtype']} {r['batch']}x{r['length']}: JAX {r['jax_tokens_per_s']:.0f} tokens/s, "
+          f"PyTorch {r['torch_tokens_per_s']:.0f} tokens/s, ratio {r['ratio_jax_over_torch']:.2f}x")
