@@ -1,0 +1,554 @@
+"""Tail-index estimators and a heavy / light / inconclusive verdict.
+
+The tail index xi of a law with P(X > x) ~ x^(-1/xi) L(x) (xi > 0, heavy)
+or, in general, of its extreme-value domain of attraction (xi = 0 for the
+normal, exponential and lognormal; xi < 0 for bounded tails) is estimated
+from the upper order statistics x_(0) >= x_(1) >= ... of a sample:
+
+* `hill` (xi > 0 only): xi_H(k) = (1/k) sum_{i<k} log x_(i) - log x_(k),
+  every k at once from one sort and one cumulative sum; se = xi / sqrt(k).
+* `pickands` (any xi, location and scale invariant):
+  xi_P(k) = log((x_(k-1) - x_(2k-1)) / (x_(2k-1) - x_(4k-1))) / log 2.
+* `moment` (any xi; Dekkers, Einmahl & de Haan 1989):
+  xi_M(k) = M1 + 1 - (1/2) / (1 - M1^2 / M2),
+  M_r = (1/k) sum_{i<k} (log x_(i) - log x_(k))^r.
+* `double_bootstrap_k`: Danielsson, de Haan, Peng & de Vries (2001) choice of
+  k for the Hill estimator.
+* Peaks over threshold: `goodhart_jax.gpd` (maximum likelihood and NUTS).
+
+`diagnose` runs them all on one sample and `verdict_from` turns the evidence
+into a verdict. Data-dependent sizes (which values are positive, the number of
+exceedances) are decided on the host; the estimators themselves are jittable.
+
+Order statistics are 0-based and descending throughout: x_desc[0] is the max.
+Glossary: N sample size, K number of k values, B bootstrap replicates.
+
+References: Hill (1975); Pickands (1975); Dekkers, Einmahl & de Haan (1989);
+Danielsson et al. (2001); Kwa, Thomas & Garriga-Alonso (2024), Section 4 and
+Figures 1-2 (the Hill plot with standard errors xi / sqrt(k)).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.scipy.special import ndtri
+from jax.typing import ArrayLike
+
+from goodhart_jax import gpd
+
+__all__ = [
+    "TailInputError",
+    "TailCurve",
+    "check_sample",
+    "preprocess",
+    "paper_k_range",
+    "hill",
+    "pickands",
+    "moment",
+    "DoubleBootstrap",
+    "double_bootstrap_k",
+    "exceedances",
+    "gpd_mle_curve",
+    "curves",
+    "fit_excesses_mle",
+    "Evidence",
+    "Verdict",
+    "vote",
+    "verdict_from",
+    "Diagnosis",
+    "diagnose",
+]
+
+MIN_SAMPLES = 100  # fewer values say nothing useful about a tail
+
+
+class TailInputError(ValueError):
+    """The sample cannot be analysed (too small, non-finite, wrong shape, bad k)."""
+
+
+class TailCurve(NamedTuple):
+    """An estimator evaluated at every k."""
+
+    k: Array  # [K] number of upper order statistics used
+    xi: Array  # [K] estimate (nan where undefined)
+    se: Array  # [K] asymptotic standard error
+
+
+# ----------------------------------------------------------------------------
+# Input handling (host side).
+
+
+def check_sample(x: ArrayLike, min_samples: int = MIN_SAMPLES) -> np.ndarray:
+    """Validate a sample: a 1-D array of at least `min_samples` finite numbers.
+
+    Args:
+      x: [N] values.
+      min_samples: smallest acceptable N.
+    Returns:
+      [N] the values as a NumPy float array.
+    Raises:
+      TailInputError: with a one-line reason.
+    """
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise TailInputError(f"expected a numeric array, got dtype {a.dtype}")
+    if np.iscomplexobj(a) or a.dtype == bool:
+        raise TailInputError(f"expected real numbers, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise TailInputError(f"expected a 1-D array of rewards, got shape {a.shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise TailInputError(
+            f"{int(bad.sum())} non-finite value(s) (NaN or inf) in the data, first at index {int(np.argmax(bad))}"
+        )
+    if a.shape[0] < min_samples:
+        raise TailInputError(f"too few samples: {a.shape[0]} < {min_samples}")
+    return a.astype(np.float64 if a.dtype == np.float64 else np.float32)
+
+
+def preprocess(x: ArrayLike, *, demean: bool = False, positive_only: bool = False) -> Array:
+    """Sort descending, optionally after demeaning and keeping positives (the paper's Hill recipe).
+
+    Args:
+      x: [N] finite values.
+      demean: subtract the sample mean first.
+      positive_only: keep only values > 0 (after demeaning).
+    Returns:
+      [M] values in descending order (M = N unless `positive_only`). Host-side:
+      M depends on the data.
+    """
+    a = np.asarray(x)
+    if demean:
+        a = a - a.mean()
+    a = np.sort(a)[::-1]
+    if positive_only:
+        a = a[a > 0]
+    return jnp.asarray(a)
+
+
+def paper_k_range(n: int) -> np.ndarray:
+    """The paper's Hill-plot k values: int(n^0.1) .. int(n^0.5) - 1.
+
+    Args:
+      n: sample size before preprocessing.
+    Returns:
+      [K] integers.
+    """
+    return np.arange(int(n**0.1), int(n**0.5))
+
+
+# ----------------------------------------------------------------------------
+# Estimators on descending samples (jittable).
+
+
+def _log_spacings(x_desc: Array):
+    """log x_(i) for the descending sample, nan where x <= 0."""
+    return jnp.where(x_desc > 0, jnp.log(jnp.where(x_desc > 0, x_desc, 1.0)), jnp.nan)
+
+
+def _hill_moments(x_desc: Array):
+    """M1(k), M2(k) for k = 1..N-1 from cumulative sums of logs (relative to log max)."""
+    n = x_desc.shape[-1]
+    logs = _log_spacings(x_desc)
+    logs = logs - logs[..., :1]  # centre on the max: smaller cumulative sums, same differences
+    k = jnp.arange(1, n, dtype=logs.dtype)
+    c1 = jnp.cumsum(logs[..., :-1], axis=-1)
+    c2 = jnp.cumsum(logs[..., :-1] ** 2, axis=-1)
+    lk = logs[..., 1:]  # log x_(k)
+    m1 = c1 / k - lk
+    # (1/k) sum (l_i - l_k)^2 = mean(l^2) - 2 l_k mean(l) + l_k^2
+    m2 = c2 / k - 2.0 * lk * c1 / k + lk * lk
+    return k, m1, jnp.maximum(m2, 0.0)
+
+
+def hill(x_desc: ArrayLike) -> TailCurve:
+    """Hill estimator for every k: xi(k) = (1/k) sum_{i<k} log x_(i) - log x_(k).
+
+    Only meaningful for xi > 0. Needs x_(k) > 0 (nan otherwise). No loop over
+    k: one cumulative sum of the logs of the sorted sample.
+
+    Args:
+      x_desc: [..., N] sample in descending order.
+    Returns:
+      TailCurve with k = 1..N-1, xi and se = xi / sqrt(k), each [..., N-1].
+    References: Hill (1975); Kwa et al. (2024) Figure 1.
+    """
+    x_desc = jnp.asarray(x_desc)
+    k, m1, _ = _hill_moments(x_desc)
+    return TailCurve(k=k.astype(jnp.int32), xi=m1, se=m1 / jnp.sqrt(k))
+
+
+def pickands(x_desc: ArrayLike) -> TailCurve:
+    """Pickands estimator xi(k) = log((x_(k-1) - x_(2k-1)) / (x_(2k-1) - x_(4k-1))) / log 2.
+
+    Location and scale invariant; any sign of xi. Asymptotic variance
+    xi^2 (2^(2 xi + 1) + 1) / (2 (2^xi - 1) log 2)^2 / k (limit 3 / (4 log^4 2) / k at xi = 0).
+
+    Args:
+      x_desc: [N] sample in descending order.
+    Returns:
+      TailCurve for k = 1..N // 4, each [N // 4]; nan where spacings tie.
+    References: Pickands (1975); Dekkers & de Haan (1989).
+    """
+    x_desc = jnp.asarray(x_desc)
+    n = x_desc.shape[-1]
+    kmax = n // 4
+    k = jnp.arange(1, kmax + 1)
+    a = x_desc[k - 1] - x_desc[2 * k - 1]
+    b = x_desc[2 * k - 1] - x_desc[4 * k - 1]
+    ok = (a > 0) & (b > 0)
+    xi = jnp.where(ok, jnp.log(jnp.where(ok, a / jnp.where(b > 0, b, 1.0), 1.0)) / math.log(2.0), jnp.nan)
+    ln2 = math.log(2.0)
+    small = jnp.abs(xi) < 1e-4
+    xs = jnp.where(small, 1.0, xi)
+    var = xs**2 * (2.0 ** (2 * xs + 1) + 1) / (2 * (2.0**xs - 1) * ln2) ** 2
+    var = jnp.where(small, 3.0 / (4.0 * ln2**4), var)
+    return TailCurve(k=k.astype(jnp.int32), xi=xi, se=jnp.sqrt(var / k))
+
+
+def moment(x_desc: ArrayLike) -> TailCurve:
+    """Moment (DEdH) estimator xi(k) = M1 + 1 - 1 / (2 (1 - M1^2 / M2)).
+
+    Any sign of xi; needs x_(k) > 0. Asymptotic variance 1 + xi^2 for
+    xi >= 0 and (1 - xi)^2 (1 - 2 xi) (1 - xi + 6 xi^2) / ((1 - 3 xi)(1 - 4 xi))
+    for xi < 0, over k.
+
+    Args:
+      x_desc: [..., N] sample in descending order.
+    Returns:
+      TailCurve for k = 1..N-1, each [..., N-1].
+    References: Dekkers, Einmahl & de Haan (1989), Ann. Statist. 17, 1833-1855.
+    """
+    x_desc = jnp.asarray(x_desc)
+    k, m1, m2 = _hill_moments(x_desc)
+    ratio = m1 * m1 / jnp.where(m2 > 0, m2, jnp.nan)
+    xi = m1 + 1.0 - 0.5 / (1.0 - ratio)
+    xn = jnp.minimum(xi, 0.0)
+    var_neg = (1 - xn) ** 2 * (1 - 2 * xn) * (1 - xn + 6 * xn**2) / ((1 - 3 * xn) * (1 - 4 * xn))
+    var = jnp.where(xi >= 0, 1.0 + xi**2, var_neg)
+    return TailCurve(k=k.astype(jnp.int32), xi=xi, se=jnp.sqrt(var / k))
+
+
+class DoubleBootstrap(NamedTuple):
+    """Danielsson et al. (2001) choice of k for the Hill estimator."""
+
+    k: Array  # [] chosen number of upper order statistics
+    k1: Array  # [] minimiser on bootstrap samples of size n1
+    k2: Array  # [] minimiser on bootstrap samples of size n2
+    n1: int  # first resample size, int(N^epsilon)
+    n2: int  # second resample size, int(n1^2 / N)
+
+
+def _mean_sq_aux(key, x_desc, size, num_boot):
+    """Bootstrap mean over B of (M2(k) - 2 M1(k)^2)^2 for k = 1..size-1: [size-1]."""
+    n = x_desc.shape[0]
+    idx = jax.random.randint(key, (num_boot, size), 0, n)
+    samples = -jnp.sort(-x_desc[idx], axis=-1)  # [B, size] descending
+    _, m1, m2 = _hill_moments(samples)
+    return jnp.mean((m2 - 2.0 * m1 * m1) ** 2, axis=0)
+
+
+def double_bootstrap_k(
+    key: Array, x_desc: ArrayLike, num_boot: int = 200, epsilon: float = 0.9
+) -> DoubleBootstrap:
+    """Double-bootstrap choice of k for the Hill estimator.
+
+    The auxiliary statistic M2(k) - 2 M1(k)^2 has the Hill estimator's
+    asymptotic bias structure and mean zero; its bootstrap mean square is
+    minimised at k1 (resamples of size n1 = N^epsilon) and k2 (n2 = n1^2 / N);
+    then k* = k1^2 / k2 * ((log k1)^2 / (2 log n1 - log k1)^2)^((log n1 - log k1) / log n1).
+
+    Args:
+      key: PRNG key.
+      x_desc: [N] positive sample in descending order.
+      num_boot: bootstrap replicates B for each resample size.
+      epsilon: n1 = int(N^epsilon), in (1/2, 1).
+    Returns:
+      DoubleBootstrap with k* clipped to [2, N - 2].
+    References: Danielsson, de Haan, Peng & de Vries (2001), J. Multivar. Anal. 76, 226-248.
+    """
+    x_desc = jnp.asarray(x_desc)
+    n = x_desc.shape[0]
+    n1 = int(n**epsilon)
+    n2 = max(int(n1 * n1 / n), 3)
+    k1_key, k2_key = jax.random.split(key)
+    q1 = _mean_sq_aux(k1_key, x_desc, n1, num_boot)
+    q2 = _mean_sq_aux(k2_key, x_desc, n2, num_boot)
+    # k = 1 is excluded: M2 - 2 M1^2 is 0 identically there.
+    k1 = jnp.argmin(jnp.where(jnp.isfinite(q1[1:]), q1[1:], jnp.inf)) + 2
+    k2 = jnp.argmin(jnp.where(jnp.isfinite(q2[1:]), q2[1:], jnp.inf)) + 2
+    lk1, ln1 = jnp.log(k1.astype(jnp.float32)), math.log(n1)
+    factor = (lk1**2 / (2 * ln1 - lk1) ** 2) ** ((ln1 - lk1) / ln1)
+    k_star = k1.astype(jnp.float32) ** 2 / k2 * factor
+    k_star = jnp.clip(jnp.floor(k_star), 2, n - 2).astype(jnp.int32)
+    return DoubleBootstrap(k=k_star, k1=k1, k2=k2, n1=n1, n2=n2)
+
+
+def exceedances(x: ArrayLike, tail_fraction: float = 0.1):
+    """Excesses over the (1 - tail_fraction) sample quantile, for a POT fit.
+
+    The threshold is the (m+1)-th largest value with m = floor(tail_fraction N),
+    so exactly the m largest values exceed it (ties aside).
+
+    Args:
+      x: [N] sample.
+      tail_fraction: share of the sample in the tail.
+    Returns:
+      (excesses [m], threshold []) as NumPy values.
+    """
+    a = np.sort(np.asarray(x))[::-1]
+    m = int(tail_fraction * a.shape[0])
+    u = a[m]
+    y = a[:m] - u
+    return y[y > 0], float(u)
+
+
+def gpd_mle_curve(x_desc: ArrayLike, ks: ArrayLike, kmax: Optional[int] = None) -> TailCurve:
+    """POT GPD maximum-likelihood shape over thresholds x_(k), for each k in `ks`.
+
+    For each k the excesses x_(i) - x_(k), i < k, are fitted; all fits share
+    one padded [K, max(ks)] array with masks and run under `vmap`.
+
+    Args:
+      x_desc: [N] sample in descending order (any sign: POT is location invariant).
+      ks: [K] numbers of exceedances, each in [10, N - 1].
+      kmax: static width of the padded array, >= max(ks) (default max(ks), host side).
+    Returns:
+      TailCurve with xi and the MLE standard errors, each [K].
+    """
+    x_desc = jnp.asarray(x_desc)
+    if kmax is None:
+        kmax = int(np.max(np.asarray(ks)))
+    ks = jnp.asarray(ks)
+    top = x_desc[:kmax]
+    i = jnp.arange(kmax)
+    mask = i[None, :] < ks[:, None]  # [K, kmax]
+    excess = jnp.where(mask, top[None, :] - x_desc[ks][:, None], 0.0)
+    fits = jax.vmap(gpd.fit_gpd_mle)(excess, mask)
+    return TailCurve(k=ks, xi=fits.xi, se=fits.xi_se)
+
+
+def _bucket(m: int) -> int:
+    """Next power of two >= m: padded sizes so that jit compiles once per bucket."""
+    return 1 << max(int(m) - 1, 1).bit_length()
+
+
+def _pad(a: np.ndarray, size: int):
+    out = np.zeros(size, dtype=np.asarray(a).dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+@jax.jit
+def _curves(x_padded):
+    return hill(x_padded), moment(x_padded), pickands(x_padded)
+
+
+_fit_mle = jax.jit(gpd.fit_gpd_mle)
+_double_bootstrap = jax.jit(double_bootstrap_k, static_argnames=("num_boot", "epsilon"))
+_mle_curve = jax.jit(gpd_mle_curve, static_argnames="kmax")
+
+
+def curves(x_desc: ArrayLike):
+    """Hill, moment and Pickands curves of a descending sample, jitted once per padded size.
+
+    Args:
+      x_desc: [M] descending sample.
+    Returns:
+      (hill [M-1], moment [M-1], pickands [M // 4]) TailCurves.
+    """
+    a = np.asarray(x_desc)
+    m = a.shape[0]
+    # Zero padding sits below every value used for k <= M - 1 (Hill, moment
+    # read x_(k) with k <= M - 1; Pickands reads x_(4k-1) with k <= M // 4).
+    h, mo, p = _curves(jnp.asarray(_pad(a, _bucket(m + 1))))
+    cut = lambda c, n: TailCurve(c.k[:n], c.xi[:n], c.se[:n])
+    return cut(h, m - 1), cut(mo, m - 1), cut(p, m // 4)
+
+
+def fit_excesses_mle(y: ArrayLike) -> gpd.GPDFit:
+    """`gpd.fit_gpd_mle` on excesses padded to a power of two (one compile per bucket).
+
+    Args:
+      y: [m] excesses.
+    Returns:
+      GPDFit.
+    """
+    y = np.asarray(y)
+    size = _bucket(y.shape[0])
+    return _fit_mle(jnp.asarray(_pad(y, size)), jnp.asarray(_pad(np.ones_like(y), size)))
+
+
+# ----------------------------------------------------------------------------
+# Verdict.
+
+
+class Evidence(NamedTuple):
+    """One estimator's reading of xi with an interval."""
+
+    name: str
+    xi: float
+    lo: float
+    hi: float
+    k: int  # upper order statistics (or excesses) used
+    vote: str  # "heavy" | "light" | "inconclusive" | "n/a"
+
+
+class Verdict(NamedTuple):
+    """The call and what it rests on."""
+
+    verdict: str  # "heavy" | "light" | "inconclusive"
+    reason: str
+    evidence: tuple  # of Evidence
+
+
+def vote(lo: float, hi: float) -> str:
+    """Sign of xi from an interval: 'heavy' if lo > 0, 'light' if hi < 0, else 'inconclusive'."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "n/a"
+    if lo > 0:
+        return "heavy"
+    if hi < 0:
+        return "light"
+    return "inconclusive"
+
+
+def verdict_from(primary: Evidence, others: tuple = ()) -> Verdict:
+    """Combine evidence: a definite call needs every voting estimator to agree with the primary one.
+
+    xi > 0 (interval above 0) means a power-law tail: heavy. xi < 0 (interval
+    below 0) means a tail lighter than exponential: light. An interval that
+    covers 0 is the Gumbel domain, which holds light (normal, exponential) and
+    heavy (lognormal) laws alike: inconclusive. Estimators whose vote is "n/a"
+    (Hill, which assumes xi > 0) are reported but do not vote.
+
+    Args:
+      primary: the POT GPD shape evidence.
+      others: further Evidence (the MLE beside NUTS, the moment estimator).
+    Returns:
+      Verdict.
+    """
+    evidence = (primary,) + tuple(others)
+    call = primary.vote
+    if call == "n/a":
+        return Verdict("inconclusive", f"{primary.name}: no estimate", evidence)
+    describe = lambda e: f"{e.name} xi = {e.xi:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
+    dissent = [e for e in others if e.vote not in ("n/a", call)]
+    if call != "inconclusive" and dissent:
+        names = "; ".join(f"{describe(e)} says {e.vote}" for e in dissent)
+        return Verdict("inconclusive", f"{describe(primary)} says {call} but {names}", evidence)
+    if call == "heavy":
+        reason = f"{describe(primary)} lies above 0: a power-law tail"
+    elif call == "light":
+        reason = f"{describe(primary)} lies below 0: a tail bounded or lighter than exponential"
+    else:
+        reason = f"{describe(primary)} covers 0: Gumbel domain, light (normal, exponential) and heavy (lognormal) laws both fit"
+    return Verdict(call, reason, evidence)
+
+
+class Diagnosis(NamedTuple):
+    """Everything `diagnose` computed on one sample."""
+
+    n: int  # sample size
+    x_desc: Array  # [M] preprocessed sample, descending
+    hill: TailCurve  # [M-1]
+    moment: TailCurve  # [M-1]
+    pickands: TailCurve  # [M // 4]
+    k_star: Optional[DoubleBootstrap]  # None when too few positive values
+    threshold: float  # POT threshold on the raw sample
+    gpd_mle: gpd.GPDFit
+    gpd_bayes: Optional[gpd.GPDPosterior]
+    verdict: Verdict
+
+
+def _z(level: float) -> float:
+    return float(ndtri(0.5 + level / 2.0))
+
+
+def diagnose(
+    key: Array,
+    x: ArrayLike,
+    *,
+    demean: bool = False,
+    positive_only: bool = False,
+    tail_fraction: float = 0.1,
+    level: float = 0.95,
+    bayes: bool = True,
+    num_warmup: int = 400,
+    num_samples: int = 800,
+    num_boot: int = 200,
+) -> Diagnosis:
+    """All estimators on one sample and the verdict.
+
+    The POT GPD fit (on the raw sample: it is location invariant) over the top
+    `tail_fraction` is the primary evidence, with the Bayesian credible interval
+    when `bayes` else the Wald interval of the MLE. The moment estimator at the
+    same k (on the preprocessed sample) can veto it. Hill and the double
+    bootstrap k* are reported but do not vote: Hill assumes xi > 0.
+
+    Args:
+      key: PRNG key (double bootstrap and NUTS).
+      x: [N] finite sample.
+      demean, positive_only: preprocessing of the log-based estimators (Hill, moment).
+      tail_fraction: share of the sample above the POT threshold.
+      level: interval level.
+      bayes: run NUTS for the GPD shape.
+      num_warmup, num_samples: NUTS settings.
+      num_boot: double-bootstrap replicates.
+    Returns:
+      Diagnosis.
+    """
+    xs = check_sample(x)
+    n = xs.shape[0]
+    boot_key, bayes_key = jax.random.split(key)
+    x_desc = preprocess(xs, demean=demean, positive_only=positive_only)
+    hill_curve, mom, pick = curves(x_desc)
+    positives = x_desc[x_desc > 0]
+    k_star = None
+    if positives.shape[0] >= MIN_SAMPLES:
+        k_star = _double_bootstrap(boot_key, positives, num_boot=num_boot)
+
+    y, u = exceedances(xs, tail_fraction)
+    if y.shape[0] < 10:
+        raise TailInputError(f"too few exceedances for a GPD fit: {y.shape[0]} (raise --tail-fraction)")
+    fit = fit_excesses_mle(y)
+    z = _z(level)
+    post = None
+    if bayes:
+        post = gpd.fit_gpd_bayes(bayes_key, y, num_warmup=num_warmup, num_samples=num_samples, level=level)
+        lo, hi, xi_hat = float(post.xi_lo), float(post.xi_hi), float(post.xi_mean)
+        primary = Evidence("GPD (NUTS)", xi_hat, lo, hi, int(y.shape[0]), vote(lo, hi))
+    else:
+        xi_hat, se = float(fit.xi), float(fit.xi_se)
+        primary = Evidence("GPD (MLE)", xi_hat, xi_hat - z * se, xi_hat + z * se, int(y.shape[0]), vote(xi_hat - z * se, xi_hat + z * se))
+    others = []
+    if post is not None:
+        xi_m, se_m = float(fit.xi), float(fit.xi_se)
+        others.append(Evidence("GPD (MLE)", xi_m, xi_m - z * se_m, xi_m + z * se_m, int(y.shape[0]), vote(xi_m - z * se_m, xi_m + z * se_m)))
+    km = int(y.shape[0])
+    if km - 1 < mom.xi.shape[0] and np.isfinite(float(mom.xi[km - 1])):
+        xi_m, se_m = float(mom.xi[km - 1]), float(mom.se[km - 1])
+        others.append(Evidence("moment", xi_m, xi_m - z * se_m, xi_m + z * se_m, km, vote(xi_m - z * se_m, xi_m + z * se_m)))
+    if k_star is not None:
+        ks = int(k_star.k)
+        xi_h, se_h = float(hill_curve.xi[ks - 1]), float(hill_curve.se[ks - 1])
+        # Hill cannot see xi <= 0, so it never votes.
+        others.append(Evidence("Hill at k*", xi_h, xi_h - z * se_h, xi_h + z * se_h, ks, "n/a"))
+    verdict = verdict_from(primary, tuple(others))
+    return Diagnosis(
+        n=n,
+        x_desc=x_desc,
+        hill=hill_curve,
+        moment=mom,
+        pickands=pick,
+        k_star=k_star,
+        threshold=u,
+        gpd_mle=fit,
+        gpd_bayes=post,
+        verdict=verdict,
+    )

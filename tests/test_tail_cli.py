@@ -1,0 +1,100 @@
+"""sims/reward_tails.py: bad input exits 2 with one line; a small run writes its files and JSON rows."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("reward_tails", ROOT / "sims" / "reward_tails.py")
+reward_tails = importlib.util.module_from_spec(spec)
+sys.modules.setdefault("reward_tails", reward_tails)
+spec.loader.exec_module(reward_tails)
+
+
+def _run(argv, capsys):
+    rc = reward_tails.run(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = {}
+
+    def save(name, arr):
+        p = tmp_path / name
+        np.save(p, arr)
+        paths[name] = str(p)
+
+    save("few.npy", rng.standard_normal(40))
+    save("nan.npy", np.r_[rng.standard_normal(500), np.nan])
+    save("inf.npy", np.r_[rng.standard_normal(500), np.inf])
+    save("two_d.npy", rng.standard_normal((50, 20)))
+    save("strings.npy", np.array(["x"] * 500))
+    save("good.npy", rng.standard_normal(1000))
+    (tmp_path / "junk.txt").write_text("hello\nworld\n")
+    paths["junk.txt"] = str(tmp_path / "junk.txt")
+    (tmp_path / "pickle.npy").write_bytes(b"not an npy file")
+    paths["pickle.npy"] = str(tmp_path / "pickle.npy")
+    return paths
+
+
+@pytest.mark.parametrize(
+    "name, extra, message",
+    [
+        ("few.npy", [], "too few samples"),
+        ("nan.npy", [], "non-finite"),
+        ("inf.npy", [], "non-finite"),
+        ("two_d.npy", [], "1-D"),
+        ("strings.npy", [], "numeric"),
+        ("junk.txt", [], "not a numeric array"),
+        ("pickle.npy", [], "not a numeric array"),
+        ("good.npy", ["--k", "1000"], "k = 1000 is out of range"),
+        ("good.npy", ["--k", "5", "600"], "needs the 601 largest values positive"),
+        (None, [], "exactly one of"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, name, extra, message):
+    argv = (["--rewards", files[name]] if name else []) + extra + ["--out", str(tmp_path / "o"), "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("reward_tails: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_missing_file_and_model_mode(tmp_path, capsys):
+    rc, _, err = _run(["--rewards", str(tmp_path / "absent.npy")], capsys)
+    assert rc == 2 and "no such file" in err
+    rc, _, err = _run(["--model", str(tmp_path / "no_model"), "--random-tokens", "4", "--length", "8"], capsys)
+    assert rc == 2 and "reward_tails: error:" in err
+    rc, _, err = _run(["--model", str(tmp_path / "no_model")], capsys)
+    assert rc == 2 and "--random-tokens" in err
+
+
+def test_small_run_writes_outputs_and_json(files, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    argv = ["--rewards", files["good.npy"], "--demean", "--positive-only", "--no-bayes",
+            "--num-boot", "10", "--k", "3", "17", "--out", str(out_dir), "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]  # every stdout line is JSON
+    hill = [r for r in rows if r["kind"] == "hill"]
+    assert [r["k"] for r in hill] == [3, 17]
+    x = np.load(files["good.npy"])
+    x = np.sort(x - x.mean())[::-1]
+    for r in hill:
+        k = r["k"]
+        ref = np.mean(np.log(x[:k])) - np.log(x[k])
+        assert r["xi"] == pytest.approx(ref, rel=1e-4) and r["se"] == pytest.approx(ref / np.sqrt(k), rel=1e-4)
+    (verdict,) = [r for r in rows if r["kind"] == "verdict"]
+    assert verdict["verdict"] in ("light", "heavy", "inconclusive") and verdict["n"] == 1000
+    assert verdict["gpd_mle"]["lo"] < verdict["gpd_mle"]["xi"] < verdict["gpd_mle"]["hi"]
+    for f in ("diagnostics.png", "estimators.png", "results.json", "config.json"):
+        assert (out_dir / f).is_file()
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["demean"] is True and cfg["k"] == [3, 17]
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
