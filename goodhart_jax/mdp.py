@@ -36,7 +36,7 @@ from goodhart_jax.tails import Family
 __all__ = [
     "TreeSpec", "Tree", "TreeResult", "make_base_policy", "make_tree", "soft_optimum",
     "optimal_policy", "policy_kl", "terminal_probs", "trajectory_stats", "thm2_policy", "thm2", "conditional_value",
-    "terminal_values", "sweep_betas",
+    "terminal_values", "sweep_betas", "sweep_tree",
 ]
 
 Levels = tuple  # tuple of L + 1 arrays, level k: [n^k] (k < L: EOS terminals), level L: [n^L]
@@ -357,7 +357,17 @@ def sweep_betas(tree: Tree, betas: Array, mesh: jax.sharding.Mesh | None = None)
     run = lambda tr, b: jax.lax.map(lambda x: soft_optimum(tr, x), b)  # noqa: E731
     if mesh is None:
         return run(tree, betas)
+    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     (axis,) = mesh.axis_names
+    betas = jax.reshard(betas, NamedSharding(mesh, P(axis)))
+    tree = jax.reshard(tree, NamedSharding(mesh, P()))
     return jax.shard_map(run, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P(axis))(tree, betas)
+
+
+sweep_tree = jax.jit(sweep_betas, static_argnames=("mesh",))
+"""Jitted entry point: `sweep_tree(tree, betas [K], mesh=None) -> TreeResult` of [K].
+
+New beta values (same K) reuse the compiled sweep.
+"""

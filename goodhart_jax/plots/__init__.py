@@ -1,0 +1,1 @@
+"""Matplotlib figures for the sims scripts (host side; imported lazily)."""

@@ -1,0 +1,218 @@
+"""Token trees: the exact optimum against brute-force enumeration in float64 NumPy."""
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from goodhart_jax import mdp, tails
+
+NORMAL, LAPLACE, T3 = tails.parse("normal"), tails.parse("laplace"), tails.parse("student_t:df=3")
+
+
+def enumerate_terminals(spec, tree):
+    """Every terminal: (tokens, log pi0(tau), U, V), walking the tree recursively."""
+    lp0 = [np.asarray(a, np.float64) for a in tree.log_pi0]
+    X = [np.asarray(a, np.float64) for a in tree.X]
+    V = [np.asarray(a, np.float64) for a in tree.V]
+    out = []
+
+    def walk(k, idx, lp, toks):
+        if k == spec.depth:
+            out.append((toks, lp, X[k][idx] + V[k][idx], V[k][idx]))
+            return
+        for a in range(spec.vocab):
+            if spec.eos and a == spec.vocab - 1:
+                out.append((toks + (a,), lp + lp0[k][idx, a], X[k][idx] + V[k][idx], V[k][idx]))
+            else:
+                walk(k + 1, idx * spec.n + a, lp + lp0[k][idx, a], toks + (a,))
+
+    walk(0, 0, 0.0, ())
+    return out
+
+
+def brute_force(terms, log_p, base_policy):
+    """E_U, E_V, trajectory KL and per-state KL of the trajectory law exp(log_p)."""
+    toks = [t[0] for t in terms]
+    lp0 = np.array([t[1] for t in terms])
+    U = np.array([t[2] for t in terms])
+    V = np.array([t[3] for t in terms])
+    p = np.exp(log_p)
+    mass = defaultdict(float)  # prefix -> probability of passing through it
+    for tk, pk in zip(toks, p):
+        for i in range(len(tk) + 1):
+            mass[tk[:i]] += pk
+
+    def state_kl(prefix):
+        kids = [prefix + (a,) for a in range(len(base_policy(prefix)))]
+        pi = np.array([mass[c] for c in kids]) / mass[prefix]
+        pi0 = base_policy(prefix)
+        nz = pi > 0
+        return np.sum(pi[nz] * (np.log(pi[nz]) - np.log(pi0[nz])))
+
+    per_state = np.array([np.mean([state_kl(tk[:i]) for i in range(len(tk))]) for tk in toks])
+    return p @ U, p @ V, p @ (log_p - lp0), p @ per_state
+
+
+def base_policy_fn(spec, tree):
+    lp0 = [np.asarray(a, np.float64) for a in tree.log_pi0]
+
+    def f(prefix):
+        idx = 0
+        for a in prefix:
+            idx = idx * spec.n + a
+        return np.exp(lp0[len(prefix)][idx])
+
+    return f
+
+
+CASES = [(mdp.TreeSpec(3, 4, False), "uniform"), (mdp.TreeSpec(4, 3, False), "random"),
+         (mdp.TreeSpec(4, 3, True), "uniform"), (mdp.TreeSpec(5, 3, True), "random"), (mdp.TreeSpec(2, 1, False), "random")]
+
+
+@pytest.mark.parametrize("spec,pi0", CASES)
+def test_soft_optimum_matches_brute_force(spec, pi0):
+    with jax.enable_x64(True):
+        tree = mdp.make_tree(jax.random.key(3), spec, NORMAL, LAPLACE, pi0=pi0, temperature=0.7, dtype=jnp.float64)
+        terms = enumerate_terminals(spec, tree)
+        assert len(terms) == spec.num_terminals
+        lp0 = np.array([t[1] for t in terms])
+        U = np.array([t[2] for t in terms])
+        for beta in (0.25, 1.0, 7.0):
+            lw = lp0 + U / beta
+            log_p = lw - np.logaddexp.reduce(lw)  # pi*(tau) ∝ pi0(tau) exp(U/beta), Theorem 4
+            ref = brute_force(terms, log_p, base_policy_fn(spec, tree))
+            r = jax.device_get(mdp.soft_optimum(tree, jnp.float64(beta)))
+            np.testing.assert_allclose([r.E_U, r.E_V, r.KL, r.KL_per_state], ref, rtol=1e-10, atol=1e-12)
+            _, W0 = mdp.optimal_policy(tree, jnp.float64(beta))
+            np.testing.assert_allclose(W0, beta * np.logaddexp.reduce(lw), rtol=1e-12)
+
+
+def test_no_perturbation_beats_the_optimum():
+    spec, beta = mdp.TreeSpec(4, 3, True), 0.6
+    with jax.enable_x64(True):
+        tree = mdp.make_tree(jax.random.key(5), spec, T3, NORMAL, pi0="random", dtype=jnp.float64)
+        pi, _ = mdp.optimal_policy(tree, jnp.float64(beta))
+        best = mdp.soft_optimum(tree, jnp.float64(beta))
+        objective = lambda r: r.E_U - beta * r.KL  # noqa: E731
+        key = jax.random.key(0)
+        for i in range(30):
+            key, *ks = jax.random.split(key, len(pi) + 1)
+            scale = 0.5 if i < 15 else 0.01
+            new = tuple(jax.nn.softmax(jnp.log(p) + scale * jax.random.normal(k, p.shape, p.dtype), axis=-1)
+                        for p, k in zip(pi, ks))
+            assert objective(mdp.trajectory_stats(tree, new)) < objective(best)
+
+
+@pytest.mark.parametrize("spec", [mdp.TreeSpec(3, 4, False), mdp.TreeSpec(4, 3, True)])
+def test_thm2_policy_reproduces_rho_t(spec):
+    with jax.enable_x64(True):
+        tree = mdp.make_tree(jax.random.key(11), spec, T3, NORMAL, pi0="random", dtype=jnp.float64)
+        U = np.concatenate([np.asarray(x + v) for x, v in zip(tree.X, tree.V)])
+        lr0 = np.log(np.concatenate([np.asarray(p) for p in mdp.terminal_probs(tree, tuple(jnp.exp(l) for l in tree.log_pi0))]))
+        t, c = float(np.quantile(U, 0.9)), 0.5
+        F = np.exp(lr0[U <= t]).sum()
+        rho = np.exp(lr0) * np.where(U <= t, (1 - c / t) / F, (c / t) / (1 - F))
+        pi, log_rho, valid = mdp.thm2_policy(tree, jnp.float64(t), jnp.float64(c))
+        assert bool(valid)
+        np.testing.assert_allclose(np.exp(np.concatenate(log_rho)), rho, rtol=1e-12, atol=1e-15)
+        induced = np.concatenate([np.asarray(p) for p in mdp.terminal_probs(tree, pi)])
+        np.testing.assert_allclose(induced, rho, rtol=1e-10, atol=1e-15)  # Tr(pi) = rho_t
+        np.testing.assert_allclose(rho[U > t].sum(), c / t, rtol=1e-12)
+        r, _ = mdp.thm2(tree, jnp.float64(t), jnp.float64(c))
+        nz = rho > 0
+        np.testing.assert_allclose(r.KL, np.sum(rho[nz] * (np.log(rho[nz]) - lr0[nz])), rtol=1e-10)
+        assert 0 <= r.KL_per_state <= r.KL
+        # Undefined constructions are flagged: no terminal above t, or t <= c.
+        _, valid = mdp.thm2(tree, jnp.float64(U.max() + 1), jnp.float64(c))
+        assert not bool(valid)
+        _, valid = mdp.thm2(tree, jnp.float64(0.5), jnp.float64(c))
+        assert not bool(valid)
+
+
+def test_conditional_value_matches_enumeration():
+    spec = mdp.TreeSpec(4, 3, True)
+    with jax.enable_x64(True):
+        tree = mdp.make_tree(jax.random.key(2), spec, NORMAL, NORMAL, pi0="random", dtype=jnp.float64)
+        terms = enumerate_terminals(spec, tree)
+        p0 = np.exp([t[1] for t in terms])
+        U = np.array([t[2] for t in terms])
+        V = np.array([t[3] for t in terms])
+        for t in (-1.0, 0.5, 2.0):
+            m = U >= t
+            ev, log_p = mdp.conditional_value(tree, jnp.float64(t))
+            np.testing.assert_allclose(ev, p0[m] @ V[m] / p0[m].sum(), rtol=1e-12)
+            np.testing.assert_allclose(log_p, np.log(p0[m].sum()), rtol=1e-12)
+
+
+def test_large_beta_recovers_pi0_and_kl_nonnegative():
+    spec = mdp.TreeSpec(5, 3, True)
+    tree = mdp.make_tree(jax.random.key(4), spec, LAPLACE, NORMAL, pi0="random")
+    pi, _ = mdp.optimal_policy(tree, jnp.float32(1e6))
+    for p, l0 in zip(pi, tree.log_pi0):
+        np.testing.assert_allclose(p, np.exp(l0), atol=1e-5)  # exp(U/beta) -> 1
+    r = mdp.sweep_betas(tree, jnp.geomspace(0.05, 100.0, 12))
+    assert np.all(r.KL >= -1e-6) and np.all(r.KL_per_state >= -1e-6)
+    assert np.all(np.diff(r.KL) <= 1e-6)  # KL shrinks as beta grows
+    base = mdp.trajectory_stats(tree, tuple(jnp.exp(l) for l in tree.log_pi0))
+    np.testing.assert_allclose([r.E_U[-1], r.E_V[-1]], [base.E_U, base.E_V], atol=0.02)
+
+
+def test_same_seed_same_numbers_and_vmap_over_seeds():
+    spec = mdp.TreeSpec(4, 4, False)
+    betas = jnp.asarray([0.3, 1.0, 3.0])
+    f = jax.jit(jax.vmap(lambda k: mdp.sweep_betas(mdp.make_tree(k, spec, T3, NORMAL), betas)))
+    keys = jax.vmap(jax.random.key)(jnp.arange(3))
+    a, b = f(keys), f(keys)
+    np.testing.assert_array_equal(a.E_V, b.E_V)
+    one = mdp.sweep_betas(mdp.make_tree(jax.random.key(1), spec, T3, NORMAL), betas)
+    np.testing.assert_allclose(a.E_V[1], one.E_V, rtol=1e-5)
+    assert not np.allclose(a.E_V[0], a.E_V[1])
+
+
+def test_sweep_entry_point_does_not_retrace_on_new_betas():
+    tree = mdp.make_tree(jax.random.key(0), mdp.TreeSpec(3, 3), NORMAL, NORMAL)
+    before = mdp.sweep_tree._cache_size()
+    for betas in ([0.1, 1.0], [0.2, 5.0], [3.0, 9.0]):
+        mdp.sweep_tree(tree, jnp.asarray(betas))
+    assert mdp.sweep_tree._cache_size() == before + 1
+
+
+def test_footnote4_dependent_returns():
+    spec = mdp.TreeSpec(8, 5)
+    tree = mdp.make_tree(jax.random.key(0), spec, NORMAL, NORMAL, dependent=True)
+    X, V = np.concatenate(tree.X), np.concatenate(tree.V)
+    assert np.all(X[np.abs(V) > 1] == 0)
+    np.testing.assert_allclose(np.std(X[np.abs(V) <= 1]), 2.0, rtol=0.02)  # ~22k draws: se 0.5%
+
+
+@pytest.mark.parametrize("vocab,depth,match", [(1, 3, "vocab must be an integer >= 2"), (4, 0, "depth must be")])
+def test_bad_tree_spec(vocab, depth, match):
+    with pytest.raises(ValueError, match=match):
+        mdp.TreeSpec(vocab, depth)
+
+
+SHARDED = r"""
+import json, jax, jax.numpy as jnp
+from goodhart_jax import mdp, tails
+tree = mdp.make_tree(jax.random.key(0), mdp.TreeSpec(5, 4, True), tails.parse("student_t:df=3"), tails.parse("normal"))
+betas = jnp.geomspace(0.1, 10.0, 8)
+mesh = jax.make_mesh((jax.device_count(),), ("beta",))
+a = mdp.sweep_tree(tree, betas, mesh=mesh)
+b = mdp.sweep_tree(tree, betas)
+print(json.dumps(dict(devices=jax.device_count(), sharded=[x.tolist() for x in a], single=[x.tolist() for x in b])))
+"""
+
+
+def test_sharded_sweep_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 4
+    np.testing.assert_allclose(res["sharded"], res["single"], rtol=1e-6)
