@@ -58,7 +58,7 @@ def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
     ours = np.asarray(reward(model.params, ids, mask))
 
     ref = ckpt.torch_model
-    tids, tmask = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask)
+    tids, tmask = torch.tensor(np.array(ids), dtype=torch.long), torch.tensor(mask)
 
     def torch_score():
         with torch.inference_mode():
