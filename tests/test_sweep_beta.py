@@ -1,0 +1,77 @@
+"""The main job, sims/sweep_beta.py: files, JSON lines, bad input."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "sims" / "sweep_beta.py"
+spec = importlib.util.spec_from_file_location("sweep_beta", SCRIPT)
+sweep_beta = sys.modules["sweep_beta"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sweep_beta)
+
+SMALL = dict(error=("normal", "student_t:df=3"), betas=(0.3, 1.0, 3.0), vocab=4, depth=3, seeds=2,
+             thm2_t=(2.0, 4.0))
+
+
+def test_small_run_writes_everything(tmp_path):
+    cfg = sweep_beta.Config(**SMALL, out=str(tmp_path))
+    rows = sweep_beta.main(cfg)
+    for name in ("results.csv", "results.jsonl", "config.json", "ev_vs_kl.png", "eu_vs_beta.png", "thm2_vs_t.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+    lines = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == len(rows) == 2 * 3 + 2 * (2 * 3 + 2 * 2)
+    kinds = {r["kind"] for r in lines}
+    assert kinds == {"tilt", "tree", "thm2"}
+    tilt_t = [r for r in lines if r["kind"] == "tilt" and r["error"] == "student_t:df=3"]
+    assert all(r["exists"] is False and r["E_V"] is None and "heavy-tailed" in r["reason"] for r in tilt_t)
+    tilt_n = [r for r in lines if r["kind"] == "tilt" and r["error"] == "normal"]
+    # Centred unit normals: E[V] = 1/beta exactly (float32 quadrature).
+    np.testing.assert_allclose([r["E_V"] for r in tilt_n], [1 / 0.3, 1.0, 1 / 3.0], rtol=1e-4)
+    tree = [r for r in lines if r["kind"] == "tree"]
+    assert {r["seed"] for r in tree} == {0, 1}
+    assert all(set(r) >= {"beta", "E_U", "E_V", "KL", "KL_per_state"} for r in tree)
+    cfg_json = json.loads((tmp_path / "config.json").read_text())
+    assert cfg_json["error"] == ["normal", "student_t:df=3"] and cfg_json["center"] is True
+
+
+def test_same_config_same_numbers(tmp_path):
+    a = sweep_beta.main(sweep_beta.Config(**SMALL, out=str(tmp_path / "a"), plots=False))
+    b = sweep_beta.main(sweep_beta.Config(**SMALL, out=str(tmp_path / "b"), plots=False))
+    assert a == b
+
+
+def test_cli_json_stdout_is_only_json(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--error", "laplace", "--utility", "normal", "--betas", "0.5", "2",
+           "--vocab", "3", "--depth", "2", "--seeds", "1", "--thm2-t", "3", "--out", str(tmp_path), "--json",
+           "--no-plots"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(l) for l in out.stdout.splitlines()]
+    assert len(rows) == 2 + 2 + 1
+    assert rows[0]["kind"] == "tilt" and rows[0]["exists"] is False  # laplace: only beta > 1
+    assert "only beta > 1 works" in rows[0]["reason"]
+    assert rows[1]["exists"] is True and rows[1]["error"] == "laplace"
+    assert "centred to mean 0" in out.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--error", "cauchy"], "unknown family 'cauchy'"),
+    (["--betas", "1", "0"], "beta must be finite and > 0"),
+    (["--betas", "-2"], "beta must be finite and > 0"),
+    (["--vocab", "1"], "vocab must be an integer >= 2"),
+    (["--depth", "0"], "depth must be an integer >= 1"),
+    (["--error", "student_t:nu=2"], "unknown parameter 'nu'"),
+    (["--error", "pareto:alpha=0.5"], "cannot centre"),
+])
+def test_bad_input_one_line_exit_2(args, msg, tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPT), *args, "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and msg in lines[0], out.stderr
