@@ -11,8 +11,9 @@ stdout carries only JSON lines: one {"kind": "hill", "k", "xi", "se"} per k
 {"kind": "verdict", ...}, then {"kind": "compare", ...} per --compare value.
 Bad input prints one line to stderr and exits with status 2.
 
---model scores random token sequences with `goodhart_jax.models.load_scorer`
-(issue 4), imported only when the flag is used.
+--model scores uniformly random token sequences with the reward head of
+`goodhart_jax.models.load_model` / `reward_scorer` (issue 4), imported only
+when the flag is used.
 """
 from __future__ import annotations
 
@@ -149,16 +150,15 @@ def score_random_tokens(cfg: Config) -> np.ndarray:
         import goodhart_jax.models as models  # lazy: issue 4
     except ImportError as e:
         raise TailInputError(f"--model needs goodhart_jax.models (issue 4), which cannot be imported: {e}") from None
-    load = getattr(models, "load_scorer", None)
-    if load is None:
-        raise TailInputError(
-            "--model needs goodhart_jax.models.load_scorer(model_dir, base_model_dir=None) -> Scorer, "
-            "which goodhart_jax.models does not provide yet"
-        )
+    load, to_scorer = getattr(models, "load_model", None), getattr(models, "reward_scorer", None)
+    if load is None or to_scorer is None:
+        raise TailInputError("--model needs goodhart_jax.models.load_model and reward_scorer (issue 4)")
+    bad_checkpoint = (OSError, ValueError, KeyError) + ((models.CheckpointError,) if hasattr(models, "CheckpointError") else ())
     try:
-        scorer = load(cfg.model, cfg.base_model or None)
-    except (OSError, ValueError, KeyError) as e:
-        raise TailInputError(f"cannot load reward model from {cfg.model}: {e}") from None
+        scorer = to_scorer(load(cfg.model, base_model=cfg.base_model or None))
+    except bad_checkpoint as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TailInputError(f"cannot load reward model from {cfg.model}: {first}") from None
     score = jax.jit(scorer.score_tokens)
     key = jax.random.key(cfg.seed + 1)
     from tqdm import tqdm

@@ -131,15 +131,6 @@ def test_diagnose_verdicts(law, expected):
     assert d.verdict.verdict == expected, d.verdict.reason
 
 
-def test_gpd_mle_curve_matches_single_fits():
-    x = np.sort(np.asarray(jax.random.normal(jax.random.key(8), (3001,))))[::-1]
-    ks = np.array([1100, 1500])
-    c = jax.jit(ti.gpd_mle_curve, static_argnames="kmax")(jnp.asarray(x), ks, kmax=1500)
-    for j, k in enumerate(ks):
-        f = ti.fit_excesses_mle(x[:k] - x[k])
-        assert float(c.xi[j]) == pytest.approx(float(f.xi), abs=0.05 * float(f.xi_se))
-
-
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present (the paper's published rewards)")
 def test_paper_figure1_hill_reading():
     """README recipe: sort desc, demean, keep positives, k = int(n^0.1)..int(n^0.5)-1."""
