@@ -169,33 +169,71 @@ def terminal_values(tree: Tree) -> Levels:
     return tuple(x + v for x, v in zip(tree.X, tree.V))
 
 
-def _soft_backward(tree: Tree, beta: Array) -> tuple[tuple, tuple, Array]:
-    """Soft backward induction in log space.
+def _backward(tree: Tree, policy_at) -> tuple[TreeResult, Array]:
+    """One backward pass: the policy level by level, and its expectations.
 
+    Expectations are accumulated bottom-up instead of by a forward pass over
+    reach probabilities, so nothing of size [leaves] outlives its level:
+      E_U(s) = sum_a pi(a|s) E_U(sa),  KL(s) = KL(pi(s)||pi0(s)) + sum_a pi(a|s) KL(sa),
+      H(s) = E[1 / |T| | s],  G(s) = KL(pi(s)||pi0(s)) H(s) + sum_a pi(a|s) G(sa),
+    where |T| is the number of actions of the trajectory; G(root) is the
+    per-state KL E_T[(1/|T|) sum_{s in T} KL(pi(s)||pi0(s))].
+
+    Args:
+      policy_at: (k, W_kids [n^k, A]) -> (pi [n^k, A], KL(pi(s)||pi0(s)) [n^k],
+        W [n^k]), where W is a value carried upward (the soft value, or unused).
     Returns:
-      (pi, state_kl, W0): L arrays [n^k, A] of pi*(a|s); L arrays [n^k] of
-      KL(pi*(s) || pi0(s)); and W(root) = beta log E_pi0[exp(U / beta)].
+      (result, W(root)).
     """
     spec = _spec_of(tree)
     U = terminal_values(tree)
-    W = U[-1]
-    pi, kl = [None] * spec.depth, [None] * spec.depth
+    dtype = U[-1].dtype
+    W, EU, EV = U[-1], U[-1], tree.V[-1]
+    KL = G = None  # zero on terminal states (None skips the arithmetic on the leaves)
+    H = None  # 1/L on full-length leaves, so sum_a pi H = 1/L there
     for k in reversed(range(spec.depth)):
-        q = _children(spec, W, U[k]) / beta  # [n^k, A]
+        m = spec.n**k
+        kids = lambda below, exit_: _children(spec, below, exit_)  # noqa: E731
+        pi, kl, W = policy_at(k, kids(W, U[k]))
+        avg = lambda below, exit_: jnp.sum(pi * kids(below, exit_), axis=1)  # noqa: E731
+        exit_zero = jnp.zeros((m if spec.eos else 0,), dtype)
+        EU, EV = avg(EU, U[k]), avg(EV, tree.V[k])
+        exit_h = jnp.full((m if spec.eos else 0,), 1.0 / (k + 1), dtype)
+        if H is None:
+            H = avg(jnp.full((m * spec.n,), 1.0 / spec.depth, dtype), exit_h) if spec.eos else \
+                jnp.full((m,), 1.0 / spec.depth, dtype)
+        else:
+            H = avg(H, exit_h)
+        KL = kl if KL is None else kl + avg(KL, exit_zero)
+        G = kl * H if G is None else kl * H + avg(G, exit_zero)
+    return TreeResult(EU[0], EV[0], KL[0], G[0]), W[0]
+
+
+def _soft_policy(tree: Tree, beta: Array, record: list | None = None):
+    """policy_at for the KL-penalised optimum: softmax(log pi0 + W_kids / beta)."""
+
+    def policy_at(k, w_kids):
+        q = w_kids / beta  # [n^k, A]
         z = tree.log_pi0[k] + q
         m = jnp.max(z, axis=1, keepdims=True)
         e = jnp.exp(z - m)
         S = jnp.sum(e, axis=1, keepdims=True)
         logZ = m + jnp.log(S)  # [n^k, 1]
-        pi[k] = e / S
+        pi = e / S
+        if record is not None:
+            record[k] = pi
         # log pi* - log pi0 = q - logZ, so KL(pi*(s) || pi0(s)) = sum_a pi* q - logZ.
-        kl[k] = jnp.sum(pi[k] * q, axis=1) - logZ[:, 0]
-        W = beta * logZ[:, 0]
-    return tuple(pi), tuple(kl), W[0]
+        kl = jnp.sum(pi * q, axis=1) - logZ[:, 0]
+        return pi, kl, beta * logZ[:, 0]
+
+    return policy_at
 
 
 def optimal_policy(tree: Tree, beta: Array) -> tuple[tuple, Array]:
     """The maximiser of E[U] - beta KL(Tr(pi) || Tr(pi0)) (Theorem 4).
+
+    Soft backward induction: W(leaf) = U, W(s) = beta log sum_a pi0(a|s) exp(W(sa)/beta),
+    pi*(a|s) = pi0(a|s) exp((W(sa) - W(s)) / beta).
 
     Args:
       tree: the tree.
@@ -204,8 +242,14 @@ def optimal_policy(tree: Tree, beta: Array) -> tuple[tuple, Array]:
       (pi, W0): L arrays [n^k, A] of pi*(a|s), and the optimal objective
       W(root) = beta log E_pi0[exp(U / beta)].
     """
-    pi, _, W0 = _soft_backward(tree, beta)
-    return pi, W0
+    pis = [None] * len(tree.log_pi0)
+    _, W0 = _backward(tree, _soft_policy(tree, beta, pis))
+    return tuple(pis), W0
+
+
+def soft_optimum(tree: Tree, beta: Array) -> TreeResult:
+    """E_U, E_V and both KLs of the exact KL-penalised optimum pi*(beta)."""
+    return _backward(tree, _soft_policy(tree, beta))[0]
 
 
 def policy_kl(pi: tuple, log_pi0: tuple) -> tuple:
@@ -228,8 +272,8 @@ def terminal_probs(tree: Tree, pi: tuple) -> Levels:
     return tuple(out) + (r,)
 
 
-def trajectory_stats(tree: Tree, pi: tuple, state_kl: tuple | None = None) -> TreeResult:
-    """Expectations of a policy over its trajectories.
+def trajectory_stats(tree: Tree, pi: tuple) -> TreeResult:
+    """E_U, E_V, trajectory KL and per-state KL of any policy.
 
     The trajectory KL is the chain rule sum_s P_pi(reach s) KL(pi(s) || pi0(s));
     the per-state KL averages KL(pi(s) || pi0(s)) over the states of each
@@ -238,39 +282,9 @@ def trajectory_stats(tree: Tree, pi: tuple, state_kl: tuple | None = None) -> Tr
     Args:
       tree: the tree.
       pi: L arrays [n^k, A] of policy probabilities.
-      state_kl: L arrays [n^k] of KL(pi(s) || pi0(s)); computed when None.
     """
-    spec = _spec_of(tree)
-    if state_kl is None:
-        state_kl = policy_kl(pi, tree.log_pi0)
-    U = terminal_values(tree)
-    dtype = pi[0].dtype
-    r = jnp.ones((1,), dtype)  # reach probability of each state at depth k
-    cum = jnp.zeros((1,), dtype)  # KL summed along the path to each state
-    E_U = E_V = KL = KLs = jnp.zeros((), dtype)
-    for k in range(spec.depth):
-        KL += jnp.sum(r * state_kl[k])
-        cum = cum + state_kl[k]  # states s_0..s_k
-        if spec.eos:
-            p_exit = r * pi[k][:, -1]
-            E_U += jnp.sum(p_exit * U[k])
-            E_V += jnp.sum(p_exit * tree.V[k])
-            KLs += jnp.sum(p_exit * cum) / (k + 1)
-        p = r[:, None] * pi[k][:, : spec.n]  # [n^k, n]
-        if k + 1 < spec.depth:
-            r = p.reshape(-1)
-            cum = jnp.repeat(cum, spec.n)
-    leaf = p.reshape(-1)
-    E_U += jnp.sum(leaf * U[-1])
-    E_V += jnp.sum(leaf * tree.V[-1])
-    KLs += jnp.sum(jnp.sum(p, axis=1) * cum) / spec.depth
-    return TreeResult(E_U, E_V, KL, KLs)
-
-
-def soft_optimum(tree: Tree, beta: Array) -> TreeResult:
-    """E_U, E_V and both KLs of the exact KL-penalised optimum pi*(beta)."""
-    pi, kl, _ = _soft_backward(tree, beta)
-    return trajectory_stats(tree, pi, kl)
+    kl = policy_kl(pi, tree.log_pi0)
+    return _backward(tree, lambda k, w: (pi[k], kl[k], jnp.zeros(pi[k].shape[:1], pi[k].dtype)))[0]
 
 
 def _base_terminal_logprobs(tree: Tree) -> Levels:

@@ -1,0 +1,84 @@
+"""Beta sweep on the 8^7 tree: goodhart_jax against plain NumPy, same process.
+
+Prints the ratio, checks the results agree, and relates the achieved traffic
+to this machine's memory-copy bandwidth (measured here with a large
+`np.copyto`): bytes/s = (bytes the sweep must touch per beta x K) / time. The
+sweep's floor is reading the leaves' returns and writing the policy once per
+beta; the tree's float32 leaves (8 MB) fit in cache, so `exp` bounds it first.
+
+    python benchmarks/bench_tree.py [--vocab 8] [--depth 7] [--betas 64] [--repeats 5]
+"""
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from numpy_tree import numpy_sweep  # noqa: E402
+
+from goodhart_jax import mdp, tails  # noqa: E402
+
+
+def median_time(f, repeats):
+    f()  # warm-up (compile)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def copy_bandwidth(nbytes=512 << 20, repeats=5):
+    a = np.ones(nbytes // 8)
+    b = np.empty_like(a)
+    t = median_time(lambda: np.copyto(b, a), repeats)
+    return 2 * nbytes / t  # read + write
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--vocab", type=int, default=8)
+    p.add_argument("--depth", type=int, default=7)
+    p.add_argument("--betas", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    spec = mdp.TreeSpec(a.vocab, a.depth)
+    tree = mdp.make_tree(jax.random.key(0), spec, tails.parse("normal"), tails.parse("normal"))
+    betas = jnp.geomspace(0.05, 20.0, a.betas)
+    jax.block_until_ready(tree)
+
+    ours = lambda: jax.block_until_ready(mdp.sweep_tree(tree, betas))  # noqa: E731
+    np_args = ([np.asarray(x) for x in tree.log_pi0], [np.asarray(x) for x in tree.X],
+               [np.asarray(x) for x in tree.V], np.asarray(betas), spec.eos)
+    base = lambda: numpy_sweep(*np_args)  # noqa: E731
+
+    t_ours = median_time(ours, a.repeats)
+    t_np = median_time(base, max(1, a.repeats // 2))
+    r = np.stack(jax.device_get(mdp.sweep_tree(tree, betas)), 1)
+    ref = numpy_sweep(*np_args)
+    err = np.max(np.abs(r - ref) / np.maximum(np.abs(ref), 1e-3))
+    assert err < 1e-3, f"results differ: max relative error {err:.2e}"  # float32 sums in different orders
+
+    states = sum(spec.n**k for k in range(spec.depth))
+    # Per beta: read leaves' U and every level's pi0 logits, write pi (all float32).
+    touched = 4 * (spec.num_terminals + 2 * states * spec.vocab)
+    bw = copy_bandwidth()
+    achieved = touched * a.betas / t_ours
+    print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].platform}, "
+          f"jax {jax.__version__}, numpy {np.__version__}")
+    print(f"tree {a.vocab}^{a.depth} = {spec.num_terminals} leaves x {a.betas} betas (E_U, E_V, KL, KL_per_state)")
+    print(f"goodhart_jax sweep_tree: {t_ours * 1e3:8.1f} ms")
+    print(f"numpy baseline         : {t_np * 1e3:8.1f} ms   ratio {t_np / t_ours:.2f}x")
+    print(f"max relative difference: {err:.1e}")
+    print(f"bytes touched/s {achieved / 1e9:.2f} GB/s; memory-copy bandwidth {bw / 1e9:.2f} GB/s; "
+          f"floor time {touched * a.betas / bw * 1e3:.1f} ms -> {t_ours / (touched * a.betas / bw):.1f}x the floor")
+
+
+if __name__ == "__main__":
+    main()
