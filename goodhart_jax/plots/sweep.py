@@ -5,6 +5,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -79,6 +80,7 @@ def sweep_beta_figures(rows: list[dict], out: Path, utility: str) -> list[Path]:
         ax.plot(b, eu, color="k", lw=0.8, alpha=0.6, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=-1.0)
     ax.set_xlabel("beta")
     ax.set_ylabel("E[U] under the optimum")
     ax.set_title("Proxy reward against beta (dotted: continuous tilt)")
@@ -93,6 +95,8 @@ def sweep_beta_figures(rows: list[dict], out: Path, utility: str) -> list[Path]:
         axes[1].plot(t, kl, label=err, **_style(err))
     for ax, lab in zip(axes, ("E[U] under rho_t", "KL(rho_t || rho0)  [nats]")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("threshold t")
         ax.set_ylabel(lab)
         ax.legend(fontsize=8)
