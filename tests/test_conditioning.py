@@ -1,0 +1,193 @@
+"""E[V | X + V >= t]: closed forms, mpmath far in the tail, Monte Carlo, limit trends."""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import mpmath as mp
+import numpy as np
+import pytest
+from scipy import special
+
+from goodhart_jax.conditioning import (
+    check_thresholds, exponential_limit, footnote4, footnote4_mc, integrand_mode, sweep_threshold,
+    sweep_threshold_mc, threshold,
+)
+from goodhart_jax.tails import parse
+
+# ----------------------------------------------------------------------------
+# mpmath reference. P(X+V >= t) is ~e^-2500 at t = 100 with normal error, so the
+# integrand is rescaled by its peak in log space before mp.quad sees it.
+
+mp.mp.dps = 25
+
+
+def _mp_logpdf(fam, v):
+    p, v = fam.params, mp.mpf(v)
+    if fam.name == "normal":
+        z = (v - p["loc"]) / p["scale"]
+        return -z * z / 2 - mp.log(mp.sqrt(2 * mp.pi) * p["scale"])
+    if fam.name == "student_t":
+        df, z = mp.mpf(p["df"]), (v - p["loc"]) / p["scale"]
+        return (mp.loggamma((df + 1) / 2) - mp.loggamma(df / 2) - mp.log(mp.sqrt(df * mp.pi) * p["scale"])
+                - (df + 1) / 2 * mp.log(1 + z * z / df))
+    raise KeyError(fam.name)
+
+
+def _mp_logsf(fam, x):
+    p, x = fam.params, mp.mpf(x)
+    if fam.name == "normal":
+        return mp.log(mp.erfc((x - p["loc"]) / p["scale"] / mp.sqrt(2)) / 2)
+    if fam.name == "student_t":
+        df, z = mp.mpf(p["df"]), (x - p["loc"]) / p["scale"]
+        i = mp.betainc(df / 2, mp.mpf(1) / 2, 0, df / (df + z * z), regularized=True)
+        return mp.log(i / 2) if z >= 0 else mp.log(1 - i / 2)
+    if fam.name == "pareto":
+        return p["alpha"] * (mp.log(p["scale"]) - mp.log(x)) if x > p["scale"] else mp.mpf(0)
+    raise KeyError(fam.name)
+
+
+def mp_threshold(err, util, t, points):
+    """(E[V | X+V >= t], log P(X+V >= t)) by mpmath, split at `points`."""
+    lg = lambda v: _mp_logpdf(util, v) + _mp_logsf(err, t - v)  # noqa: E731
+    peak = max(lg(v) for v in points)
+    f = lambda v: mp.exp(lg(v) - peak)  # noqa: E731
+    pieces = [-mp.inf] + sorted({mp.mpf(x) for x in points}) + [mp.inf]
+    z = mp.quad(f, pieces)
+    return float(mp.quad(lambda v: v * f(v), pieces) / z), float(peak + mp.log(z))
+
+
+def gaussian_closed_form(t, sx, sv):
+    """E[V | X+V >= t] = (sv^2/su) phi(t/su) / Phibar(t/su), in log space."""
+    su = math.hypot(sx, sv)
+    z = np.asarray(t) / su
+    log_phi = -0.5 * z * z - 0.5 * math.log(2 * math.pi)
+    return sv**2 / su * np.exp(log_phi - special.log_ndtr(-z)), special.log_ndtr(-z)
+
+
+# ----------------------------------------------------------------------------
+# Compiling a (error, utility, dtype, shape) combination costs seconds, so the
+# tests share one threshold grid and cache results per process.
+
+TS = (0.0, 10.0, 100.0)
+
+
+@functools.lru_cache(maxsize=None)
+def quad(err: str, util: str, x64: bool, ts=TS):
+    with jax.enable_x64(x64):
+        r = sweep_threshold(parse(err), parse(util), jnp.asarray(ts, jnp.float64 if x64 else jnp.float32))
+        return np.asarray(r.E_V), np.asarray(r.log_p)
+
+
+def test_gaussian_closed_form():
+    ts = np.array([-3.0, 0.0, 2.0, 10.0, 40.0, 100.0])
+    with jax.enable_x64(True):
+        r = sweep_threshold(parse("normal:scale=1.5"), parse("normal:scale=0.7"), jnp.asarray(ts))
+        eager = threshold(parse("normal:scale=1.5"), parse("normal:scale=0.7"), jnp.float64(40.0))
+    want, want_logp = gaussian_closed_form(ts, 1.5, 0.7)
+    # Double-exponential quadrature of an analytic integrand: ~1e-12 in float64.
+    np.testing.assert_allclose(np.asarray(r.E_V), want, rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(r.log_p), want_logp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(float(eager.E_V), want[4], rtol=1e-9)  # un-jitted agrees
+
+
+def test_vmap_over_family_parameters():
+    scales = jnp.array([0.5, 1.0, 2.0])
+    with jax.enable_x64(True):
+        fams = jax.vmap(lambda s: dataclasses.replace(parse("normal"), params={"loc": 0.0, "scale": s}))(scales)
+        out = jax.jit(jax.vmap(threshold, in_axes=(0, None, None)))(fams, parse("normal"), jnp.float64(3.0))
+    want = [gaussian_closed_form(3.0, float(s), 1.0)[0] for s in scales]
+    np.testing.assert_allclose(np.asarray(out.E_V), want, rtol=1e-9)
+
+
+@pytest.mark.parametrize("err,util", [
+    ("student_t:df=3", "normal"),  # Theorem 5: heavy error
+    ("pareto:alpha=2.5", "normal"),  # error with a support edge: Fbar_X(t - v) kinks at v = t - 1
+    ("student_t:df=3", "student_t:df=3"),  # two bumps: v near 0 and v near t
+    ("normal", "student_t:df=3"),  # heavy utility: V follows t
+])
+def test_heavy_tails_far_out_match_mpmath(err, util):
+    E_V, log_p = quad(err, util, True)
+    err, util = parse(err), parse(util)
+    for i, t in enumerate(TS[1:], start=1):
+        with jax.enable_x64(True):
+            m = float(_mode(err, util, jnp.float64(t)))
+        pts = [0.0, m - 1, m, m + 1, t - float(err.kink()), t - 1, t + 1]
+        want, want_logp = mp_threshold(err, util, t, pts)
+        # The issue's target is 1e-6 relative; measured ~1e-9 at worst (two bumps).
+        np.testing.assert_allclose(E_V[i], want, rtol=1e-6)
+        np.testing.assert_allclose(log_p[i], want_logp, rtol=1e-8)
+
+
+_mode = jax.jit(integrand_mode)
+
+
+@pytest.mark.parametrize("err,util", [("normal", "student_t:df=3"), ("student_t:df=3", "normal")])
+def test_monte_carlo_within_four_standard_errors_and_float32(err, util):
+    E32, logp32 = quad(err, util, False)
+    E64, logp64 = quad(err, util, True)
+    assert E32.dtype == np.float32 and np.all(np.isfinite(E32))
+    # float32 log-space sums: a few ulps times the node count.
+    np.testing.assert_allclose(E32, E64, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(logp32, logp64, rtol=1e-5)
+    m = sweep_threshold_mc(jax.random.key(0), parse(err), parse(util), jnp.asarray(TS, jnp.float32), 20_000)
+    z = (np.asarray(m.E_V) - E64) / np.asarray(m.se)
+    assert np.all(np.abs(z) < 4), z
+    # Importance sampling keeps a useful sample far out (plain rejection would keep none at t = 100).
+    assert np.all(np.asarray(m.ess) > 300), m.ess
+    # log P(X+V >= t) = log E_q[w]: the relative error of a mean of bounded weights is ~1/sqrt(ESS).
+    np.testing.assert_allclose(np.asarray(m.log_p), logp64, atol=0.1)
+
+
+def test_plain_monte_carlo_at_small_t():
+    """An estimator that shares nothing with the quadrature: draw X and V, keep X+V >= t."""
+    rng = np.random.default_rng(0)
+    n, t = 2_000_000, 2.0
+    x, v = rng.standard_t(3, n), rng.standard_normal(n)
+    keep = v[x + v >= t]
+    E_V, log_p = quad("student_t:df=3", "normal", True, (t,))
+    se = keep.std() / math.sqrt(keep.size)
+    assert abs(keep.mean() - E_V[0]) < 4 * se
+    np.testing.assert_allclose(math.log(keep.size / n), log_p[0], atol=4 / math.sqrt(keep.size))
+
+
+def test_limit_trends_theorems_5_and_8():
+    ts = (10.0, 30.0, 100.0, 300.0, 1000.0)
+    heavy = quad("student_t:df=3", "normal", True, ts)[0]
+    light = quad("normal", "normal", True, ts)[0]
+    expo = quad("exponential:rate=2", "normal", True, ts)[0]
+    with jax.enable_x64(True):
+        lim = float(jax.jit(exponential_limit)(jnp.float64(2.0), parse("normal")))
+    # Theorem 5: heavy error -> E[V] = 0, decreasing along the grid.
+    assert np.all(np.diff(heavy) < 0) and 0 < heavy[-1] < 0.01
+    # Theorem 8: light error -> infinity (t/2 for equal variances, up to the Mills ratio).
+    assert np.all(np.diff(light) > 0)
+    np.testing.assert_allclose(light, gaussian_closed_form(np.array(ts), 1.0, 1.0)[0], rtol=1e-9)
+    # Boundary: exponential error -> the tilt of N(0,1) by the rate, N(rate, 1): limit = rate.
+    np.testing.assert_allclose(lim, 2.0, rtol=1e-10)
+    np.testing.assert_allclose(expo[-2:], lim, rtol=1e-9)
+
+
+def test_footnote4_bounded_and_matches_sampling():
+    rng = np.random.default_rng(1)
+    n, t = 2_000_000, 2.0
+    v = rng.standard_normal(n)
+    x = np.where(np.abs(v) <= 1, 2.0 * rng.standard_normal(n), 0.0)
+    keep = v[x + v >= t]
+    with jax.enable_x64(True):
+        r = jax.jit(jax.vmap(footnote4))(jnp.array([t, 10.0, 100.0, 1000.0]))
+        m = jax.jit(footnote4_mc, static_argnums=2)(jax.random.key(2), jnp.float64(t), 20_000)
+    E = np.asarray(r.E_V)
+    assert abs(keep.mean() - E[0]) < 4 * keep.std() / math.sqrt(keep.size)
+    assert abs(float(m.E_V) - E[0]) < 4 * float(m.se)
+    # Light-tailed given V, yet bounded: only |V| <= 1 reaches a high proxy.
+    assert np.all((E[1:] > 0) & (E[1:] <= 1)) and np.all(np.diff(E[1:]) > 0)
+
+
+def test_bad_thresholds():
+    for bad in (np.inf, np.nan, [1.0, -np.inf]):
+        with pytest.raises(ValueError, match="finite"):
+            check_thresholds(bad)
+    with pytest.raises(ValueError, match="unknown family"):
+        parse("cauchyish")
