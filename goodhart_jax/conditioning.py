@@ -100,14 +100,14 @@ def _tanh_sinh(a, b, dtype):
     return y, log_w
 
 
-def _exp_sinh(a, sign, dtype):
-    """Nodes and log-weights on [a, inf) (sign=+1) or (-inf, a] (sign=-1)."""
+def _exp_sinh(a, sign, dtype, scale=1.0):
+    """Nodes and log-weights on [a, inf) (sign=+1) or (-inf, a] (sign=-1); nodes a + sign scale e^s."""
     s, log_ds = _de_base(dtype)
-    y = a + sign * jnp.exp(s)
-    return y, log_ds + s
+    y = a + sign * scale * jnp.exp(s)
+    return y, log_ds + s + jnp.log(scale)
 
 
-def log_de_quadrature(breaks: Array, lower: Array, dtype=None) -> tuple[Array, Array]:
+def log_de_quadrature(breaks: Array, lower: Array, dtype=None, scale: Array = 1.0) -> tuple[Array, Array]:
     """Nodes and log-weights of a double-exponential rule on (lower, inf) split at `breaks`.
 
     Pieces: [lower, b_1] by tanh-sinh (or (-inf, b_1] by exp-sinh when lower is
@@ -120,6 +120,8 @@ def log_de_quadrature(breaks: Array, lower: Array, dtype=None) -> tuple[Array, A
     Args:
       breaks: [m] split points (any order; traced).
       lower: [] lower end of the support (-inf for the real line).
+      scale: [] > 0, the length scale of the tails beyond the outer breaks
+        (the exp-sinh nodes are densest within a few `scale` of the break).
     Returns:
       (y, log_w): [(m + 1)(2 _N + 1)] nodes and log-weights; the integral of f
       is approximately sum exp(log_w + log f(y)). Where log_w is -inf the node
@@ -131,7 +133,7 @@ def log_de_quadrature(breaks: Array, lower: Array, dtype=None) -> tuple[Array, A
     finite_lower = jnp.isfinite(lower)
     b = jnp.where(finite_lower, jnp.maximum(breaks, lower), breaks)
     # Left end.
-    y_es, w_es = _exp_sinh(b[0], -1.0, dtype)
+    y_es, w_es = _exp_sinh(b[0], -1.0, dtype, scale)
     y_ts, w_ts = _tanh_sinh(jnp.where(finite_lower, lower, b[0]), b[0], dtype)
     ys = [jnp.where(finite_lower, y_ts, y_es)]
     ws = [jnp.where(finite_lower, w_ts, w_es)]
@@ -139,16 +141,16 @@ def log_de_quadrature(breaks: Array, lower: Array, dtype=None) -> tuple[Array, A
     y, w = _tanh_sinh(b[:-1, None], b[1:, None], dtype)
     ys.append(y.reshape(-1))
     ws.append(w.reshape(-1))
-    y, w = _exp_sinh(b[-1], 1.0, dtype)
+    y, w = _exp_sinh(b[-1], 1.0, dtype, scale)
     ys.append(y)
     ws.append(w)
     y, w = jnp.concatenate(ys), jnp.concatenate(ws)
     return y, jnp.where(jnp.isnan(w), -jnp.inf, w)
 
 
-def _integrate(log_g: Callable, breaks: Array, lower: Array, dtype) -> tuple[Array, Array]:
+def _integrate(log_g: Callable, breaks: Array, lower: Array, dtype, scale=1.0) -> tuple[Array, Array]:
     """(log ∫ g, ∫ v g / ∫ g) for a log-integrand g on (lower, inf)."""
-    y, log_w = log_de_quadrature(breaks, lower, dtype)
+    y, log_w = log_de_quadrature(breaks, lower, dtype, scale)
     lg = jnp.where(jnp.isfinite(log_w), log_g(y), -jnp.inf)
     lf = jnp.where(jnp.isnan(lg), -jnp.inf, lg) + log_w
     log_Z = logsumexp(lf)

@@ -1,0 +1,179 @@
+"""Distribution-level constructions: Theorem 1 (tail upweighting) and Theorem 3 (KL-bounded optimum).
+
+Theorem 1 (Kwa et al. 2024). For a heavy-tailed Q, P_t rescales Q's mass above
+t to total m_t = c / t^p and Q's mass at or below t to 1 - m_t, each part keeping
+Q's shape:
+
+    E_{P_t}[X] = (1 - m_t) E_Q[X | X <= t] + m_t E_Q[X | X > t],
+    KL(P_t || Q) = (1 - m_t) log((1 - m_t)/F_Q(t)) + m_t log(m_t / Fbar_Q(t)).
+
+With a heavy tail E_Q[X | X > t] grows like t while log Fbar_Q(t) shrinks only
+like log t, so (p = 1) the mean tends to >= c while KL -> 0, and (p < 1, the
+paper's Figure 3 with p = 0.8) the mean grows without bound while KL -> 0.
+
+Theorem 3. For light-tailed V, the largest E_P[V] with KL(P || Q) <= d is
+attained by an exponential tilt P_lam ∝ Q e^{lam V} with KL(P_lam || Q) = d
+(lam solved by bisection); it tends to E_Q[V] as d -> 0 and stays finite for
+every d. For heavy-tailed V no tilt exists, and the upweighting P_t with its
+tail mass chosen so that KL = d has a mean that grows without bound in t:
+sup E_P[V] = infinity at every budget (`upweight_at_kl`).
+
+Glossary: K sweep points (thresholds t or budgets d).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from goodhart_jax.conditioning import _integrate
+from goodhart_jax.tails import Family
+from goodhart_jax.tilting import tilt_component
+
+__all__ = ["UpweightResult", "BoundedResult", "tail_moments", "upweight", "sweep_upweight", "upweight_at_kl",
+           "kl_bounded_optimum", "sweep_kl_bounded"]
+
+
+class UpweightResult(NamedTuple):
+    """The Theorem 1 distribution P_t; fields [] or [K]."""
+
+    mean: Array  # E_{P_t}[X]
+    KL: Array  # KL(P_t || Q)
+    tail_mass: Array  # m_t = P_t(X > t)
+    log_sf_q: Array  # log Fbar_Q(t) = log Q(X > t)
+    valid: Array  # bool: 0 < m_t < 1 and 0 < Fbar_Q(t) < 1
+
+
+class BoundedResult(NamedTuple):
+    """The KL-bounded optimum; fields [] or [K]."""
+
+    E_V: Array  # max E_P[V] subject to KL(P || Q) <= d
+    KL: Array  # KL of the maximiser (= d where the tilt exists)
+    lam: Array  # tilt multiplier lam (1/beta)
+    exists: Array  # bool: an exponential tilt with this KL exists
+
+
+def _dtype(x):
+    x = jnp.asarray(x)
+    return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+
+
+def tail_moments(base: Family, t: Array) -> tuple[Array, Array]:
+    """(log Q(X > t), E_Q[X | X > t]) by log-space quadrature on (t, inf)."""
+    t = jnp.asarray(t, _dtype(t))
+    k = jnp.maximum(jnp.asarray(base.kink(), t.dtype), t)
+    breaks = jnp.stack([t, k, k + 1.0, 2.0 * jnp.abs(t) + k + 1.0])
+    # A heavy tail beyond 2|t| decays on the scale of t itself.
+    return _integrate(base.log_prob, breaks, t, t.dtype, jnp.maximum(1.0, 0.25 * jnp.abs(t)))
+
+
+def _kl_two_part(m, log_m, log_sf_q):
+    """KL of 'mass m above t, 1 - m below' against Q's Fbar_Q(t) = exp(log_sf_q)."""
+    log_F_q = jnp.log(-jnp.expm1(log_sf_q))
+    one_m = 1.0 - m
+    below = jnp.where(one_m > 0, one_m * (jnp.log1p(-m) - log_F_q), 0.0)
+    return below + m * (log_m - log_sf_q)
+
+
+def upweight(base: Family, t: Array, c: Array = 1.0, exponent: Array = 1.0) -> UpweightResult:
+    """Theorem 1's P_t for a base law Q: tail mass m_t = c / t^exponent above t.
+
+    Args:
+      base: the family of Q (used as given; Theorem 1 assumes mean 0 WLOG).
+      t: [] threshold, with 0 < c / t^exponent < 1.
+      c: [] > 0.
+      exponent: [] p > 0 (p = 1: Theorem 1's c/t; p = 0.8: Figure 3).
+    Returns:
+      `UpweightResult` with [] fields (mean and KL are +inf where not valid).
+    """
+    t = jnp.asarray(t, _dtype(t))
+    log_m = jnp.log(jnp.asarray(c, t.dtype)) - exponent * jnp.log(jnp.where(t > 0, t, 1.0))
+    m = jnp.exp(log_m)
+    log_sf, tail_mean = tail_moments(base, t)
+    sf = jnp.exp(log_sf)
+    mu = jnp.asarray(base.mean, t.dtype)
+    below_mean = (mu - sf * tail_mean) / (1.0 - sf)  # E_Q[X | X <= t]
+    valid = (t > 0) & (m < 1) & (log_sf < 0) & jnp.isfinite(log_sf) & jnp.isfinite(mu)
+    mean = (1.0 - m) * below_mean + m * tail_mean
+    kl = _kl_two_part(m, log_m, log_sf)
+    inf = jnp.asarray(jnp.inf, t.dtype)
+    return UpweightResult(jnp.where(valid, mean, inf), jnp.where(valid, kl, inf), m, log_sf, valid)
+
+
+sweep_upweight = jax.jit(jax.vmap(upweight, in_axes=(None, 0, None, None)))
+"""Jitted: `sweep_upweight(base, ts [K], c, exponent) -> UpweightResult` of [K]."""
+
+_BISECT = 80
+
+
+def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
+    """P_t with its tail mass m chosen so that KL(P_t || Q) = d (bisection in log m).
+
+    KL is increasing in m on [Fbar_Q(t), 1), from 0; for heavy-tailed Q the
+    resulting mean grows without bound in t at every fixed d (Theorem 3's
+    heavy-tailed counterpart: no finite KL-bounded optimum).
+    """
+    t = jnp.asarray(t, _dtype(t))
+    d = jnp.asarray(d, t.dtype)
+    log_sf, tail_mean = tail_moments(base, t)
+    kl_of = lambda lm: _kl_two_part(jnp.exp(lm), lm, log_sf)  # noqa: E731
+    lo, hi = log_sf, jnp.zeros_like(log_sf) - 1e-12
+
+    def body(_, st):
+        lo, hi = st
+        mid = 0.5 * (lo + hi)
+        big = kl_of(mid) > d
+        return jnp.where(big, lo, mid), jnp.where(big, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, _BISECT, body, (lo, hi))
+    log_m = lo
+    m = jnp.exp(log_m)
+    sf = jnp.exp(log_sf)
+    mu = jnp.asarray(base.mean, t.dtype)
+    mean = (1.0 - m) * (mu - sf * tail_mean) / (1.0 - sf) + m * tail_mean
+    valid = jnp.isfinite(log_sf) & (log_sf < 0) & jnp.isfinite(mu)
+    return UpweightResult(mean, kl_of(log_m), m, log_sf, valid)
+
+
+def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> BoundedResult:
+    """max E_P[V] subject to KL(P || Q) <= d, for V ~ Q light-tailed (Theorem 3).
+
+    The maximiser is the exponential tilt P ∝ Q e^{lam V} whose KL equals d;
+    KL(lam) is increasing, so lam is found by bisection in log lam on
+    (0, min(mgf_sup, lam_max)). Where the tilt at the top of that range still
+    has KL < d (e.g. a bounded-above V), that tilt is returned.
+
+    Args:
+      utility: family of V (light-tailed; a heavy one gives exists = False).
+      d: [] KL budget > 0.
+    Returns:
+      `BoundedResult` with [] fields.
+    """
+    d = jnp.asarray(d, _dtype(d))
+    sup = jnp.minimum(jnp.asarray(utility.mgf_sup, d.dtype), lam_max)
+    exists = sup > 0
+    # Bisect log lam in [log 1e-8, log sup) (just inside the MGF's domain).
+    lo = jnp.full_like(d, jnp.log(1e-8))
+    hi = jnp.log(jnp.where(exists, sup, 1.0)) - 1e-6
+
+    def kl_mean(log_lam):
+        _, mean, kl, _ = tilt_component(utility, jnp.exp(-log_lam))
+        return kl, mean
+
+    def body(_, st):
+        lo, hi = st
+        mid = 0.5 * (lo + hi)
+        big = kl_mean(mid)[0] > d
+        return jnp.where(big, lo, mid), jnp.where(big, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
+    kl, mean = kl_mean(lo)
+    inf = jnp.asarray(jnp.inf, d.dtype)
+    return BoundedResult(jnp.where(exists, mean, inf), jnp.where(exists, kl, inf),
+                         jnp.where(exists, jnp.exp(lo), 0.0), exists)
+
+
+sweep_kl_bounded = jax.jit(jax.vmap(kl_bounded_optimum, in_axes=(None, 0)))
+"""Jitted: `sweep_kl_bounded(utility, ds [K]) -> BoundedResult` of [K]."""

@@ -1,0 +1,74 @@
+"""Theorem 1 (tail upweighting) and Theorem 3 (KL-bounded optimum) against closed forms."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special, stats
+
+from goodhart_jax.tails import parse
+from goodhart_jax.upweighting import sweep_kl_bounded, sweep_upweight, tail_moments, upweight_at_kl
+
+TS = (2.0, 10.0, 100.0, 1e4, 1e6, 1e8)
+
+
+def _scipy_upweight(t, c, p, df=3):
+    """Mean and KL of P_t for a standard Student-t from scipy's pdf/sf (closed-form partial mean)."""
+    sf = stats.t.sf(t, df)
+    tail_mean = (df + t * t) / (df - 1) * stats.t.pdf(t, df) / sf
+    m = c / t**p
+    below = (0.0 - sf * tail_mean) / (1 - sf)
+    kl = (1 - m) * np.log((1 - m) / (1 - sf)) + m * np.log(m / sf)
+    return (1 - m) * below + m * tail_mean, kl
+
+
+def test_tail_moments_closed_forms():
+    with jax.enable_x64(True):
+        tm = jax.jit(jax.vmap(tail_moments, (None, 0)))
+        log_sf, mean = tm(parse("student_t:df=3"), jnp.asarray(TS))
+        log_sf_n, mean_n = tm(parse("normal"), jnp.array([-2.0, 2.0, 30.0]))
+    t = np.asarray(TS)
+    # ∫_t^inf x f(x) dx = (df + t^2)/(df - 1) f(t) for a standard Student-t; quadrature is ~1e-12.
+    np.testing.assert_allclose(mean, (3 + t * t) / 2 * stats.t.pdf(t, 3) / stats.t.sf(t, 3), rtol=1e-9)
+    np.testing.assert_allclose(log_sf, stats.t.logsf(t, 3), rtol=1e-10)
+    tn = np.array([-2.0, 2.0, 30.0])
+    mills = np.exp(-0.5 * tn**2 - 0.5 * np.log(2 * np.pi) - special.log_ndtr(-tn))
+    np.testing.assert_allclose(mean_n, mills, rtol=1e-9)
+
+
+def test_theorem1_mean_grows_while_kl_shrinks():
+    with jax.enable_x64(True):
+        fig3 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 0.8)
+        thm1 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 1.0)
+        light = sweep_upweight(parse("normal"), jnp.array([2.0, 4.0, 8.0]), 1.0, 0.8)
+    assert np.all(fig3.valid) and np.all(thm1.valid)
+    want = np.array([_scipy_upweight(t, 1.0, 0.8) for t in TS])
+    np.testing.assert_allclose(fig3.mean, want[:, 0], rtol=1e-8)
+    np.testing.assert_allclose(fig3.KL, want[:, 1], rtol=1e-8)
+    # Figure 3 (p = 0.8): mean up without bound, KL down to 0.
+    assert np.all(np.diff(fig3.mean) > 0) and np.all(np.diff(fig3.KL) < 0)
+    assert fig3.mean[-1] > 20 and fig3.KL[-1] < 1e-3
+    # Theorem 1 (p = 1): mean -> c E[X | X > t]/t -> c df/(df - 1) = 1.5 >= c, KL -> 0.
+    np.testing.assert_allclose(thm1.mean[-1], 1.5, rtol=1e-4)
+    assert thm1.KL[-1] < 1e-4
+    # Light tail: the same upweighting costs ever more KL.
+    assert np.all(np.diff(light.KL) > 0)
+
+
+def test_theorem3_light_bounded_heavy_unbounded():
+    with jax.enable_x64(True):
+        ds = jnp.array([1e-4, 1e-2, 1.0, 10.0])
+        normal = sweep_kl_bounded(parse("normal:scale=2"), ds)
+        laplace = sweep_kl_bounded(parse("laplace"), ds)
+        heavy = sweep_kl_bounded(parse("student_t:df=3"), ds)
+        at_kl = jax.jit(jax.vmap(upweight_at_kl, (None, 0, None)))
+        up = at_kl(parse("student_t:df=3"), jnp.array([10.0, 1e3, 1e5, 1e7]), 0.1)
+        up_light = at_kl(parse("normal:scale=2"), jnp.array([2.0, 4.0, 8.0, 16.0]), 0.1)
+    # Gaussian: the tilt is N(lam s^2, s^2), KL = lam^2 s^2 / 2, so max E[V] = s sqrt(2 d).
+    np.testing.assert_allclose(normal.E_V, 2 * np.sqrt(2 * np.asarray(ds)), rtol=1e-8)
+    np.testing.assert_allclose(normal.KL, ds, rtol=1e-8)
+    # Laplace: -> E_Q[V] = 0 as d -> 0, finite and increasing.
+    assert laplace.E_V[0] < 0.03 and np.all(np.diff(laplace.E_V) > 0) and np.all(np.isfinite(laplace.E_V))
+    assert not np.any(heavy.exists)
+    # Heavy: at KL = 0.1 the upweighting reaches any mean; light: it does worse than the tilt.
+    np.testing.assert_allclose(up.KL, 0.1, rtol=1e-8)
+    assert np.all(np.diff(up.mean) > 0) and up.mean[-1] > 1e4
+    assert np.all(up_light.mean < 2 * np.sqrt(2 * 0.1))
