@@ -1,0 +1,224 @@
+"""Best-of-n selection on the proxy U = X + V: exact moments, Monte Carlo, Gao et al.'s fits.
+
+Drawing n independent outcomes and keeping the one with the largest U:
+
+    E[V_best] = ∫ n F_U(u)^{n-1} f_U(u) E[V | U = u] du,
+    E[U_best] = ∫ n F_U(u)^{n-1} f_U(u) u du,
+
+with f_U(u) E[V | U = u] = ∫ v f_V(v) f_X(u - v) dv and F_U(u) = 1 - P(U >= u)
+(`conditioning.threshold`). One set of outer nodes in u serves every n: the
+nodes are graded at u_n, where P(U >= u_n) = 1/n, so each n's integrand is
+resolved. The KL of best-of-n from the base is at most log n - (n-1)/n
+(Gao, Schulman & Hilton 2023).
+
+Monte Carlo (`bon_mc`) reproduces the authors' synthetic grid: per trial one
+set of n_max draws, and for each n the best of its first n (a valid best-of-n
+sample for every n; vmapped over n and trials). `authors_grid()` lists their
+families. `fit_gao` fits R(d) = d (alpha - beta d), d = sqrt(KL), with optax.
+
+Glossary: K sweep points (values of n), T trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+from jax.scipy.special import logsumexp
+
+from goodhart_jax.conditioning import _argmax_near, _integrate, log_de_quadrature, threshold
+from goodhart_jax.tails import Family, parse
+
+__all__ = ["BonResult", "BonMC", "GaoFit", "kl_bound", "bon_exact", "bon_mc", "fit_gao", "authors_grid",
+           "check_ns"]
+
+_OUTER_COARSE = 192  # points of the outer grid locating the quantiles u_n
+
+
+class BonResult(NamedTuple):
+    """Exact best-of-n moments; fields [K]."""
+
+    E_U: Array  # E[U of the best of n]
+    E_V: Array  # E[V of the best of n]
+    KL_bound: Array  # log n - (n - 1)/n
+
+
+class BonMC(NamedTuple):
+    """Monte-Carlo best-of-n over trials; fields [K]."""
+
+    E_U: Array  # mean over trials of U of the best of n
+    E_V: Array  # mean over trials of V of the best of n
+    E_V_se: Array  # standard error of E_V over trials
+    E_U_se: Array  # standard error of E_U over trials
+
+
+class GaoFit(NamedTuple):
+    """R(d) = d (alpha - beta d) fitted by least squares."""
+
+    alpha: Array  # []
+    beta: Array  # []
+    residuals: Array  # [K] R - fit
+    rmse: Array  # []
+
+
+def kl_bound(n: Array) -> Array:
+    """KL(best-of-n || base) <= log n - (n - 1)/n."""
+    n = jnp.asarray(n)
+    return jnp.log(n) - (n - 1.0) / n
+
+
+def _conv(error: Family, utility: Family, u: Array, dtype):
+    """(log f_U(u), E[V | U = u]) by the convolution ∫ f_V(v) f_X(u - v) dv."""
+    log_g = lambda v: utility.log_prob(v) + error.log_prob(u - v)  # noqa: E731
+    c_v = jnp.asarray(utility.kink(), dtype)
+    edge = jnp.asarray(u - error.kink(), dtype)
+    near = _argmax_near(log_g, jnp.stack([c_v, edge]), dtype)
+    breaks = jnp.concatenate([jnp.stack([c_v, edge]), near])
+    return _integrate(log_g, breaks, utility.support_lower(), dtype)
+
+
+def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
+    """Exact E[U] and E[V] of the best of n by quadrature, for every n in `ns`.
+
+    Args:
+      error: family of X.
+      utility: family of V (independent of X).
+      ns: [K] values of n >= 1 (float or int).
+    Returns:
+      `BonResult` with [K] fields.
+    """
+    ns = jnp.asarray(ns)
+    dtype = jnp.result_type(float)
+    ns = ns.astype(dtype)
+    centre = jnp.asarray(error.kink() + utility.kink(), dtype)
+    lower = jnp.asarray(error.support_lower() + utility.support_lower(), dtype)
+    log_sf_u = jax.vmap(lambda u: threshold(error, utility, u).log_p)
+    # Locate u_n with log P(U >= u_n) = -log n on a coarse sinh grid (log_sf is decreasing).
+    grid = centre + jnp.sinh(jnp.linspace(-9.0, 13.0, _OUTER_COARSE, dtype=dtype))
+    grid = jnp.where(jnp.isfinite(lower), jnp.maximum(grid, lower + 1e-6 * (1 + jnp.abs(lower))), grid)
+    lsf = log_sf_u(grid)
+    # -lsf increasing: interpolate u at -log(sf) = log n (clamped to the grid).
+    target = jnp.maximum(jnp.log(ns), 0.5 * math.log(2.0))
+    u_n = jnp.interp(target, -lsf, grid)
+    y, log_w = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype)
+    lf, ev = jax.vmap(lambda u: _conv(error, utility, u, dtype))(y)
+    lsf_y = log_sf_u(y)
+    log_F = jnp.log(-jnp.expm1(jnp.minimum(lsf_y, 0.0)))  # log F_U(u)
+    ok = jnp.isfinite(log_w) & jnp.isfinite(lf)
+    base = jnp.where(ok, log_w + lf, -jnp.inf)
+
+    def moments(n):
+        lw = base + jnp.log(n) + jnp.where(n > 1, (n - 1.0) * log_F, 0.0)
+        lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
+        p = jnp.exp(lw - logsumexp(lw))
+        return jnp.sum(p * y), jnp.sum(p * ev)
+
+    E_U, E_V = jax.vmap(moments)(ns)
+    return BonResult(E_U, E_V, kl_bound(ns))
+
+
+def bon_mc(key: Array, error: Family, utility: Family, ns: tuple[int, ...], trials: int,
+           dtype=jnp.float32) -> BonMC:
+    """Monte-Carlo best-of-n: per trial, max(ns) draws; for each n the best of the first n.
+
+    Args:
+      key: PRNG key.
+      error, utility: families of X and V.
+      ns: K values of n >= 1 (static).
+      trials: T >= 2 (static).
+    Returns:
+      `BonMC` with [K] fields (means and standard errors over trials).
+    """
+    n_max = int(max(ns))
+    ns_arr = jnp.asarray(ns)
+
+    def one_trial(k):
+        kx, kv = jax.random.split(k)
+        x = error.sample(kx, (n_max,), dtype)
+        v = utility.sample(kv, (n_max,), dtype)
+        u = x + v
+        idx = jnp.arange(n_max)
+
+        def best(n):
+            i = jnp.argmax(jnp.where(idx < n, u, -jnp.inf))
+            return u[i], v[i]
+
+        return jax.vmap(best)(ns_arr)
+
+    U, V = jax.vmap(one_trial)(jax.random.split(key, trials))  # [T, K]
+    se = lambda a: jnp.std(a, axis=0, ddof=1) / math.sqrt(trials)  # noqa: E731
+    return BonMC(U.mean(0), V.mean(0), se(V), se(U))
+
+
+def fit_gao(d: Array, R: Array, steps: int = 3000, learning_rate: float = 0.05) -> GaoFit:
+    """Least-squares fit of R(d) = d (alpha - beta d) with optax (Adam), from alpha = beta = 0.
+
+    The model is linear in (alpha, beta), so Adam converges to the normal-equations
+    solution; the tests check it against `np.linalg.lstsq`.
+
+    Args:
+      d: [K] sqrt(KL) per point.
+      R: [K] gain in true utility over the base, E[V_best] - E[V].
+    """
+    d = jnp.asarray(d)
+    R = jnp.asarray(R, d.dtype)
+    scale = jnp.maximum(jnp.max(jnp.abs(R)), 1e-12)  # fit R / scale for a well-conditioned loss
+    dmax = jnp.maximum(jnp.max(d), 1e-12)
+
+    def loss(p):
+        a, b = p[0] / dmax, p[1] / dmax**2
+        return jnp.mean((d * (a - b * d) - R / scale) ** 2)
+
+    opt = optax.adam(learning_rate)
+    p0 = jnp.zeros((2,), d.dtype)
+
+    def step(carry, _):
+        p, s = carry
+        g = jax.grad(loss)(p)
+        upd, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, upd), s), None
+
+    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), None, length=steps)
+    alpha, beta = p[0] / dmax * scale, p[1] / dmax**2 * scale
+    res = R - d * (alpha - beta * d)
+    return GaoFit(alpha, beta, res, jnp.sqrt(jnp.mean(res**2)))
+
+
+def _shifted(spec: str, shift: float) -> Family:
+    return dataclasses.replace(parse(spec), shift=shift)
+
+
+def authors_grid() -> tuple[list[tuple[str, Family]], list[tuple[str, Family]]]:
+    """The authors' synthetic best-of-n families: (utilities, errors), each (label, Family).
+
+    Utility: 2 x N(0, 1), or 2 x Student-t(10) scaled to unit variance. Error:
+    N(0, 1); log-normal with log-scale log 2, minus 1; Student-t(3) and
+    Student-t(5) scaled to unit variance.
+    """
+    utilities = [
+        ("2*normal", parse("normal:scale=2")),
+        ("2*t10/sd", parse(f"student_t:df=10,scale={2 / math.sqrt(10 / 8)!r}")),
+    ]
+    errors = [
+        ("normal", parse("normal")),
+        ("lognormal(log2)-1", _shifted(f"lognormal:scale={math.log(2.0)!r}", -1.0)),
+        ("t3/sd", parse(f"student_t:df=3,scale={1 / math.sqrt(3.0)!r}")),
+        ("t5/sd", parse(f"student_t:df=5,scale={1 / math.sqrt(5 / 3)!r}")),
+    ]
+    return utilities, errors
+
+
+def check_ns(ns) -> tuple[int, ...]:
+    """Validate best-of-n sizes: integers >= 1."""
+    a = np.atleast_1d(np.asarray(ns, dtype=float))
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError("n must be a non-empty list of integers >= 1")
+    bad = a[~(np.isfinite(a) & (a >= 1) & (a == np.round(a)))]
+    if bad.size:
+        raise ValueError(f"n must be an integer >= 1, got {bad[0]:g}")
+    return tuple(int(x) for x in a)

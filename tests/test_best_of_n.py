@@ -1,0 +1,80 @@
+"""Best-of-n: exact quadrature against the Gaussian closed form and Monte Carlo; Gao fits; bad n."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from goodhart_jax.best_of_n import authors_grid, bon_exact, bon_mc, check_ns, fit_gao, kl_bound
+from goodhart_jax.tails import parse
+
+NS = (1, 4, 64, 1024)
+_exact = jax.jit(bon_exact)
+_mc = jax.jit(bon_mc, static_argnums=(3, 4))
+
+
+def expected_max_normal(n):
+    """E[max of n standard normals] = ∫ n z phi(z) Phi(z)^(n-1) dz."""
+    f = lambda z: n * z * stats.norm.pdf(z) * stats.norm.cdf(z) ** (n - 1)  # noqa: E731
+    return integrate.quad(f, -12, 12, points=[math.sqrt(2 * math.log(n))] if n > 1 else None, limit=200,
+                          epsabs=1e-13, epsrel=1e-12)[0]
+
+
+def test_gaussian_closed_form():
+    with jax.enable_x64(True):
+        r = _exact(parse("normal"), parse("normal:scale=2"), jnp.asarray(NS, jnp.float64))
+    su = math.sqrt(5.0)
+    em = np.array([expected_max_normal(n) for n in NS])
+    # V_best = (sv^2/su) Z_max and U_best = su Z_max; quadrature is ~1e-12, scipy's quad ~1e-12.
+    np.testing.assert_allclose(r.E_V, 4 / su * em, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(r.E_U, su * em, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(r.KL_bound, np.log(NS) - (np.array(NS) - 1) / np.array(NS), rtol=1e-12)
+    assert float(kl_bound(1.0)) == 0.0
+
+
+def test_heavy_error_exact_matches_monte_carlo():
+    utilities, errors = authors_grid()
+    util, err = utilities[0][1], errors[2][1]  # 2 x normal, Student-t(3) at unit variance
+    with jax.enable_x64(True):
+        r = _exact(err, util, jnp.asarray(NS, jnp.float64))
+    m = _mc(jax.random.key(0), err, util, NS, 400)
+    z = (np.asarray(m.E_V) - np.asarray(r.E_V)) / np.asarray(m.E_V_se)
+    assert np.all(np.abs(z[1:]) < 4), z  # n = 1 has E_V = 0 exactly: checked below
+    zu = (np.asarray(m.E_U) - np.asarray(r.E_U)) / np.asarray(m.E_U_se)
+    assert np.all(np.abs(zu) < 4), zu
+    assert abs(float(r.E_V[0])) < 1e-8 and abs(float(m.E_V[0])) < 4 * float(m.E_V_se[0])
+    # Catastrophic Goodhart in best-of-n: E[V] rises, then falls back as the t(3) error takes over.
+    with jax.enable_x64(True):
+        far = _exact(err, util, jnp.array([16.0, 65536.0]))
+    assert float(far.E_V[1]) < float(far.E_V[0])
+
+
+def test_authors_grid_variances():
+    utilities, errors = authors_grid()
+    for _, f in utilities:
+        np.testing.assert_allclose(float(f.dist.variance), 4.0, rtol=1e-6)
+    for label, f in errors:
+        if label.startswith("lognormal"):
+            np.testing.assert_allclose(float(f.mean), 2 ** (math.log(2) / 2) - 1, rtol=1e-6)  # e^{s^2/2} - 1
+        else:
+            np.testing.assert_allclose(float(f.dist.variance), 1.0, rtol=1e-6)
+
+
+def test_gao_fit_matches_least_squares():
+    n = np.array(NS + (4096, 65536), float)
+    d = np.sqrt(np.log(n) - (n - 1) / n)
+    R = d * (2.0 - 0.3 * d) + 0.05 * np.sin(7 * d)
+    f = jax.jit(fit_gao)(jnp.asarray(d, jnp.float32), jnp.asarray(R, jnp.float32))
+    A = np.stack([d, -d * d], axis=1)
+    (alpha, beta), *_ = np.linalg.lstsq(A, R, rcond=None)
+    # Adam on a 2-parameter quadratic loss in float32: converges to ~1e-4 of the normal equations.
+    np.testing.assert_allclose([float(f.alpha), float(f.beta)], [alpha, beta], rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(f.residuals), R - A @ [alpha, beta], atol=5e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, float("nan"), float("inf")])
+def test_bad_n(bad):
+    with pytest.raises(ValueError, match="n must be"):
+        check_ns([1, bad])
