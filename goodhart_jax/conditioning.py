@@ -55,7 +55,7 @@ __all__ = [
 
 _H = 1.0 / 12.0  # step of the double-exponential rules
 _N = 48  # nodes on each side of the rule's centre: |k h| <= 4
-_COARSE = 384  # sinh-spaced points per centre when locating the mode
+_COARSE = 192  # sinh-spaced points per centre when locating the mode
 
 
 class ThresholdResult(NamedTuple):
