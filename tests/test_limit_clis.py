@@ -1,0 +1,67 @@
+"""The limit-study scripts: files and JSON rows from tiny runs, exit status 2 on bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / "sims" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def test_sweep_threshold_json_and_files(tmp_path):
+    p = _run("sweep_threshold.py", "--error", "normal", "pareto:alpha=2.5", "--t", "0", "10", "--mc-samples", "300",
+             "--no-footnote4", "--out", str(tmp_path), "--json")
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]  # stdout holds JSON lines only
+    assert len(rows) == 4 and {r["kind"] for r in rows} == {"threshold"}
+    for r in rows:
+        assert {"error", "utility", "t", "E_V", "E_V_mc", "E_V_mc_se", "log_p"} <= set(r)
+        assert abs(r["E_V_mc"] - r["E_V"]) < 5 * r["E_V_mc_se"]
+    for f in ("config.json", "results.jsonl", "results.csv", "threshold.png"):
+        assert (tmp_path / f).stat().st_size > 0
+
+
+def test_other_scripts_tiny_runs(tmp_path):
+    sys.path.insert(0, str(ROOT / "sims"))
+    try:
+        import best_of_n as bon
+        import mitigations as mit
+        import tail_upweight as tu
+        import theorem3 as t3
+    finally:
+        sys.path.pop(0)
+    rows = tu.main(tu.Config(base=("student_t:df=3",), t=(2.0, 100.0, 1e4), frames=3, out=str(tmp_path / "tu")))
+    assert [r["kind"] for r in rows] == ["upweight"] * 3 and rows[-1]["KL"] < rows[0]["KL"]
+    assert rows[-1]["mean"] > rows[0]["mean"]
+    assert (tmp_path / "tu" / "figure3.gif").stat().st_size > 0
+    rows = t3.main(t3.Config(utility=("normal",), d=(0.1, 1.0), t=(2.0, 10.0), plots=False, out=str(tmp_path / "t3")))
+    assert any(r["kind"] == "kl_bounded" and r["exists"] for r in rows)
+    rows = bon.main(bon.Config(error=("normal",), utility=("normal",), n=(1, 4, 16), trials=20, plots=False,
+                               out=str(tmp_path / "bon")))
+    b = [r for r in rows if r["kind"] == "bon"]
+    assert [r["n"] for r in b] == [1, 4, 16]
+    assert {"KL_bound", "E_U", "E_V", "E_V_mc", "E_V_mc_se"} <= set(b[0])
+    rows = mit.main(mit.Config(error=("normal",), kl=(0.5,), bounded_betas=(1.0,), vocab=3, depth=2,
+                               mc_samples=1000, plots=False, out=str(tmp_path / "mit")))
+    assert {r["method"] for r in rows} == {"kl_penalty", "kl_target", "bounded", "quantilizer"}
+
+
+@pytest.mark.parametrize("script,args,needle", [
+    ("sweep_threshold.py", ["--t", "inf"], "finite"),
+    ("sweep_threshold.py", ["--error", "cauchyish"], "unknown family"),
+    ("best_of_n.py", ["--n", "0"], "n must be"),
+    ("best_of_n.py", ["--error", "normal"], "--utility"),
+    ("tail_upweight.py", ["--t", "nan"], "finite"),
+    ("theorem3.py", ["--d", "-1"], "> 0"),
+    ("mitigations.py", ["--error", "nope"], "unknown family"),
+])
+def test_bad_input_exits_2(tmp_path, script, args, needle):
+    p = _run(script, *args, "--out", str(tmp_path))
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert needle in p.stderr and p.stderr.strip().count("\n") == 0  # one clear line
