@@ -1,0 +1,32 @@
+"""Coordinate-gradient search (GCG and ACG) for high-scoring token sequences.
+
+    init, step = make_search(SearchConfig(length=32, topk=3, schedule="paper"), reward)
+    params = search_params(reward)
+    state = init(key, params)
+    state, info = step(key2, state, params)
+
+or, for restarts vmapped and the whole loop jitted, `search(key, config, reward,
+num_restarts=R)`. Works on any `goodhart_jax.scorer.Scorer`. See `gcg.py` for
+the algorithm, `schedules.py` for n(i), `mixture_kl.py` for the paper's
+Section 5 KL of a base policy mixed with one searched sequence.
+"""
+from goodhart_jax.search.gcg import (
+    SearchConfig,
+    SearchInfo,
+    SearchParams,
+    SearchState,
+    make_scan,
+    make_search,
+    onehot_gradient,
+    retokenize_filter,
+    search,
+    search_params,
+)
+from goodhart_jax.search.mixture_kl import mixture_kl, mixture_kl_approx
+from goodhart_jax.search.schedules import make_schedule
+
+__all__ = [
+    "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "make_scan",
+    "make_search", "onehot_gradient", "retokenize_filter", "search", "search_params",
+    "mixture_kl", "mixture_kl_approx", "make_schedule",
+]

@@ -1,0 +1,380 @@
+"""Coordinate-gradient search for high-scoring token sequences: GCG and ACG.
+
+Maximises the objective
+
+    J(x) = r(x) - lambda * (-log pi0(x)) = r(x) + lambda * log pi0(x)
+
+over token sequences x of a fixed length T, where r is any differentiable
+`Scorer` (a reward model) and pi0 an optional base causal LM (its `Scorer`
+returns log pi0(x)). One step (Zou et al. 2023, GCG; Haize Labs 2024, ACG):
+
+1. g = dJ/d onehot(x), the gradient with respect to the one-hot input [T, V]
+   (through the embedding matrix of the model);
+2. the top-k tokens per position by g (banned ids and the current token
+   excluded, so every edit changes the sequence);
+3. C candidates, each changing n distinct positions of x to one of that
+   position's top-k tokens, n = schedule(i) (constant for GCG, annealed
+   9 -> 2 for the paper's ACG);
+4. all C candidates scored in one batched forward pass; x moves to the best
+   candidate (even when it is worse than x: GCG's rule);
+5. a best-so-far buffer keeps the best sequence ever scored, so the search
+   never loses its best.
+
+API in the style of blackjax/gymnax: `make_search(config, reward, base) ->
+(init, step)` with `init(key, params) -> state` and
+`step(key, state, params) -> (state, info)`. The scorers' *functions* are
+closed over; their *parameters* travel in `SearchParams` as an argument, so a
+jitted step never bakes weight arrays in as constants and the penalty
+lambda stays traced (sweepable without recompiling). `make_scan` loops `step`
+under `lax.scan`; `search` vmaps restarts and jits once.
+
+Glossary: T sequence, V vocabulary, C candidates, E max edits per candidate,
+R restarts, I iterations.
+
+References: Kwa, Thomas, Garriga-Alonso 2024, Section 4-5 and Table 2;
+Zou et al. 2023 (GCG); Haize Labs 2024 (ACG).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+
+from goodhart_jax.scorer import Scorer
+from goodhart_jax.search import schedules
+
+TokenFilter = Callable[[np.ndarray], np.ndarray]
+"""Host-side filter: int ids [..., T] -> bool [...] (True = keep)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Static settings of the search (all shapes and sizes).
+
+    Fields:
+      length: T, tokens per sequence.
+      topk: tokens kept per position from the gradient (the paper's k = 3).
+      num_candidates: C, candidates scored per step in one batch.
+      num_iters: I, steps of a full run (the linear schedule's horizon and
+        the step past which `make_scan` freezes the state).
+      schedule: "gcg" (= "constant"), "linear" or "paper" (ACG annealing).
+      edits: n of the constant schedule (GCG's original is 1).
+      edits_start, edits_end: ends of the linear schedule.
+      banned_ids: token ids that never appear (special tokens).
+    """
+
+    length: int
+    topk: int = 8
+    num_candidates: int = 64
+    num_iters: int = 1000
+    schedule: str = "paper"
+    edits: int = 1
+    edits_start: int = 9
+    edits_end: int = 2
+    banned_ids: tuple[int, ...] = ()
+    from_best: bool = False
+    exclude_current: bool = False
+
+    def __post_init__(self):
+        if self.length < 1:
+            raise ValueError(f"length must be >= 1, got {self.length}")
+        if self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        if self.num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
+        if self.num_iters < 1:
+            raise ValueError(f"num_iters must be >= 1, got {self.num_iters}")
+        if self.schedule not in schedules.SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; "
+                             f"expected one of {schedules.SCHEDULES}")
+        if min(self.edits, self.edits_start, self.edits_end) < 1:
+            raise ValueError("edits, edits_start and edits_end must be >= 1")
+        object.__setattr__(self, "banned_ids", tuple(sorted({int(b) for b in self.banned_ids})))
+
+    @property
+    def max_edits(self) -> int:
+        """E, the static number of positions sampled per candidate."""
+        return min(self.length, schedules.max_edits(
+            self.schedule, edits=self.edits, edits_start=self.edits_start,
+            edits_end=self.edits_end, num_iters=self.num_iters))
+
+    def make_schedule(self) -> schedules.Schedule:
+        return schedules.make_schedule(
+            self.schedule, edits=self.edits, edits_start=self.edits_start,
+            edits_end=self.edits_end, num_iters=self.num_iters)
+
+
+class SearchParams(NamedTuple):
+    """Traced inputs of the search.
+
+    Fields:
+      reward: pytree, params of the reward `Scorer`.
+      base: pytree, params of the base-LM `Scorer` (None without a base model).
+      penalty: [] lambda, weight of the base log-probability in the objective.
+    """
+
+    reward: Any
+    base: Any
+    penalty: Array
+
+
+class SearchState(NamedTuple):
+    tokens: Array          # [T] int32, current sequence
+    objective: Array       # [] objective J of `tokens`
+    best_tokens: Array     # [T] int32, best sequence scored so far
+    best_objective: Array  # [] its objective J = reward + lambda * logprob
+    best_reward: Array     # [] its reward r
+    best_logprob: Array    # [] its log pi0 (0 when the search has no base model)
+    iteration: Array       # [] int32, steps taken
+
+
+class SearchInfo(NamedTuple):
+    objective: Array       # [] objective of the candidate moved to
+    reward: Array          # [] its reward
+    best_objective: Array  # [] best-so-far objective after the step
+    best_reward: Array     # [] best-so-far reward after the step
+    best_logprob: Array    # [] best-so-far base log-probability (0 without a base model)
+    num_edits: Array       # [] int32, n used at this step
+    improved: Array        # [] bool, whether the best was replaced
+    active: Array          # [] bool, False for padding steps past num_iters
+
+
+def search_params(reward: Scorer, base: Optional[Scorer] = None,
+                  penalty: float = 0.0) -> SearchParams:
+    """Bundles the scorers' parameters and lambda into `SearchParams`."""
+    return SearchParams(reward=reward.params,
+                        base=None if base is None else base.params,
+                        penalty=jnp.asarray(penalty, jnp.float32))
+
+
+def _upcast(x: Array) -> Array:
+    """At least float32 (bfloat16 scores are upcast; float64 stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _scores(reward: Scorer, base: Optional[Scorer]):
+    """Token and one-hot scoring of the objective and its parts."""
+
+    def on_tokens(params: SearchParams, tokens: Array):
+        """tokens [C, T] -> (objective [C], reward [C], logprob [C])."""
+        mask = jnp.ones(tokens.shape, jnp.int32)
+        r = _upcast(reward.score_tokens(params.reward, tokens, mask))
+        if base is None:
+            return r, r, jnp.zeros_like(r)
+        lp = _upcast(base.score_tokens(params.base, tokens, mask))
+        return r + params.penalty * lp, r, lp
+
+    def on_onehot(params: SearchParams, onehot: Array) -> Array:
+        """onehot [T, V] -> [] objective (differentiable in onehot)."""
+        mask = jnp.ones(onehot.shape[:1], jnp.int32)[None]
+        r = reward.score_onehot(params.reward, onehot[None], mask)[0]
+        if base is None:
+            return _upcast(r)
+        lp = base.score_onehot(params.base, onehot[None], mask)[0]
+        return _upcast(r) + params.penalty * _upcast(lp)
+
+    return on_tokens, on_onehot
+
+
+def onehot_gradient(reward: Scorer, base: Optional[Scorer] = None):
+    """dJ/d onehot(x): the gradient GCG ranks tokens by.
+
+    Returns:
+      fn(params: SearchParams, tokens [T] int) -> (J [], grad [T, V]).
+    """
+    vocab = reward.vocab_size
+    _, on_onehot = _scores(reward, base)
+
+    def fn(params, tokens):
+        floats = [x.dtype for x in jax.tree.leaves(params.reward)
+                  if jnp.issubdtype(x.dtype, jnp.floating)]
+        dtype = jnp.result_type(jnp.float32, *floats)   # float64 params: float64 gradient
+        onehot = jax.nn.one_hot(tokens, vocab, dtype=dtype)
+        return jax.value_and_grad(on_onehot, argnums=1)(params, onehot)
+    return fn
+
+
+def _apply_filter(token_filter: Optional[TokenFilter], tokens: Array) -> Array:
+    """tokens [..., T] -> bool [...] via a host callback (all True without a filter)."""
+    if token_filter is None:
+        return jnp.ones(tokens.shape[:-1], bool)
+
+    def host(ids):
+        ids = np.asarray(ids)
+        flat = ids.reshape(-1, ids.shape[-1])
+        keep = np.asarray([bool(token_filter(row)) for row in flat], bool)
+        return keep.reshape(ids.shape[:-1])
+
+    return jax.pure_callback(host, jax.ShapeDtypeStruct(tokens.shape[:-1], jnp.bool_),
+                             tokens, vmap_method="expand_dims")
+
+
+def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = None,
+                token_filter: Optional[TokenFilter] = None):
+    """GCG/ACG as a pure `(init, step)` pair for one restart.
+
+    Args:
+      config: static `SearchConfig`.
+      reward: the `Scorer` to maximise (only its functions are used here;
+        pass its params through `SearchParams`).
+      base: optional base-LM `Scorer` returning log pi0(x); with it the
+        objective is r(x) + lambda * log pi0(x), lambda = params.penalty.
+      token_filter: optional host-side predicate on one sequence (np.ndarray
+        [T] -> bool), e.g. `retokenize_filter(tokenizer)`. Candidates it
+        rejects are never moved to nor kept as best. It runs through
+        `jax.pure_callback` once per step on all C candidates, so it costs a
+        device-to-host round trip per step.
+
+    Returns:
+      init(key, params, tokens=None) -> SearchState: random allowed tokens
+        (or the given [T] tokens), scored. If the filter rejects them the
+        best-so-far objective starts at -inf.
+      step(key, state, params) -> (SearchState, SearchInfo).
+    """
+    vocab = int(reward.vocab_size)
+    if base is not None and int(base.vocab_size) != vocab:
+        raise ValueError(f"reward vocab {vocab} != base vocab {base.vocab_size}")
+    banned = np.asarray(config.banned_ids, np.int64)
+    if banned.size and (banned.min() < 0 or banned.max() >= vocab):
+        raise ValueError(f"banned ids must lie in [0, {vocab}), got {config.banned_ids}")
+    allowed = np.setdiff1d(np.arange(vocab), banned).astype(np.int32)
+    choosable = allowed.size - int(config.exclude_current)
+    if config.topk > choosable:
+        raise ValueError(f"topk {config.topk} exceeds the {choosable} tokens a position can take")
+
+    T, C, K, E = config.length, config.num_candidates, config.topk, config.max_edits
+    schedule = config.make_schedule()
+    on_tokens, on_onehot = _scores(reward, base)
+    grad_fn = jax.grad(on_onehot, argnums=1)
+    banned_mask = np.zeros((vocab,), bool)
+    banned_mask[banned] = True
+
+    def init(key: Array, params: SearchParams, tokens: Optional[Array] = None) -> SearchState:
+        if tokens is None:
+            tokens = jnp.asarray(allowed)[jax.random.randint(key, (T,), 0, allowed.size)]
+        tokens = jnp.asarray(tokens, jnp.int32).reshape(T)
+        obj, r, lp = on_tokens(params, tokens[None])
+        valid = _apply_filter(token_filter, tokens[None])[0]
+        best_obj = jnp.where(valid, obj[0], -jnp.inf)
+        return SearchState(tokens=tokens, objective=obj[0], best_tokens=tokens,
+                           best_objective=best_obj, best_reward=r[0], best_logprob=lp[0],
+                           iteration=jnp.zeros((), jnp.int32))
+
+    def step(key: Array, state: SearchState, params: SearchParams):
+        k_pos, k_tok = jax.random.split(key)
+        onehot = jax.nn.one_hot(state.tokens, vocab, dtype=jnp.float32)       # [T, V]
+        grad = grad_fn(params, onehot)                                        # [T, V]
+        # Banned ids never enter; nor does the current token (an edit to it
+        # would be a wasted no-op candidate).
+        excl = banned_mask | (onehot > 0) if config.exclude_current else banned_mask
+        grad = jnp.where(excl, -jnp.inf, grad)
+        top_ids = lax.top_k(grad, K)[1]                                       # [T, K]
+
+        n = jnp.clip(schedule(state.iteration), 1, E)
+        pos = lax.top_k(jax.random.uniform(k_pos, (C, T)), E)[1]              # [C, E] distinct
+        pick = jax.random.randint(k_tok, (C, E), 0, K)                        # [C, E]
+        new = top_ids[pos, pick]                                              # [C, E]
+        active = jnp.arange(E) < n                                            # [E]
+        new = jnp.where(active, new, state.tokens[pos])
+        cand = jnp.broadcast_to(state.tokens, (C, T))
+        cand = cand.at[jnp.arange(C)[:, None], pos].set(new)                  # [C, T]
+
+        obj, r, lp = on_tokens(params, cand)                                  # [C] each
+        obj = jnp.where(_apply_filter(token_filter, cand), obj, -jnp.inf)
+        i = jnp.argmax(obj)
+        move = jnp.isfinite(obj[i])
+        improved = obj[i] > state.best_objective
+        if config.from_best:
+            move = improved
+        new_state = SearchState(
+            tokens=jnp.where(move, cand[i], state.tokens),
+            objective=jnp.where(move, obj[i], state.objective),
+            best_tokens=jnp.where(improved, cand[i], state.best_tokens),
+            best_objective=jnp.where(improved, obj[i], state.best_objective),
+            best_reward=jnp.where(improved, r[i], state.best_reward),
+            best_logprob=jnp.where(improved, lp[i], state.best_logprob),
+            iteration=state.iteration + 1)
+        info = SearchInfo(objective=obj[i], reward=r[i],
+                          best_objective=new_state.best_objective,
+                          best_reward=new_state.best_reward,
+                          best_logprob=new_state.best_logprob, num_edits=n,
+                          improved=improved, active=jnp.asarray(True))
+        return new_state, info
+
+    return init, step
+
+
+def make_scan(step, num_steps: int, num_iters: Optional[int] = None):
+    """Loops `step` `num_steps` times under `lax.scan`.
+
+    The step key is `fold_in(key, state.iteration)`, so a run cut into chunks
+    (as the CLI does for its progress bar) gives the same result as one scan.
+    Steps at or past `num_iters` leave the state unchanged (`info.active` is
+    False), so the last chunk can be padded to a fixed length without a
+    recompile.
+
+    Returns:
+      run(key, state, params) -> (state, infos with a leading [num_steps] axis).
+    """
+    def run(key, state, params):
+        def body(state, _):
+            new_state, info = step(jax.random.fold_in(key, state.iteration), state, params)
+            if num_iters is not None:
+                live = state.iteration < num_iters
+                new_state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new_state, state)
+                info = info._replace(active=live)
+            return new_state, info
+        return lax.scan(body, state, None, length=num_steps)
+    return run
+
+
+def search(key: Array, config: SearchConfig, reward: Scorer, base: Optional[Scorer] = None,
+           *, penalty: float = 0.0, num_restarts: int = 1,
+           token_filter: Optional[TokenFilter] = None):
+    """Runs `num_restarts` independent searches of `config.num_iters` steps.
+
+    The entry point: one `jax.jit(jax.vmap(...))` over restarts of the whole
+    scanned loop. Restart r uses key `split(key, R)[r]` (split again into an
+    init key and a run key), the same keys as the chunked CLI.
+
+    Returns:
+      (SearchState with a leading [R] axis, SearchInfo with leading [R, I] axes).
+    """
+    init, step = make_search(config, reward, base, token_filter)
+    run = make_scan(step, config.num_iters, config.num_iters)
+
+    def one(key, params):
+        k_init, k_run = jax.random.split(key)
+        return run(k_run, init(k_init, params), params)
+
+    params = search_params(reward, base, penalty)
+    keys = jax.random.split(key, num_restarts)
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))(keys, params)
+
+
+def retokenize_filter(tokenizer, banned_ids: Sequence[int] = ()) -> TokenFilter:
+    """Host-side filter: keep x iff encode(decode(x)) == x (a Hugging Face tokenizer).
+
+    A searched sequence is only meaningful as text if the tokenizer would
+    produce the same ids from its own decoding (GCG's usual check). Runs in
+    Python on the host, one decode + encode per candidate per step.
+
+    Args:
+      tokenizer: has `decode(ids) -> str` and `encode(str, add_special_tokens=False)`.
+      banned_ids: also rejected (normally already excluded by the search).
+    Returns:
+      filter(ids [T] np.ndarray) -> bool.
+    """
+    banned = set(int(b) for b in banned_ids)
+
+    def keep(ids: np.ndarray) -> bool:
+        ids = [int(t) for t in np.asarray(ids).reshape(-1)]
+        if banned.intersection(ids):
+            return False
+        text = tokenizer.decode(ids)
+        return list(tokenizer.encode(text, add_special_tokens=False)) == ids
+    return keep
