@@ -6,12 +6,12 @@ Both sides draw float32-or-better samples of the same law; the JAX side uses
 the default threefry key and, separately, the faster 'rbg' key implementation.
 """
 import argparse
-import time
 
 import jax
 import numpy as np
 
 from goodhart_jax import tails
+from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 NUMPY = {
     "normal": lambda g, n: g.standard_normal(n, dtype=np.float32),
@@ -26,23 +26,13 @@ NUMPY = {
 }
 
 
-def median_time(f, repeats):
-    f()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=10_000_000)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
     g = np.random.default_rng(0)
-    print(f"{a.n:.0e} draws, median of {a.repeats}; jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(f"{a.n:.0e} draws, median of {a.repeats}; {machine()}")
     print(f"{'family':<28}{'numpy ms':>10}{'jax ms':>10}{'ratio':>8}{'jax rbg ms':>12}{'ratio':>8}")
     for spec, np_fn in NUMPY.items():
         fam = tails.parse(spec)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -22,22 +21,13 @@ import numpy as np
 
 from goodhart_jax import models
 from goodhart_jax.models.testing import make_tiny_checkpoint
+from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 SIZES = {  # Pythia configs (hidden, layers, heads, intermediate), vocab 50304
     "160m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "14m": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
     "1.4b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, intermediate_size=8192),
 }
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
@@ -54,7 +44,7 @@ def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
     t0 = time.perf_counter()
     reward(model.params, ids, mask).block_until_ready()
     compile_s = time.perf_counter() - t0
-    jax_s = _median_time(lambda: reward(model.params, ids, mask).block_until_ready(), repeats)
+    jax_s = median_time(lambda: reward(model.params, ids, mask).block_until_ready(), repeats)
     ours = np.asarray(reward(model.params, ids, mask))
 
     ref = ckpt.torch_model
@@ -66,7 +56,7 @@ def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
             return ref.head(h[:, -1])[:, 0]
 
     ref.backbone.config._attn_implementation = "sdpa"  # transformers' default (fastest on CPU)
-    torch_s = _median_time(torch_score, repeats)
+    torch_s = median_time(torch_score, repeats)
     theirs = torch_score().float().numpy()
     tokens = batch * length
     result = {
@@ -74,9 +64,7 @@ def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
         "jax_tokens_per_s": tokens / jax_s, "torch_tokens_per_s": tokens / torch_s,
         "ratio_jax_over_torch": torch_s / jax_s, "jax_compile_s": compile_s,
         "max_abs_diff": float(np.abs(ours - theirs).max()),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                   f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-                   f"({torch.get_num_threads()} threads)",
+        "machine": f"{machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads)",
     }
     return result
 

@@ -9,9 +9,7 @@ beta; the tree's float32 leaves (8 MB) fit in cache, so `exp` bounds it first.
     python benchmarks/bench_tree.py [--vocab 8] [--depth 7] [--betas 64] [--repeats 5]
 """
 import argparse
-import platform
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -22,16 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from numpy_tree import numpy_sweep  # noqa: E402
 
 from goodhart_jax import mdp, tails  # noqa: E402
-
-
-def median_time(f, repeats):
-    f()  # warm-up (compile)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 
 def copy_bandwidth(nbytes=512 << 20, repeats=5):
@@ -70,8 +59,7 @@ def main(argv=None):
     touched = 4 * (spec.num_terminals + 2 * states * spec.vocab)
     bw = copy_bandwidth()
     achieved = touched * a.betas / t_ours
-    print(f"machine: {platform.machine()}, {jax.device_count()} x {jax.devices()[0].platform}, "
-          f"jax {jax.__version__}, numpy {np.__version__}")
+    print(f"machine: {machine()} x {jax.device_count()}, numpy {np.__version__}")
     print(f"tree {a.vocab}^{a.depth} = {spec.num_terminals} leaves x {a.betas} betas (E_U, E_V, KL, KL_per_state)")
     print(f"goodhart_jax sweep_tree: {t_ours * 1e3:8.1f} ms")
     print(f"numpy baseline         : {t_np * 1e3:8.1f} ms   ratio {t_np / t_ours:.2f}x")

@@ -29,18 +29,9 @@ from scipy import integrate, special, stats
 
 from goodhart_jax import conditioning, tilting
 from goodhart_jax.tails import parse
+from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 SCALE = 0.05
-
-
-def _median_time(fn, reps=5):
-    fn()  # warm-up (compiles)
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 # ----------------------------------------------------------------------------
@@ -70,7 +61,7 @@ def convergence(betas):
             b = jnp.asarray(betas)
             res = tilting.sweep_tilt(X, V, b)
             jax.block_until_ready(res)
-            sec = _median_time(lambda: jax.block_until_ready(tilting.sweep_tilt(X, V, b)))
+            sec = median_time(lambda: jax.block_until_ready(tilting.sweep_tilt(X, V, b)))
             lam = 1 / np.asarray(betas)
             mx, kx = closed_form(name, SCALE, lam)
             mv, kv = closed_form("normal", 1.0, lam)
@@ -123,9 +114,9 @@ def tilt_vs_scipy(K=64):
     with jax.enable_x64(True):
         X, V, b = parse(f"laplace:scale={s}"), parse("normal"), jnp.asarray(betas)
         ours = lambda: jax.block_until_ready(tilting.sweep_tilt(X, V, b))  # noqa: E731
-        t_ours = _median_time(ours)
+        t_ours = median_time(ours)
         r = ours()
-    t_scipy = _median_time(scipy_run, reps=3)
+    t_scipy = median_time(scipy_run, 3)
     sp = scipy_run()
     lam = 1 / betas
     mx, kx = closed_form("laplace", s, lam)
@@ -224,10 +215,10 @@ def threshold_vs_scipy():
         def ours():
             return [jax.block_until_ready(conditioning.sweep_threshold(f, V, ts)).E_V for f in fams]
 
-        t_ours = _median_time(ours)
+        t_ours = median_time(ours)
         r = np.array([np.asarray(e) for e in ours()])
     plain = lambda: np.array([[_scipy_threshold_plain(n, t) for t in TS] for n in ERRORS])  # noqa: E731
-    t_plain = _median_time(plain, reps=3)
+    t_plain = median_time(plain, 3)
     p = plain()
     with np.errstate(all="ignore"):
         import warnings
@@ -248,6 +239,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer betas")
     a = ap.parse_args(argv)
+    print(f"machine: {machine()}")
     betas = np.geomspace(20.0, SCALE * 1.02, 16 if a.quick else 48)
     convergence(betas)
     t_ours, e_ours, t_sp, e_sp = tilt_vs_scipy(64)
