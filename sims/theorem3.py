@@ -116,11 +116,15 @@ def _plot(rows, cfg, out):
     a1.set_title("light V: exponential tilt, -> 0 as d -> 0, finite", fontsize=9)
     a1.legend(fontsize=8)
     d_show = cfg.d[len(cfg.d) // 2]
+    lowest = 0.0
     for spec in cfg.utility:
         rs = [r for r in rows if r["kind"] == "upweight_at_kl" and r["utility"] == spec and r["d"] == d_show]
-        a2.plot([r["t"] for r in rs], [r["E_V"] for r in rs], "o-", ms=3, label=spec)
+        ys = [r["E_V"] for r in rs]
+        a2.plot([r["t"] for r in rs], ys, "o-", ms=3, label=spec)
+        lowest = min([lowest] + [y for y in ys if y is not None and np.isfinite(y)])
     a2.set_xscale("log")
     a2.set_yscale("symlog", linthresh=0.1)
+    a2.set_ylim(bottom=lowest - 0.05)   # no empty negative decades
     a2.set_xlabel("threshold t of the upweighting")
     a2.set_ylabel(f"E_P[V] at KL = {d_show:.2g}")
     a2.set_title("Theorem 1 construction at fixed KL: heavy V unbounded", fontsize=9)

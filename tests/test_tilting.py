@@ -108,11 +108,14 @@ def test_kl_nonnegative_decreasing_and_large_beta_recovers_base():
 
 def test_sweep_does_not_retrace_when_betas_or_params_change():
     X, V = tails.parse("normal:scale=1.25"), tails.parse("normal:scale=0.75")
-    before = tilting.sweep_tilt._cache_size()
+    # Another test on this worker may already have compiled this signature, so
+    # count from after the first call: later calls must add nothing.
     tilting.sweep_tilt(X, V, jnp.asarray([0.5, 1.0, 2.0], jnp.float32))
+    after_first = tilting.sweep_tilt._cache_size()
+    assert after_first >= 1
     tilting.sweep_tilt(X, V, jnp.asarray([0.7, 1.1, 9.0], jnp.float32))
     tilting.sweep_tilt(tails.parse("normal:scale=1.5"), V, jnp.asarray([0.7, 1.1, 9.0], jnp.float32))
-    assert tilting.sweep_tilt._cache_size() == before + 1
+    assert tilting.sweep_tilt._cache_size() == after_first
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])

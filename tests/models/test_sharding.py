@@ -6,7 +6,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from goodhart_jax import models
 from goodhart_jax.models.testing import make_tiny_checkpoint
