@@ -12,7 +12,7 @@ numpyro supplies the densities and means; this module adds what numpyro lacks
 for tail work: a log tail function log P(X > x) that stays accurate far into the
 tail, whether the family is heavy-tailed, the abscissa of convergence of the
 moment-generating function (it decides whether a KL tilt exists), and samplers
-built from exact transforms of uniforms (numpyro's / jax's gamma-based Student-t
+built from exact transforms of uniforms (`variates.py`; numpyro's / jax's gamma-based Student-t
 sampler is ~30x slower than NumPy on CPU; see `benchmarks/bench_sampling.py`).
 
 A family can be shifted (`centered()` shifts it to mean 0): X = X_base + shift.
@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpyro.distributions as nd
 from jax import Array
 from jax.scipy.special import betainc, betaln, log_ndtr
+
+from goodhart_jax import variates
 
 __all__ = ["Family", "parse", "FAMILIES"]
 
@@ -86,32 +88,6 @@ def _log_sf_student_t(z, df):
 
 
 # ----------------------------------------------------------------------------
-# Samplers from exact transforms.
-
-
-def _uniform_open(key, shape, dtype):
-    """U(0, 1) excluding 0, so log(U) is finite."""
-    return jax.random.uniform(key, shape, dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
-
-
-def _std_exponential(key, shape, dtype):
-    return -jnp.log(_uniform_open(key, shape, dtype))
-
-
-def _std_student_t(key, df, shape, dtype):
-    """Bailey's (1994) polar method without rejection: exact Student-t.
-
-    For (u, v) uniform on the unit disc Bailey takes T = u sqrt(df (w^(-2/df) - 1) / w)
-    with w = u^2 + v^2; since w ~ U(0, 1) and the angle theta ~ U(0, 2 pi) are
-    independent, T = sqrt(df (W^(-2/df) - 1)) cos(theta) with W, theta uniform.
-    """
-    k1, k2 = jax.random.split(key)
-    w = _uniform_open(k1, shape, dtype)
-    theta = (2.0 * jnp.pi) * jax.random.uniform(k2, shape, dtype)
-    return jnp.sqrt(df * jnp.expm1(-2.0 / df * jnp.log(w))) * jnp.cos(theta)
-
-
-# ----------------------------------------------------------------------------
 # The registry.
 
 
@@ -145,23 +121,23 @@ def _loc_scale(std_sample, std_log_sf, mgf_sup_std, heavy=False):
 FAMILIES: dict[str, _Def] = {
     "normal": _Def(
         nd.Normal, {"loc": 0.0, "scale": 1.0}, (_pos("scale"),),
-        **_loc_scale(lambda k, s, d: jax.random.normal(k, s, d), _log_sf_normal, jnp.inf),
+        **_loc_scale(variates.std_normal, _log_sf_normal, jnp.inf),
     ),
     "laplace": _Def(
         nd.Laplace, {"loc": 0.0, "scale": 1.0}, (_pos("scale"),),
-        **_loc_scale(lambda k, s, d: jax.random.laplace(k, s, d), _log_sf_laplace, 1.0),
+        **_loc_scale(variates.std_laplace, _log_sf_laplace, 1.0),
     ),
     "gumbel": _Def(
         nd.Gumbel, {"loc": 0.0, "scale": 1.0}, (_pos("scale"),),
-        **_loc_scale(lambda k, s, d: jax.random.gumbel(k, s, d), _log_sf_gumbel, 1.0),
+        **_loc_scale(variates.std_gumbel, _log_sf_gumbel, 1.0),
     ),
     "logistic": _Def(
         nd.Logistic, {"loc": 0.0, "scale": 1.0}, (_pos("scale"),),
-        **_loc_scale(lambda k, s, d: jax.random.logistic(k, s, d), _log_sf_logistic, 1.0),
+        **_loc_scale(variates.std_logistic, _log_sf_logistic, 1.0),
     ),
     "exponential": _Def(
         nd.Exponential, {"rate": 1.0}, (_pos("rate"),),
-        sample=lambda key, p, shape, dtype: _std_exponential(key, shape, dtype) / p["rate"],
+        sample=lambda key, p, shape, dtype: variates.std_exponential(key, shape, dtype) / p["rate"],
         log_sf=lambda p, x: jnp.where(x > 0, -p["rate"] * x, 0.0),
         heavy=lambda p: jnp.asarray(False),
         mgf_sup=lambda p: p["rate"],
@@ -170,7 +146,7 @@ FAMILIES: dict[str, _Def] = {
     ),
     "student_t": _Def(
         nd.StudentT, {"df": 3.0, "loc": 0.0, "scale": 1.0}, (_pos("df"), _pos("scale")),
-        sample=lambda key, p, shape, dtype: p["loc"] + p["scale"] * _std_student_t(key, p["df"], shape, dtype),
+        sample=lambda key, p, shape, dtype: p["loc"] + p["scale"] * variates.std_student_t(key, p["df"], shape, dtype),
         log_sf=lambda p, x: _log_sf_student_t((x - p["loc"]) / p["scale"], p["df"]),
         heavy=lambda p: jnp.asarray(True),
         mgf_sup=lambda p: jnp.zeros_like(p["df"]),
@@ -179,7 +155,7 @@ FAMILIES: dict[str, _Def] = {
     ),
     "lognormal": _Def(
         nd.LogNormal, {"loc": 0.0, "scale": 1.0}, (_pos("scale"),),
-        sample=lambda key, p, shape, dtype: jnp.exp(p["loc"] + p["scale"] * jax.random.normal(key, shape, dtype)),
+        sample=lambda key, p, shape, dtype: jnp.exp(p["loc"] + p["scale"] * variates.std_normal(key, shape, dtype)),
         log_sf=lambda p, x: jnp.where(
             x > 0, log_ndtr(-(jnp.log(jnp.where(x > 0, x, 1.0)) - p["loc"]) / p["scale"]), 0.0
         ),
@@ -190,7 +166,7 @@ FAMILIES: dict[str, _Def] = {
     ),
     "pareto": _Def(
         nd.Pareto, {"scale": 1.0, "alpha": 2.0}, (_pos("scale"), _pos("alpha")),
-        sample=lambda key, p, shape, dtype: p["scale"] * jnp.exp(_std_exponential(key, shape, dtype) / p["alpha"]),
+        sample=lambda key, p, shape, dtype: p["scale"] * jnp.exp(variates.std_exponential(key, shape, dtype) / p["alpha"]),
         log_sf=lambda p, x: jnp.where(
             x > p["scale"], p["alpha"] * (jnp.log(p["scale"]) - jnp.log(jnp.maximum(x, p["scale"]))), 0.0
         ),
@@ -202,7 +178,7 @@ FAMILIES: dict[str, _Def] = {
     "weibull": _Def(
         nd.Weibull, {"scale": 1.0, "concentration": 1.5}, (_pos("scale"), _pos("concentration")),
         sample=lambda key, p, shape, dtype: p["scale"]
-        * _std_exponential(key, shape, dtype) ** (1.0 / p["concentration"]),
+        * variates.std_exponential(key, shape, dtype) ** (1.0 / p["concentration"]),
         log_sf=lambda p, x: jnp.where(x > 0, -(jnp.maximum(x, 0.0) / p["scale"]) ** p["concentration"], 0.0),
         heavy=lambda p: p["concentration"] < 1.0,
         mgf_sup=lambda p: jnp.where(

@@ -156,11 +156,12 @@ def test_large_beta_recovers_pi0_and_kl_nonnegative():
     pi, _ = mdp.optimal_policy(tree, jnp.float32(1e6))
     for p, l0 in zip(pi, tree.log_pi0):
         np.testing.assert_allclose(p, np.exp(l0), atol=1e-5)  # exp(U/beta) -> 1
-    r = mdp.sweep_betas(tree, jnp.geomspace(0.05, 100.0, 12))
+    # The last beta is large enough that E_pi[U] - E_pi0[U] ~ Var(U) / beta ~ 3e-4.
+    r = mdp.sweep_betas(tree, jnp.geomspace(0.05, 1e4, 12))
     assert np.all(r.KL >= -1e-6) and np.all(r.KL_per_state >= -1e-6)
     assert np.all(np.diff(r.KL) <= 1e-6)  # KL shrinks as beta grows
     base = mdp.trajectory_stats(tree, tuple(jnp.exp(l) for l in tree.log_pi0))
-    np.testing.assert_allclose([r.E_U[-1], r.E_V[-1]], [base.E_U, base.E_V], atol=0.02)
+    np.testing.assert_allclose([r.E_U[-1], r.E_V[-1]], [base.E_U, base.E_V], atol=5e-3)
 
 
 def test_same_seed_same_numbers_and_vmap_over_seeds():
