@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 from jax import Array
-from jax.scipy.special import betainc, betaln, log_ndtr
+from jax.scipy.special import betainc, gammaln, log_ndtr
 
 from goodhart_jax import variates
 
@@ -56,32 +56,72 @@ def _log_sf_logistic(z):
     return -jax.nn.softplus(z)
 
 
+def _hyp_series(ratio: Callable, y, terms: int):
+    """sum_{n >= 0} prod_{k < n} ratio(k) y^n by Horner's rule, `terms` terms.
+
+    Linear space is safe where the callers use it: y <= 1/2 and the sum stays
+    far below the float range (see `_log_sf_student_t`).
+    """
+    def body(i, acc):
+        n = terms - 1 - i
+        return 1.0 + ratio(n) * y * acc
+    return jax.lax.fori_loop(0, terms, body, jnp.ones_like(y), unroll=8)
+
+
 def _log_betainc_small(a, b, x, log1mx, terms: int = 60):
     """log I_x(a, b) for x <= 1/2 from the hypergeometric series (no underflow).
 
-    I_x(a,b) = x^a (1-x)^b / (a B(a,b)) * sum_n (a+b)_n / (a+1)_n x^n.
+    I_x(a,b) = x^a (1-x)^b / (a B(a,b)) * sum_n (a+b)_n / (a+1)_n x^n; for b <= 1
+    the term ratio is below x <= 1/2, so 60 terms reach 2^-60.
     """
-    n = jnp.arange(terms, dtype=x.dtype)
-    # log of the ratio of consecutive terms, cumulated.
-    log_ratio = jnp.log((a + b + n[:-1]) / (a + 1.0 + n[:-1]))
-    log_coef = jnp.concatenate([jnp.zeros((1,), x.dtype), jnp.cumsum(log_ratio)])
-    logx = jnp.log(x)
-    log_series = jax.scipy.special.logsumexp(log_coef + n * logx[..., None], axis=-1)
-    return a * logx + b * log1mx - jnp.log(a) - betaln(a, b) + log_series
+    series = _hyp_series(lambda n: (a + b + n) / (a + 1.0 + n), x, terms)
+    return a * jnp.log(x) + b * log1mx - jnp.log(a) - _log_beta(a, b) + jnp.log(series)
+
+
+_T_SERIES_MAX_DF = 20.0  # see `_log_sf_student_t`
+_T_BODY_TERMS = 200
+
+
+def _log_beta(a, b):
+    """log B(a, b) from gammaln (jax's `betaln` is off by ~1e-8 relative at a = 24, b = 1/2)."""
+    return gammaln(a) + gammaln(b) - gammaln(a + b)
 
 
 def _log_sf_student_t(z, df):
-    """log P(T > z) for a standard Student-t with `df` degrees of freedom."""
+    """log P(T > z) for a standard Student-t with `df` degrees of freedom.
+
+    P(|T| > |z|) = I_x(df/2, 1/2) with x = df / (df + z^2). Tail (x <= 1/2):
+    the series of `_log_betainc_small` in x. Body (x > 1/2): I_x(a, 1/2) =
+    1 - I_y(1/2, a) with y = z^2 / (df + z^2) <= 1/2, again a series (200
+    terms). Both are straight-line arithmetic, ~15x faster than `betainc`'s
+    continued fraction (a while loop). The body form subtracts from 1, which
+    costs accuracy where P(|T| > sqrt(df)) is small: for df <= 20 it is >= 2e-4
+    (rel. error <= ~1e-12); larger df take `betainc` (a `lax.cond` on df).
+    """
+    a, b = df / 2.0, 0.5
     z2 = z * z
-    x = df / (df + z2)  # P(|T| > |z|) = I_x(df/2, 1/2)
-    log1mx = jnp.log(z2) - jnp.log(df + z2)
-    x_safe = jnp.clip(x, 1e-300 if x.dtype == jnp.float64 else 1e-37, 0.5)
-    log1mx_safe = jnp.where(x <= 0.5, log1mx, jnp.log1p(-x_safe))
-    log_two_sided = jnp.where(
-        x <= 0.5,
-        _log_betainc_small(df / 2.0, 0.5, x_safe, log1mx_safe),
-        jnp.log(betainc(df / 2.0, 0.5, jnp.clip(x, 0.0, 1.0))),
-    )
+    x = df / (df + z2)
+    y = 1.0 / (1.0 + df / z2)                     # 1 - x, accurate for small z; 1 at z2 = inf
+    tiny = 1e-300 if x.dtype == jnp.float64 else 1e-37
+    x_tail = jnp.clip(x, tiny, 0.5)
+    tail = _log_betainc_small(a, b, x_tail, jnp.log(jnp.maximum(y, 0.5)))
+
+    def body_series(_):
+        y_body = jnp.clip(y, 0.0, 0.5)
+        series = _hyp_series(lambda n: (a + b + n) / (b + 1.0 + n), y_body, _T_BODY_TERMS)
+        # I_y(b, a) = y^b (1-y)^a / (b B(a, b)) * series
+        log_i = (b * jnp.log(jnp.maximum(y_body, tiny)) + a * jnp.log1p(-y_body)
+                 - jnp.log(b) - _log_beta(a, b) + jnp.log(series))
+        return jnp.log1p(-jnp.exp(log_i))
+
+    def body_betainc(_):
+        return jnp.log(betainc(a, b, jnp.clip(x, 0.5, 1.0)))
+
+    if jnp.ndim(df) == 0:
+        body = jax.lax.cond(df <= _T_SERIES_MAX_DF, body_series, body_betainc, None)
+    else:
+        body = jnp.where(df <= _T_SERIES_MAX_DF, body_series(None), body_betainc(None))
+    log_two_sided = jnp.where(x <= 0.5, tail, body)
     upper = log_two_sided - jnp.log(2.0)  # z >= 0: P(T > z) = I / 2
     lower = jnp.log1p(-0.5 * jnp.exp(log_two_sided))  # z < 0: 1 - I / 2
     return jnp.where(z >= 0, upper, lower)
