@@ -314,12 +314,17 @@ class Family:
         return f"{self.name}:{extra}" if extra else self.name
 
 
-def parse(spec: str | Family) -> Family:
+def parse(spec: str | Family, center: bool = False) -> Family:
     """Parse 'name' or 'name:param=value,...' into a `Family`.
 
+    With `center=True` the family is shifted to mean 0 (`Family.centered`).
+
     Raises:
-      ValueError naming the family, the parameter and the valid choices.
+      ValueError naming the family, the parameter and the valid choices (and,
+      with `center`, a family whose mean is not finite).
     """
+    if center:
+        return parse(spec).centered()
     if isinstance(spec, Family):
         return spec
     if not isinstance(spec, str) or not spec.strip():

@@ -47,9 +47,7 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError("give both --error and --utility, or neither (the authors' grid)")
     try:
         for spec in (*cfg.error, *cfg.utility):
-            fam = tails.parse(spec)
-            if cfg.center:
-                fam.centered()
+            tails.parse(spec, center=cfg.center)
         best_of_n.check_ns(cfg.n)
     except ValueError as e:
         raise io.UsageError(str(e)) from None
@@ -64,7 +62,7 @@ def _pairs(cfg):
     if not cfg.error:
         utilities, errors = best_of_n.authors_grid()
         return [(u, e) for u in utilities for e in errors]
-    fam = lambda s: tails.parse(s).centered() if cfg.center else tails.parse(s)  # noqa: E731
+    fam = lambda s: tails.parse(s, center=cfg.center)  # noqa: E731
     return [((u, fam(u)), (e, fam(e))) for u in cfg.utility for e in cfg.error]
 
 

@@ -47,9 +47,7 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError("give at least one --error family")
     try:
         for spec in (*cfg.error, cfg.utility):
-            fam = tails.parse(spec)
-            if cfg.center:
-                fam.centered()
+            tails.parse(spec, center=cfg.center)
         mdp.TreeSpec(cfg.vocab, cfg.depth)
     except ValueError as e:
         raise io.UsageError(str(e)) from None
@@ -78,7 +76,7 @@ def main(cfg: Config) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     io.save_json(out / "config.json", cfg)
     spec = mdp.TreeSpec(cfg.vocab, cfg.depth)
-    fam = lambda s: tails.parse(s).centered() if cfg.center else tails.parse(s)  # noqa: E731
+    fam = lambda s: tails.parse(s, center=cfg.center)  # noqa: E731
     utility = fam(cfg.utility)
     kls = np.asarray(cfg.kl, float)
     betas = np.asarray(cfg.bounded_betas, float)

@@ -50,9 +50,7 @@ def validate(cfg: Config) -> Config:
     """Check every input before any work; raise io.UsageError naming the problem."""
     try:
         for spec in (*cfg.error, cfg.utility):
-            fam = tails.parse(spec)
-            if cfg.center:
-                fam.centered()
+            tails.parse(spec, center=cfg.center)
         tilting.check_betas(cfg.betas)
         mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
     except ValueError as e:
@@ -72,10 +70,6 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError(f"a tree with {leaves} leaves is too large (max 2^26)")
     return cfg
 
-
-def _family(spec: str, center: bool) -> tails.Family:
-    fam = tails.parse(spec)
-    return fam.centered() if center else fam
 
 
 def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
@@ -110,12 +104,12 @@ def main(cfg: Config) -> list[dict]:
         mesh = jax.make_mesh((ndev,), ("beta",))
     tree_fn = _tree_fn(spec, cfg.pi0, cfg.temperature, mesh)
     keys = jax.vmap(jax.random.key)(jnp.arange(cfg.seeds))  # seed s -> jax.random.key(s)
-    utility = _family(cfg.utility, cfg.center)
+    utility = tails.parse(cfg.utility, center=cfg.center)
 
     rows: list[dict] = []
     summary = []
     for spec_x in tqdm(cfg.error, desc="error families", file=sys.stderr, disable=None):
-        error = _family(spec_x, cfg.center)
+        error = tails.parse(spec_x, center=cfg.center)
         common = dict(error=spec_x, utility=cfg.utility)
         # Continuous tilt.
         res = jax.device_get(tilting.sweep_tilt(error, utility, jnp.asarray(betas, jnp.float32)))

@@ -49,9 +49,7 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError("give at least one --error family")
     try:
         for spec in (*cfg.error, cfg.utility):
-            fam = tails.parse(spec)
-            if cfg.center:
-                fam.centered()
+            tails.parse(spec, center=cfg.center)
         conditioning.check_thresholds(cfg.t)
     except ValueError as e:
         raise io.UsageError(str(e)) from None
@@ -59,10 +57,6 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError(f"--mc-samples must be >= 30, got {cfg.mc_samples}")
     return cfg
 
-
-def _family(spec: str, center: bool) -> tails.Family:
-    fam = tails.parse(spec)
-    return fam.centered() if center else fam
 
 
 def main(cfg: Config) -> list[dict]:
@@ -78,7 +72,7 @@ def main(cfg: Config) -> list[dict]:
     with jax.enable_x64(cfg.x64):
         dtype = jnp.float64 if cfg.x64 else jnp.float32
         ts = jnp.asarray(cfg.t, dtype)
-        utility = _family(cfg.utility, cfg.center)
+        utility = tails.parse(cfg.utility, center=cfg.center)
         key = jax.random.key(cfg.seed)
         jobs = list(cfg.error) + (["footnote4"] if cfg.footnote4 else [])
         for i, spec in enumerate(tqdm(jobs, desc="error families", file=sys.stderr, disable=None)):
@@ -88,7 +82,7 @@ def main(cfg: Config) -> list[dict]:
                 m = _fn4_mc(jax.random.split(k, len(cfg.t)), ts, cfg.mc_samples)
                 common = dict(error="footnote4", utility="normal", dependent=True)
             else:
-                error = _family(spec, cfg.center)
+                error = tails.parse(spec, center=cfg.center)
                 q = conditioning.sweep_threshold(error, utility, ts)
                 m = conditioning.sweep_threshold_mc(k, error, utility, ts, cfg.mc_samples)
                 common = dict(error=spec, utility=cfg.utility, dependent=False)
@@ -135,7 +129,7 @@ def _plot(rows, cfg, limits, out):
                     color=line.get_color(), alpha=0.7)
         if name in limits:
             ax.axhline(limits[name], color=line.get_color(), ls=":", lw=1)
-    mean_v = float(_family(cfg.utility, cfg.center).mean)
+    mean_v = float(tails.parse(cfg.utility, center=cfg.center).mean)
     ax.axhline(mean_v, color="k", ls="--", lw=0.8, label=f"E[V] = {mean_v:g}")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_yscale("symlog", linthresh=1.0)

@@ -45,9 +45,7 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError("give at least one --base family")
     try:
         for spec in cfg.base:
-            fam = tails.parse(spec)
-            if cfg.center:
-                fam.centered()
+            tails.parse(spec, center=cfg.center)
     except ValueError as e:
         raise io.UsageError(str(e)) from None
     t = np.asarray(cfg.t, float)
@@ -64,10 +62,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _family(spec, center):
-    fam = tails.parse(spec)
-    return fam.centered() if center else fam
-
 
 def main(cfg: Config) -> list[dict]:
     cfg = validate(cfg)
@@ -79,7 +73,7 @@ def main(cfg: Config) -> list[dict]:
     with jax.enable_x64(True):
         ts = jnp.asarray(cfg.t, jnp.float64)
         for spec in tqdm(cfg.base, desc="base families", file=sys.stderr, disable=None):
-            base = _family(spec, cfg.center)
+            base = tails.parse(spec, center=cfg.center)
             r = jax.device_get(upweighting.sweep_upweight(base, ts, cfg.c, cfg.exponent))
             for j, t in enumerate(cfg.t):
                 ok = bool(r.valid[j])
@@ -92,7 +86,7 @@ def main(cfg: Config) -> list[dict]:
         io.save_csv(out / "results.csv", rows)
         if cfg.plots:
             _plot_curves(rows, cfg, out)
-            fig_base = _family("student_t:df=3", cfg.center)
+            fig_base = tails.parse("student_t:df=3", center=cfg.center)
             _figure3(fig_base, cfg, out)
     for spec in cfg.base:
         rs = [r for r in rows if r["base"] == spec and r["valid"]]

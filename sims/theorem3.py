@@ -42,9 +42,7 @@ def validate(cfg: Config) -> Config:
         raise io.UsageError("give at least one --utility family")
     try:
         for spec in cfg.utility:
-            fam = tails.parse(spec)
-            if cfg.center:
-                fam.centered()
+            tails.parse(spec, center=cfg.center)
     except ValueError as e:
         raise io.UsageError(str(e)) from None
     d = np.asarray(cfg.d, float)
@@ -67,8 +65,7 @@ def main(cfg: Config) -> list[dict]:
         ds = jnp.asarray(cfg.d, jnp.float64)
         ts = jnp.asarray(cfg.t, jnp.float64)
         for spec in tqdm(cfg.utility, desc="utility families", file=sys.stderr, disable=None):
-            fam = tails.parse(spec)
-            fam = fam.centered() if cfg.center else fam
+            fam = tails.parse(spec, center=cfg.center)
             base_mean = float(fam.mean)
             r = jax.device_get(upweighting.sweep_kl_bounded(fam, ds))
             up = jax.device_get(at_kl(fam, ts, ds))  # [D, T]

@@ -148,3 +148,10 @@ def test_student_t_log_sf_against_mpmath_everywhere(df):
         ours = np.asarray(tails.parse(f"student_t:df={df}").log_sf(jnp.asarray(z)))
     want = np.array([ref(v) for v in z])
     np.testing.assert_allclose(ours, want, rtol=1e-11, atol=1e-15)
+
+
+def test_parse_center_keyword():
+    fam = tails.parse("lognormal", center=True)
+    assert abs(float(fam.mean)) < 1e-6 and float(tails.parse("lognormal").mean) > 1
+    with pytest.raises(ValueError, match="mean is not finite"):
+        tails.parse("pareto:alpha=0.8", center=True)

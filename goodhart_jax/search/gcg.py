@@ -10,13 +10,14 @@ returns log pi0(x)). One step (Zou et al. 2023, GCG; Haize Labs 2024, ACG):
 
 1. g = dJ/d onehot(x), the gradient with respect to the one-hot input [T, V]
    (through the embedding matrix of the model);
-2. the top-k tokens per position by g (banned ids and the current token
-   excluded, so every edit changes the sequence);
+2. the top-k tokens per position by g (banned ids excluded; with
+   `exclude_current` also the current token, so every edit changes x);
 3. C candidates, each changing n distinct positions of x to one of that
    position's top-k tokens, n = schedule(i) (constant for GCG, annealed
    9 -> 2 for the paper's ACG);
 4. all C candidates scored in one batched forward pass; x moves to the best
-   candidate (even when it is worse than x: GCG's rule);
+   candidate (even when it is worse than x: GCG's rule; with `from_best`,
+   only when it beats the best so far);
 5. a best-so-far buffer keeps the best sequence ever scored, so the search
    never loses its best.
 
@@ -65,6 +66,11 @@ class SearchConfig:
       edits: n of the constant schedule (GCG's original is 1).
       edits_start, edits_end: ends of the linear schedule.
       banned_ids: token ids that never appear (special tokens).
+      from_best: move only to a candidate that beats the best so far (a
+        greedy variant); default False, GCG's move to the best candidate.
+      exclude_current: leave each position's current token out of its top-k,
+        so no candidate repeats x at an edited position (default False, as
+        in GCG, where such no-op edits are possible).
     """
 
     length: int
