@@ -39,6 +39,7 @@ def test_theorem1_mean_grows_while_kl_shrinks():
         fig3 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 0.8)
         thm1 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 1.0)
         light = sweep_upweight(parse("normal"), jnp.array([2.0, 4.0, 8.0]), 1.0, 0.8)
+        fig3, thm1, light = jax.device_get((fig3, thm1, light))   # float64 numpy, outside x64
     assert np.all(fig3.valid) and np.all(thm1.valid)
     want = np.array([_scipy_upweight(t, 1.0, 0.8) for t in TS])
     np.testing.assert_allclose(fig3.mean, want[:, 0], rtol=1e-8)
@@ -62,6 +63,7 @@ def test_theorem3_light_bounded_heavy_unbounded():
         at_kl = jax.jit(jax.vmap(upweight_at_kl, (None, 0, None)))
         up = at_kl(parse("student_t:df=3"), jnp.array([10.0, 1e3, 1e5, 1e7]), 0.1)
         up_light = at_kl(parse("normal:scale=2"), jnp.array([2.0, 4.0, 8.0, 16.0]), 0.1)
+        normal, laplace, heavy, up, up_light, ds = jax.device_get((normal, laplace, heavy, up, up_light, ds))
     # Gaussian: the tilt is N(lam s^2, s^2), KL = lam^2 s^2 / 2, so max E[V] = s sqrt(2 d).
     np.testing.assert_allclose(normal.E_V, 2 * np.sqrt(2 * np.asarray(ds)), rtol=1e-8)
     np.testing.assert_allclose(normal.KL, ds, rtol=1e-8)
