@@ -20,9 +20,13 @@ run: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests
 
+# Every benchmark, each against its baseline in the same process (about 5 minutes on 2 cores).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tree.py
 	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/theorem4_convergence.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scoring.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) runs
