@@ -32,6 +32,9 @@ class UsageError(ValueError):
     """Bad input from the command line: reported in one line, exit status 2."""
 
 
+_UMASK = os.umask(0)   # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` atomically (temp file in the same dir + os.replace).
 
@@ -43,9 +46,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         data = data.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
