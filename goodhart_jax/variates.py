@@ -21,6 +21,12 @@ Uniforms are built so that the transforms resolve the tails that matter:
   the limit of erfinv's float32 input (53-bit U and |x| <= 8.3 in float64).
 
 All functions: `(key, shape, dtype) -> [*shape] dtype`; float32 or float64.
+
+Under `vmap` over keys the words for each key are drawn one key after
+another (`lax.map`, see `_generator`), so vmap equals a loop exactly. That is
+cheap when each key draws many values (trials x 65536 in best-of-n) and slow
+for a few values from each of very many keys: there, draw one [K, n] block
+from a single key instead.
 """
 from __future__ import annotations
 
