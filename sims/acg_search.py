@@ -25,13 +25,15 @@ import json
 import math
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax.io import UsageError, atomic_write, default_out_dir, log, save_json, save_jsonl
+from goodhart_jax.io import (UsageError, atomic_write, default_out_dir, log, save_csv, save_figure,
+                             save_json, save_jsonl)
 from goodhart_jax.search import (SearchConfig, make_scan, make_search, mixture_kl,
                                  mixture_kl_approx, retokenize_filter, search_params)
 from goodhart_jax.search.schedules import SCHEDULES
@@ -156,7 +158,6 @@ def _plots(out: Path, traces: dict, rewards, logprobs) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from goodhart_jax.io import save_figure
 
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -264,12 +265,10 @@ def main(cfg: Config) -> dict:
     _write_best(out, best_tokens, rewards, np.asarray(state.best_objective),
                 int(state.iteration[0]), interrupted)
     save_jsonl(out / "rows.jsonl", rows)
-    import io as _io
-    buf = _io.BytesIO()
+    buf = BytesIO()
     np.savez(buf, tokens=best_tokens, **traces)
     atomic_write(out / "traces.npz", buf.getvalue())
     if kl_rows:
-        from goodhart_jax.io import save_csv
         save_csv(out / "mixture_kl.csv", kl_rows)
     plots = _plots(out, traces, rewards, logprobs) if traces["best_reward"].shape[1] else []
     steps = int(state.iteration[0])
