@@ -93,7 +93,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array, block: int | None = Non
     n // (N / K). A query with no visible key (a left pad) gets a uniform
     average instead of NaN; its output is never read.
 
-    Queries go in blocks of `block` rows (default max(64, T / 16)); block i
+    Queries go in blocks of `block` rows (default T / 4 clipped to 64..256,
+    the fastest on a 2-core CPU at T = 256, 1024 and 2048); block i
     only meets keys s < (i + 1) * block, the ones causality lets it see. This
     skips the masked upper triangle (about half the work at T = 1024) and
     keeps each block's scores in cache: on a 2-core CPU it halves the time of
@@ -109,7 +110,7 @@ def attention(q: Array, k: Array, v: Array, mask: Array, block: int | None = Non
     """
     b, t, n, h = q.shape
     kh = k.shape[2]
-    block = block or max(64, -(-t // 16))
+    block = block or min(256, max(64, t // 4))
     q = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4) * (1.0 / math.sqrt(h))  # [B, K, G, T, H]
     k = k.transpose(0, 2, 3, 1)                                    # [B, K, H, S]
     v = v.transpose(0, 2, 1, 3)                                    # [B, K, S, H]
