@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "UsageError", "atomic_write", "save_json", "save_jsonl", "save_csv", "save_figure",
-    "json_safe", "default_out_dir", "run_cli", "log",
+    "json_safe", "default_out_dir", "start_run", "run_cli", "log",
 ]
 
 
@@ -114,6 +114,14 @@ def save_figure(fig, path, dpi: int = 110) -> Path:
 def default_out_dir(name: str) -> Path:
     """runs/<name>/<YYYYmmdd-HHMMSS>/ relative to the working directory."""
     return Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def start_run(name: str, out: str | os.PathLike | None, config: Any) -> Path:
+    """The run's output directory (`out`, or `default_out_dir(name)`), created, with config.json in it."""
+    path = Path(out) if out else default_out_dir(name)
+    path.mkdir(parents=True, exist_ok=True)
+    save_json(path / "config.json", config)
+    return path
 
 
 def log(*args) -> None:

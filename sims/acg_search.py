@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax.io import (UsageError, atomic_write, default_out_dir, log, save_csv, save_figure,
-                             save_json, save_jsonl)
+from goodhart_jax.io import (UsageError, atomic_write, log, save_csv, save_figure, save_json, save_jsonl,
+                             start_run)
 from goodhart_jax.search import (SearchConfig, make_scan, make_search, mixture_kl,
                                  mixture_kl_approx, retokenize_filter, search_params)
 from goodhart_jax.search.schedules import SCHEDULES
@@ -190,9 +190,7 @@ def main(cfg: Config) -> dict:
 
     _validate(cfg)
     reward, base, banned, token_filter = _load(cfg)
-    out = Path(cfg.out) if cfg.out else default_out_dir("acg_search")
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", dataclasses.asdict(cfg) | {"banned_resolved": list(banned)})
+    out = start_run("acg_search", cfg.out, dataclasses.asdict(cfg) | {"banned_resolved": list(banned)})
 
     try:
         scfg = SearchConfig(length=cfg.length, topk=cfg.topk, num_candidates=cfg.candidates,

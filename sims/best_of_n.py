@@ -18,7 +18,6 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +72,7 @@ _fit = jax.jit(best_of_n.fit_gao)
 
 def main(cfg: Config) -> list[dict]:
     cfg = validate(cfg)
-    out = Path(cfg.out) if cfg.out else io.default_out_dir("best_of_n")
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_json(out / "config.json", cfg)
+    out = io.start_run("best_of_n", cfg.out, cfg)
     ns = best_of_n.check_ns(cfg.n)
     pairs = _pairs(cfg)
     io.log(f"best_of_n: {len(pairs)} (utility, error) pairs; n = {list(ns)}; {cfg.trials} trials; writing to {out}")

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +71,7 @@ def _row(model, method, error, utility, b, budget_param):
 
 def main(cfg: Config) -> list[dict]:
     cfg = validate(cfg)
-    out = Path(cfg.out) if cfg.out else io.default_out_dir("mitigations")
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_json(out / "config.json", cfg)
+    out = io.start_run("mitigations", cfg.out, cfg)
     spec = mdp.TreeSpec(cfg.vocab, cfg.depth)
     fam = lambda s: tails.parse(s, center=cfg.center)  # noqa: E731
     utility = fam(cfg.utility)

@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from goodhart_jax.io import log, save_figure, save_json  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,44 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=help_)
     return p
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------
-# Atomic writes.
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    def w(tmp):
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-
-    _atomic(path, w)
-
-
-def save_figure(fig, path: Path, dpi: int = 80) -> None:
-    import matplotlib.pyplot as plt
-
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------
@@ -328,11 +289,11 @@ def main(cfg: Config) -> dict:
         title=f"{name}: n = {n}",
         hill_label=label,
     )
-    save_figure(fig, out / "diagnostics.png")
+    save_figure(fig, out / "diagnostics.png", dpi=80)
     fig = tail_plots.estimators_figure(
         diag, k_hi, mle_curve, title=f"{name}: tail-index estimators ({verdict['verdict']})"
     )
-    save_figure(fig, out / "estimators.png")
+    save_figure(fig, out / "estimators.png", dpi=80)
 
     results = {
         "hill": hill_rows,
@@ -342,10 +303,10 @@ def main(cfg: Config) -> dict:
             {"k": int(k), "xi": _f(a), "se": _f(b)} for k, a, b in zip(mle_curve.k, mle_curve.xi, mle_curve.se)
         ],
     }
-    write_json(out / "results.json", results)
+    save_json(out / "results.json", results)
     cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["k"] = list(cfg.k)
-    write_json(out / "config.json", cfg_dict)
+    save_json(out / "config.json", cfg_dict)
     log(f"wrote {out}/diagnostics.png, estimators.png, results.json, config.json")
     return results
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +70,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-
 def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
     """jit(vmap over seeds): keys [S], families, betas [K], ts [M] -> per-seed results."""
 
@@ -88,9 +86,7 @@ def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
 def main(cfg: Config) -> list[dict]:
     """Run the sweep, write results under cfg.out, and return the result rows."""
     cfg = validate(cfg)
-    out = Path(cfg.out) if cfg.out else io.default_out_dir("sweep_beta")
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_json(out / "config.json", cfg)
+    out = io.start_run("sweep_beta", cfg.out, cfg)
     io.log(f"sweep_beta: families {'centred to mean 0 (--no-center to use them as given)' if cfg.center else 'used as given'}; "
            f"utility {cfg.utility}; {len(cfg.betas)} betas; tree {cfg.vocab}^{cfg.depth}"
            f"{' with EOS' if cfg.eos else ''} x {cfg.seeds} seeds; writing to {out}")

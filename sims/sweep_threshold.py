@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +57,10 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-
 def main(cfg: Config) -> list[dict]:
     """Run the sweep, write results under cfg.out, and return the result rows."""
     cfg = validate(cfg)
-    out = Path(cfg.out) if cfg.out else io.default_out_dir("sweep_threshold")
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_json(out / "config.json", cfg)
+    out = io.start_run("sweep_threshold", cfg.out, cfg)
     io.log(f"sweep_threshold: families {'centred to mean 0' if cfg.center else 'used as given'}; utility "
            f"{cfg.utility}; {len(cfg.t)} thresholds; {cfg.mc_samples} importance samples per point; writing to {out}")
     rows: list[dict] = []

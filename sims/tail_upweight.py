@@ -17,7 +17,6 @@ import dataclasses
 import io as _bytes
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -62,12 +61,9 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-
 def main(cfg: Config) -> list[dict]:
     cfg = validate(cfg)
-    out = Path(cfg.out) if cfg.out else io.default_out_dir("tail_upweight")
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_json(out / "config.json", cfg)
+    out = io.start_run("tail_upweight", cfg.out, cfg)
     io.log(f"tail_upweight: tail mass {cfg.c:g}/t^{cfg.exponent:g}; {len(cfg.t)} thresholds; writing to {out}")
     rows = []
     with jax.enable_x64(True):

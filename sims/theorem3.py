@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -56,9 +55,7 @@ def validate(cfg: Config) -> Config:
 
 def main(cfg: Config) -> list[dict]:
     cfg = validate(cfg)
-    out = Path(cfg.out) if cfg.out else io.default_out_dir("theorem3")
-    out.mkdir(parents=True, exist_ok=True)
-    io.save_json(out / "config.json", cfg)
+    out = io.start_run("theorem3", cfg.out, cfg)
     rows = []
     at_kl = jax.jit(jax.vmap(jax.vmap(upweighting.upweight_at_kl, (None, 0, None)), (None, None, 0)))
     with jax.enable_x64(True):

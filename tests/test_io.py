@@ -37,3 +37,11 @@ def test_json_safe_turns_non_finite_into_null():
     out = json.loads(json.dumps(io.json_safe(row)))
     assert out == {"a": 1.5, "b": None, "c": [None, 2], "d": 3}
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in out.values() if v is not None)
+
+
+def test_start_run_creates_the_directory_and_config(tmp_path, monkeypatch):
+    out = io.start_run("x", tmp_path / "given", {"a": 1})
+    assert out == tmp_path / "given" and json.loads((out / "config.json").read_text()) == {"a": 1}
+    monkeypatch.chdir(tmp_path)
+    auto = io.start_run("study", None, {"b": float("nan")})
+    assert auto.parts[:2] == ("runs", "study") and json.loads((auto / "config.json").read_text()) == {"b": None}
