@@ -1,0 +1,323 @@
+"""One command-line runner for every study in `sims/`.
+
+A study is a frozen `Config` dataclass and a `main(cfg) -> rows` function.
+This module derives the study's flags from the dataclass, and owns what every
+study shares: the output directory with its `config.json`, incremental atomic
+`results.jsonl` / `results.csv`, figures, `--json` (stdout carries only JSON
+lines), progress on stderr, and one error path:
+
+  * bad input (a flag argparse rejects, any `InputError`, a `ValueError`
+    raised inside `with cli.inputs():`) -> one line `script: error: ...`, exit 2;
+  * Ctrl-C -> one line saying what is on disk, exit 130; every finished file is
+    intact because every file is written atomically.
+
+Flags from fields (`typing` annotations of the dataclass):
+  bool -> `--x/--no-x`; tuple[T, ...] -> `nargs="+"` (`"*"` when the default
+  is empty or None); int/float/str -> `type=`; help, metavar, choices and
+  `required` from `arg(...)` metadata. `foo_bar` becomes `--foo-bar`.
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(cli.RunConfig):
+        error: tuple[str, ...] = cli.arg(("normal",), "error families X", metavar="FAMILY")
+        vocab: int = cli.arg(8, "tokens per state", metavar="A")
+
+    def main(cfg: Config) -> list[dict]:
+        with cli.inputs():                       # ValueError here is the user's input
+            families = [tails.parse(s) for s in cfg.error]
+        with cli.Run("my_study", cfg) as run:
+            for spec, fam in run.progress(list(zip(cfg.error, families)), "families"):
+                run.emit([...])                    # rows: written at once, atomically
+            run.figure("plot.png", fig)
+        return run.rows
+
+    if __name__ == "__main__":
+        cli.main(Config, main)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from goodhart_jax import io
+
+__all__ = ["InputError", "RunConfig", "arg", "inputs", "Run", "build_parser", "parse_config", "run", "main"]
+
+InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
+
+
+def arg(default: Any = dataclasses.MISSING, help: str = "", *, metavar: str | None = None,
+        choices: Sequence[Any] | None = None, required: bool = False, flag: str | None = None,
+        nargs: str | None = None, show_default: bool = True) -> Any:
+    """A Config field with its command-line help: `x: int = cli.arg(3, "what x is", metavar="N")`.
+
+    Args:
+      default: the field's default (tuples for sequences; None for "not given").
+      help: one line for `--help`; "(default: ...)" is appended unless show_default is False.
+      metavar, choices: as in argparse.
+      required: the flag must be given (the default is then only for `main(Config())` in code).
+      flag: the flag's name when it is not `--field-name`.
+      nargs: override the derived nargs (e.g. "*" for a sequence that may be given empty).
+    """
+    meta = dict(help=help, metavar=metavar, choices=choices, required=required, flag=flag, nargs=nargs,
+                show_default=show_default)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The fields the runner owns; a study's Config subclasses this."""
+    out: str = arg("", "output directory (default: runs/<script>/<timestamp>)", metavar="DIR", show_default=False)
+    json: bool = arg(False, "stdout carries only the result rows, as JSON lines (logs go to stderr)")
+    plots: bool = arg(True, "write the PNG figures")
+
+
+@contextlib.contextmanager
+def inputs():
+    """Inside this block a ValueError is the user's bad input: it becomes an `InputError` (exit 2)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+# ------------------------------------------------------------------ flags from a dataclass
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _strip_optional(tp):
+    """`X | None` -> (X, True); anything else -> (tp, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _flag_kwargs(f: dataclasses.Field, tp) -> tuple[str, dict]:
+    meta = f.metadata
+    name = meta.get("flag") or "--" + f.name.replace("_", "-")
+    help_ = meta.get("help", "")
+    kw: dict[str, Any] = {"dest": f.name}
+    tp, _ = _strip_optional(tp)
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if tp is bool:
+        kw["action"] = argparse.BooleanOptionalAction
+        kw["default"] = default
+        if help_ and meta.get("show_default", True):
+            help_ += " (default: on)" if default else " (default: off)"
+    else:
+        if typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0] if typing.get_args(tp) else str
+            kw["type"] = elem
+            kw["nargs"] = meta.get("nargs") or ("*" if not default else "+")
+        else:
+            kw["type"] = tp
+            if meta.get("nargs"):
+                kw["nargs"] = meta["nargs"]
+        kw["default"] = list(default) if isinstance(default, tuple) else default
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if meta.get("choices") is not None:
+            kw["choices"] = list(meta["choices"])
+        if help_ and meta.get("show_default", True) and default not in (None, "", ()):
+            shown = " ".join(format(v, "g") if isinstance(v, float) else str(v) for v in default) \
+                if isinstance(default, tuple) else default
+            help_ += f" (default: {shown})".replace("%", "%%")
+    if meta.get("required"):
+        kw["required"] = True
+    kw["help"] = help_
+    return name, kw
+
+
+def build_parser(config_cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser whose flags are the fields of the frozen dataclass `config_cls`."""
+    hints = typing.get_type_hints(config_cls)
+    p = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        name, kw = _flag_kwargs(f, hints[f.name])
+        p.add_argument(name, **kw)
+    return p
+
+
+def parse_config(config_cls: type, argv: Sequence[str] | None = None, prog: str | None = None,
+                 description: str | None = None):
+    """Parse `argv` into a `config_cls` instance (sequences as tuples). argparse errors exit 2 in one line."""
+    ns = vars(build_parser(config_cls, prog, description).parse_args(argv))
+    hints = typing.get_type_hints(config_cls)
+    for k, v in ns.items():
+        if isinstance(v, list) and typing.get_origin(_strip_optional(hints[k])[0]) is tuple:
+            ns[k] = tuple(v)
+    return config_cls(**ns)
+
+
+# ------------------------------------------------------------------ one run's outputs
+
+class Run:
+    """One run's output directory: config.json, incremental atomic results, figures, JSON lines on stdout.
+
+    Use as a context manager; on Ctrl-C its exit says (on stderr) exactly what is on disk.
+
+    Args:
+      name: the study's name; the default directory is runs/<name>/<timestamp>/.
+      cfg: the study's Config (written to config.json). Its `out`, `json` and `plots` fields, where present,
+        choose the directory, JSON lines on stdout, and whether `figure` writes anything.
+      results: base name of the row files (results.jsonl and results.csv); None writes no row files.
+    """
+
+    def __init__(self, name: str, cfg: Any, results: str | None = "results"):
+        self.name = name
+        self.cfg = cfg
+        self.json = bool(getattr(cfg, "json", False))
+        self.plots = bool(getattr(cfg, "plots", True))
+        self.dir = prepare_out_dir(getattr(cfg, "out", "") or io.default_out_dir(name))
+        self.results = results
+        self.rows: list[dict] = []
+        self.files: list[str] = []
+        io.save_json(self.dir / "config.json", cfg)
+        self._wrote("config.json")
+
+    def _wrote(self, fname: str) -> None:
+        if fname not in self.files:
+            self.files.append(fname)
+
+    def emit(self, rows: Iterable[dict]) -> None:
+        """Add finished rows: results.jsonl/.csv are rewritten atomically, and with --json each row is printed."""
+        rows = [io.json_safe(r) for r in rows]
+        self.rows += rows
+        if self.results:
+            io.save_jsonl(self.dir / f"{self.results}.jsonl", self.rows)
+            io.save_csv(self.dir / f"{self.results}.csv", self.rows)
+            self._wrote(f"{self.results}.jsonl")
+            self._wrote(f"{self.results}.csv")
+        if self.json:
+            for r in rows:
+                sys.stdout.write(json.dumps(r, allow_nan=False) + "\n")
+            sys.stdout.flush()
+
+    def save_json(self, fname: str, obj: Any) -> Path:
+        self._wrote(fname)
+        return io.save_json(self.dir / fname, obj)
+
+    def figure(self, fname: str, fig) -> Path | None:
+        """Save a matplotlib figure atomically (closed either way); nothing when plots are off."""
+        if not self.plots:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            return None
+        path = io.save_figure(fig, self.dir / fname)
+        self._wrote(fname)
+        return path
+
+    @staticmethod
+    def log(*args) -> None:
+        io.log(*args)
+
+    @staticmethod
+    def progress(iterable: Iterable, desc: str, total: int | None = None):
+        """tqdm progress on stderr (silent when stderr is not a terminal)."""
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=None)
+
+    def on_disk(self) -> str:
+        """What this run has finished writing, in words."""
+        n = len(self.rows)
+        if self.results and n:
+            rest = [f for f in self.files if not f.startswith(self.results + ".") and f != "config.json"]
+            extra = f" (and {', '.join(rest)})" if rest else ""
+            return f"{n} finished row{'s' * (n != 1)} are in {self.dir}/{self.results}.jsonl{extra}"
+        if len(self.files) > 1:
+            return f"finished files in {self.dir}: {', '.join(self.files)}"
+        return f"no results yet: only config.json is in {self.dir}"
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            io.log(f"{_prog()}: interrupted: {self.on_disk()}")
+            exc.reported = True  # the runner need not say it again
+        return False
+
+
+def prepare_out_dir(out: str | os.PathLike) -> Path:
+    """Create the output directory, or raise InputError saying why it cannot be written (before any work)."""
+    path = Path(out)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"output directory {str(path)!r}: {str(parent)!r} is a file")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output directory {str(path)!r}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"output directory {str(path)!r} is not writable")
+    return path
+
+
+# ------------------------------------------------------------------ the runner
+
+def _prog() -> str:
+    return Path(sys.argv[0]).name or "goodhart_jax"
+
+
+def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] | None = None,
+        prog: str | None = None, description: str | None = None) -> int:
+    """Parse flags into `config_cls`, call `study_main(cfg)`, and map the outcome to an exit status.
+
+    Returns:
+      0 on success; 2 on bad input (one line on stderr); 130 on Ctrl-C.
+    """
+    prog = prog or _prog()
+    try:
+        cfg = parse_config(config_cls, argv, prog, description)
+    except SystemExit as e:  # --help (0), or argparse's one-line error (2)
+        return int(e.code or 0)
+    try:
+        study_main(cfg)
+    except InputError as e:
+        msg = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt as e:
+        if not getattr(e, "reported", False):
+            print(f"{prog}: interrupted before any result was written", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+def main(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] | None = None,
+         description: str | None = None) -> None:
+    """`run`, then exit with its status.
+
+    After Ctrl-C the process leaves with `os._exit`: interpreter teardown while XLA's threads are still
+    busy can crash (exit 139); every result file is already complete on disk by then.
+    """
+    if description is None:
+        doc = sys.modules["__main__"].__doc__ or ""
+        description = doc.strip() or None
+    status = run(config_cls, study_main, argv, description=description)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status == 130:
+        os._exit(130)
+    sys.exit(status)

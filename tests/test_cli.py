@@ -1,0 +1,180 @@
+"""The one CLI runner: flags derived from a Config dataclass, one error path, incremental atomic results, Ctrl-C."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from goodhart_jax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy(cli.RunConfig):
+    betas: tuple[float, ...] = cli.arg((0.5, 2.0), "KL coefficients", metavar="B")
+    names: tuple[str, ...] = cli.arg((), "names, may be empty")
+    vocab: int = cli.arg(8, "tokens per state", metavar="A")
+    center: bool = cli.arg(True, "centre the families")
+    eos: bool = cli.arg(False, "last token ends")
+    pi0: str = cli.arg("uniform", "base policy", choices=("uniform", "random"))
+    model: str | None = cli.arg(None, "a directory")
+    ids: tuple[int, ...] | None = cli.arg(None, "token ids", nargs="*")
+
+
+def test_flags_from_fields():
+    assert cli.parse_config(Toy, []) == Toy()
+    cfg = cli.parse_config(Toy, ["--betas", "1", "3e2", "--vocab", "5", "--no-center", "--eos", "--pi0", "random",
+                                 "--model", "m", "--ids", "3", "4", "--names", "a", "b", "--out", "x", "--json",
+                                 "--no-plots"])
+    assert cfg == Toy(betas=(1.0, 300.0), names=("a", "b"), vocab=5, center=False, eos=True, pi0="random",
+                      model="m", ids=(3, 4), out="x", json=True, plots=False)
+    assert isinstance(cfg.betas, tuple) and isinstance(cfg.ids, tuple)
+    assert cli.parse_config(Toy, ["--ids"]).ids == ()
+    text = cli.build_parser(Toy, "toy").format_help()
+    for needle in ("--betas B [B ...]", "(default: 0.5 2)", "--center, --no-center", "(default: on)",
+                   "--vocab A", "{uniform,random}", "--no-plots"):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--vocab", "x"], "invalid int value: 'x'"),
+    (["--pi0", "other"], "invalid choice: 'other'"),
+    (["--betas"], "expected at least one argument"),
+    (["--nope"], "unrecognized arguments: --nope"),
+])
+def test_argparse_errors_are_one_line_exit_2(argv, needle, capsys):
+    assert cli.run(Toy, lambda cfg: None, argv, prog="toy.py") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("toy.py: error: ") and needle in err and err.count("\n") == 1
+
+
+def test_input_errors_one_path(capsys, tmp_path):
+    def study(cfg):
+        with cli.inputs():
+            raise ValueError("beta must be > 0,\n  got -1")
+
+    assert cli.run(Toy, study, ["--out", str(tmp_path)], prog="toy.py") == 2
+    assert capsys.readouterr().err == "toy.py: error: beta must be > 0, got -1\n"
+
+    class CheckpointLike(cli.InputError):
+        pass
+
+    def study2(cfg):
+        raise CheckpointLike("model.safetensors is truncated")
+
+    assert cli.run(Toy, study2, [], prog="toy.py") == 2
+    assert capsys.readouterr().err == "toy.py: error: model.safetensors is truncated\n"
+
+    def buggy(cfg):  # a ValueError outside `inputs()` is a bug, not the user's input: it is not hidden
+        raise ValueError("internal")
+
+    with pytest.raises(ValueError, match="internal"):
+        cli.run(Toy, buggy, [], prog="toy.py")
+
+
+def test_out_dir_checked_before_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    calls = []
+
+    def study(cfg):
+        with cli.Run("toy", cfg):
+            calls.append(1)
+
+    for out in (afile, afile / "sub"):
+        assert cli.run(Toy, study, ["--out", str(out)], prog="toy.py") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("toy.py: error: output directory") and "is a file" in err and err.count("\n") == 1
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        assert cli.run(Toy, study, ["--out", str(ro / "x")], prog="toy.py") == 2
+        assert "cannot create output directory" in capsys.readouterr().err
+    assert calls == []
+
+
+def test_run_writes_rows_incrementally_and_json_stdout(tmp_path, capsys):
+    cfg = Toy(out=str(tmp_path), json=True, plots=False)
+    with cli.Run("toy", cfg) as run:
+        run.emit([dict(kind="a", x=1.0, y=float("nan"))])
+        assert (tmp_path / "results.jsonl").read_text().count("\n") == 1  # on disk at once
+        run.emit([dict(kind="b", x=2, z=None)])
+        import matplotlib.pyplot as plt
+
+        assert run.figure("f.png", plt.figure()) is None  # plots off: nothing written
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rows == [dict(kind="a", x=1.0, y=None), dict(kind="b", x=2, z=None)]
+    assert [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()] == rows
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["kind,x,y,z", "a,1.0,,", "b,2,,"]
+    assert json.loads((tmp_path / "config.json").read_text())["betas"] == [0.5, 2.0]
+    assert not (tmp_path / "f.png").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_interrupt_message_says_what_is_on_disk(tmp_path, capsys):
+    def study(cfg):
+        with cli.Run("toy", cfg) as run:
+            if cfg.vocab == 1:
+                run.emit([dict(k=1), dict(k=2)])
+            raise KeyboardInterrupt
+
+    assert cli.run(Toy, study, ["--out", str(tmp_path / "a")], prog="toy.py") == 130
+    err = capsys.readouterr().err
+    assert "interrupted: no results yet: only config.json" in err and err.count("\n") == 1
+    assert cli.run(Toy, study, ["--out", str(tmp_path / "b"), "--vocab", "1"], prog="toy.py") == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: 2 finished rows are in {tmp_path / 'b'}/results.jsonl" in err
+    assert len((tmp_path / "b" / "results.jsonl").read_text().splitlines()) == 2
+
+
+SLOW_STUDY = textwrap.dedent("""
+    import dataclasses, sys, time
+    import jax, jax.numpy as jnp
+    from goodhart_jax import cli
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(cli.RunConfig):
+        n: int = cli.arg(3, "rows")
+
+    def main(cfg):
+        f = jax.jit(lambda x: jnp.sort(jnp.sin(x @ x.T)).sum())
+        x = jnp.ones((400, 400))
+        with cli.Run("slow", cfg) as run:
+            for i in range(cfg.n):
+                run.emit([dict(i=i)])
+            print("ready", file=sys.stderr, flush=True)
+            while True:   # XLA busy on its own threads when the signal lands
+                f(x).block_until_ready()
+
+    if __name__ == "__main__":
+        cli.main(Config, main)
+""")
+
+
+def test_ctrl_c_exits_130_with_files_intact(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_STUDY)
+    for trial in range(3):
+        out = tmp_path / f"out{trial}"
+        p = subprocess.Popen([sys.executable, str(script), "--out", str(out), "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        deadline = time.time() + 120
+        line = ""
+        while "ready" not in line and time.time() < deadline:
+            line = p.stderr.readline()
+        time.sleep(0.05 * trial)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 130, stderr
+        assert f"slow.py: interrupted: 3 finished rows are in {out}/results.jsonl" in stderr
+        assert [json.loads(l) for l in stdout.splitlines()] == [dict(i=0), dict(i=1), dict(i=2)]
+        assert len((out / "results.jsonl").read_text().splitlines()) == 3
