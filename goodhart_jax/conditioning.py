@@ -451,3 +451,27 @@ def check_thresholds(ts) -> np.ndarray:
     if bad.size:
         raise ValueError(f"threshold t must be finite, got {bad[0]:g}")
     return a
+
+
+# ----------------------------------------------------------------------------
+# Footnote 4 over a grid of thresholds (the mirror of `sweep_threshold` / `sweep_threshold_mc`).
+
+sweep_footnote4 = jax.jit(jax.vmap(footnote4))
+"""Jitted entry point: `sweep_footnote4(ts [K]) -> ThresholdResult` of [K] for footnote 4's dependent pair."""
+
+
+def sweep_footnote4_mc(key: Array, ts: Array, num_samples: int = 30_000) -> MCResult:
+    """`footnote4_mc` over thresholds [K], one key each (jitted, vmapped).
+
+    Args:
+      key: PRNG key, split into K.
+      ts: [K] finite thresholds.
+      num_samples: S, draws per threshold (static).
+    Returns:
+      `MCResult` of [K].
+    """
+    return _sweep_footnote4_mc(jax.random.split(key, ts.shape[0]), ts, num_samples)
+
+
+_sweep_footnote4_mc = jax.jit(jax.vmap(footnote4_mc, in_axes=(0, 0, None)), static_argnums=2)
+__all__ += ["sweep_footnote4", "sweep_footnote4_mc"]

@@ -191,3 +191,29 @@ def test_bad_thresholds():
             check_thresholds(bad)
     with pytest.raises(ValueError, match="unknown family"):
         parse("cauchyish")
+
+
+def test_sweep_footnote4_matches_scipy_quad():
+    """sweep_footnote4 / sweep_footnote4_mc against SciPy quadrature of footnote 4's pair in float64."""
+    from scipy import integrate, stats
+
+    from goodhart_jax.conditioning import sweep_footnote4, sweep_footnote4_mc
+
+    def reference(t):
+        # |v| <= 1: X ~ N(0, 4), P(X >= t - v) = sf((t - v) / 2); |v| > 1: X = 0, so v >= t. t >= 1 here.
+        p_in = integrate.quad(lambda v: stats.norm.pdf(v) * stats.norm.sf((t - v) / 2), -1, 1, epsabs=0,
+                              epsrel=1e-12)[0]
+        m_in = integrate.quad(lambda v: v * stats.norm.pdf(v) * stats.norm.sf((t - v) / 2), -1, 1, epsabs=0,
+                              epsrel=1e-12)[0]
+        p_out, m_out = stats.norm.sf(t), stats.norm.pdf(t)  # ∫_t^inf phi, ∫_t^inf v phi
+        return (m_in + m_out) / (p_in + p_out), math.log(p_in + p_out)
+
+    ts = np.array([1.0, 2.0, 5.0, 12.0])
+    ref = np.array([reference(t) for t in ts])
+    with jax.enable_x64(True):
+        q = sweep_footnote4(jnp.asarray(ts))
+        m = sweep_footnote4_mc(jax.random.key(3), jnp.asarray(ts), 20_000)
+    assert q.E_V.shape == m.E_V.shape == (4,)
+    np.testing.assert_allclose(q.E_V, ref[:, 0], rtol=1e-8)  # both quadratures converge far below this
+    np.testing.assert_allclose(q.log_p, ref[:, 1], rtol=1e-8)
+    assert np.all(np.abs(np.asarray(m.E_V) - ref[:, 0]) < 4 * np.asarray(m.se))
