@@ -65,3 +65,22 @@ def test_bad_input_exits_2(tmp_path, script, args, needle):
     p = _run(script, *args, "--out", str(tmp_path))
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert needle in p.stderr and p.stderr.strip().count("\n") == 0  # one clear line
+
+
+def test_theorem3_json_and_files(tmp_path):
+    p = _run("theorem3.py", "--utility", "normal", "student_t:df=3", "--d", "0.1", "2", "--t", "2", "100",
+             "--out", str(tmp_path), "--json")
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]  # stdout holds JSON lines only
+    assert [r["kind"] for r in rows] == ["kl_bounded", "upweight_at_kl", "upweight_at_kl"] * 4
+    for r in (r for r in rows if r["kind"] == "kl_bounded"):
+        assert {"utility", "heavy", "d", "E_Q_V", "exists", "E_V", "KL", "lam", "E_V_upweight_best"} <= set(r)
+        if r["utility"] == "normal":  # the tilt of N(0, 1) with KL = d has mean sqrt(2 d) = lam
+            assert r["exists"] and abs(r["E_V"] - (2 * r["d"]) ** 0.5) < 1e-9 and abs(r["KL"] - r["d"]) < 1e-9
+        else:
+            assert r["heavy"] and not r["exists"] and r["E_V"] is None
+    for r in (r for r in rows if r["kind"] == "upweight_at_kl"):
+        assert {"utility", "d", "t", "E_V", "KL", "tail_mass", "valid"} <= set(r)
+        assert r["valid"] and abs(r["KL"] - r["d"]) < 1e-9
+    for f in ("config.json", "results.jsonl", "results.csv", "theorem3.png"):
+        assert (tmp_path / f).stat().st_size > 0
