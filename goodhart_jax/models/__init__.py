@@ -1,7 +1,9 @@
 """Flax ports of the reward models and base LMs of the paper, loaded from PyTorch checkpoints.
 
 GPT-NeoX (OpenAssistant's Pythia reward model) and Llama (Starling-RM-7B-alpha)
-backbones in linen, checked against transformers' PyTorch models; reward heads
+backbones in linen on one decoder skeleton (`backbone.DecoderBackbone`), found
+by config.json `model_type` in the architecture registry
+(`architectures.ARCHITECTURES`), checked against transformers' PyTorch models; reward heads
 (OpenAssistant `out_proj`, Starling `v_head`, transformers `score`) and the
 causal-LM log-probability log p(x) = sum_t log p(x_t | x_<t).
 
@@ -15,6 +17,8 @@ Public API:
   score_array(fn, params, tokens [N,T], mask=None, batch_size=8, ...) -> np [N]
   data_mesh(devices=None), shard_params(params, mesh)      # jax.sharding helpers
   CheckpointError                                          # bad checkpoint directories
+  ARCHITECTURES: {name: Architecture(name, model_types, config, module, params_key,
+      lm_heads, reward_layouts)}                           # one entry per ported decoder
   goodhart_jax.models.testing.make_tiny_checkpoint(path, arch="gpt_neox"|"llama",
       layout="oasst"|"starling"|"seq_cls"|"causal_lm", seed=0, fmt="safetensors", ...)
       -> TinyCheckpoint(path, base_model, torch_model, arch, layout)   # needs torch
@@ -24,7 +28,9 @@ Example:
   scorer = reward_scorer(model)
   r = jax.jit(scorer.score_tokens)(scorer.params, ids, mask)   # [B]
 """
-from goodhart_jax.models.gpt_neox import BackboneOutput, GPTNeoXConfig, GPTNeoXModel
+from goodhart_jax.models.architectures import ARCHITECTURES, Architecture
+from goodhart_jax.models.backbone import BackboneOutput, DecoderBackbone
+from goodhart_jax.models.gpt_neox import GPTNeoXConfig, GPTNeoXModel
 from goodhart_jax.models.heads import HeadSpec
 from goodhart_jax.models.llama import LlamaConfig, LlamaModel
 from goodhart_jax.models.loading import CheckpointError, LoadedModel, load_model, read_state_dict
@@ -41,7 +47,7 @@ from goodhart_jax.models.scoring import (
 )
 
 __all__ = [
-    "BackboneOutput", "CheckpointError", "GPTNeoXConfig", "GPTNeoXModel", "HeadSpec", "LlamaConfig",
+    "ARCHITECTURES", "Architecture", "BackboneOutput", "CheckpointError", "DecoderBackbone", "GPTNeoXConfig", "GPTNeoXModel", "HeadSpec", "LlamaConfig",
     "LlamaModel", "LoadedModel", "data_mesh", "default_buckets", "load_model", "logprob_scorer",
     "make_hidden_fn", "make_logprob_fn", "make_reward_fn", "read_state_dict", "reward_scorer",
     "score_array", "shard_params",

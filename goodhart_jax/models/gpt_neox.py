@@ -16,13 +16,17 @@ Glossary: B batch, T sequence, V vocab, D model, N heads, H head dim.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import Array
 
 from goodhart_jax.models import layers
+from goodhart_jax.models.backbone import (BackboneOutput, DecoderBackbone, config_float, config_int,
+                                          required)
+
+__all__ = ["BackboneOutput", "GPTNeoXConfig", "GPTNeoXModel"]  # BackboneOutput re-exported (old home)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,27 +55,49 @@ class GPTNeoXConfig:
     def rotary_ndims(self) -> int:
         return int(self.head_size * self.rotary_pct)
 
+    # The names `DecoderBackbone` reads.
+    rotary_dims = rotary_ndims
+
+    @property
+    def rotary_theta(self) -> float:
+        return self.rotary_emb_base
+
+    @property
+    def norm_eps(self) -> float:
+        return self.layer_norm_eps
+
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> "GPTNeoXConfig":
-        """Read a config.json dict, old (`rotary_pct`) or new (`rope_parameters`) style."""
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        """Read a config.json dict, old (`rotary_pct`) or new (`rope_parameters`) style.
+
+        Raises:
+          ValueError: a missing, non-integer or non-positive size, heads that do
+            not divide hidden_size, an odd rotary width, an out-of-range float.
+          NotImplementedError: rope scaling or an activation that is not ported.
+        """
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"config: rope_parameters={rope!r} is not a mapping")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise NotImplementedError(f"GPT-NeoX rope_type {rope_type!r} is not ported (only 'default')")
+        pad = d.get("pad_token_id")
         cfg = cls(
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            num_hidden_layers=int(d["num_hidden_layers"]),
-            num_attention_heads=int(d["num_attention_heads"]),
-            intermediate_size=int(d["intermediate_size"]),
+            vocab_size=config_int("vocab_size", required(d, "vocab_size")),
+            hidden_size=config_int("hidden_size", required(d, "hidden_size")),
+            num_hidden_layers=config_int("num_hidden_layers", required(d, "num_hidden_layers")),
+            num_attention_heads=config_int("num_attention_heads", required(d, "num_attention_heads")),
+            intermediate_size=config_int("intermediate_size", required(d, "intermediate_size")),
             hidden_act=d.get("hidden_act", "gelu"),
-            rotary_pct=float(rope.get("partial_rotary_factor", d.get("rotary_pct", 0.25))),
-            rotary_emb_base=float(rope.get("rope_theta", d.get("rotary_emb_base", 10000.0))),
-            layer_norm_eps=float(d.get("layer_norm_eps", 1e-5)),
+            rotary_pct=config_float("rotary_pct", rope.get("partial_rotary_factor", d.get("rotary_pct", 0.25)),
+                                    0.0, 1.0),
+            rotary_emb_base=config_float("rotary_emb_base", rope.get("rope_theta", d.get("rotary_emb_base", 10000.0)),
+                                         0.0, low_open=True),
+            layer_norm_eps=config_float("layer_norm_eps", d.get("layer_norm_eps", 1e-5), 0.0),
             use_parallel_residual=bool(d.get("use_parallel_residual", True)),
             attention_bias=bool(d.get("attention_bias", True)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            pad_token_id=d.get("pad_token_id"),
+            pad_token_id=None if pad is None else config_int("pad_token_id", pad, minimum=-2**31),
         )
         if cfg.hidden_size % cfg.num_attention_heads:
             raise ValueError(f"config: hidden_size={cfg.hidden_size} is not divisible by "
@@ -101,17 +127,6 @@ class GPTNeoXConfig:
             out[f"{p}mlp.dense_4h_to_h.weight"] = (d, i)
             out[f"{p}mlp.dense_4h_to_h.bias"] = (d,)
         return out
-
-
-class BackboneOutput(NamedTuple):
-    """Fields:
-      last_hidden_state: [B, T, D] after the final norm.
-      hidden_states: tuple of L + 1 arrays [B, T, D]: the embeddings, then the
-        output of each layer (before the final norm).
-    """
-
-    last_hidden_state: Array
-    hidden_states: tuple[Array, ...]
 
 
 class GPTNeoXAttention(nn.Module):
@@ -162,33 +177,15 @@ class GPTNeoXLayer(nn.Module):
         return h + mlp(ln2(h))
 
 
-class GPTNeoXModel(nn.Module):
-    """GPT-NeoX backbone: embeddings, L layers, final LayerNorm.
+class GPTNeoXModel(DecoderBackbone):
+    """GPT-NeoX backbone: `embed_in`, L `GPTNeoXLayer`s, `final_layer_norm` (LayerNorm).
 
     Attributes:
       config: GPTNeoXConfig.
       dtype: compute and parameter dtype (float32 or bfloat16).
     """
 
-    config: GPTNeoXConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None) -> BackboneOutput:
-        """Args:
-          input_ids: [B, T] int tokens (ignored when `onehot` is given).
-          mask: [B, T] 1 for real tokens (left or right padding).
-          onehot: optional [B, T, V] relaxed tokens, embedded as onehot @ E.
-        Returns:
-          BackboneOutput.
-        """
-        c = self.config
-        emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed_in")
-        x = layers.embed(emb, input_ids, onehot)
-        cos, sin = layers.rotary_cos_sin(layers.positions_from_mask(mask), c.rotary_ndims, c.rotary_emb_base)
-        hidden = [x]
-        for n in range(c.num_hidden_layers):
-            x = GPTNeoXLayer(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin)
-            hidden.append(x)
-        x = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="final_layer_norm")(x)
-        return BackboneOutput(x, tuple(hidden))
+    block = GPTNeoXLayer
+    norm = layers.LayerNorm
+    embed_name = "embed_in"
+    final_norm_name = "final_layer_norm"

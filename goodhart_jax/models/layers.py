@@ -1,4 +1,4 @@
-"""Pieces shared by the GPT-NeoX and Llama ports: positions, rotary, attention.
+"""Pieces shared by the GPT-NeoX and Llama ports: positions, rotary, attention, norms.
 
 Glossary: B batch, T sequence, D model, N query heads, K key/value heads,
 H head dim, R rotary dims.
@@ -25,7 +25,7 @@ ACTIVATIONS = {
 
 def activation(name: str):
     """The activation transformers calls `name` (ACT2FN)."""
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise NotImplementedError(f"hidden_act {name!r} is not ported; known: {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from goodhart_jax.models import layers
-from goodhart_jax.models.gpt_neox import BackboneOutput
+from goodhart_jax.models.backbone import DecoderBackbone, config_float, config_int, required
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,29 +40,62 @@ class LlamaConfig:
     tie_word_embeddings: bool = False
     pad_token_id: int | None = None
 
+    # The names `DecoderBackbone` reads.
+    @property
+    def rotary_dims(self) -> int:
+        return self.head_dim
+
+    @property
+    def rotary_theta(self) -> float:
+        return self.rope_theta
+
+    @property
+    def norm_eps(self) -> float:
+        return self.rms_norm_eps
+
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> "LlamaConfig":
-        """Read a config.json dict, old (`rope_theta`) or new (`rope_parameters`) style."""
-        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        """Read a config.json dict, old (`rope_theta`) or new (`rope_parameters`) style.
+
+        Raises:
+          ValueError: a missing, non-integer or non-positive size, key/value
+            heads that do not divide the query heads, no explicit head_dim and
+            heads that do not divide hidden_size, an odd head_dim, an
+            out-of-range float.
+          NotImplementedError: rope scaling or an activation that is not ported.
+        """
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"config: rope_parameters={rope!r} is not a mapping")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise NotImplementedError(f"Llama rope_type {rope_type!r} is not ported (only 'default')")
-        n = int(d["num_attention_heads"])
+        hidden = config_int("hidden_size", required(d, "hidden_size"))
+        n = config_int("num_attention_heads", required(d, "num_attention_heads"))
+        if d.get("head_dim"):
+            head_dim = config_int("head_dim", d["head_dim"])
+        elif hidden % n:
+            raise ValueError(f"config: hidden_size={hidden} is not divisible by num_attention_heads={n} "
+                             "(and no head_dim is given)")
+        else:
+            head_dim = hidden // n
+        pad = d.get("pad_token_id")
         cfg = cls(
-            vocab_size=int(d["vocab_size"]),
-            hidden_size=int(d["hidden_size"]),
-            num_hidden_layers=int(d["num_hidden_layers"]),
+            vocab_size=config_int("vocab_size", required(d, "vocab_size")),
+            hidden_size=hidden,
+            num_hidden_layers=config_int("num_hidden_layers", required(d, "num_hidden_layers")),
             num_attention_heads=n,
-            num_key_value_heads=int(d.get("num_key_value_heads") or n),
-            intermediate_size=int(d["intermediate_size"]),
-            head_dim=int(d.get("head_dim") or int(d["hidden_size"]) // n),
+            num_key_value_heads=config_int("num_key_value_heads", d.get("num_key_value_heads") or n),
+            intermediate_size=config_int("intermediate_size", required(d, "intermediate_size")),
+            head_dim=head_dim,
             hidden_act=d.get("hidden_act", "silu"),
-            rope_theta=float(rope.get("rope_theta", d.get("rope_theta", 10000.0))),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=config_float("rope_theta", rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+                                    0.0, low_open=True),
+            rms_norm_eps=config_float("rms_norm_eps", d.get("rms_norm_eps", 1e-6), 0.0),
             attention_bias=bool(d.get("attention_bias", False)),
             mlp_bias=bool(d.get("mlp_bias", False)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            pad_token_id=d.get("pad_token_id"),
+            pad_token_id=None if pad is None else config_int("pad_token_id", pad, minimum=-2**31),
         )
         if cfg.num_attention_heads % cfg.num_key_value_heads:
             raise ValueError(f"config: num_attention_heads={cfg.num_attention_heads} is not a multiple of "
@@ -137,33 +170,15 @@ class LlamaDecoderLayer(nn.Module):
         return x + LlamaMLP(c, self.dtype, name="mlp")(h)
 
 
-class LlamaModel(nn.Module):
-    """Llama backbone: embeddings, L decoder layers, final RMSNorm.
+class LlamaModel(DecoderBackbone):
+    """Llama backbone: `embed_tokens`, L `LlamaDecoderLayer`s, `norm` (RMSNorm).
 
     Attributes:
       config: LlamaConfig.
       dtype: compute and parameter dtype (float32 or bfloat16).
     """
 
-    config: LlamaConfig
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None) -> BackboneOutput:
-        """Args:
-          input_ids: [B, T] int tokens (ignored when `onehot` is given).
-          mask: [B, T] 1 for real tokens (left or right padding).
-          onehot: optional [B, T, V] relaxed tokens, embedded as onehot @ E.
-        Returns:
-          BackboneOutput (hidden_states: embeddings then each layer's output).
-        """
-        c = self.config
-        emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed_tokens")
-        x = layers.embed(emb, input_ids, onehot)
-        cos, sin = layers.rotary_cos_sin(layers.positions_from_mask(mask), c.head_dim, c.rope_theta)
-        hidden = [x]
-        for n in range(c.num_hidden_layers):
-            x = LlamaDecoderLayer(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin)
-            hidden.append(x)
-        x = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(x)
-        return BackboneOutput(x, tuple(hidden))
+    block = LlamaDecoderLayer
+    norm = layers.RMSNorm
+    embed_name = "embed_tokens"
+    final_norm_name = "norm"

@@ -22,6 +22,7 @@ Glossary: V vocab, D model.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -31,12 +32,15 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from goodhart_jax.models.gpt_neox import GPTNeoXConfig
+from goodhart_jax.models.architectures import ARCHITECTURES, Architecture, for_model_type, model_types
 from goodhart_jax.models.heads import POOLINGS, HeadSpec
-from goodhart_jax.models.llama import LlamaConfig
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 IGNORED = re.compile(r"(\.attention\.bias|\.attention\.masked_bias|rotary_emb\.inv_freq)$")
+SAFETENSORS_MAX_HEADER = 100_000_000   # bytes; the safetensors library refuses larger headers too
+LAYOUT_HEADS = {"oasst": "an out_proj (OpenAssistant layout)", "starling": "a v_head (Starling layout)"}
+STARLING_PREFIXES = ("transformer.", "model.model.")   # Starling's backbone, saved under one or both
+STARLING_LM_HEAD = "model.lm_head.weight"
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
                        "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 
@@ -49,10 +53,10 @@ class LoadedModel(NamedTuple):
     """A ported model with its parameters.
 
     Fields:
-      arch: "gpt_neox" or "llama".
-      config: GPTNeoXConfig or LlamaConfig.
+      arch: the `architectures.ARCHITECTURES` key ("gpt_neox" or "llama").
+      config: that architecture's config (GPTNeoXConfig or LlamaConfig).
       params: {backbone: {...}, head name: {...}, optional "lm_head": {"kernel": [D, V]}};
-        the backbone key is "gpt_neox" or "model".
+        the backbone key is the architecture's `params_key` ("gpt_neox" or "model").
       reward_head: HeadSpec of the scalar head, or None (a plain causal LM).
       has_lm_head: whether log-probabilities can be computed (an lm_head
         tensor, or tied input embeddings).
@@ -69,8 +73,12 @@ class LoadedModel(NamedTuple):
     layout: str
 
     @property
+    def architecture(self) -> Architecture:
+        return ARCHITECTURES[self.arch]
+
+    @property
     def backbone_key(self) -> str:
-        return "gpt_neox" if self.arch == "gpt_neox" else "model"
+        return self.architecture.params_key
 
     @property
     def vocab_size(self) -> int:
@@ -79,21 +87,63 @@ class LoadedModel(NamedTuple):
 
 # ---------------------------------------------------------------- file reading
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map a .safetensors file into numpy arrays (bfloat16 via ml_dtypes)."""
+    """Memory-map a .safetensors file into numpy arrays (bfloat16 via ml_dtypes).
+
+    The header is checked against the file before anything is trusted: its
+    length fits in the file, it is a JSON object, and every tensor's offsets
+    lie inside the data and hold exactly prod(shape) * itemsize bytes. A
+    truncated file or random bytes raise CheckpointError.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path}: {size} bytes, too short for a safetensors file (truncated?)")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise CheckpointError(f"{path}: header length {n} does not fit a {size}-byte file "
+                                  "(truncated, or not a safetensors file)")
+        raw_header = f.read(n)
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: the safetensors header is not JSON (corrupt file?): {e}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object (corrupt file?)")
+    data_len = size - 8 - n
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
+        dtype, shape, start, end = _tensor_entry(path, name, info)
+        if not 0 <= start <= end <= data_len:
+            raise CheckpointError(f"{path}: tensor {name} spans bytes [{start}, {end}) but the file holds "
+                                  f"{data_len} bytes of data (truncated?)")
+        if end - start != math.prod(shape) * np.dtype(dtype).itemsize:
+            raise CheckpointError(f"{path}: tensor {name} has {end - start} bytes for shape {tuple(shape)} "
+                                  f"of {np.dtype(dtype).name} (corrupt header)")
         buf = raw[8 + n + start: 8 + n + end]
-        out[name] = buf.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        out[name] = buf.view(dtype).reshape(shape)
     return out
+
+
+def _tensor_entry(path: Path, name: str, info: Any) -> tuple[Any, list[int], int, int]:
+    """(numpy dtype, shape, start, end) of one safetensors header entry, checked for types."""
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+        raise CheckpointError(f"{path}: tensor {name}: header entry is not "
+                              "{dtype, shape, data_offsets} (corrupt file?)")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
+    if not (isinstance(shape, list) and all(is_int(s) and s >= 0 for s in shape)):
+        raise CheckpointError(f"{path}: tensor {name} has shape {shape!r}, not a list of sizes (corrupt file?)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
+        raise CheckpointError(f"{path}: tensor {name} has data_offsets {offsets!r} (corrupt file?)")
+    return _SAFETENSORS_DTYPES[dtype], shape, offsets[0], offsets[1]
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
@@ -141,7 +191,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         if (path / single).is_file():
             return _read_file(path / single)
         if (path / index).is_file():
-            weight_map = json.loads((path / index).read_text())["weight_map"]
+            weight_map = _read_json(path / index).get("weight_map")
+            if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
+                raise CheckpointError(f"{path / index}: no weight_map of tensor name -> shard file")
             out: dict[str, np.ndarray] = {}
             for shard in sorted(set(weight_map.values())):
                 if not (path / shard).is_file():
@@ -181,15 +233,47 @@ def _check(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], w
         raise CheckpointError(f"{where}: " + " | ".join(problems) + f" [{hint}]")
 
 
-def _read_config(path: Path) -> dict:
+def _read_json(file: Path) -> dict:
+    """A JSON object from `file`, or CheckpointError."""
     try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / 'config.json'} is not valid JSON: {e}") from e
+        d = json.loads(file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{file} is not a JSON object")
+    return d
+
+
+def _read_config(path: Path) -> dict:
+    return _read_json(path / "config.json")
+
+
+def parse_config(cfg_dict: dict, where: str) -> tuple[Architecture, Any]:
+    """The architecture and its validated config, from a config.json dict.
+
+    Every size must be a positive integer and the sizes must agree (heads
+    divide hidden_size, ...); a config that does not is a bad checkpoint, not
+    a crash later in the forward pass.
+
+    Raises:
+      CheckpointError: a model_type that is not ported, or an inconsistent config.
+      NotImplementedError: a config feature that is not ported (e.g. rope scaling).
+    """
+    model_type = cfg_dict.get("model_type", "")
+    arch = for_model_type(model_type)
+    if arch is None:
+        raise CheckpointError(f"{where}: model_type {model_type!r} is not ported ({', '.join(model_types())})")
+    try:
+        config = arch.config.from_hf(cfg_dict)
+    # from_hf raises ValueError on every inconsistency it checks; the others are
+    # caught too so that no config, however malformed, escapes as a traceback.
+    except (ValueError, TypeError, KeyError, ZeroDivisionError, OverflowError) as e:
+        raise CheckpointError(f"{where}: inconsistent {arch.name} config.json: {e}") from e
+    return arch, config
 
 
 # ---------------------------------------------------------------- conversion
-def _to_params(state: dict[str, np.ndarray], prefix: str, dtype) -> dict:
+def _to_params(state: dict[str, np.ndarray], prefix: str, dtype, embed_name: str) -> dict:
     """Backbone tensors under `prefix` -> nested linen params (key remap + transposes)."""
     params: dict = {}
     for name, w in state.items():
@@ -200,7 +284,7 @@ def _to_params(state: dict[str, np.ndarray], prefix: str, dtype) -> dict:
             parts = [f"layers_{parts[1]}"] + parts[2:]
         *mods, leaf = parts
         if leaf == "weight":
-            if mods[-1] in ("embed_in", "embed_tokens"):
+            if mods[-1] == embed_name:
                 leaf, w = "embedding", w
             elif w.ndim == 2:
                 leaf, w = "kernel", w.T
@@ -241,8 +325,9 @@ def load_model(
     Returns:
       LoadedModel.
     Raises:
-      CheckpointError: not a checkpoint, or tensors missing / unexpected /
-        mis-shaped for the config.
+      CheckpointError: not a checkpoint, a corrupt or truncated weights file,
+        an inconsistent config, or tensors missing / unexpected / mis-shaped
+        for the config.
       NotImplementedError: a config feature that is not ported (e.g. rope scaling).
     """
     path = Path(path)
@@ -269,16 +354,11 @@ def load_model(
     np_dtype = DTYPES[dtype]
 
     model_type = cfg_dict.get("model_type", "")
-    archs = " ".join(cfg_dict.get("architectures") or [])
-    if model_type.startswith("gpt_neox"):
-        arch, config = "gpt_neox", GPTNeoXConfig.from_hf(cfg_dict)
-    elif model_type == "llama":
-        arch, config = "llama", LlamaConfig.from_hf(cfg_dict)
-    else:
-        raise CheckpointError(f"{path}: model_type {model_type!r} is not ported (gpt_neox, "
-                              "gpt_neox_reward_model, llama)")
+    arch, config = parse_config(cfg_dict, str((base_model or path) / "config.json"))
+    names = cfg_dict.get("architectures")
+    archs = " ".join(a for a in names if isinstance(a, str)) if isinstance(names, list) else ""
     d, v = config.hidden_size, config.vocab_size
-    hint = f"{arch} config: vocab_size={v}, hidden_size={d}, layers={config.num_hidden_layers}"
+    hint = f"{arch.name} config: vocab_size={v}, hidden_size={d}, layers={config.num_hidden_layers}"
 
     # Which layout: decided by the config first, then by the tensors present.
     if model_type == "gpt_neox_reward_model" or "out_proj.weight" in state:
@@ -291,36 +371,32 @@ def load_model(
         layout = "causal_lm"
 
     expected: dict[str, tuple[int, ...]] = {}
-    if arch == "gpt_neox":
-        if layout == "starling":
-            raise CheckpointError(f"{path}: a v_head (Starling layout) on a GPT-NeoX config")
-        expected.update(config.expected_shapes("gpt_neox."))
-        prefix = "gpt_neox."
+    if layout in LAYOUT_HEADS and layout not in arch.reward_layouts:
+        raise CheckpointError(f"{path}: {LAYOUT_HEADS[layout]} on a {arch.name} config")
+    if layout == "starling":
+        prefixes = [p for p in STARLING_PREFIXES if any(k.startswith(p) for k in state)]
+        if not prefixes:
+            prefixes = [STARLING_PREFIXES[0]]  # reported as missing below
+        for p in prefixes:
+            expected.update(config.expected_shapes(p))
+        prefix = prefixes[0]
+        if len(prefixes) == 2:  # the same tensors saved twice: they must agree
+            for k in config.expected_shapes(""):
+                a, b = state.get(prefixes[0] + k), state.get(prefixes[1] + k)
+                if a is not None and b is not None and a.shape == b.shape and not np.array_equal(a, b):
+                    raise CheckpointError(f"{path}: {prefixes[0]}{k} and {prefixes[1]}{k} differ "
+                                          "(they should be the same tensor)")
     else:
-        if layout == "oasst":
-            raise CheckpointError(f"{path}: an out_proj (OpenAssistant layout) on a Llama config")
-        if layout == "starling":
-            prefixes = [p for p in ("transformer.", "model.model.") if any(k.startswith(p) for k in state)]
-            if not prefixes:
-                prefixes = ["transformer."]  # reported as missing below
-            for p in prefixes:
-                expected.update(config.expected_shapes(p))
-            prefix = prefixes[0]
-            if len(prefixes) == 2:  # the same tensors saved twice: they must agree
-                for k in config.expected_shapes(""):
-                    a, b = state.get("transformer." + k), state.get("model.model." + k)
-                    if a is not None and b is not None and a.shape == b.shape and not np.array_equal(a, b):
-                        raise CheckpointError(f"{path}: transformer.{k} and model.model.{k} differ "
-                                              "(they should be the same tensor)")
-        else:
-            expected.update(config.expected_shapes("model."))
-            prefix = "model."
+        prefix = arch.params_key + "."
+        expected.update(config.expected_shapes(prefix))
 
     head = None
     head_keys: dict[str, str] = {}
     if layout == "oasst":
         expected["out_proj.weight"], expected["out_proj.bias"] = (1, d), (1,)
         rule = pooling or cfg_dict.get("pooling") or "last"
+        if pooling is None and rule not in POOLINGS:
+            raise CheckpointError(f"{path / 'config.json'}: pooling {rule!r}; expected one of {POOLINGS}")
         head = HeadSpec("out_proj", True, rule, pad_id)
         head_keys = {"w": "out_proj.weight", "b": "out_proj.bias"}
     elif layout == "starling":
@@ -336,8 +412,7 @@ def load_model(
     if head is not None and head.pooling == "before_first_pad" and head.pad_id is None:
         head = head._replace(pad_id=config.pad_token_id if config.pad_token_id is not None else 0)
 
-    lm_names = {"gpt_neox": ("embed_out.weight", "lm_head.weight"),
-                "llama": ("model.lm_head.weight",) if layout == "starling" else ("lm_head.weight",)}[arch]
+    lm_names = (STARLING_LM_HEAD,) if layout == "starling" else arch.lm_heads
     lm_key = next((k for k in lm_names if k in state), None)
     if lm_key is None and layout == "causal_lm" and not config.tie_word_embeddings:
         lm_key = lm_names[0]  # required: reported as missing
@@ -345,10 +420,10 @@ def load_model(
         expected[lm_key] = (v, d)
     _check(state, expected, str(path), hint)
 
-    params = {("gpt_neox" if arch == "gpt_neox" else "model"): _to_params(state, prefix, np_dtype)}
+    params = {arch.params_key: _to_params(state, prefix, np_dtype, arch.embed_name)}
     if head is not None:
         params[head.name] = _head_params(state[head_keys["w"]], state.get(head_keys.get("b", "")), np_dtype)
     if lm_key is not None:
         params["lm_head"] = {"kernel": jnp.asarray(np.ascontiguousarray(state[lm_key].T).astype(np_dtype))}
     has_lm = lm_key is not None or config.tie_word_embeddings
-    return LoadedModel(arch, config, params, head, has_lm, dtype, layout)
+    return LoadedModel(arch.name, config, params, head, has_lm, dtype, layout)

@@ -18,8 +18,7 @@ from jax import Array
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from goodhart_jax.models import heads
-from goodhart_jax.models.gpt_neox import BackboneOutput, GPTNeoXModel
-from goodhart_jax.models.llama import LlamaModel
+from goodhart_jax.models.backbone import BackboneOutput
 from goodhart_jax.models.loading import LoadedModel
 from goodhart_jax.scorer import Scorer
 
@@ -28,8 +27,7 @@ ScoreFn = Callable[[dict, Array, Array], Array]
 
 def backbone(model: LoadedModel):
     """The linen backbone module of a loaded model (apply with params[model.backbone_key])."""
-    cls = GPTNeoXModel if model.arch == "gpt_neox" else LlamaModel
-    return cls(model.config, dtype=jnp.dtype(model.dtype))
+    return model.architecture.module(model.config, dtype=jnp.dtype(model.dtype))
 
 
 def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
@@ -45,7 +43,7 @@ def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
 def _lm_kernel(model: LoadedModel, params: dict) -> Array:
     if "lm_head" in params:
         return params["lm_head"]["kernel"]
-    emb = params[model.backbone_key]["embed_in" if model.arch == "gpt_neox" else "embed_tokens"]["embedding"]
+    emb = params[model.backbone_key][model.architecture.embed_name]["embedding"]
     return emb.T  # tied embeddings
 
 

@@ -1,0 +1,134 @@
+"""The decoder skeleton every ported model shares: embed, rotary tables, L blocks, final norm.
+
+GPT-NeoX and Llama differ only in their block (fused or split projections,
+parallel or sequential residual, GeLU MLP or SwiGLU) and their norm
+(LayerNorm or RMSNorm); `DecoderBackbone` holds the rest once. A port
+subclasses it and names its parts:
+
+    class LlamaModel(DecoderBackbone):
+        block = LlamaDecoderLayer          # (config, dtype, name) -> (x, mask, cos, sin) -> x
+        norm = layers.RMSNorm              # (eps, dtype, name) -> x -> x
+        embed_name, final_norm_name = "embed_tokens", "norm"
+
+The submodule names are the Hugging Face ones (`embed_tokens`, `layers_{i}`,
+`norm`), so the parameter tree is the PyTorch state dict after key remapping.
+
+A config used here provides (see `DecoderConfig`): vocab_size, hidden_size,
+num_hidden_layers, norm_eps, rotary_dims, rotary_theta.
+
+Glossary: B batch, T sequence, V vocab, D model, R rotary dims.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, NamedTuple, Protocol
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import Array
+
+from goodhart_jax.models import layers
+
+
+class BackboneOutput(NamedTuple):
+    """Fields:
+      last_hidden_state: [B, T, D] after the final norm.
+      hidden_states: tuple of L + 1 arrays [B, T, D]: the embeddings, then the
+        output of each layer (before the final norm).
+    """
+
+    last_hidden_state: Array
+    hidden_states: tuple[Array, ...]
+
+
+class DecoderConfig(Protocol):
+    """What the skeleton reads from an architecture's config."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+
+    @property
+    def norm_eps(self) -> float: ...
+
+    @property
+    def rotary_dims(self) -> int: ...
+
+    @property
+    def rotary_theta(self) -> float: ...
+
+
+class DecoderBackbone(nn.Module):
+    """Embeddings, rotary cos/sin tables from padding-aware positions, L blocks, final norm.
+
+    Subclasses set the class variables `block`, `norm`, `embed_name` and
+    `final_norm_name`.
+
+    Attributes:
+      config: the architecture's config (a `DecoderConfig`).
+      dtype: compute and parameter dtype (float32 or bfloat16).
+    """
+
+    config: Any
+    dtype: Any = jnp.float32
+
+    block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin) -> x
+    norm: ClassVar[type[nn.Module]]       # norm(eps, dtype, name=...)(x) -> x
+    embed_name: ClassVar[str]
+    final_norm_name: ClassVar[str]
+
+    @nn.compact
+    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None) -> BackboneOutput:
+        """Args:
+          input_ids: [B, T] int tokens (ignored when `onehot` is given).
+          mask: [B, T] 1 for real tokens (left or right padding).
+          onehot: optional [B, T, V] relaxed tokens, embedded as onehot @ E.
+        Returns:
+          BackboneOutput (hidden_states: embeddings then each layer's output).
+        """
+        c = self.config
+        emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name=self.embed_name)
+        x = layers.embed(emb, input_ids, onehot)
+        cos, sin = layers.rotary_cos_sin(layers.positions_from_mask(mask), c.rotary_dims, c.rotary_theta)
+        hidden = [x]
+        for n in range(c.num_hidden_layers):
+            x = self.block(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin)
+            hidden.append(x)
+        x = self.norm(c.norm_eps, self.dtype, name=self.final_norm_name)(x)
+        return BackboneOutput(x, tuple(hidden))
+
+
+# ---------------------------------------------------------------- config fields
+def required(d: dict, key: str) -> Any:
+    """d[key], or ValueError naming the absent config.json field."""
+    if key not in d:
+        raise ValueError(f"config has no {key}")
+    return d[key]
+
+
+def config_int(key: str, value: Any, minimum: int = 1) -> int:
+    """A config.json integer field, at least `minimum` (sizes: >= 1).
+
+    Raises:
+      ValueError: not an integer (a bool, 40.5, "40", null) or below `minimum`.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"config: {key}={value!r} is not an integer")
+    if value < minimum:
+        raise ValueError(f"config: {key}={int(value)} must be >= {minimum}")
+    return int(value)
+
+
+def config_float(key: str, value: Any, low: float = -math.inf, high: float = math.inf,
+                 low_open: bool = False) -> float:
+    """A config.json float field, finite and in [low, high] ((low, high] when `low_open`).
+
+    Raises:
+      ValueError: not a finite number, or out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"config: {key}={value!r} is not a finite number")
+    if value < low or value > high or (low_open and value == low):
+        raise ValueError(f"config: {key}={value} is outside {'(' if low_open else '['}{low}, {high}]")
+    return float(value)
