@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import types
@@ -48,14 +49,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 from goodhart_jax import io
 
-__all__ = ["InputError", "RunConfig", "arg", "inputs", "Run", "build_parser", "parse_config", "run", "main"]
+__all__ = ["InputError", "RunConfig", "arg", "positive", "finite", "at_least", "inputs", "Run", "prepare_out_dir",
+           "build_parser", "parse_config", "run", "main"]
 
 InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", *, metavar: str | None = None,
         choices: Sequence[Any] | None = None, required: bool = False, flag: str | None = None,
-        nargs: str | None = None, show_default: bool = True) -> Any:
+        nargs: str | None = None, show_default: bool = True, check: Callable[[Any], Any] | None = None) -> Any:
     """A Config field with its command-line help: `x: int = cli.arg(3, "what x is", metavar="N")`.
 
     Args:
@@ -65,9 +67,11 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", *, metavar: str | No
       required: the flag must be given (the default is then only for `main(Config())` in code).
       flag: the flag's name when it is not `--field-name`.
       nargs: override the derived nargs (e.g. "*" for a sequence that may be given empty).
+      check: called with the value when the Config is made (from flags or in code); a ValueError it raises
+        becomes an `InputError` naming the flag. See `positive`, `at_least`, `finite`.
     """
     meta = dict(help=help, metavar=metavar, choices=choices, required=required, flag=flag, nargs=nargs,
-                show_default=show_default)
+                show_default=show_default, check=check)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -77,6 +81,62 @@ class RunConfig:
     out: str = arg("", "output directory (default: runs/<script>/<timestamp>)", metavar="DIR", show_default=False)
     json: bool = arg(False, "stdout carries only the result rows, as JSON lines (logs go to stderr)")
     plots: bool = arg(True, "write the PNG figures")
+
+    def __post_init__(self):
+        """Run each field's `check`: a Config that exists holds valid values, however it was made."""
+        for f in dataclasses.fields(self):
+            chk = f.metadata.get("check")
+            if chk is None:
+                continue
+            try:
+                chk(getattr(self, f.name))
+            except InputError:
+                raise
+            except ValueError as e:
+                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                raise InputError(str(e) if str(e).startswith(flag) else f"{flag}: {e}") from None
+
+
+# ------------------------------------------------------------------ checks for `arg(check=...)`
+
+def _values(v) -> list:
+    return list(v) if isinstance(v, (tuple, list)) else [v]
+
+
+def positive(what: str) -> Callable[[Any], None]:
+    """Check: every value (one or a tuple, non-empty) is a finite number > 0."""
+    def check(v):
+        vals = _values(v)
+        if not vals:
+            raise ValueError(f"give at least one {what}")
+        for x in vals:
+            if not (math.isfinite(x) and x > 0):
+                raise ValueError(f"{what} must be finite and > 0, got {x:g}")
+    return check
+
+
+def finite(what: str) -> Callable[[Any], None]:
+    """Check: every value (one or a tuple, non-empty) is a finite number."""
+    def check(v):
+        vals = _values(v)
+        if not vals:
+            raise ValueError(f"give at least one {what}")
+        for x in vals:
+            if not math.isfinite(x):
+                raise ValueError(f"{what} must be finite, got {x:g}")
+    return check
+
+
+def at_least(what: str, lo: int) -> Callable[[Any], None]:
+    """Check: every value (one or a tuple, non-empty) is an integer >= lo."""
+    def check(v):
+        vals = _values(v)
+        if not vals:
+            raise ValueError(f"give at least one {what}")
+        for x in vals:
+            if int(x) != x or x < lo:
+                raise ValueError(f"{what} must be an integer >= {lo}, got {x}")
+    return check
 
 
 @contextlib.contextmanager
@@ -289,10 +349,10 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
     """
     prog = prog or _prog()
     try:
-        cfg = parse_config(config_cls, argv, prog, description)
-    except SystemExit as e:  # --help (0), or argparse's one-line error (2)
-        return int(e.code or 0)
-    try:
+        try:
+            cfg = parse_config(config_cls, argv, prog, description)
+        except SystemExit as e:  # --help (0), or argparse's one-line error (2)
+            return int(e.code or 0)
         study_main(cfg)
     except InputError as e:
         msg = " ".join(str(e).split())  # one line, whatever the message held

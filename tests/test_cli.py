@@ -178,3 +178,23 @@ def test_ctrl_c_exits_130_with_files_intact(tmp_path):
         assert f"slow.py: interrupted: 3 finished rows are in {out}/results.jsonl" in stderr
         assert [json.loads(l) for l in stdout.splitlines()] == [dict(i=0), dict(i=1), dict(i=2)]
         assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked(cli.RunConfig):
+    betas: tuple[float, ...] = cli.arg((1.0,), "KL coefficients", check=cli.positive("beta"))
+    seeds: int = cli.arg(1, "seeds", check=cli.at_least("--seeds", 1))
+    t: tuple[float, ...] = cli.arg((0.0,), "thresholds", check=cli.finite("t"))
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--betas", "1", "0"], "toy.py: error: --betas: beta must be finite and > 0, got 0"),
+    (["--betas", "inf"], "toy.py: error: --betas: beta must be finite and > 0, got inf"),
+    (["--seeds", "0"], "toy.py: error: --seeds must be an integer >= 1, got 0"),
+    (["--t", "nan"], "toy.py: error: --t: t must be finite, got nan"),
+])
+def test_field_checks_at_the_boundary(argv, line, capsys):
+    assert cli.run(Checked, lambda cfg: None, argv, prog="toy.py") == 2
+    assert capsys.readouterr().err == line + "\n"
+    with pytest.raises(cli.InputError):  # the same check when the Config is made in code
+        cli.parse_config(Checked, argv)

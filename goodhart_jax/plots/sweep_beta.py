@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
@@ -11,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from goodhart_jax import io, tails  # noqa: E402
+from goodhart_jax import tails  # noqa: E402
 
 
 def _by(rows, kind, x, y):
@@ -36,10 +35,9 @@ def _style(err):
     return dict(ls="--" if heavy else "-", marker="o" if heavy else "s", ms=3)
 
 
-def sweep_beta_figures(rows: list[dict], out: Path, utility: str) -> list[Path]:
-    """Write the headline figure and the two companions; returns their paths."""
-    out = Path(out)
-    paths = []
+def figures(rows: list[dict], utility: str) -> dict[str, plt.Figure]:
+    """The headline figure and its two companions, by file name."""
+    figs = {}
 
     # Headline: E[V] against KL on the tree, light vs heavy error.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -70,7 +68,7 @@ def sweep_beta_figures(rows: list[dict], out: Path, utility: str) -> list[Path]:
                 va="top", fontsize=8, color="0.3")
     ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Light-tailed error: E[V] climbs with KL.  Heavy-tailed error: E[V] stays flat.  (V ~ {utility})")
-    paths.append(io.save_figure(fig, out / "ev_vs_kl.png"))
+    figs["ev_vs_kl.png"] = fig
 
     # E[U] against beta.
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -85,7 +83,7 @@ def sweep_beta_figures(rows: list[dict], out: Path, utility: str) -> list[Path]:
     ax.set_ylabel("E[U] under the optimum")
     ax.set_title("Proxy reward against beta (dotted: continuous tilt)")
     ax.legend(fontsize=8)
-    paths.append(io.save_figure(fig, out / "eu_vs_beta.png"))
+    figs["eu_vs_beta.png"] = fig
 
     # Theorem 2: E[U] and KL against t.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -102,5 +100,5 @@ def sweep_beta_figures(rows: list[dict], out: Path, utility: str) -> list[Path]:
         ax.legend(fontsize=8)
     axes[1].set_yscale("log")
     fig.suptitle("Theorem 2 construction on the tree (tail mass c/t above t; defined while some leaf has U > t)")
-    paths.append(io.save_figure(fig, out / "thm2_vs_t.png"))
-    return paths
+    figs["thm2_vs_t.png"] = fig
+    return figs

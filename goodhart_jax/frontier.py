@@ -1,0 +1,80 @@
+"""The KL-utility frontier: a sweep's values read off at equal KL, so that families compare like for like.
+
+A beta sweep gives one (KL, value) point per beta, and different error families
+spend very different KL at the same beta. Comparing them at the same beta (or at
+the smallest beta, where a finite tree's KL sits at its ceiling) says little;
+comparing them at the same KL says what the figure E[V] against KL shows.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["AtKL", "value_at_kl"]
+
+
+class AtKL(NamedTuple):
+    value: np.ndarray    # [..., M] value at each target KL (NaN where not reached)
+    exists: np.ndarray   # [..., M] bool: the target lies within the swept KL range
+    kl_max: np.ndarray   # [...] largest KL the sweep reached
+
+
+def value_at_kl(kl, value, targets) -> AtKL:
+    """Interpolate `value` linearly in log KL at each target KL (host side, float64).
+
+    Args:
+      kl: [..., K] KL of each sweep point (> 0; any order).
+      value: [..., K] the quantity at each point (e.g. E[V]).
+      targets: [M] KL values to read off (> 0).
+    Returns:
+      AtKL: values [..., M], NaN with exists False where a target lies outside [min KL, max KL] of its row,
+      and kl_max [...].
+    """
+    kl = np.asarray(kl, np.float64)
+    value = np.asarray(value, np.float64)
+    targets = np.asarray(targets, np.float64)
+    if kl.shape != value.shape:
+        raise ValueError(f"kl {kl.shape} and value {value.shape} must have the same shape")
+    if np.any(~(targets > 0)):
+        raise ValueError(f"target KLs must be > 0, got {targets.tolist()}")
+    lead = kl.shape[:-1]
+    kl2, v2 = kl.reshape(-1, kl.shape[-1]), value.reshape(-1, kl.shape[-1])
+    out = np.full((kl2.shape[0], targets.size), np.nan)
+    kl_max = np.full(kl2.shape[0], np.nan)
+    for i, (k, v) in enumerate(zip(kl2, v2)):
+        ok = np.isfinite(k) & np.isfinite(v) & (k > 0)
+        if not ok.any():
+            continue
+        order = np.argsort(k[ok])
+        lk, vv = np.log(k[ok][order]), v[ok][order]
+        kl_max[i] = np.exp(lk[-1])
+        lt = np.log(targets)
+        inside = (lt >= lk[0]) & (lt <= lk[-1])
+        out[i, inside] = np.interp(lt[inside], lk, vv)
+    out = out.reshape(*lead, targets.size)
+    return AtKL(out, ~np.isnan(out), kl_max.reshape(lead))
+
+
+def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
+          columns: dict[str, list] | None = None, label: str = "") -> str:
+    """A text table: one line per label, `what` at each target KL as mean +- sd over the rows that reach it.
+
+    Args:
+      labels: one name per result (e.g. the error family).
+      results: AtKL of [S, M] per label (S seeds, M targets).
+      targets: [M] the target KLs.
+      columns: extra columns {header: one value per label}, shown after the label.
+      label: the header of the label column.
+    """
+    columns = columns or {}
+    head = f"{label:<22}" + "".join(f"{h:>12}" for h in columns)
+    head += "".join(f"{what + ' @KL=' + format(k, 'g'):>17}" for k in targets) + f"{'KL max':>9}"
+    lines = [head]
+    for i, (label, at) in enumerate(zip(labels, results)):
+        line = f"{label:<22}" + "".join(f"{str(col[i]):>12}" for col in columns.values())
+        for j in range(len(targets)):
+            v = at.value[..., j][at.exists[..., j]]
+            line += f"{f'{v.mean():.3f} +- {v.std():.3f}' if v.size else 'n/a':>17}"
+        lines.append(line + f"{np.nanmax(at.kl_max):>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""frontier: values read off a sweep at equal KL."""
+import numpy as np
+import pytest
+
+from goodhart_jax import frontier
+
+
+def test_exact_for_values_linear_in_log_kl():
+    rng = np.random.default_rng(0)
+    kl = np.exp(rng.uniform(-3, 3, size=(3, 11)))          # unsorted, as a beta sweep may give them
+    value = 0.7 - 0.2 * np.log(kl) + np.arange(3)[:, None]  # linear in log KL: interpolation is exact
+    targets = np.array([0.1, 1.0, 5.0, 1e3])
+    at = frontier.value_at_kl(kl, value, targets)
+    expect = 0.7 - 0.2 * np.log(targets) + np.arange(3)[:, None]
+    inside = (targets >= kl.min(axis=1, keepdims=True)) & (targets <= kl.max(axis=1, keepdims=True))
+    np.testing.assert_array_equal(at.exists, inside)
+    np.testing.assert_allclose(at.value[inside], expect[inside], rtol=1e-12)
+    assert np.all(np.isnan(at.value[~inside])) and not inside[:, -1].any()
+    np.testing.assert_allclose(at.kl_max, kl.max(axis=1))
+
+
+def test_non_finite_points_are_skipped_and_bad_targets_refused():
+    at = frontier.value_at_kl([[1.0, np.nan, 4.0]], [[1.0, 5.0, 3.0]], [2.0])
+    np.testing.assert_allclose(at.value, [[2.0]])  # halfway in log KL between (1, 1) and (4, 3)
+    with pytest.raises(ValueError, match="> 0"):
+        frontier.value_at_kl([1.0], [1.0], [0.0])
+    text = frontier.table(["normal"], [at], [2.0], columns={"tail": ["light"]}, label="error")
+    assert "E[V] @KL=2" in text and "2.000 +- 0.000" in text and "light" in text
