@@ -1,5 +1,6 @@
 """The limit-study scripts: files and JSON rows from tiny runs, exit status 2 on bad input."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -83,4 +84,31 @@ def test_theorem3_json_and_files(tmp_path):
         assert {"utility", "d", "t", "E_V", "KL", "tail_mass", "valid"} <= set(r)
         assert r["valid"] and abs(r["KL"] - r["d"]) < 1e-9
     for f in ("config.json", "results.jsonl", "results.csv", "theorem3.png"):
+        assert (tmp_path / f).stat().st_size > 0
+
+
+def test_mitigations_json_and_files(tmp_path):
+    from scipy import integrate, stats
+
+    p = _run("mitigations.py", "--error", "normal", "--kl", "0.5", "2", "--bounded-betas", "0.2", "--vocab", "3",
+             "--depth", "2", "--mc-samples", "20000", "--out", str(tmp_path), "--json")
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in p.stdout.splitlines()]  # stdout holds JSON lines only
+    by = {(r["model"], r["method"], r["budget"]): r for r in rows}
+    assert {m for m, _, _ in by} == {"tree", "continuous"}
+    for r in rows:
+        assert r["kind"] == "mitigation" and r["exists"] and r["error"] == "normal" and r["utility"] == "normal"
+        assert {"budget", "KL", "E_V", "E_U"} <= set(r) and ("t_q" if r["method"] == "quantilizer"
+                                                           and r["model"] == "continuous" else "param") in r
+    # X, V ~ N(0, 1): U ~ N(0, 2) and E[V | U] = U / 2.
+    for d in (0.5, 2.0):
+        assert abs(by["continuous", "kl_target", d]["E_V"] - d ** 0.5) < 1e-3  # tilt: KL = 1/beta^2, E_V = 1/beta
+        assert abs(by["tree", "kl_target", d]["KL"] - d) < 1e-2 * (1 + d)
+        z = stats.norm.isf(math.exp(-d))  # quantilizer: E[V | U >= t_q] = phi(z) / (sqrt(2) q), z = t_q / sqrt 2
+        assert abs(by["continuous", "quantilizer", d]["E_V"] - stats.norm.pdf(z) / (2 ** 0.5 * math.exp(-d))) < 1e-4
+    w = lambda u, f: f(u) * stats.norm.pdf(u, scale=2 ** 0.5) * math.exp(1 / (1 + math.exp(-u)) / 0.2)  # noqa: E731
+    ev = 0.5 * integrate.quad(w, -40, 40, args=(lambda u: u,))[0] / integrate.quad(w, -40, 40, args=(lambda u: 1,))[0]
+    b = by["continuous", "bounded", 0.2]
+    assert abs(b["E_V"] - ev) < 5 * b["E_V_se"]
+    for f in ("config.json", "results.jsonl", "results.csv", "mitigations.png"):
         assert (tmp_path / f).stat().st_size > 0

@@ -1,0 +1,60 @@
+"""Figure and summary table of `sims/mitigations.py`: E[V] against the KL spent, one panel per model and error."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from goodhart_jax import tails  # noqa: E402
+
+MODELS = ("continuous", "tree")
+LABELS = {  # method -> legend label
+    "kl_penalty": "kl_penalty: E[U] - beta KL, beta = 1/D",
+    "kl_target": "kl_target: beta solved for KL = D",
+    "bounded": "bounded: E[sigmoid(U)] - beta KL",
+    "bounded_mean": "bounded_mean: sigmoid(E[U]) - beta KL",
+    "quantilizer": "quantilizer: pi/pi0 <= 1/q, q = e^-D",
+}
+
+
+def figure(rows: list[dict], errors: list[str]) -> plt.Figure:
+    """E_P[V] against KL(P || Q) for every method: rows = models, columns = error families.
+
+    Args:
+      rows: the script's "mitigation" rows.
+      errors: the error family specs, in column order.
+    """
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(len(MODELS), len(errors), figsize=(5.2 * len(errors), 7.5), squeeze=False)
+    for a, model in enumerate(MODELS):
+        for b, err in enumerate(errors):
+            ax = axes[a, b]
+            for method in methods:
+                rs = sorted((r for r in rows if r["model"] == model and r["error"] == err and r["method"] == method
+                             and r["exists"]), key=lambda r: r["KL"])
+                if rs:
+                    ax.plot([r["KL"] for r in rs], [r["E_V"] for r in rs], "o-", ms=3,
+                            label=LABELS.get(method, method))
+            ax.set_xscale("log")
+            ax.set_xlabel("KL(P || Q) spent")
+            ax.set_ylabel("E_P[V]")
+            no_opt = model == "continuous" and bool(tails.parse(err).heavy)
+            ax.set_title(f"{model}: error {err}" + (" (KL optimum does not exist)" if no_opt else ""), fontsize=9)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def summary(rows: list[dict]) -> str:
+    """One line per (model, method, error): the largest KL reached and E[V] there."""
+    lines = [f"{'model':<11}{'method':<14}{'error':<16}{'max KL':>8}{'E[V] there':>12}"]
+    for key in dict.fromkeys((r["model"], r["method"], r["error"]) for r in rows):
+        rs = [r for r in rows if (r["model"], r["method"], r["error"]) == key and r["exists"]]
+        head = f"{key[0]:<11}{key[1]:<14}{key[2]:<16}"
+        if not rs:
+            lines.append(f"{head}{'—':>8}{'no optimum':>12}")
+            continue
+        top = max(rs, key=lambda r: r["KL"])
+        lines.append(f"{head}{top['KL']:>8.3g}{top['E_V']:>12.4g}")
+    return "\n".join(lines)
