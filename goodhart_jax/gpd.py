@@ -44,6 +44,8 @@ __all__ = [
     "GeneralizedPareto",
     "gpd_logpdf",
     "gpd_log_sf",
+    "PotTail",
+    "pot_tail",
     "GPDFit",
     "fit_gpd_mle",
     "GPDPosterior",
@@ -116,6 +118,38 @@ def gpd_log_sf(y: ArrayLike, sigma: ArrayLike, xi: ArrayLike) -> Array:
     t_safe = jnp.where(inside, t, 0.0)
     z_safe = jnp.where(inside, z, 0.0)
     return jnp.where(inside, -z_safe * _log1p_ratio(t_safe), -jnp.inf)
+
+
+class PotTail(NamedTuple):
+    """A sample's tail beyond a peaks-over-threshold GPD fit, read at values x."""
+
+    log_sf: Array  # [...] log P(X > x); nan at or below the threshold (the fit says nothing there)
+    beyond_end: Array  # [...] bool: x lies beyond the fitted upper end point
+    end_point: Array  # [] upper end point u + sigma / |xi| when xi < 0, else inf
+
+
+def pot_tail(x: ArrayLike, threshold: ArrayLike, sigma: ArrayLike, xi: ArrayLike, rate: ArrayLike) -> PotTail:
+    """Tail probabilities from a POT fit: P(X > x) = rate * P(Y > x - u), Y ~ GPD(sigma, xi), for x > u.
+
+    `rate` is the share of the sample above the threshold u (m / N for m
+    exceedances of N values). log P(X > x) is -inf beyond the end point.
+
+    Args:
+      x: [...] values to place against the fitted tail.
+      threshold: [] the POT threshold u.
+      sigma: [] fitted GPD scale, > 0.
+      xi: [] fitted GPD shape.
+      rate: [] P(X > u), in (0, 1].
+    Returns:
+      PotTail.
+    References: Coles (2001), An Introduction to Statistical Modeling of Extreme
+    Values, Chapter 4: P(X > x) = zeta_u [1 + xi (x - u) / sigma]^(-1/xi).
+    """
+    x, u, sigma, xi = jnp.asarray(x), jnp.asarray(threshold), jnp.asarray(sigma), jnp.asarray(xi)
+    above = x > u
+    log_sf = jnp.where(above, jnp.log(rate) + gpd_log_sf(jnp.where(above, x - u, 0.0), sigma, xi), jnp.nan)
+    end = jnp.where(xi < 0, u + sigma / jnp.where(xi < 0, -xi, 1.0), jnp.inf)
+    return PotTail(log_sf=log_sf, beyond_end=x > end, end_point=end)
 
 
 class GeneralizedPareto(nd.Distribution):

@@ -30,13 +30,13 @@ Figures 1-2 (the Hill plot with standard errors xi / sqrt(k)).
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
-from jax.scipy.special import ndtri
 from jax.typing import ArrayLike
 
 from goodhart_jax import gpd
@@ -46,6 +46,7 @@ __all__ = [
     "TailCurve",
     "check_sample",
     "preprocess",
+    "PAPER_K_EXPONENTS",
     "paper_k_range",
     "hill",
     "pickands",
@@ -54,6 +55,7 @@ __all__ = [
     "double_bootstrap_k",
     "exceedances",
     "gpd_mle_curve",
+    "mle_curve",
     "curves",
     "fit_excesses_mle",
     "Evidence",
@@ -61,6 +63,7 @@ __all__ = [
     "vote",
     "verdict_from",
     "Diagnosis",
+    "two_sided_z",
     "diagnose",
 ]
 
@@ -131,15 +134,33 @@ def preprocess(x: ArrayLike, *, demean: bool = False, positive_only: bool = Fals
     return jnp.asarray(a)
 
 
-def paper_k_range(n: int) -> np.ndarray:
-    """The paper's Hill-plot k values: int(n^0.1) .. int(n^0.5) - 1.
+# Hill-plot k ranges of the authors' plot scripts (github.com/tkwa/catastrophic-goodhart,
+# commit 7069bb8): np.arange(int(n ** lo), int(n ** hi)).
+PAPER_K_EXPONENTS = {
+    1: (0.1, 0.5),  # Figure 1, random-token rewards: plots_random_starling.py
+    2: (0.1, 0.6),  # Figure 2, Llama-2-chat generations: plots_from-llama_starling.py
+}
+
+
+def paper_k_range(n: int, figure: int) -> np.ndarray:
+    """The Hill-plot k values of the paper's Figure 1 or 2: int(n^lo) .. int(n^hi) - 1.
+
+    (lo, hi) = (0.1, 0.5) for Figure 1 (k = 2..172 at n = 30000) and
+    (0.1, 0.6) for Figure 2 (k = 2..332 at n = 16000), as in the authors'
+    scripts (`PAPER_K_EXPONENTS`).
 
     Args:
       n: sample size before preprocessing.
+      figure: 1 or 2.
     Returns:
       [K] integers.
+    Raises:
+      TailInputError: for any other figure.
     """
-    return np.arange(int(n**0.1), int(n**0.5))
+    if figure not in PAPER_K_EXPONENTS:
+        raise TailInputError(f"the paper has Hill plots in figures 1 and 2 only, got figure {figure!r}")
+    lo, hi = PAPER_K_EXPONENTS[figure]
+    return np.arange(int(n**lo), int(n**hi))
 
 
 # ----------------------------------------------------------------------------
@@ -221,13 +242,15 @@ def moment(x_desc: ArrayLike) -> TailCurve:
     Args:
       x_desc: [..., N] sample in descending order.
     Returns:
-      TailCurve for k = 1..N-1, each [..., N-1].
+      TailCurve for k = 1..N-1, each [..., N-1]; xi is nan where M2 = M1^2
+      (always at k = 1).
     References: Dekkers, Einmahl & de Haan (1989), Ann. Statist. 17, 1833-1855.
     """
     x_desc = jnp.asarray(x_desc)
     k, m1, m2 = _hill_moments(x_desc)
     ratio = m1 * m1 / jnp.where(m2 > 0, m2, jnp.nan)
-    xi = m1 + 1.0 - 0.5 / (1.0 - ratio)
+    # M2 = M1^2 (k = 1, or tied logs) leaves 1 / (1 - M1^2 / M2) undefined: nan, not -inf.
+    xi = jnp.where(ratio < 1.0, m1 + 1.0 - 0.5 / jnp.where(ratio < 1.0, 1.0 - ratio, 1.0), jnp.nan)
     xn = jnp.minimum(xi, 0.0)
     var_neg = (1 - xn) ** 2 * (1 - 2 * xn) * (1 - xn + 6 * xn**2) / ((1 - 3 * xn) * (1 - 4 * xn))
     var = jnp.where(xi >= 0, 1.0 + xi**2, var_neg)
@@ -351,7 +374,20 @@ def _curves(x_padded):
 
 _fit_mle = jax.jit(gpd.fit_gpd_mle)
 _double_bootstrap = jax.jit(double_bootstrap_k, static_argnames=("num_boot", "epsilon"))
-_mle_curve = jax.jit(gpd_mle_curve, static_argnames="kmax")
+_gpd_mle_curve = jax.jit(gpd_mle_curve, static_argnames="kmax")
+
+
+def mle_curve(x_desc: ArrayLike, ks: ArrayLike) -> TailCurve:
+    """`gpd_mle_curve` jitted, with the padded width max(ks) decided on the host.
+
+    Args:
+      x_desc: [N] sample in descending order.
+      ks: [K] numbers of exceedances, each in [10, N - 1].
+    Returns:
+      TailCurve with the GPD shape and its MLE standard error at each k, each [K].
+    """
+    ks = np.asarray(ks)
+    return _gpd_mle_curve(jnp.asarray(x_desc), jnp.asarray(ks), kmax=int(ks.max()))
 
 
 def curves(x_desc: ArrayLike):
@@ -466,8 +502,9 @@ class Diagnosis(NamedTuple):
     verdict: Verdict
 
 
-def _z(level: float) -> float:
-    return float(ndtri(0.5 + level / 2.0))
+def two_sided_z(level: float) -> float:
+    """z with P(|Z| <= z) = level for a standard normal Z (1.96 at 0.95): xi +- z se is a `level` interval."""
+    return NormalDist().inv_cdf(0.5 + level / 2.0)  # float64 on the host (float32 ndtri loses 4e-6 at 0.999)
 
 
 def diagnose(
@@ -517,7 +554,7 @@ def diagnose(
     if y.shape[0] < 10:
         raise TailInputError(f"too few exceedances for a GPD fit: {y.shape[0]} (raise --tail-fraction)")
     fit = fit_excesses_mle(y)
-    z = _z(level)
+    z = two_sided_z(level)
     post = None
     if bayes:
         post = gpd.fit_gpd_bayes(bayes_key, y, num_warmup=num_warmup, num_samples=num_samples, level=level)

@@ -7,7 +7,8 @@
 Writes DIR/diagnostics.png (the paper's 2x2 figure), DIR/estimators.png
 (estimators against k), DIR/results.json and DIR/config.json. With --json,
 stdout carries only JSON lines: one {"kind": "hill", "k", "xi", "se"} per k
-(the paper's range int(n^0.1)..int(n^0.5)-1 when no --k is given), then
+(the paper's range when no --k is given: int(n^0.1)..int(n^0.5)-1 as in
+Figure 1, or int(n^0.1)..int(n^0.6)-1 as in Figure 2 with --paper-figure 2), then
 {"kind": "verdict", ...}, then {"kind": "compare", ...} per --compare value.
 Bad input prints one line to stderr and exits with status 2.
 
@@ -41,6 +42,7 @@ class Config:
     length: int = 0  # with --model: sequence length L
     batch: int = 8  # with --model: scoring batch size
     k: tuple = ()  # Hill k values to report (default: the paper's range)
+    paper_figure: int = 1  # whose Hill k range is the default: Figure 1 (k < n^0.5) or Figure 2 (k < n^0.6)
     demean: bool = False  # subtract the mean before the log-based estimators
     positive_only: bool = False  # keep only positive values for the log-based estimators
     tail_fraction: float = 0.1  # share of the sample above the POT threshold
@@ -149,7 +151,7 @@ def main(cfg: Config) -> dict:
 
     from goodhart_jax import tail_index as ti
     from goodhart_jax import tail_plots
-    from goodhart_jax.gpd import gpd_log_sf
+    from goodhart_jax.gpd import pot_tail
 
     if bool(cfg.rewards) == bool(cfg.model):
         raise ti.TailInputError("give exactly one of --rewards FILE or --model DIR")
@@ -157,6 +159,8 @@ def main(cfg: Config) -> dict:
         raise ti.TailInputError(f"--tail-fraction must be in (0, 0.5), got {cfg.tail_fraction}")
     if not 0.0 < cfg.level < 1.0:
         raise ti.TailInputError(f"--level must be in (0, 1), got {cfg.level}")
+    if cfg.paper_figure not in ti.PAPER_K_EXPONENTS:
+        raise ti.TailInputError(f"--paper-figure must be 1 or 2, got {cfg.paper_figure}")
     raw = load_values(cfg.rewards) if cfg.rewards else score_random_tokens(cfg)
     x = ti.check_sample(raw)
     n = x.shape[0]
@@ -176,7 +180,7 @@ def main(cfg: Config) -> dict:
                 )
         ks = np.asarray(sorted(set(cfg.k)))
     else:
-        ks = ti.paper_k_range(n)
+        ks = ti.paper_k_range(n, cfg.paper_figure)
         ks = ks[ks < n_pos]
         if ks.size == 0:
             log(f"no Hill rows: only {n_pos} positive values (try --demean --positive-only)")
@@ -202,10 +206,10 @@ def main(cfg: Config) -> dict:
     k_hi = max(min(n // 4, 5000), 40)
     grid = np.unique(np.geomspace(30, k_hi, 14).astype(int))
     x_raw_desc = np.sort(x)[::-1]
-    mle_curve = ti._mle_curve(x_raw_desc, grid, kmax=int(grid.max()))
+    mle_curve = ti.mle_curve(x_raw_desc, grid)
 
     fit, post = diag.gpd_mle, diag.gpd_bayes
-    z = float(ti._z(cfg.level))
+    z = ti.two_sided_z(cfg.level)
     m = int(fit.n)
     verdict = {
         "kind": "verdict",
@@ -259,11 +263,10 @@ def main(cfg: Config) -> dict:
 
     compare_rows = []
     if cfg.compare:
-        extra = load_values(cfg.compare)
-        u, sigma, xi = diag.threshold, float(fit.sigma), float(fit.xi)
-        end = u + sigma / -xi if xi < 0 else None
-        for i, a in enumerate(extra.astype(np.float64)):
-            log_tail = float(gpd_log_sf(a - u, sigma, xi)) + np.log(m / n) if a > u else None
+        extra = load_values(cfg.compare).astype(np.float64)
+        tail = pot_tail(extra, diag.threshold, fit.sigma, fit.xi, m / n)
+        for i, a in enumerate(extra):
+            log_tail = float(tail.log_sf[i])
             compare_rows.append(
                 {
                     "kind": "compare",
@@ -271,11 +274,9 @@ def main(cfg: Config) -> dict:
                     "value": float(a),
                     "z": float((a - x.mean()) / x.std()),
                     "frac_sample_above": float((x >= a).mean()),
-                    "gpd_log10_tail_prob": None
-                    if log_tail is None or not np.isfinite(log_tail)
-                    else log_tail / np.log(10.0),
-                    "beyond_gpd_end_point": bool(end is not None and a > end),
-                    "gpd_end_point": end,
+                    "gpd_log10_tail_prob": log_tail / np.log(10.0) if np.isfinite(log_tail) else None,
+                    "beyond_gpd_end_point": bool(tail.beyond_end[i]),
+                    "gpd_end_point": _f(tail.end_point),
                 }
             )
 

@@ -55,6 +55,7 @@ def files(tmp_path):
         ("pickle.npy", [], "not a numeric array"),
         ("good.npy", ["--k", "1000"], "k = 1000 is out of range"),
         ("good.npy", ["--k", "5", "600"], "needs the 601 largest values positive"),
+        ("good.npy", ["--paper-figure", "3"], "--paper-figure must be 1 or 2"),
         (None, [], "exactly one of"),
     ],
 )
@@ -106,3 +107,36 @@ def test_small_run_writes_outputs_and_json(files, tmp_path, capsys):
     k = row["k"]
     c, _, _ = st.genpareto.fit(raw[:k] - raw[k], floc=0)
     assert abs(row["xi"] - c) < 0.05 * row["se"]
+
+
+def test_paper_figure_range_and_compare_rows(files, tmp_path, capsys):
+    """--paper-figure 2 selects k < int(n^0.6); --compare rows are the fitted POT tail (scipy reference)."""
+    import scipy.stats as st
+
+    extra = tmp_path / "extra.txt"
+    np.savetxt(extra, [-1.0, 0.5, 1.5, 2.5, 3.0, 60.0])
+    argv = ["--rewards", files["good.npy"], "--demean", "--positive-only", "--no-bayes", "--num-boot", "10",
+            "--paper-figure", "2", "--compare", str(extra), "--out", str(tmp_path / "o"), "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    # n = 1000: int(1000^0.1) = 1 .. int(1000^0.6) - 1 = 62 (Figure 1's range would stop at 30).
+    assert [r["k"] for r in rows if r["kind"] == "hill"] == list(range(1, 63))
+    (v,) = [r for r in rows if r["kind"] == "verdict"]
+    assert v["hill_paper_range"]["k_max"] == 62
+    u, n, m, xi, sigma = v["threshold"], v["n"], v["n_exceed"], v["gpd_mle"]["xi"], v["gpd_mle"]["sigma"]
+    ref = st.genpareto(xi, loc=u, scale=sigma)
+    end = ref.support()[1]
+    compare = [r for r in rows if r["kind"] == "compare"]
+    assert [r["value"] for r in compare] == [-1.0, 0.5, 1.5, 2.5, 3.0, 60.0]
+    for r in compare:
+        a = r["value"]
+        log_p = np.log(m / n) + ref.logsf(a) if a > u else np.nan
+        if np.isfinite(log_p):
+            # float32 log tail of a few units: ~1e-6 relative.
+            assert r["gpd_log10_tail_prob"] == pytest.approx(log_p / np.log(10), rel=1e-5)
+        else:  # below the threshold, or beyond a fitted end point
+            assert r["gpd_log10_tail_prob"] is None
+        assert r["beyond_gpd_end_point"] == bool(a > end)
+        assert r["gpd_end_point"] == (None if np.isinf(end) else pytest.approx(end, rel=1e-5))
+    assert compare[-1]["frac_sample_above"] == 0.0 and compare[0]["gpd_log10_tail_prob"] is None

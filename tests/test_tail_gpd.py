@@ -25,8 +25,38 @@ def test_logpdf_cdf_icdf_match_scipy(xi):
 def test_logpdf_outside_support_is_minus_inf_with_finite_grad():
     assert float(gpd.gpd_logpdf(-0.1, 1.0, 0.2)) == -np.inf
     assert float(gpd.gpd_logpdf(5.0, 1.0, -0.5)) == -np.inf  # end point at 2
-    g = jax.grad(lambda s: gpd.gpd_logpdf(jnp.array([0.5, 5.0]), s, -0.5).sum())(1.0)
-    assert not np.isnan(float(g))
+    # The point outside the support adds exactly 0 to the gradient (double where); the one inside
+    # adds d/dsigma [-log sigma - (1 + 1/xi) log(1 + xi y / sigma)] = -1/sigma + (1 + xi) y / (sigma (sigma + xi y)).
+    sigma, xi, y = 1.3, -0.5, 0.5
+    g = jax.grad(lambda s: gpd.gpd_logpdf(jnp.array([y, 5.0]), s, xi).sum())(sigma)
+    closed = -1 / sigma + (1 + xi) * y / (sigma * (sigma + xi * y))
+    h = 1e-6  # float64 central difference of scipy's log density: error O(h^2) + O(1e-16 / h) ~ 1e-10
+    fd = (st.genpareto.logpdf(y, xi, scale=sigma + h) - st.genpareto.logpdf(y, xi, scale=sigma - h)) / (2 * h)
+    assert closed == pytest.approx(fd, rel=1e-7)
+    assert float(g) == pytest.approx(closed, rel=1e-5)  # float32 gradient
+    g_out = jax.grad(lambda s: gpd.gpd_logpdf(5.0, s, xi))(sigma)
+    assert float(g_out) == 0.0
+
+
+@pytest.mark.parametrize("xi", [0.3, 0.0, -0.4])
+@pytest.mark.parametrize("x64", [False, True])
+def test_pot_tail_matches_scipy(xi, x64):
+    u, sigma, rate = -1.2, 0.8, 0.07
+    x = np.array([-3.0, u, u + 1e-3, 0.0, 0.5, 0.79, 3.0, 40.0])
+    ref = st.genpareto(xi, loc=u, scale=sigma)
+    end = ref.support()[1]  # u + sigma / |xi| for xi < 0, inf otherwise
+    with jax.enable_x64(x64):
+        tail = gpd.pot_tail(x, u, sigma, xi, rate)
+        log_sf = np.asarray(tail.log_sf, np.float64)
+        above = x > u
+        assert np.all(np.isnan(log_sf[~above]))  # at or below the threshold the fit says nothing
+        want = np.log(rate) + ref.logsf(x[above])  # -inf beyond the end point
+        # float32: logsf of a few units, ~1e-7 relative per operation; float64: 1e-12.
+        np.testing.assert_allclose(log_sf[above], want, rtol=1e-12 if x64 else 2e-6, atol=0)
+        assert float(tail.end_point) == pytest.approx(end, rel=1e-12 if x64 else 1e-6)
+        np.testing.assert_array_equal(np.asarray(tail.beyond_end), x > end)
+    if xi < 0:
+        assert np.isinf(want[-1]) and 0 < np.asarray(tail.beyond_end).sum() < x.size
 
 
 @pytest.mark.parametrize("xi", SHAPES)
