@@ -99,44 +99,31 @@ class RunConfig:
 
 # ------------------------------------------------------------------ checks for `arg(check=...)`
 
-def _values(v) -> list:
-    return list(v) if isinstance(v, (tuple, list)) else [v]
+def _each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], None]:
+    """A check that every value (one, or a non-empty tuple) satisfies `ok`, else says what it `must` be."""
+    def check(v):
+        vals = list(v) if isinstance(v, (tuple, list)) else [v]
+        if not vals:
+            raise ValueError(f"give at least one {what}")
+        for x in vals:
+            if not ok(x):
+                raise ValueError(f"{what} must be {must}, got {x:g}")
+    return check
 
 
 def positive(what: str) -> Callable[[Any], None]:
-    """Check: every value (one or a tuple, non-empty) is a finite number > 0."""
-    def check(v):
-        vals = _values(v)
-        if not vals:
-            raise ValueError(f"give at least one {what}")
-        for x in vals:
-            if not (math.isfinite(x) and x > 0):
-                raise ValueError(f"{what} must be finite and > 0, got {x:g}")
-    return check
+    """Check: every value is a finite number > 0."""
+    return _each(what, lambda x: math.isfinite(x) and x > 0, "finite and > 0")
 
 
 def finite(what: str) -> Callable[[Any], None]:
-    """Check: every value (one or a tuple, non-empty) is a finite number."""
-    def check(v):
-        vals = _values(v)
-        if not vals:
-            raise ValueError(f"give at least one {what}")
-        for x in vals:
-            if not math.isfinite(x):
-                raise ValueError(f"{what} must be finite, got {x:g}")
-    return check
+    """Check: every value is a finite number."""
+    return _each(what, math.isfinite, "finite")
 
 
 def at_least(what: str, lo: int) -> Callable[[Any], None]:
-    """Check: every value (one or a tuple, non-empty) is an integer >= lo."""
-    def check(v):
-        vals = _values(v)
-        if not vals:
-            raise ValueError(f"give at least one {what}")
-        for x in vals:
-            if int(x) != x or x < lo:
-                raise ValueError(f"{what} must be an integer >= {lo}, got {x}")
-    return check
+    """Check: every value is an integer >= lo."""
+    return _each(what, lambda x: int(x) == x and x >= lo, f"an integer >= {lo}")
 
 
 @contextlib.contextmanager
