@@ -47,8 +47,8 @@ from goodhart_jax.models.scoring import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "Architecture", "BackboneOutput", "CheckpointError", "DecoderBackbone", "GPTNeoXConfig", "GPTNeoXModel", "HeadSpec", "LlamaConfig",
-    "LlamaModel", "LoadedModel", "data_mesh", "default_buckets", "load_model", "logprob_scorer",
-    "make_hidden_fn", "make_logprob_fn", "make_reward_fn", "read_state_dict", "reward_scorer",
-    "score_array", "shard_params",
+    "ARCHITECTURES", "Architecture", "BackboneOutput", "CheckpointError", "DecoderBackbone", "GPTNeoXConfig",
+    "GPTNeoXModel", "HeadSpec", "LlamaConfig", "LlamaModel", "LoadedModel", "data_mesh", "default_buckets",
+    "load_model", "logprob_scorer", "make_hidden_fn", "make_logprob_fn", "make_reward_fn", "read_state_dict",
+    "reward_scorer", "score_array", "shard_params",
 ]

@@ -72,7 +72,7 @@ class LlamaConfig:
             raise NotImplementedError(f"Llama rope_type {rope_type!r} is not ported (only 'default')")
         hidden = config_int("hidden_size", required(d, "hidden_size"))
         n = config_int("num_attention_heads", required(d, "num_attention_heads"))
-        if d.get("head_dim"):
+        if d.get("head_dim") is not None:
             head_dim = config_int("head_dim", d["head_dim"])
         elif hidden % n:
             raise ValueError(f"config: hidden_size={hidden} is not divisible by num_attention_heads={n} "
@@ -85,7 +85,8 @@ class LlamaConfig:
             hidden_size=hidden,
             num_hidden_layers=config_int("num_hidden_layers", required(d, "num_hidden_layers")),
             num_attention_heads=n,
-            num_key_value_heads=config_int("num_key_value_heads", d.get("num_key_value_heads") or n),
+            num_key_value_heads=n if d.get("num_key_value_heads") is None else
+            config_int("num_key_value_heads", d["num_key_value_heads"]),
             intermediate_size=config_int("intermediate_size", required(d, "intermediate_size")),
             head_dim=head_dim,
             hidden_act=d.get("hidden_act", "silu"),

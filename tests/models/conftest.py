@@ -1,4 +1,6 @@
 """Helpers for the model tests: PyTorch references with the published heads."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,38 @@ def torch_logprob(ckpt, ids: np.ndarray, mask: np.ndarray):
         terms = logp.gather(-1, torch.as_tensor(ids[:, 1:], dtype=torch.long)[..., None])[..., 0]
         pair = torch.as_tensor((mask[:, 1:] > 0) & (mask[:, :-1] > 0))
         return (terms * pair).sum(-1).numpy()
+
+
+def torch_onehot_value_and_grad(ckpt, onehot: np.ndarray, mask: np.ndarray, kind: str):
+    """PyTorch autograd reference for a score of relaxed one-hot tokens, in float64.
+
+    Each row is scored alone on its real tokens only (contiguous, left or
+    right padded), so the reference needs no padding mask (transformers'
+    float64 eager attention turns a fully masked left-pad row into NaN); the
+    gradient is zero at padding by construction. The backbone runs on
+    inputs_embeds = onehot @ E (E the input embedding), so
+    d score / d onehot[t, v] = E[v] . d score / d inputs_embeds[t].
+    kind "reward": the head on the last token; kind "logprob":
+    sum_t log_softmax(logits_{t-1}) . onehot_t (the relaxed targets carry
+    gradient too).
+
+    Returns:
+      (scores [B], d sum(scores) / d onehot [B, T, V]) as float64 numpy arrays.
+    """
+    ref = copy.deepcopy(ckpt.torch_model).double()  # a copy: the fixture's module stays float32
+    table = ref.backbone.get_input_embeddings().weight
+    scores, grads = [], np.zeros(onehot.shape, dtype=np.float64)
+    for b in range(onehot.shape[0]):
+        real = np.flatnonzero(mask[b] > 0)
+        x = torch.tensor(onehot[b, real][None], dtype=torch.float64, requires_grad=True)   # [1, T_b, V]
+        h = ref.backbone(inputs_embeds=x @ table, attention_mask=torch.ones(1, len(real), dtype=torch.long),
+                         position_ids=torch.arange(len(real))[None]).last_hidden_state
+        if kind == "reward":
+            score = ref.head(h[:, -1])[0, 0]
+        else:
+            logp = torch.log_softmax(ref.lm_head(h)[:, :-1], dim=-1)
+            score = (logp * x[:, 1:]).sum()
+        score.backward()
+        scores.append(score.item())
+        grads[b, real] = x.grad[0].numpy()
+    return np.array(scores), grads

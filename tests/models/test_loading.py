@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 from safetensors.torch import load_file, save_file
 
 from goodhart_jax import models
@@ -123,21 +124,55 @@ LAYOUT_FORMATS = [("gpt_neox", "oasst", "bin"), ("gpt_neox", "seq_cls", "sharded
                   ("llama", "causal_lm", "sharded_safetensors")]
 
 
+def _torch_params(ckpt, model) -> dict[tuple[str, ...], np.ndarray]:
+    """The parameters of the PyTorch module that was written, keyed by the linen path each must
+    load to: an independent statement of the converter's mapping (it goes by module type,
+    where the converter goes by name): `layers.N` -> `layers_N`; an nn.Embedding's weight ->
+    `embedding`; another 2-D weight -> `kernel`, transposed; a 1-D weight (a norm) -> `scale`."""
+    ref = ckpt.torch_model
+    parts = [(model.backbone_key, ref.backbone)]
+    if model.reward_head is not None:
+        parts.append((model.reward_head.name, ref.head))
+    if ref.lm_head is not None:
+        parts.append(("lm_head", ref.lm_head))
+    out = {}
+    for key, module in parts:
+        for name, p in module.named_parameters():
+            *mods, leaf = name.split(".")
+            owner = module.get_submodule(".".join(mods))
+            w = p.detach().float().numpy()
+            if mods[:1] == ["layers"]:
+                mods = [f"layers_{mods[1]}"] + mods[2:]
+            if leaf == "weight":
+                if isinstance(owner, torch.nn.Embedding):
+                    leaf = "embedding"
+                elif w.ndim == 2:
+                    leaf, w = "kernel", w.T
+                else:
+                    leaf = "scale"
+            out[(key, *mods, leaf)] = w
+    return out
+
+
 @pytest.mark.parametrize("arch,layout,fmt", LAYOUT_FORMATS)
 def test_every_layout_and_format_loads_identically(tmp_path, arch, layout, fmt):
+    """Every format loads the same tree as single-file safetensors, and that tree is the PyTorch
+    module's parameters: the same set of paths (no leaf missing or extra), every leaf equal."""
     ref = make_tiny_checkpoint(tmp_path / "ref", arch, layout, seed=3)
     other = make_tiny_checkpoint(tmp_path / "other", arch, layout, seed=3, fmt=fmt)
     a = models.load_model(ref.path, base_model=ref.base_model)
     b = models.load_model(other.path, base_model=other.base_model)
     assert a.layout == b.layout == layout
-    for x, y in zip(np.asarray(jax_leaves(a.params), dtype=object), jax_leaves(b.params)):
-        np.testing.assert_array_equal(x, y)
+    flat_a, flat_b = flatten_dict(a.params), flatten_dict(b.params)
+    assert set(flat_a) == set(flat_b)
+    for path, x in flat_a.items():
+        assert x.dtype == flat_b[path].dtype, path
+        np.testing.assert_array_equal(x, flat_b[path], err_msg=str(path))
+    want = _torch_params(other, b)
+    assert set(flat_b) == set(want), (sorted(set(flat_b) ^ set(want)))
+    for path, w in want.items():
+        np.testing.assert_array_equal(np.asarray(flat_b[path]), w, err_msg=str(path))
     assert (a.reward_head is None) == (layout == "causal_lm")
-
-
-def jax_leaves(tree):
-    import jax
-    return jax.tree.leaves(tree)
 
 
 @pytest.mark.parametrize("jit", [False, True])
