@@ -98,10 +98,12 @@ def diagnostic_figure(
     k, idx = k[ok], idx[ok]
     xi = np.asarray(hill_curve.xi)[idx]
     se = np.asarray(hill_curve.se)[idx]
-    ax_hill.errorbar(k, xi, yerr=se, fmt=".", ms=3, lw=0.6, color="tab:blue", ecolor="tab:gray")
-    ax_hill.set(title="Hill estimator (bars: standard error)", xlabel="k", ylabel="xi(k)")
+    ax_hill.errorbar(
+        k, xi, yerr=se, fmt=".", ms=3, lw=0.6, color="tab:blue", ecolor="tab:gray", label=hill_label or None
+    )
+    ax_hill.set(title="Hill estimator (bars: one standard error)", xlabel="k", ylabel="xi(k)")
     if hill_label:
-        ax_hill.text(0.98, 0.95, hill_label, transform=ax_hill.transAxes, ha="right", va="top", fontsize=8)
+        ax_hill.legend(fontsize=8, loc="best")  # placed where it hides no point
     if title:
         fig.suptitle(title)
     fig.tight_layout()
