@@ -27,10 +27,10 @@ class Config(cli.RunConfig):
                                        "families of V", metavar="FAMILY")
     d: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(1e-4, 10.0, 21)),
                                    "KL budgets, > 0 (default: 21 points from 1e-4 to 10, log-spaced)",
-                                   metavar="D", show_default=False)
+                                   metavar="D", show_default=False, check=cli.positive("KL budget d"))
     t: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(2.0, 1e8, 9)),
                                    "thresholds of the upweighting comparison (default: 9 points from 2 to 1e8, "
-                                   "log-spaced)", metavar="T", show_default=False)
+                                   "log-spaced)", metavar="T", show_default=False, check=cli.finite("threshold t"))
     center: bool = cli.arg(False, "shift every family to mean 0")
 
 
@@ -39,12 +39,7 @@ def validate(cfg: Config) -> list[tails.Family]:
     with cli.inputs():
         if not cfg.utility:
             raise ValueError("give at least one --utility family")
-        families = [tails.parse(spec, center=cfg.center) for spec in cfg.utility]
-        if not cfg.d or not all(np.isfinite(d) and d > 0 for d in cfg.d):
-            raise ValueError("KL budgets d must be finite and > 0")
-        if not cfg.t or not all(np.isfinite(t) for t in cfg.t):
-            raise ValueError("threshold t must be finite")
-    return families
+        return [tails.parse(spec, center=cfg.center) for spec in cfg.utility]
 
 
 # upweight_at_kl over thresholds (inner) and budgets (outer): [D, T] fields.
