@@ -190,8 +190,20 @@ def test_same_seed_same_result_and_chunking(jit):
     chex.assert_trees_all_close(a, c, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(a.best_tokens), np.asarray(c.best_tokens))
     assert int(c.iteration) == 10 and not bool(ic.active[-1])
-    other, _ = whole(jax.random.key(8), s0, params)
+    other, io = whole(jax.random.key(8), s0, params)
     assert int(other.iteration) == 10
+    # Same start, another key: other candidates, another path (the best-so-far traces part at step 1).
+    assert np.asarray(io.best_reward)[0] != np.asarray(ia.best_reward)[0]
+    # Against all 6^5 sequences: key 8 reaches the global maximum, while key 6 stops on the
+    # runner-up (a one-edit local optimum of this toy); both rewards are the model's own scores.
+    seqs = np.asarray(all_sequences())
+    scores = np.asarray(scorer.score_tokens(scorer.params, jnp.asarray(seqs), jnp.ones(seqs.shape, jnp.int32)))
+    first, second = np.argsort(-scores)[:2]
+    np.testing.assert_array_equal(np.asarray(other.best_tokens), seqs[first])
+    np.testing.assert_array_equal(np.asarray(a.best_tokens), seqs[second])
+    # batch shapes differ (7776 vs 1 rows): float32 summation-order noise only.
+    np.testing.assert_allclose([float(other.best_reward), float(a.best_reward)], scores[[first, second]],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_banned_tokens_never_appear():
