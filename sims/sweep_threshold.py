@@ -30,8 +30,9 @@ class Config(cli.RunConfig):
     utility: str = cli.arg("normal", "utility family V", metavar="FAMILY")
     t: tuple[float, ...] = cli.arg((0.0,) + tuple(float(x) for x in np.geomspace(1.0, 100.0, 11)),
                                    "thresholds (finite; default: 0 and 11 points from 1 to 100)", metavar="T",
-                                   show_default=False)
-    mc_samples: int = cli.arg(20_000, "importance samples per threshold (>= 30)", metavar="N")
+                                   show_default=False, check=cli.finite("threshold t"))
+    mc_samples: int = cli.arg(20_000, "importance samples per threshold (>= 30)", metavar="N",
+                              check=cli.at_least("importance samples per threshold", 30))
     seed: int = cli.arg(0, "PRNG seed", metavar="S")
     center: bool = cli.arg(False, "shift every family to mean 0 (off: families as given)")
     footnote4: bool = cli.arg(True, "add footnote 4's dependent pair")
@@ -39,15 +40,12 @@ class Config(cli.RunConfig):
 
 
 def validate(cfg: Config) -> tuple[list[tails.Family], tails.Family]:
-    """Check every input before any work; returns (error families, utility family), parsed once."""
+    """Check the families before any work (the fields check themselves); returns (errors, utility), parsed once."""
     with cli.inputs():
         if not cfg.error:
             raise ValueError("give at least one --error family")
         errors = [tails.parse(s, center=cfg.center) for s in cfg.error]
         utility = tails.parse(cfg.utility, center=cfg.center)
-        conditioning.check_thresholds(cfg.t)
-        if cfg.mc_samples < 30:
-            raise ValueError(f"--mc-samples must be >= 30, got {cfg.mc_samples}")
     return errors, utility
 
 
