@@ -27,8 +27,9 @@ from goodhart_jax import best_of_n, cli, io, tails
 class Config(cli.RunConfig):
     error: tuple[str, ...] = cli.arg((), "error families (default: the authors' grid)", metavar="FAMILY")
     utility: tuple[str, ...] = cli.arg((), "utility families (default: the authors' grid)", metavar="FAMILY")
-    n: tuple[float, ...] = cli.arg(tuple(4**k for k in range(9)), "values of n (integers >= 1)", metavar="N")
-    trials: int = cli.arg(100, "Monte-Carlo trials (>= 2)", metavar="T")
+    n: tuple[float, ...] = cli.arg(tuple(4**k for k in range(9)), "values of n (integers >= 1)", metavar="N",
+                                 check=best_of_n.check_ns)
+    trials: int = cli.arg(100, "Monte-Carlo trials (>= 2)", metavar="T", check=cli.at_least("Monte-Carlo trials", 2))
     seed: int = cli.arg(0, "PRNG seed", metavar="S")
     center: bool = cli.arg(False, "shift --error/--utility families to mean 0")
     exact: bool = cli.arg(True, "exact quadrature beside the Monte Carlo")
@@ -42,8 +43,6 @@ def validate(cfg: Config) -> tuple[list, tuple[int, ...]]:
         utilities = [(s, tails.parse(s, center=cfg.center)) for s in cfg.utility]
         errors = [(s, tails.parse(s, center=cfg.center)) for s in cfg.error]
         ns = best_of_n.check_ns(cfg.n)
-        if cfg.trials < 2:
-            raise ValueError(f"--trials must be >= 2, got {cfg.trials}")
         if max(ns) * cfg.trials > 2**28:
             raise ValueError(f"n_max x trials = {max(ns) * cfg.trials} draws is too many (max 2^28)")
     if not errors:
