@@ -29,30 +29,23 @@ class Config(cli.RunConfig):
                                     "base families Q", metavar="FAMILY")
     t: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(2.0, 1e6, 41)),
                                    "thresholds (> 0, c/t^p < 1; default: 41 points from 2 to 1e6)", metavar="T",
-                                   show_default=False)
-    c: float = cli.arg(1.0, "tail-mass constant c", metavar="C")
-    exponent: float = cli.arg(0.8, "tail mass c/t^P (0.8: the paper's Figure 3; 1: Theorem 1's c/t)", metavar="P")
+                                   show_default=False, check=cli.finite("threshold t"))
+    c: float = cli.arg(1.0, "tail-mass constant c", metavar="C", check=cli.positive("c"))
+    exponent: float = cli.arg(0.8, "tail mass c/t^P (0.8: the paper's Figure 3; 1: Theorem 1's c/t)", metavar="P",
+                                check=cli.positive("exponent p"))
     center: bool = cli.arg(False, "shift every family to mean 0")
-    frames: int = cli.arg(36, "GIF frames (0: no GIF)", metavar="N")
+    frames: int = cli.arg(36, "GIF frames (0: no GIF)", metavar="N", check=cli.at_least("GIF frames", 0))
 
 
 def validate(cfg: Config) -> list[tails.Family]:
-    """Check every input before any work; returns the base families, parsed once."""
+    """Check the families and t against c, p before any work (fields check themselves); the families, parsed once."""
     with cli.inputs():
         if not cfg.base:
             raise ValueError("give at least one --base family")
         bases = [tails.parse(s, center=cfg.center) for s in cfg.base]
         t = np.asarray(cfg.t, float)
-        if t.size == 0 or not np.all(np.isfinite(t)):
-            raise ValueError("threshold t must be finite")
-        if not (np.isfinite(cfg.c) and cfg.c > 0):
-            raise ValueError(f"--c must be finite and > 0, got {cfg.c}")
-        if not (np.isfinite(cfg.exponent) and cfg.exponent > 0):
-            raise ValueError(f"--exponent must be finite and > 0, got {cfg.exponent}")
         if np.any(t <= 0) or np.any(cfg.c / t**cfg.exponent >= 1):
             raise ValueError(f"every t needs 0 < c/t^p < 1 (c={cfg.c:g}, p={cfg.exponent:g}); got t={t.min():g}")
-        if cfg.frames < 0:
-            raise ValueError(f"--frames must be >= 0, got {cfg.frames}")
     return bases
 
 
