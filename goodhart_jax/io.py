@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 __all__ = [
-    "UsageError", "atomic_write", "save_json", "save_jsonl", "save_csv", "save_figure",
+    "UsageError", "atomic_write", "load_array", "save_json", "save_jsonl", "save_csv", "save_figure",
     "json_safe", "default_out_dir", "start_run", "run_cli", "log",
 ]
 
@@ -57,6 +57,33 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def load_array(path: str | os.PathLike, npy_only: bool = False) -> np.ndarray:
+    """One numeric (or boolean) array from a .npy file, or from a text file of numbers (one row a line).
+
+    Args:
+      path: the file; a `.npy` suffix (any suffix with `npy_only`) is read by `np.load` without pickles,
+        anything else by `np.loadtxt` (at least 1-D).
+    Returns:
+      the array, as stored.
+    Raises:
+      UsageError (one line, naming the file): missing, unreadable, an .npz archive, or not numbers.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no such file: {path}")
+    try:
+        a = np.load(p, allow_pickle=False) if npy_only or p.suffix == ".npy" else np.loadtxt(p, ndmin=1)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is not a numeric array file: {first}") from None
+    if not isinstance(a, np.ndarray):  # an .npz archive
+        a.close()
+        raise UsageError(f"{path} holds no single array (an .npz archive?)")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise UsageError(f"{path}: expected a numeric array, got dtype {a.dtype}")
+    return a
 
 
 def json_safe(value: Any) -> Any:

@@ -40,14 +40,17 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from goodhart_jax import gpd
+from goodhart_jax.io import UsageError, load_array
 
 __all__ = [
     "TailInputError",
     "TailCurve",
     "check_sample",
+    "load_sample",
     "preprocess",
     "PAPER_K_EXPONENTS",
     "paper_k_range",
+    "hill_k_values",
     "hill",
     "pickands",
     "moment",
@@ -65,13 +68,15 @@ __all__ = [
     "Diagnosis",
     "two_sided_z",
     "diagnose",
+    "summary",
+    "place_values",
 ]
 
 MIN_SAMPLES = 100  # fewer values say nothing useful about a tail
 
 
-class TailInputError(ValueError):
-    """The sample cannot be analysed (too small, non-finite, wrong shape, bad k)."""
+class TailInputError(UsageError):
+    """The sample cannot be analysed (too small, non-finite, wrong shape, bad k): bad input, exit 2 in a CLI."""
 
 
 class TailCurve(NamedTuple):
@@ -112,6 +117,21 @@ def check_sample(x: ArrayLike, min_samples: int = MIN_SAMPLES) -> np.ndarray:
     if a.shape[0] < min_samples:
         raise TailInputError(f"too few samples: {a.shape[0]} < {min_samples}")
     return a.astype(np.float64 if a.dtype == np.float64 else np.float32)
+
+
+def load_sample(path: str, min_samples: int = MIN_SAMPLES) -> np.ndarray:
+    """`check_sample` of the array in a .npy or text file (`io.load_array`).
+
+    Returns:
+      [N] the values (float64 if stored so, else float32).
+    Raises:
+      TailInputError (or io.UsageError for an unreadable file): one line naming the file.
+    """
+    a = load_array(path)
+    try:
+        return check_sample(a, min_samples)
+    except TailInputError as e:
+        raise TailInputError(f"{path}: {e}") from None
 
 
 def preprocess(x: ArrayLike, *, demean: bool = False, positive_only: bool = False) -> Array:
@@ -161,6 +181,33 @@ def paper_k_range(n: int, figure: int) -> np.ndarray:
         raise TailInputError(f"the paper has Hill plots in figures 1 and 2 only, got figure {figure!r}")
     lo, hi = PAPER_K_EXPONENTS[figure]
     return np.arange(int(n**lo), int(n**hi))
+
+
+def hill_k_values(n: int, n_pos: int, ks=(), figure: int = 1) -> np.ndarray:
+    """The k of a Hill report: the requested ones, checked, or the paper's range where Hill is defined.
+
+    Hill at k reads the k + 1 largest values of the preprocessed sample, which must all be positive.
+
+    Args:
+      n: sample size before preprocessing.
+      n_pos: number of positive values of the preprocessed sample.
+      ks: requested k values (empty: `paper_k_range(n, figure)`, cut to k < n_pos).
+      figure: the paper's figure whose range is the default (1 or 2).
+    Returns:
+      [K] sorted distinct k (K = 0 possible for the default range).
+    Raises:
+      TailInputError: a requested k outside [1, n), or one needing a non-positive value.
+    """
+    if len(ks) == 0:
+        r = paper_k_range(n, figure)
+        return r[r < n_pos]
+    for k in ks:
+        if k < 1 or k >= n:
+            raise TailInputError(f"k = {k} is out of range: need 1 <= k < n = {n}")
+        if k >= n_pos:
+            raise TailInputError(f"Hill at k = {k} needs the {k + 1} largest values positive; only {n_pos} are "
+                                 "(try --demean --positive-only)")
+    return np.asarray(sorted(set(int(k) for k in ks)))
 
 
 # ----------------------------------------------------------------------------
@@ -442,6 +489,12 @@ class Verdict(NamedTuple):
     reason: str
     evidence: tuple  # of Evidence
 
+    def text(self) -> str:
+        """The call, its reason, and one line per piece of evidence (xi [lo, hi], k, vote)."""
+        return "\n".join([f"verdict: {self.verdict} - {self.reason}"] + [
+            f"  {e.name:>12}: xi = {e.xi:.3f} [{e.lo:.3f}, {e.hi:.3f}] (k = {e.k}, vote {e.vote})"
+            for e in self.evidence])
+
 
 def vote(lo: float, hi: float) -> str:
     """Sign of xi from an interval: 'heavy' if lo > 0, 'light' if hi < 0, else 'inconclusive'."""
@@ -589,3 +642,58 @@ def diagnose(
         gpd_bayes=post,
         verdict=verdict,
     )
+
+
+def summary(diag: Diagnosis, level: float, paper_ks: Optional[ArrayLike] = None) -> dict:
+    """The verdict and its evidence as one JSON-ready dict (non-finite numbers stay NaN; `io.json_safe` nulls them).
+
+    Args:
+      diag: a `diagnose` result.
+      level: the interval level it was run with (the MLE's Wald interval is xi +- z se at this level).
+      paper_ks: [K] the paper's Hill k range (`hill_k_values`), or None when the k were chosen by hand.
+    Returns:
+      {"verdict", "reason", "threshold", "n_exceed", "gpd_mle": {xi, se, lo, hi, sigma, converged},
+       "gpd_bayes": {xi_mean, lo, hi, p_heavy, sigma_mean, num_divergent, r_hat} or None,
+       "hill_k_star": {k, k1, k2, xi, se} or None,
+       "hill_paper_range": {k_min, k_max, xi_at_k_max, se_at_k_max} or None (no paper_ks, or K = 0),
+       "evidence": [Evidence as dicts]}.
+    """
+    fit, post, kstar, z = diag.gpd_mle, diag.gpd_bayes, diag.k_star, two_sided_z(level)
+    xi, se = float(fit.xi), float(fit.xi_se)
+    ks = np.asarray([] if paper_ks is None else paper_ks, int)
+    return dict(
+        verdict=diag.verdict.verdict, reason=diag.verdict.reason, threshold=float(diag.threshold),
+        n_exceed=int(fit.n),
+        gpd_mle=dict(xi=xi, se=se, lo=xi - z * se, hi=xi + z * se, sigma=float(fit.sigma),
+                     converged=bool(fit.converged)),
+        gpd_bayes=None if post is None else dict(
+            xi_mean=float(post.xi_mean), lo=float(post.xi_lo), hi=float(post.xi_hi), p_heavy=float(post.p_heavy),
+            sigma_mean=float(np.mean(post.sigma)), num_divergent=int(post.num_divergent), r_hat=float(post.r_hat)),
+        hill_k_star=None if kstar is None else dict(
+            k=int(kstar.k), k1=int(kstar.k1), k2=int(kstar.k2), xi=float(diag.hill.xi[int(kstar.k) - 1]),
+            se=float(diag.hill.se[int(kstar.k) - 1])),
+        hill_paper_range=None if ks.size == 0 else dict(
+            k_min=int(ks[0]), k_max=int(ks[-1]), xi_at_k_max=float(diag.hill.xi[ks[-1] - 1]),
+            se_at_k_max=float(diag.hill.se[ks[-1] - 1])),
+        evidence=[e._asdict() for e in diag.verdict.evidence])
+
+
+def place_values(values: ArrayLike, x: ArrayLike, diag: Diagnosis) -> list[dict]:
+    """Where extra values (e.g. searched rewards) fall against a sample and the POT tail fitted to it.
+
+    Args:
+      values: [V] values to place.
+      x: [N] the raw sample `diag` was computed on.
+      diag: its `diagnose` result.
+    Returns:
+      one dict per value: {"index", "value", "z" (standard scores against x), "frac_sample_above" (share of x
+      at or above it), "gpd_log10_tail_prob" (log10 P(X > value) under the fitted tail; -inf or NaN below the
+      threshold or beyond the end point), "beyond_gpd_end_point", "gpd_end_point" (inf for xi >= 0)}.
+    """
+    v, x = np.asarray(values, np.float64), np.asarray(x)
+    fit = diag.gpd_mle
+    tail = gpd.pot_tail(v, diag.threshold, fit.sigma, fit.xi, int(fit.n) / x.shape[0])
+    return [dict(index=i, value=float(a), z=float((a - x.mean()) / x.std()), frac_sample_above=float((x >= a).mean()),
+                 gpd_log10_tail_prob=float(tail.log_sf[i]) / math.log(10.0),
+                 beyond_gpd_end_point=bool(tail.beyond_end[i]), gpd_end_point=float(tail.end_point))
+            for i, a in enumerate(v)]

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from goodhart_jax import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("reward_tails", ROOT / "sims" / "reward_tails.py")
 reward_tails = importlib.util.module_from_spec(spec)
@@ -15,7 +17,7 @@ spec.loader.exec_module(reward_tails)
 
 
 def _run(argv, capsys):
-    rc = reward_tails.run(argv)
+    rc = cli.run(reward_tails.Config, reward_tails.main, argv, prog="reward_tails.py")
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -63,7 +65,7 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, name, extra, m
     argv = (["--rewards", files[name]] if name else []) + extra + ["--out", str(tmp_path / "o"), "--json"]
     rc, out, err = _run(argv, capsys)
     assert rc == 2 and out == ""
-    lines = [line for line in err.splitlines() if line.startswith("reward_tails: error:")]
+    lines = [line for line in err.splitlines() if line.startswith("reward_tails.py: error:")]
     assert len(lines) == 1 and message in lines[0], err
 
 
@@ -71,7 +73,7 @@ def test_missing_file_and_model_mode(tmp_path, capsys):
     rc, _, err = _run(["--rewards", str(tmp_path / "absent.npy")], capsys)
     assert rc == 2 and "no such file" in err
     rc, _, err = _run(["--model", str(tmp_path / "no_model"), "--random-tokens", "4", "--length", "8"], capsys)
-    assert rc == 2 and "reward_tails: error:" in err
+    assert rc == 2 and "reward_tails.py: error:" in err
     rc, _, err = _run(["--model", str(tmp_path / "no_model")], capsys)
     assert rc == 2 and "--random-tokens" in err
 
@@ -140,3 +142,53 @@ def test_paper_figure_range_and_compare_rows(files, tmp_path, capsys):
         assert r["beyond_gpd_end_point"] == bool(a > end)
         assert r["gpd_end_point"] == (None if np.isinf(end) else pytest.approx(end, rel=1e-5))
     assert compare[-1]["frac_sample_above"] == 0.0 and compare[0]["gpd_log10_tail_prob"] is None
+
+
+def test_model_mode_scores_random_tokens(tmp_path, capsys):
+    """--model: the Hill rows are those of the reward model's own scores of the documented token draw
+    (N x L ids uniform on the vocabulary, key seed + 1); without --json a summary goes to stdout."""
+    pytest.importorskip("torch")  # make_tiny_checkpoint draws its weights with transformers' classes
+    import jax
+
+    from goodhart_jax import models
+    from goodhart_jax.models.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "rm", "gpt_neox", "oasst", seed=0)
+    out_dir = tmp_path / "run"
+    argv = ["--model", str(ckpt.path), "--random-tokens", "150", "--length", "6", "--batch", "16", "--seed", "4",
+            "--demean", "--positive-only", "--no-bayes", "--num-boot", "10", "--k", "3", "17", "--out", str(out_dir)]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    model = models.load_model(ckpt.path)
+    ids = jax.random.randint(jax.random.key(5), (150, 6), 0, model.vocab_size)
+    r = np.asarray(jax.jit(models.make_reward_fn(model))(model.params, ids, np.ones((150, 6), np.int32)), np.float64)
+    x = np.sort(r - r.mean())[::-1]
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["verdict"]["n"] == 150 and "150 random sequences of 6 tokens" in res["verdict"]["source"]
+    for row in res["hill"]:
+        k = row["k"]
+        ref = np.mean(np.log(x[:k])) - np.log(x[k])
+        # float32 scores, batched by 16 vs one batch of 150: Hill of a few log-spacings to ~1e-4.
+        assert row["xi"] == pytest.approx(ref, rel=1e-3, abs=1e-5), k
+    assert out.startswith(f"verdict: {res['verdict']['verdict']} - ")
+    for e in res["verdict"]["evidence"]:  # one summary line per piece of evidence, with its numbers
+        assert f"{e['name']:>12}: xi = {e['xi']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] (k = {e['k']}" in out
+
+
+def test_model_not_ported_is_one_line_exit_2(tmp_path, capsys):
+    """An unported activation in a checkpoint's config is bad input: one line, exit 2 (was a traceback)."""
+    pytest.importorskip("torch")
+    from goodhart_jax import models
+    from goodhart_jax.models.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "rm", "gpt_neox", "oasst", seed=0)
+    cfg_file = ckpt.path / "config.json"
+    cfg_file.write_text(json.dumps(json.loads(cfg_file.read_text()) | {"hidden_act": "relu2"}))
+    with pytest.raises(NotImplementedError, match="hidden_act 'relu2' is not ported"):
+        models.load_model(ckpt.path)  # still a NotImplementedError for library callers ...
+    with pytest.raises(models.CheckpointError):
+        models.load_model(ckpt.path)  # ... and a CheckpointError, i.e. cli.InputError
+    rc, out, err = _run(["--model", str(ckpt.path), "--random-tokens", "120", "--length", "4",
+                         "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("reward_tails.py: error: ") and "hidden_act 'relu2' is not ported" in err

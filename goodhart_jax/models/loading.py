@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from goodhart_jax.io import UsageError
 from goodhart_jax.models.architectures import ARCHITECTURES, Architecture, for_model_type, model_types
 from goodhart_jax.models.heads import POOLINGS, HeadSpec
 
@@ -45,8 +46,12 @@ _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.b
                        "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded faithfully."""
+class CheckpointError(UsageError):
+    """A checkpoint directory that cannot be loaded faithfully (bad input: one line, exit 2 in a CLI)."""
+
+
+class NotPortedError(CheckpointError, NotImplementedError):
+    """A checkpoint using a feature that is not ported (rope scaling, an activation): still bad input to a CLI."""
 
 
 class LoadedModel(NamedTuple):
@@ -257,16 +262,19 @@ def parse_config(cfg_dict: dict, where: str) -> tuple[Architecture, Any]:
 
     Raises:
       CheckpointError: a model_type that is not ported, or an inconsistent config.
-      NotImplementedError: a config feature that is not ported (e.g. rope scaling).
+      NotPortedError (a CheckpointError and a NotImplementedError): a config feature that is not
+        ported (e.g. rope scaling, an activation).
     """
     model_type = cfg_dict.get("model_type", "")
     arch = for_model_type(model_type)
     if arch is None:
         raise CheckpointError(f"{where}: model_type {model_type!r} is not ported ({', '.join(model_types())})")
-    try:
-        config = arch.config.from_hf(cfg_dict)
     # from_hf raises ValueError on every inconsistency it checks; the others are
     # caught too so that no config, however malformed, escapes as a traceback.
+    try:
+        config = arch.config.from_hf(cfg_dict)
+    except NotImplementedError as e:
+        raise NotPortedError(f"{where}: {e}") from e
     except (ValueError, TypeError, KeyError, ZeroDivisionError, OverflowError) as e:
         raise CheckpointError(f"{where}: inconsistent {arch.name} config.json: {e}") from e
     return arch, config
@@ -327,8 +335,8 @@ def load_model(
     Raises:
       CheckpointError: not a checkpoint, a corrupt or truncated weights file,
         an inconsistent config, or tensors missing / unexpected / mis-shaped
-        for the config.
-      NotImplementedError: a config feature that is not ported (e.g. rope scaling).
+        for the config; NotPortedError (also a NotImplementedError) for a config
+        feature that is not ported (e.g. rope scaling).
     """
     path = Path(path)
     if not path.is_dir():

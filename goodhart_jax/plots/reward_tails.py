@@ -1,4 +1,4 @@
-"""Reward-tail diagnostic figures (Kwa et al. 2024, Figures 1, 2 and 5).
+"""Figures of `sims/reward_tails.py`: reward-tail diagnostics (Kwa et al. 2024, Figures 1, 2 and 5).
 
 `diagnostic_figure` draws the paper's 2x2 panel, clockwise from top left:
 histogram, normal probability (Q-Q) plot, Hill plot with standard-error bars,
@@ -21,7 +21,7 @@ from scipy.special import ndtri  # noqa: E402
 
 from goodhart_jax.tail_index import Diagnosis, TailCurve  # noqa: E402
 
-__all__ = ["normal_qq", "exponential_upper_half", "diagnostic_figure", "estimators_figure"]
+__all__ = ["normal_qq", "exponential_upper_half", "diagnostic_figure", "estimators_figure", "figures"]
 
 
 def normal_qq(x: np.ndarray):
@@ -157,3 +157,21 @@ def estimators_figure(
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def figures(x: np.ndarray, diag: Diagnosis, ks: Sequence[int], k_max: int, mle_curve: TailCurve, name: str,
+            demean: bool = False, positive_only: bool = False) -> dict:
+    """The run's figures: {"diagnostics.png": the 2x2 figure, "estimators.png": estimators against k}.
+
+    Args:
+      x: [N] raw sample; diag: its `tail_index.diagnose` result (run with `demean`, `positive_only`).
+      ks: [K] k values of the Hill panel (empty: k = 1 only).
+      k_max: largest k of the estimators figure; mle_curve: GPD MLE TailCurve over thresholds.
+      name: the sample's name, in the titles.
+    """
+    label = ("demeaned, " if demean else "") + ("positives only" if positive_only else "raw values")
+    ks = np.asarray(ks) if len(ks) else np.arange(1, 2)
+    return {"diagnostics.png": diagnostic_figure(x, diag.hill, ks, title=f"{name}: n = {x.shape[0]}",
+                                                 hill_label=label),
+            "estimators.png": estimators_figure(diag, k_max, mle_curve,
+                                                title=f"{name}: tail-index estimators ({diag.verdict.verdict})")}
