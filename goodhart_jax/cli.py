@@ -123,7 +123,7 @@ def finite(what: str) -> Callable[[Any], None]:
 
 def at_least(what: str, lo: int) -> Callable[[Any], None]:
     """Check: every value is an integer >= lo."""
-    return _each(what, lambda x: int(x) == x and x >= lo, f"an integer >= {lo}")
+    return _each(what, lambda x: math.isfinite(x) and int(x) == x and x >= lo, f"an integer >= {lo}")
 
 
 @contextlib.contextmanager
@@ -225,15 +225,18 @@ class Run:
       cfg: the study's Config (written to config.json). Its `out`, `json` and `plots` fields, where present,
         choose the directory, JSON lines on stdout, and whether `figure` writes anything.
       results: base name of the row files (results.jsonl and results.csv); None writes no row files.
+      csv_rows: which rows go into the CSV too (default: all); e.g. leave out rows whose cells are lists.
     """
 
-    def __init__(self, name: str, cfg: Any, results: str | None = "results"):
+    def __init__(self, name: str, cfg: Any, results: str | None = "results",
+                 csv_rows: Callable[[dict], bool] | None = None):
         self.name = name
         self.cfg = cfg
         self.json = bool(getattr(cfg, "json", False))
         self.plots = bool(getattr(cfg, "plots", True))
         self.dir = prepare_out_dir(getattr(cfg, "out", "") or io.default_out_dir(name))
         self.results = results
+        self.csv_rows = csv_rows
         self.rows: list[dict] = []
         self.files: list[str] = []
         io.save_json(self.dir / "config.json", cfg)
@@ -249,7 +252,8 @@ class Run:
         self.rows += rows
         if self.results:
             io.save_jsonl(self.dir / f"{self.results}.jsonl", self.rows)
-            io.save_csv(self.dir / f"{self.results}.csv", self.rows)
+            io.save_csv(self.dir / f"{self.results}.csv",
+                        self.rows if self.csv_rows is None else [r for r in self.rows if self.csv_rows(r)])
             self._wrote(f"{self.results}.jsonl")
             self._wrote(f"{self.results}.csv")
         if self.json:
@@ -258,17 +262,25 @@ class Run:
             sys.stdout.flush()
 
     def save_json(self, fname: str, obj: Any) -> Path:
+        """Write `obj` as JSON (non-finite numbers as null) to DIR/fname, atomically."""
+        path = io.save_json(self.dir / fname, obj)
         self._wrote(fname)
-        return io.save_json(self.dir / fname, obj)
+        return path
 
-    def figure(self, fname: str, fig) -> Path | None:
+    def write(self, fname: str, data: bytes | str) -> Path:
+        """Write bytes or text to DIR/fname, atomically."""
+        path = io.atomic_write(self.dir / fname, data)
+        self._wrote(fname)
+        return path
+
+    def figure(self, fname: str, fig, dpi: int = 110) -> Path | None:
         """Save a matplotlib figure atomically (closed either way); nothing when plots are off."""
         if not self.plots:
             import matplotlib.pyplot as plt
 
             plt.close(fig)
             return None
-        path = io.save_figure(fig, self.dir / fname)
+        path = io.save_figure(fig, self.dir / fname, dpi=dpi)
         self._wrote(fname)
         return path
 

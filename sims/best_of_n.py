@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import best_of_n, cli, io, tails
+from goodhart_jax import best_of_n, cli, tails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ def main(cfg: Config) -> list[dict]:
     pairs, ns = validate(cfg)
     kl = [float(best_of_n.kl_bound(float(n))) for n in ns]
     key, mc_seconds, last = jax.random.key(cfg.seed), [], []
-    with cli.Run("best_of_n", cfg) as run:
+    with cli.Run("best_of_n", cfg, csv_rows=lambda r: r["kind"] == "bon") as run:  # the n table in the CSV
         run.log(f"best_of_n: {len(pairs)} (utility, error) pairs; n = {list(ns)}; {cfg.trials} trials; "
                 f"writing to {run.dir}")
         for i, ((ulab, util), (elab, err)) in enumerate(run.progress(pairs, "pairs")):
@@ -84,7 +84,6 @@ def main(cfg: Config) -> list[dict]:
                              alpha=f.alpha, beta=f.beta, rmse=f.rmse, residuals=list(map(float, f.residuals)),
                              n=list(ns)))
             run.emit(rows)
-            io.save_csv(run.dir / "results.csv", [r for r in run.rows if r["kind"] == "bon"])  # the n table, as before
             last.append((rows[-2], rows[-1]))
         if cfg.plots:
             from goodhart_jax.plots import best_of_n as plots

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import cli, io, tails, upweighting
+from goodhart_jax import cli, tails, upweighting
 
 FIGURE3_BASE = "student_t:df=3"  # the paper's Figure 3
 
@@ -77,8 +77,7 @@ def main(cfg: Config) -> list[dict]:
             res = jax.device_get(upweighting.sweep_upweight(q, jnp.asarray(t3), cfg.c, cfg.exponent))
             run.figure("figure3_stills.png", plots.figure3_stills(q, t3, res, cfg.c, cfg.exponent))
             if cfg.frames:
-                io.atomic_write(run.dir / "figure3.gif", plots.figure3_gif(q, t3, res))
-                run.files.append("figure3.gif")
+                run.write("figure3.gif", plots.figure3_gif(q, t3, res))
         for spec in cfg.base:
             rs = [r for r in run.rows if r["base"] == spec and r["exists"]]
             if rs:

@@ -198,3 +198,20 @@ def test_field_checks_at_the_boundary(argv, line, capsys):
     assert capsys.readouterr().err == line + "\n"
     with pytest.raises(cli.InputError):  # the same check when the Config is made in code
         cli.parse_config(Checked, argv)
+
+
+def test_run_write_csv_filter_and_at_least_on_non_finite(tmp_path, capsys):
+    with cli.Run("toy", Toy(out=str(tmp_path)), csv_rows=lambda r: r["kind"] == "a") as run:
+        run.emit([dict(kind="a", x=1), dict(kind="b", x=[1, 2])])
+        run.write("blob.bin", b"\x00\x01")
+    assert (tmp_path / "results.csv").read_text().splitlines() == ["kind,x", "a,1"]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "blob.bin").read_bytes() == b"\x00\x01" and "blob.bin" in run.files
+
+    @dataclasses.dataclass(frozen=True)
+    class N(cli.RunConfig):
+        n: float = cli.arg(1.0, "n", check=cli.at_least("n", 1))
+
+    for bad in ("inf", "nan", "2.5"):
+        assert cli.run(N, lambda cfg: None, ["--n", bad], prog="toy.py") == 2
+        assert capsys.readouterr().err == f"toy.py: error: --n: n must be an integer >= 1, got {bad}\n"
