@@ -31,7 +31,8 @@ import optax
 from jax import Array
 from jax.scipy.special import logsumexp
 
-from goodhart_jax.conditioning import _argmax_near, _integrate, log_de_quadrature, threshold
+from goodhart_jax.conditioning import threshold
+from goodhart_jax.quadrature import de_moments, locate_bump, log_de_quadrature
 from goodhart_jax.tails import Family, parse
 
 __all__ = ["BonResult", "BonMC", "GaoFit", "kl_bound", "bon_exact", "bon_mc", "fit_gao", "authors_grid",
@@ -77,9 +78,9 @@ def _conv(error: Family, utility: Family, u: Array, dtype):
     log_g = lambda v: utility.log_prob(v) + error.log_prob(u - v)  # noqa: E731
     c_v = jnp.asarray(utility.kink(), dtype)
     edge = jnp.asarray(u - error.kink(), dtype)
-    near = _argmax_near(log_g, jnp.stack([c_v, edge]), dtype)
-    breaks = jnp.concatenate([jnp.stack([c_v, edge]), near])
-    return _integrate(log_g, breaks, utility.support_lower(), dtype)
+    bump = locate_bump(log_g, jnp.stack([c_v, edge]), dtype)
+    breaks = jnp.concatenate([jnp.stack([c_v, edge]), bump.points()])
+    return de_moments(log_g, breaks, utility.support_lower(), dtype)
 
 
 def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:

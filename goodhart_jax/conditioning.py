@@ -11,13 +11,12 @@ V's exponential tilt by the rate, E[V e^{rate V}] / E[e^{rate V}].
 Quadrature. The log-integrand log f_V(v) + log Fbar_X(t - v) is evaluated in
 log space, so nothing underflows even where P(X+V >= t) is e^-2500. It can have
 two bumps (both tails heavy: v near V's centre and v near t) and polynomial
-tails, which defeat uniform panels (`tilting.log_quadrature` is built for
-log-concave tilts; with a Student-t its e^-60 bracket spans +-1e6). So this
-module uses a double-exponential rule split at breakpoints — V's kink, the step
-t - kink(X) of Fbar_X(t - v), and the located mode — tanh-sinh on finite pieces
-and exp-sinh on the infinite ends (`log_de_quadrature`). Graded nodes cluster
-geometrically at every breakpoint, so a bump of any width at a breakpoint and
-algebraic tails are both integrated to ~1e-10.
+tails, which defeat uniform panels. So the integral is a double-exponential
+rule split at breakpoints — V's kink, the step t - kink(X) of Fbar_X(t - v),
+and the located bump's peak and level crossings — tanh-sinh on finite pieces
+and exp-sinh on the infinite ends (`goodhart_jax.quadrature`). Graded nodes
+cluster geometrically at every breakpoint, so a bump of any width at a
+breakpoint and algebraic tails are both integrated to ~1e-10.
 
 Monte Carlo. `threshold_mc` integrates X out exactly (a conditional / Rao-
 Blackwellised estimator: E[V 1{X > t - V}] = E_V[V Fbar_X(t - V)]) and
@@ -45,6 +44,8 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr, logsumexp
 
+from goodhart_jax.floats import as_float
+from goodhart_jax.quadrature import DROPS, Bump, de_moments, locate_bump, log_de_quadrature
 from goodhart_jax.tails import Family, parse
 
 __all__ = [
@@ -52,11 +53,6 @@ __all__ = [
     "sweep_threshold_mc", "footnote4", "footnote4_mc", "check_thresholds", "exponential_limit",
     "integrand_mode",
 ]
-
-_H = 1.0 / 12.0  # step of the double-exponential rules
-_N = 48  # nodes on each side of the rule's centre: |k h| <= 4
-_COARSE = 192  # sinh-spaced points per centre when locating the mode
-
 
 class ThresholdResult(NamedTuple):
     """E[V | X + V >= t] by quadrature; fields [] or [K]."""
@@ -75,159 +71,6 @@ class MCResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Graded quadrature in log space.
-
-
-def _log_cosh(s):
-    a = jnp.abs(s)
-    return a + jnp.log1p(jnp.exp(-2.0 * a)) - math.log(2.0)
-
-
-def _de_base(dtype):
-    k = jnp.arange(-_N, _N + 1, dtype=dtype) * _H
-    s = (jnp.pi / 2) * jnp.sinh(k)
-    log_ds = math.log(_H) + jnp.log((jnp.pi / 2) * jnp.cosh(k))  # log(h ds/dk)
-    return s, log_ds
-
-
-def _tanh_sinh(a, b, dtype):
-    """Nodes and log-weights on [a, b]; nodes measured from the nearer end (no cancellation)."""
-    s, log_ds = _de_base(dtype)
-    L = jnp.maximum(b - a, 0.0)
-    d = L * jax.nn.sigmoid(-2.0 * jnp.abs(s))  # distance to the nearer end
-    y = jnp.where(s < 0, a + d, b - d)
-    log_w = jnp.log(L / 2) + log_ds - 2.0 * _log_cosh(s)
-    return y, log_w
-
-
-def _exp_sinh(a, sign, dtype, scale=1.0):
-    """Nodes and log-weights on [a, inf) (sign=+1) or (-inf, a] (sign=-1); nodes a + sign scale e^s."""
-    s, log_ds = _de_base(dtype)
-    y = a + sign * scale * jnp.exp(s)
-    return y, log_ds + s + jnp.log(scale)
-
-
-def log_de_quadrature(breaks: Array, lower: Array, dtype=None, scale: Array = 1.0) -> tuple[Array, Array]:
-    """Nodes and log-weights of a double-exponential rule on (lower, inf) split at `breaks`.
-
-    Pieces: [lower, b_1] by tanh-sinh (or (-inf, b_1] by exp-sinh when lower is
-    -inf), [b_i, b_{i+1}] by tanh-sinh, [b_m, inf) by exp-sinh. Breaks below
-    `lower` are moved to it (their pieces get zero weight). Nodes cluster at
-    every break, so features at a break are resolved at any scale, and
-    algebraic tails are integrated exactly enough (the exp-sinh nodes reach
-    e^43 from the last break).
-
-    Args:
-      breaks: [m] split points (any order; traced).
-      lower: [] lower end of the support (-inf for the real line).
-      scale: [] > 0, the length scale of the tails beyond the outer breaks
-        (the exp-sinh nodes are densest within a few `scale` of the break).
-    Returns:
-      (y, log_w): [(m + 1)(2 _N + 1)] nodes and log-weights; the integral of f
-      is approximately sum exp(log_w + log f(y)). Where log_w is -inf the node
-      carries no weight (evaluate log f anyway: it must not be NaN there).
-    """
-    dtype = dtype or jnp.result_type(float)
-    breaks = jnp.sort(jnp.asarray(breaks, dtype))
-    lower = jnp.asarray(lower, dtype)
-    finite_lower = jnp.isfinite(lower)
-    b = jnp.where(finite_lower, jnp.maximum(breaks, lower), breaks)
-    # Left end.
-    y_es, w_es = _exp_sinh(b[0], -1.0, dtype, scale)
-    y_ts, w_ts = _tanh_sinh(jnp.where(finite_lower, lower, b[0]), b[0], dtype)
-    ys = [jnp.where(finite_lower, y_ts, y_es)]
-    ws = [jnp.where(finite_lower, w_ts, w_es)]
-    # Finite pieces [b_i, b_{i+1}], all at once.
-    y, w = _tanh_sinh(b[:-1, None], b[1:, None], dtype)
-    ys.append(y.reshape(-1))
-    ws.append(w.reshape(-1))
-    y, w = _exp_sinh(b[-1], 1.0, dtype, scale)
-    ys.append(y)
-    ws.append(w)
-    y, w = jnp.concatenate(ys), jnp.concatenate(ws)
-    return y, jnp.where(jnp.isnan(w), -jnp.inf, w)
-
-
-def _integrate(log_g: Callable, breaks: Array, lower: Array, dtype, scale=1.0) -> tuple[Array, Array]:
-    """(log ∫ g, ∫ v g / ∫ g) for a log-integrand g on (lower, inf)."""
-    y, log_w = log_de_quadrature(breaks, lower, dtype, scale)
-    lg = jnp.where(jnp.isfinite(log_w), log_g(y), -jnp.inf)
-    lf = jnp.where(jnp.isnan(lg), -jnp.inf, lg) + log_w
-    log_Z = logsumexp(lf)
-    p = jnp.exp(lf - jnp.where(jnp.isfinite(log_Z), log_Z, 0.0))
-    return log_Z, jnp.sum(p * y)
-
-
-_DROPS = (3.0, 12.0, 40.0)  # log-drops from the peak whose crossings become breaks
-_GOLDEN = 60  # golden-section steps locating the peak (shrinks the bracket 1e-12 times)
-_BISECT = 56  # bisection steps locating each crossing
-_INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-def _argmax_near(log_g: Callable, centres: Array, dtype) -> Array:
-    """[2 len(_DROPS) + 1] where a unimodal log_g peaks, and where it crosses peak - _DROPS.
-
-    Returns [l_40, l_12, l_3, mode, r_3, r_12, r_40] (for _DROPS = 3, 12, 40).
-    A sinh-spaced grid around each centre finds the peak's grid cell and where
-    each drop is crossed; a golden-section search then pins the peak, and
-    bisections pin the crossings, all in one `fori_loop` (log_g is compiled
-    once more, on [2 len(_DROPS) + 2] points). As quadrature breaks these
-    grade the nodes to the bump's width, whatever its distance to the centres.
-    """
-    C, D = centres.shape[0], len(_DROPS)
-    u = jnp.linspace(-12.0, 12.0, _COARSE, dtype=dtype)
-    y = centres[:, None] + jnp.sinh(u)  # [C, _COARSE]
-    clean = lambda v: jnp.where(jnp.isnan(v), -jnp.inf, v)  # noqa: E731
-    lg = clean(log_g(y.reshape(-1))).reshape(C, _COARSE)
-    i = jnp.argmax(lg)
-    c, j = i // _COARSE, i % _COARSE
-    row, yrow = lg[c], y[c]
-    peak0 = row[j]
-    idx = jnp.arange(_COARSE)
-    drops = jnp.asarray(_DROPS, dtype)
-    below = row[None, :] < peak0 - drops[:, None]  # [D, _COARSE]
-    left = yrow[jnp.max(jnp.where(below & (idx < j), idx, 0), axis=1)]  # [D] outer ends
-    right = yrow[jnp.min(jnp.where(below & (idx > j), idx, _COARSE - 1), axis=1)]
-    a0, b0 = yrow[jnp.maximum(j - 1, 0)], yrow[jnp.minimum(j + 1, _COARSE - 1)]
-
-    def body(k, st):
-        a, b, lo_out, lo_in, hi_in, hi_out, peak, x_peak = st
-        gold = k < _GOLDEN
-        p, q = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
-        mids = jnp.concatenate([(lo_out + lo_in) / 2, (hi_in + hi_out) / 2])
-        pts = jnp.where(gold, jnp.concatenate([jnp.stack([p, q]), jnp.zeros_like(mids)]),
-                        jnp.concatenate([jnp.stack([x_peak, x_peak]), mids]))
-        v = clean(log_g(pts))
-        # Golden section: keep the side holding the larger value.
-        left_better = v[0] >= v[1]
-        a = jnp.where(gold & ~left_better, p, a)
-        b = jnp.where(gold & left_better, q, b)
-        best = jnp.maximum(v[0], v[1])
-        x_peak = jnp.where(gold & (best >= peak), jnp.where(left_better, p, q), x_peak)
-        peak = jnp.where(gold, jnp.maximum(peak, best), peak)
-        # Bisection of the crossings of peak - drop, started once the peak is pinned.
-        lvl = peak - drops
-        ml, mr = v[2:2 + D] < lvl, v[2 + D:] < lvl
-        bis = ~gold
-        lo_out = jnp.where(bis & ml, mids[:D], lo_out)
-        lo_in = jnp.where(bis & ~ml, mids[:D], lo_in)
-        hi_out = jnp.where(bis & mr, mids[D:], hi_out)
-        hi_in = jnp.where(bis & ~mr, mids[D:], hi_in)
-        # Entering the bisection phase: inner ends start at the peak.
-        start = k == _GOLDEN - 1
-        lo_in = jnp.where(start, jnp.full_like(lo_in, x_peak), lo_in)
-        hi_in = jnp.where(start, jnp.full_like(hi_in, x_peak), hi_in)
-        lo_out = jnp.where(start, jnp.minimum(left, x_peak), lo_out)
-        hi_out = jnp.where(start, jnp.maximum(right, x_peak), hi_out)
-        return a, b, lo_out, lo_in, hi_in, hi_out, peak, x_peak
-
-    st = (a0, b0, left, left, right, right, peak0, yrow[j])
-    _, _, lo_out, lo_in, hi_in, hi_out, peak, x_peak = jax.lax.fori_loop(0, _GOLDEN + _BISECT, body, st)
-    out = jnp.concatenate([lo_in[::-1], x_peak[None], hi_in])
-    return jnp.where(jnp.isfinite(peak0), out, centres[0])
-
-
-# ----------------------------------------------------------------------------
 # Independent X and V.
 
 
@@ -235,19 +78,18 @@ def _log_integrand(error: Family, utility: Family, t: Array) -> Callable:
     return lambda v: utility.log_prob(v) + error.log_sf(t - v)
 
 
-def _breaks(error: Family, utility: Family, t: Array, dtype) -> Array:
+def _breaks(error: Family, utility: Family, t: Array) -> tuple[Array, Array, Bump]:
+    """(breaks [2 + 2 D + 1], the step t - kink(X), the integrand's bump)."""
     log_g = _log_integrand(error, utility, t)
-    c_v = jnp.asarray(utility.kink(), dtype)
-    edge = jnp.asarray(t - error.kink(), dtype)
-    near = _argmax_near(log_g, jnp.stack([c_v, edge]), dtype)
-    return jnp.concatenate([jnp.stack([c_v, edge]), near])
+    c_v = jnp.asarray(utility.kink(), t.dtype)
+    edge = jnp.asarray(t - error.kink(), t.dtype)
+    bump = locate_bump(log_g, jnp.stack([c_v, edge]), t.dtype)
+    return jnp.concatenate([jnp.stack([c_v, edge]), bump.points()]), edge, bump
 
 
 def integrand_mode(error: Family, utility: Family, t: Array) -> Array:
     """The maximiser of f_V(v) Fbar_X(t - v) over v: where the conditioned V lives."""
-    t = jnp.asarray(t)
-    dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
-    return _breaks(error, utility, t.astype(dtype), dtype)[2 + len(_DROPS)]  # c_v, edge, then _argmax_near's
+    return _breaks(error, utility, as_float(t))[2].mode
 
 
 def threshold(error: Family, utility: Family, t: Array) -> ThresholdResult:
@@ -263,12 +105,10 @@ def threshold(error: Family, utility: Family, t: Array) -> ThresholdResult:
     Returns:
       `ThresholdResult` with [] fields.
     """
-    t = jnp.asarray(t)
-    dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
-    t = t.astype(dtype)
-    log_p, E_V = _integrate(_log_integrand(error, utility, t), _breaks(error, utility, t, dtype),
-                            utility.support_lower(), dtype)
-    return ThresholdResult(E_V, log_p)
+    t = as_float(t)
+    m = de_moments(_log_integrand(error, utility, t), _breaks(error, utility, t)[0], utility.support_lower(),
+                   t.dtype)
+    return ThresholdResult(m.mean, m.log_Z)
 
 
 sweep_threshold = jax.jit(jax.vmap(threshold, in_axes=(None, None, 0)))
@@ -320,15 +160,16 @@ def _importance(key: Array, log_g: Callable, base: Family, centres: Array, scale
     return MCResult(E, se, log_sum - jnp.log(n), ess)
 
 
-def _widths(near: Array) -> tuple[Array, Array]:
-    """Narrow and wide widths of the bump from `_argmax_near`'s level crossings.
+def _widths(bump: Bump) -> tuple[Array, Array]:
+    """Narrow and wide widths of a bump from its level crossings.
 
     For a Gaussian bump both equal its standard deviation (drops of 3 and 12
     are crossed at +-sqrt(6) and +-sqrt(24) sigma); a polynomial tail makes the
     wide one much wider, which the proposal needs to cover it.
     """
-    narrow = (near[4] - near[2]) / (2.0 * math.sqrt(6.0))
-    wide = (near[5] - near[1]) / (2.0 * math.sqrt(24.0))
+    i, j = DROPS.index(3.0), DROPS.index(12.0)
+    narrow = (bump.right[i] - bump.left[i]) / (2.0 * math.sqrt(6.0))
+    wide = (bump.right[j] - bump.left[j]) / (2.0 * math.sqrt(24.0))
     return narrow, jnp.maximum(wide, narrow)
 
 
@@ -350,18 +191,16 @@ def threshold_mc(key: Array, error: Family, utility: Family, t: Array, num_sampl
     Returns:
       `MCResult` with [] fields.
     """
-    t = jnp.asarray(t)
-    dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
-    t = t.astype(dtype)
+    t = as_float(t)
+    dtype = t.dtype
     k_scale, k_is = jax.random.split(key)
     log_g = _log_integrand(error, utility, t)
-    br = _breaks(error, utility, t, dtype)
-    edge, near = br[1], br[2:]
-    narrow, wide = _widths(near)
+    _, edge, bump = _breaks(error, utility, t)
+    narrow, wide = _widths(bump)
     # A robust width of X: half its interquartile range from a few draws.
     xs = jnp.sort(error.sample(k_scale, (512,), dtype))
     sx = jnp.clip(0.5 * (xs[384] - xs[128]), 1e-3, 1e3)
-    return _importance(k_is, log_g, utility, jnp.stack([near[3], near[3], edge]),
+    return _importance(k_is, log_g, utility, jnp.stack([bump.mode, bump.mode, edge]),
                        jnp.clip(jnp.stack([narrow, wide, sx]), 1e-3, 1e6), num_samples, dtype)
 
 
@@ -384,13 +223,11 @@ def exponential_limit(rate: float | Array, utility: Family) -> Array:
     Fbar_X(t - v) = e^{-rate (t - v)} for v < t, so the conditioned law of V
     tends to V's exponential tilt by the rate (finite when E[e^{rate V}] is).
     """
-    rate = jnp.asarray(rate)
-    dtype = rate.dtype if jnp.issubdtype(rate.dtype, jnp.floating) else jnp.result_type(float)
+    rate = as_float(rate)
     log_g = lambda v: utility.log_prob(v) + rate * v  # noqa: E731
-    c = jnp.asarray(utility.kink(), dtype)
-    near = _argmax_near(log_g, jnp.stack([c, c]), dtype)
-    _, E = _integrate(log_g, jnp.concatenate([c[None], near]), utility.support_lower(), dtype)
-    return E
+    c = jnp.asarray(utility.kink(), rate.dtype)
+    bump = locate_bump(log_g, jnp.stack([c, c]), rate.dtype)
+    return de_moments(log_g, jnp.concatenate([c[None], bump.points()]), utility.support_lower(), rate.dtype).mean
 
 
 def _footnote4_log_integrand(t):
@@ -415,25 +252,22 @@ def footnote4(t: Array) -> ThresholdResult:
     Args:
       t: [] finite threshold.
     """
-    t = jnp.asarray(t)
-    dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
-    t = t.astype(dtype)
+    t = as_float(t)
     log_g = _footnote4_log_integrand(t)
-    one = jnp.ones((), dtype)
-    near = _argmax_near(log_g, jnp.stack([0.0 * one, jnp.clip(t, -one, one)]), dtype)
-    breaks = jnp.concatenate([jnp.stack([-one, one, t]), jnp.clip(near, -one, one)])
-    log_p, E_V = _integrate(log_g, breaks, -jnp.inf, dtype)
-    return ThresholdResult(E_V, log_p)
+    one = jnp.ones((), t.dtype)
+    bump = locate_bump(log_g, jnp.stack([0.0 * one, jnp.clip(t, -one, one)]), t.dtype)
+    breaks = jnp.concatenate([jnp.stack([-one, one, t]), jnp.clip(bump.points(), -one, one)])
+    m = de_moments(log_g, breaks, -jnp.inf, t.dtype)
+    return ThresholdResult(m.mean, m.log_Z)
 
 
 def footnote4_mc(key: Array, t: Array, num_samples: int = 30_000) -> MCResult:
     """Importance-sampled Monte Carlo for `footnote4` (X integrated out given V)."""
-    t = jnp.asarray(t)
-    dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
-    t = t.astype(dtype)
+    t = as_float(t)
+    dtype = t.dtype
     log_g = _footnote4_log_integrand(t)
     one = jnp.ones((), dtype)
-    mode = jnp.clip(_argmax_near(log_g, jnp.stack([0.0 * one, jnp.clip(t, -one, one)]), dtype)[3], -one, one)
+    mode = jnp.clip(locate_bump(log_g, jnp.stack([0.0 * one, jnp.clip(t, -one, one)]), dtype).mode, -one, one)
     base = parse("normal")
     return _importance(key, log_g, base, jnp.stack([mode, jnp.maximum(t, one)]),
                        jnp.stack([0.25 * one, 0.25 * one]), num_samples, dtype)

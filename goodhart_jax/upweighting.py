@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from goodhart_jax.conditioning import _integrate
+from goodhart_jax.floats import as_float
+from goodhart_jax.quadrature import de_moments
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt_component
 
@@ -55,18 +56,14 @@ class BoundedResult(NamedTuple):
     exists: Array  # bool: an exponential tilt with this KL exists
 
 
-def _dtype(x):
-    x = jnp.asarray(x)
-    return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
-
-
 def tail_moments(base: Family, t: Array) -> tuple[Array, Array]:
     """(log Q(X > t), E_Q[X | X > t]) by log-space quadrature on (t, inf)."""
-    t = jnp.asarray(t, _dtype(t))
+    t = as_float(t)
     k = jnp.maximum(jnp.asarray(base.kink(), t.dtype), t)
     breaks = jnp.stack([t, k, k + 1.0, 2.0 * jnp.abs(t) + k + 1.0])
     # A heavy tail beyond 2|t| decays on the scale of t itself.
-    return _integrate(base.log_prob, breaks, t, t.dtype, jnp.maximum(1.0, 0.25 * jnp.abs(t)))
+    m = de_moments(base.log_prob, breaks, t, t.dtype, jnp.maximum(1.0, 0.25 * jnp.abs(t)))
+    return m.log_Z, m.mean
 
 
 def _kl_two_part(m, log_m, log_sf_q):
@@ -88,7 +85,7 @@ def upweight(base: Family, t: Array, c: Array = 1.0, exponent: Array = 1.0) -> U
     Returns:
       `UpweightResult` with [] fields (mean and KL are +inf where not valid).
     """
-    t = jnp.asarray(t, _dtype(t))
+    t = as_float(t)
     log_m = jnp.log(jnp.asarray(c, t.dtype)) - exponent * jnp.log(jnp.where(t > 0, t, 1.0))
     m = jnp.exp(log_m)
     log_sf, tail_mean = tail_moments(base, t)
@@ -115,7 +112,7 @@ def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
     resulting mean grows without bound in t at every fixed d (Theorem 3's
     heavy-tailed counterpart: no finite KL-bounded optimum).
     """
-    t = jnp.asarray(t, _dtype(t))
+    t = as_float(t)
     d = jnp.asarray(d, t.dtype)
     log_sf, tail_mean = tail_moments(base, t)
     kl_of = lambda lm: _kl_two_part(jnp.exp(lm), lm, log_sf)  # noqa: E731
@@ -151,7 +148,7 @@ def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> Bound
     Returns:
       `BoundedResult` with [] fields.
     """
-    d = jnp.asarray(d, _dtype(d))
+    d = as_float(d)
     sup = jnp.minimum(jnp.asarray(utility.mgf_sup, d.dtype), lam_max)
     exists = sup > 0
     # Bisect log lam in [log 1e-8, log sup) (just inside the MGF's domain).
