@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 __all__ = [
-    "UsageError", "atomic_write", "load_array", "save_json", "save_jsonl", "save_csv", "save_figure",
+    "UsageError", "atomic_write", "load_array", "save_npz", "save_json", "save_jsonl", "save_csv", "save_figure",
     "json_safe", "default_out_dir", "start_run", "run_cli", "log",
 ]
 
@@ -113,6 +113,13 @@ def save_json(path, obj) -> Path:
 
 def save_jsonl(path, rows: Iterable[dict]) -> Path:
     return atomic_write(path, "".join(json.dumps(json_safe(r)) + "\n" for r in rows))
+
+
+def save_npz(path, **arrays) -> Path:
+    """NumPy arrays by name in one .npz file (`np.savez`), written atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write(path, buf.getvalue())
 
 
 def save_csv(path, rows: list[dict]) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")  # make_tiny_checkpoint draws its weights with transformers' classes
 
-from goodhart_jax import models  # noqa: E402
+from goodhart_jax import cli, models  # noqa: E402
 from goodhart_jax.models.testing import make_tiny_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +22,10 @@ def _load_script():
     sys.modules["acg_search"] = mod     # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(mod)
     return mod
+
+
+def _cli(acg, argv) -> int:
+    return cli.run(acg.Config, acg.main, argv, prog="acg_search.py")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def test_cli_runs_writes_plots_and_rows(ckpts, tmp_path, capsys):
     argv = ["--model", str(rm), "--base-model", str(lm), "--length", "8", "--iters", "6",
             "--topk", "3", "--candidates", "8", "--restarts", "2", "--schedule", "paper",
             "--seed", "0", "--penalty", "0.1", "--chunk", "4", "--out", str(out), "--json"]
-    assert acg.cli(argv) == 0
+    assert _cli(acg, argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["restart"] for r in rows] == [0, 1]
     assert all(r["kind"] == "acg" and len(r["tokens"]) == 8 and "logprob" in r for r in rows)
@@ -70,9 +74,12 @@ def test_cli_interrupt_keeps_best_so_far(ckpts, tmp_path, monkeypatch):
     import tqdm
 
     class Interrupting(tqdm.tqdm):
+        done = 0                       # counted here: a bar on a non-terminal is disabled and keeps n = 0
+
         def update(self, n=1):
             super().update(n)
-            if self.n >= 4:            # after the first chunk of 4 steps is on disk
+            Interrupting.done += n
+            if Interrupting.done >= 4:  # after the first chunk of 4 steps is on disk
                 raise KeyboardInterrupt
 
     monkeypatch.setattr(tqdm, "tqdm", Interrupting)
@@ -81,7 +88,7 @@ def test_cli_interrupt_keeps_best_so_far(ckpts, tmp_path, monkeypatch):
     argv = ["--model", str(rm), "--length", "6", "--iters", "12", "--topk", "3",
             "--candidates", "4", "--restarts", "2", "--schedule", "gcg", "--chunk", "4",
             "--out", str(out)]
-    assert acg.cli(argv) == 130
+    assert _cli(acg, argv) == 130
     best = json.loads((out / "best.json").read_text())
     assert best["interrupted"] and best["iteration"] == 4
     assert len(best["restarts"]) == 2 and all(len(r["tokens"]) == 6 for r in best["restarts"])
@@ -101,7 +108,82 @@ def test_cli_bad_input_exits_2(ckpts, argv, needle, capsys):
     if "--model" not in argv:
         argv = ["--model", str(rm)] + argv
     with pytest.raises(SystemExit) as e:
-        sys.exit(acg.cli(argv + ["--out", "/tmp/unused-acg"]))
+        sys.exit(_cli(acg, argv + ["--out", "/tmp/unused-acg"]))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_interrupt_before_any_step_says_only_config_is_on_disk(ckpts, tmp_path, monkeypatch, capsys):
+    """Ctrl-C before a step finished: exit 130 and one true line (it used to claim best sequences were on disk)."""
+    acg = _load_script()
+
+    def interrupted(*args, **kwargs):
+        def chunks():
+            raise KeyboardInterrupt
+            yield  # a generator, as search_chunks returns
+        return chunks()
+
+    monkeypatch.setattr(acg, "search_chunks", interrupted)
+    rm, _ = ckpts
+    out = tmp_path / "run"
+    assert _cli(acg, ["--model", str(rm), "--length", "6", "--iters", "4", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    # (the runner names the program by sys.argv[0]: pytest's here, acg_search.py when run as a script)
+    assert err[-1].endswith(f": interrupted: no results yet: only config.json is in {out}"), err
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+
+
+def test_search_chunks_equal_search_and_rescore(ckpts):
+    """search_chunks (3 chunks of 4 for 10 steps, the last padded) = search in one scan; rescore = the models'
+    own scores and the closed-form mixture KL in float64; special_token_ids = the config's ids."""
+    import jax
+
+    from goodhart_jax.models.loading import load_reward_and_base, special_token_ids
+    from goodhart_jax.search import SearchConfig, rescore, search, search_chunks
+
+    rm_dir, lm_dir = ckpts
+    rm, lm = load_reward_and_base(rm_dir, lm_dir)
+    reward, base = models.reward_scorer(rm), models.logprob_scorer(lm)
+    cfg_json = json.loads((rm_dir / "config.json").read_text())
+    want = sorted({cfg_json[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                   if isinstance(cfg_json.get(k), int)})
+    banned = special_token_ids((rm_dir, lm_dir), rm.vocab_size)
+    assert list(banned) == want and banned
+    cfg = SearchConfig(length=5, topk=3, num_candidates=6, num_iters=10, schedule="gcg", edits=2, banned_ids=banned)
+    key = jax.random.key(3)
+    state, info = search(key, cfg, reward, base, penalty=0.1, num_restarts=2)
+    chunks = list(search_chunks(key, cfg, reward, base, penalty=0.1, num_restarts=2, chunk=4))
+    assert [int(s.iteration[0]) for s, _ in chunks] == [4, 8, 10]
+    c_state, c_info = chunks[-1]
+    for a, b in zip(state, c_state):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(info, c_info):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    alphas = (1e-3, 0.1)
+    found = rescore(c_state.best_tokens, reward, base, alphas)
+    ids = jnp.asarray(found.tokens)
+    mask = jnp.ones(ids.shape, jnp.int32)
+    np.testing.assert_allclose(found.reward, reward.score_tokens(reward.params, ids, mask), rtol=1e-6)
+    np.testing.assert_allclose(found.logprob, base.score_tokens(base.params, ids, mask), rtol=1e-6)
+    rows = found.kl_rows()
+    assert [(r["restart"], r["alpha"]) for r in rows] == [(0, 1e-3), (0, 0.1), (1, 1e-3), (1, 0.1)]
+    for r in rows:
+        # log q ~ -20 here, so q itself is a float64 number: the closed form, directly.
+        a, q = r["alpha"], np.exp(np.float64(r["logprob"]))
+        exact = ((1 - a) * q + a) * np.log(((1 - a) * q + a) / q) + (1 - a) * (1 - q) * np.log1p(-a)
+        assert r["kl_exact"] == pytest.approx(exact, rel=1e-5)        # float32 log-space evaluation
+        assert r["kl_approx"] == pytest.approx(a * (np.log(a) - r["logprob"]), rel=1e-5)
+    assert [r["restart"] for r in found.rows()] == [0, 1] and all("logprob" in r for r in found.rows())
+
+
+def test_load_reward_and_base_roles(tmp_path):
+    """A Starling RM's base-model dir holding only its config gives no base LM; a causal LM is no reward model."""
+    from goodhart_jax.models.loading import load_reward_and_base
+
+    st = make_tiny_checkpoint(tmp_path / "st", "llama", "starling", seed=2)
+    rm, lm = load_reward_and_base(st.path, st.base_model)
+    assert rm.reward_head is not None and lm is None
+    causal = make_tiny_checkpoint(tmp_path / "lm", "gpt_neox", "causal_lm", seed=3)
+    with pytest.raises(models.CheckpointError, match="no reward head"):
+        load_reward_and_base(causal.path)

@@ -435,3 +435,74 @@ def load_model(
         params["lm_head"] = {"kernel": jnp.asarray(np.ascontiguousarray(state[lm_key].T).astype(np_dtype))}
     has_lm = lm_key is not None or config.tie_word_embeddings
     return LoadedModel(arch.name, config, params, head, has_lm, dtype, layout)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def load_reward_and_base(
+    path: str | Path, base_model: str | Path | None = None, dtype: str | None = None,
+) -> tuple[LoadedModel, LoadedModel | None]:
+    """A reward model and, from `base_model`, its base causal LM (as the searches use them).
+
+    `base_model` is a causal LM with the reward model's vocabulary, or, for a
+    reward model that ships no config.json (Starling), the directory of its
+    Llama config: then it configures `path`, and where it holds no weights
+    there is no base LM.
+
+    Returns:
+      (reward model, base LM or None).
+    Raises:
+      CheckpointError: a bad checkpoint (see `load_model`); `path` with no
+        reward head; `base_model` weights with no LM head or another vocabulary.
+    """
+    path = Path(path)
+    needs_config = not (path / "config.json").is_file()
+    rm = load_model(path, base_model=base_model if needs_config else None, dtype=dtype)
+    if rm.reward_head is None:
+        raise CheckpointError(f"{path} is a causal LM with no reward head; a reward model is needed")
+    if base_model is None or (needs_config and not any((Path(base_model) / f).is_file() for f in WEIGHT_FILES)):
+        return rm, None
+    lm = load_model(base_model, dtype=dtype)
+    if not lm.has_lm_head:
+        raise CheckpointError(f"base model {base_model} has no language-model head")
+    if lm.vocab_size != rm.vocab_size:
+        raise CheckpointError(f"base model vocab {lm.vocab_size} != reward model vocab {rm.vocab_size}")
+    return rm, lm
+
+
+def special_token_ids(dirs, vocab: int) -> tuple[int, ...]:
+    """The bos/eos/pad token ids in [0, vocab) that the config.json of any of `dirs` names, sorted.
+
+    Args:
+      dirs: checkpoint directories (None, or one without a config.json, is skipped).
+      vocab: V; ids outside [0, V) are dropped.
+    Raises:
+      CheckpointError: a config.json that is not a JSON object.
+    """
+    ids = set()
+    for d in dirs:
+        if d is None or not (Path(d) / "config.json").is_file():
+            continue
+        cfg = _read_config(Path(d))
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = cfg.get(name)
+            ids.update(i for i in (v if isinstance(v, list) else [v])
+                       if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab)
+    return tuple(sorted(ids))
+
+
+def load_tokenizer(path: str | Path):
+    """The Hugging Face tokenizer saved in a checkpoint directory (local files only; needs transformers).
+
+    Raises:
+      CheckpointError: no tokenizer can be loaded from `path` (one line saying why).
+    """
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a directory without a tokenizer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"no tokenizer could be loaded from {path} ({first})") from None

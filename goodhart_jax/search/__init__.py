@@ -11,6 +11,7 @@ the algorithm, `schedules.py` for n(i), `mixture_kl.py` for the paper's
 Section 5 KL of a base policy mixed with one searched sequence.
 """
 from goodhart_jax.search.gcg import (
+    Found,
     SearchConfig,
     SearchInfo,
     SearchParams,
@@ -18,15 +19,17 @@ from goodhart_jax.search.gcg import (
     make_scan,
     make_search,
     onehot_gradient,
+    rescore,
     retokenize_filter,
     search,
+    search_chunks,
     search_params,
 )
 from goodhart_jax.search.mixture_kl import mixture_kl, mixture_kl_approx
 from goodhart_jax.search.schedules import make_schedule
 
 __all__ = [
-    "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "make_scan",
-    "make_search", "onehot_gradient", "retokenize_filter", "search", "search_params",
+    "Found", "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "make_scan",
+    "make_search", "onehot_gradient", "rescore", "retokenize_filter", "search", "search_chunks", "search_params",
     "mixture_kl", "mixture_kl_approx", "make_schedule",
 ]

@@ -44,9 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
+from jax.typing import ArrayLike
 
 from goodhart_jax.scorer import Scorer
 from goodhart_jax.search import schedules
+from goodhart_jax.search.mixture_kl import mixture_kl, mixture_kl_approx
 
 TokenFilter = Callable[[np.ndarray], np.ndarray]
 """Host-side filter: int ids [..., T] -> bool [...] (True = keep)."""
@@ -245,8 +247,8 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
     if base is not None and int(base.vocab_size) != vocab:
         raise ValueError(f"reward vocab {vocab} != base vocab {base.vocab_size}")
     banned = np.asarray(config.banned_ids, np.int64)
-    if banned.size and (banned.min() < 0 or banned.max() >= vocab):
-        raise ValueError(f"banned ids must lie in [0, {vocab}), got {config.banned_ids}")
+    if bad := [b for b in config.banned_ids if not 0 <= b < vocab]:
+        raise ValueError(f"banned id {bad[0]} is outside the vocabulary [0, {vocab})")
     allowed = np.setdiff1d(np.arange(vocab), banned).astype(np.int32)
     choosable = allowed.size - int(config.exclude_current)
     if config.topk > choosable:
@@ -360,6 +362,104 @@ def search(key: Array, config: SearchConfig, reward: Scorer, base: Optional[Scor
     params = search_params(reward, base, penalty)
     keys = jax.random.split(key, num_restarts)
     return jax.jit(jax.vmap(one, in_axes=(0, None)))(keys, params)
+
+
+def search_chunks(key: Array, config: SearchConfig, reward: Scorer, base: Optional[Scorer] = None,
+                  *, penalty: float = 0.0, num_restarts: int = 1,
+                  token_filter: Optional[TokenFilter] = None, chunk: int = 0):
+    """`search` cut into chunks of steps, for progress bars and files written between chunks.
+
+    Restart r uses the keys of `search` and `make_scan` folds the iteration
+    into the step key, so the chunks together take exactly the steps of
+    `search` (same final state, same infos). Two jitted calls: the vmapped
+    init, and one chunk of `chunk` steps (the last chunk padded with
+    inactive steps, so nothing recompiles). The inputs are checked here,
+    before the first chunk runs.
+
+    Args:
+      key, config, reward, base, penalty, num_restarts, token_filter: as in `search`.
+      chunk: steps per jitted call; 0: about I/50. At most I.
+    Returns:
+      an iterator of (SearchState with a leading [R] axis, SearchInfo of NumPy
+      arrays [R, S]: every live step so far, S = state.iteration), one per chunk.
+    Raises:
+      ValueError: inputs `make_search` rejects (banned ids outside the
+        vocabulary, top-k larger than the allowed vocabulary, ...).
+    """
+    num_iters = config.num_iters
+    chunk = min(chunk or max(1, -(-num_iters // 50)), num_iters)
+    init, step = make_search(config, reward, base, token_filter)
+    params = search_params(reward, base, penalty)
+    keys = jax.random.split(key, num_restarts)
+    k_init, k_run = jax.vmap(jax.random.split, out_axes=1)(keys)   # as in `search`
+    run = jax.jit(jax.vmap(make_scan(step, chunk, num_iters), in_axes=(0, 0, None)))
+
+    def chunks():
+        state, pieces = jax.jit(jax.vmap(init, in_axes=(0, None)))(k_init, params), []
+        for _ in range(-(-num_iters // chunk)):
+            state, info = run(k_run, state, params)
+            live = np.asarray(info.active[0])
+            pieces.append([np.asarray(a)[:, live] for a in info])
+            yield state, SearchInfo(*(np.concatenate(a, axis=1) for a in zip(*pieces)))
+    return chunks()
+
+
+class Found(NamedTuple):
+    """Each restart's best sequence, scored again by the models themselves (not the search's running values).
+
+    Fields:
+      tokens: [R, T] int, the best sequence of each restart.
+      reward: [R] float64, its reward.
+      logprob: [R] float64 log pi0 under the base LM (None without one).
+      mixture_kl: [R, A] exact Section 5 KL of pi0 mixed with the sequence at each alpha (None without a base LM).
+      mixture_kl_approx: [R, A] its first-order form alpha log(alpha / pi0(x)) (None without a base LM).
+      alphas: the A mixture weights.
+    """
+
+    tokens: np.ndarray
+    reward: np.ndarray
+    logprob: Optional[np.ndarray]
+    mixture_kl: Optional[np.ndarray]
+    mixture_kl_approx: Optional[np.ndarray]
+    alphas: tuple = ()
+
+    def rows(self) -> list[dict]:
+        """One JSON row per restart: {"kind": "acg", "restart", "reward", "tokens"[, "logprob"]}."""
+        return [dict(kind="acg", restart=r, reward=float(self.reward[r]), tokens=self.tokens[r].tolist())
+                | ({} if self.logprob is None else {"logprob": float(self.logprob[r])})
+                for r in range(len(self.tokens))]
+
+    def kl_rows(self) -> list[dict]:
+        """Per (restart, alpha): {"restart", "alpha", "logprob", "kl_exact", "kl_approx"}; [] without a base LM."""
+        if self.logprob is None:
+            return []
+        return [dict(restart=r, alpha=float(a), logprob=float(self.logprob[r]), kl_exact=float(self.mixture_kl[r, j]),
+                     kl_approx=float(self.mixture_kl_approx[r, j]))
+                for r in range(len(self.tokens)) for j, a in enumerate(self.alphas)]
+
+
+def rescore(tokens: ArrayLike, reward: Scorer, base: Optional[Scorer] = None,
+            alphas: Sequence[float] = ()) -> Found:
+    """Score found sequences with the reward model (and base LM), in one batch each, and their mixture KL.
+
+    Args:
+      tokens: [R, T] int sequences (e.g. `state.best_tokens`).
+      reward: the reward `Scorer`.
+      base: optional base-LM `Scorer` (log pi0).
+      alphas: [A] mixture weights for `mixture_kl` (float32, as the paper's log q fits).
+    Returns:
+      Found.
+    """
+    ids = jnp.asarray(tokens, jnp.int32)
+    mask = jnp.ones(ids.shape, jnp.int32)
+    r = np.asarray(jax.jit(reward.score_tokens)(reward.params, ids, mask), np.float64)
+    alphas = tuple(float(a) for a in alphas)
+    if base is None:
+        return Found(np.asarray(tokens), r, None, None, None, alphas)
+    lp = np.asarray(jax.jit(base.score_tokens)(base.params, ids, mask), np.float64)
+    lq, a = jnp.asarray(lp, jnp.float32)[:, None], jnp.asarray(alphas, jnp.float32)[None, :]
+    return Found(np.asarray(tokens), r, lp, np.asarray(mixture_kl(lq, a)), np.asarray(mixture_kl_approx(lq, a)),
+                 alphas)
 
 
 def retokenize_filter(tokenizer, banned_ids: Sequence[int] = ()) -> TokenFilter:
