@@ -1,0 +1,12 @@
+"""The overoptimization lab (issue 11): a real (tiny) causal LM optimised against a learned proxy reward.
+
+Small enough to enumerate: every sequence of the LM's tree is scored, so every
+method is measured exactly against the KL-penalised optimum of `goodhart_jax.mdp`.
+
+Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
+  lm          the base policy pi0: a tiny GPT-NeoX/Llama LM trained on a random Markov source;
+              the policy convention logits_fn(params, ids [B, T]) -> [B, T, A] (BOS = A first)
+  tree        the exact tree of an LM (mdp.Tree log_pi0), terminal token ids; checkpoint policies
+  rewards     gold reward model, Bradley-Terry proxies, proxy diagnostics
+  best_of_n, rl, search   the optimisers
+"""

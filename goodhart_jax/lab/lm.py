@@ -1,0 +1,305 @@
+"""The lab's base policy pi0: a tiny causal LM trained on a random Markov source.
+
+A GPT-NeoX (or Llama) decoder from `goodhart_jax.models` with a vocabulary of
+A lab tokens, the last (A - 1) being EOS, and an extra start token BOS = A in
+the embedding that is never generated (the LM head has A outputs). Sequences
+are at most L = `depth` tokens; a sequence ends at EOS or at length L.
+
+The policy convention, shared by every policy of the lab (this LM, a
+checkpoint restricted to a sub-vocabulary in `lab.tree`, the RL-trained LM):
+
+    logits_fn(params, ids [B, T]) -> [B, T, A]
+
+ids are lab tokens in [0, A] with ids[:, 0] = BOS = A and no BOS elsewhere;
+logits[:, t] are the next-token logits after ids[:, :t + 1]. So the
+distribution of token k + 1 of a sequence x_1..x_L (k = 0..L-1) is
+softmax(logits_fn(params, [BOS, x_1..x_k])[:, k]). No padding: a sequence that
+has ended at EOS is continued with EOS tokens, and those positions are
+ignored (`token_mask`).
+
+Public API:
+  LMConfig(vocab=16, depth=5, layers=2, width=64, heads=4, arch="gpt_neox")  # frozen; .bos .eos .n
+  init(key, cfg) -> params        # {"backbone": {...}, "lm_head": {"kernel": [D, A]}}
+  logits(params, ids [B, T], cfg) -> [B, T, A]      # pure; make_logits(cfg) -> logits_fn(params, ids)
+  with_bos(tokens [B, T], bos) -> [B, T + 1]
+  token_mask(tokens [B, L], eos) -> [B, L] bool     # the real tokens: up to and including the first EOS
+  sequence_logprob(logits_fn, params, tokens [B, L]) -> [B]   # log pi(x) = sum_t log pi(x_t | x_<t)
+  sample(key, logits_fn, params, num, depth) -> [num, L] int32 tokens (EOS-continued)
+  MarkovSource(log_p_first [A], log_p_next [A, A])  # rows = previous token; the EOS row is unused
+  markov_source(key, vocab, sharpness=2.0, eos_bias=0.0) -> MarkovSource
+  sample_source(key, source, num, depth) -> [num, L] int32 tokens (EOS-continued)
+  source_logprob(source, tokens [B, L]) -> [B]
+  lm_loss(params, tokens [B, L], cfg) -> []         # mean next-token cross-entropy over real tokens
+  train_lm(key, cfg, source, steps, batch=256, lr=3e-3, weight_decay=0.01) -> Trained(params, loss [steps])
+      # jitted; AdamW, lax.scan over steps, a fresh batch of `batch` source sequences each step
+
+Example:
+  cfg = LMConfig()
+  source = markov_source(jax.random.key(0), cfg.vocab)
+  params, loss = train_lm(jax.random.key(1), cfg, source, steps=1000)
+  logits_fn = make_logits(cfg)
+  x = sample(jax.random.key(2), logits_fn, params, 8, cfg.depth)      # [8, 5]
+
+Glossary: B batch, T sequence (with BOS), L depth, A lab vocabulary, D model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from goodhart_jax.models import ARCHITECTURES, GPTNeoXConfig, LlamaConfig
+
+LogitsFn = Callable[[Any, Array], Array]  # (params, ids [B, T] in [0, A], ids[:, 0] = BOS) -> [B, T, A]
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Sizes of the lab LM (static).
+
+    Attributes:
+      vocab: A >= 2 lab tokens; token A - 1 is EOS. The embedding has A + 1
+        rows (BOS = A), the LM head A outputs.
+      depth: L >= 1, the maximum sequence length (EOS counted).
+      layers: decoder blocks.
+      width: hidden size D.
+      heads: attention heads (divides D; D / heads even for rotary).
+      arch: "gpt_neox" or "llama" (a key of `models.ARCHITECTURES`).
+    """
+
+    vocab: int = 16
+    depth: int = 5
+    layers: int = 2
+    width: int = 64
+    heads: int = 4
+    arch: str = "gpt_neox"
+
+    def __post_init__(self):
+        if self.arch not in ("gpt_neox", "llama"):
+            raise ValueError(f"arch must be 'gpt_neox' or 'llama', got {self.arch!r}")
+        if self.vocab < 2 or self.depth < 1 or self.layers < 1 or self.width < 1 or self.heads < 1:
+            raise ValueError(f"need vocab >= 2 and depth, layers, width, heads >= 1: {self}")
+        if self.width % self.heads or (self.width // self.heads) % 2:
+            raise ValueError(f"width {self.width} must split into {self.heads} heads of even size")
+
+    @property
+    def bos(self) -> int:
+        return self.vocab
+
+    @property
+    def eos(self) -> int:
+        return self.vocab - 1
+
+    @property
+    def n(self) -> int:
+        """Non-EOS tokens."""
+        return self.vocab - 1
+
+
+def backbone_config(cfg: LMConfig) -> GPTNeoXConfig | LlamaConfig:
+    """The `models` config of the decoder: vocab A + 1 (BOS), MLP width 4 D."""
+    if cfg.arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=cfg.vocab + 1, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
+                             num_attention_heads=cfg.heads, intermediate_size=4 * cfg.width, rotary_pct=0.5)
+    return LlamaConfig(vocab_size=cfg.vocab + 1, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
+                       num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+                       intermediate_size=4 * cfg.width, head_dim=cfg.width // cfg.heads)
+
+
+def _module(cfg: LMConfig):
+    return ARCHITECTURES[cfg.arch].module(backbone_config(cfg))
+
+
+def init(key: Array, cfg: LMConfig) -> dict:
+    """Random parameters: {"backbone": linen params of the decoder, "lm_head": {"kernel": [D, A]}}."""
+    k_body, k_head = jax.random.split(key)
+    ids = jnp.full((1, cfg.depth), cfg.bos, jnp.int32)
+    body = _module(cfg).init(k_body, ids, jnp.ones_like(ids))["params"]
+    head = jax.random.normal(k_head, (cfg.width, cfg.vocab)) / jnp.sqrt(cfg.width)
+    return {"backbone": body, "lm_head": {"kernel": head}}
+
+
+def logits(params: dict, ids: Array, cfg: LMConfig) -> Array:
+    """Next-token logits of the lab LM.
+
+    Args:
+      params: from `init` / `train_lm`.
+      ids: [B, T] int tokens in [0, A], ids[:, 0] = BOS = A.
+      cfg: the LM's config (static).
+    Returns:
+      [B, T, A] float32: logits[:, t] is the distribution of the token after ids[:, :t + 1].
+    """
+    h = _module(cfg).apply({"params": params["backbone"]}, ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
+    return jnp.einsum("btd,da->bta", h, params["lm_head"]["kernel"]).astype(jnp.float32)
+
+
+def make_logits(cfg: LMConfig) -> LogitsFn:
+    """logits_fn(params, ids [B, T]) -> [B, T, A] for `cfg` (the policy convention)."""
+    return functools.partial(logits, cfg=cfg)
+
+
+def with_bos(tokens: Array, bos: int) -> Array:
+    """[B, T] tokens -> [B, T + 1] with BOS prepended."""
+    return jnp.concatenate([jnp.full(tokens.shape[:1] + (1,), bos, tokens.dtype), tokens], axis=1)
+
+
+def token_mask(tokens: Array, eos: int) -> Array:
+    """[B, L] bool: True up to and including the first EOS (the sequence's real tokens)."""
+    ended_before = jnp.cumsum(tokens == eos, axis=1) - (tokens == eos)
+    return ended_before == 0
+
+
+def sequence_logprob(logits_fn: LogitsFn, params: Any, tokens: Array) -> Array:
+    """log pi(x) = sum_t log pi(x_t | BOS, x_<t) over the real tokens of each sequence.
+
+    Args:
+      logits_fn: a policy (see the module docstring); A = its output width.
+      params: its parameters.
+      tokens: [B, L] EOS-continued sequences in [0, A).
+    Returns:
+      [B] log-probabilities (differentiable in params).
+    """
+    lg = logits_fn(params, with_bos(tokens, _bos_of(logits_fn, params)))[:, :-1]
+    a = lg.shape[-1]
+    logp = jax.nn.log_softmax(lg, axis=-1)
+    terms = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(token_mask(tokens, a - 1), terms, 0.0), axis=1)
+
+
+def _bos_of(logits_fn: LogitsFn, params: Any) -> int:
+    """BOS = A, read from the policy's output width (shape evaluation only, no compute)."""
+    probe = jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32))
+    return probe.shape[-1]
+
+
+def sample(key: Array, logits_fn: LogitsFn, params: Any, num: int, depth: int) -> Array:
+    """Draw sequences from a policy, token by token (ancestral sampling).
+
+    Args:
+      key: PRNG key.
+      logits_fn, params: the policy.
+      num: B sequences (static).
+      depth: L (static).
+    Returns:
+      [B, L] int32 tokens; after the first EOS every token is EOS.
+    """
+    a = _bos_of(logits_fn, params)
+    ids = jnp.full((num, depth + 1), a, jnp.int32)
+
+    def step(ids, xs):
+        t, k = xs
+        lg = logits_fn(params, ids)  # causal: positions > t do not affect position t
+        tok = jax.random.categorical(k, jax.lax.dynamic_index_in_dim(lg, t, axis=1, keepdims=False))
+        prev = jax.lax.dynamic_index_in_dim(ids, t, axis=1, keepdims=False)
+        tok = jnp.where((t > 0) & (prev == a - 1), a - 1, tok).astype(jnp.int32)
+        return jax.lax.dynamic_update_index_in_dim(ids, tok, t + 1, axis=1), None
+
+    ids, _ = jax.lax.scan(step, ids, (jnp.arange(depth), jax.random.split(key, depth)))
+    return ids[:, 1:]
+
+
+# ---------------------------------------------------------------- the Markov source
+class MarkovSource(NamedTuple):
+    """A first-order Markov chain over A tokens (the last is EOS): the LM's training corpus.
+
+    Fields:
+      log_p_first: [A] log-probabilities of the first token.
+      log_p_next: [A, A] log p(next | previous); row A - 1 (after EOS) is never used.
+    """
+
+    log_p_first: Array
+    log_p_next: Array
+
+
+def markov_source(key: Array, vocab: int, sharpness: float = 2.0, eos_bias: float = 0.0) -> MarkovSource:
+    """A random peaked source: log-probabilities log_softmax(sharpness * N(0, 1) + eos_bias * [a = EOS]).
+
+    Args:
+      key: PRNG key (the source's seed).
+      vocab: A.
+      sharpness: scale of the Gaussian logits (larger: more peaked).
+      eos_bias: added to EOS's logit everywhere (larger: shorter sequences).
+    """
+    bias = jnp.zeros((vocab,)).at[vocab - 1].set(eos_bias)
+    z = sharpness * jax.random.normal(key, (vocab + 1, vocab)) + bias
+    lp = jax.nn.log_softmax(z, axis=-1)
+    return MarkovSource(lp[0], lp[1:])
+
+
+def sample_source(key: Array, source: MarkovSource, num: int, depth: int) -> Array:
+    """[num, L] int32 sequences of the source, EOS-continued after the first EOS."""
+    eos = source.log_p_first.shape[0] - 1
+    k0, *ks = jax.random.split(key, depth)
+    first = jax.random.categorical(k0, source.log_p_first, shape=(num,))
+
+    def step(prev, k):
+        nxt = jax.random.categorical(k, source.log_p_next[prev])
+        nxt = jnp.where(prev == eos, eos, nxt)
+        return nxt, nxt
+
+    if depth == 1:
+        return first[:, None].astype(jnp.int32)
+    _, rest = jax.lax.scan(step, first, jnp.stack(ks))
+    return jnp.concatenate([first[:, None], rest.T], axis=1).astype(jnp.int32)
+
+
+def source_logprob(source: MarkovSource, tokens: Array) -> Array:
+    """[B] log-probability of each EOS-continued sequence [B, L] under the source."""
+    eos = source.log_p_first.shape[0] - 1
+    terms = jnp.concatenate([source.log_p_first[tokens[:, :1]],
+                             source.log_p_next[tokens[:, :-1], tokens[:, 1:]]], axis=1)
+    return jnp.sum(jnp.where(token_mask(tokens, eos), terms, 0.0), axis=1)
+
+
+# ---------------------------------------------------------------- training
+class Trained(NamedTuple):
+    """Result of `train_lm`."""
+
+    params: dict  # the trained LM
+    loss: Array  # [steps] training cross-entropy (nats per real token) of each step's batch
+
+
+def lm_loss(params: dict, tokens: Array, cfg: LMConfig) -> Array:
+    """Mean next-token cross-entropy over the real tokens of tokens [B, L] (nats)."""
+    lg = logits(params, with_bos(tokens, cfg.bos)[:, :-1], cfg)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(lg, axis=-1), tokens[..., None], axis=-1)[..., 0]
+    m = token_mask(tokens, cfg.eos)
+    return jnp.sum(jnp.where(m, nll, 0.0)) / jnp.sum(m)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps", "batch"))
+def train_lm(key: Array, cfg: LMConfig, source: MarkovSource, steps: int, batch: int = 256,
+             lr: float = 3e-3, weight_decay: float = 0.01) -> Trained:
+    """Train the lab LM on sequences of a Markov source: AdamW on `lm_loss`, one jitted `lax.scan`.
+
+    Every step draws a fresh batch of `batch` source sequences of length
+    `cfg.depth` (the corpus is steps x batch sequences); the learning rate
+    decays by cosine from `lr` to lr / 10.
+
+    Args:
+      key: PRNG key (initialisation and data); the same key gives the same params.
+      cfg: LM sizes (static).
+      source: the Markov source (vocabulary cfg.vocab).
+      steps, batch: static sizes.
+      lr, weight_decay: AdamW's.
+    Returns:
+      Trained(params, loss [steps]).
+    """
+    k_init, k_data = jax.random.split(key)
+    params = init(k_init, cfg)
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
+
+    def step(carry, k):
+        params, state = carry
+        tokens = sample_source(k, source, batch, cfg.depth)
+        loss, grads = jax.value_and_grad(lm_loss)(params, tokens, cfg)
+        updates, state = opt.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+
+    (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(k_data, steps))
+    return Trained(params, loss)
