@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 __all__ = [
-    "UsageError", "atomic_write", "load_array", "save_npz", "save_json", "save_jsonl", "save_csv", "save_figure",
+    "UsageError", "atomic_write", "load_array", "npz_bytes", "csv_text", "jsonl_text", "save_json", "save_jsonl", "save_csv", "save_figure",
     "json_safe", "default_out_dir", "start_run", "run_cli", "log",
 ]
 
@@ -112,18 +112,28 @@ def save_json(path, obj) -> Path:
 
 
 def save_jsonl(path, rows: Iterable[dict]) -> Path:
-    return atomic_write(path, "".join(json.dumps(json_safe(r)) + "\n" for r in rows))
+    return atomic_write(path, jsonl_text(rows))
 
 
-def save_npz(path, **arrays) -> Path:
-    """NumPy arrays by name in one .npz file (`np.savez`), written atomically."""
+def jsonl_text(rows: Iterable[dict]) -> str:
+    """One JSON object a line (non-finite numbers as null)."""
+    return "".join(json.dumps(json_safe(r)) + "\n" for r in rows)
+
+
+def npz_bytes(**arrays) -> bytes:
+    """NumPy arrays by name as the bytes of one .npz file (`np.savez`), for `atomic_write` / `cli.Run.write`."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def save_csv(path, rows: list[dict]) -> Path:
     """CSV with the union of the rows' keys as columns (first-seen order); None -> empty."""
+    return atomic_write(path, csv_text(rows))
+
+
+def csv_text(rows: list[dict]) -> str:
+    """`save_csv`'s text: the union of the rows' keys as columns (first-seen order); None -> empty."""
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -132,7 +142,7 @@ def save_csv(path, rows: list[dict]) -> Path:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in json_safe(r).items()})
-    return atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def save_figure(fig, path, dpi: int = 110) -> Path:

@@ -111,11 +111,10 @@ def main(cfg: Config) -> dict:
         found = rescore(state.best_tokens, reward, base, cfg.alphas)  # the models' own scores of the tokens
         rows, kl_rows = found.rows(), found.kl_rows()
         save_best(run, found.tokens, found.reward, state.best_objective, steps, interrupted)
-        io.save_jsonl(run.dir / "rows.jsonl", rows)
-        io.save_npz(run.dir / "traces.npz", tokens=found.tokens, **traces)
-        run.files += ["rows.jsonl", "traces.npz"] + (["mixture_kl.csv"] if kl_rows else [])
+        run.write("rows.jsonl", io.jsonl_text(rows))
+        run.write("traces.npz", io.npz_bytes(tokens=found.tokens, **traces))
         if kl_rows:
-            io.save_csv(run.dir / "mixture_kl.csv", kl_rows)
+            run.write("mixture_kl.csv", io.csv_text(kl_rows))
         if cfg.plots:
             from goodhart_jax.plots import acg_search as plots
             run.figure("reward_vs_iteration.png", plots.reward_vs_iteration(traces["best_reward"], traces["reward"]))

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from goodhart_jax import cli, io
+from goodhart_jax import cli
 from goodhart_jax import tail_index as ti
 
 
@@ -101,8 +101,7 @@ def main(cfg: Config) -> dict:
             from goodhart_jax.plots import reward_tails as plots
             for fname, fig in plots.figures(x, diag, ks, k_hi, mle, Path(cfg.rewards or cfg.model).name,
                                             cfg.demean, cfg.positive_only).items():
-                io.save_figure(fig, run.dir / fname, dpi=80)  # the README's figures' size
-                run.files.append(fname)
+                run.figure(fname, fig, dpi=80)  # the README's figures' size
         hill = [dict(kind="hill", k=int(k), xi=float(diag.hill.xi[k - 1]), se=float(diag.hill.se[k - 1])) for k in ks]
         results = dict(hill=hill, verdict=verdict, compare=compare,
                        gpd_mle_curve=[dict(k=int(k), xi=a, se=b) for k, a, b in zip(*mle)])
