@@ -32,6 +32,9 @@ Public API:
   lm_loss(params, tokens [B, L], cfg) -> []         # mean next-token cross-entropy over real tokens
   train_lm(key, cfg, source, steps, batch=256, lr=3e-3, weight_decay=0.01) -> Trained(params, loss [steps])
       # jitted; AdamW, lax.scan over steps, a fresh batch of `batch` source sequences each step
+  load_policy(path, tokens, start=None) -> CheckpointPolicy(logits_fn, params, tokens, start, model)
+      # any causal-LM checkpoint, next-token distribution renormalised over the model ids `tokens`
+      # (the last acts as EOS); lab BOS is fed as the model id `start` (default: its bos_token_id)
 
 Example:
   cfg = LMConfig()
@@ -46,6 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -53,7 +58,9 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from goodhart_jax.models import ARCHITECTURES, GPTNeoXConfig, LlamaConfig
+from goodhart_jax import io
+from goodhart_jax.models import ARCHITECTURES, CheckpointError, GPTNeoXConfig, LlamaConfig, LoadedModel, load_model
+from goodhart_jax.models import make_hidden_fn
 
 LogitsFn = Callable[[Any, Array], Array]  # (params, ids [B, T] in [0, A], ids[:, 0] = BOS) -> [B, T, A]
 
@@ -111,16 +118,21 @@ def backbone_config(cfg: LMConfig) -> GPTNeoXConfig | LlamaConfig:
                        intermediate_size=4 * cfg.width, head_dim=cfg.width // cfg.heads)
 
 
-def _module(cfg: LMConfig):
-    return ARCHITECTURES[cfg.arch].module(backbone_config(cfg))
+def _module(cfg: LMConfig, dtype=jnp.float32):
+    return ARCHITECTURES[cfg.arch].module(backbone_config(cfg), dtype=dtype)
 
 
-def init(key: Array, cfg: LMConfig) -> dict:
-    """Random parameters: {"backbone": linen params of the decoder, "lm_head": {"kernel": [D, A]}}."""
+def init(key: Array, cfg: LMConfig, dtype=jnp.float32) -> dict:
+    """Random parameters: {"backbone": linen params of the decoder, "lm_head": {"kernel": [D, A]}}.
+
+    `dtype` is that of the parameters and of the computation (`logits` follows
+    the parameters; cast them to float64 under `jax.enable_x64` for exact
+    checks; the shared attention softmax and norm statistics stay float32).
+    """
     k_body, k_head = jax.random.split(key)
     ids = jnp.full((1, cfg.depth), cfg.bos, jnp.int32)
-    body = _module(cfg).init(k_body, ids, jnp.ones_like(ids))["params"]
-    head = jax.random.normal(k_head, (cfg.width, cfg.vocab)) / jnp.sqrt(cfg.width)
+    body = _module(cfg, dtype).init(k_body, ids, jnp.ones_like(ids))["params"]
+    head = jax.random.normal(k_head, (cfg.width, cfg.vocab), dtype) / jnp.sqrt(cfg.width).astype(dtype)
     return {"backbone": body, "lm_head": {"kernel": head}}
 
 
@@ -132,10 +144,12 @@ def logits(params: dict, ids: Array, cfg: LMConfig) -> Array:
       ids: [B, T] int tokens in [0, A], ids[:, 0] = BOS = A.
       cfg: the LM's config (static).
     Returns:
-      [B, T, A] float32: logits[:, t] is the distribution of the token after ids[:, :t + 1].
+      [B, T, A] in the parameters' dtype: logits[:, t] is the distribution of the token after ids[:, :t + 1].
     """
-    h = _module(cfg).apply({"params": params["backbone"]}, ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
-    return jnp.einsum("btd,da->bta", h, params["lm_head"]["kernel"]).astype(jnp.float32)
+    kernel = params["lm_head"]["kernel"]
+    h = _module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids,
+                                         jnp.ones(ids.shape, jnp.int32)).last_hidden_state
+    return jnp.einsum("btd,da->bta", h, kernel)
 
 
 def make_logits(cfg: LMConfig) -> LogitsFn:
@@ -303,3 +317,76 @@ def train_lm(key: Array, cfg: LMConfig, source: MarkovSource, steps: int, batch:
 
     (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(k_data, steps))
     return Trained(params, loss)
+
+
+# ---------------------------------------------------------------- checkpoint policies
+class CheckpointPolicy(NamedTuple):
+    """A causal-LM checkpoint restricted to a sub-vocabulary, in the lab's policy convention.
+
+    Fields:
+      logits_fn: (params, ids [B, T] in [0, A], ids[:, 0] = A) -> [B, T, A]: lab token a is the
+        model's `tokens[a]`, lab BOS = A is the model's `start`; the logits are the model's at
+        `tokens`, so their softmax is the next-token distribution renormalised over the sub-vocabulary.
+      params: the checkpoint's parameters (`LoadedModel.params`).
+      tokens: (A,) model ids of the lab tokens; the last acts as EOS.
+      start: the model id fed first (the checkpoint's bos_token_id unless given).
+      model: the `LoadedModel`.
+    """
+
+    logits_fn: LogitsFn
+    params: dict
+    tokens: tuple[int, ...]
+    start: int
+    model: LoadedModel
+
+
+def lm_head_kernel(model: LoadedModel, params: dict) -> Array:
+    """[D, V] output matrix of a causal LM: its lm_head, or the transposed input embedding when tied."""
+    if "lm_head" in params:
+        return params["lm_head"]["kernel"]
+    return params[model.backbone_key][model.architecture.embed_name]["embedding"].T
+
+
+def checkpoint_logits(model: LoadedModel, tokens, start: int) -> LogitsFn:
+    """The policy convention's logits_fn for a loaded causal LM on the sub-vocabulary `tokens`."""
+    table = jnp.asarray(tuple(tokens) + (start,), jnp.int32)  # lab id -> model id
+    cols = jnp.asarray(tuple(tokens), jnp.int32)
+    hidden_fn = make_hidden_fn(model)
+
+    def logits_fn(params, ids):
+        h = hidden_fn(params, table[ids], jnp.ones(ids.shape, jnp.int32)).last_hidden_state
+        return jnp.einsum("btd,da->bta", h, lm_head_kernel(model, params)[:, cols])
+
+    return logits_fn
+
+
+def load_policy(path, tokens, start: int | None = None, dtype: str | None = None) -> CheckpointPolicy:
+    """A causal-LM checkpoint (any `models.load_model` reads) as a lab policy on the sub-vocabulary `tokens`.
+
+    Args:
+      path: checkpoint directory.
+      tokens: A >= 2 distinct model ids; the last acts as EOS.
+      start: model id fed before the sequence (default: config.json bos_token_id).
+      dtype: "float32" / "bfloat16" / None (as stored).
+    Raises:
+      CheckpointError (a UsageError): a bad checkpoint, or one with no LM head (a reward model).
+      UsageError: tokens repeated, fewer than 2, or outside the vocabulary; no start token.
+    """
+    model = load_model(path, dtype=dtype)
+    if not model.has_lm_head:
+        raise CheckpointError(f"{path} is not a causal LM (a {model.layout} checkpoint with no LM head)")
+    tokens = tuple(int(t) for t in tokens)
+    v = model.vocab_size
+    if len(tokens) < 2 or len(set(tokens)) != len(tokens) or not all(0 <= t < v for t in tokens):
+        raise io.UsageError(f"--tokens must be >= 2 distinct ids in [0, {v}), got {list(tokens)}")
+    if start is None:
+        try:
+            cfg = json.loads((Path(path) / "config.json").read_text())
+        except (OSError, ValueError):
+            cfg = {}
+        start = cfg.get("bos_token_id")
+        if isinstance(start, list):
+            start = start[0] if start else None
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < v:
+        raise io.UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {v})")
+    return CheckpointPolicy(checkpoint_logits(model, tokens, start), model.params, tokens, start, model)

@@ -1,0 +1,204 @@
+"""The exact tree of a causal LM: pi0(a | s) on every prefix, every terminal sequence enumerated.
+
+A policy in the lab's convention (`lab.lm`: logits_fn(params, ids [B, T]) ->
+[B, T, A], BOS = A first, token A - 1 = EOS) is evaluated once on every
+non-EOS prefix, level by level, giving `mdp.Tree.log_pi0` for the tree
+`mdp.TreeSpec(A, L, eos=True)`. With n = A - 1, level k < L holds the n^k
+prefixes of k non-EOS tokens in row-major order (base-n digits, first token
+most significant), exactly `mdp`'s layout.
+
+Terminal sequences are flattened in `mdp`'s level order: first the "prefix k,
+then EOS" terminals of k = 0 .. L-1 ([n^k] each), then the n^L full-length
+ones; `tokens` holds them as EOS-continued rows [N, L] (the form `lm.sample`
+returns and reward models score), `terminal_index` maps such rows back.
+
+Public API:
+  MAX_TERMINALS = 2**22
+  num_terminals(vocab, depth) -> int;  check_size(vocab, depth, limit=MAX_TERMINALS)   # UsageError if too big
+  prefixes(n, k) -> [n^k, k] int32                # row-major non-EOS prefixes of length k
+  terminal_tokens(vocab, depth) -> [N, L] int32   # every terminal, mdp level order, EOS-continued
+  terminal_index(tokens [B, L], vocab) -> [B]     # row of `terminal_tokens` (inverse map)
+  log_pi0_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # pure
+  terminal_logprobs(log_pi0) -> [N]               # log pi(x) of every terminal, from per-level log-probs
+  levels(flat [N], vocab, depth) -> L + 1 arrays; flatten(levels) -> [N]
+  LMTree(log_pi0, tokens [N, L], log_p [N]);  exact_tree(logits_fn, params, depth, chunk=8192) -> LMTree
+      # jitted entry point; refuses sizes over MAX_TERMINALS
+  mdp_tree(lm_tree, gold [N], proxy [N]) -> mdp.Tree   # V = gold, X = proxy - gold (so U = proxy)
+  spec(lm_tree) -> mdp.TreeSpec(A, L, eos=True)
+
+Example:
+  t = exact_tree(lm.make_logits(cfg), params, cfg.depth)
+  res = mdp.sweep_betas(mdp_tree(t, gold, proxy), betas)        # exact optimum on the proxy, gold as V
+
+Glossary: A vocabulary (EOS last), n = A - 1, L depth, N terminals, B batch.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from goodhart_jax import io, mdp
+from goodhart_jax.lab.lm import LogitsFn
+
+MAX_TERMINALS = 2**22
+
+
+def num_terminals(vocab: int, depth: int) -> int:
+    """N = sum_{k<L} n^k + n^L with n = A - 1 (exact Python integer)."""
+    n = vocab - 1
+    return sum(n**k for k in range(depth)) + n**depth
+
+
+def check_size(vocab: int, depth: int, limit: int = MAX_TERMINALS) -> int:
+    """N, or `io.UsageError` (a ValueError) when the tree cannot be enumerated.
+
+    Raises:
+      UsageError: vocab < 2, depth < 1, or more than `limit` terminal sequences.
+    """
+    if int(vocab) != vocab or vocab < 2 or int(depth) != depth or depth < 1:
+        raise io.UsageError(f"need vocab A >= 2 and depth L >= 1, got A={vocab}, L={depth}")
+    count = num_terminals(int(vocab), int(depth))
+    if count > limit:
+        power = f" = 2^{limit.bit_length() - 1}" if limit & (limit - 1) == 0 else ""
+        raise io.UsageError(f"vocab A={vocab}, depth L={depth} give {count} terminal sequences; "
+                            f"the lab enumerates at most {limit}{power}")
+    return count
+
+
+def prefixes(n: int, k: int) -> Array:
+    """[n^k, k] int32: all length-k sequences over n tokens, row-major (first token most significant)."""
+    idx = jnp.arange(n**k, dtype=jnp.int32)[:, None]
+    powers = jnp.asarray([n ** (k - 1 - j) for j in range(k)], jnp.int32).reshape(1, k)
+    return (idx // powers) % n
+
+
+def terminal_tokens(vocab: int, depth: int) -> Array:
+    """[N, L] int32: every terminal sequence in mdp level order, EOS-continued."""
+    n, eos = vocab - 1, vocab - 1
+    rows = [jnp.concatenate([prefixes(n, k), jnp.full((n**k, depth - k), eos, jnp.int32)], axis=1)
+            for k in range(depth)]
+    return jnp.concatenate(rows + [prefixes(n, depth)], axis=0)
+
+
+def terminal_index(tokens: Array, vocab: int) -> Array:
+    """Row of each EOS-continued sequence [B, L] in `terminal_tokens(vocab, L)`: [B] int32.
+
+    Level k = position of the first EOS (L if none); index within the level =
+    the base-n number of the first k tokens; offset = sum_{j<k} n^j.
+    """
+    n, eos = vocab - 1, vocab - 1
+    depth = tokens.shape[1]
+    is_eos = tokens == eos
+    k = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), depth)
+    powers = jnp.asarray([n ** (depth - 1 - j) for j in range(depth)], jnp.int32)
+    # digits beyond k are masked; base-n value of the first k digits = full value / n^(L-k).
+    full = jnp.sum(jnp.where(jnp.arange(depth) < k[:, None], tokens, 0) * powers, axis=1)
+    within = full // jnp.asarray([n**(depth - j) for j in range(depth + 1)], jnp.int32)[k]
+    offsets = jnp.asarray(np.cumsum([0] + [n**j for j in range(depth)]), jnp.int32)
+    return (offsets[k] + within).astype(jnp.int32)
+
+
+def log_pi0_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) -> tuple:
+    """pi0 on every prefix: level k is log_softmax of the policy after [BOS, prefix] for the n^k prefixes.
+
+    Each level is one batched evaluation on rows [BOS, x_1..x_k] (`lax.map`
+    over chunks of `chunk` rows, so memory stays bounded).
+
+    Args:
+      logits_fn, params: a policy in the lab convention (A = its output width).
+      depth: L (static).
+      chunk: rows per evaluation (static).
+    Returns:
+      L arrays [n^k, A] of log-probabilities, mdp's `Tree.log_pi0`.
+    """
+    a = jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32)).shape[-1]
+    n = a - 1
+    out = []
+    for k in range(depth):
+        rows = n**k
+        ids = jnp.concatenate([jnp.full((rows, 1), a, jnp.int32), prefixes(n, k)], axis=1)  # [n^k, k + 1]
+        size = min(chunk, rows)
+        pad = -rows % size
+        ids = jnp.concatenate([ids, jnp.broadcast_to(ids[:1], (pad, k + 1))]).reshape(-1, size, k + 1)
+        last = lambda batch: jax.nn.log_softmax(logits_fn(params, batch)[:, -1], axis=-1)  # noqa: E731
+        out.append(jax.lax.map(last, ids).reshape(-1, a)[:rows])
+    return tuple(out)
+
+
+def terminal_logprobs(log_pi0: tuple) -> Array:
+    """[N] log pi(x) of every terminal (mdp level order) from per-level log-probabilities L x [n^k, A]."""
+    a = log_pi0[0].shape[-1]
+    n = a - 1
+    reach = jnp.zeros((1,), log_pi0[0].dtype)
+    out = []
+    for lp in log_pi0:
+        step = reach[:, None] + lp
+        out.append(step[:, n])
+        reach = step[:, :n].reshape(-1)
+    return jnp.concatenate(out + [reach])
+
+
+def levels(flat: Array, vocab: int, depth: int) -> tuple:
+    """Split a per-terminal array [N, ...] into mdp's L + 1 levels ([n^k] for k < L, then [n^L])."""
+    n = vocab - 1
+    splits = np.cumsum([n**k for k in range(depth)])
+    return tuple(jnp.split(flat, splits))
+
+
+def flatten(levels_: tuple) -> Array:
+    """Inverse of `levels`: [N]."""
+    return jnp.concatenate(levels_)
+
+
+class LMTree(NamedTuple):
+    """The enumerated tree of a policy."""
+
+    log_pi0: tuple  # L arrays [n^k, A]: log pi0(a | prefix)
+    tokens: Array  # [N, L] int32 terminal sequences, mdp level order, EOS-continued
+    log_p: Array  # [N] log pi0(x) of each terminal
+
+
+def spec(tree: LMTree) -> mdp.TreeSpec:
+    """mdp.TreeSpec(A, L, eos=True) of the tree."""
+    return mdp.TreeSpec(tree.log_pi0[0].shape[-1], len(tree.log_pi0), eos=True)
+
+
+def exact_tree(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) -> LMTree:
+    """Enumerate a policy's tree (jitted entry point; compiled once per call).
+
+    Args:
+      logits_fn, params: a policy in the lab convention (`lab.lm`).
+      depth: L.
+      chunk: rows per LM evaluation.
+    Returns:
+      LMTree(log_pi0, tokens, log_p).
+    Raises:
+      UsageError (a ValueError): more than MAX_TERMINALS terminal sequences.
+    """
+    a = jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32)).shape[-1]
+    check_size(a, depth)
+
+    @jax.jit
+    def build(params):
+        lp = log_pi0_levels(logits_fn, params, depth, chunk)
+        return LMTree(lp, terminal_tokens(a, depth), terminal_logprobs(lp))
+
+    return build(params)
+
+
+def mdp_tree(tree: LMTree, gold: Array, proxy: Array) -> mdp.Tree:
+    """mdp.Tree on the LM's tree with V = gold and X = proxy - gold per terminal (so U = proxy).
+
+    Args:
+      tree: the LM's tree.
+      gold, proxy: [N] rewards of every terminal (mdp level order).
+    """
+    a, depth = tree.log_pi0[0].shape[-1], len(tree.log_pi0)
+    gold = jnp.asarray(gold, tree.log_pi0[0].dtype)
+    proxy = jnp.asarray(proxy, tree.log_pi0[0].dtype)
+    return mdp.Tree(tree.log_pi0, levels(proxy - gold, a, depth), levels(gold, a, depth))
