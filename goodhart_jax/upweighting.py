@@ -30,10 +30,11 @@ from jax import Array
 
 from goodhart_jax.floats import as_float
 from goodhart_jax.quadrature import de_moments
+from goodhart_jax.roots import bisect
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt_component
 
-__all__ = ["UpweightResult", "BoundedResult", "tail_moments", "upweight", "sweep_upweight", "upweight_at_kl",
+__all__ = ["UpweightResult", "BoundedResult", "TailMoments", "tail_moments", "upweight", "sweep_upweight", "upweight_at_kl",
            "kl_bounded_optimum", "sweep_kl_bounded"]
 
 
@@ -44,7 +45,12 @@ class UpweightResult(NamedTuple):
     KL: Array  # KL(P_t || Q)
     tail_mass: Array  # m_t = P_t(X > t)
     log_sf_q: Array  # log Fbar_Q(t) = log Q(X > t)
-    valid: Array  # bool: 0 < m_t < 1 and 0 < Fbar_Q(t) < 1
+    exists: Array  # bool: 0 < m_t < 1 and 0 < Fbar_Q(t) < 1
+
+    @property
+    def valid(self) -> Array:
+        """Old name of `exists`."""
+        return self.exists
 
 
 class BoundedResult(NamedTuple):
@@ -56,14 +62,21 @@ class BoundedResult(NamedTuple):
     exists: Array  # bool: an exponential tilt with this KL exists
 
 
-def tail_moments(base: Family, t: Array) -> tuple[Array, Array]:
-    """(log Q(X > t), E_Q[X | X > t]) by log-space quadrature on (t, inf)."""
+class TailMoments(NamedTuple):
+    """Q's tail beyond t; fields [] or [K]."""
+
+    log_sf: Array  # log Q(X > t)
+    mean: Array  # E_Q[X | X > t]
+
+
+def tail_moments(base: Family, t: Array) -> TailMoments:
+    """log Q(X > t) and E_Q[X | X > t] by log-space quadrature on (t, inf) (unpacks as log_sf, mean)."""
     t = as_float(t)
     k = jnp.maximum(jnp.asarray(base.kink(), t.dtype), t)
     breaks = jnp.stack([t, k, k + 1.0, 2.0 * jnp.abs(t) + k + 1.0])
     # A heavy tail beyond 2|t| decays on the scale of t itself.
     m = de_moments(base.log_prob, breaks, t, t.dtype, jnp.maximum(1.0, 0.25 * jnp.abs(t)))
-    return m.log_Z, m.mean
+    return TailMoments(m.log_Z, m.mean)
 
 
 def _kl_two_part(m, log_m, log_sf_q):
@@ -83,7 +96,7 @@ def upweight(base: Family, t: Array, c: Array = 1.0, exponent: Array = 1.0) -> U
       c: [] > 0.
       exponent: [] p > 0 (p = 1: Theorem 1's c/t; p = 0.8: Figure 3).
     Returns:
-      `UpweightResult` with [] fields (mean and KL are +inf where not valid).
+      `UpweightResult` with [] fields (mean and KL are +inf where not `exists`).
     """
     t = as_float(t)
     log_m = jnp.log(jnp.asarray(c, t.dtype)) - exponent * jnp.log(jnp.where(t > 0, t, 1.0))
@@ -92,18 +105,15 @@ def upweight(base: Family, t: Array, c: Array = 1.0, exponent: Array = 1.0) -> U
     sf = jnp.exp(log_sf)
     mu = jnp.asarray(base.mean, t.dtype)
     below_mean = (mu - sf * tail_mean) / (1.0 - sf)  # E_Q[X | X <= t]
-    valid = (t > 0) & (m < 1) & (log_sf < 0) & jnp.isfinite(log_sf) & jnp.isfinite(mu)
+    exists = (t > 0) & (m < 1) & (log_sf < 0) & jnp.isfinite(log_sf) & jnp.isfinite(mu)
     mean = (1.0 - m) * below_mean + m * tail_mean
     kl = _kl_two_part(m, log_m, log_sf)
     inf = jnp.asarray(jnp.inf, t.dtype)
-    return UpweightResult(jnp.where(valid, mean, inf), jnp.where(valid, kl, inf), m, log_sf, valid)
+    return UpweightResult(jnp.where(exists, mean, inf), jnp.where(exists, kl, inf), m, log_sf, exists)
 
 
 sweep_upweight = jax.jit(jax.vmap(upweight, in_axes=(None, 0, None, None)))
 """Jitted: `sweep_upweight(base, ts [K], c, exponent) -> UpweightResult` of [K]."""
-
-_BISECT = 80
-
 
 def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
     """P_t with its tail mass m chosen so that KL(P_t || Q) = d (bisection in log m).
@@ -116,22 +126,14 @@ def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
     d = jnp.asarray(d, t.dtype)
     log_sf, tail_mean = tail_moments(base, t)
     kl_of = lambda lm: _kl_two_part(jnp.exp(lm), lm, log_sf)  # noqa: E731
-    lo, hi = log_sf, jnp.zeros_like(log_sf) - 1e-12
-
-    def body(_, st):
-        lo, hi = st
-        mid = 0.5 * (lo + hi)
-        big = kl_of(mid) > d
-        return jnp.where(big, lo, mid), jnp.where(big, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, _BISECT, body, (lo, hi))
-    log_m = lo
+    # The end with KL <= d: the budget is never exceeded.
+    log_m = bisect(lambda lm: kl_of(lm) - d, log_sf, jnp.zeros_like(log_sf) - 1e-12).neg
     m = jnp.exp(log_m)
     sf = jnp.exp(log_sf)
     mu = jnp.asarray(base.mean, t.dtype)
     mean = (1.0 - m) * (mu - sf * tail_mean) / (1.0 - sf) + m * tail_mean
-    valid = jnp.isfinite(log_sf) & (log_sf < 0) & jnp.isfinite(mu)
-    return UpweightResult(mean, kl_of(log_m), m, log_sf, valid)
+    exists = jnp.isfinite(log_sf) & (log_sf < 0) & jnp.isfinite(mu)
+    return UpweightResult(mean, kl_of(log_m), m, log_sf, exists)
 
 
 def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> BoundedResult:
@@ -156,16 +158,11 @@ def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> Bound
     hi = jnp.log(jnp.where(exists, sup, 1.0)) - 1e-6
 
     def kl_mean(log_lam):
-        _, mean, kl, _ = tilt_component(utility, jnp.exp(-log_lam))
-        return kl, mean
+        r = tilt_component(utility, jnp.exp(-log_lam))
+        return r.KL, r.mean
 
-    def body(_, st):
-        lo, hi = st
-        mid = 0.5 * (lo + hi)
-        big = kl_mean(mid)[0] > d
-        return jnp.where(big, lo, mid), jnp.where(big, mid, hi)
-
-    lo, hi = jax.lax.fori_loop(0, 60, body, (lo, hi))
+    # The end with KL <= d (KL grows with lam).
+    lo = bisect(lambda ll: kl_mean(ll)[0] - d, lo, hi).neg
     kl, mean = kl_mean(lo)
     inf = jnp.asarray(jnp.inf, d.dtype)
     return BoundedResult(jnp.where(exists, mean, inf), jnp.where(exists, kl, inf),

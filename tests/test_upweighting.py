@@ -40,7 +40,8 @@ def test_theorem1_mean_grows_while_kl_shrinks():
         thm1 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 1.0)
         light = sweep_upweight(parse("normal"), jnp.array([2.0, 4.0, 8.0]), 1.0, 0.8)
         fig3, thm1, light = jax.device_get((fig3, thm1, light))   # float64 numpy, outside x64
-    assert np.all(fig3.valid) and np.all(thm1.valid)
+    assert np.all(fig3.exists) and np.all(thm1.exists)
+    assert fig3.valid is fig3.exists  # the old field name still reads
     want = np.array([_scipy_upweight(t, 1.0, 0.8) for t in TS])
     np.testing.assert_allclose(fig3.mean, want[:, 0], rtol=1e-8)
     np.testing.assert_allclose(fig3.KL, want[:, 1], rtol=1e-8)

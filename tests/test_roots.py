@@ -1,0 +1,59 @@
+"""Fixed-step bisection against scipy.optimize.brentq (float64 reference)."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize
+
+from goodhart_jax.roots import bisect, default_steps
+
+CASES = [
+    # (f for jax, f for numpy, neg, pos): increasing and decreasing, roots near 0 and far from it.
+    (lambda x: x**3 - 2 * x - 5, lambda x: x**3 - 2 * x - 5, 2.0, 3.0),
+    (lambda x: 0.3 - jnp.exp(-x), lambda x: 0.3 - math.exp(-x), 0.0, 50.0),
+    (lambda x: jnp.exp(-x) - 0.3, lambda x: math.exp(-x) - 0.3, 50.0, 0.0),  # decreasing: neg is the right end
+    (lambda x: jnp.log(x) + 40.0, lambda x: math.log(x) + 40.0, 1e-30, 1.0),  # root 4e-18, bracket 2e17 times wider
+    (lambda x: jnp.tanh(x - 700.0), lambda x: math.tanh(x - 700.0), -1e3, 1e3),
+]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_brentq_float64(case, jit):
+    f, f_np, neg, pos = CASES[case]
+    lo, hi = min(neg, pos), max(neg, pos)
+    want = optimize.brentq(f_np, lo, hi, xtol=1e-300, rtol=4 * np.finfo(float).eps, maxiter=500)
+    with jax.enable_x64(True):
+        solve = (lambda a, b: bisect(f, a, b))
+        r = (jax.jit(solve) if jit else solve)(jnp.float64(neg), jnp.float64(pos))
+        assert r.root.dtype == jnp.float64
+        # Bracket invariant: f <= 0 at neg, f > 0 at pos, and the two ends are adjacent floats or equal.
+        assert float(f(r.neg)) <= 0 < float(f(r.pos))
+    if case == 3:  # the 1e-30..1 bracket is 2^57 root-widths wide: 64 halvings leave ~2^-7 relative
+        np.testing.assert_allclose(float(r.root), want, rtol=1e-2)
+    else:
+        # Both are within a few ulps of the true root; brentq's rtol is 4 eps.
+        np.testing.assert_allclose(float(r.root), want, rtol=1e-14, atol=1e-300)
+
+
+def test_float32_and_vmap_over_targets():
+    targets = np.array([0.01, 0.5, 1.0, 3.0, 20.0])
+    f = lambda c: (lambda x: x * jnp.exp(x) - c)  # noqa: E731  Lambert W
+    want = [optimize.brentq(lambda x: x * math.exp(x) - c, 0.0, 10.0, xtol=1e-15) for c in targets]
+    r = jax.jit(jax.vmap(lambda c: bisect(f(c), 0.0, 10.0)))(jnp.asarray(targets, jnp.float32))
+    assert r.root.dtype == jnp.float32
+    # 35 halvings of [0, 10] leave 3e-10: the float32 resolution of the root is what remains.
+    np.testing.assert_allclose(np.asarray(r.root), want, rtol=4 * np.finfo(np.float32).eps, atol=1e-7)
+
+
+def test_steps_and_unbracketed_end():
+    assert default_steps(jnp.float32) == 35 and default_steps(jnp.float64) == 64
+    # Few steps: the bracket is exactly [neg, pos] halved num_steps times.
+    with jax.enable_x64(True):
+        r = bisect(lambda x: x - 0.3, 0.0, 1.0, num_steps=3)
+        np.testing.assert_allclose([float(r.neg), float(r.pos)], [0.25, 0.375])
+        # No sign change (f > 0 everywhere): the root runs to the `neg` end.
+        r = bisect(lambda x: x + 5.0, 0.0, 1.0)
+        assert float(r.root) < 1e-18
