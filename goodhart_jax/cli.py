@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from goodhart_jax import io
 
-__all__ = ["InputError", "RunConfig", "arg", "positive", "finite", "at_least", "inputs", "Run", "prepare_out_dir",
+__all__ = ["InputError", "RunConfig", "arg", "each", "positive", "finite", "within", "at_least", "inputs", "Run", "prepare_out_dir",
            "build_parser", "parse_config", "run", "main"]
 
 InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
@@ -99,8 +99,8 @@ class RunConfig:
 
 # ------------------------------------------------------------------ checks for `arg(check=...)`
 
-def _each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], None]:
-    """A check that every value (one, or a non-empty tuple) satisfies `ok`, else says what it `must` be."""
+def each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], None]:
+    """Check: every value (one, or a non-empty tuple) satisfies `ok`; else "<what> must be <must>, got x"."""
     def check(v):
         vals = list(v) if isinstance(v, (tuple, list)) else [v]
         if not vals:
@@ -113,17 +113,22 @@ def _each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], No
 
 def positive(what: str) -> Callable[[Any], None]:
     """Check: every value is a finite number > 0."""
-    return _each(what, lambda x: math.isfinite(x) and x > 0, "finite and > 0")
+    return each(what, lambda x: math.isfinite(x) and x > 0, "finite and > 0")
 
 
 def finite(what: str) -> Callable[[Any], None]:
     """Check: every value is a finite number."""
-    return _each(what, math.isfinite, "finite")
+    return each(what, math.isfinite, "finite")
+
+
+def within(what: str, lo: float, hi: float) -> Callable[[Any], None]:
+    """Check: every value lies in the open interval (lo, hi)."""
+    return each(what, lambda x: lo < x < hi, f"in ({lo:g}, {hi:g})")
 
 
 def at_least(what: str, lo: int) -> Callable[[Any], None]:
     """Check: every value is an integer >= lo."""
-    return _each(what, lambda x: math.isfinite(x) and int(x) == x and x >= lo, f"an integer >= {lo}")
+    return each(what, lambda x: math.isfinite(x) and int(x) == x and x >= lo, f"an integer >= {lo}")
 
 
 @contextlib.contextmanager
@@ -335,8 +340,11 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------ the runner
 
+_PROG: list[str] = []  # the program name of the `run` in progress (for Run's interrupt line)
+
+
 def _prog() -> str:
-    return Path(sys.argv[0]).name or "goodhart_jax"
+    return _PROG[-1] if _PROG else Path(sys.argv[0]).name or "goodhart_jax"
 
 
 def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] | None = None,
@@ -347,6 +355,7 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
       0 on success; 2 on bad input (one line on stderr); 130 on Ctrl-C.
     """
     prog = prog or _prog()
+    _PROG.append(prog)
     try:
         try:
             cfg = parse_config(config_cls, argv, prog, description)
@@ -361,6 +370,8 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
         if not getattr(e, "reported", False):
             print(f"{prog}: interrupted before any result was written", file=sys.stderr, flush=True)
         return 130
+    finally:
+        _PROG.pop()
     return 0
 
 

@@ -22,17 +22,9 @@ from goodhart_jax.search import SearchConfig, rescore, retokenize_filter, search
 from goodhart_jax.search.schedules import SCHEDULES
 
 
-def _each(ok, must: str):
-    """A Config check: every value (one, or a tuple) satisfies `ok`."""
-    def check(v):
-        if not all(ok(x) for x in (v if isinstance(v, tuple) else (v,))):
-            raise ValueError(f"must be {must}, got {v}")
-    return check
-
-
 _ONE = cli.at_least("value", 1)
-_NONNEG = _each(lambda x: math.isfinite(x) and x >= 0, "finite and >= 0")
-_UNIT = _each(lambda a: 0 < a < 1, "in (0, 1)")
+_NONNEG = cli.each("--penalty", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0")
+_UNIT = cli.within("--alphas", 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

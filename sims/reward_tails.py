@@ -19,18 +19,6 @@ from goodhart_jax import cli
 from goodhart_jax import tail_index as ti
 
 
-def _within(flag: str, lo: float, hi: float):
-    def check(v):
-        if not lo < v < hi:
-            raise ValueError(f"{flag} must be in ({lo:g}, {hi:g}), got {v:g}")
-    return check
-
-
-def _figure_1_or_2(v):
-    if v not in ti.PAPER_K_EXPONENTS:
-        raise ValueError(f"--paper-figure must be 1 or 2, got {v}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Config(cli.RunConfig):
     out: str = cli.arg("runs/reward_tails", "output directory", metavar="DIR")
@@ -42,12 +30,13 @@ class Config(cli.RunConfig):
     batch: int = cli.arg(8, "with --model: scoring batch size", metavar="B", check=cli.at_least("batch size", 1))
     k: tuple[int, ...] = cli.arg((), "Hill k values to report (default: the paper's range)", metavar="K", nargs="+")
     paper_figure: int = cli.arg(1, "default k range: Figure 1 (k < n^0.5) or Figure 2 (k < n^0.6)",
-                                metavar="{1,2}", check=_figure_1_or_2)
+                                metavar="{1,2}",
+                                check=cli.each("--paper-figure", lambda v: v in ti.PAPER_K_EXPONENTS, "1 or 2"))
     demean: bool = cli.arg(False, "subtract the mean before the log-based estimators (Hill, moment)")
     positive_only: bool = cli.arg(False, "keep only positive values for the log-based estimators")
     tail_fraction: float = cli.arg(0.1, "share of the sample above the POT threshold", metavar="F",
-                                   check=_within("--tail-fraction", 0.0, 0.5))
-    level: float = cli.arg(0.95, "interval level", metavar="P", check=_within("--level", 0.0, 1.0))
+                                   check=cli.within("--tail-fraction", 0.0, 0.5))
+    level: float = cli.arg(0.95, "interval level", metavar="P", check=cli.within("--level", 0.0, 1.0))
     bayes: bool = cli.arg(True, "NUTS posterior of the GPD shape (else the MLE's Wald interval)")
     num_warmup: int = cli.arg(400, "NUTS warm-up steps", metavar="N", check=cli.at_least("NUTS warm-up", 0))
     num_samples: int = cli.arg(800, "NUTS draws", metavar="N", check=cli.at_least("NUTS draws", 1))
