@@ -20,10 +20,10 @@ breakpoint and algebraic tails are both integrated to ~1e-10.
 
 Monte Carlo. `threshold_mc` integrates X out exactly (a conditional / Rao-
 Blackwellised estimator: E[V 1{X > t - V}] = E_V[V Fbar_X(t - V)]) and
-importance-samples V from a defensive mixture of V's own law and Student-t
-proposals at the integrand's mode (one narrow, one wide, with widths read off
-the located bump) and at the step t - kink(X). The weights are bounded by
-4 Fbar_X <= 4, so the self-normalised estimate and its
+importance-samples V (`goodhart_jax.importance`) from a defensive mixture of
+V's own law and Student-t(3) families at the integrand's mode (one narrow, one
+wide, with widths read off the located bump) and at the step t - kink(X). The
+weights are bounded by 4 Fbar_X <= 4, so the self-normalised estimate and its
 delta-method standard error stay useful at any t; plain rejection sampling
 would keep a fraction P(X+V >= t) of the draws (e^-2500 at t = 100).
 
@@ -31,7 +31,7 @@ Footnote 4: a dependent pair, V ~ N(0, 1) and X | V ~ N(0, 4) when |V| <= 1
 else X = 0, for which E[V | X+V >= t] stays bounded although X is light-tailed
 given V (`footnote4`).
 
-Glossary: K sweep points (thresholds t), S Monte-Carlo samples.
+Glossary: K sweep points (thresholds t), S Monte-Carlo samples, C proposal centres.
 """
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
-from jax.scipy.special import log_ndtr, logsumexp
+from jax.scipy.special import log_ndtr
 
 from goodhart_jax.floats import as_float
+from goodhart_jax.importance import snis, stratified_mixture
 from goodhart_jax.quadrature import DROPS, Bump, de_moments, locate_bump, log_de_quadrature
 from goodhart_jax.tails import Family, parse
 
@@ -119,12 +120,12 @@ To sweep family parameters too, stack same-named families leaf-wise and vmap
 """
 
 
-def _std_t_logpdf(z, df):
-    return (jax.scipy.special.gammaln((df + 1) / 2) - jax.scipy.special.gammaln(df / 2)
-            - 0.5 * jnp.log(df * jnp.pi) - (df + 1) / 2 * jnp.log1p(z * z / df))
-
-
 _PROPOSAL_DF = 3.0
+
+
+def _student_t(loc: Array, scale: Array) -> Family:
+    """A Student-t(3) proposal at `loc` with `scale` (traced)."""
+    return Family("student_t", dict(df=jnp.asarray(_PROPOSAL_DF, loc.dtype), loc=loc, scale=scale))
 
 
 def _importance(key: Array, log_g: Callable, base: Family, centres: Array, scales: Array,
@@ -132,32 +133,14 @@ def _importance(key: Array, log_g: Callable, base: Family, centres: Array, scale
     """Self-normalised importance sampling of ∫ v g(v) dv / ∫ g(v) dv.
 
     Proposal: an equal deterministic mixture of `base` and Student-t(3)
-    components at `centres` with `scales` (S // (C + 1) draws each).
+    families at `centres` [C] with `scales` [C] (S // (C + 1) draws each).
     """
-    C = centres.shape[0]
-    m = max(num_samples // (C + 1), 1)
-    keys = jax.random.split(key, C + 1)
-    draws = [base.sample(keys[0], (m,), dtype)]
-    for c in range(C):
-        k1, k2 = jax.random.split(keys[c + 1])
-        w = jax.random.uniform(k1, (m,), dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
-        theta = (2.0 * jnp.pi) * jax.random.uniform(k2, (m,), dtype)
-        std_t = jnp.sqrt(_PROPOSAL_DF * jnp.expm1(-2.0 / _PROPOSAL_DF * jnp.log(w))) * jnp.cos(theta)
-        draws.append(centres[c] + scales[c] * std_t)
-    v = jnp.concatenate(draws)
-    comps = [base.log_prob(v)] + [
-        _std_t_logpdf((v - centres[c]) / scales[c], _PROPOSAL_DF) - jnp.log(scales[c]) for c in range(C)
-    ]
-    log_q = logsumexp(jnp.stack(comps), axis=0) - jnp.log(C + 1.0)
-    lg = log_g(v)
-    log_w = jnp.where(jnp.isfinite(lg) & jnp.isfinite(log_q), lg - log_q, -jnp.inf)
-    n = v.shape[0]
-    log_sum = logsumexp(log_w)
-    w = jnp.exp(log_w - log_sum)  # normalised weights
-    E = jnp.sum(w * v)
-    se = jnp.sqrt(jnp.sum(w * w * (v - E) ** 2))
-    ess = 1.0 / jnp.sum(w * w)
-    return MCResult(E, se, log_sum - jnp.log(n), ess)
+    proposals = [base] + [_student_t(centres[c], scales[c]) for c in range(centres.shape[0])]
+    draws = stratified_mixture(key, proposals, max(num_samples // len(proposals), 1), dtype)
+    lg = log_g(draws.y)
+    log_w = jnp.where(jnp.isfinite(lg) & jnp.isfinite(draws.log_q), lg - draws.log_q, -jnp.inf)
+    r = snis(log_w, draws.y)
+    return MCResult(r.estimate, r.se, r.log_mean_w, r.ess)
 
 
 def _widths(bump: Bump) -> tuple[Array, Array]:
