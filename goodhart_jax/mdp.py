@@ -31,12 +31,13 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import logsumexp
 
+from goodhart_jax.conditioning import ThresholdResult
 from goodhart_jax.tails import Family
 
 __all__ = [
-    "TreeSpec", "Tree", "TreeResult", "make_base_policy", "make_tree", "soft_optimum",
-    "optimal_policy", "policy_kl", "terminal_probs", "trajectory_stats", "thm2_policy", "thm2", "conditional_value",
-    "terminal_values", "sweep_betas", "sweep_tree",
+    "TreeSpec", "Tree", "TreeResult", "Policy", "Thm2Policy", "Thm2Result", "make_base_policy", "make_tree",
+    "spec_of", "action_values", "soft_optimum", "optimal_policy", "policy_kl", "terminal_probs", "trajectory_stats",
+    "thm2_policy", "thm2", "conditional_value", "terminal_values", "sweep_betas", "sweep_tree",
 ]
 
 Levels = tuple  # tuple of L + 1 arrays, level k: [n^k] (k < L: EOS terminals), level L: [n^L]
@@ -96,6 +97,28 @@ class TreeResult(NamedTuple):
     KL_per_state: Array  # E_{s in T, T ~ Tr(pi)}[KL(pi(s) || pi0(s))], T's states averaged
 
 
+class Policy(NamedTuple):
+    """A policy and the objective it attains."""
+
+    pi: tuple  # L arrays [n^k, A]: pi(a|s)
+    value: Array  # [] the objective at the root (what the policy maximises; see the function)
+
+
+class Thm2Policy(NamedTuple):
+    """The Theorem 2 construction on a tree."""
+
+    pi: tuple  # L arrays [n^k, A]: the policy inducing rho_t
+    log_rho: Levels  # rho_t's log-probabilities per level
+    exists: Array  # [] bool: t > c > 0, some terminal has U > t and some U <= t
+
+
+class Thm2Result(NamedTuple):
+    """Expectations under the Theorem 2 policy (unpacks as `stats, exists`)."""
+
+    stats: TreeResult  # E_U, E_V, KL, KL_per_state of the policy
+    exists: Array  # bool: whether the construction is defined (see `Thm2Policy`)
+
+
 def make_base_policy(key: Array, spec: TreeSpec, kind: str = "uniform", temperature: float = 1.0,
                      dtype=jnp.float32) -> tuple:
     """Base policy pi0: uniform, or softmax(N(0, 1) logits / temperature) per state.
@@ -144,7 +167,7 @@ def make_tree(key: Array, spec: TreeSpec, error: Family, utility: Family, pi0: s
     )
 
 
-def _spec_of(tree: Tree) -> TreeSpec:
+def spec_of(tree: Tree) -> TreeSpec:
     """Recover the static shape of a tree from its arrays."""
     depth = len(tree.log_pi0)
     vocab = tree.log_pi0[0].shape[-1]
@@ -155,8 +178,16 @@ def _spec_of(tree: Tree) -> TreeSpec:
     return TreeSpec(vocab, depth, eos=(n == vocab - 1))
 
 
-def _children(spec: TreeSpec, below: Array, exit_: Array) -> Array:
-    """[n^k, A] values of each action: children's values, then EOS if any."""
+def action_values(spec: TreeSpec, below: Array, exit_: Array) -> Array:
+    """Per-state values of each action at depth k: the children's values, then EOS's if any.
+
+    Args:
+      spec: the tree's shape.
+      below: [n^(k+1)] values of the depth-(k+1) internal states (or leaves).
+      exit_: [n^k] values of "prefix, then EOS" (ignored without EOS; may be [0]).
+    Returns:
+      [n^k, A] values per state and action.
+    """
     m = below.shape[0] // spec.n
     kids = below.reshape(m, spec.n)
     if spec.eos:
@@ -185,7 +216,7 @@ def _backward(tree: Tree, policy_at) -> tuple[TreeResult, Array]:
     Returns:
       (result, W(root)).
     """
-    spec = _spec_of(tree)
+    spec = spec_of(tree)
     U = terminal_values(tree)
     dtype = U[-1].dtype
     W, EU, EV = U[-1], U[-1], tree.V[-1]
@@ -193,7 +224,7 @@ def _backward(tree: Tree, policy_at) -> tuple[TreeResult, Array]:
     H = None  # 1/L on full-length leaves, so sum_a pi H = 1/L there
     for k in reversed(range(spec.depth)):
         m = spec.n**k
-        kids = lambda below, exit_: _children(spec, below, exit_)  # noqa: E731
+        kids = lambda below, exit_: action_values(spec, below, exit_)  # noqa: E731
         pi, kl, W = policy_at(k, kids(W, U[k]))
         avg = lambda below, exit_: jnp.sum(pi * kids(below, exit_), axis=1)  # noqa: E731
         exit_zero = jnp.zeros((m if spec.eos else 0,), dtype)
@@ -229,7 +260,7 @@ def _soft_policy(tree: Tree, beta: Array, record: list | None = None):
     return policy_at
 
 
-def optimal_policy(tree: Tree, beta: Array) -> tuple[tuple, Array]:
+def optimal_policy(tree: Tree, beta: Array) -> Policy:
     """The maximiser of E[U] - beta KL(Tr(pi) || Tr(pi0)) (Theorem 4).
 
     Soft backward induction: W(leaf) = U, W(s) = beta log sum_a pi0(a|s) exp(W(sa)/beta),
@@ -239,12 +270,12 @@ def optimal_policy(tree: Tree, beta: Array) -> tuple[tuple, Array]:
       tree: the tree.
       beta: [] > 0.
     Returns:
-      (pi, W0): L arrays [n^k, A] of pi*(a|s), and the optimal objective
+      `Policy`: pi, L arrays [n^k, A] of pi*(a|s); value, the optimal objective
       W(root) = beta log E_pi0[exp(U / beta)].
     """
     pis = [None] * len(tree.log_pi0)
     _, W0 = _backward(tree, _soft_policy(tree, beta, pis))
-    return tuple(pis), W0
+    return Policy(tuple(pis), W0)
 
 
 def soft_optimum(tree: Tree, beta: Array) -> TreeResult:
@@ -262,7 +293,7 @@ def policy_kl(pi: tuple, log_pi0: tuple) -> tuple:
 
 def terminal_probs(tree: Tree, pi: tuple) -> Levels:
     """Tr(pi) on terminal states: the probability of each, per level."""
-    spec = _spec_of(tree)
+    spec = spec_of(tree)
     r = jnp.ones((1,), pi[0].dtype)
     out = []
     for k in range(spec.depth):
@@ -288,7 +319,7 @@ def trajectory_stats(tree: Tree, pi: tuple) -> TreeResult:
 
 
 def _base_terminal_logprobs(tree: Tree) -> Levels:
-    spec = _spec_of(tree)
+    spec = spec_of(tree)
     log_r = jnp.zeros((1,), tree.X[-1].dtype)
     out = []
     for k in range(spec.depth):
@@ -298,7 +329,7 @@ def _base_terminal_logprobs(tree: Tree) -> Levels:
     return tuple(out) + (log_r,)
 
 
-def thm2_policy(tree: Tree, t: Array, c: Array) -> tuple[tuple, Levels, Array]:
+def thm2_policy(tree: Tree, t: Array, c: Array) -> Thm2Policy:
     """The Theorem 2 construction: rho_t and the policy that induces it.
 
     rho_t(tau) = (1 - c/t) / F_Q(t) rho0(tau) if U(tau) <= t, else
@@ -309,11 +340,11 @@ def thm2_policy(tree: Tree, t: Array, c: Array) -> tuple[tuple, Levels, Array]:
       t: [] threshold, > c.
       c: [] > 0, the tail mass is c / t.
     Returns:
-      (pi, log_rho_t, valid): the policy (L arrays [n^k, A] of probabilities),
-      rho_t's log-probabilities per level, and whether the construction is defined
-      (t > c > 0 and some terminal has U > t and some U <= t).
+      `Thm2Policy` (pi, log_rho, exists): the policy (L arrays [n^k, A] of
+      probabilities), rho_t's log-probabilities per level, and whether the
+      construction is defined (t > c > 0 and some terminal has U > t and some U <= t).
     """
-    spec = _spec_of(tree)
+    spec = spec_of(tree)
     U = terminal_values(tree)
     lr0 = _base_terminal_logprobs(tree)
     flat_u = jnp.concatenate(U)
@@ -321,7 +352,7 @@ def thm2_policy(tree: Tree, t: Array, c: Array) -> tuple[tuple, Levels, Array]:
     above = flat_u > t
     log_F = logsumexp(jnp.where(above, -jnp.inf, flat_l))
     log_Fbar = logsumexp(jnp.where(above, flat_l, -jnp.inf))
-    valid = (c > 0) & (t > c) & jnp.isfinite(log_F) & jnp.isfinite(log_Fbar)
+    exists = (c > 0) & (t > c) & jnp.isfinite(log_F) & jnp.isfinite(log_Fbar)
     w_lo = jnp.log1p(-c / t) - log_F
     w_hi = jnp.log(c / t) - log_Fbar
     log_rho = tuple(l + jnp.where(u > t, w_hi, w_lo) for l, u in zip(lr0, U))
@@ -329,29 +360,33 @@ def thm2_policy(tree: Tree, t: Array, c: Array) -> tuple[tuple, Levels, Array]:
     M = log_rho[-1]
     pi = [None] * spec.depth
     for k in reversed(range(spec.depth)):
-        kids = _children(spec, M, log_rho[k])  # [n^k, A]
+        kids = action_values(spec, M, log_rho[k])  # [n^k, A]
         Ms = logsumexp(kids, axis=1, keepdims=True)
         reach = jnp.isfinite(Ms)
         pi[k] = jnp.exp(jnp.where(reach, kids - jnp.where(reach, Ms, 0.0), tree.log_pi0[k]))
         M = Ms[:, 0]
-    return tuple(pi), log_rho, valid
+    return Thm2Policy(tuple(pi), log_rho, exists)
 
 
-def thm2(tree: Tree, t: Array, c: Array) -> tuple[TreeResult, Array]:
-    """`TreeResult` of the Theorem 2 policy and whether it is defined."""
-    pi, _, valid = thm2_policy(tree, t, c)
-    return trajectory_stats(tree, pi), valid
+def thm2(tree: Tree, t: Array, c: Array) -> Thm2Result:
+    """`TreeResult` of the Theorem 2 policy and whether it is defined (unpacks as `stats, exists`)."""
+    pi, _, exists = thm2_policy(tree, t, c)
+    return Thm2Result(trajectory_stats(tree, pi), exists)
 
 
-def conditional_value(tree: Tree, t: Array) -> tuple[Array, Array]:
-    """E[V | U >= t] under pi0, and log P(U >= t) (-inf where no terminal qualifies)."""
+def conditional_value(tree: Tree, t: Array) -> ThresholdResult:
+    """E[V | U >= t] under pi0, and log P(U >= t) (-inf where no terminal qualifies).
+
+    Returns:
+      `conditioning.ThresholdResult` (E_V, log_p) with [] fields.
+    """
     lr0 = jnp.concatenate(_base_terminal_logprobs(tree))
     U = jnp.concatenate(terminal_values(tree))
     V = jnp.concatenate(tree.V)
     lw = jnp.where(U >= t, lr0, -jnp.inf)
     log_p = logsumexp(lw)
     w = jnp.exp(lw - jnp.where(jnp.isfinite(log_p), log_p, 0.0))
-    return jnp.sum(w * V), log_p
+    return ThresholdResult(jnp.sum(w * V), log_p)
 
 
 def sweep_betas(tree: Tree, betas: Array, mesh: jax.sharding.Mesh | None = None) -> TreeResult:

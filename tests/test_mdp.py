@@ -150,6 +150,25 @@ def test_conditional_value_matches_enumeration():
             np.testing.assert_allclose(log_p, np.log(p0[m].sum()), rtol=1e-12)
 
 
+def test_public_helpers_and_named_results():
+    spec = mdp.TreeSpec(4, 3, True)
+    tree = mdp.make_tree(jax.random.key(6), spec, NORMAL, NORMAL, pi0="random")
+    assert mdp.spec_of(tree) == spec
+    # action_values: children's values in row-major order, then the EOS exit's.
+    below, exit_ = jnp.arange(9.0), jnp.array([100.0, 200.0, 300.0])
+    np.testing.assert_array_equal(mdp.action_values(spec, below, exit_),
+                                  [[0, 1, 2, 100], [3, 4, 5, 200], [6, 7, 8, 300]])
+    pol = mdp.optimal_policy(tree, jnp.float32(0.5))
+    assert isinstance(pol, mdp.Policy) and len(pol.pi) == spec.depth
+    U = np.concatenate([np.asarray(u) for u in mdp.terminal_values(tree)])
+    t = float(np.quantile(U, 0.8))
+    res = mdp.thm2(tree, jnp.float32(t), jnp.float32(0.5 * t))
+    assert isinstance(res, mdp.Thm2Result) and isinstance(res.stats, mdp.TreeResult) and bool(res.exists)
+    assert bool(mdp.thm2_policy(tree, jnp.float32(t), jnp.float32(0.5 * t)).exists)
+    cv = mdp.conditional_value(tree, jnp.float32(t))
+    assert cv._fields == ("E_V", "log_p")
+
+
 def test_large_beta_recovers_pi0_and_kl_nonnegative():
     spec = mdp.TreeSpec(5, 3, True)
     tree = mdp.make_tree(jax.random.key(4), spec, LAPLACE, NORMAL, pi0="random")
