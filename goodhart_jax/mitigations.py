@@ -1,40 +1,60 @@
-"""Variants of KL-regularised optimisation and proposed fixes (Section 6.1; "Goodhart seems preventable").
+"""Variants of KL-regularised optimisation and proposed fixes (paper Section 6.1; the post's mitigations).
 
 (a) A KL target instead of a fixed beta: beta is solved per target (bisection
-    in log beta, KL(beta) is decreasing), as adaptive-KL RLHF does.
-(b) A bounded proxy sigmoid(U): the optimum of E[sigmoid(U)] - beta KL always
-    exists, P ∝ Q exp(sigmoid(U)/beta).
-(c) A capped odds ratio pi(a|s)/pi0(a|s) <= 1/q instead of KL (a quantilizer):
-    on the continuous model this is conditioning on the top q of U, so
-    E[V] = E[V | U >= t_q] with P(U >= t_q) = q and KL = log(1/q).
+    in log beta, KL(beta) is decreasing), as adaptive-KL RLHF does (Section
+    6.1's second bullet; Ziegler et al. 2019).
+(b) Section 6.1's bounded objective: maximise sigmoid(E_P[U]) - beta KL(P || Q)
+    (the sigmoid of the *expected* proxy; trajectory KL on a tree). The paper
+    prints "sigma(E[U]) + D_KL(Tr(pi) || Tr(pi0))"; as a regulariser the KL is
+    subtracted. The objective is not linear in P, so its optimum is not a Gibbs
+    tilt of a fixed reward, but it is still an exponential tilt P_lam ∝ Q e^{lam U}:
+    among the laws with E_P[U] = m the tilt with that mean has the least KL
+    (Gibbs' inequality), so only lam remains. With m(lam) = E_lam[U] and
+    dKL/dlam = lam m'(lam),
 
-On the token tree (`goodhart_jax.mdp`) all three are exact. On the continuous
-model (a) uses `tilting.tilt` (no optimum for heavy error), (c) uses
-`conditioning.threshold`, and (b) is estimated by self-normalised weighting of
+        d/dlam [sigmoid(m) - beta KL] = m'(lam) (sigmoid'(m) - beta lam),
+
+    so the optimum has lam = sigmoid'(E_P[U]) / beta <= 1 / (4 beta): the tilt
+    can never be strong, and the paper's point follows, near-optimal policies
+    keep KL and E[V] small (`sigmoid_of_mean_tree`, `sigmoid_of_mean_tilt`).
+(c) The post's bounded reward ("Goodhart seems preventable": make the reward a
+    bounded function): maximise E_P[sigmoid(U)] - beta KL, a Gibbs tilt
+    P ∝ Q exp(sigmoid(U)/beta) that always exists (`sigmoid_proxy_tree`,
+    `sigmoid_proxy_tilt_mc`).
+(d) A capped odds ratio pi(a|s)/pi0(a|s) <= 1/q instead of KL (a quantilizer,
+    the post's other mitigation): on the continuous model this is
+    conditioning on the top q of U, so E[V] = E[V | U >= t_q] with
+    P(U >= t_q) = q and KL = log(1/q).
+
+On the token tree (`goodhart_jax.mdp`) all are exact. On the continuous model
+(a) and (b) use `tilting.tilt` (no optimum for heavy error), (d) uses
+`conditioning.threshold`, and (c) is estimated by self-normalised weighting of
 draws from Q (weights are at most e^{1/beta}).
 
-Glossary: K sweep points (budgets), A actions, L depth.
+Glossary: K sweep points (budgets), A actions, L depth, J grid points in lam.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import Array
-from jax.scipy.special import logsumexp
 
 from goodhart_jax import mdp
 from goodhart_jax.conditioning import threshold
+from goodhart_jax.floats import as_float
+from goodhart_jax.importance import snis
+from goodhart_jax.roots import bisect
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt
 
-__all__ = ["Budgeted", "kl_target_tree", "bounded_tree", "quantilizer_policy", "quantilizer_tree",
-           "kl_target_tilt", "quantilizer_continuous", "bounded_tilt_mc"]
+__all__ = ["Budgeted", "BudgetedMC", "SigmoidOfMean", "kl_target_tree", "sigmoid_proxy_tree", "quantilizer_policy",
+           "quantilizer_tree", "kl_target_tilt", "quantilizer_continuous", "sigmoid_proxy_tilt_mc",
+           "sigmoid_of_mean_tree", "sigmoid_of_mean_tilt", "bounded_tree", "bounded_tilt_mc"]
 
 _LOG_BETA = (math.log(1e-3), math.log(1e4))
-_STEPS = 48
 
 
 class Budgeted(NamedTuple):
@@ -47,35 +67,54 @@ class Budgeted(NamedTuple):
     exists: Array  # bool
 
 
-def _bisect(f, lo, hi, target, increasing: bool):
-    """x in [lo, hi] with f(x) ~ target for monotone f (fixed number of steps)."""
+class BudgetedMC(NamedTuple):
+    """`Budgeted` estimated by Monte Carlo, with its standard error; fields []."""
 
-    def body(_, st):
-        lo, hi = st
-        mid = 0.5 * (lo + hi)
-        above = (f(mid) > target) == increasing
-        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+    E_U: Array  # estimate of E_P[sigmoid(U)]
+    E_V: Array  # estimate of E_P[V]
+    KL: Array  # estimate of KL(P || Q)
+    param: Array  # beta
+    exists: Array  # bool
+    E_V_se: Array  # delta-method standard error of E_V
+    ess: Array  # effective sample size of the weights
 
-    lo, hi = jax.lax.fori_loop(0, _STEPS, body, (lo, hi))
-    return 0.5 * (lo + hi)
+
+class SigmoidOfMean(NamedTuple):
+    """The maximiser of sigmoid(E_P[U]) - beta KL(P || Q) (Section 6.1); fields []."""
+
+    objective: Array  # sigmoid(E_U) - beta KL, its maximum (the supremum where not `exists`)
+    E_U: Array  # E_P[U]
+    E_V: Array  # E_P[V]
+    KL: Array  # KL(P || Q) (trajectory KL on a tree)
+    lam: Array  # the tilt P ∝ Q exp(lam U); lam = sigmoid'(E_U) / beta
+    exists: Array  # bool: the supremum is attained
+
+
+# ----------------------------------------------------------------------------
+# Token tree.
 
 
 def kl_target_tree(tree: mdp.Tree, target: Array) -> Budgeted:
     """The KL-penalised optimum whose trajectory KL equals `target` (beta solved)."""
     target = jnp.asarray(target, tree.X[-1].dtype)
-    kl = lambda lb: mdp.soft_optimum(tree, jnp.exp(lb)).KL  # noqa: E731
-    lb = _bisect(kl, jnp.full_like(target, _LOG_BETA[0]), jnp.full_like(target, _LOG_BETA[1]), target, False)
+    kl = lambda lb: mdp.soft_optimum(tree, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
+    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).root
     r = mdp.soft_optimum(tree, jnp.exp(lb))
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), jnp.abs(r.KL - target) < 1e-2 * (1 + target))
 
 
-def bounded_tree(tree: mdp.Tree) -> mdp.Tree:
-    """The same tree with proxy sigmoid(U): X' = sigmoid(X + V) - V, so X' + V = sigmoid(U)."""
+def sigmoid_proxy_tree(tree: mdp.Tree) -> mdp.Tree:
+    """The same tree with proxy sigmoid(U): X' = sigmoid(X + V) - V, so X' + V = sigmoid(U).
+
+    `mdp.soft_optimum(sigmoid_proxy_tree(tree), beta)` maximises
+    E[sigmoid(U)] - beta KL, the post's bounded reward (not Section 6.1's
+    sigmoid(E[U]) - beta KL: see `sigmoid_of_mean_tree`).
+    """
     X = tuple(jax.nn.sigmoid(x + v) - v for x, v in zip(tree.X, tree.V))
     return mdp.Tree(tree.log_pi0, X, tree.V)
 
 
-def quantilizer_policy(tree: mdp.Tree, q: Array) -> tuple:
+def quantilizer_policy(tree: mdp.Tree, q: Array) -> mdp.Policy:
     """Maximise E[U] subject to pi(a|s) <= pi0(a|s)/q at every state (backward induction).
 
     At a state with action values W(s a), the best capped policy fills the
@@ -84,14 +123,14 @@ def quantilizer_policy(tree: mdp.Tree, q: Array) -> tuple:
     Args:
       q: [] in (0, 1]; q = 1 gives pi0.
     Returns:
-      L arrays [n^k, A] of policy probabilities.
+      `mdp.Policy`: pi, L arrays [n^k, A] of policy probabilities; value, E_pi[U].
     """
-    spec = mdp._spec_of(tree)
+    spec = mdp.spec_of(tree)
     U = mdp.terminal_values(tree)
     W = U[-1]
     pi = [None] * spec.depth
     for k in reversed(range(spec.depth)):
-        vals = mdp._children(spec, W, U[k])  # [n^k, A]
+        vals = mdp.action_values(spec, W, U[k])  # [n^k, A]
         cap = jnp.exp(tree.log_pi0[k]) / q
         order = jnp.argsort(-vals, axis=1)
         cap_s = jnp.take_along_axis(cap, order, axis=1)
@@ -100,20 +139,124 @@ def quantilizer_policy(tree: mdp.Tree, q: Array) -> tuple:
         p = jnp.zeros_like(p_s).at[jnp.arange(p_s.shape[0])[:, None], order].set(p_s)
         pi[k] = p
         W = jnp.sum(p * vals, axis=1)
-    return tuple(pi)
+    return mdp.Policy(tuple(pi), W[0])
 
 
 def quantilizer_tree(tree: mdp.Tree, q: Array) -> Budgeted:
     """`quantilizer_policy`'s expectations; param = q."""
-    r = mdp.trajectory_stats(tree, quantilizer_policy(tree, q))
+    r = mdp.trajectory_stats(tree, quantilizer_policy(tree, q).pi)
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.asarray(q, r.KL.dtype), jnp.asarray(True))
+
+
+# ----------------------------------------------------------------------------
+# Section 6.1: sigmoid(E_P[U]) - beta KL.
+
+_GRID = 48  # points in lam on (0, lam_max] where the objective is compared before the bisection
+
+
+def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array, map_fn) -> SigmoidOfMean:
+    """Maximise sigmoid(m(lam)) - beta KL(lam) over the tilts lam in (0, lam_max].
+
+    The objective is compared on a grid lam_j = lam_max (j/J)^3 (dense near 0,
+    where a large beta puts the optimum), and the stationarity condition
+    h(lam) = beta lam - sigmoid'(m(lam)) = 0 is bisected on the best grid
+    point's two neighbouring cells: h < 0 left of a maximum, > 0 right of it.
+    The grid picks the global maximum where h has several roots (E_Q[U] far
+    below 0 can give two local maxima).
+
+    Args:
+      stats_at: lam [] -> (E_U, E_V, KL) of the tilt P ∝ Q e^{lam U}.
+      beta: [] > 0.
+      lam_max: [] the largest lam tried (<= 1 / (4 beta), inside the tilt's domain).
+      map_fn: (f, [J] lams) -> f on each: `jax.lax.map`, or a vmap.
+    """
+    objective = lambda r: jax.nn.sigmoid(r[0]) - beta * r[2]  # noqa: E731
+    frac = (jnp.arange(1, _GRID + 1, dtype=beta.dtype) / _GRID) ** 3
+    lams = lam_max * frac  # [J]
+    g = objective(map_fn(stats_at, lams))
+    i = jnp.argmax(jnp.where(jnp.isnan(g), -jnp.inf, g))
+    neg = jnp.where(i > 0, lams[jnp.maximum(i - 1, 0)], 0.0)
+    pos = lams[jnp.minimum(i + 1, _GRID - 1)]
+
+    def h(lam):
+        m = stats_at(lam)[0]
+        # Past the tilt's domain or at an infinite mean, m is not finite: that is right of the optimum.
+        return jnp.where(jnp.isfinite(m), beta * lam - jax.nn.sigmoid(m) * jax.nn.sigmoid(-m), 1.0)
+
+    lam = bisect(h, neg, pos).root
+    E_U, E_V, KL = stats_at(lam)
+    return SigmoidOfMean(objective((E_U, E_V, KL)), E_U, E_V, KL, lam, jnp.asarray(True))
+
+
+def sigmoid_of_mean_tree(tree: mdp.Tree, beta: Array) -> SigmoidOfMean:
+    """Section 6.1's bounded objective on a tree: max over pi of sigmoid(E_pi[U]) - beta KL(Tr(pi) || Tr(pi0)).
+
+    The maximiser is the soft optimum `mdp.soft_optimum(tree, 1 / lam)` for
+    the lam with lam = sigmoid'(E_pi[U]) / beta (see the module docstring), so
+    lam <= 1 / (4 beta): however small beta, the policy is never tilted
+    harder than the KL-penalised optimum at 4 beta.
+
+    Args:
+      tree: the tree.
+      beta: [] > 0.
+    Returns:
+      `SigmoidOfMean` with [] fields (exists is always True: the tree is finite).
+    """
+    beta = jnp.asarray(beta, tree.X[-1].dtype)
+
+    def stats_at(lam):
+        r = mdp.soft_optimum(tree, 1.0 / lam)
+        return r.E_U, r.E_V, r.KL
+
+    return _sigmoid_of_mean(stats_at, beta, 0.25 / beta, jax.lax.map)
+
+
+def sigmoid_of_mean_tilt(error: Family, utility: Family, beta: Array) -> SigmoidOfMean:
+    """Section 6.1's bounded objective on the continuous model: max over P of sigmoid(E_P[U]) - beta KL(P || Q).
+
+    U = X + V with X ~ error, V ~ utility independent. The maximiser is the
+    tilt `tilting.tilt(error, utility, 1 / lam)` with lam = sigmoid'(E_P[U]) / beta,
+    searched on lam < min(1 / (4 beta), s*) with s* the smaller MGF abscissa.
+    Where s* = 0 (heavy-tailed X or V) no tilt exists and the supremum, 1, is
+    not attained: laws with E_P[U] -> inf and KL -> 0 approach it (Theorem 1's
+    upweighting). Then exists is False, objective = 1, E_U = inf, KL = 0, and
+    E_V = E_Q[V], its limit along every maximising sequence when V is
+    light-tailed (KL -> 0 forces E_P[V] -> E_Q[V], Theorem 3; NaN when V is
+    heavy-tailed). That is the paper's "all near-optimal policies will have V ≈ 0".
+
+    Args:
+      error: family of X.
+      utility: family of V.
+      beta: [] > 0.
+    Returns:
+      `SigmoidOfMean` with [] fields.
+    """
+    beta = as_float(beta)
+    s = jnp.minimum(jnp.asarray(error.mgf_sup, beta.dtype), jnp.asarray(utility.mgf_sup, beta.dtype))
+    exists = s > 0
+    # Just inside the domain: the tilt's mean diverges at lam = s* for every family here.
+    lam_max = jnp.minimum(0.25 / beta, jnp.where(exists, s, 1.0) * (1.0 - 1e-6))
+
+    def stats_at(lam):
+        r = tilt(error, utility, 1.0 / lam)
+        return r.E_U, r.E_V, r.KL
+
+    r = _sigmoid_of_mean(stats_at, beta, lam_max, lambda f, xs: jax.vmap(f)(xs))
+    limit_E_V = jnp.where(jnp.asarray(utility.mgf_sup) > 0, jnp.asarray(utility.mean, beta.dtype), jnp.nan)
+    keep = lambda a, heavy: jnp.where(exists, a, jnp.asarray(heavy, beta.dtype))  # noqa: E731
+    return SigmoidOfMean(keep(r.objective, 1.0), keep(r.E_U, jnp.inf), keep(r.E_V, limit_E_V), keep(r.KL, 0.0),
+                         keep(r.lam, 0.0), exists)
+
+
+# ----------------------------------------------------------------------------
+# Continuous model: KL target, quantilizer, the post's bounded reward.
 
 
 def kl_target_tilt(error: Family, utility: Family, target: Array) -> Budgeted:
     """The continuous KL-penalised optimum with KL = target (beta solved); exists False if none."""
-    target = jnp.asarray(target)
-    kl = lambda lb: tilt(error, utility, jnp.exp(lb)).KL  # noqa: E731
-    lb = _bisect(kl, jnp.full_like(target, _LOG_BETA[0]), jnp.full_like(target, _LOG_BETA[1]), target, False)
+    target = as_float(target)
+    kl = lambda lb: tilt(error, utility, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
+    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).root
     r = tilt(error, utility, jnp.exp(lb))
     ok = r.exists & (jnp.abs(r.KL - target) < 1e-2 * (1 + target))
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), ok)
@@ -124,27 +267,48 @@ def quantilizer_continuous(error: Family, utility: Family, kl: Array, t_range=(-
 
     E_U holds t_q, a lower bound on E_P[U] (the conditional mean of U is not computed).
     """
-    kl = jnp.asarray(kl)
-    lp = lambda t: threshold(error, utility, t).log_p  # noqa: E731
-    t = _bisect(lp, jnp.full_like(kl, t_range[0]), jnp.full_like(kl, t_range[1]), -kl, False)
+    kl = as_float(kl)
+    lp = lambda t: threshold(error, utility, t).log_p + kl  # noqa: E731  decreasing in t
+    t = bisect(lp, jnp.full_like(kl, t_range[1]), jnp.full_like(kl, t_range[0])).root
     r = threshold(error, utility, t)
     return Budgeted(t, r.E_V, -r.log_p, t, jnp.abs(r.log_p + kl) < 1e-3 * (1 + kl))
 
 
-def bounded_tilt_mc(key: Array, error: Family, utility: Family, beta: Array, num_samples: int = 200_000):
-    """P ∝ Q exp(sigmoid(U)/beta) by weighting draws of Q; returns (Budgeted, se of E_V).
+def sigmoid_proxy_tilt_mc(key: Array, error: Family, utility: Family, beta: Array,
+                          num_samples: int = 200_000) -> BudgetedMC:
+    """The post's bounded reward: P ∝ Q exp(sigmoid(U)/beta), the maximiser of E_P[sigmoid(U)] - beta KL.
 
-    E_U holds E_P[sigmoid(U)]; KL = E_P[log w] - log E_Q[w] with w = exp(sigmoid(U)/beta).
+    Estimated by self-normalised weighting of draws from Q (`importance.snis`)
+    with w = exp(sigmoid(U)/beta) <= e^{1/beta}. E_U holds E_P[sigmoid(U)];
+    KL = E_P[log w] - log E_Q[w]. Not Section 6.1's sigmoid(E_P[U]) - beta KL
+    (`sigmoid_of_mean_tilt`).
+
+    Args:
+      key: PRNG key.
+      error, utility: families of X and V.
+      beta: [] > 0.
+      num_samples: S draws of (X, V) (static).
+    Returns:
+      `BudgetedMC` with [] fields.
     """
     kx, kv = jax.random.split(key)
-    beta = jnp.asarray(beta)
+    beta = as_float(beta)
     x = error.sample(kx, (num_samples,), beta.dtype)
     v = utility.sample(kv, (num_samples,), beta.dtype)
     s = jax.nn.sigmoid(x + v)
     lw = s / beta
-    log_mean_w = logsumexp(lw) - math.log(num_samples)
-    w = jnp.exp(lw - logsumexp(lw))
-    E_V = jnp.sum(w * v)
-    se = jnp.sqrt(jnp.sum(w * w * (v - E_V) ** 2))
-    kl = jnp.sum(w * lw) - log_mean_w
-    return Budgeted(jnp.sum(w * s), E_V, kl, beta, jnp.asarray(True)), se
+    r = snis(lw, jnp.stack([v, s, lw], axis=1))
+    E_V, E_s, E_lw = r.estimate[0], r.estimate[1], r.estimate[2]
+    return BudgetedMC(E_s, E_V, E_lw - r.log_mean_w, beta, jnp.asarray(True), r.se[0], r.ess)
+
+
+# ----------------------------------------------------------------------------
+# Old names, kept working for sims/mitigations.py.
+
+bounded_tree = sigmoid_proxy_tree
+
+
+def bounded_tilt_mc(key: Array, error: Family, utility: Family, beta: Array, num_samples: int = 200_000):
+    """Deprecated: `sigmoid_proxy_tilt_mc` as the old pair (Budgeted, se of E_V)."""
+    r = sigmoid_proxy_tilt_mc(key, error, utility, beta, num_samples)
+    return Budgeted(r.E_U, r.E_V, r.KL, r.param, r.exists), r.E_V_se

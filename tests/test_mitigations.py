@@ -1,14 +1,17 @@
-"""Mitigations: KL target, bounded proxy, capped odds ratio (quantilizer), on the tree and the continuous model."""
+"""Mitigations: KL target, bounded objectives, capped odds ratio (quantilizer), on the tree and the continuous model."""
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import special
+import pytest
+from scipy import optimize, special
 
 from goodhart_jax import mdp
 from goodhart_jax.mitigations import (
-    bounded_tree, kl_target_tilt, kl_target_tree, quantilizer_continuous, quantilizer_policy, quantilizer_tree,
+    bounded_tilt_mc, bounded_tree, kl_target_tilt, kl_target_tree, quantilizer_continuous, quantilizer_policy,
+    quantilizer_tree, sigmoid_of_mean_tilt, sigmoid_of_mean_tree, sigmoid_proxy_tilt_mc, sigmoid_proxy_tree,
 )
 from goodhart_jax.tails import parse
 
@@ -22,7 +25,7 @@ def test_quantilizer_caps_and_brute_force_depth1():
     p0 = np.exp(np.asarray(tree.log_pi0[0][0]))
     u = np.asarray(mdp.terminal_values(tree)[-1])
     for q in (1.0, 0.6, 0.3, 0.1):
-        pi = np.asarray(quantilizer_policy(tree, q)[0][0])
+        pi = np.asarray(quantilizer_policy(tree, q).pi[0][0])
         assert np.all(pi <= p0 / q + 1e-6) and abs(pi.sum() - 1) < 1e-6
         # Brute force: the best capped distribution fills outcomes by decreasing U.
         want, left = np.zeros_like(p0), 1.0
@@ -30,7 +33,7 @@ def test_quantilizer_caps_and_brute_force_depth1():
             want[i] = min(p0[i] / q, left)
             left -= want[i]
         np.testing.assert_allclose(pi, want, atol=1e-6)  # float32 sums
-    np.testing.assert_allclose(np.asarray(quantilizer_policy(tree, 1.0)[0]), np.exp(np.asarray(tree.log_pi0[0])),
+    np.testing.assert_allclose(np.asarray(quantilizer_policy(tree, 1.0).pi[0]), np.exp(np.asarray(tree.log_pi0[0])),
                                atol=1e-6)
 
 
@@ -60,9 +63,18 @@ def test_bounded_proxy_tree():
     # beta -> inf gives pi0: E[sigmoid(U)] is the plain mean over uniform leaves.
     r = mdp.soft_optimum(b, jnp.float32(1e4))
     np.testing.assert_allclose(float(r.E_U), special.expit(U).mean(), rtol=1e-4)
-    # A bounded proxy caps what optimisation can buy: KL stays bounded as beta -> 0.
-    small = mdp.soft_optimum(b, jnp.float32(1e-3))
-    assert float(small.KL) <= math.log(U.size) + 1e-3
+    # The optimum against brute force over the 125 leaves (uniform pi0: rho0 = 1/125), float64:
+    # rho(tau) ∝ exp(sigmoid(U(tau)) / beta) (Theorem 4 with proxy sigmoid(U)).
+    V = np.concatenate([np.asarray(v, np.float64) for v in tree.V])
+    for beta in (1e-3, 0.05, 1.0):
+        lw = special.expit(U.astype(np.float64)) / beta
+        p = np.exp(lw - special.logsumexp(lw))
+        kl = p @ np.log(np.maximum(p, 1e-300) * U.size)
+        r = mdp.soft_optimum(b, jnp.float32(beta))
+        # float32: sigmoid(U) / beta rounds at ~6e-8 / beta in every exponent.
+        np.testing.assert_allclose([float(r.KL), float(r.E_U), float(r.E_V)],
+                                   [kl, p @ special.expit(U), p @ V], rtol=2e-4, atol=2e-4)
+    assert sigmoid_proxy_tree is bounded_tree  # the old name still works
 
 
 def test_continuous_kl_target_and_quantilizer_closed_forms():
@@ -80,3 +92,159 @@ def test_continuous_kl_target_and_quantilizer_closed_forms():
     np.testing.assert_allclose(special.log_ndtr(-z), -np.asarray(kls), rtol=1e-6)
     mills = np.exp(-0.5 * z * z - 0.5 * math.log(2 * math.pi) - special.log_ndtr(-z))
     np.testing.assert_allclose(np.asarray(qc.E_V), mills / math.sqrt(2), rtol=1e-8)
+
+
+def _leaf_tree(shift=0.0, vocab=4, depth=2, key=7):
+    """A float64 tree without EOS and its leaves: (tree, log rho0 [n^L], U [n^L], V [n^L])."""
+    err = dataclasses.replace(parse("normal"), shift=shift)
+    tree = mdp.make_tree(jax.random.key(key), mdp.TreeSpec(vocab, depth), err, parse("normal:scale=0.7"),
+                         pi0="random", dtype=jnp.float64)
+    lr = np.zeros(1)
+    for lp in tree.log_pi0:  # rho0 of every prefix, row-major: child i * A + a
+        lr = (lr[:, None] + np.asarray(lp)).reshape(-1)
+    return tree, lr, np.asarray(tree.X[-1] + tree.V[-1]), np.asarray(tree.V[-1])
+
+
+def _max_over_simplex(objective_grad, log_rho0, starts):
+    """max_p objective(p) over the simplex by L-BFGS on logits from several starts (float64)."""
+    best = None
+    for z0 in starts:
+        def f(z):
+            p = np.exp(z - special.logsumexp(z))
+            val, g = objective_grad(p)
+            return -val, -(p * (g - p @ g))  # chain rule through the softmax
+        r = optimize.minimize(f, z0, jac=True, method="L-BFGS-B", options=dict(gtol=1e-13, ftol=1e-16, maxiter=20000))
+        if best is None or r.fun < best.fun:
+            best = r
+    return np.exp(best.x - special.logsumexp(best.x)), -best.fun
+
+
+def _sigmoid_of_mean_objective(u, log_q, beta):
+    """sigmoid(p . u) - beta KL(p || q) and its gradient in p."""
+    def og(p):
+        m = p @ u
+        logr = np.log(np.maximum(p, 1e-300)) - log_q
+        return special.expit(m) - beta * (p @ logr), special.expit(m) * special.expit(-m) * u - beta * (logr + 1)
+    return og
+
+
+@pytest.mark.parametrize("shift", [0.0, -6.0])
+def test_section61_sigmoid_of_mean_tree_against_direct_optimisation(shift):
+    """Section 6.1's sigmoid(E[U]) - beta KL(Tr(pi)||Tr(pi0)), maximised over every law on the 16 leaves.
+
+    A trajectory law on a tree is a policy's, and its KL is the trajectory KL, so
+    optimising over the leaf simplex is the whole problem; the reference knows
+    nothing of tilts. shift = -6 puts E_Q[U] far below 0, where the stationarity
+    condition has several roots.
+    """
+    with jax.enable_x64(True):
+        tree, lr0, U, V = _leaf_tree(shift)
+        for beta in (0.02, 0.2, 1.0, 5.0):
+            r = jax.device_get(jax.jit(sigmoid_of_mean_tree)(tree, jnp.float64(beta)))
+            starts = [lr0] + [lr0 + c * U for c in (0.3, 1.0, 3.0, 10.0)]
+            p, best = _max_over_simplex(_sigmoid_of_mean_objective(U, lr0, beta), lr0, starts)
+            kl = p @ (np.log(np.maximum(p, 1e-300)) - lr0)
+            assert bool(r.exists)
+            np.testing.assert_allclose(float(r.objective), best, rtol=1e-9, atol=1e-12)
+            # The maximiser is flat to second order: moments agree to ~sqrt of the optimiser's tolerance.
+            np.testing.assert_allclose([r.E_U, r.E_V, r.KL], [p @ U, p @ V, kl], rtol=1e-5, atol=1e-6)
+            # Stationarity: the tilt multiplier is sigmoid'(E_U) / beta <= 1 / (4 beta).
+            np.testing.assert_allclose(float(r.lam), special.expit(r.E_U) * special.expit(-r.E_U) / beta, rtol=1e-9)
+            # The post's bounded reward E[sigmoid(U)] - beta KL is a different problem: its optimum scores lower here.
+            post_pi = mdp.optimal_policy(sigmoid_proxy_tree(tree), jnp.float64(beta)).pi
+            ps = mdp.trajectory_stats(tree, post_pi)
+            assert float(special.expit(ps.E_U) - beta * ps.KL) < best - 1e-9
+
+
+def test_section61_sigmoid_of_mean_tilt_gaussian():
+    """X ~ N(0, 1), V ~ N(0, 2^2): the tilt by lam is N(5 lam, 5) in U, KL = 5 lam^2 / 2, E[V] = 4 lam.
+
+    The optimum over all laws is such a tilt (checked over the whole simplex on
+    trees above), so the reference maximises sigmoid(5 lam) - beta 5 lam^2 / 2 with SciPy.
+    """
+    with jax.enable_x64(True):
+        betas = np.array([0.05, 0.5, 3.0])
+        r = jax.device_get(jax.jit(jax.vmap(sigmoid_of_mean_tilt, (None, None, 0)))(
+            parse("normal"), parse("normal:scale=2"), jnp.asarray(betas)))
+    assert np.all(r.exists)
+    for j, beta in enumerate(betas):
+        ref = optimize.minimize_scalar(lambda lam: -(special.expit(5 * lam) - beta * 2.5 * lam * lam),
+                                       bounds=(0.0, 0.25 / beta), method="bounded", options=dict(xatol=1e-12))
+        lam = ref.x
+        np.testing.assert_allclose(r.objective[j], -ref.fun, rtol=1e-11)
+        np.testing.assert_allclose([r.lam[j], r.E_U[j], r.E_V[j], r.KL[j]], [lam, 5 * lam, 4 * lam, 2.5 * lam**2],
+                                   rtol=1e-6)
+
+
+def test_section61_sigmoid_of_mean_tilt_laplace_and_heavy():
+    """Laplace(0, b) error + N(0, 1) utility: the tilt family in closed form, maximised by SciPy over lam < 1/b."""
+    b = 0.5
+    def closed(lam):
+        m = lam + 2 * b * b * lam / (1 - (b * lam) ** 2)
+        log_z = lam * lam / 2 - math.log1p(-(b * lam) ** 2)
+        return m, lam * m - log_z
+    with jax.enable_x64(True):
+        betas = jnp.array([0.1, 0.4, 2.0])
+        r = jax.device_get(jax.jit(jax.vmap(sigmoid_of_mean_tilt, (None, None, 0)))(
+            parse(f"laplace:scale={b}"), parse("normal"), betas))
+        heavy = jax.device_get(sigmoid_of_mean_tilt(parse("student_t:df=3"), parse("normal"), jnp.float64(0.3)))
+    for j, beta in enumerate(np.asarray(betas)):
+        neg = lambda lam: -(special.expit(closed(lam)[0]) - beta * closed(lam)[1])  # noqa: E731
+        ref = optimize.minimize_scalar(neg, bounds=(0.0, min(1 / b, 0.25 / beta) * (1 - 1e-9)), method="bounded",
+                                       options=dict(xatol=1e-12))
+        m, kl = closed(ref.x)
+        np.testing.assert_allclose(r.objective[j], -ref.fun, rtol=1e-10)
+        np.testing.assert_allclose([r.lam[j], r.E_U[j], r.KL[j]], [ref.x, m, kl], rtol=1e-6)
+        np.testing.assert_allclose(r.E_V[j], ref.x, rtol=1e-6)  # V's tilt is N(lam, 1)
+    # Heavy error: the supremum 1 is approached with E_P[U] -> inf and KL -> 0, never attained; E_V -> E_Q[V] = 0.
+    assert not bool(heavy.exists)
+    np.testing.assert_array_equal([heavy.objective, heavy.E_U, heavy.KL, heavy.E_V], [1.0, np.inf, 0.0, 0.0])
+
+
+def test_quantilizer_tree_against_linear_programs_and_leaf_enumeration():
+    """Per-state capped LPs solved by SciPy's linprog in a recursive walk, then KL and E[U] over the enumerated leaves."""
+    with jax.enable_x64(True):
+        tree, lr0, U, V = _leaf_tree(vocab=3, depth=3, key=4)
+        A, L = 3, 3
+        for q in (0.7, 0.3):
+            def best(k, idx):
+                """(value, policy rows by prefix) of the capped problem below prefix idx at depth k."""
+                if k == L:
+                    return U[idx], {}
+                kids = [best(k + 1, idx * A + a) for a in range(A)]
+                w = np.array([c[0] for c in kids])
+                cap = np.exp(np.asarray(tree.log_pi0[k])[idx]) / q
+                lp = optimize.linprog(-w, A_eq=np.ones((1, A)), b_eq=[1.0], bounds=list(zip(np.zeros(A), cap)),
+                                      method="highs")
+                rows = {(k, idx): lp.x}
+                for c in kids:
+                    rows.update(c[1])
+                return float(w @ lp.x), rows
+
+            value, rows = best(0, 0)
+            rho = np.ones(1)
+            for k in range(L):
+                rho = (rho[:, None] * np.stack([rows[(k, i)] for i in range(A**k)])).reshape(-1)
+            nz = rho > 0
+            kl = rho[nz] @ (np.log(rho[nz]) - lr0[nz])
+            r = quantilizer_tree(tree, jnp.float64(q))
+            pol = quantilizer_policy(tree, jnp.float64(q))
+            np.testing.assert_allclose([r.E_U, r.E_V, r.KL, pol.value], [rho @ U, rho @ V, kl, value], rtol=1e-9)
+
+
+def test_sigmoid_proxy_tilt_mc_carries_its_standard_error():
+    """The post's bounded reward by weighting draws of Q, against SciPy quadrature of the same tilt (Gaussian U)."""
+    from scipy import integrate
+    beta = 0.2
+    # U ~ N(0, 2), V | U ~ N(U/2, 1/2): E_P[V] = E_P[U]/2 under P ∝ Q exp(sigmoid(U)/beta).
+    dens = lambda u: np.exp(-u * u / 4 + special.expit(u) / beta)  # noqa: E731
+    Z = integrate.quad(dens, -40, 40, epsabs=0, epsrel=1e-12)[0]
+    EU = integrate.quad(lambda u: u * dens(u), -40, 40, epsabs=0, epsrel=1e-12)[0] / Z
+    Es = integrate.quad(lambda u: special.expit(u) * dens(u), -40, 40, epsabs=0, epsrel=1e-12)[0] / Z
+    r = jax.jit(sigmoid_proxy_tilt_mc, static_argnums=4)(jax.random.key(0), parse("normal"), parse("normal"),
+                                                         jnp.float32(beta), 200_000)
+    assert 0 < float(r.E_V_se) < 0.01 and float(r.ess) > 1e4
+    assert abs(float(r.E_V) - EU / 2) < 4 * float(r.E_V_se)
+    np.testing.assert_allclose(float(r.E_U), Es, rtol=2e-3)  # a bounded mean: se ~ 1e-3 relative
+    old, se = bounded_tilt_mc(jax.random.key(0), parse("normal"), parse("normal"), jnp.float32(beta), 200_000)
+    np.testing.assert_allclose([float(old.E_V), float(se)], [float(r.E_V), float(r.E_V_se)], rtol=1e-6)
