@@ -15,8 +15,8 @@ exact, KL(P_n || pi0) = sum_v P_n(v) log(P_n(v) / m(v)) (the split inside a tie
 is pi0's, so it adds nothing), and lies below log n - (n - 1)/n (Gao, Schulman
 & Hilton 2023; Beirami et al. 2024).
 
-Sequences are flat: any fixed order of the N terminal sequences, e.g. the
-concatenation of an `mdp.Tree`'s levels (`terminal_logprobs`, `bon_tree`).
+Sequences are flat: any fixed order of the N terminal sequences, e.g. mdp's
+level order of `lab.tree` (`bon_tree` takes a lab `mdp.Tree`).
 
 Glossary: N terminal sequences, K values of n.
 """
@@ -31,8 +31,9 @@ from jax.scipy.special import logsumexp
 
 from goodhart_jax import mdp
 from goodhart_jax.best_of_n import kl_bound
+from goodhart_jax.lab import tree as lab_tree
 
-__all__ = ["LabBon", "TieGroups", "tie_groups", "bon_logprobs", "bon_stats", "bon_tree", "terminal_logprobs"]
+__all__ = ["LabBon", "TieGroups", "tie_groups", "bon_logprobs", "bon_stats", "bon_tree"]
 
 
 class TieGroups(NamedTuple):
@@ -153,38 +154,12 @@ def bon_stats(log_p0: Array, proxy: Array, gold: Array, ns: Array) -> LabBon:
     return LabBon(G.reshape(shape), R.reshape(shape), KL.reshape(shape), kl_bound(ns))
 
 
-def terminal_logprobs(log_pi0: tuple, eos: bool) -> Array:
-    """log pi0 of every terminal sequence, flat in `mdp`'s level order.
-
-    Level k < L holds "prefix of k tokens, then EOS" (only with `eos`), level L
-    the full-length sequences; flat = their concatenation, the order of
-    `jnp.concatenate(tree.X)`.
-
-    Args:
-      log_pi0: L arrays [n^k, A] of the policy's log-probabilities (`mdp.Tree.log_pi0`).
-      eos: whether token A - 1 ends a sequence.
-    Returns:
-      [N] log-probabilities.
-    """
-    log_r = jnp.zeros((1,), log_pi0[0].dtype)
-    out = []
-    for lp in log_pi0:
-        lp = log_r[:, None] + lp
-        if eos:
-            out.append(lp[:, -1])
-            lp = lp[:, :-1]
-        log_r = lp.reshape(-1)
-    return jnp.concatenate(out + [log_r])
-
-
 def bon_tree(tree: mdp.Tree, ns: Array) -> LabBon:
-    """`bon_stats` on a tree whose proxy is U = X + V and gold V (lab convention X = r - g, V = g).
+    """`bon_stats` on a lab tree (EOS last, `lab.tree.mdp_tree`): proxy U = X + V, gold V.
 
     Args:
-      tree: `mdp.Tree`.
+      tree: `mdp.Tree` with EOS.
       ns: [K] values of n >= 1.
     """
-    eos = tree.X[0].shape[0] == 1  # level 0 holds the empty prefix's EOS exit iff the tree has EOS
-    proxy = jnp.concatenate(mdp.terminal_values(tree))
-    gold = jnp.concatenate(tree.V)
-    return bon_stats(terminal_logprobs(tree.log_pi0, eos), proxy, gold, ns)
+    proxy = lab_tree.flatten(mdp.terminal_values(tree))
+    return bon_stats(lab_tree.terminal_logprobs(tree.log_pi0), proxy, lab_tree.flatten(tree.V), ns)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from goodhart_jax import mdp
-from goodhart_jax.lab.best_of_n import bon_logprobs, bon_stats, bon_tree, terminal_logprobs
+from goodhart_jax.lab.best_of_n import bon_logprobs, bon_stats, bon_tree
+from goodhart_jax.lab.tree import terminal_logprobs
 from goodhart_jax.tails import parse
 
 bon_stats_jit = jax.jit(bon_stats)
@@ -114,23 +115,12 @@ def random_tree(key, vocab=3, depth=3, decimals=1):
     return mdp.Tree(t.log_pi0, tuple(u - v for u, v in zip(U, t.V)), t.V), spec
 
 
-def test_terminal_logprobs_match_mdp():
-    tree, spec = random_tree(jax.random.key(3))
-    pi0 = tuple(jnp.exp(l) for l in tree.log_pi0)
-    ref = jax.jit(mdp.terminal_probs)(tree, pi0)
-    ref = jnp.concatenate(ref)
-    lp = jax.jit(terminal_logprobs, static_argnums=1)(tree.log_pi0, True)
-    assert lp.shape == (spec.num_terminals,)
-    np.testing.assert_allclose(np.exp(lp), ref, rtol=1e-5)  # float32
-    np.testing.assert_allclose(float(jnp.sum(jnp.exp(lp))), 1.0, rtol=1e-5)
-
-
 def test_monte_carlo():
     """Best of n sampled from pi0 over the tree's sequences (first maximal draw wins) matches within 4 se."""
     tree, spec = random_tree(jax.random.key(4))
     ns = (1, 3, 16, 128)
     s = jax.jit(bon_tree)(tree, jnp.asarray(ns, jnp.float32))
-    lp = jax.jit(terminal_logprobs, static_argnums=1)(tree.log_pi0, True)
+    lp = jax.jit(terminal_logprobs)(tree.log_pi0)
     proxy = jnp.concatenate(mdp.terminal_values(tree))
     gold = jnp.concatenate(tree.V)
     T = 4000
