@@ -1,0 +1,128 @@
+"""RL against the proxy with a KL penalty: exact evaluation, gap to the exact optimum, convergence, determinism."""
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from goodhart_jax import mdp
+from goodhart_jax.lab import lm, rl
+from goodhart_jax.lab import tree as lab_tree
+from goodhart_jax.tails import parse
+
+
+def make_task(key, vocab=3, depth=2, beta=1.0):
+    spec = mdp.TreeSpec(vocab, depth, eos=True)
+    fam = parse("normal")
+    t = jax.jit(lambda k: mdp.make_tree(k, spec, fam, fam, pi0="random"))(key)
+    proxy, gold = jnp.concatenate(mdp.terminal_values(t)), jnp.concatenate(t.V)
+    return rl.RLTask(lab_mdp_tree(t.log_pi0, proxy, gold), jnp.float32(beta)), proxy, gold
+
+
+def lab_mdp_tree(log_pi0, proxy, gold):
+    return lab_tree.mdp_tree(lab_tree.LMTree(log_pi0, None, None), gold, proxy)
+
+
+def all_sequences(vocab, depth):
+    """Every EOS-continued terminal sequence [N, L], in no particular order."""
+    eos, out = vocab - 1, []
+    for k in range(depth + 1):
+        for pre in itertools.product(range(vocab - 1), repeat=k):
+            if k < depth:
+                out.append(list(pre) + [eos] * (depth - k))
+            else:
+                out.append(list(pre))
+    return np.asarray(out, np.int32)
+
+
+def test_tabular_policy():
+    """The tabular policy's tree is its table (softmaxed); its sequence law is the tree's."""
+    vocab, depth = 4, 3
+    task, _, _ = make_task(jax.random.key(0), vocab, depth)
+    seqs = jnp.asarray(all_sequences(vocab, depth))
+    table = tuple(jax.random.normal(jax.random.key(k), l.shape) for k, l in enumerate(task.tree.log_pi0))
+    lp_seq = jax.jit(lambda p, x: lm.sequence_logprob(rl.tabular_logits, p, x))(table, seqs)
+    log_pi = jax.jit(lambda p: lab_tree.log_pi0_levels(rl.tabular_logits, p, depth))(table)
+    for l, t in zip(log_pi, table):
+        np.testing.assert_allclose(l, jax.nn.log_softmax(t, axis=-1), atol=1e-6)  # float32
+    idx = np.asarray(lab_tree.terminal_index(seqs, vocab))
+    flat = lab_tree.terminal_logprobs(log_pi)
+    np.testing.assert_allclose(np.asarray(flat)[idx], lp_seq, atol=1e-5)  # float32 sums of 3 terms
+    # and its sampler draws each sequence with that probability
+    x = jax.jit(lambda k: lm.sample(k, rl.tabular_logits, table, 20000, depth))(jax.random.key(1))
+    freq = np.bincount(np.asarray(lab_tree.terminal_index(x, vocab)), minlength=flat.shape[0]) / 20000
+    p = np.exp(np.asarray(flat))
+    assert np.all(np.abs(freq - p) < 4.5 * np.sqrt(p * (1 - p) / 20000) + 1e-9)
+
+
+def test_gap_never_negative():
+    """Random policies and the optimum itself: gap = J(pi*) - J(pi) >= 0, and 0 at pi*."""
+    with jax.enable_x64(True):
+        task, _, _ = make_task(jax.random.key(1), 4, 3)
+        tree = jax.tree.map(lambda a: a.astype(jnp.float64), task.tree)
+        cfg = rl.RLConfig(4, 3)
+        evaluate = jax.jit(rl.make_eval(cfg, rl.tabular_logits))
+        for beta in (0.1, 1.0, 10.0):
+            t = rl.RLTask(tree, jnp.float64(beta))
+            for k in range(5):
+                table = tuple(l + 2.0 * jax.random.normal(jax.random.key(10 + k), l.shape, l.dtype)
+                              for l in tree.log_pi0)
+                assert float(evaluate(table, t).gap) > 0.0
+            star = mdp.optimal_policy(tree, jnp.float64(beta)).pi
+            e = evaluate(tuple(jnp.log(p) for p in star), t)
+            assert abs(float(e.gap)) < 1e-12  # float64 round-off
+            assert float(evaluate(tree.log_pi0, t).KL) == 0.0  # pi0: no KL, the gap is the whole gain
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0])
+def test_rl_reaches_the_optimum_on_a_small_tree(beta):
+    """A = 3, L = 2, tabular policy from pi0: RL closes all but 3% of the optimum's gain over pi0."""
+    task, _, _ = make_task(jax.random.key(0), beta=beta)
+    cfg = rl.RLConfig(3, 2, batch=64, learning_rate=0.1, num_steps=300, eval_every=50)
+    _, infos, ev = rl.train(jax.random.key(1), cfg, rl.tabular_logits, task.tree.log_pi0, task)
+    gain = np.asarray(ev.optimum[0] - ev.objective[0])  # the optimum's gain over pi0 (> 0)
+    rel = np.asarray(ev.gap) / gain
+    assert gain > 0.1 and rel[0] == pytest.approx(1.0)
+    assert np.all(np.asarray(ev.gap) >= -1e-6)  # float32 round-off
+    assert rel[-1] < 0.03, rel
+    assert infos.loss.shape == (6, 50) and np.all(np.diff(np.asarray(ev.step)) == 50)
+
+
+def test_same_seed_same_result_and_chunks():
+    """Same key: identical runs; the run cut into rounds equals the whole run; no retrace across betas."""
+    task, _, _ = make_task(jax.random.key(2))
+    cfg = rl.RLConfig(3, 2, batch=8, learning_rate=0.05, num_steps=20, eval_every=10)
+    tr = rl.make_train(cfg, rl.tabular_logits)
+    a = tr(jax.random.key(3), task.tree.log_pi0, task)
+    b = tr(jax.random.key(3), task.tree.log_pi0, task)
+    chex.assert_trees_all_equal(a, b)
+    c = tr(jax.random.key(4), task.tree.log_pi0, task)
+    assert not np.array_equal(np.asarray(a[2].gap), np.asarray(c[2].gap))
+    init, _ = rl.make_rl(cfg, rl.tabular_logits)
+    run = jax.jit(rl.make_run(cfg, rl.tabular_logits, num_evals=1))
+    state = init(task.tree.log_pi0)
+    gaps = []
+    for _ in range(2):
+        state, _, ev = run(jax.random.key(3), state, task)
+        gaps.append(float(ev.gap[0]))
+    chex.assert_trees_all_close(state.params, a[0].params, atol=1e-6)  # same steps, separately compiled
+    np.testing.assert_allclose(gaps, np.asarray(a[2].gap[1:]), atol=1e-6)
+    d = tr(jax.random.key(5), task.tree.log_pi0, task._replace(beta=jnp.float32(0.5)))
+    assert tr._cache_size() == 1  # new keys and betas reuse the compiled run
+    assert d[2].optimum.shape == (3,)
+
+
+def test_rl_on_the_lab_lm():
+    """The LM itself as the policy: a few steps run, the exact evaluation has gap >= 0 and the objective rises."""
+    cfg = lm.LMConfig(vocab=3, depth=2, layers=1, width=16, heads=2)
+    params = lm.init(jax.random.key(0), cfg)
+    f = lm.make_logits(cfg)
+    log_pi0 = lab_tree.exact_tree(f, params, cfg.depth).log_pi0
+    _, proxy, gold = make_task(jax.random.key(5))
+    task = rl.RLTask(lab_mdp_tree(log_pi0, proxy, gold), jnp.float32(0.5))
+    rc = rl.RLConfig(3, 2, batch=32, learning_rate=0.03, num_steps=60, eval_every=20)
+    _, _, ev = rl.train(jax.random.key(1), rc, f, params, task)
+    assert np.all(np.asarray(ev.gap) >= -1e-5)  # float32
+    assert float(ev.KL[0]) < 1e-6 and float(ev.objective[-1]) > float(ev.objective[0])
