@@ -329,19 +329,23 @@ def parse(spec: str | Family, center: bool = False) -> Family:
         return spec
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"empty family spec; valid families: {', '.join(FAMILIES)}")
-    name, _, rest = spec.strip().partition(":")
+    name, colon, rest = spec.strip().partition(":")
     name = name.strip()
     if name not in FAMILIES:
         raise ValueError(f"unknown family {name!r}; valid families: {', '.join(FAMILIES)}")
     d = FAMILIES[name]
     params = dict(d.defaults)
-    for item in filter(None, (s.strip() for s in rest.split(","))):
+    given: set[str] = set()
+    for item in (s.strip() for s in rest.split(",")) if colon else ():  # 'name:' and 'a=1,,b=2' are refused
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq:
             raise ValueError(f"{name}: expected param=value, got {item!r}; parameters: {', '.join(d.defaults)}")
         if key not in d.defaults:
             raise ValueError(f"{name}: unknown parameter {key!r}; valid parameters: {', '.join(d.defaults)}")
+        if key in given:
+            raise ValueError(f"{name}: parameter {key!r} is given twice")
+        given.add(key)
         try:
             params[key] = float(value)
         except ValueError:

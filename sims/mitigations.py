@@ -2,14 +2,14 @@
 
 Methods: "kl_penalty" (max E[U] - beta KL on a fixed beta grid, the baseline),
 "kl_target" (beta solved per KL target), "bounded" (max E[sigmoid(U)] - beta KL,
-the companion post's bounded reward), "quantilizer" (odds ratio pi/pi0 <= 1/q).
+the companion post's bounded reward), "bounded_mean" (max sigmoid(E[U]) - beta KL,
+the paper's Section 6.1 variant), "quantilizer" (odds ratio pi/pi0 <= 1/q).
 On the continuous model and on a token tree with X, V drawn per terminal
-state. Budget = KL(P || Q) reached (trajectory KL on the tree).
+state. Budget = KL(P || Q) reached (trajectory KL on the tree). Families are
+used exactly as specified unless --center is given.
 
     python sims/mitigations.py                 # defaults, ~1 minute
     python sims/mitigations.py --json | jq .
-
-Families are used exactly as specified unless --center is given.
 """
 from __future__ import annotations
 
@@ -26,14 +26,12 @@ from goodhart_jax import cli, mdp, mitigations, tails
 class Config(cli.RunConfig):
     error: tuple[str, ...] = cli.arg(("normal", "student_t:df=3"), "error families X", metavar="FAMILY")
     utility: str = cli.arg("normal", "utility family V", metavar="FAMILY")
-    kl: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(0.05, 8.0, 12)),
-                                    "KL budgets (targets; quantilizer q = e^-D; baseline beta = 1/D) (default: 12 "
-                                    "points from 0.05 to 8, log-spaced)", metavar="D", show_default=False,
-                                    check=cli.positive("KL budget"))
-    bounded_betas: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(0.03, 3.0, 10)),
-                                               "betas of the bounded proxies (default: 10 points from 0.03 to 3, "
-                                               "log-spaced)", metavar="B", show_default=False,
-                                               check=cli.positive("beta"))
+    kl: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(0.05, 8.0, 12)), "KL budgets (targets; "
+                                    "quantilizer q = e^-D; baseline beta = 1/D) (default: 12 points from 0.05 to 8, "
+                                    "log-spaced)", metavar="D", show_default=False, check=cli.positive("KL budget"))
+    bounded_betas: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(0.03, 3.0, 10)), "betas of "
+                                               "the bounded methods (default: 10 points from 0.03 to 3, log-spaced)",
+                                               metavar="B", show_default=False, check=cli.positive("beta"))
     vocab: int = cli.arg(8, "tree tokens per state", metavar="A")
     depth: int = cli.arg(5, "tree depth", metavar="L")
     seed: int = cli.arg(0, "PRNG seed", metavar="S")
@@ -55,64 +53,63 @@ def validate(cfg: Config) -> tuple[list[tails.Family], tails.Family, mdp.TreeSpe
 
 
 def _tree(tree, kls, penalty_betas, qs, betas):
-    """Every method on one tree, exact: {method: [K] Budgeted}."""
-    def soft(tree, beta):  # the KL-penalised optimum at a given beta always exists
-        r = mdp.soft_optimum(tree, beta)
-        return mitigations.Budgeted(r.E_U, r.E_V, r.KL, beta, jnp.ones_like(beta, bool))
-    return dict(kl_penalty=jax.vmap(soft, (None, 0))(tree, penalty_betas),
-                kl_target=jax.vmap(mitigations.kl_target_tree, (None, 0))(tree, kls),
-                bounded=jax.vmap(soft, (None, 0))(mitigations.bounded_tree(tree), betas),
-                quantilizer=jax.vmap(mitigations.quantilizer_tree, (None, 0))(tree, qs))
+    """Every method on one tree, exact: {method: [K] results}."""
+    per = lambda f, tree, x: jax.vmap(f, (None, 0))(tree, x)  # noqa: E731
+    return dict(kl_penalty=per(mdp.soft_optimum, tree, penalty_betas),
+                kl_target=per(mitigations.kl_target_tree, tree, kls),
+                bounded=per(mdp.soft_optimum, mitigations.sigmoid_proxy_tree(tree), betas),
+                bounded_mean=per(mitigations.sigmoid_of_mean_tree, tree, betas),
+                quantilizer=per(mitigations.quantilizer_tree, tree, qs))
 
 
-def _continuous(error, utility, kls):
-    """KL target and quantilizer on the continuous model (run in float64): {method: [K] Budgeted}."""
-    return dict(kl_target=jax.vmap(mitigations.kl_target_tilt, (None, None, 0))(error, utility, kls),
-                quantilizer=jax.vmap(mitigations.quantilizer_continuous, (None, None, 0))(error, utility, kls))
+def _continuous(error, utility, kls, betas):
+    """KL target, bounded_mean and quantilizer on the continuous model (run in float64): {method: [K] results}."""
+    per = lambda f, x: jax.vmap(f, (None, None, 0))(error, utility, x)  # noqa: E731
+    return dict(kl_target=per(mitigations.kl_target_tilt, kls),
+                bounded_mean=per(mitigations.sigmoid_of_mean_tilt, betas),
+                quantilizer=per(mitigations.quantilizer_continuous, kls))
 
 
 tree_methods, continuous_methods = jax.jit(_tree), jax.jit(_continuous)  # jit once, at the boundary
-bounded_mc = jax.jit(jax.vmap(mitigations.bounded_tilt_mc, (None, None, None, 0, None)), static_argnums=4)
+bounded_mc = jax.jit(jax.vmap(mitigations.sigmoid_proxy_tilt_mc, (None, None, None, 0, None)), static_argnums=4)
 
 
-def _rows(model, method, res, budget, common, **extra):
-    """One row per budget from a [K] Budgeted; the continuous quantilizer's E_U (t_q, a lower bound) is not kept."""
-    quant = model == "continuous" and method == "quantilizer"
+def _rows(model, method, res, budget, common):
+    """One row per budget from [K] results (param: the solved knob, else beta; exists: True unless said)."""
+    quant = model == "continuous" and method == "quantilizer"  # its E_U holds t_q, a lower bound: not kept
+    exists, param = getattr(res, "exists", np.ones(len(budget), bool)), getattr(res, "param", budget)
     val = lambda a, j, ok: float(a[j]) if ok else None  # noqa: E731
     return [dict(kind="mitigation", model=model, method=method, **common, budget=float(b), exists=bool(ok),
                  KL=val(res.KL, j, ok), E_V=val(res.E_V, j, ok), E_U=val(res.E_U, j, ok and not quant),
-                 **{"t_q" if quant else "param": float(res.param[j])}, **{k: float(v[j]) for k, v in extra.items()})
-            for j, (b, ok) in enumerate(zip(budget, res.exists))]
+                 **{"t_q" if quant else "param": float(param[j])},
+                 **{f: float(getattr(res, f)[j]) for f in ("E_V_se", "lam") if hasattr(res, f)})
+            for j, (b, ok) in enumerate(zip(budget, exists))]
 
 
 def main(cfg: Config) -> list[dict]:
     errors, utility, spec = validate(cfg)
     kls, betas = np.asarray(cfg.kl, float), np.asarray(cfg.bounded_betas, float)
-    budget = dict(kl_penalty=1 / kls, bounded=betas)  # the row's budget: beta for these, the KL target D for the rest
+    budget = dict(kl_penalty=1 / kls, bounded=betas, bounded_mean=betas)  # beta for these, the KL target D for the rest
+    f32 = [jnp.asarray(a, jnp.float32) for a in (kls, 1 / kls, np.exp(-kls), betas)]  # beta = 1/D, q = e^-D
     key = jax.random.key(cfg.seed)
     with cli.Run("mitigations", cfg) as run:
         for i, (spec_x, error) in enumerate(run.progress(list(zip(cfg.error, errors)), "error families")):
             k_tree, k_mc = jax.random.split(jax.random.fold_in(key, i))
             tree = mdp.make_tree(k_tree, spec, error, utility)
-            f32 = [jnp.asarray(a, jnp.float32) for a in (kls, 1 / kls, np.exp(-kls), betas)]  # beta = 1/D, q = e^-D
             t = jax.device_get(tree_methods(tree, *f32))
             with jax.enable_x64(True):
-                c = jax.device_get(continuous_methods(error, utility, jnp.asarray(kls)))
-            c["bounded"], se = jax.device_get(bounded_mc(k_mc, error, utility, f32[3], cfg.mc_samples))
-            common = dict(error=spec_x, utility=cfg.utility)
+                c = jax.device_get(continuous_methods(error, utility, jnp.asarray(kls), jnp.asarray(betas)))
+            c["bounded"] = jax.device_get(bounded_mc(k_mc, error, utility, f32[3], cfg.mc_samples))
             rows = [r for model, res in (("tree", t), ("continuous", c)) for m, b in res.items()
-                    for r in _rows(model, m, b, budget.get(m, kls), common,
-                                   **({"E_V_se": se} if (model, m) == ("continuous", "bounded") else {}))]
+                    for r in _rows(model, m, b, budget.get(m, kls), dict(error=spec_x, utility=cfg.utility))]
             for r in rows:
                 if any(r[k] is not None and not np.isfinite(r[k]) for k in ("E_V", "KL")):
                     raise FloatingPointError(f"{r['model']}/{r['method']}/{r['error']}: E_V or KL is not finite")
             run.emit(rows)
         from goodhart_jax.plots import mitigations as plots
-
         if cfg.plots:
             run.figure("mitigations.png", plots.figure(run.rows, list(cfg.error)))
-        run.log("\n" + plots.summary(run.rows))
-        run.log(f"wrote {run.dir}: {', '.join(run.files)}")
+        run.log(f"\n{plots.summary(run.rows)}\nwrote {run.dir}: {', '.join(run.files)}")
     return run.rows
 
 

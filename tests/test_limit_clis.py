@@ -50,7 +50,7 @@ def test_other_scripts_tiny_runs(tmp_path):
     assert {"KL_bound", "E_U", "E_V", "E_V_mc", "E_V_mc_se"} <= set(b[0])
     rows = mit.main(mit.Config(error=("normal",), kl=(0.5,), bounded_betas=(1.0,), vocab=3, depth=2,
                                mc_samples=1000, plots=False, out=str(tmp_path / "mit")))
-    assert {r["method"] for r in rows} == {"kl_penalty", "kl_target", "bounded", "quantilizer"}
+    assert {r["method"] for r in rows} == {"kl_penalty", "kl_target", "bounded", "bounded_mean", "quantilizer"}
 
 
 @pytest.mark.parametrize("script,args,needle", [
@@ -88,7 +88,7 @@ def test_theorem3_json_and_files(tmp_path):
 
 
 def test_mitigations_json_and_files(tmp_path):
-    from scipy import integrate, stats
+    from scipy import integrate, optimize, stats
 
     p = _run("mitigations.py", "--error", "normal", "--kl", "0.5", "2", "--bounded-betas", "0.2", "--vocab", "3",
              "--depth", "2", "--mc-samples", "20000", "--out", str(tmp_path), "--json")
@@ -110,5 +110,16 @@ def test_mitigations_json_and_files(tmp_path):
     ev = 0.5 * integrate.quad(w, -40, 40, args=(lambda u: u,))[0] / integrate.quad(w, -40, 40, args=(lambda u: 1,))[0]
     b = by["continuous", "bounded", 0.2]
     assert abs(b["E_V"] - ev) < 5 * b["E_V_se"]
+    # Section 6.1's sigmoid(E[U]) - beta KL: the tilt e^{lam U} with lam = sigmoid'(E[U]) / beta, E[U] = 2 lam,
+    # KL = lam^2 and E[V] = lam.
+    dsig = lambda m: 1 / (2 + math.exp(m) + math.exp(-m))  # noqa: E731  sigmoid'(m)
+    lam = optimize.brentq(lambda x: 0.2 * x - dsig(2 * x), 1e-9, 5.0, xtol=1e-14)
+    for model, tol in (("continuous", 1e-6), ("tree", None)):
+        r = by[model, "bounded_mean", 0.2]
+        assert r["exists"] and r["param"] == 0.2 and ({"lam"} <= set(r))
+        if tol:
+            assert abs(r["lam"] - lam) < tol and abs(r["E_V"] - lam) < tol and abs(r["KL"] - lam**2) < tol
+        else:  # on the tree: the same stationarity condition holds at its own E_U
+            assert abs(0.2 * r["lam"] - dsig(r["E_U"])) < 1e-4
     for f in ("config.json", "results.jsonl", "results.csv", "mitigations.png"):
         assert (tmp_path / f).stat().st_size > 0

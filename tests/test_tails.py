@@ -157,3 +157,15 @@ def test_parse_center_keyword():
     assert abs(float(fam.mean)) < 1e-6 and float(tails.parse("lognormal").mean) > 1
     with pytest.raises(ValueError, match="mean is not finite"):
         tails.parse("pareto:alpha=0.8", center=True)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("normal:loc=0,loc=1", r"normal: parameter 'loc' is given twice"),  # was normal:loc=1, silently
+    ("normal:", r"normal: expected param=value, got ''"),                  # was normal
+    ("normal:loc=0,,scale=1", r"normal: expected param=value, got ''"),
+    ("student_t:df=", r"student_t: parameter df='' is not a number"),
+])
+def test_spec_duplicates_and_empty_items_are_refused(spec, match):
+    with pytest.raises(ValueError, match=match):
+        tails.parse(spec)
+    assert str(tails.parse("normal:loc=1,scale=2")) == "normal:loc=1,scale=2"  # a well-formed spec still parses

@@ -6,10 +6,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from goodhart_jax import tails  # noqa: E402
-
 MODELS = ("continuous", "tree")
-LABELS = {  # method -> legend label
+LABELS = {  # method -> legend label, in legend order
     "kl_penalty": "kl_penalty: E[U] - beta KL, beta = 1/D",
     "kl_target": "kl_target: beta solved for KL = D",
     "bounded": "bounded: E[sigmoid(U)] - beta KL",
@@ -25,22 +23,25 @@ def figure(rows: list[dict], errors: list[str]) -> plt.Figure:
       rows: the script's "mitigation" rows.
       errors: the error family specs, in column order.
     """
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    seen = set(r["method"] for r in rows)
+    methods = [m for m in LABELS if m in seen] + sorted(seen - set(LABELS))
     fig, axes = plt.subplots(len(MODELS), len(errors), figsize=(5.2 * len(errors), 7.5), squeeze=False)
     for a, model in enumerate(MODELS):
         for b, err in enumerate(errors):
             ax = axes[a, b]
-            for method in methods:
-                rs = sorted((r for r in rows if r["model"] == model and r["error"] == err and r["method"] == method
-                             and r["exists"]), key=lambda r: r["KL"])
+            missing = []  # methods computed here whose optimum exists at no budget
+            for i, method in enumerate(methods):  # one colour per method in every panel
+                here = [r for r in rows if r["model"] == model and r["error"] == err and r["method"] == method]
+                rs = sorted((r for r in here if r["exists"]), key=lambda r: r["KL"])
+                missing += [method] if here and not rs else []
                 if rs:
-                    ax.plot([r["KL"] for r in rs], [r["E_V"] for r in rs], "o-", ms=3,
+                    ax.plot([r["KL"] for r in rs], [r["E_V"] for r in rs], "o-", ms=3, color=f"C{i}",
                             label=LABELS.get(method, method))
             ax.set_xscale("log")
             ax.set_xlabel("KL(P || Q) spent")
             ax.set_ylabel("E_P[V]")
-            no_opt = model == "continuous" and bool(tails.parse(err).heavy)
-            ax.set_title(f"{model}: error {err}" + (" (KL optimum does not exist)" if no_opt else ""), fontsize=9)
+            ax.set_title(f"{model}: error {err}" + (f"\n(no optimum: {', '.join(missing)})" if missing else ""),
+                         fontsize=9)
             ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -49,7 +50,11 @@ def figure(rows: list[dict], errors: list[str]) -> plt.Figure:
 def summary(rows: list[dict]) -> str:
     """One line per (model, method, error): the largest KL reached and E[V] there."""
     lines = [f"{'model':<11}{'method':<14}{'error':<16}{'max KL':>8}{'E[V] there':>12}"]
-    for key in dict.fromkeys((r["model"], r["method"], r["error"]) for r in rows):
+    errors = list(dict.fromkeys(r["error"] for r in rows))
+    rank = {m: i for i, m in enumerate(LABELS)}
+    keys = sorted(dict.fromkeys((r["model"], r["method"], r["error"]) for r in rows),
+                  key=lambda k: (errors.index(k[2]), MODELS.index(k[0]), rank.get(k[1], len(rank)), k[1]))
+    for key in keys:
         rs = [r for r in rows if (r["model"], r["method"], r["error"]) == key and r["exists"]]
         head = f"{key[0]:<11}{key[1]:<14}{key[2]:<16}"
         if not rs:
