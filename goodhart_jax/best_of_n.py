@@ -35,7 +35,7 @@ from goodhart_jax.conditioning import threshold
 from goodhart_jax.quadrature import de_moments, locate_bump, log_de_quadrature
 from goodhart_jax.tails import Family, parse
 
-__all__ = ["BonResult", "BonMC", "GaoFit", "kl_bound", "bon_exact", "bon_mc", "fit_gao", "authors_grid",
+__all__ = ["BonResult", "BonMC", "GaoFit", "AuthorsGrid", "kl_bound", "bon_exact", "bon_mc", "fit_gao", "authors_grid",
            "check_ns"]
 
 _OUTER_COARSE = 192  # points of the outer grid locating the quantiles u_n
@@ -194,7 +194,14 @@ def _shifted(spec: str, shift: float) -> Family:
     return dataclasses.replace(parse(spec), shift=shift)
 
 
-def authors_grid() -> tuple[list[tuple[str, Family]], list[tuple[str, Family]]]:
+class AuthorsGrid(NamedTuple):
+    """The authors' synthetic best-of-n families (unpacks as utilities, errors)."""
+
+    utilities: list  # (label, Family) of V
+    errors: list  # (label, Family) of X
+
+
+def authors_grid() -> AuthorsGrid:
     """The authors' synthetic best-of-n families: (utilities, errors), each (label, Family).
 
     Utility: 2 x N(0, 1), or 2 x Student-t(10) scaled to unit variance. Error:
@@ -211,7 +218,7 @@ def authors_grid() -> tuple[list[tuple[str, Family]], list[tuple[str, Family]]]:
         ("t3/sd", parse(f"student_t:df=3,scale={1 / math.sqrt(3.0)!r}")),
         ("t5/sd", parse(f"student_t:df=5,scale={1 / math.sqrt(5 / 3)!r}")),
     ]
-    return utilities, errors
+    return AuthorsGrid(utilities, errors)
 
 
 def check_ns(ns) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,7 +98,14 @@ def uniform_tail(key: Array, shape, dtype=jnp.float32) -> Array:
     return jnp.minimum(_fine(random_bits(key, shape), None, 32, dtype), 1.0)
 
 
-def signed_tail(key: Array, shape, dtype=jnp.float32) -> tuple[Array, Array]:
+class SignedTail(NamedTuple):
+    """A random sign and a tail-resolved half-uniform; fields [*shape]."""
+
+    sign: Array  # +-1 with probability 1/2 each
+    v: Array  # U(0, 1/2], independent of the sign
+
+
+def signed_tail(key: Array, shape, dtype=jnp.float32) -> SignedTail:
     """(s, V): s = +-1 with probability 1/2 each and V ~ U(0, 1/2], independent.
 
     V is resolved to 2^-33 (float32) near 0, so a symmetric inverse CDF
@@ -111,7 +119,7 @@ def signed_tail(key: Array, shape, dtype=jnp.float32) -> tuple[Array, Array]:
         hi, lo = random_bits(key, shape), None
     sign = jnp.where((hi >> 31) == 0, 1.0, -1.0).astype(dtype)
     v = jnp.minimum(_fine(hi & _M31, lo, 32, dtype), 0.5)
-    return sign, v
+    return SignedTail(sign, v)
 
 
 def std_exponential(key: Array, shape, dtype=jnp.float32) -> Array:

@@ -134,8 +134,7 @@ def test_section61_sigmoid_of_mean_tree_against_direct_optimisation(shift):
 
     A trajectory law on a tree is a policy's, and its KL is the trajectory KL, so
     optimising over the leaf simplex is the whole problem; the reference knows
-    nothing of tilts. shift = -6 puts E_Q[U] far below 0, where the stationarity
-    condition has several roots.
+    nothing of tilts. shift = -6 puts E_Q[U] far below 0 (sigmoid in its convex part).
     """
     with jax.enable_x64(True):
         tree, lr0, U, V = _leaf_tree(shift)
@@ -154,6 +153,40 @@ def test_section61_sigmoid_of_mean_tree_against_direct_optimisation(shift):
             post_pi = mdp.optimal_policy(sigmoid_proxy_tree(tree), jnp.float64(beta)).pi
             ps = mdp.trajectory_stats(tree, post_pi)
             assert float(special.expit(ps.E_U) - beta * ps.KL) < best - 1e-9
+
+
+@pytest.mark.parametrize("eps,lo,hi,beta", [(1e-2, -4.0, 2.0, 0.2), (1e-3, -4.0, 1.0, 0.1), (1e-3, -10.0, 3.0, 0.005)])
+def test_section61_global_maximum_among_three_stationary_points(eps, lo, hi, beta):
+    """One state, two actions: U = lo with probability 1 - eps, hi with eps under pi0.
+
+    beta lam = sigmoid'(E_lam[U]) has three roots here (a local maximum near
+    lam = 0, a minimum, and the global maximum once the rare outcome dominates);
+    a bisection on (0, 1 / (4 beta)) alone lands on the local one in the first
+    two cases (its first midpoint falls between the first two roots). Reference:
+    the objective over p = pi(hi) on a dense grid, refined by SciPy (float64).
+    """
+    with jax.enable_x64(True):
+        tree = mdp.Tree((jnp.log(jnp.array([[1 - eps, eps]])),), (jnp.zeros(0), jnp.array([lo, hi])),
+                        (jnp.zeros(0), jnp.zeros(2)))
+        r = jax.device_get(sigmoid_of_mean_tree(tree, jnp.float64(beta)))
+
+        def F(z):  # p = pi(hi) = expit(z), so p near 0 or 1 is resolved
+            p, q = special.expit(z), special.expit(-z)
+            kl = p * (special.log_expit(z) - math.log(eps)) + q * (special.log_expit(-z) - math.log1p(-eps))
+            return special.expit(p * hi + q * lo) - beta * kl
+
+        zs = np.linspace(-40, 40, 160001)
+        j = int(np.argmax(F(zs)))
+        ref = optimize.minimize_scalar(lambda z: -F(z), bounds=(zs[max(j - 1, 0)], zs[min(j + 1, len(zs) - 1)]),
+                                       method="bounded", options=dict(xatol=1e-12))
+        p_ref = special.expit(ref.x)
+        lams = np.linspace(1e-6, 0.25 / beta, 4001)  # the stationarity condition really has three roots
+        m = [(lo * (1 - eps) + hi * eps * np.exp(l * (hi - lo))) / (1 - eps + eps * np.exp(l * (hi - lo)))
+             for l in lams]
+        h = beta * lams - special.expit(m) * special.expit(np.negative(m))
+        assert int(np.sum(np.diff(np.sign(h)) != 0)) == 3
+        np.testing.assert_allclose(float(r.objective), -ref.fun, rtol=1e-10)
+        np.testing.assert_allclose(float(r.E_U), p_ref * hi + (1 - p_ref) * lo, rtol=1e-5)
 
 
 def test_section61_sigmoid_of_mean_tilt_gaussian():
