@@ -34,8 +34,8 @@ from goodhart_jax.roots import bisect
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt_component
 
-__all__ = ["UpweightResult", "BoundedResult", "TailMoments", "tail_moments", "upweight", "sweep_upweight", "upweight_at_kl",
-           "kl_bounded_optimum", "sweep_kl_bounded"]
+__all__ = ["UpweightResult", "BoundedResult", "TailMoments", "tail_moments", "upweight", "sweep_upweight",
+           "upweight_at_kl", "kl_bounded_optimum", "sweep_kl_bounded"]
 
 
 class UpweightResult(NamedTuple):

@@ -235,7 +235,7 @@ def test_section61_sigmoid_of_mean_tilt_laplace_and_heavy():
 
 
 def test_quantilizer_tree_against_linear_programs_and_leaf_enumeration():
-    """Per-state capped LPs solved by SciPy's linprog in a recursive walk, then KL and E[U] over the enumerated leaves."""
+    """Per-state capped LPs by SciPy linprog in a recursive walk; then KL, E[U] and E[V] over the enumerated leaves."""
     with jax.enable_x64(True):
         tree, lr0, U, V = _leaf_tree(vocab=3, depth=3, key=4)
         A, L = 3, 3
