@@ -33,6 +33,7 @@ Public API:
   train_lm(key, cfg, source, steps, batch=256, lr=3e-3, weight_decay=0.01) -> Trained(params, loss [steps])
       # jitted; AdamW, lax.scan over steps, a fresh batch of `batch` source sequences each step
   load_policy(path, tokens, start=None) -> CheckpointPolicy(logits_fn, params, tokens, start, model)
+  sub_vocabulary(tokens, V) -> tuple; start_token(path, V, start=None) -> int   # checked, UsageError
       # any causal-LM checkpoint, next-token distribution renormalised over the model ids `tokens`
       # (the last acts as EOS); lab BOS is fed as the model id `start` (default: its bos_token_id)
 
@@ -152,8 +153,13 @@ def logits(params: dict, ids: Array, cfg: LMConfig) -> Array:
     return jnp.einsum("btd,da->bta", h, kernel)
 
 
+@functools.lru_cache(maxsize=None)
 def make_logits(cfg: LMConfig) -> LogitsFn:
-    """logits_fn(params, ids [B, T]) -> [B, T, A] for `cfg` (the policy convention)."""
+    """logits_fn(params, ids [B, T]) -> [B, T, A] for `cfg` (the policy convention).
+
+    Cached: the same config gives the same function object, so jitted entry
+    points that take it as a static argument (`tree.exact_tree`) compile once.
+    """
     return functools.partial(logits, cfg=cfg)
 
 
@@ -360,6 +366,39 @@ def checkpoint_logits(model: LoadedModel, tokens, start: int) -> LogitsFn:
     return logits_fn
 
 
+def sub_vocabulary(tokens, vocab: int) -> tuple[int, ...]:
+    """The model ids of the lab tokens as a tuple, checked: >= 2 distinct ids in [0, V).
+
+    Raises:
+      UsageError: otherwise (one line naming the ids and V).
+    """
+    try:
+        out = tuple(int(t) for t in tokens)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) < 2 or len(set(out)) != len(out) or not all(0 <= t < vocab for t in out):
+        raise io.UsageError(f"--tokens must be >= 2 distinct ids in [0, {vocab}), got {list(tokens)}")
+    return out
+
+
+def start_token(path, vocab: int, start: int | None = None) -> int:
+    """`start`, or the checkpoint's config.json bos_token_id (the first if a list), checked in [0, V).
+
+    Raises:
+      UsageError: no such id.
+    """
+    if start is None:
+        try:
+            start = json.loads((Path(path) / "config.json").read_text()).get("bos_token_id")
+        except (OSError, ValueError, AttributeError):
+            start = None
+        if isinstance(start, list):
+            start = start[0] if start else None
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < vocab:
+        raise io.UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {vocab})")
+    return start
+
+
 def load_policy(path, tokens, start: int | None = None, dtype: str | None = None) -> CheckpointPolicy:
     """A causal-LM checkpoint (any `models.load_model` reads) as a lab policy on the sub-vocabulary `tokens`.
 
@@ -375,18 +414,6 @@ def load_policy(path, tokens, start: int | None = None, dtype: str | None = None
     model = load_model(path, dtype=dtype)
     if not model.has_lm_head:
         raise CheckpointError(f"{path} is not a causal LM (a {model.layout} checkpoint with no LM head)")
-    tokens = tuple(int(t) for t in tokens)
-    v = model.vocab_size
-    if len(tokens) < 2 or len(set(tokens)) != len(tokens) or not all(0 <= t < v for t in tokens):
-        raise io.UsageError(f"--tokens must be >= 2 distinct ids in [0, {v}), got {list(tokens)}")
-    if start is None:
-        try:
-            cfg = json.loads((Path(path) / "config.json").read_text())
-        except (OSError, ValueError):
-            cfg = {}
-        start = cfg.get("bos_token_id")
-        if isinstance(start, list):
-            start = start[0] if start else None
-    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < v:
-        raise io.UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {v})")
+    tokens = sub_vocabulary(tokens, model.vocab_size)
+    start = start_token(path, model.vocab_size, start)
     return CheckpointPolicy(checkpoint_logits(model, tokens, start), model.params, tokens, start, model)

@@ -169,7 +169,11 @@ def spec(tree: LMTree) -> mdp.TreeSpec:
 
 
 def exact_tree(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) -> LMTree:
-    """Enumerate a policy's tree (jitted entry point; compiled once per call).
+    """Enumerate a policy's tree (jitted entry point).
+
+    Compiled once per (logits_fn, depth, chunk) and parameter shapes: new
+    parameters of the same policy (an RL run's checkpoints) reuse it when
+    `logits_fn` is the same object (`lm.make_logits` is cached).
 
     Args:
       logits_fn, params: a policy in the lab convention (`lab.lm`).
@@ -182,13 +186,13 @@ def exact_tree(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) 
     """
     a = jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32)).shape[-1]
     check_size(a, depth)
+    return _exact_tree(logits_fn, params, depth, chunk)
 
-    @jax.jit
-    def build(params):
-        lp = log_pi0_levels(logits_fn, params, depth, chunk)
-        return LMTree(lp, terminal_tokens(a, depth), terminal_logprobs(lp))
 
-    return build(params)
+@functools.partial(jax.jit, static_argnames=("logits_fn", "depth", "chunk"))
+def _exact_tree(logits_fn: LogitsFn, params: Any, depth: int, chunk: int) -> LMTree:
+    lp = log_pi0_levels(logits_fn, params, depth, chunk)
+    return LMTree(lp, terminal_tokens(lp[0].shape[-1], depth), terminal_logprobs(lp))
 
 
 def mdp_tree(tree: LMTree, gold: Array, proxy: Array) -> mdp.Tree:

@@ -1,0 +1,223 @@
+"""Lab rewards: exact moments by brute force, BT training against a known linear reward and SciPy's MLE,
+reward models against unbatched/unpadded evaluation and PyTorch, proxy diagnostics."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize
+
+from goodhart_jax import io
+from goodhart_jax.lab import lm, rewards, tree
+from goodhart_jax.models import ARCHITECTURES, CheckpointError
+
+CFG = lm.LMConfig(vocab=4, depth=3, layers=1, width=16, heads=2)
+RM_CFG = lm.LMConfig(vocab=4, depth=3, layers=1, width=16, heads=2)
+
+
+@pytest.fixture(scope="module")
+def small_tree():
+    params = jax.jit(lm.init, static_argnames="cfg")(jax.random.key(0), CFG)
+    return tree.exact_tree(lm.make_logits(CFG), params, CFG.depth)
+
+
+def random_log_p(key, n):
+    z = 2.0 * np.asarray(jax.random.normal(key, (n,)), np.float64)
+    return z - np.log(np.exp(z).sum())
+
+
+def test_moments_and_corr_by_brute_force():
+    with jax.enable_x64(True):
+        lp = random_log_p(jax.random.key(0), 37)
+        r = np.asarray(jax.random.normal(jax.random.key(1), (37,)), np.float64) ** 3
+        s = np.asarray(jax.random.normal(jax.random.key(2), (37,)), np.float64) + 0.5 * r
+        p = [float(np.exp(v)) for v in lp]
+        mean = sum(pi * ri for pi, ri in zip(p, r))
+        sd = sum(pi * (ri - mean) ** 2 for pi, ri in zip(p, r)) ** 0.5
+        m = rewards.pi0_moments(jnp.asarray(r), jnp.asarray(lp))
+        np.testing.assert_allclose([m.mean, m.sd], [mean, sd], rtol=1e-12)
+        z = rewards.standardise(jnp.asarray(r), jnp.asarray(lp))
+        np.testing.assert_allclose(z, [(ri - mean) / sd for ri in r], rtol=1e-12)
+        ms = sum(pi * si for pi, si in zip(p, s))
+        ss = sum(pi * (si - ms) ** 2 for pi, si in zip(p, s)) ** 0.5
+        corr = sum(pi * (ri - mean) * (si - ms) for pi, ri, si in zip(p, r, s)) / (sd * ss)
+        np.testing.assert_allclose(rewards.pi0_corr(jnp.asarray(r), jnp.asarray(s), jnp.asarray(lp)), corr,
+                                   rtol=1e-12)
+        # unnormalised log_p are normalised first
+        np.testing.assert_allclose(rewards.pi0_moments(jnp.asarray(r), jnp.asarray(lp + 3.0)).mean, mean, rtol=1e-12)
+
+
+def test_pair_accuracy_by_brute_force():
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 4, 30).astype(np.float32)  # many gold ties
+    proxy = np.round(gold + rng.normal(0, 1.5, 30)).astype(np.float32)  # some proxy ties
+    a, b = rng.integers(0, 30, 500), rng.integers(0, 30, 500)
+    num = den = 0.0
+    for i, j in zip(a, b):
+        if gold[i] == gold[j]:
+            continue
+        den += 1
+        num += 0.5 if proxy[i] == proxy[j] else float((proxy[i] > proxy[j]) == (gold[i] > gold[j]))
+    got = rewards.pair_accuracy(jnp.asarray(proxy), jnp.asarray(gold), jnp.asarray(a), jnp.asarray(b))
+    np.testing.assert_allclose(got, num / den, rtol=1e-6)
+
+
+def test_sample_terminals_frequencies():
+    lp = random_log_p(jax.random.key(3), 11)
+    num = 50_000
+    idx = np.asarray(rewards.sample_terminals(jax.random.key(4), jnp.asarray(lp, jnp.float32), num))
+    p = np.exp(lp)
+    counts = np.bincount(idx, minlength=11)
+    assert counts.sum() == num and idx.max() < 11
+    assert np.all(np.abs(counts / num - p) <= 4 * np.sqrt(p * (1 - p) / num) + 1e-12)
+
+
+def test_comparison_labels_follow_bradley_terry():
+    u = jnp.asarray([0.0, 1.0, -0.5, 2.0])
+    lp = jnp.log(jnp.full((4,), 0.25))
+    data = rewards.comparisons(jax.random.key(5), lp, u, 60_000, temperature=0.7)
+    a, b, y = (np.asarray(v) for v in data)
+    for i, j in itertools.product(range(4), repeat=2):
+        sel = (a == i) & (b == j)
+        want = 1 / (1 + np.exp(-(float(u[i]) - float(u[j])) / 0.7))
+        assert abs(y[sel].mean() - want) <= 4 * np.sqrt(want * (1 - want) / sel.sum()) + 1e-9
+    hard = rewards.comparisons(jax.random.key(5), lp, u, 1000, temperature=0.0)
+    d = np.asarray(u)[np.asarray(hard.a)] - np.asarray(u)[np.asarray(hard.b)]
+    np.testing.assert_array_equal(hard.label, np.where(d > 0, 1.0, np.where(d < 0, 0.0, 0.5)))
+
+
+def test_bt_training_recovers_a_linear_reward():
+    """r(x) = sum of w[x_t] over real tokens, labels drawn from BT: AdamW on bt_loss reaches SciPy's exact
+    logistic MLE on the same data, and the MLE is near the true w (a statistical check)."""
+    vocab, depth = 5, 3
+    x = tree.terminal_tokens(vocab, depth)
+    feats = jax.vmap(lambda row: jnp.zeros(vocab).at[row].add(lm.token_mask(row[None], vocab - 1)[0]))(x)
+    w_true = jnp.asarray([1.0, -0.5, 0.3, 0.8, -1.2])
+    lp = jnp.log(jnp.full((x.shape[0],), 1.0 / x.shape[0]))
+    data = rewards.comparisons(jax.random.key(6), lp, feats @ w_true, 20_000, temperature=1.0)
+    linear = lambda w, tokens: jax.vmap(lambda r: jnp.sum(jnp.where(lm.token_mask(r[None], vocab - 1)[0], w[r], 0.0)))(tokens)  # noqa: E731
+    fit = rewards.train_bt(jax.random.key(7), linear, jnp.zeros(vocab), x, data, steps=2000, batch=8192, lr=0.02,
+                           weight_decay=0.0)
+    F = np.asarray(feats, np.float64)
+    D = F[np.asarray(data.a)] - F[np.asarray(data.b)]
+    y = np.asarray(data.label, np.float64)
+    nll = lambda w: np.mean(y * np.logaddexp(0, -D @ w) + (1 - y) * np.logaddexp(0, D @ w))  # noqa: E731
+    mle = optimize.minimize(nll, np.zeros(vocab), method="BFGS", options=dict(gtol=1e-10)).x
+    np.testing.assert_allclose(fit.params, mle, atol=0.01)  # minibatch Adam ends within its noise of the MLE
+    s = 1 / (1 + np.exp(-D @ mle))
+    se = np.sqrt(np.diag(np.linalg.inv(D.T @ (D * (s * (1 - s))[:, None]))))  # inverse Fisher information
+    assert np.all(np.abs(mle - np.asarray(w_true)) < 4 * se), (mle, se)
+    assert se.max() < 0.2  # the data pin w down (the constant direction is the weakest: most lengths are 3)
+    assert fit.loss[-100:].mean() < fit.loss[:10].mean()
+
+
+def test_reward_model_pools_the_last_real_token(small_tree):
+    """Chunked scoring of every terminal = the decoder run on [BOS, real tokens] alone, read at its last position."""
+    params = jax.jit(rewards.rm_init, static_argnames="cfg")(jax.random.key(8), RM_CFG)
+    got = rewards.score_terminals(rewards.make_rm_reward(RM_CFG), params, small_tree.tokens, chunk=7)
+    module = ARCHITECTURES["gpt_neox"].module(lm.backbone_config(RM_CFG))
+    apply = jax.jit(lambda ids: module.apply({"params": params["backbone"]}, ids, jnp.ones_like(ids)))
+    for row, r in zip(np.asarray(small_tree.tokens), np.asarray(got)):
+        real = row[: int(np.asarray(lm.token_mask(jnp.asarray(row[None]), RM_CFG.eos))[0].sum())]
+        h = apply(jnp.asarray([[RM_CFG.bos, *real]])).last_hidden_state[0, -1]
+        want = h @ params["score"]["kernel"][:, 0] + params["score"]["bias"][0]
+        np.testing.assert_allclose(r, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gold_is_standardised_exactly(small_tree):
+    g = rewards.gold_reward(jax.random.key(9), RM_CFG, small_tree)
+    p = np.exp(np.asarray(small_tree.log_p, np.float64))
+    raw = np.asarray(g.raw, np.float64)
+    mean = sum(pi * r for pi, r in zip(p, raw))
+    sd = sum(pi * (r - mean) ** 2 for pi, r in zip(p, raw)) ** 0.5
+    np.testing.assert_allclose([g.mean, g.sd], [mean, sd], rtol=1e-5)
+    np.testing.assert_allclose(g.reward, (raw - mean) / sd, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p @ np.asarray(g.reward, np.float64), 0.0, atol=1e-5)
+    again = rewards.gold_reward(jax.random.key(9), RM_CFG, small_tree)
+    np.testing.assert_array_equal(g.reward, again.reward)
+    other = rewards.gold_reward(jax.random.key(10), RM_CFG, small_tree)
+    assert not np.allclose(g.reward, other.reward)
+
+
+def test_learned_proxy_tracks_gold(small_tree):
+    """Trained on 4000 BT pairs (300 steps) with light annotator error, the proxy orders held-out pairs as gold mostly
+    does; an untrained proxy does not (the check can fail)."""
+    g = rewards.gold_reward(jax.random.key(11), RM_CFG, small_tree)
+    eps = rewards.annotator_error(jax.random.key(12), "normal", small_tree.tokens.shape[0], 0.2)
+    px = rewards.learned_proxy(jax.random.key(13), RM_CFG, small_tree, g.reward, eps, 4000, steps=300, lr=1e-2)
+    a, b = rewards.sample_pairs(jax.random.key(14), small_tree.log_p, 5000)
+    acc = float(rewards.pair_accuracy(px.reward, g.reward, a, b))
+    corr = float(rewards.pi0_corr(px.reward, g.reward, small_tree.log_p))
+    untrained = rewards.score_terminals(rewards.make_rm_reward(RM_CFG),
+                                        jax.jit(rewards.rm_init, static_argnames="cfg")(jax.random.key(15), RM_CFG),
+                                        small_tree.tokens)
+    acc0 = float(rewards.pair_accuracy(untrained, g.reward, a, b))
+    assert acc > 0.8 and corr > 0.9 and acc0 < 0.7, (acc, corr, acc0)
+    np.testing.assert_array_equal(rewards.direct_proxy(g.reward, eps).reward, g.reward + eps)
+
+
+def test_diagnose_proxy_sees_the_error_tail():
+    """Direct proxies on 20000 terminals: Student-t(2) error is called heavy with xi near 1/2, normal error is
+    not heavy; X is z(proxy) - gold by hand; corr and accuracy match their definitions."""
+    n = 20_000
+    lp = jnp.asarray(random_log_p(jax.random.key(16), n) * 0.1, jnp.float32)
+    lp = lp - jax.scipy.special.logsumexp(lp)
+    gold = rewards.standardise(jax.random.normal(jax.random.key(17), (n,)), lp)
+    for fam, heavy in [("student_t:df=2", True), ("normal", False)]:
+        eps = rewards.annotator_error(jax.random.key(18), fam, n, 1.0)
+        proxy = gold + eps
+        rep = rewards.diagnose_proxy(jax.random.key(19), proxy, gold, lp, tail_sample=n)
+        p = np.exp(np.asarray(lp, np.float64))
+        pr = np.asarray(proxy, np.float64)
+        z = (pr - p @ pr) / np.sqrt(p @ (pr - p @ pr) ** 2)
+        np.testing.assert_allclose(rep.error, z - np.asarray(gold, np.float64), atol=1e-4)
+        np.testing.assert_allclose(rep.corr, rewards.pi0_corr(proxy, gold, lp), rtol=1e-6)
+        assert 0.5 < rep.pair_accuracy < 1.0
+        assert (rep.verdict == "heavy") == heavy, rep.diagnosis.verdict.text()
+        if heavy:
+            assert 0.3 < rep.xi < 0.7
+
+
+def test_tail_sample_is_distinct_and_follows_pi0():
+    lp = jnp.log(jnp.asarray([0.5, 0.3, 0.1, 0.05, 0.05]))
+    firsts = [int(rewards.tail_sample_indices(jax.random.key(i), lp, 2)[0]) for i in range(400)]
+    assert abs(np.mean(np.asarray(firsts) == 0) - 0.5) < 4 * np.sqrt(0.25 / 400)
+    idx = rewards.tail_sample_indices(jax.random.key(0), lp, 10)
+    assert sorted(np.asarray(idx).tolist()) == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------- reward checkpoints
+torch = pytest.importorskip("torch")
+
+
+def test_load_reward_matches_torch(tmp_path, small_tree):
+    """A tiny OpenAssistant-layout checkpoint scores every terminal as torch does on [start, ids...] (right
+    padded, reward at the last real token)."""
+    from goodhart_jax.models.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "rm", arch="gpt_neox", layout="oasst", seed=4)
+    ids = (9, 31, 2, 77)
+    rw = rewards.load_reward(ckpt.path, ids)
+    got = np.asarray(rewards.score_terminals(rw.reward_fn, rw.params, small_tree.tokens))
+    x = np.asarray(small_tree.tokens)
+    mask = np.concatenate([np.ones((len(x), 1), int), np.asarray(lm.token_mask(jnp.asarray(x), 3))], axis=1)
+    model_ids = np.asarray([rw.start] + [0] * 3)[None].repeat(len(x), 0)
+    model_ids[:, 1:] = np.asarray(ids)[x]
+    ref = ckpt.torch_model
+    with torch.no_grad():
+        h = ref.backbone(input_ids=torch.as_tensor(model_ids), attention_mask=torch.as_tensor(mask)).last_hidden_state
+        last = torch.as_tensor(mask.sum(1) - 1)
+        want = ref.head(h[torch.arange(len(x)), last])[:, 0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_load_reward_refusals(tmp_path):
+    from goodhart_jax.models.testing import make_tiny_checkpoint
+
+    ck = make_tiny_checkpoint(tmp_path / "lm", arch="gpt_neox", layout="causal_lm")
+    with pytest.raises(CheckpointError, match="no reward head"):
+        rewards.load_reward(ck.path, (1, 2, 3))
+    rm = make_tiny_checkpoint(tmp_path / "rm", arch="gpt_neox", layout="oasst")
+    with pytest.raises(io.UsageError, match="distinct ids"):
+        rewards.load_reward(rm.path, (1, 1))
