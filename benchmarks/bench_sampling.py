@@ -8,13 +8,14 @@ transforms of uniforms built from XLA's Threefry bit generator
 the family (the gamma-based `jax.random.t` is the slow one). Ratios > 1 mean
 goodhart_jax is faster.
 """
-import argparse
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import tails
+from goodhart_jax import cli, tails
 from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 NUMPY = {
@@ -42,13 +43,15 @@ JAX_RANDOM = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n: int = cli.arg(10_000_000, "draws per family", metavar="N")
+    repeats: int = cli.arg(5, "timed repeats (median)", metavar="R")
+    jax_random: bool = cli.arg(True, "also time jax.random's samplers (jax.random.t takes ~10 s per call)")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=10_000_000)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--no-jax-random", dest="jax_random", action="store_false",
-                   help="skip jax.random's samplers (jax.random.t takes ~10 s per call)")
-    a = p.parse_args(argv)
+    a = cli.parse_config(Config, argv, description=__doc__)
     g = np.random.default_rng(0)
     key = jax.random.key(1)
     print(f"{a.n:.0e} draws, median of {a.repeats} after a warm-up; {machine()}")

@@ -10,7 +10,7 @@ the ratio JAX / PyTorch.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from goodhart_jax import models
+from goodhart_jax import cli, models
 from goodhart_jax.models.testing import make_tiny_checkpoint
 from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
@@ -69,14 +69,17 @@ def main(batch=8, length=256, repeats=5, size="160m", dtype="float32") -> dict:
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    batch: int = cli.arg(8, "sequences per batch", metavar="B")
+    length: int = cli.arg(256, "tokens per sequence", metavar="T")
+    repeats: int = cli.arg(5, "timed repeats (median)", metavar="R")
+    size: str = cli.arg("160m", "model shape", choices=sorted(SIZES))
+    dtype: str = cli.arg("float32", "parameter dtype", choices=("float32", "bfloat16"))
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--length", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--size", choices=sorted(SIZES), default="160m")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    a = p.parse_args()
+    a = cli.parse_config(Config, description=__doc__)
     r = main(a.batch, a.length, a.repeats, a.size, a.dtype)
     print(json.dumps(r, indent=1))
     print(f"{r['size']} {r['dtype']} {r['batch']}x{r['length']}: JAX {r['jax_tokens_per_s']:.0f} tokens/s, "

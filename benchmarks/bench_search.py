@@ -16,7 +16,7 @@ restarts vmapped.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import models
+from goodhart_jax import cli, models
 from goodhart_jax.models.testing import make_tiny_checkpoint
 from goodhart_jax.search import SearchConfig, make_scan, make_search, search_params
 from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
@@ -164,15 +164,18 @@ def main(size="14m", length=32, topk=8, candidates=64, edits=2, steps=10, repeat
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    size: str = cli.arg("14m", "model shape", choices=sorted(SIZES))
+    length: int = cli.arg(32, "tokens per sequence", metavar="L")
+    topk: int = cli.arg(8, "tokens kept per position", metavar="K")
+    candidates: int = cli.arg(64, "candidates per step", metavar="C")
+    edits: int = cli.arg(2, "edits per candidate", metavar="N")
+    steps: int = cli.arg(10, "timed steps", metavar="S")
+    repeats: int = cli.arg(5, "timed repeats (median)", metavar="R")
+    scan: int = cli.arg(10, "steps per jitted scan", metavar="S")
+    restarts: int = cli.arg(4, "vmapped restarts", metavar="R")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="14m")
-    p.add_argument("--length", type=int, default=32)
-    p.add_argument("--topk", type=int, default=8)
-    p.add_argument("--candidates", type=int, default=64)
-    p.add_argument("--edits", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--scan", type=int, default=10)
-    p.add_argument("--restarts", type=int, default=4)
-    print(json.dumps(main(**vars(p.parse_args())), indent=1))
+    print(json.dumps(main(**dataclasses.asdict(cli.parse_config(Config, description=__doc__))), indent=1))

@@ -8,7 +8,7 @@ beta; the tree's float32 leaves (8 MB) fit in cache, so `exp` bounds it first.
 
     python benchmarks/bench_tree.py [--vocab 8] [--depth 7] [--betas 64] [--repeats 5]
 """
-import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from numpy_tree import numpy_sweep  # noqa: E402
 
-from goodhart_jax import mdp, tails  # noqa: E402
+from goodhart_jax import cli, mdp, tails  # noqa: E402
 from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 
@@ -30,13 +30,16 @@ def copy_bandwidth(nbytes=512 << 20, repeats=5):
     return 2 * nbytes / t  # read + write
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    vocab: int = cli.arg(8, "tokens per state", metavar="A")
+    depth: int = cli.arg(7, "tree depth", metavar="L")
+    betas: int = cli.arg(64, "number of betas", metavar="K")
+    repeats: int = cli.arg(5, "timed repeats (median)", metavar="R")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vocab", type=int, default=8)
-    p.add_argument("--depth", type=int, default=7)
-    p.add_argument("--betas", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    a = p.parse_args(argv)
+    a = cli.parse_config(Config, argv, description=__doc__)
     spec = mdp.TreeSpec(a.vocab, a.depth)
     tree = mdp.make_tree(jax.random.key(0), spec, tails.parse("normal"), tails.parse("normal"))
     betas = jnp.geomspace(0.05, 20.0, a.betas)

@@ -17,7 +17,7 @@ is shared, so read the ratios. `python benchmarks/theorem4_convergence.py [--qui
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
 import time
 
@@ -27,7 +27,7 @@ import mpmath as mp
 import numpy as np
 from scipy import integrate, special, stats
 
-from goodhart_jax import conditioning, tilting
+from goodhart_jax import cli, conditioning, tilting
 from goodhart_jax.tails import parse
 from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
@@ -235,10 +235,13 @@ def threshold_vs_scipy():
                 n=ref.size)
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    quick: bool = cli.arg(False, "fewer betas")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer betas")
-    a = ap.parse_args(argv)
+    a = cli.parse_config(Config, argv, description=__doc__)
     print(f"machine: {machine()}")
     betas = np.geomspace(20.0, SCALE * 1.02, 16 if a.quick else 48)
     convergence(betas)
