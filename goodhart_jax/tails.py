@@ -68,14 +68,16 @@ def _hyp_series(ratio: Callable, y, terms: int):
     return jax.lax.fori_loop(0, terms, body, jnp.ones_like(y), unroll=8)
 
 
-def _log_betainc_small(a, b, x, log1mx, terms: int = 60):
+def _log_betainc_small(a, b, x, log1mx, terms: int = 60, log_x=None):
     """log I_x(a, b) for x <= 1/2 from the hypergeometric series (no underflow).
 
     I_x(a,b) = x^a (1-x)^b / (a B(a,b)) * sum_n (a+b)_n / (a+1)_n x^n; for b <= 1
-    the term ratio is below x <= 1/2, so 60 terms reach 2^-60.
+    the term ratio is below x <= 1/2, so 60 terms reach 2^-60. `log_x` (default
+    log x) lets a caller pass log x where x itself underflows.
     """
     series = _hyp_series(lambda n: (a + b + n) / (a + 1.0 + n), x, terms)
-    return a * jnp.log(x) + b * log1mx - jnp.log(a) - _log_beta(a, b) + jnp.log(series)
+    log_x = jnp.log(x) if log_x is None else log_x
+    return a * log_x + b * log1mx - jnp.log(a) - _log_beta(a, b) + jnp.log(series)
 
 
 _T_SERIES_MAX_DF = 20.0  # see `_log_sf_student_t`
@@ -104,7 +106,13 @@ def _log_sf_student_t(z, df):
     y = 1.0 / (1.0 + df / z2)                     # 1 - x, accurate for small z; 1 at z2 = inf
     tiny = 1e-300 if x.dtype == jnp.float64 else 1e-37
     x_tail = jnp.clip(x, tiny, 0.5)
-    tail = _log_betainc_small(a, b, x_tail, jnp.log(jnp.maximum(y, 0.5)))
+    # log x in log space: x underflows (and z^2 overflows) far in the tail, e.g.
+    # z >~ 1e19 in float32, where the clipped x would freeze the tail's slope.
+    big = jnp.abs(z) > 1.0
+    az = jnp.where(big, jnp.abs(z), 2.0)
+    log_x_far = jnp.log(df) - 2.0 * jnp.log(az) - jnp.log1p(df / (az * az))
+    log_x = jnp.minimum(jnp.where(big, log_x_far, jnp.log(jnp.maximum(x, tiny))), math.log(0.5))
+    tail = _log_betainc_small(a, b, x_tail, jnp.log(jnp.maximum(y, 0.5)), log_x=log_x)
 
     def body_series(_):
         y_body = jnp.clip(y, 0.0, 0.5)
