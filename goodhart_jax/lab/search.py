@@ -25,11 +25,12 @@ import numpy as np
 from jax import Array
 
 from goodhart_jax import search as gcg
-from goodhart_jax.lab import lm
+from goodhart_jax.lab import lm, rewards
 from goodhart_jax.lab.tree import terminal_index
+from goodhart_jax.models import ARCHITECTURES
 from goodhart_jax.scorer import Scorer
 
-__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "search_proxy"]
+__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "rm_scorer", "search_proxy"]
 
 
 class Ranked(NamedTuple):
@@ -88,6 +89,41 @@ def eos_masked(scorer: Scorer, eos: int) -> Scorer:
     return Scorer(scorer.params, score_tokens, score_onehot, scorer.vocab_size)
 
 
+def rm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
+    """The lab reward model (`lab.rewards.rm_reward`) as a `Scorer` of EOS-continued lab tokens.
+
+    `score_tokens` is `rm_reward` itself (the given mask is ignored: the model
+    masks after the first EOS). `score_onehot` runs the same decoder on
+    [BOS, onehot] (onehot [B, L, A] widened with a zero BOS column, embedded
+    as onehot @ E), with the mask of the one-hot's argmax, and the same head
+    at the last real position: equal to `score_tokens` on exact one-hots
+    and differentiable in them, as GCG needs.
+
+    Args:
+      cfg: the reward model's sizes (`rewards.proxy_config` ...).
+      params: its parameters ({"backbone", "score"}).
+    """
+    A = cfg.vocab
+
+    def score_tokens(p, ids, mask):
+        return rewards.rm_reward(p, ids, cfg)
+
+    def score_onehot(p, onehot, mask):
+        kernel = p["score"]["kernel"]
+        module = ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg), dtype=kernel.dtype)
+        B, L = onehot.shape[:2]
+        x = jnp.concatenate([onehot.astype(kernel.dtype), jnp.zeros((B, L, 1), kernel.dtype)], axis=-1)
+        bos = jnp.broadcast_to(jax.nn.one_hot(cfg.bos, A + 1, dtype=kernel.dtype), (B, 1, A + 1))
+        real = lm.token_mask(jnp.argmax(onehot, axis=-1), cfg.eos)
+        m = jnp.concatenate([jnp.ones((B, 1), bool), real], axis=1).astype(jnp.int32)
+        h = module.apply({"params": p["backbone"]}, None, m, jnp.concatenate([bos, x], axis=1))
+        last = jnp.sum(m, axis=1) - 1
+        pooled = jnp.take_along_axis(h.last_hidden_state, last[:, None, None], axis=1)[:, 0]
+        return (pooled @ kernel)[:, 0] + p["score"]["bias"][0]
+
+    return Scorer(params, score_tokens, score_onehot, A)
+
+
 def search_proxy(key: Array, config: gcg.SearchConfig, proxy_scorer: Scorer, proxy: Array, gold: Array,
                  log_p0: Array, *, vocab: int, base: Optional[Scorer] = None, penalty: float = 0.0,
                  num_restarts: int = 4) -> Found:
@@ -101,7 +137,8 @@ def search_proxy(key: Array, config: gcg.SearchConfig, proxy_scorer: Scorer, pro
       key: PRNG key.
       config: `search.SearchConfig` with length = L; ban ids outside the lab
         vocabulary (e.g. BOS) through `banned_ids`.
-      proxy_scorer: the proxy reward model as a `Scorer` of lab sequences.
+      proxy_scorer: the proxy reward model as a `Scorer` of lab sequences
+        (`rm_scorer` for a lab reward model).
       proxy, gold, log_p0: [N] enumerated tables in mdp's flat level order
         (proxy = the same model's scores of every sequence).
       vocab: A, the lab vocabulary (EOS = A - 1).

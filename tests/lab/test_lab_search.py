@@ -5,7 +5,7 @@ import numpy as np
 
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import tree as lab_tree
-from goodhart_jax.lab.search import eos_masked, exhaustive, search_proxy
+from goodhart_jax.lab.search import eos_masked, exhaustive, rm_scorer as rm_scorer_of, search_proxy
 from goodhart_jax.scorer import Scorer
 
 VOCAB, DEPTH = 5, 3  # N = 1 + 4 + 16 + 64 = 85 sequences
@@ -69,3 +69,23 @@ def test_search_finds_the_enumerated_argmax():
     i = int(np.argmin(f.found.rank))
     assert int(f.found.index[i]) == int(f.best.index[0]) and float(f.found.gold[i]) == float(gold[f.best.index[0]])
     np.testing.assert_array_equal(lab_tree.terminal_index(jnp.asarray(f.tokens), VOCAB), f.found.index)
+
+
+def test_rm_scorer_and_search_on_a_lab_reward_model():
+    """The lab reward model as a Scorer: one-hot path = rm_reward on every sequence; GCG finds its argmax."""
+    from goodhart_jax.lab import lm, rewards
+
+    cfg = lm.LMConfig(vocab=4, depth=3, layers=1, width=16, heads=2)  # N = 1 + 3 + 9 + 27 = 40
+    params = rewards.rm_init(jax.random.key(0), cfg)
+    sc = rm_scorer_of(cfg, params)
+    seqs = lab_tree.terminal_tokens(cfg.vocab, cfg.depth)
+    ones = jnp.ones(seqs.shape, jnp.int32)
+    proxy = jax.jit(lambda p, x: rewards.rm_reward(p, x, cfg))(params, seqs)
+    via_onehot = jax.jit(sc.score_onehot)(params, jax.nn.one_hot(seqs, cfg.vocab), ones)
+    np.testing.assert_allclose(via_onehot, proxy, rtol=1e-5, atol=1e-6)  # float32, same decoder
+    gold = jax.random.normal(jax.random.key(9), proxy.shape)
+    log_p0 = jax.nn.log_softmax(jax.random.normal(jax.random.key(8), proxy.shape))
+    scfg = gcg.SearchConfig(length=cfg.depth, topk=2, num_candidates=8, num_iters=15, schedule="gcg", edits=1)
+    f = search_proxy(jax.random.key(3), scfg, sc, proxy, gold, log_p0, vocab=cfg.vocab, num_restarts=3)
+    np.testing.assert_allclose(f.score, f.found.proxy, rtol=1e-5, atol=1e-6)
+    assert int(np.min(f.found.rank)) == 0
