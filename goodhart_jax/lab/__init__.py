@@ -8,5 +8,7 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
               the policy convention logits_fn(params, ids [B, T]) -> [B, T, A] (BOS = A first)
   tree        the exact tree of an LM (mdp.Tree log_pi0), terminal token ids; checkpoint policies
   rewards     gold reward model, Bradley-Terry proxies, proxy diagnostics
-  best_of_n, rl, search   the optimisers
+  best_of_n   the exact law of best-of-n from pi0 on the proxy (ties, log space): E[gold], E[proxy], exact KL
+  rl          KL-penalised policy gradient (RLOO) of the LM, jitted lax.scan, exact evaluation and gap to pi*(beta)
+  search      exhaustive top-k by proxy; GCG/ACG (`goodhart_jax.search`) on a proxy model, placed against enumeration
 """
