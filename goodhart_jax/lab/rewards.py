@@ -65,7 +65,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from goodhart_jax import io, tail_index, tails
+from goodhart_jax import tail_index, tails
 from goodhart_jax.lab import lm
 from goodhart_jax.lab.tree import LMTree
 from goodhart_jax.models import ARCHITECTURES, CheckpointError, LoadedModel, load_model, make_reward_fn
