@@ -253,8 +253,9 @@ def _soft_policy(tree: Tree, beta: Array, record: list | None = None):
         pi = e / S
         if record is not None:
             record[k] = pi
-        # log pi* - log pi0 = q - logZ, so KL(pi*(s) || pi0(s)) = sum_a pi* q - logZ.
-        kl = jnp.sum(pi * q, axis=1) - logZ[:, 0]
+        # log pi* - log pi0 = (z - m) - log S - log pi0: all O(KL) terms. The shorter sum_a pi* q - logZ
+        # cancels two numbers of size U/beta (KL 0.0 for U ~ 1e18, beta = 1 in float32).
+        kl = jnp.sum(jnp.where(pi > 0, pi * ((z - m) - tree.log_pi0[k]), 0.0), axis=1) - jnp.log(S[:, 0])
         return pi, kl, beta * logZ[:, 0]
 
     return policy_at

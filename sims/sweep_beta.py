@@ -24,6 +24,8 @@ import numpy as np
 from goodhart_jax import cli, frontier, mdp, tails, tilting
 
 SUMMARY_KL = (0.5, 2.0, 8.0)  # nats at which the summary compares families
+# Where the float32 sweep is checked (max 3.4e38, 7 digits): beta, loc/scale of each family, pi0's temperature.
+BETA_RANGE, SCALE_RANGE, MIN_TEMPERATURE = (1e-30, 1e30), (1e-10, 1e3), 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +55,30 @@ def prepare(cfg: Config):
         errors = [tails.parse(s, center=cfg.center) for s in cfg.error]
         utility = tails.parse(cfg.utility, center=cfg.center)
         spec = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
+    check_float32(cfg, errors + [utility])
     if not cfg.thm2_c > 0 or any(not (np.isfinite(t) and t > cfg.thm2_c) for t in cfg.thm2_t):
         raise cli.InputError(f"Theorem 2 needs t > c > 0; got c={cfg.thm2_c:g}, t={list(cfg.thm2_t)}")
     if spec.n**spec.depth > 2**26:
         raise cli.InputError(f"a tree with {spec.n**spec.depth} leaves is too large (max 2^26)")
     return errors, utility, spec
+
+
+def check_float32(cfg: Config, families) -> None:
+    """Refuse inputs whose numbers float32 cannot carry (the sweep and its tilt run in float32)."""
+    lo, hi = BETA_RANGE
+    for b in cfg.betas:
+        if not lo <= b <= hi:
+            raise cli.InputError(f"beta={b:g} is outside [{lo:g}, {hi:g}]: the sweep runs in float32 (max 3.4e38), "
+                                 f"where U/beta and beta KL must fit")
+    if cfg.pi0 == "random" and not cfg.temperature >= MIN_TEMPERATURE:
+        raise cli.InputError(f"--temperature {cfg.temperature:g} is below {MIN_TEMPERATURE:g}: pi0's float32 "
+                             f"logits N(0,1)/temperature overflow the softmax (NaN at 1e-10)")
+    lo, hi = SCALE_RANGE
+    for fam in families:
+        for k, v in fam.params.items():
+            if k in ("loc", "scale") and float(v) != 0 and not lo <= abs(float(v)) <= hi:
+                raise cli.InputError(f"{fam}: |{k}|={abs(float(v)):g} is outside [{lo:g}, {hi:g}], the range where "
+                                     f"this float32 sweep is checked (the tilt's E[U] grows like scale^2/beta)")
 
 
 def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
@@ -69,6 +90,17 @@ def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
         return mdp.sweep_betas(tree, betas, mesh=mesh), thm2, exists
 
     return jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None, None)))
+
+
+FIELDS = ("E_U", "E_V", "KL", "KL_per_state")
+
+
+def flag_nonfinite(row: dict, fields) -> dict:
+    """Null a row's non-finite numbers and say why (float32 overflow), instead of printing them."""
+    bad = [f for f in fields if row[f] is not None and not np.isfinite(row[f])]
+    if bad:
+        row.update({f: None for f in fields}, reason=f"{', '.join(bad)} not finite in float32 (overflow past 3.4e38)")
+    return row
 
 
 def main(cfg: Config) -> list[dict]:
@@ -93,17 +125,20 @@ def main(cfg: Config) -> list[dict]:
                            E_V=res.E_V[i], KL=res.KL[i])
                 if not row["exists"]:
                     row.update(E_U=None, E_V=None, KL=None, reason=tilting.why_no_tilt(error, utility, b))
-                rows.append(row)
+                rows.append(flag_nonfinite(row, ("E_U", "E_V", "KL")))
             sweep, thm2, exists = jax.device_get(tree_fn(keys, error, utility, jnp.asarray(betas, jnp.float32),
                                                          jnp.asarray(ts, jnp.float32), jnp.float32(cfg.thm2_c)))
             for s in range(cfg.seeds):
-                rows += [dict(kind="tree", **common, beta=b, seed=s, E_U=sweep.E_U[s, i], E_V=sweep.E_V[s, i],
-                              KL=sweep.KL[s, i], KL_per_state=sweep.KL_per_state[s, i]) for i, b in enumerate(betas)]
+                rows += [flag_nonfinite(dict(kind="tree", **common, beta=b, seed=s, **{f: getattr(sweep, f)[s, i]
+                                                                                    for f in FIELDS}), FIELDS)
+                         for i, b in enumerate(betas)]
                 for j, t in enumerate(ts):
                     ok = bool(exists[s, j])
-                    rows.append(dict(kind="thm2", **common, t=t, c=cfg.thm2_c, seed=s, exists=ok,
-                                     **{f: (getattr(thm2, f)[s, j] if ok else None)
-                                        for f in ("E_U", "E_V", "KL", "KL_per_state")}))
+                    row = dict(kind="thm2", **common, t=t, c=cfg.thm2_c, seed=s, exists=ok,
+                               **{f: (getattr(thm2, f)[s, j] if ok else None) for f in FIELDS})
+                    rows.append(flag_nonfinite(row, FIELDS) if ok else
+                                dict(row, reason=f"Theorem 2 needs terminals with U > t={t:g} and with U <= t "
+                                                        f"(finite); this tree has not"))
             run.emit(rows)  # on disk now: an interrupt keeps every finished family
             at = frontier.value_at_kl(sweep.KL, sweep.E_V, SUMMARY_KL)
             summary.append((spec_x, "heavy" if error.heavy else "light", int(res.exists.sum()), at))

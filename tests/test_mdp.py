@@ -237,3 +237,21 @@ def test_sharded_sweep_matches_single_device():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["devices"] == 4
     np.testing.assert_allclose(res["sharded"], res["single"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1e-20])
+def test_kl_without_cancellation_when_u_over_beta_is_huge(beta):
+    """float32 tree with U/beta ~ 1e18..1e38: the optimum is nearly a point mass and its KL ~ -log pi0(path).
+
+    The old KL, sum pi q - log Z, cancelled two numbers of size U/beta and printed 0.0; reference: the
+    float64 brute force over the 4^3 leaves of the same tree (float32 rounding of the inputs only, hence 1e-5).
+    """
+    spec = mdp.TreeSpec(4, 3, False)
+    tree = mdp.make_tree(jax.random.key(5), spec, tails.parse("normal:scale=1e18"), NORMAL, pi0="random")
+    terms = enumerate_terminals(spec, tree)
+    lp0, U = np.array([t[1] for t in terms]), np.array([t[2] for t in terms])
+    lw = lp0 + U / beta
+    ref = brute_force(terms, lw - np.logaddexp.reduce(lw), base_policy_fn(spec, tree))
+    r = jax.device_get(mdp.soft_optimum(tree, jnp.float32(beta)))
+    assert ref[2] > 1.0  # a real KL, not ~0
+    np.testing.assert_allclose([r.E_U, r.KL, r.KL_per_state], [ref[0], ref[2], ref[3]], rtol=1e-5)

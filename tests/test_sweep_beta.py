@@ -68,6 +68,11 @@ def test_cli_json_stdout_is_only_json(tmp_path):
     (["--depth", "0"], "depth must be an integer >= 1"),
     (["--error", "student_t:nu=2"], "unknown parameter 'nu'"),
     (["--error", "pareto:alpha=0.5"], "cannot centre"),
+    # float32 cannot carry these (issue 12): refused with the limit, not printed as null rows or wrong numbers
+    (["--betas", "1e300"], "beta=1e+300 is outside [1e-30, 1e+30]"),
+    (["--pi0", "random", "--temperature", "1e-30"], "--temperature 1e-30 is below 1e-06"),
+    (["--error", "normal:scale=1e30"], "|scale|=1e+30 is outside [1e-10, 1000]"),
+    (["--error", "normal:scale=1e-300"], "|scale|=1e-300 is outside [1e-10, 1000]"),
 ])
 def test_bad_input_one_line_exit_2(args, msg, tmp_path):
     out = subprocess.run([sys.executable, str(SCRIPT), *args, "--out", str(tmp_path)], capture_output=True,
@@ -75,3 +80,15 @@ def test_bad_input_one_line_exit_2(args, msg, tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and msg in lines[0], out.stderr
+
+
+def test_rows_with_null_numbers_say_why(tmp_path):
+    """lognormal:scale=1000 overflows float32 draws (exp(1000 N)); t=1e6 is above every U: no Theorem 2 policy."""
+    cfg = sweep_beta.Config(error=("lognormal:scale=1000", "normal"), betas=(1.0,), center=False, vocab=3, depth=2,
+                            seeds=1, thm2_t=(1e6,), out=str(tmp_path), plots=False)
+    rows = sweep_beta.main(cfg)
+    nulls = [r for r in rows if any(r.get(f) is None for f in ("E_U", "E_V", "KL"))]
+    assert {r["kind"] for r in nulls} == {"tilt", "tree", "thm2"}
+    assert all(r.get("reason") for r in nulls), [r for r in nulls if not r.get("reason")]
+    tree = [r for r in nulls if r["kind"] == "tree"]
+    assert tree and "not finite in float32" in tree[0]["reason"]
