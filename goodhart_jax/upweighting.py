@@ -22,6 +22,7 @@ Glossary: K sweep points (thresholds t or budgets d).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -35,7 +36,8 @@ from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt_component
 
 __all__ = ["UpweightResult", "BoundedResult", "TailMoments", "tail_moments", "upweight", "sweep_upweight",
-           "upweight_at_kl", "kl_bounded_optimum", "sweep_kl_bounded"]
+           "upweight_at_kl", "kl_bounded_optimum", "sweep_kl_bounded", "why_no_upweight",
+           "why_no_kl_bounded"]
 
 
 class UpweightResult(NamedTuple):
@@ -60,6 +62,7 @@ class BoundedResult(NamedTuple):
     KL: Array  # KL of the maximiser (= d where the tilt exists)
     lam: Array  # tilt multiplier lam (1/beta)
     exists: Array  # bool: an exponential tilt with this KL exists
+    reached: Array  # bool: the tilt found has KL = d (rel. 1e-6); False: E_V, KL are not the optimum at d
 
 
 class TailMoments(NamedTuple):
@@ -105,7 +108,8 @@ def upweight(base: Family, t: Array, c: Array = 1.0, exponent: Array = 1.0) -> U
     sf = jnp.exp(log_sf)
     mu = jnp.asarray(base.mean, t.dtype)
     below_mean = (mu - sf * tail_mean) / (1.0 - sf)  # E_Q[X | X <= t]
-    exists = (t > 0) & (m < 1) & (log_sf < 0) & jnp.isfinite(log_sf) & jnp.isfinite(mu)
+    # m > 0: a tail mass c/t^p below float's smallest (exponent 1e6) is not P_t, it is Q given X <= t.
+    exists = (t > 0) & (m > 0) & (m < 1) & (log_sf < 0) & jnp.isfinite(log_sf) & jnp.isfinite(mu)
     mean = (1.0 - m) * below_mean + m * tail_mean
     kl = _kl_two_part(m, log_m, log_sf)
     inf = jnp.asarray(jnp.inf, t.dtype)
@@ -114,6 +118,24 @@ def upweight(base: Family, t: Array, c: Array = 1.0, exponent: Array = 1.0) -> U
 
 sweep_upweight = jax.jit(jax.vmap(upweight, in_axes=(None, 0, None, None)))
 """Jitted: `sweep_upweight(base, ts [K], c, exponent) -> UpweightResult` of [K]."""
+
+
+def why_no_upweight(base: Family, t: float, c: float | None = None, exponent: float | None = None,
+                    log_sf_q: float | None = None) -> str | None:
+    """Why `upweight(base, t, c, exponent)` (or, c and exponent None, `upweight_at_kl`) has exists = False, or None.
+
+    Float64 limits; log_sf_q = log Q(X > t) when known.
+    """
+    log10_m = -1.0 if c is None else (math.log(c) - exponent * math.log(t)) / math.log(10.0) if t > 0 else math.inf
+    if not math.isfinite(float(base.mean)):
+        return f"{base} has no finite mean, so E_P_t[X] = (1 - m) E[X | X <= t] + m E[X | X > t] is not finite"
+    if log10_m >= 0:
+        return f"the tail mass c/t^p = 10^{log10_m:.4g} is not below 1"
+    if log10_m < -307:
+        return f"the tail mass c/t^p = 10^{log10_m:.4g} is below float64's smallest number (1e-307)"
+    if log_sf_q is not None and not (math.isfinite(log_sf_q) and log_sf_q < 0):
+        return f"Q(X > t) = exp({log_sf_q:g}) is 0 or 1 in float64"
+    return None
 
 def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
     """P_t with its tail mass m chosen so that KL(P_t || Q) = d (bisection in log m).
@@ -141,8 +163,10 @@ def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> Bound
 
     The maximiser is the exponential tilt P ∝ Q e^{lam V} whose KL equals d;
     KL(lam) is increasing, so lam is found by bisection in log lam on
-    (0, min(mgf_sup, lam_max)). Where the tilt at the top of that range still
-    has KL < d (e.g. a bounded-above V), that tilt is returned.
+    (0, min(mgf_sup, lam_max)), up to 1 - 1e-13 of mgf_sup (Laplace at d = 1e6
+    needs lam = 1 - 1.0e-6 + 1.5e-11). Where the tilt at the top of that range still
+    has KL < d, `reached` is False (see `why_no_kl_bounded`): every light family
+    here has KL -> inf as lam -> mgf_sup, so the optimum at d was not found.
 
     Args:
       utility: family of V (light-tailed; a heavy one gives exists = False).
@@ -155,7 +179,7 @@ def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> Bound
     exists = sup > 0
     # Bisect log lam in [log 1e-8, log sup) (just inside the MGF's domain).
     lo = jnp.full_like(d, jnp.log(1e-8))
-    hi = jnp.log(jnp.where(exists, sup, 1.0)) - 1e-6
+    hi = jnp.log(jnp.where(exists, sup, 1.0)) + jnp.log1p(-1e-13 if d.dtype == jnp.float64 else -1e-6)
 
     def kl_mean(log_lam):
         r = tilt_component(utility, jnp.exp(-log_lam))
@@ -165,9 +189,21 @@ def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> Bound
     lo = bisect(lambda ll: kl_mean(ll)[0] - d, lo, hi).neg
     kl, mean = kl_mean(lo)
     inf = jnp.asarray(jnp.inf, d.dtype)
+    reached = exists & (jnp.abs(kl - d) <= 1e-6 * d)
     return BoundedResult(jnp.where(exists, mean, inf), jnp.where(exists, kl, inf),
-                         jnp.where(exists, jnp.exp(lo), 0.0), exists)
+                         jnp.where(exists, jnp.exp(lo), 0.0), exists, reached)
 
 
 sweep_kl_bounded = jax.jit(jax.vmap(kl_bounded_optimum, in_axes=(None, 0)))
 """Jitted: `sweep_kl_bounded(utility, ds [K]) -> BoundedResult` of [K]."""
+
+
+def why_no_kl_bounded(utility: Family, d: float, r: BoundedResult) -> str | None:
+    """Why the row of `kl_bounded_optimum(utility, d)` (r, [] fields) carries no E_V, or None when it does."""
+    if not bool(r.exists):
+        return (f"{utility} is heavy-tailed: E[exp(lam V)] = inf for every lam > 0, so no tilt; sup E_P[V] = inf "
+                f"at every budget (the upweight_at_kl rows)")
+    if not bool(r.reached):
+        return (f"the tilt's KL reaches only {float(r.KL):.6g} < d = {d:g} at lam = {float(r.lam):.15g}, the end of "
+                f"the computed range (lam < {float(utility.mgf_sup):g} and lam <= 1e4)")
+    return None

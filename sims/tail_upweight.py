@@ -44,7 +44,7 @@ def validate(cfg: Config) -> list[tails.Family]:
             raise ValueError("give at least one --base family")
         bases = [tails.parse(s, center=cfg.center) for s in cfg.base]
         t = np.asarray(cfg.t, float)
-        if np.any(t <= 0) or np.any(cfg.c / t**cfg.exponent >= 1):
+        if np.any(t <= 0) or np.any(np.log(cfg.c) - cfg.exponent * np.log(np.where(t > 0, t, 1.0)) >= 0):
             raise ValueError(f"every t needs 0 < c/t^p < 1 (c={cfg.c:g}, p={cfg.exponent:g}); got t={t.min():g}")
     return bases
 
@@ -64,7 +64,9 @@ def main(cfg: Config) -> list[dict]:
             run.emit([dict(kind="upweight", base=spec, heavy=bool(base.heavy), t=t, c=cfg.c, exponent=cfg.exponent,
                            mean=r.mean[j] if ok[j] else None, KL=r.KL[j] if ok[j] else None,
                            tail_mass=r.tail_mass[j], log_sf_q=r.log_sf_q[j], exists=bool(ok[j]),
-                           valid=bool(ok[j]))  # `valid`: the README's name, kept
+                           valid=bool(ok[j]),  # `valid`: the README's name, kept
+                           **({} if ok[j] else dict(reason=upweighting.why_no_upweight(
+                               base, t, cfg.c, cfg.exponent, float(r.log_sf_q[j])) or "P_t is not defined here")))
                       for j, t in enumerate(cfg.t)])
         if cfg.plots:
             from goodhart_jax.plots import tail_upweight as plots

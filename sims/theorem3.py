@@ -57,18 +57,22 @@ def main(cfg: Config) -> list[dict]:
                 up = jax.device_get(_at_kl(fam, ts, ds))  # [D, T]
             rows = []
             for i, d in enumerate(cfg.d):
-                ok = bool(r.exists[i])
-                best = float(np.max(np.where(up.valid[i], up.mean[i], -np.inf)))
+                ok, why = bool(r.exists[i]), upweighting.why_no_kl_bounded(fam, d, jax.tree.map(lambda a: a[i], r))
+                fine = up.valid[i] & np.isfinite(up.mean[i]) & np.isfinite(up.KL[i])
+                best = float(np.max(np.where(fine, up.mean[i], -np.inf))) if fine.any() else None
                 rows.append(dict(kind="kl_bounded", utility=spec, heavy=bool(fam.heavy), d=d, E_Q_V=base_mean,
-                                 exists=ok, E_V=r.E_V[i] if ok else None, KL=r.KL[i] if ok else None,
-                                 lam=r.lam[i] if ok else None, E_V_upweight_best=best))
-                rows += [dict(kind="upweight_at_kl", utility=spec, d=d, t=t, E_V=up.mean[i, j], KL=up.KL[i, j],
-                              tail_mass=up.tail_mass[i, j], valid=bool(up.valid[i, j])) for j, t in enumerate(cfg.t)]
+                                 exists=ok, **{f: None if why else getattr(r, f)[i] for f in ("E_V", "KL", "lam")},
+                                 E_V_upweight_best=best, **(dict(reason=why) if why else {})))
+                rows += [dict(kind="upweight_at_kl", utility=spec, d=d, t=t, tail_mass=up.tail_mass[i, j],
+                              valid=bool(fine[j]), **(dict(E_V=up.mean[i, j], KL=up.KL[i, j]) if fine[j] else dict(
+                                  E_V=None, KL=None, reason=upweighting.why_no_upweight(
+                                      fam, t, log_sf_q=float(up.log_sf_q[i, j])) or "not finite in float64")))
+                         for j, t in enumerate(cfg.t)]
             run.emit(rows)
             hi = rows[-1 - len(cfg.t)]  # the last budget's kl_bounded row
             run.log(f"{spec:<18} E_Q[V]={base_mean:<8.3g} max E_P[V] at d={hi['d']:g}: "
-                    f"{'tilt ' + format(hi['E_V'], '.4g') if hi['exists'] else 'no tilt (heavy)'}; "
-                    f"best upweighting over t: {hi['E_V_upweight_best']:.4g}")
+                    f"{'tilt ' + format(hi['E_V'], '.4g') if hi['E_V'] is not None else 'none: ' + hi['reason']}; "
+                    f"best upweighting over t: {hi['E_V_upweight_best']}")
         if cfg.plots:
             from goodhart_jax.plots import theorem3 as plots
 

@@ -5,7 +5,8 @@ import numpy as np
 from scipy import special, stats
 
 from goodhart_jax.tails import parse
-from goodhart_jax.upweighting import sweep_kl_bounded, sweep_upweight, tail_moments, upweight_at_kl
+from goodhart_jax.upweighting import (sweep_kl_bounded, sweep_upweight, tail_moments, upweight_at_kl, why_no_kl_bounded,
+                                      why_no_upweight)
 
 TS = (2.0, 10.0, 100.0, 1e4, 1e6, 1e8)
 
@@ -75,3 +76,37 @@ def test_theorem3_light_bounded_heavy_unbounded():
     np.testing.assert_allclose(up.KL, 0.1, rtol=1e-8)
     assert np.all(np.diff(up.mean) > 0) and up.mean[-1] > 1e4
     assert np.all(up_light.mean < 2 * np.sqrt(2 * 0.1))
+
+
+def test_theorem3_laplace_large_budgets_against_closed_form():
+    """Laplace(1): Z = 1/(1 - lam^2), E_V = 2 lam/(1 - lam^2), KL = 2 lam^2/(1 - lam^2) + log(1 - lam^2).
+
+    d = 1e6 needs lam = 1 - 1e-6 + 1.5e-11, past the old bracket's end 1 - 1e-6 (KL 983822, E_V 983836 for
+    1000014). A budget beyond the reachable range is flagged (reached False, with a reason), not printed.
+    """
+    from scipy.optimize import brentq
+
+    ds = np.array([1.0, 1e3, 1e5, 1e6])
+    with jax.enable_x64(True):
+        r = jax.device_get(sweep_kl_bounded(parse("laplace"), jnp.asarray(ds)))
+        far = jax.device_get(sweep_kl_bounded(parse("laplace"), jnp.asarray([1e13])))
+    for d, e_v, kl in zip(ds, r.E_V, r.KL):
+        # u = 1 - lam^2, solved in float64 (xtol far below u ~ 2/d)
+        u = brentq(lambda u: 2 * (1 - u) / u + np.log(u) - d, 1e-15, 1 - 1e-15, xtol=1e-300, rtol=1e-15)
+        np.testing.assert_allclose([e_v, kl], [2 * np.sqrt(1 - u) / u, d], rtol=1e-7)  # quadrature at 1/(1-lam) ~ d
+    assert np.all(r.reached) and not far.reached[0] and far.exists[0]
+    one = jax.tree.map(lambda a: a[0], far)
+    assert "reaches only" in why_no_kl_bounded(parse("laplace"), 1e13, one)
+
+
+def test_upweight_refuses_underflowing_tail_mass_and_says_why():
+    """exponent 1e6: c/t^p underflows to 0; P_t would be Q given X <= t, not Theorem 1's construction."""
+    with jax.enable_x64(True):
+        r = jax.device_get(sweep_upweight(parse("student_t:df=3"), jnp.array([2.0, 1e3]), 1.0, 1e6))
+        inf_mean = jax.device_get(sweep_upweight(parse("student_t:df=0.5"), jnp.array([10.0]), 1.0, 0.8))
+        heavy = jax.device_get(sweep_kl_bounded(parse("student_t:df=3"), jnp.array([0.1])))
+    assert not np.any(r.exists)
+    assert "below float64's smallest" in why_no_upweight(parse("student_t:df=3"), 2.0, 1.0, 1e6)
+    assert why_no_upweight(parse("student_t:df=3"), 2.0, 1.0, 0.8) is None
+    assert not inf_mean.exists[0] and "no finite mean" in why_no_upweight(parse("student_t:df=0.5"), 10.0, 1.0, 0.8)
+    assert "heavy-tailed" in why_no_kl_bounded(parse("student_t:df=3"), 0.1, jax.tree.map(lambda a: a[0], heavy))
