@@ -1,0 +1,100 @@
+"""Figures of `sims/overoptimization.py`: gold and proxy against d = sqrt(KL) (Gao et al. 2023, Figure 1 layout),
+and RL's objective gap to the exact optimum against steps."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from goodhart_jax.lab.fits import gao_curve  # noqa: E402
+
+METHODS = ("bon", "exact", "rl")
+TITLES = {"bon": "best-of-n", "exact": "exact optimum pi*(beta)", "rl": "RL (RLOO)"}
+
+
+def _label(r: dict) -> str:
+    return r["proxy"] + ("" if r["pairs"] is None else f" ({r['pairs']} pairs)")
+
+
+def curves(rows: list[dict]) -> plt.Figure:
+    """Rows = noise families, columns = methods; gold solid, proxy dashed, one colour per proxy, Gao fit dotted.
+
+    Search results (learned proxies) appear as crosses (gold) in the exact-optimum panel, at their point-mass KL.
+    """
+    lab = [r for r in rows if r["kind"] == "lab"]
+    fits = [r for r in rows if r["kind"] == "fit"]
+    noises = list(dict.fromkeys(r["noise"] for r in lab))
+    methods = [m for m in METHODS if any(r["method"] == m for r in lab)]
+    fig, axes = plt.subplots(len(noises), len(methods), figsize=(4.6 * len(methods), 3.6 * len(noises)),
+                             squeeze=False)
+    for i, noise in enumerate(noises):
+        labels = list(dict.fromkeys(_label(r) for r in lab if r["noise"] == noise))
+        for j, m in enumerate(methods):
+            ax = axes[i, j]
+            for c, lab_ in enumerate(labels):
+                color = f"C{c}"
+                pts = [r for r in lab if r["noise"] == noise and _label(r) == lab_ and r["method"] == m]
+                if not pts:
+                    continue
+                base = [r["proxy_reward"] for r in lab if r["noise"] == noise and _label(r) == lab_
+                        and r["method"] == "bon" and r["n"] == 1]  # E_pi0[proxy]: the proxy's own offset
+                off = base[0] if base else 0.0
+                groups = {}
+                for r in pts:  # RL: one line per beta, in step order; others: one line in d order
+                    groups.setdefault(r["beta"] if m == "rl" else None, []).append(r)
+                for g, rs in groups.items():
+                    rs = sorted(rs, key=lambda r: r["step"] if m == "rl" else r["d"])
+                    dg = [r["d"] for r in rs]
+                    first = g == next(iter(groups))
+                    ax.plot(dg, [r["gold"] for r in rs], "-o", ms=2.5, color=color,
+                            label=f"{lab_}: gold" if first else None)
+                    ax.plot(dg, [r["proxy_reward"] - off for r in rs], "--", color=color, alpha=0.7,
+                            label=f"{lab_}: proxy - E_pi0[proxy]" if first else None)
+                d = np.asarray([r["d"] for r in pts])
+                for f in fits:
+                    if f["method"] == m and f["noise"] == noise and _label(f) == lab_:
+                        dd = np.linspace(0, d.max(), 100)
+                        ax.plot(dd, np.asarray(gao_curve(dd, f["alpha"], f["beta"], m)), ":", color=color, lw=1)
+                if m == "exact":
+                    s = [r for r in lab if r["noise"] == noise and _label(r) == lab_ and r["method"] == "search"]
+                    if s:
+                        ax.plot([r["d"] for r in s], [r["gold"] for r in s], "x", color=color, ms=6)
+            ax.axhline(0.0, color="0.7", lw=0.8)
+            ax.set_xlabel("d = sqrt(KL(pi || pi0))")
+            ax.set_ylabel("E[reward] (gold sd 1 under pi0)")
+            ax.set_title(f"{TITLES[m]}; error {noise}", fontsize=9)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("gold (solid) and proxy (dashed) reward; dotted: Gao fit; x: GCG on the proxy", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def rl_gap(rows: list[dict]) -> plt.Figure:
+    """RL's objective gap J(pi*) - J(pi) against steps: one panel per noise family, a line per (proxy, beta)."""
+    rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl"]
+    noises = list(dict.fromkeys(r["noise"] for r in rl))
+    fig, axes = plt.subplots(1, max(len(noises), 1), figsize=(4.6 * max(len(noises), 1), 3.6), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        for key in dict.fromkeys((_label(r), r["beta"]) for r in rl if r["noise"] == noise):
+            pts = sorted((r for r in rl if r["noise"] == noise and (_label(r), r["beta"]) == key),
+                         key=lambda r: r["step"])
+            ax.plot([r["step"] for r in pts], [max(r["gap"], 1e-8) for r in pts], "-o", ms=2.5,
+                    label=f"{key[0]}, beta {key[1]:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("J(pi*) - J(pi), J = E[proxy] - beta KL")
+        ax.set_title(f"RL gap to the exact optimum; error {noise}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figures(rows: list[dict]) -> dict:
+    """{file name: figure} for the run's rows."""
+    out = {"overoptimization.png": curves(rows)}
+    if any(r["kind"] == "lab" and r["method"] == "rl" for r in rows):
+        out["rl_gap.png"] = rl_gap(rows)
+    return out
