@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-__all__ = ["DROPS", "Rule", "Moments", "Bump", "log_de_quadrature", "log_moments", "de_moments", "locate_bump"]
+__all__ = ["DROPS", "Rule", "Moments", "Bump", "log_de_quadrature", "TailTerms", "tail_terms", "log_moments", "de_moments",
+           "locate_bump"]
 
 _H = 1.0 / 12.0  # step of the double-exponential rules
 _N = 48  # nodes on each side of a rule's centre: |k h| <= 4
@@ -96,7 +97,10 @@ def _tanh_sinh(a, b, dtype):
 
 
 def _exp_sinh(a, sign, dtype, scale=1.0):
-    """Nodes and log-weights on [a, inf) (sign=+1) or (-inf, a] (sign=-1); nodes a + sign scale e^s."""
+    """Nodes and log-weights on [a, inf) (sign=+1) or (-inf, a] (sign=-1); nodes a + sign scale e^s.
+
+    The outermost node is a + sign scale e^{42.9}; `tail_terms` closes the rule there.
+    """
     s, log_ds = _de_base(dtype)
     y = a + sign * scale * jnp.exp(s)
     return y, log_ds + s + jnp.log(scale)
@@ -143,22 +147,114 @@ def log_de_quadrature(breaks: Array, lower: Array, dtype=None, scale: Array = 1.
     return Rule(y, jnp.where(jnp.isnan(w), -jnp.inf, w))
 
 
+def _power_tail(y1, y0, lg1, lg0):
+    """∫ beyond the outermost node y1 of g ~ c |y|^p, p fitted through (y0, lg0) and (y1, lg1).
+
+    ∫_{|y| > |y1|} g = g(y1) |y1| / (-p - 1) and its mean y1 (p + 1) / (p + 2) (±inf when
+    p >= -2: the tail has no mean). Zero weight where the fit is not a decaying power
+    law (-inf or NaN values, p >= -1, or nodes too close to tell).
+    """
+    a1, a0 = jnp.abs(y1), jnp.abs(y0)
+    ok = (jnp.sign(y1) == jnp.sign(y0)) & (a0 > 0) & (a1 > 1.2 * a0) & jnp.isfinite(lg1) & jnp.isfinite(lg0)
+    d = jnp.log(jnp.where(ok, a1, 2.0)) - jnp.log(jnp.where(ok, a0, 1.0))
+    p = jnp.where(ok, (lg1 - lg0) / d, -jnp.inf)
+    ok = ok & (p < -1.0)
+    q = jnp.where(ok, p, -3.0)
+    # Rounding of lg in this float moves p by dp; the tail's weight and mean are off by
+    # dp/(-p-1) and dp/(-p-2) relatively: NaN (refused) where that passes 1e-4.
+    dp = 4.0 * jnp.finfo(y1.dtype).eps * (jnp.abs(lg1) + jnp.abs(lg0) + 1.0) / d
+    log_W = jnp.where(ok, lg1 + jnp.log(a1) - jnp.log(-q - 1.0), -jnp.inf)
+    log_W = jnp.where(ok & (dp > 1e-4 * (-q - 1.0)), jnp.nan, log_W)
+    ybar = jnp.where(q < -2.0, y1 * ((q + 1.0) / (q + 2.0)), jnp.sign(y1) * jnp.inf)
+    ybar = jnp.where((q < -2.0) & (dp > 1e-4 * (-q - 2.0)), jnp.nan, ybar)
+    return log_W, jnp.where(ok, ybar, y1)
+
+
+# Euler-Maclaurin end weights for the three outermost finite exp-sinh nodes (k = j-2,
+# j-1, j): the sum then integrates up to node j only, to O(h^4), whatever the
+# integrand still weighs there (half the end node, minus h^2/12 f' by a 3-point
+# difference). Beyond node j `tail_terms` adds the power-law tail in closed form.
+_END = (1.0 - 1.0 / 24.0, 1.0 + 4.0 / 24.0, 1.0 - 0.5 - 3.0 / 24.0)
+
+
+class TailTerms(NamedTuple):
+    """How `tail_terms` closes a rule: log-weight corrections and the tails beyond it."""
+
+    adjust: Array  # [R] added to the rule's log-weights (Euler-Maclaurin ends)
+    tail: Rule  # [2] pseudo-nodes (right, left): y the tail's mean, log_w log ∫ g over it
+    end: Array  # [2] int: index in the rule of the outermost node each tail starts at
+
+
+def _close_end(y, log_w, lg, idx):
+    """Close one exp-sinh end whose nodes, outwards, are y[idx] ([n]): (adjust [n], log_W, ybar, end)."""
+    yb, wb, gb = y[idx], log_w[idx], lg[idx]
+    # A prefix: nodes overflow only at the far end; 2^-16 of the float's range leaves
+    # room for the tail's mean (up to ~1e4 |y_j| at tail index 1.0001) not to overflow.
+    big = jnp.finfo(y.dtype).max * 2.0 ** -16
+    fin = (jnp.abs(yb) < big) & jnp.isfinite(wb)
+    j = jnp.sum(fin) - 1  # outermost finite node
+    factors = jnp.log(jnp.asarray(_END, y.dtype))
+    adjust = jnp.zeros_like(yb)
+    for o in range(3):  # nodes j-2, j-1, j
+        adjust = adjust.at[jnp.maximum(j - 2 + o, 0)].add(jnp.where(j >= 2, factors[o], 0.0))
+    jj = jnp.maximum(j, 1)
+    log_W, ybar = _power_tail(yb[jj], yb[jj - 1], gb[jj], gb[jj - 1])
+    return adjust, jnp.where(j >= 2, log_W, -jnp.inf), ybar, idx[jj]
+
+
+def tail_terms(rule: Rule, lg: Array) -> TailTerms:
+    """Closes a `log_de_quadrature` rule's infinite ends: end weights and power-law tails.
+
+    The exp-sinh ends stop at scale e^{42.9} from the outer break (sooner where the
+    nodes overflow the float), where a tail g ~ y^-(1 + alpha) with alpha near 1
+    still holds much of ∫ g (35% at alpha = 1.01) and most of ∫ y g. So the sum
+    stops at the outermost finite node y_j with Euler-Maclaurin end weights, and
+    beyond it g ~ c |y|^p, fitted through the last two nodes, is integrated in
+    closed form: g(y_j) |y_j| / (-p - 1), at mean y_j (p + 1)/(p + 2). Exact for
+    Pareto tails, to O(y_j^-2) for Student-t ones, negligible for light tails.
+
+    Args:
+      rule: `Rule` of [R] from `log_de_quadrature` (right end last; a left exp-sinh
+        end, when the support is unbounded below, first).
+      lg: [R] log g at the rule's nodes (-inf for g = 0; NaN counts as -inf).
+    Returns:
+      `TailTerms`: add `adjust` to log_w, and the two `tail` pseudo-nodes to the sums
+      (their y is ±inf where the tail has no mean: guard 0 * inf; NaN where this
+      float cannot fit the tail to 1e-4: the result is refused), and where they start.
+    """
+    y, log_w = rule
+    lg = jnp.where(jnp.isnan(lg), -jnp.inf, lg)
+    n, R = 2 * _N + 1, y.shape[0]
+    right = jnp.arange(R - n, R)
+    left = jnp.arange(n)  # outwards when it is an exp-sinh end: k = -N .. N
+    adj_r, lw_r, y_r, end_r = _close_end(y, log_w, lg, right)
+    adj_l, lw_l, y_l, end_l = _close_end(y, log_w, lg, left)
+    left_is_infinite = y[n - 1] < y[n - 2]  # exp-sinh nodes run outwards; tanh-sinh ones inwards
+    adjust = jnp.zeros_like(y).at[right].add(adj_r)
+    adjust = adjust.at[left].add(jnp.where(left_is_infinite, adj_l, 0.0))
+    lw_l = jnp.where(left_is_infinite, lw_l, -jnp.inf)
+    return TailTerms(adjust, Rule(jnp.stack([y_r, y_l]), jnp.stack([lw_r, lw_l])), jnp.stack([end_r, end_l]))
+
+
 def log_moments(log_g: Callable[[Array], Array], rule: Rule) -> Moments:
-    """(log ∫ g, ∫ y g / ∫ g) on a rule; NaN values of log_g count as -inf (g = 0).
+    """(log ∫ g, ∫ y g / ∫ g) on a rule, with `tail_terms`; NaN values of log_g count as -inf (g = 0).
 
     Args:
       log_g: vectorised [R] -> [R], the log-integrand.
-      rule: `Rule` of [R].
+      rule: `Rule` of [R] from `log_de_quadrature`.
     """
     y, log_w = rule
     lg = jnp.where(jnp.isfinite(log_w), log_g(y), -jnp.inf)
-    lf = jnp.where(jnp.isnan(lg), -jnp.inf, lg) + log_w
+    lg = jnp.where(jnp.isnan(lg), -jnp.inf, lg)
+    adjust, tail, _ = tail_terms(rule, lg)
+    lf = jnp.concatenate([lg + log_w + adjust, tail.log_w])
+    y = jnp.concatenate([y, tail.y])
     top = jnp.max(lf)
     p = jnp.exp(lf - jnp.where(jnp.isfinite(top), top, 0.0))
     total = jnp.sum(p)
     # The mean divides by sum p, not by exp(log Z): log Z far from 0 (e^-2500) is
     # rounded to the float's resolution at its magnitude, 2e-4 in float32.
-    return Moments(top + jnp.log(total), jnp.sum(p * y) / total)
+    return Moments(top + jnp.log(total), jnp.sum(jnp.where(p > 0, p * y, 0.0)) / total)
 
 
 def de_moments(log_g: Callable[[Array], Array], breaks: Array, lower: Array, dtype=None,
