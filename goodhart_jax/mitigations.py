@@ -98,7 +98,7 @@ def kl_target_tree(tree: mdp.Tree, target: Array) -> Budgeted:
     """The KL-penalised optimum whose trajectory KL equals `target` (beta solved)."""
     target = jnp.asarray(target, tree.X[-1].dtype)
     kl = lambda lb: mdp.soft_optimum(tree, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
-    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).root
+    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).neg  # KL <= target
     r = mdp.soft_optimum(tree, jnp.exp(lb))
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), jnp.abs(r.KL - target) < 1e-2 * (1 + target))
 
@@ -256,7 +256,7 @@ def kl_target_tilt(error: Family, utility: Family, target: Array) -> Budgeted:
     """The continuous KL-penalised optimum with KL = target (beta solved); exists False if none."""
     target = as_float(target)
     kl = lambda lb: tilt(error, utility, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
-    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).root
+    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).neg  # KL <= target
     r = tilt(error, utility, jnp.exp(lb))
     ok = r.exists & (jnp.abs(r.KL - target) < 1e-2 * (1 + target))
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), ok)

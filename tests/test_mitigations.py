@@ -281,3 +281,14 @@ def test_sigmoid_proxy_tilt_mc_carries_its_standard_error():
     np.testing.assert_allclose(float(r.E_U), Es, rtol=2e-3)  # a bounded mean: se ~ 1e-3 relative
     old, se = bounded_tilt_mc(jax.random.key(0), parse("normal"), parse("normal"), jnp.float32(beta), 200_000)
     np.testing.assert_allclose([float(old.E_V), float(se)], [float(r.E_V), float(r.E_V_se)], rtol=1e-6)
+
+
+def test_kl_target_never_spends_over_its_budget():
+    """The bisection's midpoint spent 1.5e-8 on a budget of 1e-8; the end with KL <= target is returned."""
+    targets = jnp.array([1e-8, 1e-4, 0.5])
+    r = jax.jit(jax.vmap(kl_target_tree, (None, 0)))(_tree(), targets)
+    assert np.all(np.asarray(r.KL) <= np.asarray(targets)), (r.KL, targets)
+    with jax.enable_x64(True):
+        t = jax.vmap(kl_target_tilt, (None, None, 0))(parse("normal"), parse("normal"), jnp.array([1e-7, 1e-4, 0.5]))
+        # X, V ~ N(0, 1): KL = 1/beta^2 in closed form; the returned beta spends at most the budget
+        assert np.all(1 / np.asarray(t.param) ** 2 <= np.array([1e-7, 1e-4, 0.5]) * (1 + 1e-9))
