@@ -11,4 +11,6 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
   best_of_n   the exact law of best-of-n from pi0 on the proxy (ties, log space): E[gold], E[proxy], exact KL
   rl          KL-penalised policy gradient (RLOO) of the LM, jitted lax.scan, exact evaluation and gap to pi*(beta)
   search      exhaustive top-k by proxy; GCG/ACG (`goodhart_jax.search`) on a proxy model, placed against enumeration
+  fits        Gao et al.'s best-of-n and RL forms of gold against d = sqrt(KL), least squares with optax, r2
+  experiment  one lab run assembled (pi0, tree, gold, proxies) and each method's points as rows (sims/overoptimization.py)
 """
