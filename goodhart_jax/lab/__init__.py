@@ -12,5 +12,5 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
   rl          KL-penalised policy gradient (RLOO) of the LM, jitted lax.scan, exact evaluation and gap to pi*(beta)
   search      exhaustive top-k by proxy; GCG/ACG (`goodhart_jax.search`) on a proxy model, placed against enumeration
   fits        Gao et al.'s best-of-n and RL forms of gold against d = sqrt(KL), least squares with optax, r2
-  experiment  one lab run assembled (pi0, tree, gold, proxies) and each method's points as rows (sims/overoptimization.py)
+  experiment  one lab run assembled (pi0, tree, gold, proxies), each method's points as rows (the sims driver)
 """
