@@ -9,7 +9,12 @@ lines), progress on stderr, and one error path:
   * bad input (a flag argparse rejects, any `InputError`, a `ValueError`
     raised inside `with cli.inputs():`) -> one line `script: error: ...`, exit 2;
   * Ctrl-C -> one line saying what is on disk, exit 130; every finished file is
-    intact because every file is written atomically.
+    intact because every file is written atomically. A script that calls
+    `cli.guard_startup(__name__)` before its heavy imports answers Ctrl-C during
+    them the same way (one line, exit 130).
+
+Every int field (and every int in a tuple field) must fit in 64 bits; `seed`
+checks a PRNG seed (an integer in [0, 2^32 - 1]).
 
 Flags from fields (`typing` annotations of the dataclass):
   bool -> `--x/--no-x`; tuple[T, ...] -> `nargs="+"` (`"*"` when the default
@@ -41,7 +46,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import tempfile
+import threading
 import types
 import typing
 from pathlib import Path
@@ -49,8 +57,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from goodhart_jax import io
 
-__all__ = ["InputError", "RunConfig", "arg", "each", "positive", "finite", "within", "at_least", "inputs", "Run", "prepare_out_dir",
-           "build_parser", "parse_config", "run", "main"]
+__all__ = ["InputError", "Checked", "RunConfig", "arg", "each", "positive", "finite", "within", "at_least", "seed",
+           "inputs", "check_memory", "Run", "check_out_dir", "prepare_out_dir", "build_parser", "parse_config",
+           "run", "main", "guard_startup"]
 
 InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
 
@@ -75,26 +84,48 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", *, metavar: str | No
     return dataclasses.field(default=default, metadata=meta)
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """The fields the runner owns; a study's Config subclasses this."""
-    out: str = arg("", "output directory (default: runs/<script>/<timestamp>)", metavar="DIR", show_default=False)
-    json: bool = arg(False, "stdout carries only the result rows, as JSON lines (logs go to stderr)")
-    plots: bool = arg(True, "write the PNG figures")
+class Checked:
+    """A frozen Config whose fields check themselves when it is made (from flags or in code).
+
+    Runs each field's `check` (see `arg`), and refuses an int field (or an int in a tuple field) that does not
+    fit in 64 bits: such a value would overflow in NumPy/JAX long after the flags were read.
+    """
 
     def __post_init__(self):
-        """Run each field's `check`: a Config that exists holds valid values, however it was made."""
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
+            value, flag = getattr(self, f.name), _flag(f)
+            tp, _ = _strip_optional(hints.get(f.name))
+            if typing.get_origin(tp) is tuple:
+                tp = (typing.get_args(tp) or (None,))[0]
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if tp is int and isinstance(v, int) and not -INT64_MAX <= v <= INT64_MAX:
+                    raise InputError(f"{flag}: {v} does not fit in 64 bits")
             chk = f.metadata.get("check")
             if chk is None:
                 continue
             try:
-                chk(getattr(self, f.name))
+                chk(value)
             except InputError:
                 raise
             except ValueError as e:
-                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
                 raise InputError(str(e) if str(e).startswith(flag) else f"{flag}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Checked):
+    """The fields the runner owns; a study's Config subclasses this."""
+    out: str = arg("", "output directory (default: runs/<script>/<timestamp>)", metavar="DIR", show_default=False)
+    json: bool = arg(False, "stdout carries only the result rows, as JSON lines (logs go to stderr)")
+    plots: bool = arg(True, "write the PNG figures")
 
 
 # ------------------------------------------------------------------ checks for `arg(check=...)`
@@ -107,7 +138,7 @@ def each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], Non
             raise ValueError(f"give at least one {what}")
         for x in vals:
             if not ok(x):
-                raise ValueError(f"{what} must be {must}, got {x:g}")
+                raise ValueError(f"{what} must be {must}, got {x if isinstance(x, int) else format(x, 'g')}")
     return check
 
 
@@ -131,6 +162,12 @@ def at_least(what: str, lo: int) -> Callable[[Any], None]:
     return each(what, lambda x: math.isfinite(x) and int(x) == x and x >= lo, f"an integer >= {lo}")
 
 
+SEED_MAX = 2**32 - 1
+seed = each("seed", lambda x: 0 <= x <= SEED_MAX and int(x) == x, f"an integer in [0, 2^32 - 1 = {SEED_MAX}]")
+"""Check for a PRNG seed. JAX keeps only the low 32 bits of a larger seed without x64 (2^32 would run as 0)
+and overflows past 2^63, so a seed is an integer in [0, 2^32 - 1], which means the same in either mode."""
+
+
 @contextlib.contextmanager
 def inputs():
     """Inside this block a ValueError is the user's bad input: it becomes an `InputError` (exit 2)."""
@@ -140,6 +177,14 @@ def inputs():
         raise
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def check_memory(need: float, what: str) -> None:
+    """Raise InputError, in one line, if an estimate of `need` bytes exceeds `io.available_memory()`."""
+    have = io.available_memory()
+    if have is not None and need > have:
+        raise InputError(f"{what} needs about {need / 2**30:.1f} GiB (estimated), but {have / 2**30:.1f} GiB "
+                         "is available")
 
 
 # ------------------------------------------------------------------ flags from a dataclass
@@ -220,6 +265,23 @@ def parse_config(config_cls: type, argv: Sequence[str] | None = None, prog: str 
 
 # ------------------------------------------------------------------ one run's outputs
 
+@contextlib.contextmanager
+def _holding_ctrl_c():
+    """Hold a Ctrl-C that arrives inside the block until it ends, then raise KeyboardInterrupt: a file written
+    and the run's record of it stay in step, so the interrupt line never counts a row that is not on disk."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 class Run:
     """One run's output directory: config.json, incremental atomic results, figures, JSON lines on stdout.
 
@@ -244,8 +306,7 @@ class Run:
         self.csv_rows = csv_rows
         self.rows: list[dict] = []
         self.files: list[str] = []
-        io.save_json(self.dir / "config.json", cfg)
-        self._wrote("config.json")
+        self.save_json("config.json", cfg)
 
     def _wrote(self, fname: str) -> None:
         if fname not in self.files:
@@ -254,13 +315,15 @@ class Run:
     def emit(self, rows: Iterable[dict]) -> None:
         """Add finished rows: results.jsonl/.csv are rewritten atomically, and with --json each row is printed."""
         rows = [io.json_safe(r) for r in rows]
-        self.rows += rows
-        if self.results:
-            io.save_jsonl(self.dir / f"{self.results}.jsonl", self.rows)
-            io.save_csv(self.dir / f"{self.results}.csv",
-                        self.rows if self.csv_rows is None else [r for r in self.rows if self.csv_rows(r)])
-            self._wrote(f"{self.results}.jsonl")
-            self._wrote(f"{self.results}.csv")
+        with _holding_ctrl_c():  # both files and self.rows, or none of them
+            everything = self.rows + rows
+            if self.results:
+                io.save_jsonl(self.dir / f"{self.results}.jsonl", everything)
+                io.save_csv(self.dir / f"{self.results}.csv",
+                            everything if self.csv_rows is None else [r for r in everything if self.csv_rows(r)])
+                self._wrote(f"{self.results}.jsonl")
+                self._wrote(f"{self.results}.csv")
+            self.rows = everything
         if self.json:
             for r in rows:
                 sys.stdout.write(json.dumps(r, allow_nan=False) + "\n")
@@ -268,14 +331,16 @@ class Run:
 
     def save_json(self, fname: str, obj: Any) -> Path:
         """Write `obj` as JSON (non-finite numbers as null) to DIR/fname, atomically."""
-        path = io.save_json(self.dir / fname, obj)
-        self._wrote(fname)
+        with _holding_ctrl_c():
+            path = io.save_json(self.dir / fname, obj)
+            self._wrote(fname)
         return path
 
     def write(self, fname: str, data: bytes | str) -> Path:
         """Write bytes or text to DIR/fname, atomically."""
-        path = io.atomic_write(self.dir / fname, data)
-        self._wrote(fname)
+        with _holding_ctrl_c():
+            path = io.atomic_write(self.dir / fname, data)
+            self._wrote(fname)
         return path
 
     def figure(self, fname: str, fig, dpi: int = 110) -> Path | None:
@@ -285,8 +350,9 @@ class Run:
 
             plt.close(fig)
             return None
-        path = io.save_figure(fig, self.dir / fname, dpi=dpi)
-        self._wrote(fname)
+        with _holding_ctrl_c():
+            path = io.save_figure(fig, self.dir / fname, dpi=dpi)
+            self._wrote(fname)
         return path
 
     @staticmethod
@@ -321,26 +387,55 @@ class Run:
         return False
 
 
+def _probe_write(directory: Path) -> str | None:
+    """Why a file cannot be created in `directory` (by trying: os.access says yes to root on a read-only
+    file system), or None."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".write-test.")
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_out_dir(out: str | os.PathLike) -> None:
+    """Raise InputError, in one line, if `out` cannot become a writable output directory; creates nothing.
+
+    Checks: no part of the path is a file, and the directory (or its nearest existing parent, where the
+    missing part would be made) accepts a new file.
+    """
+    path = Path(out)
+    for parent in (path, *path.parents):
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                what = "is a file" if parent.is_file() else "is not a directory"
+                raise InputError(f"output directory {str(path)!r}: {str(parent)!r} {what}")
+            why = _probe_write(parent)
+            if why is not None:
+                if parent == path:
+                    raise InputError(f"output directory {str(path)!r} is not writable: {why}")
+                raise InputError(f"cannot create output directory {str(path)!r}: {str(parent)!r}: {why}")
+            return
+
+
 def prepare_out_dir(out: str | os.PathLike) -> Path:
     """Create the output directory, or raise InputError saying why it cannot be written (before any work)."""
     path = Path(out)
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"output directory {str(path)!r}: {str(parent)!r} is a file")
-            break
+    check_out_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create output directory {str(path)!r}: {e.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"output directory {str(path)!r} is not writable")
+    if (why := _probe_write(path)) is not None:
+        raise InputError(f"output directory {str(path)!r} is not writable: {why}")
     return path
 
 
 # ------------------------------------------------------------------ the runner
 
 _PROG: list[str] = []  # the program name of the `run` in progress (for Run's interrupt line)
+_FINISHED: list[int] = []  # the status of a script's finished `main`, for the Ctrl-C guard
 
 
 def _prog() -> str:
@@ -349,7 +444,7 @@ def _prog() -> str:
 
 def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] | None = None,
         prog: str | None = None, description: str | None = None) -> int:
-    """Parse flags into `config_cls`, call `study_main(cfg)`, and map the outcome to an exit status.
+    """Parse flags into `config_cls`, check `--out`, call `study_main(cfg)`, and map the outcome to an exit status.
 
     Returns:
       0 on success; 2 on bad input (one line on stderr); 130 on Ctrl-C.
@@ -361,6 +456,8 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
             cfg = parse_config(config_cls, argv, prog, description)
         except SystemExit as e:  # --help (0), or argparse's one-line error (2)
             return int(e.code or 0)
+        if isinstance(cfg, RunConfig) and cfg.out:
+            check_out_dir(cfg.out)  # before any work (loading a model can take minutes)
         study_main(cfg)
     except InputError as e:
         msg = " ".join(str(e).split())  # one line, whatever the message held
@@ -375,6 +472,36 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
     return 0
 
 
+def _on_sigint(signum, frame) -> None:
+    """`guard_startup`'s SIGINT handler: inside `run`, the usual KeyboardInterrupt (the run reports what is on
+    disk); outside it, one line and exit 130 at once."""
+    if _PROG:
+        f = frame
+        while f is not None:  # raised inside a finaliser (__del__) it would be printed and dropped: re-send it
+            if f.f_code.co_name == "__del__":
+                timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+                timer.daemon = True
+                timer.start()
+                return
+            f = f.f_back
+        signal.default_int_handler(signum, frame)
+    when = "after the run finished" if _FINISHED else "during start-up: nothing was written"
+    os.write(2, f"{_prog()}: interrupted {when}\n".encode())
+    os._exit(130)
+
+
+def guard_startup(module_name: str) -> None:
+    """In a script, before its heavy imports: `cli.guard_startup(__name__)`.
+
+    Ctrl-C during the seconds of imports (jax, transformers) before `main` then prints one line and exits
+    130, instead of a KeyboardInterrupt traceback (or a crash of XLA's threads at teardown). Inside `run`
+    Ctrl-C raises KeyboardInterrupt as usual. Nothing happens unless `module_name == "__main__"`, so a test
+    or notebook importing the script keeps Python's own handler.
+    """
+    if module_name == "__main__" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
 def main(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] | None = None,
          description: str | None = None) -> None:
     """`run`, then exit with its status.
@@ -385,7 +512,11 @@ def main(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str]
     if description is None:
         doc = sys.modules["__main__"].__doc__ or ""
         description = doc.strip() or None
-    status = run(config_cls, study_main, argv, description=description)
+    try:
+        status = run(config_cls, study_main, argv, description=description)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being reported
+        status = 130
+    _FINISHED.append(status)
     sys.stdout.flush()
     sys.stderr.flush()
     if status == 130:

@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "UsageError", "atomic_write", "load_array", "npz_bytes", "csv_text", "jsonl_text", "save_json", "save_jsonl", "save_csv", "save_figure",
-    "json_safe", "default_out_dir", "start_run", "run_cli", "log",
+    "json_safe", "default_out_dir", "start_run", "run_cli", "log", "available_memory",
 ]
 
 
@@ -166,6 +166,37 @@ def start_run(name: str, out: str | os.PathLike | None, config: Any) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     save_json(path / "config.json", config)
     return path
+
+
+def _read_int(path: str, field: str | None = None) -> int | None:
+    """An integer from a /proc or /sys file (the value after `field:` when given), or None."""
+    try:
+        text = Path(path).read_text()
+        if field is None:
+            return int(text.split()[0])
+        return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(field + ":"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def available_memory() -> int | None:
+    """Bytes a new computation can still use on JAX's default device, or None where unknown.
+
+    CPU: /proc/meminfo MemAvailable, capped by a cgroup v2 limit (memory.max - memory.current) if there is
+    one. An accelerator: its bytes_limit - bytes_in_use (`Device.memory_stats`).
+    """
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0) if "bytes_limit" in stats else None
+    kib = _read_int("/proc/meminfo", "MemAvailable")
+    have = None if kib is None else kib * 1024
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        have = limit - used if have is None else min(have, limit - used)
+    return have
 
 
 def log(*args) -> None:

@@ -9,6 +9,9 @@ mixture_kl.csv and reward_vs_logprob.png.
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 import math
 import time
@@ -16,8 +19,9 @@ import time
 import jax
 import numpy as np
 
-from goodhart_jax import cli, io, models
+from goodhart_jax import io, models
 from goodhart_jax.models.loading import load_reward_and_base, load_tokenizer, special_token_ids
+from goodhart_jax.models.scoring import max_length
 from goodhart_jax.search import SearchConfig, rescore, retokenize_filter, search_chunks
 from goodhart_jax.search.schedules import SCHEDULES
 
@@ -52,7 +56,7 @@ class Config(cli.RunConfig):
                          check=cli.at_least("value", 0))
     alphas: tuple[float, ...] = cli.arg((1e-4, 1e-3, 1e-2, 1e-1), "mixture weights of the Section 5 mixture KL",
                                         metavar="A", check=_UNIT)
-    seed: int = cli.arg(0, "PRNG seed", metavar="S")
+    seed: int = cli.arg(0, "PRNG seed", metavar="S", check=cli.seed)
 
 
 def load(cfg: Config):
@@ -62,6 +66,8 @@ def load(cfg: Config):
         io.log(f"note: {cfg.base_model} holds only the config of {cfg.model}; no base log-probabilities")
     if cfg.penalty != 0.0 and lm is None:
         raise cli.InputError("--penalty needs --base-model DIR with a causal LM")
+    if (m := min(filter(None, (max_length(rm), lm and max_length(lm))), default=None)) and cfg.length > m:
+        raise cli.InputError(f"--length {cfg.length}: the models take at most {m} tokens")
     banned = special_token_ids((cfg.model, cfg.base_model), rm.vocab_size) if cfg.banned is None else cfg.banned
     token_filter = retokenize_filter(load_tokenizer(cfg.model), banned) if cfg.retokenize else None
     return models.reward_scorer(rm), None if lm is None else models.logprob_scorer(lm), banned, token_filter

@@ -13,6 +13,9 @@ np.geomspace to ints (63, 4095, 16383 for 64, 4096, 16384).
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 import time
 
@@ -20,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import best_of_n, cli, tails
+from goodhart_jax import best_of_n, tails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Config(cli.RunConfig):
     n: tuple[float, ...] = cli.arg(tuple(4**k for k in range(9)), "values of n (integers >= 1)", metavar="N",
                                  check=best_of_n.check_ns)
     trials: int = cli.arg(100, "Monte-Carlo trials (>= 2)", metavar="T", check=cli.at_least("Monte-Carlo trials", 2))
-    seed: int = cli.arg(0, "PRNG seed", metavar="S")
+    seed: int = cli.arg(0, "PRNG seed", metavar="S", check=cli.seed)
     center: bool = cli.arg(False, "shift --error/--utility families to mean 0")
     exact: bool = cli.arg(True, "exact quadrature beside the Monte Carlo")
 

@@ -13,13 +13,16 @@ used exactly as specified unless --center is given.
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import cli, mdp, mitigations, tails
+from goodhart_jax import mdp, mitigations, tails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Config(cli.RunConfig):
                                                metavar="B", show_default=False, check=cli.positive("beta"))
     vocab: int = cli.arg(8, "tree tokens per state", metavar="A")
     depth: int = cli.arg(5, "tree depth", metavar="L")
-    seed: int = cli.arg(0, "PRNG seed", metavar="S")
+    seed: int = cli.arg(0, "PRNG seed", metavar="S", check=cli.seed)
     mc_samples: int = cli.arg(200_000, "draws for the continuous bounded proxy", metavar="N",
                               check=cli.at_least("--mc-samples", 100))
     center: bool = cli.arg(False, "shift every family to mean 0")
@@ -47,8 +50,8 @@ def validate(cfg: Config) -> tuple[list[tails.Family], tails.Family, mdp.TreeSpe
             raise ValueError("give at least one --error family")
         errors = [tails.parse(s, center=cfg.center) for s in cfg.error]
         utility, spec = tails.parse(cfg.utility, center=cfg.center), mdp.TreeSpec(cfg.vocab, cfg.depth)
-        if cfg.vocab**cfg.depth > 2**22:
-            raise ValueError(f"a tree with {cfg.vocab ** cfg.depth} leaves is too large here (max 2^22)")
+        if cfg.depth * np.log2(cfg.vocab) > 22:  # in logs: --depth 1e18 is refused, not computed
+            raise ValueError(f"a tree of {cfg.vocab}^{cfg.depth} leaves is too large here (max 2^22)")
     return errors, utility, spec
 
 
@@ -74,15 +77,23 @@ tree_methods, continuous_methods = jax.jit(_tree), jax.jit(_continuous)  # jit o
 bounded_mc = jax.jit(jax.vmap(mitigations.sigmoid_proxy_tilt_mc, (None, None, None, 0, None)), static_argnums=4)
 
 
+WHY_NOT = dict(kl_target="no beta gives KL = budget: more than this model can spend, or a heavy tail (no tilt)",
+               quantilizer="no threshold t_q in [-50, 500] leaves tail mass e^-budget",
+               bounded_mean="heavy tail: the supremum is approached, not attained (no tilt exists)")
+NOT_FINITE = "E_U, E_V or KL came out NaN or inf at this budget (float32 range): not reported"
+
+
 def _rows(model, method, res, budget, common):
-    """One row per budget from [K] results (param: the solved knob, else beta; exists: True unless said)."""
+    """One row per budget from [K] results (param: the solved knob, else beta; exists: True unless a reason)."""
     quant = model == "continuous" and method == "quantilizer"  # its E_U holds t_q, a lower bound: not kept
     exists, param = getattr(res, "exists", np.ones(len(budget), bool)), getattr(res, "param", budget)
     val = lambda a, j, ok: float(a[j]) if ok else None  # noqa: E731
     return [dict(kind="mitigation", model=model, method=method, **common, budget=float(b), exists=bool(ok),
                  KL=val(res.KL, j, ok), E_V=val(res.E_V, j, ok), E_U=val(res.E_U, j, ok and not quant),
                  **{"t_q" if quant else "param": float(param[j])},
-                 **{f: float(getattr(res, f)[j]) for f in ("E_V_se", "lam") if hasattr(res, f)})
+                 **{f: float(getattr(res, f)[j]) for f in ("E_V_se", "lam") if hasattr(res, f)},
+                 **({"reason": WHY_NOT.get(method, "no optimum at this budget")} if not ok else
+                    {"reason": "E_U not computed: t_q is only a lower bound on it"} if quant else {}))
             for j, (b, ok) in enumerate(zip(budget, exists))]
 
 
@@ -102,9 +113,9 @@ def main(cfg: Config) -> list[dict]:
             c["bounded"] = jax.device_get(bounded_mc(k_mc, error, utility, f32[3], cfg.mc_samples))
             rows = [r for model, res in (("tree", t), ("continuous", c)) for m, b in res.items()
                     for r in _rows(model, m, b, budget.get(m, kls), dict(error=spec_x, utility=cfg.utility))]
-            for r in rows:
-                if any(r[k] is not None and not np.isfinite(r[k]) for k in ("E_V", "KL")):
-                    raise FloatingPointError(f"{r['model']}/{r['method']}/{r['error']}: E_V or KL is not finite")
+            for r in rows:  # a NaN is never printed as a number, nor does it stop the run: the row says why
+                if any(r[k] is not None and not np.isfinite(r[k]) for k in ("E_U", "E_V", "KL")):
+                    r.update(exists=False, E_U=None, E_V=None, KL=None, reason=NOT_FINITE)
             run.emit(rows)
         from goodhart_jax.plots import mitigations as plots
         if cfg.plots:

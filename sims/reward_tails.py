@@ -9,13 +9,15 @@ paper's 2x2 figure), estimators.png, results.json, config.json; --json rows: "hi
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from goodhart_jax import cli
 from goodhart_jax import tail_index as ti
 
 
@@ -42,16 +44,19 @@ class Config(cli.RunConfig):
     num_samples: int = cli.arg(800, "NUTS draws", metavar="N", check=cli.at_least("NUTS draws", 1))
     num_boot: int = cli.arg(200, "double-bootstrap replicates", metavar="N", check=cli.at_least("replicates", 1))
     compare: str = cli.arg("", "values (e.g. ACG rewards) placed against the fitted tail", metavar="FILE")
-    seed: int = cli.arg(0, "PRNG seed (the random tokens use seed + 1)", metavar="S")
+    seed: int = cli.arg(0, "PRNG seed (the random tokens use seed + 1)", metavar="S", check=cli.seed)
 
 
 def score_random_tokens(cfg: Config) -> np.ndarray:
     """Rewards [N] of N sequences of L token ids drawn uniformly (key seed + 1), scored by the reward head."""
     from goodhart_jax import models
+    from goodhart_jax.models.scoring import max_length
 
     model = models.load_model(cfg.model, base_model=cfg.base_model or None)  # CheckpointError: bad input
     if model.reward_head is None:
         raise cli.InputError(f"--model {cfg.model} is a causal LM with no reward head")
+    if (m := max_length(model)) is not None and cfg.length > m:
+        raise cli.InputError(f"--length {cfg.length}: the model takes at most {m} tokens")
     cli.prepare_out_dir(cfg.out)  # fail now, not after the scoring, if --out cannot be written
     ids = jax.random.randint(jax.random.key(cfg.seed + 1), (cfg.random_tokens, cfg.length), 0, model.vocab_size)
     mesh = models.data_mesh()
@@ -60,12 +65,17 @@ def score_random_tokens(cfg: Config) -> np.ndarray:
                                   batch_size=cfg.batch, mesh=mesh, progress=bar.update)
 
 
-def main(cfg: Config) -> dict:
-    """Diagnose the sample; returns results.json's dict {"hill", "verdict", "compare", "gpd_mle_curve"}."""
+def validate(cfg: Config) -> None:
+    """The flags together (each field checks itself); bad input raises InputError."""
     if bool(cfg.rewards) == bool(cfg.model):
         raise cli.InputError("give exactly one of --rewards FILE or --model DIR")
     if cfg.model and (cfg.random_tokens <= 0 or cfg.length <= 0):
         raise cli.InputError("--model needs --random-tokens N > 0 and --length L > 0")
+
+
+def main(cfg: Config) -> dict:
+    """Diagnose the sample; returns results.json's dict {"hill", "verdict", "compare", "gpd_mle_curve"}."""
+    validate(cfg)
     extra = ti.load_sample(cfg.compare, min_samples=1).astype(np.float64) if cfg.compare else None
     if cfg.rewards:
         x, source = ti.load_sample(cfg.rewards), cfg.rewards

@@ -8,8 +8,10 @@ Random-token mode draws ids uniformly from the vocabulary, as the paper did (300
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
-import json
 import time
 from io import BytesIO
 from pathlib import Path
@@ -17,21 +19,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from goodhart_jax import cli, io, models
+from goodhart_jax import io, models
+from goodhart_jax.models.scoring import check_batch, max_length
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:  # not a cli.RunConfig: --out is one FILE, and there are no figures
+class Config(cli.Checked):  # not a cli.RunConfig: --out is one FILE, and there are no figures
     model: str = cli.arg("", "checkpoint directory", metavar="DIR", required=True)
     base_model: str | None = cli.arg(None, "Llama config dir for Starling; base causal LM for --logprob", metavar="DIR")
     input: str | None = cli.arg(None, "integer token ids [B, T]", metavar="TOKENS.npy")
     mask: str | None = cli.arg(None, "[B, T], 1 for real tokens (left or right padding)", metavar="MASK.npy")
-    random_tokens: int = cli.arg(0, "N uniform random sequences instead of --input", metavar="N")
-    length: int = cli.arg(0, "their length L", metavar="L")
+    random_tokens: int = cli.arg(0, "N random sequences instead of --input", metavar="N", check=cli.at_least("N", 0))
+    length: int = cli.arg(0, "their length L", metavar="L", check=cli.at_least("L", 0))
     logprob: bool = cli.arg(False, "causal-LM log-probability instead of the reward")
-    batch: int = cli.arg(8, "sequences per batch", metavar="B")
+    batch: int = cli.arg(8, "sequences per batch", metavar="B", check=cli.at_least("batch size", 1))
     dtype: str = cli.arg("float32", "parameter dtype", choices=("float32", "bfloat16"))
-    seed: int = cli.arg(0, "PRNG seed of --random-tokens", metavar="S")
+    seed: int = cli.arg(0, "PRNG seed of --random-tokens", metavar="S", check=cli.seed)
     out: str | None = cli.arg(None, ".npy: the scores [N]; else JSON rows; FILE.config.json: the flags", metavar="FILE")
     json: bool = cli.arg(False, "print one JSON row per sequence")
 
@@ -51,9 +54,11 @@ def load(cfg: Config) -> models.LoadedModel:
     return model
 
 
-def tokens_and_mask(cfg: Config, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+def tokens_and_mask(cfg: Config, vocab: int, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids [N, T] and mask [N, T]: N x L uniform ids (key --seed), or --input / --mask, checked."""
     if cfg.input is None:
+        if max_len is not None and cfg.length > max_len:
+            raise cli.InputError(f"--length {cfg.length}: the model takes at most {max_len} tokens")
         tokens = np.asarray(jax.random.randint(jax.random.key(cfg.seed), (cfg.random_tokens, cfg.length), 0, vocab))
         return tokens, np.ones_like(tokens, dtype=np.int32)
     tokens = io.load_array(cfg.input, npy_only=True)  # UsageError naming the file
@@ -69,17 +74,13 @@ def tokens_and_mask(cfg: Config, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.ones_like(tokens, dtype=np.int32) if cfg.mask is None else io.load_array(cfg.mask, npy_only=True)
     if mask.shape != tokens.shape:
         raise cli.InputError(f"--mask has shape {mask.shape} but the tokens have shape {tokens.shape}")
-    if not np.isin(mask, (0, 1)).all():
-        raise cli.InputError("--mask must hold only 0 and 1")
-    if (empty := np.flatnonzero(mask.sum(axis=1) == 0)).size:
-        raise cli.InputError(f"--mask row {empty[0]} has no real tokens")
+    with cli.inputs():  # only 0/1, no holes, no row longer than the model's positions
+        check_batch(mask, max_len)
     return tokens, mask.astype(np.int32)
 
 
-def main(cfg: Config) -> dict:
-    """Load, score, write; returns {"kind", "scores" [N], "seconds", "tokens", "tokens_per_s", "arch", ...}."""
-    if cfg.batch < 1:
-        raise cli.InputError(f"--batch must be >= 1, got {cfg.batch}")
+def validate(cfg: Config) -> None:
+    """The flags together, and --out, before any work (each field checks itself); bad input raises InputError."""
     if (cfg.input is None) == (cfg.random_tokens <= 0):
         raise cli.InputError("give exactly one of --input TOKENS.npy or --random-tokens N --length L")
     if cfg.input is None and cfg.length <= 0:
@@ -88,8 +89,13 @@ def main(cfg: Config) -> dict:
         if Path(cfg.out).is_dir():
             raise cli.InputError(f"--out {cfg.out} is a directory; give a FILE (.npy, or JSON rows)")
         cli.prepare_out_dir(Path(cfg.out).parent)
+
+
+def main(cfg: Config) -> dict:
+    """Load, score, write; returns {"kind", "scores" [N], "seconds", "tokens", "tokens_per_s", "arch", ...}."""
+    validate(cfg)
     model = load(cfg)
-    tokens, mask = tokens_and_mask(cfg, model.vocab_size)
+    tokens, mask = tokens_and_mask(cfg, model.vocab_size, max_length(model))
     kind = "logprob" if cfg.logprob else "reward"
     fn = models.make_logprob_fn(model) if cfg.logprob else models.make_reward_fn(model)
     mesh = models.data_mesh()
@@ -109,7 +115,7 @@ def main(cfg: Config) -> dict:
             io.save_json(out, rows)
         io.save_json(out.with_suffix(".config.json"), cfg)
     if cfg.json:
-        print("".join(json.dumps(io.json_safe(r)) + "\n" for r in rows), end="", flush=True)
+        print(io.jsonl_text(rows), end="", flush=True)
     else:
         print(f"{kind}: n={len(scores)} mean={scores.mean():.6g} std={scores.std():.6g} min={scores.min():.6g} "
               f"max={scores.max():.6g} ({n_tok / seconds:.0f} tokens/s incl. compile, {mesh.devices.size} device(s))")

@@ -15,13 +15,16 @@ at equal KL (E[V] read off each seed's sweep at a few KL values).
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import cli, frontier, mdp, tails, tilting
+from goodhart_jax import frontier, mdp, tails, tilting
 
 SUMMARY_KL = (0.5, 2.0, 8.0)  # nats at which the summary compares families
 # Where the float32 sweep is checked (max 3.4e38, 7 digits): beta, loc/scale of each family, pi0's temperature.
@@ -58,8 +61,9 @@ def prepare(cfg: Config):
     check_float32(cfg, errors + [utility])
     if not cfg.thm2_c > 0 or any(not (np.isfinite(t) and t > cfg.thm2_c) for t in cfg.thm2_t):
         raise cli.InputError(f"Theorem 2 needs t > c > 0; got c={cfg.thm2_c:g}, t={list(cfg.thm2_t)}")
-    if spec.n**spec.depth > 2**26:
-        raise cli.InputError(f"a tree with {spec.n**spec.depth} leaves is too large (max 2^26)")
+    if spec.depth * np.log2(spec.n) > 26 or spec.depth > 64:  # in logs: --depth 1e18 is refused, not computed
+        raise cli.InputError(f"a tree of {spec.n}^{spec.depth} leaves is too large (max 2^26 leaves, 64 levels)")
+    cli.check_memory(estimate_bytes(cfg), f"a {spec.n}^{spec.depth} tree x {cfg.seeds} seeds")
     return errors, utility, spec
 
 
@@ -79,6 +83,13 @@ def check_float32(cfg: Config, families) -> None:
             if k in ("loc", "scale") and float(v) != 0 and not lo <= abs(float(v)) <= hi:
                 raise cli.InputError(f"{fam}: |{k}|={abs(float(v)):g} is outside [{lo:g}, {hi:g}], the range where "
                                      f"this float32 sweep is checked (the tilt's E[U] grows like scale^2/beta)")
+
+
+def estimate_bytes(cfg: Config) -> float:
+    """Peak memory: all seeds' trees at once (vmap), Theorem 2 vmapped over its M thresholds, betas one at a time.
+    Peak RSS on CPU (/usr/bin/time -f %M; 2^18..2^21 leaves, 1-4 seeds, M = 1, 11): 80 + 24 M B/leaf/seed + 0.7 GB."""
+    terminals = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos).num_terminals
+    return terminals * cfg.seeds * (100 + 24 * len(cfg.thm2_t)) + 3 * 2**28
 
 
 def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):

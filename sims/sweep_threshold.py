@@ -14,13 +14,16 @@ Families are used exactly as specified unless --center is given.
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import cli, conditioning, tails
+from goodhart_jax import conditioning, tails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Config(cli.RunConfig):
                                    show_default=False, check=cli.finite("threshold t"))
     mc_samples: int = cli.arg(20_000, "importance samples per threshold (>= 30)", metavar="N",
                               check=cli.at_least("importance samples per threshold", 30))
-    seed: int = cli.arg(0, "PRNG seed", metavar="S")
+    seed: int = cli.arg(0, "PRNG seed", metavar="S", check=cli.seed)
     center: bool = cli.arg(False, "shift every family to mean 0 (off: families as given)")
     footnote4: bool = cli.arg(True, "add footnote 4's dependent pair")
     x64: bool = cli.arg(True, "compute in float64 (float32 holds to t ~ 100)")

@@ -12,13 +12,16 @@ Families are used exactly as specified unless --center is given.
 """
 from __future__ import annotations
 
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import cli, tails, upweighting
+from goodhart_jax import tails, upweighting
 
 FIGURE3_BASE = "student_t:df=3"  # the paper's Figure 3
 

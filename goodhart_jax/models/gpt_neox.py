@@ -46,6 +46,7 @@ class GPTNeoXConfig:
     attention_bias: bool = True
     tie_word_embeddings: bool = False
     pad_token_id: int | None = None
+    max_position_embeddings: int | None = None  # longest sequence it was trained for
 
     @property
     def head_size(self) -> int:
@@ -98,6 +99,8 @@ class GPTNeoXConfig:
             attention_bias=bool(d.get("attention_bias", True)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             pad_token_id=None if pad is None else config_int("pad_token_id", pad, minimum=-2**31),
+            max_position_embeddings=None if d.get("max_position_embeddings") is None else
+            config_int("max_position_embeddings", d["max_position_embeddings"]),
         )
         if cfg.hidden_size % cfg.num_attention_heads:
             raise ValueError(f"config: hidden_size={cfg.hidden_size} is not divisible by "

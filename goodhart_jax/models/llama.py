@@ -39,6 +39,7 @@ class LlamaConfig:
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
     pad_token_id: int | None = None
+    max_position_embeddings: int | None = None  # longest sequence it was trained for
 
     # The names `DecoderBackbone` reads.
     @property
@@ -97,6 +98,8 @@ class LlamaConfig:
             mlp_bias=bool(d.get("mlp_bias", False)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             pad_token_id=None if pad is None else config_int("pad_token_id", pad, minimum=-2**31),
+            max_position_embeddings=None if d.get("max_position_embeddings") is None else
+            config_int("max_position_embeddings", d["max_position_embeddings"]),
         )
         if cfg.num_attention_heads % cfg.num_key_value_heads:
             raise ValueError(f"config: num_attention_heads={cfg.num_attention_heads} is not a multiple of "

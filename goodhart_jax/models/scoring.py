@@ -96,6 +96,41 @@ def logprob_scorer(model: LoadedModel) -> Scorer:
     return Scorer(model.params, make_logprob_fn(model), make_logprob_fn(model, onehot=True), model.vocab_size)
 
 
+def max_length(model: LoadedModel) -> int | None:
+    """The longest sequence the checkpoint was trained for (config.json's max_position_embeddings), or None."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def check_batch(mask: np.ndarray, max_len: int | None = None) -> None:
+    """Refuse a mask the models cannot score as meant.
+
+    Each row's real tokens (mask 1) must be one run (left or right padding only: a hole would shift the
+    positions and the pooled token), at least one, and at most `max_len` of them (past the trained positions
+    the rotary model extrapolates: a number, but not the model's).
+
+    Args:
+      mask: [N, T], 0 or 1.
+      max_len: the model's `max_length`, or None (no limit).
+    Raises:
+      ValueError naming the first bad row.
+    """
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("the mask must hold only 0 and 1")
+    mask = np.asarray(mask) > 0
+    n_real = mask.sum(axis=1)
+    if (empty := np.flatnonzero(n_real == 0)).size:
+        raise ValueError(f"mask row {empty[0]} has no real tokens")
+    first, last = np.argmax(mask, axis=1), mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+    if (holes := np.flatnonzero(last - first + 1 != n_real)).size:
+        i = holes[0]
+        gap = first[i] + np.argmin(mask[i, first[i]:])
+        raise ValueError(f"mask row {i} has a hole at position {gap} between real tokens (only left or right "
+                         f"padding is scored; {holes.size} such row{'s' * (holes.size > 1)})")
+    if max_len is not None and (long := np.flatnonzero(n_real > max_len)).size:
+        raise ValueError(f"row {long[0]} has {n_real[long[0]]} tokens; the model takes at most "
+                         f"{max_len} (max_position_embeddings)")
+
+
 # ---------------------------------------------------------------- sharding
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named "data" over `devices` (default: all)."""

@@ -1,0 +1,306 @@
+"""Issue 12, the CLI/IO layer: every bad input to a sims script is one line and exit 2, before any work.
+
+Each case here was a traceback before the scripts moved onto the one runner (d8eb997 and earlier:
+io.start_run's bare mkdir gave FileExistsError / NotADirectoryError / PermissionError, np.load's EOFError on
+a 0-byte .npy, OverflowError for a seed above 2^63, RESOURCE_EXHAUSTED for sweep_beta's largest trees), or
+a number the model never meant (score_rewards on masks with holes, or past max_position_embeddings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from goodhart_jax import cli, io
+from goodhart_jax.models.scoring import check_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tuple(sorted(p.stem for p in (ROOT / "sims").glob("*.py")))  # every script, new ones included
+SEEDED = tuple(s for s in SCRIPTS if "seed: int" in (ROOT / "sims" / f"{s}.py").read_text())
+
+
+def load_script(name: str):
+    """sims/<name>.py as a module (registered, so its dataclasses resolve their annotations)."""
+    if name in sys.modules and getattr(sys.modules[name], "__file__", "").startswith(str(ROOT / "sims")):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "sims" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(name: str, argv: list[str], capsys) -> tuple[int, str]:
+    """(exit status, stderr) of the script's runner, in process."""
+    mod = load_script(name)
+    rc = cli.run(mod.Config, mod.main, argv, prog=f"{name}.py")
+    return rc, capsys.readouterr().err
+
+
+def one_line_error(name: str, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{name}.py: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny GPT-NeoX reward model (max_position_embeddings 128)."""
+    pytest.importorskip("torch")  # make_tiny_checkpoint draws its weights with transformers' classes
+    from goodhart_jax.models.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "rm", "gpt_neox", "oasst", seed=0).path
+
+
+@pytest.fixture(scope="module")
+def rewards(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "r.npy"
+    np.save(path, np.random.default_rng(0).standard_normal(300))
+    return path
+
+
+def required_args(name: str, request) -> list[str]:
+    """The flags a script needs before it reaches its output (a model, a sample)."""
+    if name in ("acg_search", "score_rewards"):
+        ck = str(request.getfixturevalue("ckpt"))
+        return ["--model", ck] + (["--random-tokens", "2", "--length", "4"] if name == "score_rewards" else [])
+    if name == "reward_tails":
+        return ["--rewards", str(request.getfixturevalue("rewards"))]
+    return []
+
+
+def _unwritable(tmp_path) -> Path | None:
+    """An existing directory where no file can be created, or None (root on a machine without one)."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        return ro
+    for d in (Path("/sys"), Path("/proc/self")):  # root may write anywhere else
+        try:
+            tempfile.mkstemp(dir=d)
+        except OSError:
+            return d
+    return None
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("case", ["existing_file", "under_a_file", "unwritable_dir", "under_unwritable_dir"])
+def test_bad_out_is_one_line_before_any_work(name, case, tmp_path, capsys, request, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    ro = _unwritable(tmp_path) if "unwritable" in case else None
+    if "unwritable" in case and ro is None:
+        pytest.skip("no unwritable directory here")
+    suffix = ".npy" if name == "score_rewards" else ""  # score_rewards' --out is one FILE
+    out = {"existing_file": afile, "under_a_file": afile / f"sub{suffix}",
+           "unwritable_dir": ro and (ro / "s.npy" if suffix else ro),
+           "under_unwritable_dir": ro and ro / f"sub/x{suffix}"}
+    if name == "score_rewards" and case == "existing_file":
+        out[case] = tmp_path  # a FILE that exists is overwritten; a directory is the bad case here
+    mod = load_script(name)
+    if hasattr(mod, "load"):  # the model is never loaded: --out is checked first
+        monkeypatch.setattr(mod, "load", lambda cfg: pytest.fail("loaded the model before checking --out"))
+    before = set(tmp_path.rglob("*"))
+    rc, err = run(name, required_args(name, request) + ["--out", str(out[case])], capsys)
+    assert rc == 2, err
+    line = one_line_error(name, err)
+    assert str(out[case]) in line or str(Path(out[case]).parent) in line, line
+    assert set(tmp_path.rglob("*")) == before  # nothing created
+    assert afile.read_text() == "x"
+
+
+def test_check_out_dir_creates_nothing_and_prepare_creates(tmp_path):
+    cli.check_out_dir(tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()
+    assert cli.prepare_out_dir(tmp_path / "a" / "b").is_dir()
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".write-test")]  # the probe is removed
+
+
+def _npy_cases(tmp_path) -> dict[str, Path]:
+    good = tmp_path / "good.npy"
+    np.save(good, np.arange(12.0))
+    raw = good.read_bytes()
+    huge = BytesIO()  # a valid header promising 2^40 float64 values (8 TiB) that are not there
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)})
+    cases = {"empty": b"", "garbage": np.random.default_rng(1).bytes(300), "truncated": raw[:-40],
+             "header_only": raw[:128], "huge_shape": huge.getvalue() + raw[128:]}
+    paths = {}
+    for k, data in cases.items():
+        paths[k] = tmp_path / f"{k}.npy"
+        paths[k].write_bytes(data)
+    paths["object"] = tmp_path / "object.npy"
+    np.save(paths["object"], np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return paths
+
+
+def test_io_load_array_refuses_bad_npy_files(tmp_path):
+    for kind, path in _npy_cases(tmp_path).items():
+        with pytest.raises(io.UsageError, match=str(path)) as e:
+            io.load_array(path)
+        assert "\n" not in str(e.value), kind
+
+
+@pytest.mark.parametrize("flag", ["--rewards", "--compare"])
+def test_reward_tails_bad_files(flag, tmp_path, capsys, rewards):
+    text = tmp_path / "junk.txt"
+    text.write_bytes(b"1.0\n\xff\xfe not a number\n")
+    for kind, path in {**_npy_cases(tmp_path), "text": text}.items():
+        argv = ["--rewards", str(path if flag == "--rewards" else rewards), "--out", str(tmp_path / "o"), "--no-plots"]
+        if flag == "--compare":
+            argv += ["--compare", str(path)]
+        rc, err = run("reward_tails", argv, capsys)
+        assert rc == 2, (kind, err)
+        assert str(path) in one_line_error("reward_tails", err), kind
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag", ["--input", "--mask"])
+def test_score_rewards_bad_npy_files(flag, ckpt, tmp_path, capsys):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.zeros((2, 5), np.int64))
+    for kind, path in _npy_cases(tmp_path).items():
+        argv = ["--model", str(ckpt), "--input", str(path if flag == "--input" else ids)]
+        if flag == "--mask":
+            argv += ["--mask", str(path)]
+        rc, err = run("score_rewards", argv, capsys)
+        assert rc == 2, (kind, err)
+        assert str(path) in one_line_error("score_rewards", err), kind
+
+
+@pytest.mark.parametrize("name", SEEDED)
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**63, 2**64 + 5])
+def test_seed_out_of_range_is_one_line(name, seed, capsys):
+    argv = (["--model", "unused"] if name in ("acg_search", "score_rewards") else []) + ["--seed", str(seed)]
+    rc, err = run(name, argv, capsys)
+    assert rc == 2, err
+    line = one_line_error(name, err)
+    why = "[0, 2^32 - 1" if seed < 2**63 else "does not fit in 64 bits"
+    assert line.startswith(f"{name}.py: error: --seed") and str(seed) in line and why in line, line
+
+
+@pytest.mark.parametrize("name", SEEDED)
+def test_seed_range_ends_are_accepted(name):
+    mod = load_script(name)
+    base = ["--model", "unused"] if name in ("acg_search", "score_rewards") else []
+    for seed in (0, 2**32 - 1):
+        assert cli.parse_config(mod.Config, base + ["--seed", str(seed)]).seed == seed
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("sweep_beta", ["--vocab", str(2**64)]),
+    ("sweep_beta", ["--seeds", str(2**70)]),
+    ("best_of_n", ["--trials", str(-(2**63) - 1)]),
+    ("acg_search", ["--model", "unused", "--length", str(2**64)]),
+    ("score_rewards", ["--model", "unused", "--random-tokens", str(2**64)]),
+    ("reward_tails", ["--k", "5", str(2**80)]),
+])
+def test_ints_beyond_64_bits_are_one_line(name, argv, capsys):
+    rc, err = run(name, argv, capsys)
+    assert rc == 2, err
+    assert "does not fit in 64 bits" in one_line_error(name, err)
+
+
+# ---------------------------------------------------------------- sweep_beta's memory
+
+def test_sweep_beta_refuses_a_tree_too_large_for_memory(tmp_path, capsys, monkeypatch):
+    """--vocab 2 --depth 26 --seeds 4 ran out of memory (RESOURCE_EXHAUSTED) after minutes; now one line
+    with the estimate and what is available, before any work. The estimate grows with the seeds."""
+    sb = load_script("sweep_beta")
+    big = sb.Config(vocab=2, depth=26, seeds=4)
+    # 2^26 terminals x 4 seeds x (100 + 24 x 11 thresholds) bytes + 0.75 GiB: ~92 GiB
+    assert sb.estimate_bytes(big) == 2**26 * 4 * 364 + 3 * 2**28
+    assert sb.estimate_bytes(dataclasses.replace(big, seeds=1)) < sb.estimate_bytes(big) / 3.5
+    monkeypatch.setattr(io, "available_memory", lambda: 16 * 2**30)
+    rc, err = run("sweep_beta", ["--vocab", "2", "--depth", "26", "--seeds", "4", "--out", str(tmp_path / "o")],
+                  capsys)
+    assert rc == 2, err
+    line = one_line_error("sweep_beta", err)
+    assert "GiB (estimated)" in line and "16.0 GiB is available" in line and "4 seeds" in line, line
+    assert not (tmp_path / "o").exists()
+    monkeypatch.undo()  # on any machine: 2^26 leaves x 256 seeds needs terabytes
+    rc, err = run("sweep_beta", ["--vocab", "2", "--depth", "26", "--seeds", "256"], capsys)
+    assert rc == 2 and "GiB (estimated)" in one_line_error("sweep_beta", err)
+
+
+def test_sweep_beta_small_tree_passes_the_memory_check():
+    sb = load_script("sweep_beta")
+    cfg = sb.Config(vocab=3, depth=3, seeds=2)
+    assert sb.estimate_bytes(cfg) < 2**30
+    sb.prepare(cfg)
+
+
+# ---------------------------------------------------------------- score_rewards: masks and lengths
+
+def test_check_batch_masks():
+    check_batch(np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]), max_len=5)  # right, left, none
+    for mask, match in [([[1, 0, 1, 1, 0]], "mask row 0 has a hole at position 1"),
+                        ([[1, 1, 1], [0, 1, 0], [1, 1, 0]], None),
+                        ([[1, 1], [0, 0]], "mask row 1 has no real tokens"),
+                        ([[1, 2]], "only 0 and 1"),
+                        ([[1, 1, 1, 1]], "row 0 has 4 tokens; the model takes at most 3")]:
+        if match is None:
+            check_batch(np.array(mask), 3)
+            continue
+        with pytest.raises(ValueError, match=match):
+            check_batch(np.array(mask), 3)
+
+
+def test_score_rewards_holes_and_long_rows_are_one_line(ckpt, tmp_path, capsys):
+    ids, mask = np.zeros((3, 6), np.int64), np.ones((3, 6), np.int64)
+    mask[1, 2] = 0  # a hole in the middle of row 1
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    rc, err = run("score_rewards", ["--model", str(ckpt), "--input", str(tmp_path / "ids.npy"),
+                                    "--mask", str(tmp_path / "mask.npy")], capsys)
+    assert rc == 2 and "mask row 1 has a hole at position 2" in one_line_error("score_rewards", err)
+    np.save(tmp_path / "long.npy", np.zeros((2, 130), np.int64))  # max_position_embeddings = 128
+    rc, err = run("score_rewards", ["--model", str(ckpt), "--input", str(tmp_path / "long.npy")], capsys)
+    assert rc == 2 and "row 0 has 130 tokens; the model takes at most 128" in one_line_error("score_rewards", err)
+    left = np.zeros((2, 130), np.int64)
+    left[:, 10:] = 1  # 120 real tokens, left-padded to 130: scored
+    np.save(tmp_path / "left.npy", left)
+    rc, err = run("score_rewards", ["--model", str(ckpt), "--input", str(tmp_path / "long.npy"),
+                                    "--mask", str(tmp_path / "left.npy"), "--json"], capsys)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("name", ["score_rewards", "reward_tails", "acg_search"])
+def test_length_past_the_models_positions_is_one_line(name, ckpt, tmp_path, capsys):
+    argv = ["--model", str(ckpt), "--length", "129", "--out", str(tmp_path / ("o.npy" if name == "score_rewards"
+                                                                              else "o"))]
+    argv += ["--random-tokens", "2"] if name != "acg_search" else ["--iters", "1"]
+    rc, err = run(name, argv, capsys)
+    assert rc == 2, err
+    assert "--length 129: the model" in one_line_error(name, err) and "at most 128 tokens" in err
+
+
+# ---------------------------------------------------------------- mitigations: no NaN rows, no FloatingPointError
+
+def test_mitigations_unreachable_budget_is_flagged_not_raised(tmp_path, capsys):
+    """--kl 200 on a 3^3 tree: the tree quantilizer's q = e^-200 underflows float32 (NaN), and no beta spends
+    200 nats on 27 leaves. Rows said exists: true with null numbers, then FloatingPointError; now each such
+    row is exists: false with its reason, and the run finishes."""
+    import json
+
+    argv = ["--vocab", "3", "--depth", "3", "--kl", "200", "--error", "normal", "--bounded-betas", "1",
+            "--mc-samples", "100", "--no-plots", "--json", "--out", str(tmp_path)]
+    mod = load_script("mitigations")
+    assert cli.run(mod.Config, mod.main, argv, prog="mitigations.py") == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by = {(r["model"], r["method"]): r for r in rows}
+    for r in rows:
+        nulls = [k for k in ("E_U", "E_V", "KL") if r[k] is None]
+        assert not nulls or r.get("reason"), r
+        assert not (r["exists"] and {"E_V", "KL"} & set(nulls)), r
+    assert not by["tree", "quantilizer"]["exists"] and "NaN" in by["tree", "quantilizer"]["reason"]
+    assert not by["tree", "kl_target"]["exists"] and "no beta" in by["tree", "kl_target"]["reason"]
+    # the continuous model can spend 200 nats: X, V ~ N(0, 1), the tilt has KL = 1/beta^2 and E_V = 1/beta
+    assert by["continuous", "kl_target"]["E_V"] == pytest.approx(200**0.5, rel=1e-6)
