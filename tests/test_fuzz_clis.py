@@ -22,6 +22,7 @@ import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -131,6 +132,8 @@ FULL_RUNS = {  # ~50 s of CPU together; run side by side
     "tail_upweight": ("tail_upweight.py", "--base", "student_t:df=0.5", "pareto:alpha=1.5", "--t", "10", "100",
                       "--frames", "0"),
     "bad_family": ("theorem3.py", "--utility", "normal:loc=0,loc=1"),
+    # integer rewards with ties: the GPD fit fails, and its NaN / inf went into --json as NaN / Infinity
+    "reward_tails_ties": ("reward_tails.py", "--rewards", "{ties}", "--no-bayes", "--num-boot", "2"),
 }
 KNOWN: dict[str, str] = {}  # case -> why its rows still break a rule, for numerics being fixed elsewhere (strict
 # xfail, so it flips when fixed). Issue 12 listed theorem3's kl_bounded rows for heavy V and tail_upweight's rows
@@ -151,8 +154,11 @@ def full_runs(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
     """{case: (exit status, stdout, stderr)} of each FULL_RUNS case with --json --no-plots, started together."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = {}
+    ties = tmp_path_factory.mktemp("data") / "ties.npy"
+    np.save(ties, np.repeat(np.arange(1, 51), 20))
     for case, (script, *args) in FULL_RUNS.items():
         out = tmp_path_factory.mktemp(case)
+        args = [a.format(ties=ties) for a in args]
         procs[case] = subprocess.Popen([sys.executable, str(ROOT / "sims" / script), *args, "--json", "--no-plots",
                                         "--out", str(out / "run")], stdout=open(out / "stdout", "w"),
                                        stderr=open(out / "stderr", "w"), env=env, cwd=ROOT)
@@ -203,6 +209,8 @@ def test_closed_forms_or_flagged(full_runs):
             assert r["E_V"] == pytest.approx(math.sqrt(2 * r["d"]), rel=1e-6), r
         else:
             assert r["E_V"] is None and r["reason"], r
+    verdict = next(r for r in _strict(full_runs["reward_tails_ties"][1]) if r["kind"] == "verdict")
+    assert verdict["n"] == 1000 and verdict["evidence"]  # parsed strictly above: its non-finite numbers are null
     rows = _strict(full_runs["tail_upweight"][1])
     for r in rows:  # Student-t(0.5) has no mean; Pareto(1.5): mean of P_t = (1 - m) E[X | X <= t] + m E[X | X > t]
         if r["base"] == "pareto:alpha=1.5":
