@@ -76,5 +76,6 @@ def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
         for j in range(len(targets)):
             v = at.value[..., j][at.exists[..., j]]
             line += f"{f'{v.mean():.3f} +- {v.std():.3f}' if v.size else 'n/a':>17}"
-        lines.append(line + f"{np.nanmax(at.kl_max):>9.2f}")
+        kl_max = np.asarray(at.kl_max, float)
+        lines.append(line + (f"{np.nanmax(kl_max):>9.2f}" if np.isfinite(kl_max).any() else f"{'n/a':>9}"))
     return "\n".join(lines)

@@ -214,3 +214,11 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("interrupted: finished results are on disk", file=sys.stderr)
         sys.exit(130)
+
+
+def null_nonfinite(row: dict, fields) -> dict:
+    """Null a row's non-finite numbers among `fields` and say why (float32 overflow), instead of printing them."""
+    bad = [f for f in fields if row[f] is not None and not np.isfinite(row[f])]
+    if bad:
+        row.update({f: None for f in fields}, reason=f"{', '.join(bad)} not finite in float32 (overflow past 3.4e38)")
+    return row

@@ -38,6 +38,7 @@ __all__ = [
     "TreeSpec", "Tree", "TreeResult", "Policy", "Thm2Policy", "Thm2Result", "make_base_policy", "make_tree",
     "spec_of", "action_values", "soft_optimum", "optimal_policy", "policy_kl", "terminal_probs", "trajectory_stats",
     "thm2_policy", "thm2", "conditional_value", "terminal_values", "sweep_betas", "sweep_tree",
+    "check_float32", "sweep_peak_bytes",
 ]
 
 Levels = tuple  # tuple of L + 1 arrays, level k: [n^k] (k < L: EOS terminals), level L: [n^L]
@@ -421,3 +422,38 @@ sweep_tree = jax.jit(sweep_betas, static_argnames=("mesh",))
 
 New beta values (same K) reuse the compiled sweep.
 """
+
+
+# Where a float32 sweep is checked (max 3.4e38, 7 digits): beta, loc/scale of each family, a random pi0's temperature.
+BETA_RANGE, SCALE_RANGE, MIN_TEMPERATURE = (1e-30, 1e30), (1e-10, 1e3), 1e-6
+
+
+def check_float32(betas, families, temperature: float | None = None) -> None:
+    """Raise ValueError for inputs whose numbers a float32 tree sweep (and its tilt) cannot carry.
+
+    Args:
+      betas: the KL coefficients.
+      families: the `tails.Family` objects of the run (their loc/scale are checked).
+      temperature: a random pi0's temperature, or None for a uniform pi0.
+    """
+    lo, hi = BETA_RANGE
+    for b in betas:
+        if not lo <= b <= hi:
+            raise ValueError(f"beta={b:g} is outside [{lo:g}, {hi:g}]: the sweep runs in float32 (max 3.4e38), "
+                             f"where U/beta and beta KL must fit")
+    if temperature is not None and not temperature >= MIN_TEMPERATURE:
+        raise ValueError(f"--temperature {temperature:g} is below {MIN_TEMPERATURE:g}: pi0's float32 "
+                         f"logits N(0,1)/temperature overflow the softmax (NaN at 1e-10)")
+    lo, hi = SCALE_RANGE
+    for fam in families:
+        for k, v in fam.params.items():
+            if k in ("loc", "scale") and float(v) != 0 and not lo <= abs(float(v)) <= hi:
+                raise ValueError(f"{fam}: |{k}|={abs(float(v)):g} is outside [{lo:g}, {hi:g}], the range where "
+                                 f"this float32 sweep is checked (the tilt's E[U] grows like scale^2/beta)")
+
+
+def sweep_peak_bytes(spec: TreeSpec, seeds: int, num_thresholds: int) -> float:
+    """Peak memory of sims/sweep_beta.py: all seeds' trees at once (vmap), Theorem 2 vmapped over its M thresholds,
+    betas one at a time. Peak RSS on CPU (/usr/bin/time -f %M; 2^18..2^21 leaves, 1-4 seeds, M = 1, 11):
+    80 + 24 M bytes per terminal per seed, plus 0.7 GB."""
+    return spec.num_terminals * seeds * (100 + 24 * num_thresholds) + 3 * 2**28

@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import frontier, mdp, tails, tilting
+from goodhart_jax import frontier, io, mdp, tails, tilting
 
 SUMMARY_KL = (0.5, 2.0, 8.0)  # nats at which the summary compares families
-# Where the float32 sweep is checked (max 3.4e38, 7 digits): beta, loc/scale of each family, pi0's temperature.
-BETA_RANGE, SCALE_RANGE, MIN_TEMPERATURE = (1e-30, 1e30), (1e-10, 1e3), 1e-6
+FIELDS = ("E_U", "E_V", "KL", "KL_per_state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +57,8 @@ def prepare(cfg: Config):
         errors = [tails.parse(s, center=cfg.center) for s in cfg.error]
         utility = tails.parse(cfg.utility, center=cfg.center)
         spec = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
-    check_float32(cfg, errors + [utility])
+    with cli.inputs():
+        mdp.check_float32(cfg.betas, errors + [utility], cfg.temperature if cfg.pi0 == "random" else None)
     if not cfg.thm2_c > 0 or any(not (np.isfinite(t) and t > cfg.thm2_c) for t in cfg.thm2_t):
         raise cli.InputError(f"Theorem 2 needs t > c > 0; got c={cfg.thm2_c:g}, t={list(cfg.thm2_t)}")
     if spec.depth * np.log2(spec.n) > 26 or spec.depth > 64:  # in logs: --depth 1e18 is refused, not computed
@@ -67,29 +67,9 @@ def prepare(cfg: Config):
     return errors, utility, spec
 
 
-def check_float32(cfg: Config, families) -> None:
-    """Refuse inputs whose numbers float32 cannot carry (the sweep and its tilt run in float32)."""
-    lo, hi = BETA_RANGE
-    for b in cfg.betas:
-        if not lo <= b <= hi:
-            raise cli.InputError(f"beta={b:g} is outside [{lo:g}, {hi:g}]: the sweep runs in float32 (max 3.4e38), "
-                                 f"where U/beta and beta KL must fit")
-    if cfg.pi0 == "random" and not cfg.temperature >= MIN_TEMPERATURE:
-        raise cli.InputError(f"--temperature {cfg.temperature:g} is below {MIN_TEMPERATURE:g}: pi0's float32 "
-                             f"logits N(0,1)/temperature overflow the softmax (NaN at 1e-10)")
-    lo, hi = SCALE_RANGE
-    for fam in families:
-        for k, v in fam.params.items():
-            if k in ("loc", "scale") and float(v) != 0 and not lo <= abs(float(v)) <= hi:
-                raise cli.InputError(f"{fam}: |{k}|={abs(float(v)):g} is outside [{lo:g}, {hi:g}], the range where "
-                                     f"this float32 sweep is checked (the tilt's E[U] grows like scale^2/beta)")
-
-
 def estimate_bytes(cfg: Config) -> float:
-    """Peak memory: all seeds' trees at once (vmap), Theorem 2 vmapped over its M thresholds, betas one at a time.
-    Peak RSS on CPU (/usr/bin/time -f %M; 2^18..2^21 leaves, 1-4 seeds, M = 1, 11): 80 + 24 M B/leaf/seed + 0.7 GB."""
-    terminals = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos).num_terminals
-    return terminals * cfg.seeds * (100 + 24 * len(cfg.thm2_t)) + 3 * 2**28
+    """Peak memory of the run (see mdp.sweep_peak_bytes)."""
+    return mdp.sweep_peak_bytes(mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos), cfg.seeds, len(cfg.thm2_t))
 
 
 def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
@@ -101,17 +81,6 @@ def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
         return mdp.sweep_betas(tree, betas, mesh=mesh), thm2, exists
 
     return jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None, None)))
-
-
-FIELDS = ("E_U", "E_V", "KL", "KL_per_state")
-
-
-def flag_nonfinite(row: dict, fields) -> dict:
-    """Null a row's non-finite numbers and say why (float32 overflow), instead of printing them."""
-    bad = [f for f in fields if row[f] is not None and not np.isfinite(row[f])]
-    if bad:
-        row.update({f: None for f in fields}, reason=f"{', '.join(bad)} not finite in float32 (overflow past 3.4e38)")
-    return row
 
 
 def main(cfg: Config) -> list[dict]:
@@ -136,18 +105,18 @@ def main(cfg: Config) -> list[dict]:
                            E_V=res.E_V[i], KL=res.KL[i])
                 if not row["exists"]:
                     row.update(E_U=None, E_V=None, KL=None, reason=tilting.why_no_tilt(error, utility, b))
-                rows.append(flag_nonfinite(row, ("E_U", "E_V", "KL")))
+                rows.append(io.null_nonfinite(row, ("E_U", "E_V", "KL")))
             sweep, thm2, exists = jax.device_get(tree_fn(keys, error, utility, jnp.asarray(betas, jnp.float32),
                                                          jnp.asarray(ts, jnp.float32), jnp.float32(cfg.thm2_c)))
             for s in range(cfg.seeds):
-                rows += [flag_nonfinite(dict(kind="tree", **common, beta=b, seed=s, **{f: getattr(sweep, f)[s, i]
+                rows += [io.null_nonfinite(dict(kind="tree", **common, beta=b, seed=s, **{f: getattr(sweep, f)[s, i]
                                                                                     for f in FIELDS}), FIELDS)
                          for i, b in enumerate(betas)]
                 for j, t in enumerate(ts):
                     ok = bool(exists[s, j])
                     row = dict(kind="thm2", **common, t=t, c=cfg.thm2_c, seed=s, exists=ok,
                                **{f: (getattr(thm2, f)[s, j] if ok else None) for f in FIELDS})
-                    rows.append(flag_nonfinite(row, FIELDS) if ok else
+                    rows.append(io.null_nonfinite(row, FIELDS) if ok else
                                 dict(row, reason=f"Theorem 2 needs terminals with U > t={t:g} and with U <= t "
                                                         f"(finite); this tree has not"))
             run.emit(rows)  # on disk now: an interrupt keeps every finished family
