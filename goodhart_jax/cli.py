@@ -372,7 +372,7 @@ class Run:
         if self.results and n:
             rest = [f for f in self.files if not f.startswith(self.results + ".") and f != "config.json"]
             extra = f" (and {', '.join(rest)})" if rest else ""
-            return f"{n} finished row{'s' * (n != 1)} are in {self.dir}/{self.results}.jsonl{extra}"
+            return f"{n} finished {'row is' if n == 1 else 'rows are'} in {self.dir}/{self.results}.jsonl{extra}"
         if len(self.files) > 1:
             return f"finished files in {self.dir}: {', '.join(self.files)}"
         return f"no results yet: only config.json is in {self.dir}"
@@ -476,18 +476,21 @@ def _on_sigint(signum, frame) -> None:
     """`guard_startup`'s SIGINT handler: inside `run`, the usual KeyboardInterrupt (the run reports what is on
     disk); outside it, one line and exit 130 at once."""
     if _PROG:
-        f = frame
-        while f is not None:  # raised inside a finaliser (__del__) it would be printed and dropped: re-send it
-            if f.f_code.co_name == "__del__":
-                timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
-                timer.daemon = True
-                timer.start()
-                return
-            f = f.f_back
         signal.default_int_handler(signum, frame)
     when = "after the run finished" if _FINISHED else "during start-up: nothing was written"
     os.write(2, f"{_prog()}: interrupted {when}\n".encode())
     os._exit(130)
+
+
+def _on_unraisable(args) -> None:
+    """A KeyboardInterrupt raised inside a finaliser or gc callback (`__del__`, jax's `_xla_gc_callback`) is
+    printed and dropped by Python, and the run goes on: send the signal again, to land in the run's own code."""
+    if isinstance(args.exc_value, KeyboardInterrupt) and _PROG:
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+        return
+    sys.__unraisablehook__(args)
 
 
 def guard_startup(module_name: str) -> None:
@@ -495,11 +498,12 @@ def guard_startup(module_name: str) -> None:
 
     Ctrl-C during the seconds of imports (jax, transformers) before `main` then prints one line and exits
     130, instead of a KeyboardInterrupt traceback (or a crash of XLA's threads at teardown). Inside `run`
-    Ctrl-C raises KeyboardInterrupt as usual. Nothing happens unless `module_name == "__main__"`, so a test
-    or notebook importing the script keeps Python's own handler.
+    Ctrl-C raises KeyboardInterrupt as usual, and again if Python dropped it in a finaliser. Nothing happens
+    unless `module_name == "__main__"`, so a test or notebook importing the script keeps Python's own handler.
     """
     if module_name == "__main__" and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _on_unraisable
 
 
 def main(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] | None = None,

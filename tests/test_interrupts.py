@@ -93,7 +93,7 @@ def check_claims(rc: int, stderr: str, out: Path, prog: str, last_file: str | No
     elif m := re.fullmatch(r": no results yet: only config\.json is in (.+)", claim):
         assert Path(m[1]) == out and sorted(f.name for f in out.iterdir()) == ["config.json"]
         json.loads((out / "config.json").read_text())
-    elif m := re.fullmatch(r": (\d+) finished rows? are in (.+)/(\w+)\.jsonl(?: \(and (.+)\))?", claim):
+    elif m := re.fullmatch(r": (\d+) finished rows? (?:is|are) in (.+)/(\w+)\.jsonl(?: \(and (.+)\))?", claim):
         assert Path(m[2]) == out
         rows = [json.loads(line) for line in (out / f"{m[3]}.jsonl").read_text().splitlines()]
         assert len(rows) == int(m[1]) > 0
@@ -177,3 +177,57 @@ def test_acg_search_ctrl_c(point, rm, tmp_path):
         assert len(best["restarts"]) == 2 and all(len(r["tokens"]) == 4 for r in best["restarts"])
     if point == "mid_run":
         assert "interrupted after" in stderr and "best.json" in claim
+
+
+# ---------------------------------------------------------------- a Ctrl-C that Python would drop
+
+FINALISER_STUDY = '''
+import dataclasses, gc, os, signal, sys, time
+from goodhart_jax import cli
+cli.guard_startup(__name__)
+
+
+def ctrl_c_here(*args):  # Ctrl-C arrives while a finaliser runs (tqdm's __del__, jax's gc callback in real runs)
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(200_000):
+        pass
+
+
+class Finaliser:
+    __del__ = ctrl_c_here
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(cli.RunConfig):
+    via: str = cli.arg("del", "where the signal lands", choices=("del", "gc"))
+
+
+def main(cfg):
+    with cli.Run("fin", cfg) as run:
+        run.emit([dict(i=0)])
+        if cfg.via == "del":
+            Finaliser()
+        else:
+            gc.callbacks.append(lambda phase, info: phase == "start" and ctrl_c_here())
+            gc.collect()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            time.sleep(0.01)
+    print("never interrupted", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli.main(Config, main)
+'''
+
+
+@pytest.mark.parametrize("via", ["del", "gc"])
+def test_ctrl_c_dropped_in_a_finaliser_is_sent_again(via, tmp_path):
+    """Python prints and drops a KeyboardInterrupt raised inside __del__ or a gc callback, and the run went on
+    (seen: sweep_beta and acg_search exiting 0 with 'Exception ignored ... KeyboardInterrupt' on stderr)."""
+    script = tmp_path / "fin.py"
+    script.write_text(FINALISER_STUDY)
+    p = subprocess.run([sys.executable, str(script), "--via", via, "--out", str(tmp_path / "run")], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert check_claims(p.returncode, p.stderr, tmp_path / "run", "fin.py").startswith(": 1 finished row is in")
+    assert "never interrupted" not in p.stderr
