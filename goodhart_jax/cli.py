@@ -359,6 +359,19 @@ class Run:
     def log(*args) -> None:
         io.log(*args)
 
+    def table(self, rows: Iterable[dict], columns: Sequence[tuple], title: str | None = None) -> str:
+        """Log `rows` as a fixed-width table on stderr, and return its text.
+
+        Args:
+          rows: dicts (e.g. some of `self.rows`).
+          columns: (header, key, format) triples; `key` is a row key or a function of the row, `format` a format
+            spec such as ".4g" or "<16" (a missing, null or non-finite value prints as "n/a").
+          title: a line printed above the table (after a blank line).
+        """
+        text = format_table(rows, columns)
+        self.log(("\n" + title + "\n" if title else "\n") + text)
+        return text
+
     @staticmethod
     def progress(iterable: Iterable, desc: str, total: int | None = None):
         """tqdm progress on stderr (silent when stderr is not a terminal)."""
@@ -381,10 +394,27 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if exc_type is None:
+            io.log(f"wrote {', '.join(self.files)} in {self.dir}")
+        elif issubclass(exc_type, KeyboardInterrupt):
             io.log(f"{_prog()}: interrupted: {self.on_disk()}")
             exc.reported = True  # the runner need not say it again
         return False
+
+
+def format_table(rows: Iterable[dict], columns: Sequence[tuple]) -> str:
+    """`rows` as fixed-width text: one header line, one line a row (see `Run.table` for `columns`)."""
+    def cell(row, key, fmt):
+        v = key(row) if callable(key) else row.get(key)
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "n/a"
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    body = [[cell(r, key, fmt) for _, key, fmt in columns] for r in rows]
+    widths = [max([len(h)] + [len(line[i]) for line in body]) + 2 for i, (h, _, _) in enumerate(columns)]
+    first = lambda i: str.ljust if i == 0 else str.rjust  # noqa: E731  (labels left, numbers right)
+    lines = [[h for h, _, _ in columns]] + body
+    return "\n".join("".join(first(i)(c, w) for i, (c, w) in enumerate(zip(line, widths))).rstrip() for line in lines)
 
 
 def _probe_write(directory: Path) -> str | None:

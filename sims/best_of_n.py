@@ -94,13 +94,10 @@ def main(cfg: Config) -> list[dict]:
             run.figure("best_of_n.png", plots.figure(run.rows))
         run.log(f"\nMonte Carlo: {np.median(mc_seconds) * 1e3:.0f} ms per pair (median; {cfg.trials} trials, "
                 f"n up to {max(ns)}; the authors' NumPy script: 0.84 s, see benchmarks/README.md)")
-        run.log(f"{'utility':<12}{'error':<20}{'E[V] best-of-' + str(max(ns)):>20}{'MC':>10}{'alpha':>9}"
-                f"{'beta':>9}{'rmse':>8}")
-        for b, f in last:
-            ev = "" if b["E_V"] is None else f"{b['E_V']:.4g}"
-            run.log(f"{f['utility']:<12}{f['error']:<20}{ev:>20}{b['E_V_mc']:>10.4g}{f['alpha']:>9.3g}"
-                    f"{f['beta']:>9.3g}{f['rmse']:>8.2g}")
-        run.log(f"wrote {', '.join(run.files)} in {run.dir}")
+        run.table([dict(f, E_V=b["E_V"], E_V_mc=b["E_V_mc"]) for b, f in last],
+                  [("utility", "utility", ""), ("error", "error", ""), (f"E[V] best-of-{max(ns)}", "E_V", ".4g"),
+                   ("MC", "E_V_mc", ".4g"), ("alpha", "alpha", ".3g"), ("beta", "beta", ".3g"),
+                   ("rmse", "rmse", ".2g")])
     return run.rows
 
 

@@ -120,7 +120,7 @@ def main(cfg: Config) -> list[dict]:
         from goodhart_jax.plots import mitigations as plots
         if cfg.plots:
             run.figure("mitigations.png", plots.figure(run.rows, list(cfg.error)))
-        run.log(f"\n{plots.summary(run.rows)}\nwrote {run.dir}: {', '.join(run.files)}")
+        run.log(f"\n{plots.summary(run.rows)}")
     return run.rows
 
 

@@ -98,12 +98,10 @@ def main(cfg: Config) -> list[dict]:
 
             for name, fig in plots.figures(run.rows).items():
                 run.figure(name, fig)
-        for r in run.rows:
-            if r["kind"] == "proxy":
-                xi = "n/a" if r["xi"] is None else f"{r['xi']:.2f}"
-                run.log(f"{r['noise']:<16}{r['proxy']:<8} pairs {r['pairs']}: pair accuracy {r['pair_accuracy']:.3f}, "
-                        f"corr {r['corr']:.3f}, tail of X: xi {xi} ({r['verdict']})")
-        run.log(f"wrote {', '.join(run.files)} in {run.dir}")
+        run.table([r for r in run.rows if r["kind"] == "proxy"], [
+            ("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "d"),
+            ("pair accuracy", "pair_accuracy", ".3f"), ("corr", "corr", ".3f"), ("xi of X", "xi", ".2f"),
+            ("verdict", "verdict", "")], title="proxies against gold:")
     return run.rows
 
 

@@ -110,7 +110,6 @@ def main(cfg: Config) -> dict:
             h = verdict["hill_paper_range"]
             print(diag.verdict.text() + ("" if h is None else f"\n  Hill over k = {h['k_min']}..{h['k_max']}: "
                                          f"xi(k_max) = {h['xi_at_k_max']:.3f} +- {h['se_at_k_max']:.3f}"))
-        run.log(f"wrote {', '.join(run.files)} in {run.dir}")
     return results
 
 

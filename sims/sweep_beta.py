@@ -136,7 +136,6 @@ def main(cfg: Config) -> list[dict]:
                 f"is the KL at the smallest beta, where the tree saturates: a uniform pi0's ceiling is "
                 f"log({cfg.vocab}^{cfg.depth}) = {cfg.depth * np.log(cfg.vocab):.1f} nats, and E[V] there is the V "
                 f"of a few top-U leaves)")
-        run.log(f"wrote {', '.join(run.files)} in {run.dir}")
     return run.rows
 
 

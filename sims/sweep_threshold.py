@@ -86,12 +86,9 @@ def main(cfg: Config) -> list[dict]:
 
             run.figure("threshold.png", plots.figure(run.rows, cfg.utility, float(utility.mean), limits))
         tmax = max(cfg.t)
-        run.log(f"\n{'error':<22}{'E[V|U>=t] @t=' + format(tmax, 'g'):>18}{'MC':>11}{'se':>9}{'log P':>11}")
-        g = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731  (None: not finite)
-        for r in (r for r in run.rows if r["t"] == tmax):
-            run.log(f"{r['error']:<22}{g(r['E_V'], '.5g'):>18}{g(r['E_V_mc'], '.5g'):>11}"
-                    f"{g(r['E_V_mc_se'], '.2g'):>9}{g(r['log_p'], '.4g'):>11}")
-        run.log(f"wrote {', '.join(run.files)} in {run.dir}")
+        run.table([r for r in run.rows if r["t"] == tmax], [
+            ("error", "error", ""), (f"E[V|U>=t] @t={tmax:g}", "E_V", ".5g"), ("MC", "E_V_mc", ".5g"),
+            ("se", "E_V_mc_se", ".2g"), ("log P", "log_p", ".4g")])
     return run.rows
 
 

@@ -83,12 +83,10 @@ def main(cfg: Config) -> list[dict]:
             run.figure("figure3_stills.png", plots.figure3_stills(q, t3, res, cfg.c, cfg.exponent))
             if cfg.frames:
                 run.write("figure3.gif", plots.figure3_gif(q, t3, res))
-        for spec in cfg.base:
-            rs = [r for r in run.rows if r["base"] == spec and r["exists"]]
-            if rs:
-                run.log(f"{spec:<20} t={rs[0]['t']:<8.3g} mean={rs[0]['mean']:<9.4g} KL={rs[0]['KL']:<9.3g} -> "
-                        f"t={rs[-1]['t']:<8.3g} mean={rs[-1]['mean']:<9.4g} KL={rs[-1]['KL']:.3g}")
-        run.log(f"wrote {', '.join(run.files)} in {run.dir}")
+        ends = [(rs[0], rs[-1]) for rs in ([r for r in run.rows if r["base"] == b and r["exists"]] for b in cfg.base)
+                if rs]
+        run.table(ends, [("base", lambda e: e[0]["base"], "")] + [(f"{h} {w}", lambda e, i=i, k=k: e[i][k], ".4g")
+                  for i, w in enumerate(("first", "last")) for h, k in (("t", "t"), ("mean", "mean"), ("KL", "KL"))])
     return run.rows
 
 

@@ -80,7 +80,6 @@ def main(cfg: Config) -> list[dict]:
             from goodhart_jax.plots import theorem3 as plots
 
             run.figure("theorem3.png", plots.figure(run.rows, list(cfg.utility), cfg.d[len(cfg.d) // 2]))
-        run.log(f"wrote {run.dir}: {', '.join(run.files)}")
     return run.rows
 
 

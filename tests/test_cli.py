@@ -207,6 +207,7 @@ def test_run_write_csv_filter_and_at_least_on_non_finite(tmp_path, capsys):
     assert (tmp_path / "results.csv").read_text().splitlines() == ["kind,x", "a,1"]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "blob.bin").read_bytes() == b"\x00\x01" and "blob.bin" in run.files
+    capsys.readouterr()
 
     @dataclasses.dataclass(frozen=True)
     class N(cli.RunConfig):
@@ -215,3 +216,23 @@ def test_run_write_csv_filter_and_at_least_on_non_finite(tmp_path, capsys):
     for bad in ("inf", "nan", "2.5"):
         assert cli.run(N, lambda cfg: None, ["--n", bad], prog="toy.py") == 2
         assert capsys.readouterr().err == f"toy.py: error: --n: n must be an integer >= 1, got {bad}\n"
+
+
+def test_table_and_closing_line(tmp_path, capsys):
+    """Run.table aligns columns, prints n/a for missing, null and non-finite cells, and a run that ends
+    normally says which files it wrote (a run that fails does not)."""
+    rows = [dict(name="a", x=1.23456, n=3), dict(name="long name", x=None, n=12), dict(name="c", x=float("nan"))]
+    with cli.Run("t", Toy(out=str(tmp_path / "r")), results=None) as run:
+        text = run.table(rows, [("name", "name", ""), ("x", "x", ".3g"), ("n", "n", "d"),
+                                ("2x", lambda r: 2 * r.get("n", 0), "d")])
+    lines = text.splitlines()
+    assert lines[0].split() == ["name", "x", "n", "2x"]
+    assert lines[1].split() == ["a", "1.23", "3", "6"]
+    assert lines[2].split() == ["long", "name", "n/a", "12", "24"]
+    assert lines[3].split() == ["c", "n/a", "n/a", "0"]
+    assert len({len(line) for line in lines[:3]}) == 1  # right-aligned numbers: equal widths
+    err = capsys.readouterr().err
+    assert text in err and err.rstrip().endswith(f"wrote config.json in {tmp_path / 'r'}")
+    with pytest.raises(ValueError), cli.Run("t", Toy(out=str(tmp_path / "s")), results=None):
+        raise ValueError
+    assert "wrote" not in capsys.readouterr().err

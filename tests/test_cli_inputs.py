@@ -8,9 +8,7 @@ a number the model never meant (score_rewards on masks with holes, or past max_p
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
 import tempfile
 from io import BytesIO
 from pathlib import Path
@@ -21,20 +19,9 @@ import pytest
 from goodhart_jax import cli, io
 from goodhart_jax.models.scoring import check_batch
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = tuple(sorted(p.stem for p in (ROOT / "sims").glob("*.py")))  # every script, new ones included
+from scripts import ROOT, SCRIPTS, load_script  # tests/scripts.py
+
 SEEDED = tuple(s for s in SCRIPTS if "seed: int" in (ROOT / "sims" / f"{s}.py").read_text())
-
-
-def load_script(name: str):
-    """sims/<name>.py as a module (registered, so its dataclasses resolve their annotations)."""
-    if name in sys.modules and getattr(sys.modules[name], "__file__", "").startswith(str(ROOT / "sims")):
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "sims" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run(name: str, argv: list[str], capsys) -> tuple[int, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import io as _io
 import json
 import math
@@ -29,8 +28,8 @@ from hypothesis import strategies as st
 
 from goodhart_jax import cli
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = tuple(sorted(p.stem for p in (ROOT / "sims").glob("*.py")))  # every script, new ones included
+from scripts import ROOT, SCRIPTS, load_script  # tests/scripts.py
+
 VALIDATORS = {"best_of_n": "validate", "mitigations": "validate", "reward_tails": "validate",
               "score_rewards": "validate", "sweep_beta": "prepare", "sweep_threshold": "validate",
               "tail_upweight": "validate", "theorem3": "validate"}  # others: their Config's own checks
@@ -47,16 +46,6 @@ FLOATS = ["nan", "inf", "-inf", "0", "-0.0", "-1", "1e-320", "1e-30", "0.5", "1"
           "-1e400", "2.5", "x"]
 INTS = ["0", "-1", "1", "2", "3", "30", "64", str(2**31), str(2**62), str(2**63), str(2**64), str(-(2**63) - 1),
         "1.5", "x", "1e3"]
-
-
-def load_script(name: str):
-    if name in sys.modules and getattr(sys.modules[name], "__file__", "").startswith(str(ROOT / "sims")):
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "sims" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def flag_values(f: dataclasses.Field, tp) -> st.SearchStrategy[list[str]]:
