@@ -1,9 +1,9 @@
 """The exact tree of a causal LM: pi0(a | s) on every prefix, every terminal sequence enumerated.
 
 A policy in the lab's convention (`lab.lm`: logits_fn(params, ids [B, T]) ->
-[B, T, A], BOS = A first, token A - 1 = EOS) is evaluated once on every
-non-EOS prefix, level by level, giving `mdp.Tree.log_pi0` for the tree
-`mdp.TreeSpec(A, L, eos=True)`. With n = A - 1, level k < L holds the n^k
+[B, T, A], BOS = A first, token A - 1 = EOS) is evaluated on every non-EOS
+prefix in one causal pass over the longest ones (`log_pi0_levels`), giving
+`mdp.Tree.log_pi0` for the tree `mdp.TreeSpec(A, L, eos=True)`. With n = A - 1, level k < L holds the n^k
 prefixes of k non-EOS tokens in row-major order (base-n digits, first token
 most significant), exactly `mdp`'s layout.
 
@@ -18,7 +18,7 @@ Public API:
   prefixes(n, k) -> [n^k, k] int32                # row-major non-EOS prefixes of length k
   terminal_tokens(vocab, depth) -> [N, L] int32   # every terminal, mdp level order, EOS-continued
   terminal_index(tokens [B, L], vocab) -> [B]     # row of `terminal_tokens` (inverse map)
-  log_pi0_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # pure
+  log_pi0_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # pure; one forward pass
   terminal_logprobs(log_pi0) -> [N]               # log pi(x) of every terminal, from per-level log-probs
   levels(flat [N], vocab, depth) -> L + 1 arrays; flatten(levels) -> [N]
   LMTree(log_pi0, tokens [N, L], log_p [N]);  exact_tree(logits_fn, params, depth, chunk=8192) -> LMTree
@@ -104,10 +104,15 @@ def terminal_index(tokens: Array, vocab: int) -> Array:
 
 
 def log_pi0_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) -> tuple:
-    """pi0 on every prefix: level k is log_softmax of the policy after [BOS, prefix] for the n^k prefixes.
+    """pi0 on every prefix, from one causal forward pass over the n^(L-1) longest prefixes.
 
-    Each level is one batched evaluation on rows [BOS, x_1..x_k] (`lax.map`
-    over chunks of `chunk` rows, so memory stays bounded).
+    Row r of the pass is [BOS, x_1..x_{L-1}] with x the base-n digits of r
+    (first most significant); causality makes its logits at position k those
+    after [BOS, x_1..x_k], so level k is position k of the rows r = p n^(L-1-k)
+    (prefix p followed by zeros). One pass of n^(L-1) rows of length L costs
+    about what the level-by-level evaluation spent on its last level alone,
+    and compiles one program instead of L (`lax.map` over chunks of `chunk`
+    rows keeps memory bounded).
 
     Args:
       logits_fn, params: a policy in the lab convention (A = its output width).
@@ -118,16 +123,14 @@ def log_pi0_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 81
     """
     a = jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32)).shape[-1]
     n = a - 1
-    out = []
-    for k in range(depth):
-        rows = n**k
-        ids = jnp.concatenate([jnp.full((rows, 1), a, jnp.int32), prefixes(n, k)], axis=1)  # [n^k, k + 1]
-        size = min(chunk, rows)
-        pad = -rows % size
-        ids = jnp.concatenate([ids, jnp.broadcast_to(ids[:1], (pad, k + 1))]).reshape(-1, size, k + 1)
-        last = lambda batch: jax.nn.log_softmax(logits_fn(params, batch)[:, -1], axis=-1)  # noqa: E731
-        out.append(jax.lax.map(last, ids).reshape(-1, a)[:rows])
-    return tuple(out)
+    rows = n ** (depth - 1)
+    ids = jnp.concatenate([jnp.full((rows, 1), a, jnp.int32), prefixes(n, depth - 1)], axis=1)  # [n^(L-1), L]
+    size = min(chunk, rows)
+    pad = -rows % size
+    ids = jnp.concatenate([ids, jnp.broadcast_to(ids[:1], (pad, depth))]).reshape(-1, size, depth)
+    lp = jax.lax.map(lambda batch: jax.nn.log_softmax(logits_fn(params, batch), axis=-1), ids)
+    lp = lp.reshape(-1, depth, a)[:rows]  # [n^(L-1), L, A]
+    return tuple(lp[:: n ** (depth - 1 - k), k] for k in range(depth))
 
 
 def terminal_logprobs(log_pi0: tuple) -> Array:

@@ -53,6 +53,24 @@ def test_tree_equals_brute_force_enumeration_float64():
         np.testing.assert_allclose(got, np.exp(want), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("vocab,depth", [(5, 4), (2, 3), (6, 1)])
+def test_one_pass_levels_equal_each_prefix_run_alone_float64(vocab, depth):
+    """log_pi0_levels reads level k off position k of the longest prefixes' pass; each entry equals the
+    LM run on [BOS, prefix] alone (a separate forward per prefix), float64 to 1e-10."""
+    cfg = lm.LMConfig(vocab=vocab, depth=depth, layers=2, width=16, heads=2)
+    with jax.enable_x64(True):
+        params = INIT(jax.random.key(7), cfg, jnp.float64)
+        got = jax.jit(tree.log_pi0_levels, static_argnums=(0, 2, 3))(lm.make_logits(cfg), params, depth, 7)
+        logits = jax.jit(lm.logits, static_argnames="cfg")
+        for k in range(depth):
+            pre = list(itertools.product(range(vocab - 1), repeat=k))
+            assert got[k].shape == (len(pre), vocab)
+            for i, p in enumerate(pre):
+                lg = np.asarray(logits(params, jnp.asarray([[cfg.bos, *p]]), cfg)[0, -1], np.float64)
+                want = lg - np.log(np.exp(lg).sum())
+                np.testing.assert_allclose(np.asarray(got[k][i]), want, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("vocab,depth", [(6, 3), (2, 4), (7, 1)])
 def test_terminal_index_inverts_terminal_tokens(vocab, depth):
     x = tree.terminal_tokens(vocab, depth)
