@@ -18,13 +18,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 __all__ = [
-    "UsageError", "atomic_write", "load_array", "npz_bytes", "csv_text", "jsonl_text", "save_json", "save_jsonl", "save_csv", "save_figure",
-    "json_safe", "default_out_dir", "start_run", "run_cli", "log", "available_memory",
+    "UsageError", "atomic_write", "load_array", "check_token_ids", "npy_bytes", "npz_bytes", "csv_text", "jsonl_text",
+    "save_json", "save_jsonl", "save_csv", "save_figure", "json_safe", "default_out_dir", "log", "available_memory",
+    "null_nonfinite",
 ]
 
 
@@ -86,6 +87,21 @@ def load_array(path: str | os.PathLike, npy_only: bool = False) -> np.ndarray:
     return a
 
 
+def check_token_ids(tokens: np.ndarray, vocab: int, what: str = "--input") -> np.ndarray:
+    """`tokens` if it is a non-empty integer array [B, T] of ids in [0, vocab); else UsageError naming the first
+    bad id and its position."""
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise UsageError(f"{what} must be an integer array [B, T]; got {tokens.dtype} {tokens.shape}")
+    if tokens.size == 0:
+        raise UsageError(f"{what} has no tokens (shape {tokens.shape})")
+    bad = np.argwhere((tokens < 0) | (tokens >= vocab))
+    if len(bad):
+        i, j = bad[0]
+        raise UsageError(f"token id {tokens[i, j]} at [{i}, {j}] is outside the vocabulary [0, {vocab})"
+                         + (f" ({len(bad)} such ids)" if len(bad) > 1 else ""))
+    return tokens
+
+
 def json_safe(value: Any) -> Any:
     """Plain-JSON version of a value: numpy scalars unwrapped, non-finite floats -> None."""
     if isinstance(value, dict):
@@ -118,6 +134,13 @@ def save_jsonl(path, rows: Iterable[dict]) -> Path:
 def jsonl_text(rows: Iterable[dict]) -> str:
     """One JSON object a line (non-finite numbers as null)."""
     return "".join(json.dumps(json_safe(r)) + "\n" for r in rows)
+
+
+def npy_bytes(array) -> bytes:
+    """A NumPy array as the bytes of one .npy file (`np.save`), for `atomic_write` / `cli.Run.write`."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array))
+    return buf.getvalue()
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -160,14 +183,6 @@ def default_out_dir(name: str) -> Path:
     return Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
 
 
-def start_run(name: str, out: str | os.PathLike | None, config: Any) -> Path:
-    """The run's output directory (`out`, or `default_out_dir(name)`), created, with config.json in it."""
-    path = Path(out) if out else default_out_dir(name)
-    path.mkdir(parents=True, exist_ok=True)
-    save_json(path / "config.json", config)
-    return path
-
-
 def _read_int(path: str, field: str | None = None) -> int | None:
     """An integer from a /proc or /sys file (the value after `field:` when given), or None."""
     try:
@@ -202,18 +217,6 @@ def available_memory() -> int | None:
 def log(*args) -> None:
     """Progress and logs go to stderr, so `--json` stdout stays machine-readable."""
     print(*args, file=sys.stderr, flush=True)
-
-
-def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a script's entry point; bad input prints one line and exits with status 2."""
-    try:
-        main(argv)
-    except (UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished results are on disk", file=sys.stderr)
-        sys.exit(130)
 
 
 def null_nonfinite(row: dict, fields) -> dict:

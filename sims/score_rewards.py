@@ -13,7 +13,6 @@ cli.guard_startup(__name__)
 
 import dataclasses
 import time
-from io import BytesIO
 from pathlib import Path
 
 import jax
@@ -61,16 +60,7 @@ def tokens_and_mask(cfg: Config, vocab: int, max_len: int | None) -> tuple[np.nd
             raise cli.InputError(f"--length {cfg.length}: the model takes at most {max_len} tokens")
         tokens = np.asarray(jax.random.randint(jax.random.key(cfg.seed), (cfg.random_tokens, cfg.length), 0, vocab))
         return tokens, np.ones_like(tokens, dtype=np.int32)
-    tokens = io.load_array(cfg.input, npy_only=True)  # UsageError naming the file
-    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-        raise cli.InputError(f"--input must be an integer array [B, T]; got {tokens.dtype} {tokens.shape}")
-    if tokens.size == 0:
-        raise cli.InputError(f"--input has no tokens (shape {tokens.shape})")
-    bad = np.argwhere((tokens < 0) | (tokens >= vocab))
-    if len(bad):
-        i, j = bad[0]
-        raise cli.InputError(f"token id {tokens[i, j]} at [{i}, {j}] is outside the vocabulary [0, {vocab})"
-                             + (f" ({len(bad)} such ids)" if len(bad) > 1 else ""))
+    tokens = io.check_token_ids(io.load_array(cfg.input, npy_only=True), vocab)  # UsageError naming the file
     mask = np.ones_like(tokens, dtype=np.int32) if cfg.mask is None else io.load_array(cfg.mask, npy_only=True)
     if mask.shape != tokens.shape:
         raise cli.InputError(f"--mask has shape {mask.shape} but the tokens have shape {tokens.shape}")
@@ -107,12 +97,7 @@ def main(cfg: Config) -> dict:
     rows = [{"index": i, kind: float(s)} for i, s in enumerate(scores)]
     if cfg.out:
         out = Path(cfg.out)
-        if out.suffix == ".npy":
-            buf = BytesIO()
-            np.save(buf, scores)
-            io.atomic_write(out, buf.getvalue())
-        else:
-            io.save_json(out, rows)
+        io.atomic_write(out, io.npy_bytes(scores)) if out.suffix == ".npy" else io.save_json(out, rows)
         io.save_json(out.with_suffix(".config.json"), cfg)
     if cfg.json:
         print(io.jsonl_text(rows), end="", flush=True)

@@ -2,6 +2,8 @@
 import json
 import math
 import os
+import re
+from io import BytesIO
 
 import numpy as np
 import pytest
@@ -39,9 +41,15 @@ def test_json_safe_turns_non_finite_into_null():
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in out.values() if v is not None)
 
 
-def test_start_run_creates_the_directory_and_config(tmp_path, monkeypatch):
-    out = io.start_run("x", tmp_path / "given", {"a": 1})
-    assert out == tmp_path / "given" and json.loads((out / "config.json").read_text()) == {"a": 1}
-    monkeypatch.chdir(tmp_path)
-    auto = io.start_run("study", None, {"b": float("nan")})
-    assert auto.parts[:2] == ("runs", "study") and json.loads((auto / "config.json").read_text()) == {"b": None}
+def test_token_ids_checked_and_npy_bytes_round_trip():
+    ok = np.array([[0, 3], [2, 1]], dtype=np.int64)
+    assert io.check_token_ids(ok, 4) is ok
+    for bad, needle in [(np.zeros((2, 0), np.int32), "no tokens"), (np.zeros(3, np.int32), "integer array [B, T]"),
+                        (np.zeros((1, 2)), "integer array [B, T]"), (np.array([[0, 4, -1]]), "token id 4 at [0, 1]")]:
+        with pytest.raises(io.UsageError, match=re.escape(needle)):
+            io.check_token_ids(bad, 4)
+    with pytest.raises(io.UsageError, match=re.escape("(2 such ids)")):
+        io.check_token_ids(np.array([[0, 4, -1]]), 4)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    back = np.load(BytesIO(io.npy_bytes(a)))
+    assert back.dtype == a.dtype and np.array_equal(back, a)
