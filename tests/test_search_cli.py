@@ -187,3 +187,42 @@ def test_load_reward_and_base_roles(tmp_path):
     causal = make_tiny_checkpoint(tmp_path / "lm", "gpt_neox", "causal_lm", seed=3)
     with pytest.raises(models.CheckpointError, match="no reward head"):
         load_reward_and_base(causal.path)
+
+
+
+@pytest.mark.parametrize("arch,layout,pooling", [("gpt_neox", "oasst", None), ("llama", "starling", None),
+                                                 ("llama", "starling", "before_first_pad")])
+def test_one_position_reward_equals_every_position(arch, layout, pooling, tmp_path):
+    """The fast path (the last layer computes only the pooled position) = every position computed (the plain
+    path) on left- and right-padded rows, for tokens and one-hot inputs."""
+    import jax
+
+    ck = make_tiny_checkpoint(tmp_path / "m", arch, layout, seed=4)
+    m = models.load_model(ck.path, base_model=ck.base_model, pooling=pooling, pad_id=3 if pooling else None)
+    ids = np.array(jax.random.randint(jax.random.key(0), (5, 11), 4, m.vocab_size))
+    ids[0, 0], ids[1, 6:], ids[2, 10] = 3, 3, 3                     # pads, for before_first_pad
+    mask = np.ones(ids.shape, np.int32)
+    mask[1, 6:], mask[3, :2], mask[4, :1] = 0, 0, 0                 # right and left padding
+    for onehot in (False, True):
+        x = jax.nn.one_hot(ids, m.vocab_size) if onehot else ids
+        fast = jax.jit(models.make_reward_fn(m, onehot))(m.params, x, mask)
+        plain = jax.jit(models.make_reward_fn(m, onehot, one_position=False))(m.params, x, mask)
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)   # float32: summation order only
+
+
+@pytest.mark.slow  # two scanned searches to compile: ~15 s on an idle 2-core machine, 76 s at load 18
+def test_search_fast_path_equals_plain_path(ckpts):
+    """GCG on the one-position scorer (the default) takes the same steps as on the every-position scorer."""
+    import jax
+
+    from goodhart_jax.scorer import Scorer
+    from goodhart_jax.search import SearchConfig, search
+
+    m = models.load_model(ckpts[0])
+    plain = Scorer(m.params, models.make_reward_fn(m, one_position=False),
+                   models.make_reward_fn(m, True, one_position=False), m.vocab_size)
+    cfg = SearchConfig(length=7, topk=3, num_candidates=8, num_iters=6, schedule="gcg", edits=2)
+    (fs, fi), (ps, pi) = (search(jax.random.key(1), cfg, s, num_restarts=2) for s in (models.reward_scorer(m), plain))
+    np.testing.assert_array_equal(np.asarray(fs.best_tokens), np.asarray(ps.best_tokens))
+    np.testing.assert_array_equal(np.asarray(fs.tokens), np.asarray(ps.tokens))
+    np.testing.assert_allclose(np.asarray(fi.objective), np.asarray(pi.objective), rtol=1e-5, atol=1e-6)

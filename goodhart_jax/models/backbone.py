@@ -72,17 +72,22 @@ class DecoderBackbone(nn.Module):
     config: Any
     dtype: Any = jnp.float32
 
-    block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin) -> x
+    block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin[, index]) -> x
     norm: ClassVar[type[nn.Module]]       # norm(eps, dtype, name=...)(x) -> x
     embed_name: ClassVar[str]
     final_norm_name: ClassVar[str]
 
     @nn.compact
-    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None) -> BackboneOutput:
+    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None,
+                 index: Array | None = None) -> BackboneOutput:
         """Args:
           input_ids: [B, T] int tokens (ignored when `onehot` is given).
           mask: [B, T] 1 for real tokens (left or right padding).
           onehot: optional [B, T, V] relaxed tokens, embedded as onehot @ E.
+          index: optional [B] int: the last layer computes only position
+            index[b] of each row (a reward head reads one position; the other
+            layers need every position for the keys and values), so its
+            output and `last_hidden_state` are [B, 1, D].
         Returns:
           BackboneOutput (hidden_states: embeddings then each layer's output).
         """
@@ -92,7 +97,8 @@ class DecoderBackbone(nn.Module):
         cos, sin = layers.rotary_cos_sin(layers.positions_from_mask(mask), c.rotary_dims, c.rotary_theta)
         hidden = [x]
         for n in range(c.num_hidden_layers):
-            x = self.block(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin)
+            last = index is not None and n == c.num_hidden_layers - 1
+            x = self.block(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin, *((index,) if last else ()))
             hidden.append(x)
         x = self.norm(c.norm_eps, self.dtype, name=self.final_norm_name)(x)
         return BackboneOutput(x, tuple(hidden))

@@ -137,7 +137,8 @@ class GPTNeoXAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array) -> Array:
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D]."""
         c = self.config
         b, t, _ = x.shape
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
@@ -145,8 +146,13 @@ class GPTNeoXAttention(nn.Module):
         # transformers views the fused projection as [B, T, N, 3H] then chunks.
         qkv = qkv.reshape(b, t, c.num_attention_heads, 3 * c.head_size)
         q, k, v = jnp.split(qkv, 3, axis=-1)
-        q, k = layers.apply_rotary(q, cos, sin), layers.apply_rotary(k, cos, sin)
-        out = layers.attention(q, k, v, mask).reshape(b, t, c.hidden_size)
+        k = layers.apply_rotary(k, cos, sin)
+        if index is None:
+            out = layers.attention(layers.apply_rotary(q, cos, sin), k, v, mask).reshape(b, t, c.hidden_size)
+        else:
+            at = lambda a: layers.take_positions(a, index)  # noqa: E731
+            q = layers.apply_rotary(at(q), at(cos), at(sin))
+            out = layers.attention_at(q, k, v, mask, index).reshape(b, 1, c.hidden_size)
         return nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
                         param_dtype=self.dtype, name="dense")(out)
 
@@ -168,12 +174,15 @@ class GPTNeoXLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array) -> Array:
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]."""
         c = self.config
         ln1 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="input_layernorm")
         ln2 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="post_attention_layernorm")
-        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(x), mask, cos, sin)
+        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(x), mask, cos, sin, index)
         mlp = GPTNeoXMLP(c, self.dtype, name="mlp")
+        if index is not None:
+            x = layers.take_positions(x, index)
         if c.use_parallel_residual:
             return x + attn + mlp(ln2(x))
         h = x + attn

@@ -51,19 +51,25 @@ def before_first_pad_index(input_ids: Array, pad_id: int) -> Array:
     return (first - 1) % t
 
 
-def pool(hidden: Array, mask: Array, input_ids: Array | None, spec: HeadSpec) -> Array:
-    """Read one [B, D] vector per sequence from hidden [B, T, D] by `spec.pooling`."""
+def pool_index(mask: Array, input_ids: Array | None, spec: HeadSpec) -> Array | None:
+    """[B] the position `spec.pooling` reads in each row of mask [B, T]; None for "mean" (every position)."""
     if spec.pooling == "mean":
-        m = mask.astype(hidden.dtype)[..., None]
-        return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1)
+        return None
     if spec.pooling == "last":
-        idx = last_index(mask)
-    elif spec.pooling == "before_first_pad":
+        return last_index(mask)
+    if spec.pooling == "before_first_pad":
         if input_ids is None or spec.pad_id is None:
             raise ValueError("pooling 'before_first_pad' needs input_ids and a pad_id")
-        idx = before_first_pad_index(input_ids, spec.pad_id)
-    else:
-        raise ValueError(f"unknown pooling {spec.pooling!r}; expected one of {POOLINGS}")
+        return before_first_pad_index(input_ids, spec.pad_id)
+    raise ValueError(f"unknown pooling {spec.pooling!r}; expected one of {POOLINGS}")
+
+
+def pool(hidden: Array, mask: Array, input_ids: Array | None, spec: HeadSpec) -> Array:
+    """Read one [B, D] vector per sequence from hidden [B, T, D] by `spec.pooling`."""
+    idx = pool_index(mask, input_ids, spec)
+    if idx is None:
+        m = mask.astype(hidden.dtype)[..., None]
+        return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1)
     return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
 
 

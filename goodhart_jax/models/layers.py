@@ -85,6 +85,11 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
     return jnp.concatenate([x_rot * cos + rotated * sin, x_pass], axis=-1)
 
 
+def default_block(t: int) -> int:
+    """Query rows per block of `attention` at sequence length t: T / 4 clipped to 64..256."""
+    return min(256, max(64, t // 4))
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array, block: int | None = None) -> Array:
     """Causal softmax attention over non-padding keys, grouped-query aware.
 
@@ -110,7 +115,7 @@ def attention(q: Array, k: Array, v: Array, mask: Array, block: int | None = Non
     """
     b, t, n, h = q.shape
     kh = k.shape[2]
-    block = block or min(256, max(64, t // 4))
+    block = block or default_block(t)
     q = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4) * (1.0 / math.sqrt(h))  # [B, K, G, T, H]
     k = k.transpose(0, 2, 3, 1)                                    # [B, K, H, S]
     v = v.transpose(0, 2, 1, 3)                                    # [B, K, S, H]
@@ -126,6 +131,42 @@ def attention(q: Array, k: Array, v: Array, mask: Array, block: int | None = Non
         outs.append(jnp.einsum("bkgcs,bksh->bkgch", weights, v[:, :, :stop]))
     out = jnp.concatenate(outs, axis=3) if len(outs) > 1 else outs[0]   # [B, K, G, T, H]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def attention_at(q: Array, k: Array, v: Array, mask: Array, index: Array, block: int | None = None) -> Array:
+    """`attention` for one query per row, the one at position index[b]: the same numbers, 1/T of the work.
+
+    A reward head reads one position, so the last layer needs only that
+    query (its keys and values still span the row). The row sees keys
+    s <= index[b] with mask_s = 1, as in `attention`; a query with no
+    visible key gets the uniform average over the keys of its query block,
+    as `attention` gives it.
+
+    Args:
+      q: [B, 1, N, H] the queries at `index`; k, v: [B, T, K, H] with N % K == 0.
+      mask: [B, T] 1 for real tokens.
+      index: [B] int positions of the queries.
+      block: the block size `attention` would use (default `default_block(T)`).
+    Returns:
+      [B, 1, N, H].
+    """
+    b, _, n, h = q.shape
+    t, kh = k.shape[1], k.shape[2]
+    block = block or default_block(t)
+    q = q.reshape(b, kh, n // kh, h) * (1.0 / math.sqrt(h))                # [B, K, G, H]
+    scores = jnp.einsum("bkgh,bskh->bkgs", q, k).astype(jnp.float32)      # [B, K, G, S]
+    s, idx = jnp.arange(t)[None, :], index[:, None]
+    allowed = (s <= idx) & (mask > 0)                                       # [B, S]
+    in_block = s < jnp.minimum((idx // block + 1) * block, t)             # keys `attention`'s block holds
+    fill = jnp.where(in_block, jnp.finfo(jnp.float32).min, -jnp.inf)
+    scores = jnp.where(allowed[:, None, None], scores, fill[:, None, None])
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgs,bskh->bkgh", weights, v).reshape(b, 1, n, h)
+
+
+def take_positions(x: Array, index: Array) -> Array:
+    """x [B, T, ...] at position index[b] of each row -> [B, 1, ...]."""
+    return jnp.take_along_axis(x, index.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
 
 
 class RMSNorm(nn.Module):

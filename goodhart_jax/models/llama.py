@@ -134,17 +134,23 @@ class LlamaAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array) -> Array:
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D]."""
         c = self.config
         b, t, _ = x.shape
         dense = lambda f, name: nn.Dense(f, use_bias=c.attention_bias, dtype=self.dtype,
                                          param_dtype=self.dtype, name=name)
-        q = dense(c.num_attention_heads * c.head_dim, "q_proj")(x).reshape(b, t, c.num_attention_heads, c.head_dim)
+        xq = x if index is None else layers.take_positions(x, index)
+        q = dense(c.num_attention_heads * c.head_dim, "q_proj")(xq).reshape(b, -1, c.num_attention_heads, c.head_dim)
         k = dense(c.num_key_value_heads * c.head_dim, "k_proj")(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = dense(c.num_key_value_heads * c.head_dim, "v_proj")(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
-        q, k = layers.apply_rotary(q, cos, sin), layers.apply_rotary(k, cos, sin)
-        out = layers.attention(q, k, v, mask).reshape(b, t, c.num_attention_heads * c.head_dim)
-        return dense(c.hidden_size, "o_proj")(out)
+        k = layers.apply_rotary(k, cos, sin)
+        if index is None:
+            out = layers.attention(layers.apply_rotary(q, cos, sin), k, v, mask)
+        else:
+            at = lambda a: layers.take_positions(a, index)  # noqa: E731
+            out = layers.attention_at(layers.apply_rotary(q, at(cos), at(sin)), k, v, mask, index)
+        return dense(c.hidden_size, "o_proj")(out.reshape(b, -1, c.num_attention_heads * c.head_dim))
 
 
 class LlamaMLP(nn.Module):
@@ -166,10 +172,12 @@ class LlamaDecoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array) -> Array:
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]."""
         c = self.config
         h = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
-        x = x + LlamaAttention(c, self.dtype, name="self_attn")(h, mask, cos, sin)
+        attn = LlamaAttention(c, self.dtype, name="self_attn")(h, mask, cos, sin, index)
+        x = (x if index is None else layers.take_positions(x, index)) + attn
         h = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + LlamaMLP(c, self.dtype, name="mlp")(h)
 

@@ -31,11 +31,14 @@ def backbone(model: LoadedModel):
 
 
 def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
-    """(params, input_ids [B, T], mask [B, T], onehot=None) -> BackboneOutput."""
+    """(params, input_ids [B, T], mask [B, T], onehot=None, index=None) -> BackboneOutput.
+
+    With index [B], the last layer computes only position index[b] (see `DecoderBackbone`).
+    """
     module, key = backbone(model), model.backbone_key
 
-    def hidden_fn(params, input_ids, mask, onehot=None):
-        return module.apply({"params": params[key]}, input_ids, mask, onehot)
+    def hidden_fn(params, input_ids, mask, onehot=None, index=None):
+        return module.apply({"params": params[key]}, input_ids, mask, onehot, index)
 
     return hidden_fn
 
@@ -47,24 +50,27 @@ def _lm_kernel(model: LoadedModel, params: dict) -> Array:
     return emb.T  # tied embeddings
 
 
-def make_reward_fn(model: LoadedModel, onehot: bool = False) -> ScoreFn:
+def make_reward_fn(model: LoadedModel, onehot: bool = False, one_position: bool = True) -> ScoreFn:
     """Pure reward_fn(params, input_ids [B, T] | onehot [B, T, V], mask [B, T]) -> [B] float32.
 
     The reward head reads the final-normed hidden state at the position its
-    `HeadSpec.pooling` picks (by default the last non-padding token).
+    `HeadSpec.pooling` picks (by default the last non-padding token). With
+    `one_position` (default) the last layer computes only that position
+    (`DecoderBackbone`'s index; the same numbers, ~1/L less work); False
+    computes every position, as the PyTorch model does ("mean" pooling
+    always does).
     """
     if model.reward_head is None:
         raise ValueError(f"this {model.layout} checkpoint has no reward head; use make_logprob_fn")
     hidden_fn, spec = make_hidden_fn(model), model.reward_head
 
     def reward_fn(params, inputs, mask):
-        if onehot:
-            ids = jnp.argmax(inputs, axis=-1) if spec.pooling == "before_first_pad" else None
-            h = hidden_fn(params, None, mask, inputs).last_hidden_state
-        else:
-            ids = inputs
-            h = hidden_fn(params, inputs, mask).last_hidden_state
-        return heads.linear_reward(params[spec.name], heads.pool(h, mask, ids, spec))
+        ids = (jnp.argmax(inputs, axis=-1) if spec.pooling == "before_first_pad" else None) if onehot else inputs
+        idx = heads.pool_index(mask, ids, spec) if one_position else None
+        h = hidden_fn(params, None, mask, inputs, idx) if onehot else hidden_fn(params, inputs, mask, None, idx)
+        if idx is not None:
+            return heads.linear_reward(params[spec.name], h.last_hidden_state[:, 0])
+        return heads.linear_reward(params[spec.name], heads.pool(h.last_hidden_state, mask, ids, spec))
 
     return reward_fn
 
