@@ -113,6 +113,27 @@ def check_claims(rc: int, stderr: str, out: Path, prog: str, last_file: str | No
     return claim
 
 
+def _ctrl_c_at(point: str, script: str, args: list[str], out: Path, tmp_path: Path, ready: dict, last: str,
+               final_file: str) -> tuple[str | None, str]:
+    """Start `script`, send Ctrl-C once `ready[point]` holds, and check what it claims against the disk.
+
+    `ready` maps each point to a test of the output directory ("importing" is built in); `last` is the point
+    that may come after the run's end, when the run exits 0 on its own with `final_file` written.
+    Returns (the claim, stderr); the claim is None for a run that finished first.
+    """
+    p, _, err = _start(script, args + ["--out", str(out)], tmp_path)
+    test = _importing_jax(p) if point == "importing" else ready[point]
+    if not _wait(p, test):  # it finished first: only the last point may
+        assert point == last, err.read_text()
+        check_claims(p.returncode, err.read_text(), out, script, final_file)
+        return None, err.read_text()
+    rc, stderr = _interrupt(p, err)
+    claim = check_claims(rc, stderr, out, script, final_file if point == last else None)
+    if point == "importing":
+        assert claim == " during start-up: nothing was written"
+    return claim, stderr
+
+
 # ---------------------------------------------------------------- sweep_beta
 
 SWEEP = ["--vocab", "2", "--depth", "3", "--seeds", "2", "--betas", "0.5", "1", "2", "--thm2-t", "2",
@@ -122,21 +143,13 @@ SWEEP = ["--vocab", "2", "--depth", "3", "--seeds", "2", "--betas", "0.5", "1", 
 @pytest.mark.parametrize("point", ["importing", "compiling", "mid_run", "writing_figures"])
 def test_sweep_beta_ctrl_c(point, tmp_path):
     out = tmp_path / "run"
-    p, _, err = _start("sweep_beta.py", SWEEP + ["--out", str(out)] + (["--no-plots"] if point != "writing_figures"
-                                                                    else []), tmp_path)
-    ready = {"importing": _importing_jax(p),
-             "compiling": lambda: (out / "config.json").exists(),
-             "mid_run": lambda: (out / "results.jsonl").exists(),
-             "writing_figures": lambda: any(out.glob("*.png"))}[point]
-    if not _wait(p, ready):  # it finished first: only a finished run may
-        assert point == "writing_figures", err.read_text()
-        return check_claims(p.returncode, err.read_text(), out, "sweep_beta.py", "summary.json")
-    rc, stderr = _interrupt(p, err)
-    claim = check_claims(rc, stderr, out, "sweep_beta.py", "summary.json" if point == "writing_figures" else None)
-    if point == "importing":
-        assert claim == " during start-up: nothing was written"
-    if point == "writing_figures" and claim.startswith(":"):  # all rows (2 families x (3 tilt + 2 x (3 tree +
-        assert claim.startswith(": 22 finished rows") and ".png" in claim, claim  # 1 thm2))) before the figures
+    claim, _ = _ctrl_c_at(point, "sweep_beta.py", SWEEP + (["--no-plots"] if point != "writing_figures" else []),
+                          out, tmp_path, {"compiling": lambda: (out / "config.json").exists(),
+                                          "mid_run": lambda: (out / "results.jsonl").exists(),
+                                          "writing_figures": lambda: any(out.glob("*.png"))},
+                          "writing_figures", "summary.json")
+    if point == "writing_figures" and claim and claim.startswith(":"):  # all rows (2 families x (3 tilt +
+        assert claim.startswith(": 22 finished rows") and ".png" in claim, claim  # 2 x (3 tree + 1 thm2)))
 
 
 # ---------------------------------------------------------------- acg_search
@@ -156,18 +169,12 @@ ACG = ["--length", "4", "--topk", "2", "--candidates", "4", "--restarts", "2", "
 def test_acg_search_ctrl_c(point, rm, tmp_path):
     out = tmp_path / "run"
     iters = "6" if point == "finishing" else "1000000"
-    p, _, err = _start("acg_search.py", ["--model", str(rm), "--iters", iters, *ACG, "--out", str(out)], tmp_path)
-    ready = {"importing": _importing_jax(p),
-             "compiling": lambda: (out / "config.json").exists(),
-             "mid_run": lambda: (out / "best.json").exists(),
-             "finishing": lambda: (out / "rows.jsonl").exists()}[point]
-    if not _wait(p, ready):  # it finished first: only a finished run may
-        assert point == "finishing", err.read_text()
-        return check_claims(p.returncode, err.read_text(), out, "acg_search.py", "results.json")
-    rc, stderr = _interrupt(p, err)
-    claim = check_claims(rc, stderr, out, "acg_search.py", "results.json" if point == "finishing" else None)
-    if point == "importing":
-        assert claim == " during start-up: nothing was written"
+    claim, stderr = _ctrl_c_at(point, "acg_search.py", ["--model", str(rm), "--iters", iters, *ACG], out, tmp_path,
+                               {"compiling": lambda: (out / "config.json").exists(),
+                                "mid_run": lambda: (out / "best.json").exists(),
+                                "finishing": lambda: (out / "rows.jsonl").exists()}, "finishing", "results.json")
+    if claim is None:
+        return
     if point == "compiling":  # never claims best sequences that are not there
         assert "best.json" not in claim or (out / "best.json").exists()
     if m := re.search(r"interrupted after (\d+) of (\d+) iterations: best\.json holds", stderr):
