@@ -14,7 +14,6 @@ cli.guard_startup(__name__)
 
 import dataclasses
 import math
-import time
 
 import jax
 import numpy as np
@@ -22,9 +21,8 @@ import numpy as np
 from goodhart_jax import io, models
 from goodhart_jax.models.loading import load_reward_and_base, load_tokenizer, special_token_ids
 from goodhart_jax.models.scoring import max_length
-from goodhart_jax.search import SearchConfig, rescore, retokenize_filter, search_chunks
+from goodhart_jax.search import SearchConfig, best_record, rescore, retokenize_filter, run_chunks, search_chunks
 from goodhart_jax.search.schedules import SCHEDULES
-
 
 _ONE = cli.at_least("value", 1)
 _NONNEG = cli.each("--penalty", lambda x: math.isfinite(x) and x >= 0, "finite and >= 0")
@@ -73,14 +71,6 @@ def load(cfg: Config):
     return models.reward_scorer(rm), None if lm is None else models.logprob_scorer(lm), banned, token_filter
 
 
-def save_best(run: cli.Run, tokens, reward, objective, iteration, interrupted: bool = False) -> None:
-    """best.json: {"iteration", "interrupted", "restarts": [{"restart", "reward", "objective", "tokens"}]}."""
-    tokens, reward, objective = np.asarray(tokens), np.asarray(reward), np.asarray(objective)
-    run.save_json("best.json", {"iteration": int(iteration), "interrupted": interrupted, "restarts": [
-        {"restart": r, "reward": reward[r], "objective": objective[r], "tokens": tokens[r]}
-        for r in range(len(tokens))]})
-
-
 def main(cfg: Config) -> dict:
     """Run the search; returns results.json's dict {"rows", "mixture_kl", "iterations", ...} and "traces"."""
     reward, base, banned, token_filter = load(cfg)
@@ -93,22 +83,18 @@ def main(cfg: Config) -> dict:
                                chunk=cfg.chunk)
     with cli.Run("acg_search", cfg, results=None) as run:
         run.save_json("config.json", dataclasses.asdict(cfg) | {"banned_resolved": list(banned)})
-        state, interrupted, start = None, False, time.perf_counter()
         with run.progress(None, "acg", total=cfg.iters) as bar:
-            try:
-                for state, info in chunks:  # info: every step so far, [R, steps]
-                    save_best(run, state.best_tokens, state.best_reward, state.best_objective, state.iteration[0])
-                    bar.update(info.active.shape[1] - bar.n)
-                    bar.set_postfix(best=f"{np.max(state.best_reward):.4g}")
-            except KeyboardInterrupt:
-                if state is None:  # no step finished: only config.json is on disk, and the runner says so
-                    raise
-                interrupted = True
-        seconds, steps = time.perf_counter() - start, int(state.iteration[0])
-        traces = {k: v for k, v in info._asdict().items() if k not in ("improved", "active")}  # [R, steps] each
-        found = rescore(state.best_tokens, reward, base, cfg.alphas)  # the models' own scores of the tokens
+            def after_chunk(state, info):  # info: every step so far, [R, steps]
+                run.save_json("best.json", best_record(state.best_tokens, state.best_reward, state.best_objective,
+                                                       state.iteration[0]))
+                bar.update(info.active.shape[1] - bar.n)
+                bar.set_postfix(best=f"{np.max(state.best_reward):.4g}")
+            done = run_chunks(chunks, after_chunk)  # Ctrl-C before the first chunk: only config.json is on disk
+        steps, traces = done.steps, done.traces()  # traces: [R, steps] each
+        found = rescore(done.state.best_tokens, reward, base, cfg.alphas)  # the models' own scores of the tokens
         rows, kl_rows = found.rows(), found.kl_rows()
-        save_best(run, found.tokens, found.reward, state.best_objective, steps, interrupted)
+        run.save_json("best.json", best_record(found.tokens, found.reward, done.state.best_objective, steps,
+                                               done.interrupted))
         run.write("rows.jsonl", io.jsonl_text(rows))
         run.write("traces.npz", io.npz_bytes(tokens=found.tokens, **traces))
         if kl_rows:
@@ -118,20 +104,19 @@ def main(cfg: Config) -> dict:
             run.figure("reward_vs_iteration.png", plots.reward_vs_iteration(traces["best_reward"], traces["reward"]))
             if base is not None:
                 run.figure("reward_vs_logprob.png", plots.reward_vs_logprob(found.logprob, found.reward))
-        results = dict(rows=rows, mixture_kl=kl_rows, iterations=steps, seconds=seconds,
-                       iters_per_s=steps / seconds if seconds > 0 else None, interrupted=interrupted,
-                       banned=list(banned), plots=[f for f in run.files if f.endswith(".png")], penalty=cfg.penalty,
-                       out=str(run.dir), final_reward=found.reward.tolist())
+        results = dict(rows=rows, mixture_kl=kl_rows, iterations=steps, seconds=done.seconds,
+                       iters_per_s=done.iters_per_s, interrupted=done.interrupted, banned=list(banned),
+                       plots=[f for f in run.files if f.endswith(".png")], penalty=cfg.penalty, out=str(run.dir),
+                       final_reward=found.reward.tolist())
         run.save_json("results.json", results)
-        if interrupted:
+        if done.interrupted:
             run.log(f"interrupted after {steps} of {cfg.iters} iterations: best.json holds each restart's best "
                     "sequence of those steps")
             raise KeyboardInterrupt
         run.emit(rows)  # stdout with --json
         if not cfg.json:
-            print("".join(f"restart {r['restart']}: reward={r['reward']:.6g}" + (f" logprob={r['logprob']:.6g}"
-                          if "logprob" in r else "") + "\n" for r in rows) + f"{steps} iterations x {cfg.restarts} "
-                  f"restarts in {seconds:.1f} s (incl. compile); outputs in {run.dir}")
+            print(found.text() + f"{steps} iterations x {cfg.restarts} restarts in {done.seconds:.1f} s (incl. "
+                  f"compile); outputs in {run.dir}")
     return results | {"traces": traces}
 
 

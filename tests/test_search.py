@@ -276,3 +276,37 @@ def test_no_retrace_across_calls():
     other = search_params(toy_scorer(jax.random.key(19)), penalty=0.5)
     vrun(keys, state, other)
     assert np.all(np.asarray(state.iteration) == 6)
+
+
+# ---------------------------------------------------------------- chunked runs (sims/acg_search's loop)
+
+def _chunks(n, stop_at=None):
+    """n chunks of a fake run: (state with iteration [R], info with active [R, steps]); Ctrl-C before chunk stop_at."""
+    from types import SimpleNamespace
+
+    for k in range(1, n + 1):
+        if k == stop_at:
+            raise KeyboardInterrupt
+        yield SimpleNamespace(iteration=np.array([2 * k, 2 * k])), SimpleNamespace(active=np.ones((2, 2 * k), bool))
+
+
+def test_run_chunks_keeps_the_last_finished_chunk_on_ctrl_c():
+    from goodhart_jax.search import best_record, run_chunks
+
+    seen = []
+    done = run_chunks(_chunks(4), lambda s, i: seen.append(int(s.iteration[0])))
+    assert seen == [2, 4, 6, 8] and done.steps == 8 and not done.interrupted and done.seconds >= 0
+    done = run_chunks(_chunks(4, stop_at=3))                        # Ctrl-C while chunk 3 runs
+    assert done.interrupted and done.steps == 4 and done.info.active.shape == (2, 4)
+
+    def stop_in_callback(state, info):                              # Ctrl-C while chunk 2's files are written
+        if state.iteration[0] == 4:
+            raise KeyboardInterrupt
+    done = run_chunks(_chunks(4), stop_in_callback)
+    assert done.interrupted and done.steps == 4
+    with pytest.raises(KeyboardInterrupt):                          # nothing finished: nothing to keep
+        run_chunks(_chunks(4, stop_at=1))
+    rec = best_record(np.array([[1, 2], [3, 4]]), np.float32([0.5, -1]), np.array([0.25, -np.inf]), np.int32(7))
+    assert rec == {"iteration": 7, "interrupted": False, "restarts": [
+        {"restart": 0, "reward": 0.5, "objective": 0.25, "tokens": [1, 2]},
+        {"restart": 1, "reward": -1.0, "objective": -np.inf, "tokens": [3, 4]}]}

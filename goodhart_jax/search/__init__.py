@@ -11,16 +11,19 @@ the algorithm, `schedules.py` for n(i), `mixture_kl.py` for the paper's
 Section 5 KL of a base policy mixed with one searched sequence.
 """
 from goodhart_jax.search.gcg import (
+    ChunkedRun,
     Found,
     SearchConfig,
     SearchInfo,
     SearchParams,
     SearchState,
     make_scan,
+    best_record,
     make_search,
     onehot_gradient,
     rescore,
     retokenize_filter,
+    run_chunks,
     search,
     search_chunks,
     search_params,
@@ -29,7 +32,8 @@ from goodhart_jax.search.mixture_kl import mixture_kl, mixture_kl_approx
 from goodhart_jax.search.schedules import make_schedule
 
 __all__ = [
-    "Found", "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "make_scan",
-    "make_search", "onehot_gradient", "rescore", "retokenize_filter", "search", "search_chunks", "search_params",
+    "ChunkedRun", "Found", "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "best_record", "make_scan",
+    "make_search", "onehot_gradient", "rescore", "retokenize_filter", "run_chunks", "search", "search_chunks",
+    "search_params",
     "mixture_kl", "mixture_kl_approx", "make_schedule",
 ]

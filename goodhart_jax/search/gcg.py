@@ -38,6 +38,7 @@ Zou et al. 2023 (GCG); Haize Labs 2024 (ACG).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -404,6 +405,76 @@ def search_chunks(key: Array, config: SearchConfig, reward: Scorer, base: Option
     return chunks()
 
 
+class ChunkedRun(NamedTuple):
+    """What `run_chunks` finished.
+
+    Fields:
+      state: SearchState with a leading [R] axis, after the last finished chunk.
+      info: SearchInfo of NumPy arrays [R, S], every live step so far (S = state.iteration).
+      interrupted: whether Ctrl-C stopped the run early.
+      seconds: wall time of the chunks (compile included).
+    """
+
+    state: SearchState
+    info: SearchInfo
+    interrupted: bool
+    seconds: float
+
+    @property
+    def steps(self) -> int:
+        return int(self.state.iteration[0])
+
+    @property
+    def iters_per_s(self) -> Optional[float]:
+        return self.steps / self.seconds if self.seconds > 0 else None
+
+    def traces(self) -> dict:
+        """{name: [R, S] NumPy} of each traced quantity (the info fields without improved/active)."""
+        return {k: v for k, v in self.info._asdict().items() if k not in ("improved", "active")}
+
+
+def run_chunks(chunks, on_chunk: Optional[Callable[[SearchState, SearchInfo], None]] = None) -> ChunkedRun:
+    """Consume `search_chunks`' iterator, calling `on_chunk(state, info)` after each chunk (files, progress).
+
+    A Ctrl-C (KeyboardInterrupt) after the first chunk came back, also one
+    raised inside `on_chunk`, stops the run: the result holds the last
+    finished chunk and `interrupted=True`. One before any chunk finished is
+    raised again (there is nothing to keep).
+
+    Args:
+      chunks: the iterator of `search_chunks` (pairs state, info).
+      on_chunk: optional callback.
+    Returns:
+      ChunkedRun.
+    """
+    state = info = None
+    interrupted, start = False, time.perf_counter()
+    try:
+        for state, info in chunks:
+            if on_chunk is not None:
+                on_chunk(state, info)
+    except KeyboardInterrupt:
+        if state is None:
+            raise
+        interrupted = True
+    return ChunkedRun(state, info, interrupted, time.perf_counter() - start)
+
+
+def best_record(tokens: ArrayLike, reward: ArrayLike, objective: ArrayLike, iteration: int,
+                interrupted: bool = False) -> dict:
+    """The best sequence of each restart as a JSON-ready dict (acg_search's best.json).
+
+    Args:
+      tokens: [R, T] int; reward, objective: [R].
+    Returns:
+      {"iteration", "interrupted", "restarts": [{"restart", "reward", "objective", "tokens"}]}.
+    """
+    tokens, reward, objective = np.asarray(tokens), np.asarray(reward), np.asarray(objective)
+    return {"iteration": int(iteration), "interrupted": bool(interrupted), "restarts": [
+        {"restart": r, "reward": float(reward[r]), "objective": float(objective[r]), "tokens": tokens[r].tolist()}
+        for r in range(len(tokens))]}
+
+
 class Found(NamedTuple):
     """Each restart's best sequence, scored again by the models themselves (not the search's running values).
 
@@ -428,6 +499,11 @@ class Found(NamedTuple):
         return [dict(kind="acg", restart=r, reward=float(self.reward[r]), tokens=self.tokens[r].tolist())
                 | ({} if self.logprob is None else {"logprob": float(self.logprob[r])})
                 for r in range(len(self.tokens))]
+
+    def text(self) -> str:
+        """One line per restart: "restart r: reward=...[ logprob=...]"."""
+        return "".join(f"restart {r['restart']}: reward={r['reward']:.6g}"
+                       + (f" logprob={r['logprob']:.6g}" if "logprob" in r else "") + "\n" for r in self.rows())
 
     def kl_rows(self) -> list[dict]:
         """Per (restart, alpha): {"restart", "alpha", "logprob", "kl_exact", "kl_approx"}; [] without a base LM."""
