@@ -6,7 +6,7 @@ gap to pi*'s objective), and GCG on the learned proxy against the enumerated arg
 sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
 eps). Gao et al.'s forms are fitted to gold against d = sqrt(KL).
 
-    python sims/overoptimization.py                       # defaults: A=8, L=4, ~5 minutes on 2 CPU cores
+    python sims/overoptimization.py                       # defaults: A=16, L=5 (813,616 sequences)
     python sims/overoptimization.py --noise normal --proxy direct --rl-betas --json
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from goodhart_jax.lab import experiment, fits
 
 @dataclasses.dataclass(frozen=True)
 class Config(cli.RunConfig):
-    vocab: int = cli.arg(8, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
-    depth: int = cli.arg(4, "maximum length L", metavar="L")
+    vocab: int = cli.arg(16, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
+    depth: int = cli.arg(5, "maximum length L", metavar="L")
     noise: tuple[str, ...] = cli.arg(("normal", "student_t:df=2"), "annotator error families", metavar="FAMILY")
     noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
                                  check=cli.positive("--noise-scale"))
@@ -40,7 +40,7 @@ class Config(cli.RunConfig):
                                   check=best_of_n.check_ns)
     rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
     rl_steps: int = cli.arg(200, "RL steps", metavar="S", check=cli.at_least("--rl-steps", 1))
-    eval_every: int = cli.arg(20, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
+    eval_every: int = cli.arg(40, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
                               check=cli.at_least("--eval-every", 1))
     search: bool = cli.arg(True, "GCG on each learned proxy")
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.at_least("--lm-steps", 1))

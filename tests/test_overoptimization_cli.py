@@ -1,5 +1,6 @@
-"""sims/overoptimization.py: a tiny lab run (A=4, L=3): row kinds and fields, exact KL against mdp, no method's
-objective above the exact optimum's at the same beta; bad input exits 2 in one line."""
+"""sims/overoptimization.py: a tiny lab run (A=4, L=3; slow: compiling every method is its cost): row kinds and
+fields, exact KL against mdp, no method's objective above the exact optimum's at the same beta; bad input exits 2
+in one line; the default sizes (A=16, L=5) pass the enumeration check."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,12 +30,23 @@ TINY = dict(vocab=4, depth=3, noise=("normal",), pairs=(300,), betas=BETAS, ns=(
             rl_steps=10, eval_every=5, lm_steps=30, bt_steps=30, plots=False, seed=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def quick_compiles():
+    """At these sizes compiling, not running, is the cost (~100 s of CPU with XLA's optimisations, most of it
+    for RL's scan, GCG and the fits); without them the module runs in a fraction of that."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     cfg = sim.Config(out=str(tmp_path_factory.mktemp("lab")), **TINY)
     return cfg, sim.main(cfg)
 
 
+@pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_rows_and_fields(tiny):
     cfg, rows = tiny
     assert {r["kind"] for r in rows} == {"lab", "proxy", "fit"}
@@ -59,6 +71,7 @@ def test_rows_and_fields(tiny):
     assert (Path(cfg.out) / "results.jsonl").is_file() and (Path(cfg.out) / "results.csv").is_file()
 
 
+@pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_exact_rows_against_mdp(tiny):
     """KL, gold and proxy of the exact rows = mdp.soft_optimum on the same (rebuilt, same-key) tree."""
     cfg, rows = tiny
@@ -72,6 +85,7 @@ def test_exact_rows_against_mdp(tiny):
                                    [float(res.KL), float(res.E_V), float(res.E_U)], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_no_method_beats_the_exact_optimum(tiny):
     """At every beta of the grid: E[proxy] - beta KL of every bon, rl and search point <= the exact optimum's."""
     _, rows = tiny
@@ -86,6 +100,12 @@ def test_no_method_beats_the_exact_optimum(tiny):
                 assert r["proxy_reward"] - beta * r["KL"] <= opt + 1e-4 * max(1.0, abs(opt)), (proxy, beta, r)
         for r in (r for r in others if r["method"] == "rl"):
             assert r["gap"] >= -1e-4 and r["objective"] == pytest.approx(best[r["beta"]] - r["gap"], abs=1e-3)
+
+
+def test_defaults_are_the_issue_sizes():
+    cfg = sim.Config()
+    assert (cfg.vocab, cfg.depth) == (16, 5) and experiment.check_size(cfg.vocab, cfg.depth) == 813_616
+    assert cfg.rl_steps % cfg.eval_every == 0
 
 
 @pytest.mark.parametrize("argv, message", [

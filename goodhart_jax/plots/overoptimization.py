@@ -62,6 +62,9 @@ def curves(rows: list[dict]) -> plt.Figure:
                     if s:
                         ax.plot([r["d"] for r in s], [r["gold"] for r in s], "x", color=color, ms=6)
             ax.axhline(0.0, color="0.7", lw=0.8)
+            gold = max([abs(r["gold"]) for r in lab if r["noise"] == noise and r["method"] == m] + [1.0])
+            if max((abs(y) for line in ax.get_lines() for y in line.get_ydata()), default=0.0) > 20 * gold:
+                ax.set_yscale("symlog", linthresh=gold)  # a proxy far above gold (one huge error): log beyond it
             ax.set_xlabel("d = sqrt(KL(pi || pi0))")
             ax.set_ylabel("E[reward] (gold sd 1 under pi0)")
             ax.set_title(f"{TITLES[m]}; error {noise}", fontsize=9)
