@@ -74,10 +74,10 @@ def main(cfg: Config) -> list[dict]:
     jobs = [(i, s, k, p) for i, s in enumerate(cfg.noise) for k in cfg.proxy
             for p in (cfg.pairs if k == "learned" else (None,))]
     with cli.Run("overoptimization", cfg) as run:
-        run.log(f"overoptimization: {len(jobs)} proxies, writing to {run.dir}")
-        with cli.inputs():
+        with cli.inputs():  # a bad checkpoint is one line: nothing is logged before it is read
             base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, cfg.policy or None,
                                          cfg.tokens, cfg.gold or None, cfg.lm_steps)
+        run.log(f"overoptimization: pi0 and its tree built; {len(jobs)} proxies, writing to {run.dir}")
         for i, noise, kind, pairs in run.progress(jobs, "proxies"):
             k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
             built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)

@@ -121,3 +121,51 @@ def test_bad_input_exits_2(argv, message, tmp_path, capsys):
     assert cli.run(sim.Config, sim.main, argv + ["--out", str(tmp_path / "o")], prog="overoptimization") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+# ---------------------------------------------------------------- a checkpoint as pi0
+@pytest.mark.slow  # a second tiny run on a transformers checkpoint: compilation again
+def test_checkpoint_policy_end_to_end(tmp_path, capsys):
+    """--policy DIR --tokens: a tiny random transformers GPT-NeoX causal LM on 4 of its ids is pi0. The run's
+    exact rows are the optimum on that LM's tree, whose sequence probabilities are the torch model's own
+    (renormalised over the ids); RL starts at pi0 (KL 0) with gap >= 0. A reward checkpoint as --policy: exit 2."""
+    torch = pytest.importorskip("torch")
+    from goodhart_jax.models.testing import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "lm", arch="gpt_neox", layout="causal_lm", seed=4)
+    tokens = (7, 50, 3, 99)  # lab tokens 0..3; model id 99 is EOS
+    cfg = sim.Config(out=str(tmp_path / "run"), policy=str(ckpt.path), tokens=tokens, depth=3, noise=("normal",),
+                     proxy=("direct",), betas=BETAS, ns=(1, 4), rl_betas=(1.0,), rl_steps=4, eval_every=2,
+                     plots=False, seed=5)
+    rows = sim.main(cfg)
+    lab = [r for r in rows if r["kind"] == "lab"]
+    assert {r["method"] for r in lab} == {"bon", "exact", "rl"}  # a direct proxy has no model to search
+
+    key = jax.random.key(cfg.seed)
+    base = experiment.build_base(jax.random.fold_in(key, 0), 0, cfg.depth, cfg.policy, tokens)
+    # the tree is the torch model's: log pi0(x) of every terminal, token by token, renormalised over `tokens`
+    ids = torch.as_tensor([[0] + [tokens[a] for a in row] for row in np.asarray(base.tree.tokens)])
+    with torch.no_grad():
+        logits = ckpt.torch_model.lm_head(ckpt.torch_model.backbone(input_ids=ids).last_hidden_state).double()
+    logp = torch.log_softmax(logits[:, :-1, list(tokens)], -1).numpy()
+    x = np.asarray(base.tree.tokens)
+    terms = np.take_along_axis(logp, x[..., None], -1)[..., 0]
+    real = np.cumsum(x == 3, axis=1) - (x == 3) == 0
+    np.testing.assert_allclose(np.asarray(base.tree.log_p), np.where(real, terms, 0).sum(1), atol=2e-5)
+
+    built = experiment.build_proxy(jax.random.fold_in(jax.random.fold_in(key, 1), 0), base, "normal",
+                                   cfg.noise_scale, "direct", None)
+    for r in (r for r in lab if r["method"] == "exact"):
+        res = mdp.soft_optimum(built.tree, jnp.float32(r["beta"]))
+        np.testing.assert_allclose([r["KL"], r["gold"], r["proxy_reward"]],
+                                   [float(res.KL), float(res.E_V), float(res.E_U)], rtol=1e-4, atol=1e-5)
+    rl_rows = sorted((r for r in lab if r["method"] == "rl"), key=lambda r: r["step"])
+    assert [r["step"] for r in rl_rows] == [0, 2, 4] and rl_rows[0]["KL"] == pytest.approx(0.0, abs=1e-5)
+    assert all(r["gap"] >= -1e-4 for r in rl_rows)
+
+    rm = make_tiny_checkpoint(tmp_path / "rm", arch="gpt_neox", layout="oasst")
+    argv = ["--policy", str(rm.path), "--tokens", "1", "2", "3", "--depth", "2", "--out", str(tmp_path / "o")]
+    capsys.readouterr()
+    assert cli.run(sim.Config, sim.main, argv, prog="overoptimization") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a causal LM" in err, err
