@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/theorem4_convergence.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scoring.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_search.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_lab.py
 
 clean:
 	rm -rf $(VENV) runs
