@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["AtKL", "value_at_kl"]
+__all__ = ["AtKL", "value_at_kl", "table", "FamilySummary", "summarize", "sweep_rows"]
 
 
 class AtKL(NamedTuple):
@@ -79,3 +79,57 @@ def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
         kl_max = np.asarray(at.kl_max, float)
         lines.append(line + (f"{np.nanmax(kl_max):>9.2f}" if np.isfinite(kl_max).any() else f"{'n/a':>9}"))
     return "\n".join(lines)
+
+
+class FamilySummary(NamedTuple):
+    """One family's line of a sweep's summary."""
+
+    label: str  # the family, as given
+    tail: str  # "heavy" or "light"
+    tilt_betas: int  # betas at which the continuous tilt exists
+    at: AtKL  # E[V] of each seed's sweep read off at the target KLs ([S, M])
+
+
+def summarize(families: list[FamilySummary], targets, note: str = "") -> tuple[list[dict], str]:
+    """JSON rows and the text table of a sweep's summary: E[V] at equal KL, one line per family.
+
+    Args:
+      families: one `FamilySummary` per error family.
+      targets: [M] the KLs read off.
+      note: a line printed under the table.
+    Returns:
+      (rows for summary.json, the table and note as text).
+    """
+    rows = [dict(error=f.label, tail=f.tail, tilt_betas=f.tilt_betas, KL=tuple(targets), E_V_at_KL=f.at.value,
+                 KL_max=f.at.kl_max) for f in families]
+    text = table([f.label for f in families], [f.at for f in families], targets, label="error",
+                 columns={"tail": [f.tail for f in families], "tilt exists": [f.tilt_betas for f in families]})
+    return rows, text + ("\n" + note if note else "")
+
+
+def sweep_rows(kind: str, common: dict, at: dict, values, fields: tuple[str, ...], exists=None,
+               reason=None) -> list[dict]:
+    """Result rows of one sweep, one per point: `common`, the point's coordinates, its numbers (host side).
+
+    Args:
+      kind: the row kind ("tilt", "tree", "thm2").
+      common: fields every row shares (e.g. error, utility, seed).
+      at: {name: [K] values}: the coordinates of the points (e.g. beta, or t).
+      values: a NamedTuple of [K] arrays holding `fields`.
+      exists: [K] bool or None; where False the numbers are None and the row says why.
+      reason: point index -> why it does not exist (a string).
+    Returns:
+      K dicts; a non-finite number becomes None with a reason (`io.null_nonfinite`).
+    """
+    from goodhart_jax import io
+
+    rows = []
+    for i in range(len(next(iter(at.values())))):
+        row = dict(kind=kind, **common, **{k: v[i] for k, v in at.items()})
+        if exists is not None:
+            row["exists"] = bool(exists[i])
+        if exists is None or exists[i]:
+            rows.append(io.null_nonfinite(dict(row, **{f: getattr(values, f)[i] for f in fields}), fields))
+        else:
+            rows.append(dict(row, **{f: None for f in fields}, reason=reason(i)))
+    return rows

@@ -19,19 +19,20 @@ from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is o
 cli.guard_startup(__name__)
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import frontier, io, mdp, tails, tilting
+from goodhart_jax import distributed, frontier, io, mdp, tails, tilting
 
 SUMMARY_KL = (0.5, 2.0, 8.0)  # nats at which the summary compares families
 FIELDS = ("E_U", "E_V", "KL", "KL_per_state")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(cli.RunConfig):
+class Config(cli.RunConfig, distributed.Flags):
     error: tuple[str, ...] = cli.arg(("normal", "laplace", "student_t:df=3", "lognormal", "pareto"),
                                      "error families X, e.g. normal student_t:df=3 pareto:alpha=2.5", metavar="FAMILY")
     utility: str = cli.arg("normal", "utility family V", metavar="FAMILY")
@@ -61,81 +62,79 @@ def prepare(cfg: Config):
         mdp.check_float32(cfg.betas, errors + [utility], cfg.temperature if cfg.pi0 == "random" else None)
     if not cfg.thm2_c > 0 or any(not (np.isfinite(t) and t > cfg.thm2_c) for t in cfg.thm2_t):
         raise cli.InputError(f"Theorem 2 needs t > c > 0; got c={cfg.thm2_c:g}, t={list(cfg.thm2_t)}")
-    if spec.depth * np.log2(spec.n) > 26 or spec.depth > 64:  # in logs: --depth 1e18 is refused, not computed
-        raise cli.InputError(f"a tree of {spec.n}^{spec.depth} leaves is too large (max 2^26 leaves, 64 levels)")
-    cli.check_memory(estimate_bytes(cfg), f"a {spec.n}^{spec.depth} tree x {cfg.seeds} seeds")
+    if spec.depth * np.log2(spec.n) > 40 or spec.depth > 64:  # in logs: --depth 1e18 is refused, not computed
+        raise cli.InputError(f"a tree of {spec.n}^{spec.depth} leaves is too large (max 2^40 leaves, 64 levels)")
+    cli.check_memory(estimate_bytes(cfg), f"a {spec.n}^{spec.depth} tree ({spec.num_terminals:,} terminals) on "
+                                          f"{jax.local_device_count()} device(s) of this process")
     return errors, utility, spec
 
 
 def estimate_bytes(cfg: Config) -> float:
-    """Peak memory of the run (see mdp.sweep_peak_bytes)."""
-    return mdp.sweep_peak_bytes(mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos), cfg.seeds, len(cfg.thm2_t))
+    """Peak memory of this process (mdp.sweep_peak_bytes): one seed's tree at a time, split over every device."""
+    spec = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
+    return mdp.sweep_peak_bytes(spec, mdp.leaf_shards(spec, jax.device_count())) * jax.local_device_count()
 
 
-def _tree_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, mesh):
-    """jit(vmap over seeds): keys [S], families, betas [K], ts [M] -> per-seed results."""
+def _seed_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, num_betas: int):
+    """jit: seed, families, betas [K], ts [M], c -> (sweep [K], Theorem 2 [M]) of that seed's tree, drawn where
+    it lives (mdp.sweep_meshes: split along its leaves over every device of every process, or betas sharded)."""
+    leaf, mesh = mdp.sweep_meshes(spec, num_betas)
 
-    def one_seed(key, error, utility, betas, ts, c):
-        tree = mdp.make_tree(key, spec, error, utility, pi0=pi0, temperature=temperature)
-        thm2, exists = jax.vmap(lambda t: mdp.thm2(tree, t, c))(ts)
-        return mdp.sweep_betas(tree, betas, mesh=mesh), thm2, exists
+    @jax.jit
+    def one_seed(seed, error, utility, betas, ts, c):
+        tree = mdp.make_tree(jax.random.key(seed), spec, error, utility, pi0=pi0, temperature=temperature, mesh=leaf)
+        return mdp.sweep_betas(tree, betas, mesh=mesh), jax.lax.map(lambda t: mdp.thm2(tree, t, c, mesh=leaf), ts)
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, None, None, None, None, None)))
+    return one_seed
 
 
 def main(cfg: Config) -> list[dict]:
-    """Run the sweep, write results under cfg.out, and return the result rows."""
+    """Run the sweep, write results under cfg.out (process 0), and return the result rows."""
+    distributed.initialize(cfg)  # first: before anything touches a device
     errors, utility, spec = prepare(cfg)
     betas, ts = np.asarray(cfg.betas, float), np.asarray(cfg.thm2_t, float)
-    ndev = jax.device_count()
-    mesh = jax.make_mesh((ndev,), ("beta",)) if ndev > 1 and len(betas) % ndev == 0 else None
-    tree_fn = _tree_fn(spec, cfg.pi0, cfg.temperature, mesh)
-    keys = jax.vmap(jax.random.key)(jnp.arange(cfg.seeds))  # seed s -> jax.random.key(s)
-    with cli.Run("sweep_beta", cfg) as run:
+    one_seed = _seed_fn(spec, cfg.pi0, cfg.temperature, len(betas))
+    host = lambda f: jax.tree.map(np.asarray, f)  # noqa: E731  (host values: the same input on every process)
+    big = spec.num_terminals >= 2**24
+    with distributed.open_run("sweep_beta", cfg) as run:
         run.log(f"sweep_beta: families {'centred to mean 0 (--no-center to use them as given)' if cfg.center else 'used as given'}; "
                 f"utility {cfg.utility}; {len(betas)} betas; tree {cfg.vocab}^{cfg.depth}"
-                f"{' with EOS' if cfg.eos else ''} x {cfg.seeds} seeds; writing to {run.dir}")
+                f"{' with EOS' if cfg.eos else ''} x {cfg.seeds} seeds on {jax.device_count()} device(s), "
+                f"{jax.process_count()} process(es); about {estimate_bytes(cfg) / 2**30:.1f} GiB a process; "
+                f"writing to {run.dir}")
         summary = []
         for spec_x, error in run.progress(list(zip(cfg.error, errors)), "error families"):
             common = dict(error=spec_x, utility=cfg.utility)
             res = jax.device_get(tilting.sweep_tilt(error, utility, jnp.asarray(betas, jnp.float32)))
-            rows = []
-            for i, b in enumerate(betas):
-                row = dict(kind="tilt", **common, beta=b, exists=bool(res.exists[i]), E_U=res.E_U[i],
-                           E_V=res.E_V[i], KL=res.KL[i])
-                if not row["exists"]:
-                    row.update(E_U=None, E_V=None, KL=None, reason=tilting.why_no_tilt(error, utility, b))
-                rows.append(io.null_nonfinite(row, ("E_U", "E_V", "KL")))
-            sweep, thm2, exists = jax.device_get(tree_fn(keys, error, utility, jnp.asarray(betas, jnp.float32),
-                                                         jnp.asarray(ts, jnp.float32), jnp.float32(cfg.thm2_c)))
+            rows = frontier.sweep_rows("tilt", common, dict(beta=betas), res, ("E_U", "E_V", "KL"), res.exists,
+                                       lambda i: tilting.why_no_tilt(error, utility, betas[i]))
+            kl, ev = [], []
             for s in range(cfg.seeds):
-                rows += [io.null_nonfinite(dict(kind="tree", **common, beta=b, seed=s, **{f: getattr(sweep, f)[s, i]
-                                                                                    for f in FIELDS}), FIELDS)
-                         for i, b in enumerate(betas)]
-                for j, t in enumerate(ts):
-                    ok = bool(exists[s, j])
-                    row = dict(kind="thm2", **common, t=t, c=cfg.thm2_c, seed=s, exists=ok,
-                               **{f: (getattr(thm2, f)[s, j] if ok else None) for f in FIELDS})
-                    rows.append(io.null_nonfinite(row, FIELDS) if ok else
-                                dict(row, reason=f"Theorem 2 needs terminals with U > t={t:g} and with U <= t "
-                                                        f"(finite); this tree has not"))
+                t0 = time.perf_counter()
+                sweep, (thm2, exists) = distributed.fetch(one_seed(
+                    np.uint32(s), host(error), host(utility), betas.astype(np.float32), ts.astype(np.float32),
+                    np.float32(cfg.thm2_c)))
+                if big:
+                    run.log(f"  {spec_x}: seed {s} in {time.perf_counter() - t0:.1f} s")
+                kl, ev = kl + [sweep.KL], ev + [sweep.E_V]
+                rows += frontier.sweep_rows("tree", common, dict(beta=betas, seed=[s] * len(betas)), sweep, FIELDS)
+                rows += frontier.sweep_rows("thm2", common, dict(t=ts, c=[cfg.thm2_c] * len(ts), seed=[s] * len(ts)),
+                                            thm2, FIELDS, exists, lambda j: f"Theorem 2 needs terminals with U > "
+                                            f"t={ts[j]:g} and with U <= t (finite); this tree has not")
             run.emit(rows)  # on disk now: an interrupt keeps every finished family
-            at = frontier.value_at_kl(sweep.KL, sweep.E_V, SUMMARY_KL)
-            summary.append((spec_x, "heavy" if error.heavy else "light", int(res.exists.sum()), at))
+            summary.append(frontier.FamilySummary(spec_x, "heavy" if error.heavy else "light", int(res.exists.sum()),
+                                                  frontier.value_at_kl(np.stack(kl), np.stack(ev), SUMMARY_KL)))
         if cfg.plots:
             from goodhart_jax.plots import sweep_beta as figures
 
             for name, fig in figures.figures(run.rows, cfg.utility).items():
                 run.figure(name, fig)
-        run.save_json("summary.json", [dict(error=e, tail=h, tilt_betas=n, KL=SUMMARY_KL, E_V_at_KL=at.value,
-                                            KL_max=at.kl_max) for e, h, n, at in summary])
-        labels, tail, n_tilt, at = zip(*summary)
-        run.log("\n" + frontier.table(labels, at, SUMMARY_KL, columns={"tail": tail, "tilt exists": n_tilt},
-                                       label="error"))
-        run.log(f"(E[V] of the tree optimum read off each seed's sweep at equal KL, mean +- sd over seeds; 'KL max' "
-                f"is the KL at the smallest beta, where the tree saturates: a uniform pi0's ceiling is "
-                f"log({cfg.vocab}^{cfg.depth}) = {cfg.depth * np.log(cfg.vocab):.1f} nats, and E[V] there is the V "
-                f"of a few top-U leaves)")
+        rows, text = frontier.summarize(summary, SUMMARY_KL, note=(
+            f"(E[V] of the tree optimum read off each seed's sweep at equal KL, mean +- sd over seeds; 'KL max' is "
+            f"the KL at the smallest beta, where the tree saturates: a uniform pi0's ceiling is log({cfg.vocab}^"
+            f"{cfg.depth}) = {cfg.depth * np.log(cfg.vocab):.1f} nats, and E[V] there is the V of a few top-U leaves)"))
+        run.save_json("summary.json", rows)
+        run.log("\n" + text)
     return run.rows
 
 

@@ -199,21 +199,21 @@ def test_ints_beyond_64_bits_are_one_line(name, argv, capsys):
 
 def test_sweep_beta_refuses_a_tree_too_large_for_memory(tmp_path, capsys, monkeypatch):
     """--vocab 2 --depth 26 --seeds 4 ran out of memory (RESOURCE_EXHAUSTED) after minutes; now one line
-    with the estimate and what is available, before any work. The estimate grows with the seeds."""
+    with the estimate and what is available, before any work. Seeds run one tree at a time (issue 13), so the
+    estimate is one tree's: 40 bytes a terminal + 0.5 GiB (mdp.sweep_peak_bytes)."""
     sb = load_script("sweep_beta")
-    big = sb.Config(vocab=2, depth=26, seeds=4)
-    # 2^26 terminals x 4 seeds x (100 + 24 x 11 thresholds) bytes + 0.75 GiB: ~92 GiB
-    assert sb.estimate_bytes(big) == 2**26 * 4 * 364 + 3 * 2**28
-    assert sb.estimate_bytes(dataclasses.replace(big, seeds=1)) < sb.estimate_bytes(big) / 3.5
+    big = sb.Config(vocab=2, depth=30, seeds=4)
+    assert sb.estimate_bytes(big) == 2**30 * 40 + 2**29  # ~40.5 GiB
+    assert sb.estimate_bytes(dataclasses.replace(big, seeds=1)) == sb.estimate_bytes(big)
     monkeypatch.setattr(io, "available_memory", lambda: 16 * 2**30)
-    rc, err = run("sweep_beta", ["--vocab", "2", "--depth", "26", "--seeds", "4", "--out", str(tmp_path / "o")],
+    rc, err = run("sweep_beta", ["--vocab", "2", "--depth", "30", "--seeds", "4", "--out", str(tmp_path / "o")],
                   capsys)
     assert rc == 2, err
     line = one_line_error("sweep_beta", err)
-    assert "GiB (estimated)" in line and "16.0 GiB is available" in line and "4 seeds" in line, line
+    assert "GiB (estimated)" in line and "16.0 GiB is available" in line and "2^30 tree" in line, line
     assert not (tmp_path / "o").exists()
-    monkeypatch.undo()  # on any machine: 2^26 leaves x 256 seeds needs terabytes
-    rc, err = run("sweep_beta", ["--vocab", "2", "--depth", "26", "--seeds", "256"], capsys)
+    monkeypatch.undo()  # on any machine: 2^38 leaves needs terabytes
+    rc, err = run("sweep_beta", ["--vocab", "2", "--depth", "38", "--seeds", "256"], capsys)
     assert rc == 2 and "GiB (estimated)" in one_line_error("sweep_beta", err)
 
 

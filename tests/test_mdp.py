@@ -219,24 +219,61 @@ def test_bad_tree_spec(vocab, depth, match):
 
 
 SHARDED = r"""
-import json, jax, jax.numpy as jnp
+import json, jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
 from goodhart_jax import mdp, tails
-tree = mdp.make_tree(jax.random.key(0), mdp.TreeSpec(5, 4, True), tails.parse("student_t:df=3"), tails.parse("normal"))
+T3, N = tails.parse("student_t:df=3"), tails.parse("normal")
+out = dict(devices=jax.device_count())
+# Betas over one axis of any name (the old form): float32, EOS tree.
+tree = mdp.make_tree(jax.random.key(0), mdp.TreeSpec(5, 4, True), T3, N)
 betas = jnp.geomspace(0.1, 10.0, 8)
-mesh = jax.make_mesh((jax.device_count(),), ("beta",))
-a = mdp.sweep_tree(tree, betas, mesh=mesh)
-b = mdp.sweep_tree(tree, betas)
-print(json.dumps(dict(devices=jax.device_count(), sharded=[x.tolist() for x in a], single=[x.tolist() for x in b])))
+mesh = jax.make_mesh((jax.device_count(),), ("x",))
+out["betas"] = [np.stack(mdp.sweep_tree(tree, betas, mesh=mesh)).tolist(), np.stack(mdp.sweep_tree(tree, betas)).tolist()]
+# Leaves split over devices, float64: n = 4 tokens + EOS, a random pi0 (top levels replicated, the rest split).
+spec, key = mdp.TreeSpec(5, 4, True), jax.random.key(7)
+ref = mdp.make_tree(key, spec, T3, N, pi0="random", dtype=jnp.float64)
+U = np.concatenate([np.asarray(u) for u in mdp.terminal_values(ref)])
+t, c, betas = float(np.quantile(U, 0.9)), 0.5, jnp.geomspace(0.1, 10.0, 4)
+f = lambda tr, m: (mdp.sweep_tree(tr, betas, mesh=m), mdp.soft_optimum(tr, betas[1], mesh=m), mdp.thm2(tr, t, c, mesh=m),
+                   mdp.conditional_value(tr, t, mesh=m))
+flat = lambda r: np.concatenate([np.ravel(x) for x in jax.tree.leaves(r)]).astype(float).tolist()
+out["single"] = flat(jax.device_get(f(ref, None)))
+for shape, names in [((4,), ("leaf",)), ((2, 2), ("leaf", "beta")), ((2,), ("leaf",))]:
+    mesh = jax.make_mesh(shape, names, devices=jax.devices()[: int(np.prod(shape))])
+    tree = mdp.make_tree(key, spec, T3, N, pi0="random", dtype=jnp.float64, mesh=mesh)
+    r = dict(leaf_rows=tree.X[-1].addressable_shards[0].data.shape[0],
+             XV_equal=all(np.array_equal(a, b) for a, b in zip(tree.X + tree.V, ref.X + ref.V)),
+             pi0_diff=max(float(np.max(np.abs(a - b))) for a, b in zip(tree.log_pi0, ref.log_pi0)))
+    if shape == (2,):
+        r["values"] = flat(jax.device_get(mdp.sweep_tree(tree, betas, mesh=mesh)))
+    else:
+        r["values"] = flat(jax.device_get(f(tree, mesh) if names == ("leaf",) else mdp.sweep_tree(tree, betas, mesh=mesh)))
+    out["x".join(map(str, shape))] = r
+try:
+    mdp.split_level(mdp.TreeSpec(3, 4), 2)
+except ValueError as e:
+    out["refusal"] = str(e)
+print(json.dumps(out))
 """
 
 
-def test_sharded_sweep_matches_single_device():
+@pytest.mark.slow
+def test_sharded_trees_match_single_device():
+    """4 forced CPU devices. Betas over a mesh axis; leaves split over 4 and 2 devices and a 2 x 2 (leaf, beta)
+    mesh: the same tree drawn on each device from its own blocks (X, V bitwise; pi0 to rounding), and the sweep,
+    soft optimum, Theorem 2 and E[V | U >= t] equal to the unsharded ones in float64."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["devices"] == 4
-    np.testing.assert_allclose(res["sharded"], res["single"], rtol=1e-6)
+    np.testing.assert_allclose(*res["betas"], rtol=1e-6)
+    single = np.array(res["single"])
+    for mesh, rows, n_values in [("4", 256 // 4, len(single)), ("2x2", 256 // 2, 16), ("2", 256 // 2, 16)]:
+        r = res[mesh]
+        assert r["leaf_rows"] == rows and r["XV_equal"] and r["pi0_diff"] < 1e-15, (mesh, r)
+        np.testing.assert_allclose(r["values"], single[:n_values], rtol=1e-12, atol=1e-14)  # sweep first
+    assert "cannot be split over 2 devices" in res["refusal"]
 
 
 @pytest.mark.parametrize("beta", [1.0, 1e-20])
