@@ -10,7 +10,8 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
   rewards     gold reward model, Bradley-Terry proxies, proxy diagnostics
   best_of_n   the exact law of best-of-n from pi0 on the proxy (ties, log space): E[gold], E[proxy], exact KL
   rl          KL-penalised policy gradient (RLOO) of the LM, jitted lax.scan, exact evaluation and gap to pi*(beta)
-  search      exhaustive top-k by proxy; GCG/ACG (`goodhart_jax.search`) on a proxy model, placed against enumeration
+  search      exhaustive top-k by proxy; GCG/ACG (`goodhart_jax.search`) on a proxy model, placed against enumeration;
+              lm_scorer: the LM's log pi0 as the base for a KL penalty (proxy + beta log pi0)
   fits        Gao et al.'s best-of-n and RL forms of gold against d = sqrt(KL), least squares with optax, r2
   experiment  one lab run assembled (pi0, tree, gold, proxies), each method's points as rows (the sims driver)
 """

@@ -30,7 +30,7 @@ from goodhart_jax.lab.tree import terminal_index
 from goodhart_jax.models import ARCHITECTURES
 from goodhart_jax.scorer import Scorer
 
-__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "rm_scorer", "search_proxy"]
+__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "rm_scorer", "lm_scorer", "search_proxy"]
 
 
 class Ranked(NamedTuple):
@@ -120,6 +120,41 @@ def rm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
         last = jnp.sum(m, axis=1) - 1
         pooled = jnp.take_along_axis(h.last_hidden_state, last[:, None, None], axis=1)[:, 0]
         return (pooled @ kernel)[:, 0] + p["score"]["bias"][0]
+
+    return Scorer(params, score_tokens, score_onehot, A)
+
+
+def lm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
+    """The lab LM's log pi0(x) as a `Scorer` of EOS-continued lab tokens: GCG's base model for a KL penalty.
+
+    With it as `base` and `penalty` = beta, GCG maximises proxy(x) + beta log pi0(x) = proxy(x) - beta KL(delta_x
+    || pi0): the KL-penalised objective restricted to point masses. `score_tokens` is
+    `lm.sequence_logprob`; `score_onehot` runs the same decoder on [BOS, onehot[:, :-1]] (a zero BOS
+    column, embedded as onehot @ E) and sums onehot . log_softmax(logits) over the real positions (those of
+    the one-hot's argmax): equal on exact one-hots, differentiable in them.
+
+    Args:
+      cfg: the LM's sizes.
+      params: its parameters ({"backbone", "lm_head"}).
+    """
+    A = cfg.vocab
+    logits_fn = lm.make_logits(cfg)
+
+    def score_tokens(p, ids, mask):
+        return lm.sequence_logprob(logits_fn, p, ids)
+
+    def score_onehot(p, onehot, mask):
+        kernel = p["lm_head"]["kernel"]
+        module = ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg), dtype=kernel.dtype)
+        B, L = onehot.shape[:2]
+        oh = onehot.astype(kernel.dtype)
+        x = jnp.concatenate([oh, jnp.zeros((B, L, 1), kernel.dtype)], axis=-1)
+        bos = jnp.broadcast_to(jax.nn.one_hot(cfg.bos, A + 1, dtype=kernel.dtype), (B, 1, A + 1))
+        inputs = jnp.concatenate([bos, x[:, :-1]], axis=1)  # [B, L, A + 1]
+        h = module.apply({"params": p["backbone"]}, None, jnp.ones((B, L), jnp.int32), inputs).last_hidden_state
+        logp = jax.nn.log_softmax(jnp.einsum("btd,da->bta", h, kernel), axis=-1)
+        real = lm.token_mask(jnp.argmax(onehot, axis=-1), cfg.eos)
+        return jnp.sum(jnp.where(real, jnp.sum(oh * logp, axis=-1), 0.0), axis=1)
 
     return Scorer(params, score_tokens, score_onehot, A)
 

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import tree as lab_tree
@@ -89,3 +90,35 @@ def test_rm_scorer_and_search_on_a_lab_reward_model():
     f = search_proxy(jax.random.key(3), scfg, sc, proxy, gold, log_p0, vocab=cfg.vocab, num_restarts=3)
     np.testing.assert_allclose(f.score, f.found.proxy, rtol=1e-5, atol=1e-6)
     assert int(np.min(f.found.rank)) == 0
+
+
+@pytest.mark.slow  # ~40 s of CPU: compiling GCG with a base model
+def test_lm_scorer_and_kl_penalised_search():
+    """The lab LM as GCG's base: its one-hot path = lm.sequence_logprob = the tree's log pi0 on all 40
+    sequences; with penalty beta, GCG reaches the enumerated argmax of proxy + beta log pi0 (= proxy - beta KL
+    of a point mass), which differs from the proxy argmax."""
+    from goodhart_jax.lab import lm, rewards
+    from goodhart_jax.lab.search import lm_scorer
+
+    cfg = lm.LMConfig(vocab=4, depth=3, layers=1, width=16, heads=2)
+    params = lm.init(jax.random.key(4), cfg)
+    base = lm_scorer(cfg, params)
+    tree = lab_tree.exact_tree(lm.make_logits(cfg), params, cfg.depth)
+    seqs = tree.tokens
+    ones = jnp.ones(seqs.shape, jnp.int32)
+    np.testing.assert_allclose(jax.jit(base.score_tokens)(params, seqs, ones), tree.log_p, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(base.score_onehot)(params, jax.nn.one_hot(seqs, cfg.vocab), ones),
+                               tree.log_p, rtol=0, atol=1e-5)  # float32, same decoder
+
+    rm_cfg = lm.LMConfig(vocab=4, depth=3, layers=1, width=16, heads=2)
+    rm = rewards.rm_init(jax.random.key(5), rm_cfg)
+    proxy = 3.0 * jax.jit(lambda p, x: rewards.rm_reward(p, x, rm_cfg))(rm, seqs)
+    gold = jax.random.normal(jax.random.key(9), proxy.shape)
+    beta = 1.0
+    target = int(np.argmax(np.asarray(proxy) + beta * np.asarray(tree.log_p)))
+    assert target != int(np.argmax(np.asarray(proxy)))  # the penalty changes the answer here
+    scfg = gcg.SearchConfig(length=cfg.depth, topk=2, num_candidates=8, num_iters=15, schedule="gcg", edits=1)
+    f = search_proxy(jax.random.key(6), scfg, rm_scorer_of(rm_cfg, rm), proxy / 3.0, gold, tree.log_p,
+                     vocab=cfg.vocab, base=base, penalty=beta / 3.0, num_restarts=3)
+    assert target in set(np.asarray(f.found.index).tolist())
+    np.testing.assert_allclose(f.found.log_p0, np.asarray(tree.log_p)[np.asarray(f.found.index)])
