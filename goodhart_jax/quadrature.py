@@ -267,21 +267,23 @@ def de_moments(log_g: Callable[[Array], Array], breaks: Array, lower: Array, dty
 # Locating a bump.
 
 
-def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None) -> Bump:
+def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None, scale: Array = 1.0) -> Bump:
     """Where a unimodal log_g peaks, and where it crosses peak - DROPS on each side.
 
-    A sinh-spaced grid around each centre (|y - centre| up to sinh(12) ~ 8e4)
-    finds the peak's grid cell and where each drop is crossed; a golden-section
+    A sinh-spaced grid around each centre (|y - centre| from 0.06 to sinh(12) ~ 8e4
+    times `scale`) finds the peak's grid cell and where each drop is crossed; a golden-section
     search then pins the peak and bisections pin the crossings, all in one
     `fori_loop` (log_g is compiled once more, on [2 D + 2] points). As
     quadrature breaks these grade the nodes to the bump's width, whatever its
     distance to the centres. Where log_g is -inf on the whole grid every point
-    is centres[0].
+    is centres[0]. Where the grid's best point is its outermost one (the peak lies
+    beyond the grid's reach, 8e4 `scale`) every point is NaN: not found, refused.
 
     Args:
       log_g: vectorised [n] -> [n] (NaN counts as -inf).
       centres: [C] points to centre the search grid on (the best one wins).
       dtype: float dtype of the search.
+      scale: [] or [C] > 0, the grid's length scale around each centre.
     Returns:
       `Bump`: mode [], left [D], right [D].
     """
@@ -289,7 +291,8 @@ def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None) -> 
     centres = jnp.asarray(centres, dtype)
     C, D = centres.shape[0], len(DROPS)
     u = jnp.linspace(-12.0, 12.0, _COARSE, dtype=dtype)
-    y = centres[:, None] + jnp.sinh(u)  # [C, _COARSE]
+    scale = jnp.broadcast_to(jnp.asarray(scale, dtype), centres.shape)
+    y = centres[:, None] + scale[:, None] * jnp.sinh(u)  # [C, _COARSE]
     clean = lambda v: jnp.where(jnp.isnan(v), -jnp.inf, v)  # noqa: E731
     lg = clean(log_g(y.reshape(-1))).reshape(C, _COARSE)
     i = jnp.argmax(lg)
@@ -337,5 +340,6 @@ def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None) -> 
     st = (a0, b0, left, left, right, right, peak0, yrow[j])
     _, _, _, lo_in, hi_in, _, _, x_peak = jax.lax.fori_loop(0, _GOLDEN + _BISECT, body, st)
     found = jnp.isfinite(peak0)
-    at = lambda a: jnp.where(found, a, centres[0])  # noqa: E731
+    beyond = found & ((j == 0) | (j == _COARSE - 1))  # still rising at the grid's edge
+    at = lambda a: jnp.where(beyond, jnp.nan, jnp.where(found, a, centres[0]))  # noqa: E731
     return Bump(at(x_peak), at(lo_in), at(hi_in))

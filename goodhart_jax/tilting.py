@@ -12,12 +12,22 @@ E_P[U] = E[X] + E[V] under the tilted factors and KL = KL_X + KL_V. Each factor
 is a one-dimensional integral done in log space by `goodhart_jax.quadrature`:
 the bump locator finds where the tilted density q(y) e^{y/beta} lives (its
 peak and where it has dropped by e^-3, e^-12, e^-40), and a double-exponential
-rule split there and at the family's kink integrates it.
+rule split there and at the family's kink integrates it. The tilt moves the bump
+out as beta shrinks (to sigma^2/beta for a normal, ~beta^-2 for Weibull(1.5),
+and ~1/(1/s - 1/beta) for Laplace(s) near beta = s), so the locator's grid is
+scaled to the bump: its mode and its e^-40 crossing are first found by
+bisection in log distance from the kink (`tilt_reach`).
+
+Precision: log q(y) + y/beta is a difference of terms of size |m|/beta at the
+mode m, rounded by eps |m|/beta nats (float32: 1 nat at m/beta ~ 1e7, a normal
+at beta ~ 4e-4; float64 at beta ~ 2e-8). Past 1 nat the integrand's values are
+noise: the moments are NaN there (refused; `why_no_tilt` with the dtype says why).
 
 Glossary: K sweep points (betas).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -29,7 +39,11 @@ from goodhart_jax.floats import as_float
 from goodhart_jax.quadrature import de_moments, locate_bump
 from goodhart_jax.tails import Family, parse
 
-__all__ = ["TiltResult", "TiltComponent", "tilt", "tilt_component", "sweep_tilt", "why_no_tilt", "check_betas"]
+__all__ = ["TiltResult", "TiltComponent", "tilt", "tilt_component", "tilt_reach", "sweep_tilt", "why_no_tilt",
+           "check_betas", "MAX_ROUNDING"]
+
+MAX_ROUNDING = 1.0  # nats: the most rounding of log q(y) + y/beta at the tilt's mode that is integrated
+_BISECT = 64  # bisection steps in log distance (the float's whole range to ~1e-16)
 
 
 class TiltResult(NamedTuple):
@@ -56,12 +70,56 @@ class TiltComponent(NamedTuple):
     log_Z: Array  # log E_q[e^{Y/beta}]
 
 
+def _bisect(pred, lo, hi):
+    """The boundary z in [lo, hi] where pred (False below, True above) turns True."""
+    def body(_, ab):
+        a, b = ab
+        mid = (a + b) / 2
+        up = pred(mid)
+        return jnp.where(up, a, mid), jnp.where(up, mid, b)
+    return jax.lax.fori_loop(0, _BISECT, body, (lo, hi))[1]
+
+
+def tilt_reach(fam: Family, beta: Array) -> tuple[Array, Array, Array]:
+    """Where the tilt q(y) e^{y/beta} peaks, and how far right of the kink it has fallen by e^-40.
+
+    The tilted density is log-concave for every light-tailed family here, so its
+    log-derivative changes sign once right of the kink (the tilt only moves mass
+    right): bisection on that sign over y = kink + e^z, z across the float's
+    range, finds the mode; a second bisection finds where log f drops 40 below it.
+
+    Args:
+      fam: the family of the variable.
+      beta: [] > 0.
+    Returns:
+      (mode [], reach [], rounding []): reach is the distance from the kink to the
+      e^-40 crossing right of the mode (NaN where not finite); rounding is
+      eps (|log q(mode)| + |mode/beta|), the nats by which log f is rounded there.
+    """
+    beta = as_float(beta)
+    dtype = beta.dtype
+    fi = jnp.finfo(dtype)
+    log_f = lambda y: fam.log_prob(y) + y / beta  # noqa: E731
+    kink = jnp.asarray(fam.kink(), dtype)
+    lo, hi = jnp.log(jnp.asarray(fi.tiny, dtype)), jnp.log(jnp.asarray(fi.max, dtype))
+    slope = jax.grad(lambda y: log_f(y))
+    z_mode = _bisect(lambda z: ~(slope(kink + jnp.exp(z)) > 0), lo, hi)  # NaN slope: past the peak
+    mode = kink + jnp.exp(z_mode)  # kink + tiny (inside the support) where log f falls from the start
+    peak = log_f(mode)
+    z_drop = _bisect(lambda z: ~(log_f(mode + jnp.exp(z)) >= peak - 40.0), lo, hi)
+    reach = (mode - kink) + jnp.exp(z_drop)
+    rounding = fi.eps * (jnp.abs(fam.log_prob(mode)) + jnp.abs(mode / beta))
+    return mode, jnp.where(jnp.isfinite(reach) & jnp.isfinite(peak), reach, jnp.nan), rounding
+
+
 def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     """Tilt of one variable: P ∝ q(y) exp(y / beta).
 
     KL(P || q) = E_P[Y]/beta - log Z. The tilted density is log-concave for
-    every light-tailed family here, so one bump, located from the kink, holds
-    its mass.
+    every light-tailed family here, so one bump holds its mass; the locator's
+    grid is centred on the kink and on the mode and scaled to the bump's reach
+    (`tilt_reach`), so it is found at any beta. Where log q + y/beta is rounded
+    by more than MAX_ROUNDING nats at the mode, the moments are NaN (refused).
 
     Args:
       fam: the family of the variable.
@@ -74,10 +132,13 @@ def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     exists = 1.0 / beta < fam.mgf_sup
     log_f = lambda y: fam.log_prob(y) + y / beta  # noqa: E731
     kink = jnp.asarray(fam.kink(), dtype)
-    bump = locate_bump(log_f, jnp.stack([kink, kink]), dtype)
+    mode, reach, rounding = tilt_reach(fam, beta)
+    scale = jnp.where(reach > 0, reach / 1e3, 1.0)  # reach sits mid-grid (the grid spans 8e4 scale)
+    bump = locate_bump(log_f, jnp.stack([kink, jnp.where(jnp.isfinite(mode), mode, kink)]), dtype, scale)
     m = de_moments(log_f, jnp.concatenate([kink[None], bump.points()]), fam.support_lower(), dtype)
-    inf = jnp.asarray(jnp.inf, dtype)
-    mask = lambda a: jnp.where(exists, a, inf)  # noqa: E731
+    trusted = jnp.isfinite(reach) & (rounding <= MAX_ROUNDING)
+    inf, nan = jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.nan, dtype)
+    mask = lambda a: jnp.where(exists, jnp.where(trusted, a, nan), inf)  # noqa: E731
     return TiltComponent(exists, mask(m.mean), mask(m.mean / beta - m.log_Z), mask(m.log_Z))
 
 
@@ -120,8 +181,8 @@ def check_betas(betas) -> np.ndarray:
     return b
 
 
-def why_no_tilt(error: Family | str, utility: Family | str, beta: float) -> str | None:
-    """Why P_beta ∝ Q exp(U/beta) does not exist, or None when it does."""
+def why_no_tilt(error: Family | str, utility: Family | str, beta: float, dtype=None) -> str | None:
+    """Why P_beta ∝ Q exp(U/beta) does not exist, or (given the dtype) cannot be computed in it; else None."""
     beta = float(check_betas(beta)[0])
     for spec in (error, utility):
         fam = parse(spec)
@@ -132,4 +193,20 @@ def why_no_tilt(error: Family | str, utility: Family | str, beta: float) -> str 
             return f"E[exp(U/beta)] diverges: {spec} is heavy-tailed"
         return (f"E[exp(U/beta)] diverges at beta={beta:g}: {spec} has E[exp(sX)] < inf only for "
                 f"s < {s:g}, so only beta > {1.0 / s:g} works")
+    if dtype is None:
+        return None
+    for spec in (error, utility):
+        fam = parse(spec)
+        b = jnp.asarray(beta, dtype)
+        mode, reach, rounding = (float(a) for a in _tilt_reach(fam, b))
+        name = jnp.dtype(b.dtype).name
+        if not math.isfinite(reach):
+            return f"{name} cannot locate the tilt of {spec} at beta={beta:g}: it lies beyond the float's range"
+        if not rounding <= MAX_ROUNDING:
+            return (f"{name} cannot evaluate the tilt of {spec} at beta={beta:g}: log q(y) + y/beta near its mode "
+                    f"y ~ {mode:.3g} is a difference of terms ~{abs(mode) / beta:.2g}, rounded by ~{rounding:.2g} "
+                    f"nats (> {MAX_ROUNDING:g})" + (": float64 carries it further" if name == "float32" else ""))
     return None
+
+
+_tilt_reach = jax.jit(tilt_reach)

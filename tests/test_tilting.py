@@ -122,3 +122,59 @@ def test_sweep_does_not_retrace_when_betas_or_params_change():
 def test_bad_beta(bad):
     with pytest.raises(ValueError, match="beta must be finite and > 0"):
         tilting.check_betas([1.0, bad])
+
+
+def test_small_beta_normal_against_closed_form():
+    """X, V ~ N(0, 1): E_U = 2/beta, KL = 1/beta^2 at any beta float64 carries (the locator's grid
+    used to reach only ~8e4: beta = 1e-5 gave E_U 189571 for 2e5, 1e-6 0.68x); refused below (1e-9)."""
+    betas = np.array([1e-5, 1e-6, 1e-7, 1e-9])
+    with jax.enable_x64(True):
+        r = tilting.sweep_tilt(tails.parse("normal"), tails.parse("normal"), jnp.asarray(betas))
+        assert tilting.why_no_tilt("normal", "normal", 1e-9, jnp.float64).startswith("float64 cannot evaluate")
+    np.testing.assert_allclose(r.E_U[:3], 2 / betas[:3], rtol=1e-8)
+    np.testing.assert_allclose(r.KL[:3], betas[:3]**-2.0, rtol=1e-8)
+    assert r.exists[3] and np.isnan(r.E_U[3]) and np.isnan(r.KL[3])
+
+
+@pytest.mark.slow  # ~30 s on 2 loaded cores: three families compiled, mpmath quadrature
+def test_far_tilts_of_other_light_families():
+    """Weibull(1.5): the mode moves out like beta^-2 (beta = 1e-3 gave 2.87e5 for 4.4e5); Laplace and
+    exponential near their edge beta -> scale+ spread over 1/(1 - 1/beta) (0.4% off at 1.00001)."""
+    import mpmath as mp
+
+    mp.mp.dps = 30
+
+    def weibull_tilt(k, beta):  # log Z and mean of q(y) e^{y/beta}, q = k y^{k-1} e^{-y^k}, by mpmath quad
+        lf = lambda y: mp.log(k) + (k - 1) * mp.log(y) - y**k + y / beta  # noqa: E731
+        m = (1 / (k * beta)) ** (1 / (k - 1))  # ~ the mode
+        top = lf(m)
+        pts = [0, m / 2, m, 2 * m, 4 * m, mp.inf]
+        Z = mp.quad(lambda y: mp.exp(lf(y) - top), pts)
+        M = mp.quad(lambda y: y * mp.exp(lf(y) - top), pts) / Z
+        return float(top + mp.log(Z)), float(M)
+
+    with jax.enable_x64(True):
+        for beta in (1e-3, 1e-4):
+            _, mean, kl, log_Z = tilt_component(tails.parse("weibull:concentration=1.5"), jnp.float64(beta))
+            lz, M = weibull_tilt(mp.mpf("1.5"), mp.mpf(beta))
+            np.testing.assert_allclose([log_Z, mean, kl], [lz, M, M / beta - lz], rtol=1e-9)
+        for b in (1.00001, 1.0000001):
+            s = 1 / b
+            _, m, _, lz = tilt_component(tails.parse("laplace"), jnp.float64(b))
+            np.testing.assert_allclose([m, lz], [2 * s / (1 - s * s), -np.log1p(-s * s)], rtol=1e-8)
+            _, m, _, lz = tilt_component(tails.parse("exponential"), jnp.float64(b))
+            np.testing.assert_allclose([m, lz], [1 / (1 - s), -np.log1p(-s)], rtol=1e-8)
+
+
+def test_tilts_float32_cannot_evaluate_are_refused():
+    """Past 1 nat of rounding of log q + y/beta at the mode the moments are NaN, with a reason: float32 for a
+    normal below beta ~ 4e-4 (beta = 1e-4 printed E_U to 4e-5 by luck, its integrand off by 6 nats).
+    Just inside, float32 is still right to 1e-4."""
+    N = tails.parse("normal")
+    r = tilting.sweep_tilt(N, N, jnp.asarray([1e-4, 1e-5, 4.5e-4], jnp.float32))
+    assert np.all(r.exists) and np.all(np.isnan(np.asarray([r.E_U[:2], r.E_V[:2], r.KL[:2]])))
+    np.testing.assert_allclose(r.E_U[2], 2 / 4.5e-4, rtol=1e-4)
+    np.testing.assert_allclose(r.KL[2], 4.5e-4**-2, rtol=1e-4)
+    msg = tilting.why_no_tilt("normal", "normal", 1e-4, jnp.float32)
+    assert msg.startswith("float32 cannot evaluate the tilt of normal at beta=0.0001") and "float64" in msg
+    assert tilting.why_no_tilt("normal", "normal", 1e-3, jnp.float32) is None
