@@ -12,6 +12,7 @@ at equal KL (E[V] read off each seed's sweep at a few KL values).
 
     python sims/sweep_beta.py                  # defaults, ~1 minute on a laptop CPU
     python sims/sweep_beta.py --json | jq .    # JSON lines only on stdout
+    python sims/sweep_beta.py --coordinator HOST:PORT --num-processes N --process-id I   # README: more than one machine
 """
 from __future__ import annotations
 
@@ -75,25 +76,12 @@ def estimate_bytes(cfg: Config) -> float:
     return mdp.sweep_peak_bytes(spec, mdp.leaf_shards(spec, jax.device_count())) * jax.local_device_count()
 
 
-def _seed_fn(spec: mdp.TreeSpec, pi0: str, temperature: float, num_betas: int):
-    """jit: seed, families, betas [K], ts [M], c -> (sweep [K], Theorem 2 [M]) of that seed's tree, drawn where
-    it lives (mdp.sweep_meshes: split along its leaves over every device of every process, or betas sharded)."""
-    leaf, mesh = mdp.sweep_meshes(spec, num_betas)
-
-    @jax.jit
-    def one_seed(seed, error, utility, betas, ts, c):
-        tree = mdp.make_tree(jax.random.key(seed), spec, error, utility, pi0=pi0, temperature=temperature, mesh=leaf)
-        return mdp.sweep_betas(tree, betas, mesh=mesh), jax.lax.map(lambda t: mdp.thm2(tree, t, c, mesh=leaf), ts)
-
-    return one_seed
-
-
 def main(cfg: Config) -> list[dict]:
     """Run the sweep, write results under cfg.out (process 0), and return the result rows."""
     distributed.initialize(cfg)  # first: before anything touches a device
     errors, utility, spec = prepare(cfg)
     betas, ts = np.asarray(cfg.betas, float), np.asarray(cfg.thm2_t, float)
-    one_seed = _seed_fn(spec, cfg.pi0, cfg.temperature, len(betas))
+    one_seed = mdp.seed_sweep(spec, cfg.pi0, cfg.temperature, len(betas))
     host = lambda f: jax.tree.map(np.asarray, f)  # noqa: E731  (host values: the same input on every process)
     big = spec.num_terminals >= 2**24
     with distributed.open_run("sweep_beta", cfg) as run:
