@@ -11,9 +11,9 @@ Public API:
   load_model(path, base_model=None, dtype=None, pooling=None, pad_id=None) -> LoadedModel
   reward_scorer(model) -> goodhart_jax.scorer.Scorer     # reward head
   logprob_scorer(model) -> Scorer                          # causal-LM log-probability
-  make_reward_fn(model, onehot=False) -> reward_fn(params, input_ids [B,T], mask [B,T]) -> [B]
+  make_reward_fn(model, onehot=False, one_position=True) -> reward_fn(params, input_ids [B,T], mask [B,T]) -> [B]
   make_logprob_fn(model, onehot=False) -> logprob_fn(params, input_ids, mask) -> [B]
-  make_hidden_fn(model) -> (params, ids, mask, onehot=None) -> BackboneOutput
+  make_hidden_fn(model) -> (params, ids, mask, onehot=None, index=None) -> BackboneOutput
   score_array(fn, params, tokens [N,T], mask=None, batch_size=8, ...) -> np [N]
   data_mesh(devices=None), shard_params(params, mesh)      # jax.sharding helpers
   CheckpointError                                          # bad checkpoint directories
