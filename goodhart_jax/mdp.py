@@ -18,6 +18,11 @@ The exact optimum of E[U] - beta KL(Tr(pi) || Tr(pi0)) is soft backward
 induction (Theorem 4): W(leaf) = U, W(s) = beta log sum_a pi0(a|s) exp(W(sa)/beta),
 pi*(a|s) = pi0(a|s) exp((W(sa) - W(s)) / beta).
 
+Every level is drawn in blocks of whole subtrees from `fold_in(key, block)` (`draw_depth`), so a seed gives
+the same tree on any mesh; with a `mesh`, a tree lives split along its leaves over the devices of one axis
+(`split_level`, `tree_sharding`): every level with at least as many states as devices stays split, the few
+levels above are gathered and finished on every device.
+
 Glossary: A vocabulary (actions), L depth, n non-EOS tokens, K sweep points.
 """
 from __future__ import annotations
