@@ -53,7 +53,8 @@ def test_tree_equals_brute_force_enumeration_float64():
         np.testing.assert_allclose(got, np.exp(want), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("vocab,depth", [(5, 4), (2, 3), (6, 1)])
+@pytest.mark.parametrize("vocab,depth", [(5, 4), pytest.param(2, 3, marks=pytest.mark.slow),
+                                         pytest.param(6, 1, marks=pytest.mark.slow)])  # ~12 s of CPU each
 def test_one_pass_levels_equal_each_prefix_run_alone_float64(vocab, depth):
     """log_pi0_levels reads level k off position k of the longest prefixes' pass; each entry equals the
     LM run on [BOS, prefix] alone (a separate forward per prefix), float64 to 1e-10."""
