@@ -29,10 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import Array
-from jax.scipy.special import logsumexp
 
 from goodhart_jax.conditioning import threshold
-from goodhart_jax.quadrature import de_moments, locate_bump, log_de_quadrature
+from goodhart_jax.quadrature import de_moments, locate_bump, log_de_quadrature, tail_terms
 from goodhart_jax.tails import Family, parse
 
 __all__ = ["BonResult", "BonMC", "GaoFit", "AuthorsGrid", "kl_bound", "bon_exact", "bon_mc", "fit_gao", "authors_grid",
@@ -73,18 +72,54 @@ def kl_bound(n: Array) -> Array:
     return jnp.log(n) - (n - 1.0) / n
 
 
+def _half(a: Family, b: Family, u: Array, dtype):
+    """log ∫ f_a(y) f_b(u - y) dy over the y nearer 0 than u - y is (y <= u/2 for u >= 0, y >= u/2
+    below), and the mean of y over it (`Moments`).
+
+    There f_b is evaluated at |u - y| >= |u|/2, away from its body, so it is smooth on
+    the scale of y wherever that is resolved: a heavy tail of b at u ~ 1e17 is seen as
+    f_b(u - y), never as a bump of width 1 at y ~ 1e17 (which float64 rounds to
+    multiples of 16). Between a's bump and u/2 geometric breaks resolve a power-law
+    tail of a over the decades up to u/2.
+    """
+    half = u / 2
+    up = u >= 0  # the half y <= u/2 (else y >= u/2)
+    log_g = lambda y: jnp.where(jnp.where(up, y <= half, y >= half),  # noqa: E731
+                                a.log_prob(y) + b.log_prob(u - y), -jnp.inf)
+    c = jnp.asarray(a.kink(), dtype)
+    edge = jnp.asarray(u - b.kink(), dtype)
+    edge = jnp.where(up, jnp.minimum(edge, half), jnp.maximum(edge, half))
+    bump = locate_bump(log_g, jnp.stack([c, edge]), dtype)
+    far = jnp.where(up, bump.right[-1], bump.left[-1])
+    gap = jnp.where(up, jnp.maximum(half - far, 0.0), jnp.minimum(half - far, 0.0))  # signed
+    width = jnp.maximum(jnp.where(up, bump.right[0] - bump.mode, bump.mode - bump.left[0]), jnp.finfo(dtype).tiny)
+    span = jnp.log1p(jnp.abs(gap) / width)  # nats of distance from the bump to u/2
+    geo = far + gap * jnp.exp(-span * jnp.arange(1, 5, dtype=dtype) / 5)
+    breaks = jnp.concatenate([jnp.stack([c, edge, half]), bump.points(), geo])
+    return de_moments(log_g, jnp.where(jnp.isnan(breaks), c, breaks), a.support_lower(), dtype)
+
+
 def _conv(error: Family, utility: Family, u: Array, dtype):
-    """(log f_U(u), E[V | U = u]) by the convolution ∫ f_V(v) f_X(u - v) dv."""
-    log_g = lambda v: utility.log_prob(v) + error.log_prob(u - v)  # noqa: E731
-    c_v = jnp.asarray(utility.kink(), dtype)
-    edge = jnp.asarray(u - error.kink(), dtype)
-    bump = locate_bump(log_g, jnp.stack([c_v, edge]), dtype)
-    breaks = jnp.concatenate([jnp.stack([c_v, edge]), bump.points()])
-    return de_moments(log_g, breaks, utility.support_lower(), dtype)
+    """(log f_U(u), E[V | U = u]) by the convolution ∫ f_V(v) f_X(u - v) dv.
+
+    Split at v = u/2 (for u >= 0: ∫_{v <= u/2} f_V(v) f_X(u - v) dv + ∫_{x < u/2} f_X(x) f_V(u - x) dx),
+    each half integrated over the variable nearer 0 (`_half`), so either family may
+    carry the heavy tail, on either side.
+    """
+    mv, mx = _half(utility, error, u, dtype), _half(error, utility, u, dtype)
+    log_f = jnp.logaddexp(mv.log_Z, mx.log_Z)
+    wv, wx = jnp.exp(mv.log_Z - log_f), jnp.exp(mx.log_Z - log_f)
+    ev = jnp.where(wv > 0, wv * mv.mean, 0.0) + jnp.where(wx > 0, wx * (u - mx.mean), 0.0)
+    return log_f, ev
 
 
 def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
     """Exact E[U] and E[V] of the best of n by quadrature, for every n in `ns`.
+
+    The outer integral's ends are closed by `quadrature.tail_terms` (a power-law
+    tail of U beyond the last node, e.g. Pareto(1.01), holds most of E[U]); E[V | U = u]
+    there is extrapolated linearly from the last two nodes (slope 1 when V carries
+    the tail, 0 when X does). Where the float cannot fit the tail the result is NaN.
 
     Args:
       error: family of X.
@@ -106,18 +141,26 @@ def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
     # -lsf increasing: interpolate u at -log(sf) = log n (clamped to the grid).
     target = jnp.maximum(jnp.log(ns), 0.5 * math.log(2.0))
     u_n = jnp.interp(target, -lsf, grid)
-    y, log_w = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype)
+    rule = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype)
+    y = rule.y
     lf, ev = jax.vmap(lambda u: _conv(error, utility, u, dtype))(y)
     lsf_y = log_sf_u(y)
     log_F = jnp.log(-jnp.expm1(jnp.minimum(lsf_y, 0.0)))  # log F_U(u)
-    ok = jnp.isfinite(log_w) & jnp.isfinite(lf)
-    base = jnp.where(ok, log_w + lf, -jnp.inf)
+    ok = jnp.isfinite(rule.log_w) & jnp.isfinite(lf)
+    base = jnp.where(ok, lf, -jnp.inf)
 
     def moments(n):
-        lw = base + jnp.log(n) + jnp.where(n > 1, (n - 1.0) * log_F, 0.0)
-        lw = jnp.where(jnp.isnan(lw), -jnp.inf, lw)
-        p = jnp.exp(lw - logsumexp(lw))
-        return jnp.sum(p * y), jnp.sum(p * ev)
+        lg = base + jnp.log(n) + jnp.where(n > 1, (n - 1.0) * log_F, 0.0)
+        lg = jnp.where(jnp.isnan(lg), -jnp.inf, lg)
+        adjust, tail, end = tail_terms(rule, lg)
+        slope = (ev[end] - ev[end - 1]) / (y[end] - y[end - 1])  # [2] E[V | U] beyond each end, linear
+        ev_tail = ev[end] + jnp.where(slope == 0, 0.0, slope * (tail.y - y[end]))
+        lw = jnp.concatenate([jnp.where(ok, lg + rule.log_w + adjust, -jnp.inf), tail.log_w])
+        top = jnp.max(lw)
+        p = jnp.exp(lw - jnp.where(jnp.isfinite(top), top, 0.0))
+        total = jnp.sum(p)
+        mean = lambda z: jnp.sum(jnp.where(p > 0, p * z, 0.0)) / total  # noqa: E731
+        return mean(jnp.concatenate([y, tail.y])), mean(jnp.concatenate([ev, ev_tail]))
 
     E_U, E_V = jax.vmap(moments)(ns)
     return BonResult(E_U, E_V, kl_bound(ns))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from goodhart_jax import best_of_n
 from goodhart_jax.best_of_n import authors_grid, bon_exact, bon_mc, check_ns, fit_gao, kl_bound
 from goodhart_jax.tails import parse
 
@@ -78,3 +79,35 @@ def test_gao_fit_matches_least_squares():
 def test_bad_n(bad):
     with pytest.raises(ValueError, match="n must be"):
         check_ns([1, bad])
+
+
+def _f_u_mpmath(u, alpha):
+    """f_U(u) for U = X + V, X ~ N(0, 1), V ~ Pareto(alpha) by 30-digit mpmath (split at the bump v ~ u)."""
+    import mpmath as mp
+
+    mp.mp.dps = 30
+    u, a = mp.mpf(u), mp.mpf(alpha)
+    g = lambda v: mp.npdf(u - v) * a * v ** (-a - 1)  # noqa: E731
+    pts = [1] + [p for p in (u - 40, u - 5, u, u + 5) if p > 1] + [u + 40, mp.inf]
+    return float(mp.log(mp.quad(g, sorted(set(pts)))))
+
+
+@pytest.mark.slow  # two family pairs compiled (~1 min each on 2 loaded cores)
+def test_power_law_tails_near_index_one():
+    """Pareto(1.01) as error or as utility: best-of-1 is the base (E_U = E[X] + E[V] = 101, E_V = E[V]);
+    it gave 36.4 (the u-integral's tail beyond e^43 dropped) and 294.7 (f_U at u ~ 1e17 from a bump of
+    width 1 on nodes 16 apart). The density of U at u ~ 1e17 against mpmath."""
+    X, P = parse("normal"), parse("pareto:alpha=1.01")
+    with jax.enable_x64(True):
+        r = jax.device_get(_exact(P, X, jnp.asarray([1.0, 4.0])))
+        np.testing.assert_allclose([r.E_U[0], r.E_V[0]], [101.0, 0.0], rtol=1e-6, atol=1e-9)
+        r = jax.device_get(_exact(X, P, jnp.asarray([1.0, 4.0])))
+        np.testing.assert_allclose([r.E_U[0], r.E_V[0]], [101.0, 101.0], rtol=1e-6)
+        assert r.E_U[1] > r.E_U[0] and r.E_V[1] > r.E_V[0]
+        us = jnp.asarray([3.0, 1e4, 1e17])
+        lf, ev = jax.jit(jax.vmap(lambda u: best_of_n._conv(X, P, u, jnp.float64)))(us)
+    # At u = 1e17, f_U(u) = E_X[f_V(u - X)] = alpha u^(-alpha-1) (1 + O(u^-2)) exactly in float64 (mpmath's
+    # quad over the 17 decades below u is the less accurate one there).
+    want = [_f_u_mpmath(u, 1.01) for u in (3.0, 1e4)] + [math.log(1.01) - 2.01 * math.log(1e17)]
+    np.testing.assert_allclose(lf, want, rtol=1e-9)
+    np.testing.assert_allclose(ev[2], 1e17, rtol=1e-12)  # E[V | U = u] = u - E[X | U = u], E[X | U = u] = O(1)
