@@ -52,7 +52,8 @@ from goodhart_jax.tails import Family, parse
 __all__ = [
     "ThresholdResult", "MCResult", "log_de_quadrature", "threshold", "sweep_threshold", "threshold_mc",
     "sweep_threshold_mc", "footnote4", "footnote4_mc", "check_thresholds", "exponential_limit",
-    "integrand_mode",
+    "integrand_mode", "weight_tail_index", "MAX_ROUNDING", "MC_MAX_ROUNDING", "MAX_WEIGHT_INDEX", "WHY_NOT",
+    "WHY_NOT_MC",
 ]
 
 class ThresholdResult(NamedTuple):
@@ -107,9 +108,10 @@ def threshold(error: Family, utility: Family, t: Array) -> ThresholdResult:
       `ThresholdResult` with [] fields.
     """
     t = as_float(t)
-    m = de_moments(_log_integrand(error, utility, t), _breaks(error, utility, t)[0], utility.support_lower(),
-                   t.dtype)
-    return ThresholdResult(m.mean, m.log_Z)
+    breaks, _, bump = _breaks(error, utility, t)
+    m = de_moments(_log_integrand(error, utility, t), breaks, utility.support_lower(), t.dtype)
+    ok = ~(_rounding(error, utility, t, bump.mode) > MAX_ROUNDING)
+    return ThresholdResult(jnp.where(ok, m.mean, jnp.nan), jnp.where(ok, m.log_Z, jnp.nan))
 
 
 sweep_threshold = jax.jit(jax.vmap(threshold, in_axes=(None, None, 0)))
@@ -128,19 +130,48 @@ def _student_t(loc: Array, scale: Array) -> Family:
     return Family("student_t", dict(df=jnp.asarray(_PROPOSAL_DF, loc.dtype), loc=loc, scale=scale))
 
 
-def _importance(key: Array, log_g: Callable, base: Family, centres: Array, scales: Array,
-                num_samples: int, dtype) -> MCResult:
+MAX_ROUNDING = 1.0  # nats: the most rounding of log g at the integrand's mode that is integrated
+MC_MAX_ROUNDING = 1e-3  # nats, for the Monte Carlo: float32 at t = 1e3 (0.03 nats) gave 497.7 +- 0.03 for 500
+MAX_WEIGHT_INDEX = 0.7  # Hill index of the largest importance weights above which the Monte Carlo is refused
+WHY_NOT = ("log f_V(v) + log P(X > t - v) is a difference of terms too large for this float to evaluate to "
+           f"{MAX_ROUNDING:g} nat at the integrand's mode (float32 reaches t ~ 1e3 for normal error; use float64)")
+WHY_NOT_MC = (f"log g rounded by more than {MC_MAX_ROUNDING:g} nats at the mode (this float; the weights' bias "
+              f"then passes the standard error), or the largest importance weights have a tail index above "
+              f"{MAX_WEIGHT_INDEX:g} (Hill, as in Pareto-smoothed IS): a few draws carry the estimate, whose "
+              "standard error cannot be trusted")
+
+
+def _rounding(error: Family, utility: Family, t: Array, v: Array) -> Array:
+    """Nats by which log f_V(v) + log Fbar_X(t - v) is rounded at v: eps (|log f_V| + |log Fbar_X|)."""
+    return jnp.finfo(t.dtype).eps * (jnp.abs(utility.log_prob(v)) + jnp.abs(error.log_sf(t - v)))
+
+
+def weight_tail_index(log_w: Array) -> Array:
+    """Hill estimate of the tail index of importance weights from the top M = min(S/5, 3 sqrt(S)) of S.
+
+    An index above 1/2 means an infinite variance of the weights, above 0.7 an
+    estimate that a handful of draws decide (Vehtari et al. 2024, Pareto smoothed
+    importance sampling, whose tail size M this is). [S] -> [].
+    """
+    S = log_w.shape[0]
+    M = max(int(min(S / 5, 3 * math.sqrt(S))), 2)
+    top = jax.lax.top_k(jnp.where(jnp.isnan(log_w), -jnp.inf, log_w), M + 1)[0]
+    excess = top[:M] - top[M]
+    return jnp.where(jnp.isfinite(top[M]), jnp.mean(excess), jnp.nan)
+
+
+def _importance(key: Array, log_g: Callable, proposals: list, num_samples: int, dtype) -> MCResult:
     """Self-normalised importance sampling of ∫ v g(v) dv / ∫ g(v) dv.
 
-    Proposal: an equal deterministic mixture of `base` and Student-t(3)
-    families at `centres` [C] with `scales` [C] (S // (C + 1) draws each).
+    Proposal: an equal deterministic mixture of the `proposals` families
+    (S // C draws each). NaN where the weights' tail index passes MAX_WEIGHT_INDEX.
     """
-    proposals = [base] + [_student_t(centres[c], scales[c]) for c in range(centres.shape[0])]
     draws = stratified_mixture(key, proposals, max(num_samples // len(proposals), 1), dtype)
     lg = log_g(draws.y)
     log_w = jnp.where(jnp.isfinite(lg) & jnp.isfinite(draws.log_q), lg - draws.log_q, -jnp.inf)
     r = snis(log_w, draws.y)
-    return MCResult(r.estimate, r.se, r.log_mean_w, r.ess)
+    ok = ~(weight_tail_index(log_w) > MAX_WEIGHT_INDEX)
+    return MCResult(jnp.where(ok, r.estimate, jnp.nan), jnp.where(ok, r.se, jnp.nan), r.log_mean_w, r.ess)
 
 
 def _widths(bump: Bump) -> tuple[Array, Array]:
@@ -162,8 +193,12 @@ def threshold_mc(key: Array, error: Family, utility: Family, t: Array, num_sampl
     X is integrated out exactly (E[V 1{X > t-V}] = E_V[V Fbar_X(t-V)]); V is drawn
     from a defensive mixture of its own law and Student-t(3) proposals at the
     integrand's mode (a narrow and a wide one, from where log g drops by 3 and
-    12) and at the step t - kink(X). Weights are at most 4, so the estimator
-    stays accurate far in the tail.
+    12) and at the step t - kink(X), and a Cauchy one at the step as wide as
+    the step is far from the mode: a heavy V past the step (Student-t(1.5) at
+    t = 1e4 with Pareto(1.01) error puts E[V | U >= t] ~ 123 there, which the
+    others never drew: -0.97 +- 1.2) is then covered. NaN where the integrand
+    is rounded by more than MC_MAX_ROUNDING nats in this float, or the weights' tail
+    index passes MAX_WEIGHT_INDEX (`WHY_NOT_MC`).
 
     Args:
       key: PRNG key.
@@ -183,8 +218,14 @@ def threshold_mc(key: Array, error: Family, utility: Family, t: Array, num_sampl
     # A robust width of X: half its interquartile range from a few draws.
     xs = jnp.sort(error.sample(k_scale, (512,), dtype))
     sx = jnp.clip(0.5 * (xs[384] - xs[128]), 1e-3, 1e3)
-    return _importance(k_is, log_g, utility, jnp.stack([bump.mode, bump.mode, edge]),
-                       jnp.clip(jnp.stack([narrow, wide, sx]), 1e-3, 1e6), num_samples, dtype)
+    scales = jnp.clip(jnp.stack([narrow, wide, sx]), 1e-3, 1e6)
+    far = jnp.maximum(jnp.abs(edge - bump.mode), sx)
+    cauchy = Family("student_t", dict(df=jnp.asarray(1.0, dtype), loc=edge, scale=far))
+    proposals = [utility] + [_student_t(c, s) for c, s in zip((bump.mode, bump.mode, edge), scales)] + [cauchy]
+    r = _importance(k_is, log_g, proposals, num_samples, dtype)
+    ok = ~(_rounding(error, utility, t, bump.mode) > MC_MAX_ROUNDING)
+    return r._replace(E_V=jnp.where(ok, r.E_V, jnp.nan), se=jnp.where(ok, r.se, jnp.nan),
+                      log_p=jnp.where(ok, r.log_p, jnp.nan))
 
 
 def sweep_threshold_mc(key: Array, error: Family, utility: Family, ts: Array, num_samples: int = 30_000) -> MCResult:
@@ -252,8 +293,8 @@ def footnote4_mc(key: Array, t: Array, num_samples: int = 30_000) -> MCResult:
     one = jnp.ones((), dtype)
     mode = jnp.clip(locate_bump(log_g, jnp.stack([0.0 * one, jnp.clip(t, -one, one)]), dtype).mode, -one, one)
     base = parse("normal")
-    return _importance(key, log_g, base, jnp.stack([mode, jnp.maximum(t, one)]),
-                       jnp.stack([0.25 * one, 0.25 * one]), num_samples, dtype)
+    proposals = [base, _student_t(mode, 0.25 * one), _student_t(jnp.maximum(t, one), 0.25 * one)]
+    return _importance(key, log_g, proposals, num_samples, dtype)
 
 
 # ----------------------------------------------------------------------------

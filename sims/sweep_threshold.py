@@ -52,6 +52,15 @@ def validate(cfg: Config) -> tuple[list[tails.Family], tails.Family]:
     return errors, utility
 
 
+def _row(r: dict) -> dict:
+    """Null what the library refused (NaN), with its reason: the quadrature's, then the Monte Carlo's."""
+    for fields, why in ((("E_V", "log_p"), conditioning.WHY_NOT), (("E_V_mc", "E_V_mc_se", "log_p_mc"),
+                                                                    conditioning.WHY_NOT_MC)):
+        if not all(np.isfinite(r[f]) for f in fields):
+            r.update({f: None for f in fields}, reason="; ".join(filter(None, (r.get("reason"), why))))
+    return r
+
+
 def main(cfg: Config) -> list[dict]:
     """Run the sweep, write results under cfg.out, and return the result rows."""
     errors, utility = validate(cfg)
@@ -76,11 +85,8 @@ def main(cfg: Config) -> list[dict]:
                     rate = jnp.asarray(error.params["rate"], ts.dtype)
                     limits[spec] = float(conditioning.exponential_limit(rate, utility))
             q, m = jax.device_get((q, m))
-            bad = ~(np.isfinite(q.E_V) & np.isfinite(q.log_p))
-            if bad.any():
-                raise FloatingPointError(f"{spec} at t={cfg.t[int(np.argmax(bad))]:g}: quadrature is not finite")
-            run.emit([dict(kind="threshold", **common, t=t, E_V=q.E_V[j], E_V_mc=m.E_V[j], E_V_mc_se=m.se[j],
-                           log_p=q.log_p[j], log_p_mc=m.log_p[j], ess=m.ess[j]) for j, t in enumerate(cfg.t)])
+            run.emit([_row(dict(kind="threshold", **common, t=t, E_V=q.E_V[j], log_p=q.log_p[j], E_V_mc=m.E_V[j],
+                                E_V_mc_se=m.se[j], log_p_mc=m.log_p[j], ess=m.ess[j])) for j, t in enumerate(cfg.t)])
         if cfg.plots:
             from goodhart_jax.plots import threshold as plots
 
