@@ -51,8 +51,10 @@ from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt
 
 __all__ = ["Budgeted", "BudgetedMC", "SigmoidOfMean", "kl_target_tree", "sigmoid_proxy_tree", "quantilizer_policy",
-           "quantilizer_tree", "kl_target_tilt", "quantilizer_continuous", "sigmoid_proxy_tilt_mc",
-           "sigmoid_of_mean_tree", "sigmoid_of_mean_tilt", "bounded_tree", "bounded_tilt_mc"]
+           "quantilizer_tree", "quantilizer_tree_kl", "spends", "kl_target_tilt", "quantilizer_continuous",
+           "sigmoid_proxy_tilt_mc",
+           "sigmoid_of_mean_tree", "sigmoid_of_mean_tilt", "bounded_tree", "bounded_tilt_mc", "MIN_ESS",
+           "WHY_NOT", "NOT_FINITE"]
 
 _LOG_BETA = (math.log(1e-3), math.log(1e4))
 
@@ -100,7 +102,20 @@ def kl_target_tree(tree: mdp.Tree, target: Array) -> Budgeted:
     kl = lambda lb: mdp.soft_optimum(tree, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
     lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).neg  # KL <= target
     r = mdp.soft_optimum(tree, jnp.exp(lb))
-    return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), jnp.abs(r.KL - target) < 1e-2 * (1 + target))
+    return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), spends(r.KL, target))
+
+
+def spends(kl: Array, target: Array) -> Array:
+    """Whether a solved KL meets its budget: never over it, and within sqrt(eps) of it (relative).
+
+    The bisection in log beta reaches ~1e-7 relative in float32 and ~1e-14 in
+    float64 where the KL is computed that well; sqrt(eps) (3.5e-4 float32, 1.5e-8
+    float64) leaves room for the KL's own rounding and refuses what is off by more:
+    an end of the beta range that overspends (Laplace at a budget of 1e-8 spent
+    1.5e-8) or a float32 tree KL of 1e-8 that came out negative.
+    """
+    rtol = jnp.sqrt(jnp.finfo(jnp.result_type(kl)).eps)
+    return (kl <= target) & (target - kl <= rtol * target)
 
 
 def sigmoid_proxy_tree(tree: mdp.Tree) -> mdp.Tree:
@@ -146,6 +161,21 @@ def quantilizer_tree(tree: mdp.Tree, q: Array) -> Budgeted:
     """`quantilizer_policy`'s expectations; param = q."""
     r = mdp.trajectory_stats(tree, quantilizer_policy(tree, q).pi)
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.asarray(q, r.KL.dtype), jnp.asarray(True))
+
+
+def quantilizer_tree_kl(tree: mdp.Tree, kl: Array) -> Budgeted:
+    """The quantilizer whose trajectory KL is at most `kl`: q solved in [e^-kl, 1]; param = q.
+
+    The cap pi <= pi0/q bounds each state's KL by log(1/q), but the trajectory
+    KL sums them along the path (up to depth x log(1/q)): q = e^-kl spent 2.36
+    on a budget of 1. Bisection on log(1/q) keeps the end whose KL is <= kl
+    (exists; a NaN KL, float32 overflow, is left to the caller to refuse).
+    """
+    kl = jnp.asarray(kl, tree.X[-1].dtype)
+    spent = lambda x: quantilizer_tree(tree, jnp.exp(-x)).KL - kl  # noqa: E731  increasing in x = log(1/q)
+    x = bisect(spent, jnp.zeros_like(kl), kl).neg  # KL <= kl (at x = 0, q = 1: pi0, KL 0)
+    r = quantilizer_tree(tree, jnp.exp(-x))
+    return r._replace(exists=~(r.KL > kl))
 
 
 # ----------------------------------------------------------------------------
@@ -258,7 +288,7 @@ def kl_target_tilt(error: Family, utility: Family, target: Array) -> Budgeted:
     kl = lambda lb: tilt(error, utility, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
     lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).neg  # KL <= target
     r = tilt(error, utility, jnp.exp(lb))
-    ok = r.exists & (jnp.abs(r.KL - target) < 1e-2 * (1 + target))
+    ok = r.exists & spends(r.KL, target)
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), ok)
 
 
@@ -274,14 +304,20 @@ def quantilizer_continuous(error: Family, utility: Family, kl: Array, t_range=(-
     return Budgeted(t, r.E_V, -r.log_p, t, jnp.abs(r.log_p + kl) < 1e-3 * (1 + kl))
 
 
+MIN_ESS = 1000.0  # effective sample size below which `sigmoid_proxy_tilt_mc` refuses its estimates
+
+
 def sigmoid_proxy_tilt_mc(key: Array, error: Family, utility: Family, beta: Array,
                           num_samples: int = 200_000) -> BudgetedMC:
     """The post's bounded reward: P ∝ Q exp(sigmoid(U)/beta), the maximiser of E_P[sigmoid(U)] - beta KL.
 
     Estimated by self-normalised weighting of draws from Q (`importance.snis`)
     with w = exp(sigmoid(U)/beta) <= e^{1/beta}. E_U holds E_P[sigmoid(U)];
-    KL = E_P[log w] - log E_Q[w]. Not Section 6.1's sigmoid(E_P[U]) - beta KL
-    (`sigmoid_of_mean_tilt`).
+    KL = E_P[log w] - log E_Q[w], both taken with log w shifted by its maximum
+    (no cancellation of terms ~1/beta). Where the weights collapse onto a few
+    draws (effective sample size < MIN_ESS: beta -> 0 with a fixed S) the
+    estimates are NaN and exists is False (`WHY_NOT["bounded"]`). Not Section
+    6.1's sigmoid(E_P[U]) - beta KL (`sigmoid_of_mean_tilt`).
 
     Args:
       key: PRNG key.
@@ -297,9 +333,22 @@ def sigmoid_proxy_tilt_mc(key: Array, error: Family, utility: Family, beta: Arra
     v = utility.sample(kv, (num_samples,), beta.dtype)
     s = jax.nn.sigmoid(x + v)
     lw = s / beta
+    lw = lw - jnp.max(lw)  # the same weights; E_P[lw] and log E_Q[w] then carry no 1/beta to cancel
     r = snis(lw, jnp.stack([v, s, lw], axis=1))
+    ok = r.ess >= MIN_ESS
+    keep = lambda a: jnp.where(ok, a, jnp.nan)  # noqa: E731
     E_V, E_s, E_lw = r.estimate[0], r.estimate[1], r.estimate[2]
-    return BudgetedMC(E_s, E_V, E_lw - r.log_mean_w, beta, jnp.asarray(True), r.se[0], r.ess)
+    return BudgetedMC(keep(E_s), keep(E_V), keep(E_lw - r.log_mean_w), beta, ok, keep(r.se[0]), r.ess)
+
+
+WHY_NOT = dict(kl_target="no beta in [1e-3, 1e4] spends KL = budget (to sqrt(eps) relative, never over): more than "
+                         "this model can spend, less than its float resolves, or a heavy tail (no tilt)",
+               quantilizer="no threshold t_q in [-50, 500] leaves tail mass e^-budget",
+               bounded_mean="heavy tail: the supremum is approached, not attained (no tilt exists)",
+               bounded=f"the Monte Carlo's weights exp(sigmoid(U)/beta) collapse onto a few draws (effective sample "
+                       f"size < {MIN_ESS:g}): beta too small for --mc-samples; not estimated")
+"""Why a method's row has no numbers (exists False), by method name."""
+NOT_FINITE = "E_U, E_V or KL came out NaN or inf at this budget (float32 range): not reported"
 
 
 # ----------------------------------------------------------------------------

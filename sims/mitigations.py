@@ -30,7 +30,7 @@ class Config(cli.RunConfig):
     error: tuple[str, ...] = cli.arg(("normal", "student_t:df=3"), "error families X", metavar="FAMILY")
     utility: str = cli.arg("normal", "utility family V", metavar="FAMILY")
     kl: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(0.05, 8.0, 12)), "KL budgets (targets; "
-                                    "quantilizer q = e^-D; baseline beta = 1/D) (default: 12 points from 0.05 to 8, "
+                                    "quantilizer: KL <= D; baseline beta = 1/D) (default: 12 points from 0.05 to 8, "
                                     "log-spaced)", metavar="D", show_default=False, check=cli.positive("KL budget"))
     bounded_betas: tuple[float, ...] = cli.arg(tuple(float(x) for x in np.geomspace(0.03, 3.0, 10)), "betas of "
                                                "the bounded methods (default: 10 points from 0.03 to 3, log-spaced)",
@@ -55,14 +55,14 @@ def validate(cfg: Config) -> tuple[list[tails.Family], tails.Family, mdp.TreeSpe
     return errors, utility, spec
 
 
-def _tree(tree, kls, penalty_betas, qs, betas):
+def _tree(tree, kls, penalty_betas, betas):
     """Every method on one tree, exact: {method: [K] results}."""
     per = lambda f, tree, x: jax.vmap(f, (None, 0))(tree, x)  # noqa: E731
     return dict(kl_penalty=per(mdp.soft_optimum, tree, penalty_betas),
                 kl_target=per(mitigations.kl_target_tree, tree, kls),
                 bounded=per(mdp.soft_optimum, mitigations.sigmoid_proxy_tree(tree), betas),
                 bounded_mean=per(mitigations.sigmoid_of_mean_tree, tree, betas),
-                quantilizer=per(mitigations.quantilizer_tree, tree, qs))
+                quantilizer=per(mitigations.quantilizer_tree_kl, tree, kls))
 
 
 def _continuous(error, utility, kls, betas):
@@ -77,10 +77,7 @@ tree_methods, continuous_methods = jax.jit(_tree), jax.jit(_continuous)  # jit o
 bounded_mc = jax.jit(jax.vmap(mitigations.sigmoid_proxy_tilt_mc, (None, None, None, 0, None)), static_argnums=4)
 
 
-WHY_NOT = dict(kl_target="no beta gives KL = budget: more than this model can spend, or a heavy tail (no tilt)",
-               quantilizer="no threshold t_q in [-50, 500] leaves tail mass e^-budget",
-               bounded_mean="heavy tail: the supremum is approached, not attained (no tilt exists)")
-NOT_FINITE = "E_U, E_V or KL came out NaN or inf at this budget (float32 range): not reported"
+WHY_NOT, NOT_FINITE = mitigations.WHY_NOT, mitigations.NOT_FINITE
 
 
 def _rows(model, method, res, budget, common):
@@ -101,7 +98,7 @@ def main(cfg: Config) -> list[dict]:
     errors, utility, spec = validate(cfg)
     kls, betas = np.asarray(cfg.kl, float), np.asarray(cfg.bounded_betas, float)
     budget = dict(kl_penalty=1 / kls, bounded=betas, bounded_mean=betas)  # beta for these, the KL target D for the rest
-    f32 = [jnp.asarray(a, jnp.float32) for a in (kls, 1 / kls, np.exp(-kls), betas)]  # beta = 1/D, q = e^-D
+    f32 = [jnp.asarray(a, jnp.float32) for a in (kls, 1 / kls, betas)]  # baseline beta = 1/D
     key = jax.random.key(cfg.seed)
     with cli.Run("mitigations", cfg) as run:
         for i, (spec_x, error) in enumerate(run.progress(list(zip(cfg.error, errors)), "error families")):
@@ -110,7 +107,7 @@ def main(cfg: Config) -> list[dict]:
             t = jax.device_get(tree_methods(tree, *f32))
             with jax.enable_x64(True):
                 c = jax.device_get(continuous_methods(error, utility, jnp.asarray(kls), jnp.asarray(betas)))
-            c["bounded"] = jax.device_get(bounded_mc(k_mc, error, utility, f32[3], cfg.mc_samples))
+            c["bounded"] = jax.device_get(bounded_mc(k_mc, error, utility, f32[2], cfg.mc_samples))
             rows = [r for model, res in (("tree", t), ("continuous", c)) for m, b in res.items()
                     for r in _rows(model, m, b, budget.get(m, kls), dict(error=spec_x, utility=cfg.utility))]
             for r in rows:  # a NaN is never printed as a number, nor does it stop the run: the row says why

@@ -12,6 +12,7 @@ from goodhart_jax import mdp
 from goodhart_jax.mitigations import (
     bounded_tilt_mc, bounded_tree, kl_target_tilt, kl_target_tree, quantilizer_continuous, quantilizer_policy,
     quantilizer_tree, sigmoid_of_mean_tilt, sigmoid_of_mean_tree, sigmoid_proxy_tilt_mc, sigmoid_proxy_tree,
+    MIN_ESS, WHY_NOT, quantilizer_tree_kl,
 )
 from goodhart_jax.tails import parse
 
@@ -292,3 +293,57 @@ def test_kl_target_never_spends_over_its_budget():
         t = jax.vmap(kl_target_tilt, (None, None, 0))(parse("normal"), parse("normal"), jnp.array([1e-7, 1e-4, 0.5]))
         # X, V ~ N(0, 1): KL = 1/beta^2 in closed form; the returned beta spends at most the budget
         assert np.all(1 / np.asarray(t.param) ** 2 <= np.array([1e-7, 1e-4, 0.5]) * (1 + 1e-9))
+
+
+def test_sigmoid_proxy_tilt_mc_refuses_collapsed_weights():
+    """At beta = 1e-6 the weights e^{sigmoid(U)/beta} sit on a handful of draws and E_P[log w] - log E_Q[w]
+    cancelled terms ~1e6 in float32: KL -8820 (laplace), 21659 (student_t; no SNIS estimate exceeds
+    log S = 12.2). Now NaN with exists False there; at beta = 0.01 (ESS ~1e3) KL matches SciPy."""
+    from scipy import integrate
+    f = jax.jit(jax.vmap(sigmoid_proxy_tilt_mc, (None, None, None, 0, None)), static_argnums=4)
+    betas = jnp.asarray([1e-6, 1e-4, 0.01], jnp.float32)
+    for err in ("laplace", "normal"):
+        r = f(jax.random.key(0), parse(err), parse("normal"), betas, 200_000)
+        assert not np.any(np.asarray(r.exists[:2])) and np.all(np.isnan(np.asarray([r.KL[:2], r.E_V[:2]])))
+        assert bool(r.exists[2]) and float(r.ess[2]) >= MIN_ESS
+    # normal/normal: U ~ N(0, 2); KL = E_P[s]/beta - log E_Q[e^{s/beta}], s = sigmoid(U), by SciPy (shifted by 1/beta)
+    beta = 0.01
+    dens = lambda u: np.exp(-u * u / 4 + (special.expit(u) - 1) / beta) / np.sqrt(4 * np.pi)  # noqa: E731
+    pts = [-5.0, 0.0, 5.0]
+    Z = integrate.quad(dens, -60, 60, points=pts, epsabs=0, epsrel=1e-12, limit=200)[0]
+    Es = integrate.quad(lambda u: special.expit(u) * dens(u), -60, 60, points=pts, epsabs=0, epsrel=1e-12,
+                        limit=200)[0] / Z
+    kl = (Es - 1) / beta - np.log(Z)
+    np.testing.assert_allclose(float(r.KL[2]), kl, rtol=0.03)  # ESS ~1.3e3: a few per cent
+    assert "effective sample size" in WHY_NOT["bounded"]
+
+
+def test_tree_quantilizer_never_spends_over_its_budget():
+    """q = e^-D caps each state's KL at D, but the trajectory KL sums them: 2.36 on a budget of 1 at depth 3.
+    quantilizer_tree_kl solves q: KL <= D, and equals D where the budget binds (brute force: the same q)."""
+    tree = _tree()
+    budgets = jnp.array([0.05, 0.3, 1.0])
+    old = jax.vmap(quantilizer_tree, (None, 0))(tree, jnp.exp(-budgets))
+    assert np.any(np.asarray(old.KL) > np.asarray(budgets) * 1.01)  # what sims/mitigations.py reported before
+    r = jax.jit(jax.vmap(quantilizer_tree_kl, (None, 0)))(tree, budgets)
+    assert np.all(np.asarray(r.KL) <= np.asarray(budgets)) and np.all(np.asarray(r.exists))
+    again = jax.vmap(quantilizer_tree, (None, 0))(tree, r.param)  # param is the q it used
+    np.testing.assert_allclose(again.KL, r.KL, rtol=1e-5)  # float32: q = e^-x rounded, recomputed un-jitted
+    np.testing.assert_allclose(r.KL, budgets, rtol=1e-3)  # budget binds: KL(q) is continuous, reached to 1e-3
+
+
+def test_kl_target_exists_only_where_the_budget_is_met():
+    """exists used |KL - D| < 1e-2 (1 + D): a float32 tree KL of -2.5e-8 on a budget of 1e-8, 4% off at 1e-6,
+    and Laplace spending 1.5e-8 on 1e-8 (the end beta = 1e4 of the range) all said exists. Now: KL <= D and
+    within sqrt(eps) of it. Normal/normal tilt: KL = 1/beta^2 at the returned beta (closed form)."""
+    targets = jnp.array([1e-8, 1e-6, 0.5, 3.0], jnp.float32)
+    r = jax.jit(jax.vmap(kl_target_tree, (None, 0)))(_tree(), targets)
+    np.testing.assert_array_equal(r.exists, [False, False, True, True])
+    np.testing.assert_allclose(r.KL[2:], targets[2:], rtol=3.5e-4)
+    with jax.enable_x64(True):
+        f = jax.jit(jax.vmap(kl_target_tilt, (None, None, 0)))
+        lap = f(parse("laplace"), parse("normal"), jnp.array([1e-8, 0.5]))
+        t = f(parse("normal"), parse("normal"), jnp.array([1e-6, 0.5, 8.0]))
+    np.testing.assert_array_equal(lap.exists, [False, True])
+    assert np.all(t.exists)
+    np.testing.assert_allclose(1 / np.asarray(t.param) ** 2, [1e-6, 0.5, 8.0], rtol=1.5e-8)
