@@ -117,9 +117,10 @@ def sweep_rows(kind: str, common: dict, at: dict, values, fields: tuple[str, ...
       at: {name: [K] values}: the coordinates of the points (e.g. beta, or t).
       values: a NamedTuple of [K] arrays holding `fields`.
       exists: [K] bool or None; where False the numbers are None and the row says why.
-      reason: point index -> why it does not exist (a string).
+      reason: point index -> why it does not exist, or why its numbers cannot be computed (a string or None).
     Returns:
-      K dicts; a non-finite number becomes None with a reason (`io.null_nonfinite`).
+      K dicts; a non-finite number becomes None with a reason: `reason(i)` where it names one, else
+      `io.null_nonfinite`'s float32 overflow.
     """
     from goodhart_jax import io
 
@@ -129,7 +130,9 @@ def sweep_rows(kind: str, common: dict, at: dict, values, fields: tuple[str, ...
         if exists is not None:
             row["exists"] = bool(exists[i])
         if exists is None or exists[i]:
-            rows.append(io.null_nonfinite(dict(row, **{f: getattr(values, f)[i] for f in fields}), fields))
+            row = io.null_nonfinite(dict(row, **{f: getattr(values, f)[i] for f in fields}), fields)
+            why = "reason" in row and reason is not None and reason(i)
+            rows.append(dict(row, reason=why) if why else row)
         else:
             rows.append(dict(row, **{f: None for f in fields}, reason=reason(i)))
     return rows

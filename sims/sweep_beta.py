@@ -95,7 +95,7 @@ def main(cfg: Config) -> list[dict]:
             common = dict(error=spec_x, utility=cfg.utility)
             res = jax.device_get(tilting.sweep_tilt(error, utility, jnp.asarray(betas, jnp.float32)))
             rows = frontier.sweep_rows("tilt", common, dict(beta=betas), res, ("E_U", "E_V", "KL"), res.exists,
-                                       lambda i: tilting.why_no_tilt(error, utility, betas[i]))
+                                       lambda i: tilting.why_no_tilt(error, utility, betas[i], jnp.float32))
             kl, ev = [], []
             for s in range(cfg.seeds):
                 t0 = time.perf_counter()

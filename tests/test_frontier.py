@@ -26,3 +26,20 @@ def test_non_finite_points_are_skipped_and_bad_targets_refused():
         frontier.value_at_kl([1.0], [1.0], [0.0])
     text = frontier.table(["normal"], [at], [2.0], columns={"tail": ["light"]}, label="error")
     assert "E[V] @KL=2" in text and "2.000 +- 0.000" in text and "light" in text
+
+
+def test_sweep_rows_say_why_a_number_is_missing():
+    """A point that exists but whose number is not finite is null with the caller's reason where it names one
+    (e.g. float32 rounding at tiny beta), else the float32-overflow reason; a point that does not exist says why."""
+    from typing import NamedTuple
+
+    class V(NamedTuple):
+        KL: np.ndarray
+
+    vals = V(np.array([1.0, np.nan, np.inf, 2.0]))
+    why = {1: "rounded in float32", 3: "diverges"}
+    rows = frontier.sweep_rows("tilt", dict(error="e"), dict(beta=[1, 2, 3, 4]), vals, ("KL",),
+                               np.array([True, True, True, False]), lambda i: why.get(i))
+    assert [r["KL"] for r in rows] == [1.0, None, None, None]
+    assert "reason" not in rows[0] and rows[1]["reason"] == "rounded in float32"
+    assert "overflow" in rows[2]["reason"] and rows[3]["reason"] == "diverges" and not rows[3]["exists"]
