@@ -7,6 +7,7 @@ comparing them at the same KL says what the figure E[V] against KL shows.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -60,6 +61,8 @@ def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
           columns: dict[str, list] | None = None, label: str = "") -> str:
     """A text table: one line per label, `what` at each target KL as mean +- sd over the rows that reach it.
 
+    A cell that only some rows (seeds) reach says how many, "[n/S]"; with one row there is no sd.
+
     Args:
       labels: one name per result (e.g. the error family).
       results: AtKL of [S, M] per label (S seeds, M targets).
@@ -69,15 +72,19 @@ def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
     """
     columns = columns or {}
     head = f"{label:<22}" + "".join(f"{h:>12}" for h in columns)
-    head += "".join(f"{what + ' @KL=' + format(k, 'g'):>17}" for k in targets) + f"{'KL max':>9}"
-    lines = [head]
+    head += "".join(f"{what + ' @KL=' + format(k, 'g'):>21}" for k in targets) + f"{'KL max':>9}"
+    lines, partial = [head], False
     for i, (label, at) in enumerate(zip(labels, results)):
         line = f"{label:<22}" + "".join(f"{str(col[i]):>12}" for col in columns.values())
         for j in range(len(targets)):
-            v = at.value[..., j][at.exists[..., j]]
-            line += f"{f'{v.mean():.3f} +- {v.std():.3f}' if v.size else 'n/a':>17}"
+            v, rows = at.value[..., j][at.exists[..., j]], at.value[..., j].size
+            cell = f"{v.mean():.3f}" + (f" +- {v.std():.3f}" if v.size > 1 else "") if v.size else "n/a"
+            partial |= 0 < v.size < rows
+            line += f"{cell + (f' [{v.size}/{rows}]' if 0 < v.size < rows else ''):>21}"
         kl_max = np.asarray(at.kl_max, float)
         lines.append(line + (f"{np.nanmax(kl_max):>9.2f}" if np.isfinite(kl_max).any() else f"{'n/a':>9}"))
+    if partial:
+        lines.append("[n/S]: only n of the S seeds' sweeps reach that KL; the mean and sd are over those n")
     return "\n".join(lines)
 
 
@@ -90,16 +97,21 @@ class FamilySummary(NamedTuple):
     at: AtKL  # E[V] of each seed's sweep read off at the target KLs ([S, M])
 
 
-def summarize(families: list[FamilySummary], targets, note: str = "") -> tuple[list[dict], str]:
+def summarize(families: list[FamilySummary], targets, vocab: int | None = None, depth: int | None = None
+              ) -> tuple[list[dict], str]:
     """JSON rows and the text table of a sweep's summary: E[V] at equal KL, one line per family.
 
     Args:
       families: one `FamilySummary` per error family.
       targets: [M] the KLs read off.
-      note: a line printed under the table.
+      vocab, depth: the tree's shape, for the note under the table (its KL ceiling under a uniform pi0).
     Returns:
       (rows for summary.json, the table and note as text).
     """
+    note = "" if vocab is None else (
+        f"(E[V] of the tree optimum read off each seed's sweep at equal KL, mean +- sd over seeds; 'KL max' is "
+        f"the KL at the smallest beta, where the tree saturates: a uniform pi0's ceiling is log({vocab}^"
+        f"{depth}) = {depth * math.log(vocab):.1f} nats, and E[V] there is the V of a few top-U leaves)")
     rows = [dict(error=f.label, tail=f.tail, tilt_betas=f.tilt_betas, KL=tuple(targets), E_V_at_KL=f.at.value,
                  KL_max=f.at.kl_max) for f in families]
     text = table([f.label for f in families], [f.at for f in families], targets, label="error",

@@ -59,7 +59,6 @@ def prepare(cfg: Config):
         errors = [tails.parse(s, center=cfg.center) for s in cfg.error]
         utility = tails.parse(cfg.utility, center=cfg.center)
         spec = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
-    with cli.inputs():
         mdp.check_float32(cfg.betas, errors + [utility], cfg.temperature if cfg.pi0 == "random" else None)
     if not cfg.thm2_c > 0 or any(not (np.isfinite(t) and t > cfg.thm2_c) for t in cfg.thm2_t):
         raise cli.InputError(f"Theorem 2 needs t > c > 0; got c={cfg.thm2_c:g}, t={list(cfg.thm2_t)}")
@@ -117,10 +116,7 @@ def main(cfg: Config) -> list[dict]:
 
             for name, fig in figures.figures(run.rows, cfg.utility).items():
                 run.figure(name, fig)
-        rows, text = frontier.summarize(summary, SUMMARY_KL, note=(
-            f"(E[V] of the tree optimum read off each seed's sweep at equal KL, mean +- sd over seeds; 'KL max' is "
-            f"the KL at the smallest beta, where the tree saturates: a uniform pi0's ceiling is log({cfg.vocab}^"
-            f"{cfg.depth}) = {cfg.depth * np.log(cfg.vocab):.1f} nats, and E[V] there is the V of a few top-U leaves)"))
+        rows, text = frontier.summarize(summary, SUMMARY_KL, cfg.vocab, cfg.depth)
         run.save_json("summary.json", rows)
         run.log("\n" + text)
     return run.rows

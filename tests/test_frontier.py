@@ -25,7 +25,10 @@ def test_non_finite_points_are_skipped_and_bad_targets_refused():
     with pytest.raises(ValueError, match="> 0"):
         frontier.value_at_kl([1.0], [1.0], [0.0])
     text = frontier.table(["normal"], [at], [2.0], columns={"tail": ["light"]}, label="error")
-    assert "E[V] @KL=2" in text and "2.000 +- 0.000" in text and "light" in text
+    assert "E[V] @KL=2" in text and "2.000" in text and "+-" not in text and "light" in text  # one row: no sd
+    two = frontier.value_at_kl([[1.0, 4.0], [3.0, 4.0], [1.0, 8.0]], [[1.0, 3.0], [0.0, 1.0], [1.0, 7.0]], [2.0])
+    text = frontier.table(["a"], [two], [2.0])  # the second row never reaches KL 2
+    assert "2.500 +- 0.500 [2/3]" in text and "only n of the S seeds" in text  # mean of 2 and 3
 
 
 def test_sweep_rows_say_why_a_number_is_missing():
