@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -404,11 +405,14 @@ class Run:
 
 def format_table(rows: Iterable[dict], columns: Sequence[tuple]) -> str:
     """`rows` as fixed-width text: one header line, one line a row (see `Run.table` for `columns`)."""
+    import numpy as np
+
     def cell(row, key, fmt):
         v = key(row) if callable(key) else row.get(key)
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        number = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))  # NumPy scalars too
+        if v is None or (number and not math.isfinite(v)):
             return "n/a"
-        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+        return format(v, fmt) if number else str(v)
 
     body = [[cell(r, key, fmt) for _, key, fmt in columns] for r in rows]
     widths = [max([len(h)] + [len(line[i]) for line in body]) + 2 for i, (h, _, _) in enumerate(columns)]

@@ -221,7 +221,10 @@ def test_run_write_csv_filter_and_at_least_on_non_finite(tmp_path, capsys):
 def test_table_and_closing_line(tmp_path, capsys):
     """Run.table aligns columns, prints n/a for missing, null and non-finite cells, and a run that ends
     normally says which files it wrote (a run that fails does not)."""
-    rows = [dict(name="a", x=1.23456, n=3), dict(name="long name", x=None, n=12), dict(name="c", x=float("nan"))]
+    import numpy as np
+
+    rows = [dict(name="a", x=np.float32(1.23456), n=np.int64(3)), dict(name="long name", x=None, n=12),
+            dict(name="c", x=np.float64("nan"))]
     with cli.Run("t", Toy(out=str(tmp_path / "r")), results=None) as run:
         text = run.table(rows, [("name", "name", ""), ("x", "x", ".3g"), ("n", "n", "d"),
                                 ("2x", lambda r: 2 * r.get("n", 0), "d")])

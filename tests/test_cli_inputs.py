@@ -291,3 +291,24 @@ def test_mitigations_unreachable_budget_is_flagged_not_raised(tmp_path, capsys):
     assert not by["tree", "kl_target"]["exists"] and "no beta" in by["tree", "kl_target"]["reason"]
     # the continuous model can spend 200 nats: X, V ~ N(0, 1), the tilt has KL = 1/beta^2 and E_V = 1/beta
     assert by["continuous", "kl_target"]["E_V"] == pytest.approx(200**0.5, rel=1e-6)
+
+
+def test_best_of_n_exact_moments_refused_are_null_with_a_reason(tmp_path, monkeypatch):
+    """Where the exact quadrature refuses (NaN), the row is null with a reason and the Gao fit falls back to the
+    Monte Carlo; it ended in a FloatingPointError traceback before."""
+    import json
+
+    import jax.numpy as jnp
+
+    mod = load_script("best_of_n")
+    real = mod._exact
+    monkeypatch.setattr(mod, "_exact", lambda e, u, ns: (lambda r: r._replace(E_V=r.E_V.at[-1].set(jnp.nan)))(
+        real(e, u, ns)))
+    out = tmp_path / "r"
+    assert cli.run(mod.Config, mod.main, ["--error", "normal", "--utility", "normal", "--n", "1", "4", "--trials",
+                                          "4", "--no-plots", "--out", str(out)], prog="best_of_n.py") == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    bon, fit = [r for r in rows if r["kind"] == "bon"], [r for r in rows if r["kind"] == "gao_fit"]
+    assert bon[0]["E_V"] is not None and "reason" not in bon[0]
+    assert bon[1]["E_V"] is None and bon[1]["E_U"] is None and bon[1]["E_V_mc"] is not None
+    assert "Monte Carlo" in bon[1]["reason"] and fit[0]["source"] == "mc"
