@@ -312,3 +312,20 @@ def test_best_of_n_exact_moments_refused_are_null_with_a_reason(tmp_path, monkey
     assert bon[0]["E_V"] is not None and "reason" not in bon[0]
     assert bon[1]["E_V"] is None and bon[1]["E_U"] is None and bon[1]["E_V_mc"] is not None
     assert "Monte Carlo" in bon[1]["reason"] and fit[0]["source"] == "mc"
+
+
+def test_tail_upweight_unresolved_rows_are_null_with_a_reason(tmp_path, monkeypatch):
+    """A threshold where P_t exists but its mean comes out non-finite is a null row with a reason (a
+    FloatingPointError traceback before)."""
+    import json
+
+    mod = load_script("tail_upweight")
+    real = mod.upweighting.sweep_upweight
+    monkeypatch.setattr(mod.upweighting, "sweep_upweight",
+                        lambda *a: (lambda r: r._replace(mean=r.mean.at[0].set(float("nan"))))(real(*a)))
+    out = tmp_path / "r"
+    assert cli.run(mod.Config, mod.main, ["--base", "normal", "--t", "2", "3", "--no-plots", "--out", str(out)],
+                   prog="tail_upweight.py") == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["mean"] is None and rows[0]["KL"] is None and "not finite in float64" in rows[0]["reason"]
+    assert rows[0]["exists"] and rows[1]["mean"] is not None and "reason" not in rows[1]
