@@ -51,6 +51,7 @@ def curves(rows: list[dict]) -> plt.Figure:
                     ax.plot(dg, [r["gold"] for r in rs], "-o", ms=2.5, color=color,
                             label=f"{lab_}: gold" if first else None)
                     ax.plot(dg, [r["proxy_reward"] - off for r in rs], "--", color=color, alpha=0.7,
+                            marker="^" if np.ptp(dg) <= 1e-6 * max(dg) else None,  # one point: a marker
                             label=f"{lab_}: proxy - E_pi0[proxy]" if first else None)
                 d = np.asarray([r["d"] for r in pts])
                 for f in fits:
@@ -63,8 +64,10 @@ def curves(rows: list[dict]) -> plt.Figure:
                         ax.plot([r["d"] for r in s], [r["gold"] for r in s], "x", color=color, ms=6)
             ax.axhline(0.0, color="0.7", lw=0.8)
             gold = max([abs(r["gold"]) for r in lab if r["noise"] == noise and r["method"] == m] + [1.0])
-            if max((abs(y) for line in ax.get_lines() for y in line.get_ydata()), default=0.0) > 20 * gold:
+            top = max((abs(y) for line in ax.get_lines() for y in line.get_ydata()), default=0.0)
+            if top > 20 * gold:
                 ax.set_yscale("symlog", linthresh=gold)  # a proxy far above gold (one huge error): log beyond it
+                ax.set_ylim(top=3 * top)  # the highest point inside the frame
             ax.set_xlabel("d = sqrt(KL(pi || pi0))")
             ax.set_ylabel("E[reward] (gold sd 1 under pi0)")
             ax.set_title(f"{TITLES[m]}; error {noise}", fontsize=9)
