@@ -84,7 +84,7 @@ def test_random_llama_is_a_reward_model():
 def test_gpu_script_runs_tiny_configurations_on_cpu(tmp_path):
     pytest.importorskip("torch")
     env = ENV | {"GPU_SH_CPU": "1", "LOG_DIR": str(tmp_path),
-                 "TREE_ARGS": "--vocab 2 --depth 3 --betas 2 --repeats 1",
+                 "TREE_ARGS": "--vocab 2 --depth 3 --betas 2 --repeats 1 --no-numpy --json",
                  "SCORING_ARGS": "--size 14m --batch 1 --length 8 --repeats 1 --torch-device none --json",
                  "SEARCH_ARGS": "--size llama-tiny --length 4 --candidates 2 --steps 1 --repeats 1 --scan 1 "
                                 "--restarts 0 --no-target --no-torch"}
@@ -93,3 +93,4 @@ def test_gpu_script_runs_tiny_configurations_on_cpu(tmp_path):
     assert [r["bench"] for r in rows] == ["machine", "tree", "scoring", "search"]
     assert not any("error" in r for r in rows), rows
     assert rows[2]["jax_tokens_per_s"] > 0 and rows[3]["jax_iters_per_s"] > 0
+    assert rows[1]["ratio_to_floor"] > 0 and rows[1]["numpy_ms"] is None and "--no-numpy" in rows[1]["reason"]
