@@ -21,6 +21,14 @@ def _tree(vocab=5, depth=3, pi0="random"):
     return mdp.make_tree(jax.random.key(3), mdp.TreeSpec(vocab, depth), parse("normal"), parse("normal"), pi0=pi0)
 
 
+# Jitted, vmapped entry points shared by the tests (one compile per tree shape / family pair / dtype; eager vmaps
+# dispatch op by op and cost more than a compile). Budgets and betas come four at a time on trees, three on tilts.
+_kl_target_tree = jax.jit(jax.vmap(kl_target_tree, (None, 0)))
+_quantilizer_tree = jax.jit(jax.vmap(quantilizer_tree, (None, 0)))
+_kl_target_tilt = jax.jit(jax.vmap(kl_target_tilt, (None, None, 0)))
+_sigmoid_of_mean_tilt = jax.jit(jax.vmap(sigmoid_of_mean_tilt, (None, None, 0)))
+
+
 def test_quantilizer_caps_and_brute_force_depth1():
     tree = _tree(7, 1)
     p0 = np.exp(np.asarray(tree.log_pi0[0][0]))
@@ -40,18 +48,18 @@ def test_quantilizer_caps_and_brute_force_depth1():
 
 def test_quantilizer_tree_budget_monotone():
     tree = _tree()
-    r = jax.vmap(quantilizer_tree, (None, 0))(tree, jnp.array([1.0, 0.5, 0.2, 0.05]))
+    r = _quantilizer_tree(tree, jnp.array([1.0, 0.5, 0.2, 0.05]))
     assert abs(float(r.KL[0])) < 1e-5
     assert np.all(np.diff(np.asarray(r.E_U)) >= -1e-5) and np.all(np.diff(np.asarray(r.KL)) > 0)
 
 
 def test_kl_target_tree_hits_target():
     tree = _tree()
-    targets = jnp.array([0.1, 0.5, 2.0])
-    r = jax.jit(jax.vmap(kl_target_tree, (None, 0)))(tree, targets)
+    targets = jnp.array([0.1, 0.5, 1.0, 2.0])
+    r = _kl_target_tree(tree, targets)
     assert np.all(r.exists)
     np.testing.assert_allclose(np.asarray(r.KL), targets, rtol=1e-3)  # 48 bisection steps in log beta, float32
-    direct = jax.vmap(mdp.soft_optimum, (None, 0))(tree, r.param)
+    direct = jax.jit(jax.vmap(mdp.soft_optimum, (None, 0)))(tree, r.param)
     np.testing.assert_allclose(np.asarray(direct.E_V), np.asarray(r.E_V), rtol=1e-6)
 
 
@@ -81,8 +89,8 @@ def test_bounded_proxy_tree():
 def test_continuous_kl_target_and_quantilizer_closed_forms():
     with jax.enable_x64(True):
         kls = jnp.array([0.1, 1.0, 4.0])
-        tgt = jax.jit(jax.vmap(kl_target_tilt, (None, None, 0)))(parse("normal"), parse("normal:scale=2"), kls)
-        heavy = jax.jit(jax.vmap(kl_target_tilt, (None, None, 0)))(parse("student_t:df=3"), parse("normal"), kls)
+        tgt = _kl_target_tilt(parse("normal"), parse("normal:scale=2"), kls)
+        heavy = _kl_target_tilt(parse("student_t:df=3"), parse("normal"), kls)
         qc = jax.jit(jax.vmap(quantilizer_continuous, (None, None, 0)))(parse("normal"), parse("normal"), kls)
     # Gaussian tilt: KL = (sx^2 + sv^2) / (2 beta^2), E[V] = sv^2 / beta.
     beta = np.sqrt(5.0 / (2 * np.asarray(kls)))
@@ -198,8 +206,7 @@ def test_section61_sigmoid_of_mean_tilt_gaussian():
     """
     with jax.enable_x64(True):
         betas = np.array([0.05, 0.5, 3.0])
-        r = jax.device_get(jax.jit(jax.vmap(sigmoid_of_mean_tilt, (None, None, 0)))(
-            parse("normal"), parse("normal:scale=2"), jnp.asarray(betas)))
+        r = jax.device_get(_sigmoid_of_mean_tilt(parse("normal"), parse("normal:scale=2"), jnp.asarray(betas)))
     assert np.all(r.exists)
     for j, beta in enumerate(betas):
         ref = optimize.minimize_scalar(lambda lam: -(special.expit(5 * lam) - beta * 2.5 * lam * lam),
@@ -219,9 +226,9 @@ def test_section61_sigmoid_of_mean_tilt_laplace_and_heavy():
         return m, lam * m - log_z
     with jax.enable_x64(True):
         betas = jnp.array([0.1, 0.4, 2.0])
-        r = jax.device_get(jax.jit(jax.vmap(sigmoid_of_mean_tilt, (None, None, 0)))(
-            parse(f"laplace:scale={b}"), parse("normal"), betas))
-        heavy = jax.device_get(sigmoid_of_mean_tilt(parse("student_t:df=3"), parse("normal"), jnp.float64(0.3)))
+        r = jax.device_get(_sigmoid_of_mean_tilt(parse(f"laplace:scale={b}"), parse("normal"), betas))
+        heavy = jax.device_get(_sigmoid_of_mean_tilt(parse("student_t:df=3"), parse("normal"), jnp.full(3, 0.3)))
+        heavy = jax.tree.map(lambda x: x[0], heavy)
     for j, beta in enumerate(np.asarray(betas)):
         neg = lambda lam: -(special.expit(closed(lam)[0]) - beta * closed(lam)[1])  # noqa: E731
         ref = optimize.minimize_scalar(neg, bounds=(0.0, min(1 / b, 0.25 / beta) * (1 - 1e-9)), method="bounded",
@@ -286,11 +293,11 @@ def test_sigmoid_proxy_tilt_mc_carries_its_standard_error():
 
 def test_kl_target_never_spends_over_its_budget():
     """The bisection's midpoint spent 1.5e-8 on a budget of 1e-8; the end with KL <= target is returned."""
-    targets = jnp.array([1e-8, 1e-4, 0.5])
-    r = jax.jit(jax.vmap(kl_target_tree, (None, 0)))(_tree(), targets)
+    targets = jnp.array([1e-8, 1e-4, 0.5, 2.0])
+    r = _kl_target_tree(_tree(), targets)
     assert np.all(np.asarray(r.KL) <= np.asarray(targets)), (r.KL, targets)
     with jax.enable_x64(True):
-        t = jax.vmap(kl_target_tilt, (None, None, 0))(parse("normal"), parse("normal"), jnp.array([1e-7, 1e-4, 0.5]))
+        t = _kl_target_tilt(parse("normal"), parse("normal"), jnp.array([1e-7, 1e-4, 0.5]))
         # X, V ~ N(0, 1): KL = 1/beta^2 in closed form; the returned beta spends at most the budget
         assert np.all(1 / np.asarray(t.param) ** 2 <= np.array([1e-7, 1e-4, 0.5]) * (1 + 1e-9))
 
@@ -322,13 +329,13 @@ def test_tree_quantilizer_never_spends_over_its_budget():
     """q = e^-D caps each state's KL at D, but the trajectory KL sums them: 2.36 on a budget of 1 at depth 3.
     quantilizer_tree_kl solves q: KL <= D, and equals D where the budget binds (brute force: the same q)."""
     tree = _tree()
-    budgets = jnp.array([0.05, 0.3, 1.0])
-    old = jax.vmap(quantilizer_tree, (None, 0))(tree, jnp.exp(-budgets))
+    budgets = jnp.array([0.05, 0.3, 1.0, 2.0])
+    old = _quantilizer_tree(tree, jnp.exp(-budgets))
     assert np.any(np.asarray(old.KL) > np.asarray(budgets) * 1.01)  # what sims/mitigations.py reported before
     r = jax.jit(jax.vmap(quantilizer_tree_kl, (None, 0)))(tree, budgets)
     assert np.all(np.asarray(r.KL) <= np.asarray(budgets)) and np.all(np.asarray(r.exists))
-    again = jax.vmap(quantilizer_tree, (None, 0))(tree, r.param)  # param is the q it used
-    np.testing.assert_allclose(again.KL, r.KL, rtol=1e-5)  # float32: q = e^-x rounded, recomputed un-jitted
+    again = _quantilizer_tree(tree, r.param)  # param is the q it used
+    np.testing.assert_allclose(again.KL, r.KL, rtol=1e-5)  # float32: q = e^-x rounded, recomputed
     np.testing.assert_allclose(r.KL, budgets, rtol=1e-3)  # budget binds: KL(q) is continuous, reached to 1e-3
 
 
@@ -337,13 +344,12 @@ def test_kl_target_exists_only_where_the_budget_is_met():
     and Laplace spending 1.5e-8 on 1e-8 (the end beta = 1e4 of the range) all said exists. Now: KL <= D and
     within sqrt(eps) of it. Normal/normal tilt: KL = 1/beta^2 at the returned beta (closed form)."""
     targets = jnp.array([1e-8, 1e-6, 0.5, 3.0], jnp.float32)
-    r = jax.jit(jax.vmap(kl_target_tree, (None, 0)))(_tree(), targets)
+    r = _kl_target_tree(_tree(), targets)
     np.testing.assert_array_equal(r.exists, [False, False, True, True])
     np.testing.assert_allclose(r.KL[2:], targets[2:], rtol=3.5e-4)
     with jax.enable_x64(True):
-        f = jax.jit(jax.vmap(kl_target_tilt, (None, None, 0)))
-        lap = f(parse("laplace"), parse("normal"), jnp.array([1e-8, 0.5]))
-        t = f(parse("normal"), parse("normal"), jnp.array([1e-6, 0.5, 8.0]))
-    np.testing.assert_array_equal(lap.exists, [False, True])
+        lap = _kl_target_tilt(parse("laplace"), parse("normal"), jnp.array([1e-8, 0.5, 2.0]))
+        t = _kl_target_tilt(parse("normal"), parse("normal"), jnp.array([1e-6, 0.5, 8.0]))
+    np.testing.assert_array_equal(lap.exists, [False, True, True])
     assert np.all(t.exists)
     np.testing.assert_allclose(1 / np.asarray(t.param) ** 2, [1e-6, 0.5, 8.0], rtol=1.5e-8)
