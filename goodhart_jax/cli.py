@@ -409,6 +409,8 @@ def format_table(rows: Iterable[dict], columns: Sequence[tuple]) -> str:
 
     def cell(row, key, fmt):
         v = key(row) if callable(key) else row.get(key)
+        if getattr(v, "shape", None) == ():  # a 0-d NumPy or JAX array (device_get of a scalar field)
+            v = np.asarray(v)[()]
         number = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))  # NumPy scalars too
         if v is None or (number and not math.isfinite(v)):
             return "n/a"

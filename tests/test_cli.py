@@ -224,7 +224,7 @@ def test_table_and_closing_line(tmp_path, capsys):
     import numpy as np
 
     rows = [dict(name="a", x=np.float32(1.23456), n=np.int64(3)), dict(name="long name", x=None, n=12),
-            dict(name="c", x=np.float64("nan"))]
+            dict(name="c", x=np.float64("nan")), dict(name="d", x=np.asarray(0.98765, np.float32), n=np.asarray(7))]
     with cli.Run("t", Toy(out=str(tmp_path / "r")), results=None) as run:
         text = run.table(rows, [("name", "name", ""), ("x", "x", ".3g"), ("n", "n", "d"),
                                 ("2x", lambda r: 2 * r.get("n", 0), "d")])
@@ -233,6 +233,7 @@ def test_table_and_closing_line(tmp_path, capsys):
     assert lines[1].split() == ["a", "1.23", "3", "6"]
     assert lines[2].split() == ["long", "name", "n/a", "12", "24"]
     assert lines[3].split() == ["c", "n/a", "n/a", "0"]
+    assert lines[4].split() == ["d", "0.988", "7", "14"]  # 0-d arrays format as numbers
     assert len({len(line) for line in lines[:3]}) == 1  # right-aligned numbers: equal widths
     err = capsys.readouterr().err
     assert text in err and err.rstrip().endswith(f"wrote config.json in {tmp_path / 'r'}")
