@@ -166,35 +166,69 @@ def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
     return BonResult(E_U, E_V, kl_bound(ns))
 
 
+_MC_BLOCK = 1 << 18  # draws per variable held at once by `bon_mc` (1 MiB of float32: cache-sized)
+
+
+def _best_of_prefixes(u: Array, v: Array, cuts: list[int]) -> tuple[Array, Array]:
+    """(U, V) of the best (largest u) of the first n draws, for each n in `cuts` (sorted, distinct).
+
+    One pass: the cuts split the last axis into segments [n_(k-1), n_k); each segment's
+    best (first index on ties) is found once and the running best keeps the earlier on
+    a tie, as `argmax` over the first n_k would. u, v: [..., max(cuts)] -> ([..., K], [..., K]).
+    """
+    best_u = best_v = None
+    out_u, out_v = [], []
+    for lo, hi in zip([0] + cuts[:-1], cuts):
+        i = jnp.argmax(u[..., lo:hi], axis=-1)[..., None]
+        su = jnp.take_along_axis(u[..., lo:hi], i, axis=-1)[..., 0]
+        sv = jnp.take_along_axis(v[..., lo:hi], i, axis=-1)[..., 0]
+        if best_u is None:
+            best_u, best_v = su, sv
+        else:
+            later = su > best_u
+            best_u, best_v = jnp.where(later, su, best_u), jnp.where(later, sv, best_v)
+        out_u.append(best_u)
+        out_v.append(best_v)
+    return jnp.stack(out_u, -1), jnp.stack(out_v, -1)
+
+
 def bon_mc(key: Array, error: Family, utility: Family, ns: tuple[int, ...], trials: int,
            dtype=jnp.float32) -> BonMC:
     """Monte-Carlo best-of-n: per trial, max(ns) draws; for each n the best of the first n.
 
+    Trial t draws X and V from the two halves of `split(key, trials)[t]`, so its draws do
+    not depend on the other trials. Trials run in blocks of about `_MC_BLOCK` draws
+    (`lax.map` over blocks, cache-sized), and each trial's draws are read once
+    (`_best_of_prefixes`), where a masked argmax per n read them K times.
+
     Args:
       key: PRNG key.
       error, utility: families of X and V.
-      ns: K values of n >= 1 (static).
+      ns: K values of n >= 1 (static; any order, repeats allowed).
       trials: T >= 2 (static).
     Returns:
       `BonMC` with [K] fields (means and standard errors over trials).
     """
-    n_max = int(max(ns))
-    ns_arr = jnp.asarray(ns)
+    ns = tuple(int(n) for n in ns)
+    cuts = sorted(set(ns))
+    n_max = cuts[-1]
+    block = max(1, min(trials, _MC_BLOCK // n_max))  # trials per block
+    blocks = -(-trials // block)
+    keys = jax.random.split(key, trials)
+    keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], blocks * block - trials, axis=0)])  # padding, dropped
 
-    def one_trial(k):
-        kx, kv = jax.random.split(k)
-        x = error.sample(kx, (n_max,), dtype)
-        v = utility.sample(kv, (n_max,), dtype)
-        u = x + v
-        idx = jnp.arange(n_max)
+    def one_block(ks):
+        def draw(k):
+            kx, kv = jax.random.split(k)
+            return error.sample(kx, (n_max,), dtype), utility.sample(kv, (n_max,), dtype)
 
-        def best(n):
-            i = jnp.argmax(jnp.where(idx < n, u, -jnp.inf))
-            return u[i], v[i]
+        x, v = jax.vmap(draw)(ks)  # [block, n_max]
+        return _best_of_prefixes(x + v, v, cuts)
 
-        return jax.vmap(best)(ns_arr)
-
-    U, V = jax.vmap(one_trial)(jax.random.split(key, trials))  # [T, K]
+    U, V = jax.lax.map(one_block, keys.reshape(blocks, block))  # [blocks, block, len(cuts)]
+    where = [cuts.index(n) for n in ns]
+    U = U.reshape(-1, len(cuts))[:trials, where]  # [T, K]
+    V = V.reshape(-1, len(cuts))[:trials, where]
     se = lambda a: jnp.std(a, axis=0, ddof=1) / math.sqrt(trials)  # noqa: E731
     return BonMC(U.mean(0), V.mean(0), se(V), se(U))
 

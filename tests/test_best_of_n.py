@@ -51,6 +51,27 @@ def test_heavy_error_exact_matches_monte_carlo():
     assert float(far.E_V[1]) < float(far.E_V[0])  # n = 65536 below n = 16
 
 
+def test_monte_carlo_selection_equals_brute_force():
+    """bon_mc's one-pass best-of-prefixes against argmax over each prefix of the same draws, in NumPy.
+
+    n_max = 65536 runs the trials in blocks of 4 (7 trials: one padded block); n in any order, repeated."""
+    err, util = parse("student_t:df=3"), parse("normal:scale=2")
+    ns, T = (64, 1, 65536, 5, 4, 64), 7
+    m = _mc(jax.random.key(3), err, util, ns, T)
+    U, V = [], []
+    for k in jax.random.split(jax.random.key(3), T):  # the documented draws: trial t from split(key, T)[t]
+        kx, kv = jax.random.split(k)
+        x, v = np.asarray(err.sample(kx, (max(ns),))), np.asarray(util.sample(kv, (max(ns),)))
+        i = [np.argmax((x + v)[:n]) for n in ns]
+        U.append((x + v)[i])
+        V.append(v[i])
+    U, V = np.array(U, np.float64), np.array(V, np.float64)
+    np.testing.assert_allclose(m.E_U, U.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m.E_V, V.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m.E_V_se, V.std(0, ddof=1) / math.sqrt(T), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.E_U_se, U.std(0, ddof=1) / math.sqrt(T), rtol=1e-5, atol=1e-6)
+
+
 def test_authors_grid_variances():
     utilities, errors = authors_grid()
     for _, f in utilities:
