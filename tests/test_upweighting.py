@@ -11,6 +11,13 @@ from goodhart_jax.upweighting import (sweep_kl_bounded, sweep_upweight, tail_mom
 TS = (2.0, 10.0, 100.0, 1e4, 1e6, 1e8)
 
 
+def _pad(xs, k):
+    """[k] float64: xs, then its last value repeated. Every call of a vmapped program on one family pads to the
+    same length (len(TS) thresholds, 4 budgets), so each (program, family) compiles once; callers slice."""
+    xs = list(xs)
+    return jnp.asarray(xs + xs[-1:] * (k - len(xs)), jnp.float64)
+
+
 def _scipy_upweight(t, c, p, df=3):
     """Mean and KL of P_t for a standard Student-t from scipy's pdf/sf (closed-form partial mean)."""
     sf = stats.t.sf(t, df)
@@ -25,7 +32,8 @@ def test_tail_moments_closed_forms():
     with jax.enable_x64(True):
         tm = jax.jit(jax.vmap(tail_moments, (None, 0)))
         log_sf, mean = tm(parse("student_t:df=3"), jnp.asarray(TS))
-        log_sf_n, mean_n = tm(parse("normal"), jnp.array([-2.0, 2.0, 30.0]))
+        log_sf_n, mean_n = tm(parse("normal"), _pad([-2.0, 2.0, 30.0], len(TS)))
+        log_sf_n, mean_n = log_sf_n[:3], mean_n[:3]
     t = np.asarray(TS)
     # ∫_t^inf x f(x) dx = (df + t^2)/(df - 1) f(t) for a standard Student-t; quadrature is ~1e-12.
     np.testing.assert_allclose(mean, (3 + t * t) / 2 * stats.t.pdf(t, 3) / stats.t.sf(t, 3), rtol=1e-9)
@@ -39,8 +47,9 @@ def test_theorem1_mean_grows_while_kl_shrinks():
     with jax.enable_x64(True):
         fig3 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 0.8)
         thm1 = sweep_upweight(parse("student_t:df=3"), jnp.asarray(TS), 1.0, 1.0)
-        light = sweep_upweight(parse("normal"), jnp.array([2.0, 4.0, 8.0]), 1.0, 0.8)
+        light = sweep_upweight(parse("normal"), _pad([2.0, 4.0, 8.0], len(TS)), 1.0, 0.8)
         fig3, thm1, light = jax.device_get((fig3, thm1, light))   # float64 numpy, outside x64
+    light = jax.tree.map(lambda a: a[:3], light)
     assert np.all(fig3.exists) and np.all(thm1.exists)
     assert fig3.valid is fig3.exists  # the old field name still reads
     want = np.array([_scipy_upweight(t, 1.0, 0.8) for t in TS])
@@ -89,7 +98,7 @@ def test_theorem3_laplace_large_budgets_against_closed_form():
     ds = np.array([1.0, 1e3, 1e5, 1e6])
     with jax.enable_x64(True):
         r = jax.device_get(sweep_kl_bounded(parse("laplace"), jnp.asarray(ds)))
-        far = jax.device_get(sweep_kl_bounded(parse("laplace"), jnp.asarray([1e13])))
+        far = jax.device_get(sweep_kl_bounded(parse("laplace"), _pad([1e13], 4)))
     for d, e_v, kl in zip(ds, r.E_V, r.KL):
         # u = 1 - lam^2, solved in float64 (xtol far below u ~ 2/d)
         u = brentq(lambda u: 2 * (1 - u) / u + np.log(u) - d, 1e-15, 1 - 1e-15, xtol=1e-300, rtol=1e-15)
@@ -102,9 +111,9 @@ def test_theorem3_laplace_large_budgets_against_closed_form():
 def test_upweight_refuses_underflowing_tail_mass_and_says_why():
     """exponent 1e6: c/t^p underflows to 0; P_t would be Q given X <= t, not Theorem 1's construction."""
     with jax.enable_x64(True):
-        r = jax.device_get(sweep_upweight(parse("student_t:df=3"), jnp.array([2.0, 1e3]), 1.0, 1e6))
-        inf_mean = jax.device_get(sweep_upweight(parse("student_t:df=0.5"), jnp.array([10.0]), 1.0, 0.8))
-        heavy = jax.device_get(sweep_kl_bounded(parse("student_t:df=3"), jnp.array([0.1])))
+        r = jax.device_get(sweep_upweight(parse("student_t:df=3"), _pad([2.0, 1e3], len(TS)), 1.0, 1e6))
+        inf_mean = jax.device_get(sweep_upweight(parse("student_t:df=0.5"), _pad([10.0], len(TS)), 1.0, 0.8))
+        heavy = jax.device_get(sweep_kl_bounded(parse("student_t:df=3"), _pad([0.1], 4)))
     assert not np.any(r.exists)
     assert "below float64's smallest" in why_no_upweight(parse("student_t:df=3"), 2.0, 1.0, 1e6)
     assert why_no_upweight(parse("student_t:df=3"), 2.0, 1.0, 0.8) is None
