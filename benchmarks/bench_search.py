@@ -11,7 +11,9 @@ Two measurements, one JSON line:
    --repeats blocks after a warm-up (compile excluded); the JAX search runs
    --scan steps per jitted call (the loop under lax.scan, as the CLI does); its
    one-step-per-call speed and the throughput of --restarts vmapped restarts
-   are reported too. `--size 7b` is Starling-RM-7B's shape (Llama-2-7B: hidden
+   are reported too, and the scanned step with `share_prefix` (each candidate
+   run from its first edit on against the current sequence's cached keys and
+   values: the same candidates and steps, checked). `--size 7b` is Starling-RM-7B's shape (Llama-2-7B: hidden
    4096, 32 layers, 32 heads, intermediate 11008, vocab 32000) with random
    bfloat16 weights drawn in JAX on the device, no PyTorch side; it needs a
    GPU and refuses to run on a CPU.
@@ -156,6 +158,23 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
     out = {"jax_compile_s": time.perf_counter() - t0}
     jax_s = median_time(jax_block, repeats) / (blocks * scan)
     out |= {"jax_iters_per_s": 1 / jax_s, "jax_ms_per_step": 1e3 * jax_s}
+    prefix_s = None
+    if reward.prefix is not None and size not in GPU_ONLY:  # share_prefix: same steps, candidates from first edit on
+        pcfg = dataclasses.replace(cfg, share_prefix=True)
+        _, pstep = make_search(pcfg, reward)
+        prun = jax.jit(make_scan(pstep, scan))
+        start = holder["s"]
+        same = [np.asarray(r(jax.random.key(5), start, params)[0].tokens) for r in (run, prun)]
+        pholder = {"s": start}
+
+        def prefix_block():
+            for _ in range(blocks):
+                pholder["s"], _ = prun(jax.random.key(1), pholder["s"], params)
+            jax.block_until_ready(pholder["s"])
+        prefix_s = median_time(prefix_block, repeats) / (blocks * scan)
+        out |= {"jax_prefix_ms_per_step": 1e3 * prefix_s, "jax_prefix_iters_per_s": 1 / prefix_s,
+                "jax_prefix_slots": pcfg.prefix_slots(), "jax_prefix_plain_slots": length * candidates,
+                "jax_prefix_same_steps": bool(np.array_equal(*same))}
     if size not in GPU_ONLY:  # one step per call (dispatch overhead included): a second compile
         one = jax.jit(step)
 
@@ -191,6 +210,7 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
         out |= {"torch_iters_per_s": 1 / torch_s, "torch_ms_per_step": 1e3 * torch_s,
                 "ratio_jax_over_torch": torch_s / jax_s,
                 "ratio_jax_one_step_over_torch": out["jax_one_step_per_call_iters_per_s"] * torch_s,
+                **({"ratio_jax_prefix_over_torch": torch_s / prefix_s} if prefix_s else {}),
                 "score_diff_torch_vs_jax": abs(ours - tstate["best"]),
                 "torch": f"torch {torch.__version__} ({torch.get_num_threads()} threads)"}
     return out

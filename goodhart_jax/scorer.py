@@ -9,9 +9,25 @@ Glossary: B batch, T sequence, V vocabulary.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from jax import Array
+
+
+class PrefixScoring(NamedTuple):
+    """Scoring rows that equal one cached sequence before their first edited position.
+
+    Fields:
+      cache: (params, tokens [T] int) -> cache pytree of that sequence.
+      score_rows: (params, cache, rows [C, T] int, first [C] int, slots: int)
+        -> ([C] scores, [] tokens needed): scores of rows equal to the cached
+        sequence before first[c], computing only their sum_c (T - first[c])
+        later tokens in `slots` static slots; equal to `score_tokens` on the
+        rows (unpadded) up to float rounding when tokens needed <= slots.
+    """
+
+    cache: Callable[[Any, Array], Any]
+    score_rows: Callable[..., tuple[Array, Array]]
 
 
 class Scorer(NamedTuple):
@@ -25,9 +41,11 @@ class Scorer(NamedTuple):
         scores; equal to `score_tokens` on exact one-hot inputs and
         differentiable in `onehot` (the relaxed input of GCG/ACG).
       vocab_size: V, the size of the one-hot axis.
+      prefix: optional `PrefixScoring` (None: the scorer has none).
     """
 
     params: Any
     score_tokens: Callable[[Any, Array, Array], Array]
     score_onehot: Callable[[Any, Array, Array], Array]
     vocab_size: int
+    prefix: Optional[PrefixScoring] = None

@@ -9,7 +9,8 @@ causal-LM log-probability log p(x) = sum_t log p(x_t | x_<t).
 
 Public API:
   load_model(path, base_model=None, dtype=None, pooling=None, pad_id=None) -> LoadedModel
-  reward_scorer(model) -> goodhart_jax.scorer.Scorer     # reward head
+  reward_scorer(model) -> goodhart_jax.scorer.Scorer     # reward head (with `prefix` for "last" pooling)
+  make_prefix_scoring(model) -> PrefixScoring | None      # rows scored from their first edit on, cached prefix
   logprob_scorer(model) -> Scorer                          # causal-LM log-probability
   make_reward_fn(model, onehot=False, one_position=True) -> reward_fn(params, input_ids [B,T], mask [B,T]) -> [B]
   make_logprob_fn(model, onehot=False) -> logprob_fn(params, input_ids, mask) -> [B]
@@ -40,6 +41,7 @@ from goodhart_jax.models.scoring import (
     logprob_scorer,
     make_hidden_fn,
     make_logprob_fn,
+    make_prefix_scoring,
     make_reward_fn,
     reward_scorer,
     score_array,
@@ -49,6 +51,6 @@ from goodhart_jax.models.scoring import (
 __all__ = [
     "ARCHITECTURES", "Architecture", "BackboneOutput", "CheckpointError", "DecoderBackbone", "GPTNeoXConfig",
     "GPTNeoXModel", "HeadSpec", "LlamaConfig", "LlamaModel", "LoadedModel", "data_mesh", "default_buckets",
-    "load_model", "logprob_scorer", "make_hidden_fn", "make_logprob_fn", "make_reward_fn", "read_state_dict",
-    "reward_scorer", "score_array", "shard_params",
+    "load_model", "logprob_scorer", "make_hidden_fn", "make_logprob_fn", "make_prefix_scoring", "make_reward_fn",
+    "read_state_dict", "reward_scorer", "score_array", "shard_params",
 ]

@@ -21,6 +21,7 @@ Glossary: B batch, T sequence, V vocab, D model, R rotary dims.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import flax.linen as nn
@@ -72,36 +73,66 @@ class DecoderBackbone(nn.Module):
     config: Any
     dtype: Any = jnp.float32
 
-    block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin[, index]) -> x
+    block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin, index, prefix, packed) -> x
     norm: ClassVar[type[nn.Module]]       # norm(eps, dtype, name=...)(x) -> x
     embed_name: ClassVar[str]
     final_norm_name: ClassVar[str]
 
     @nn.compact
-    def __call__(self, input_ids: Array | None, mask: Array, onehot: Array | None = None,
-                 index: Array | None = None) -> BackboneOutput:
+    def __call__(self, input_ids: Array | None, mask: Array | None, onehot: Array | None = None,
+                 index: Array | None = None, prefix: tuple[tuple[Array, Array], ...] | None = None,
+                 packed: layers.PackedRows | None = None) -> BackboneOutput:
         """Args:
           input_ids: [B, T] int tokens (ignored when `onehot` is given).
-          mask: [B, T] 1 for real tokens (left or right padding).
+          mask: [B, T] 1 for real tokens (left or right padding; unused with `packed`).
           onehot: optional [B, T, V] relaxed tokens, embedded as onehot @ E.
           index: optional [B] int: the last layer computes only position
             index[b] of each row (a reward head reads one position; the other
             layers need every position for the keys and values), so its
             output and `last_hidden_state` are [B, 1, D].
+          prefix, packed: rows that equal a cached row before their first
+            edit (`layers.PackedRows`): prefix holds the cached row's keys and
+            values, one pair (k, v) [1, T, K, H] per layer (what the attention
+            layers sow as "intermediates"/"kv", see `prefix_kv`); input_ids
+            [1, N] the packed tokens; index must be packed.last, giving each
+            of the C rows' last position. The same numbers as the rows' full
+            pass (unpadded), for N / (C T) of the dense work.
         Returns:
           BackboneOutput (hidden_states: embeddings then each layer's output).
         """
         c = self.config
         emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name=self.embed_name)
         x = layers.embed(emb, input_ids, onehot)
-        cos, sin = layers.rotary_cos_sin(layers.positions_from_mask(mask), c.rotary_dims, c.rotary_theta)
+        positions = layers.positions_from_mask(mask) if packed is None else packed.pos[None]
+        cos, sin = layers.rotary_cos_sin(positions, c.rotary_dims, c.rotary_theta)
         hidden = [x]
         for n in range(c.num_hidden_layers):
             last = index is not None and n == c.num_hidden_layers - 1
-            x = self.block(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin, *((index,) if last else ()))
+            x = self.block(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin, index if last else None,
+                                                             None if prefix is None else prefix[n], packed)
             hidden.append(x)
         x = self.norm(c.norm_eps, self.dtype, name=self.final_norm_name)(x)
         return BackboneOutput(x, tuple(hidden))
+
+
+def prefix_kv(intermediates: dict, num_layers: int) -> tuple[tuple[Array, Array], ...]:
+    """The per-layer (k, v) a backbone applied with `mutable=["intermediates"]` sowed, layer by layer.
+
+    Args:
+      intermediates: the "intermediates" collection of that call.
+      num_layers: L.
+    Returns:
+      L pairs (k, v), each [B, T, K, H] (post-rotary keys), for `DecoderBackbone`'s `prefix`.
+    """
+    def find(tree):
+        if "kv" in tree:
+            return tree["kv"][0]
+        for sub in tree.values():
+            if isinstance(sub, Mapping) and (found := find(sub)) is not None:
+                return found
+        return None
+
+    return tuple(find(intermediates[f"layers_{n}"]) for n in range(num_layers))
 
 
 # ---------------------------------------------------------------- config fields

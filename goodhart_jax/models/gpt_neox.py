@@ -137,8 +137,15 @@ class GPTNeoXAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
-        """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D]."""
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D].
+
+        Sows its rotated keys and values [B, T, N, H] as "intermediates"/"kv".
+        With `packed` (C rows, see `layers.PackedRows`) and `prefix` (this
+        layer's keys and values [1, T, N, H] of the cached row), x [1, N, D]
+        holds the packed tokens: [1, N, D] out, or [C, 1, D] at index = packed.last.
+        """
         c = self.config
         b, t, _ = x.shape
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
@@ -147,12 +154,20 @@ class GPTNeoXAttention(nn.Module):
         qkv = qkv.reshape(b, t, c.num_attention_heads, 3 * c.head_size)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         k = layers.apply_rotary(k, cos, sin)
+        self.sow("intermediates", "kv", (k, v))
+        if packed is not None:
+            k, v = packed.grid(k, prefix[0]), packed.grid(v, prefix[1])          # [C, T, N, H]
+            mask = jnp.ones(k.shape[:2], jnp.int32)
         if index is None:
-            out = layers.attention(layers.apply_rotary(q, cos, sin), k, v, mask).reshape(b, t, c.hidden_size)
+            q = layers.apply_rotary(q, cos, sin)
+            out = layers.attention(q, k, v, mask) if packed is None else \
+                packed.unpack(layers.attention(packed.queries(q), k, v, mask))
+            out = out.reshape(b, t, c.hidden_size)
         else:
             at = lambda a: layers.take_positions(a, index)  # noqa: E731
             q = layers.apply_rotary(at(q), at(cos), at(sin))
-            out = layers.attention_at(q, k, v, mask, index).reshape(b, 1, c.hidden_size)
+            rows = index if packed is None else jnp.full(index.shape, k.shape[1] - 1)
+            out = layers.attention_at(q, k, v, mask, rows).reshape(q.shape[0], 1, c.hidden_size)
         return nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
                         param_dtype=self.dtype, name="dense")(out)
 
@@ -174,12 +189,14 @@ class GPTNeoXLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
-        """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]."""
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]; `prefix`,
+        `packed`: see `GPTNeoXAttention`."""
         c = self.config
         ln1 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="input_layernorm")
         ln2 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="post_attention_layernorm")
-        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(x), mask, cos, sin, index)
+        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(x), mask, cos, sin, index, prefix, packed)
         mlp = GPTNeoXMLP(c, self.dtype, name="mlp")
         if index is not None:
             x = layers.take_positions(x, index)

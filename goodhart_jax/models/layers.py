@@ -6,6 +6,7 @@ H head dim, R rotary dims.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -164,6 +165,67 @@ def attention_at(q: Array, k: Array, v: Array, mask: Array, index: Array, block:
     return jnp.einsum("bkgs,bskh->bkgh", weights, v).reshape(b, 1, n, h)
 
 
+class PackedRows(NamedTuple):
+    """C rows that equal one cached row before their first edit; only the tokens from there on are packed.
+
+    Row c holds the cached row's tokens at positions t < first[c] and its
+    own from first[c] on; those N_c = T - first[c] tokens are laid end to
+    end in N static slots (row by row), so every dense layer runs on [1, N]
+    rows instead of [C, T]. Attention puts the keys and values back on a
+    [C, T] grid (the cached row's before first[c]) and runs `attention` /
+    `attention_at` there: the same numbers as the rows' full pass.
+
+    Fields:
+      row: [N] int32, the row of each slot (slots past the last token repeat
+        the last row's last token; nothing reads them).
+      pos: [N] int32, the position of each slot.
+      src: [C, T] int32, where (c, t) is read from in concat(cached [T], packed [N]).
+      last: [C] int32, the slot of each row's last position T - 1.
+    """
+
+    row: Array
+    pos: Array
+    src: Array
+    last: Array
+
+    def grid(self, packed: Array, cached: Array) -> Array:
+        """packed [1, N, ...], cached [1, T, ...] -> [C, T, ...] (each row's values at every position)."""
+        return jnp.concatenate([cached[0], packed[0].astype(cached.dtype)], axis=0)[self.src]
+
+    def queries(self, packed: Array) -> Array:
+        """packed [1, N, ...] -> [C, T, ...]: the packed values on the grid (positions before first[c]: any slot)."""
+        return packed[0][jnp.maximum(self.src - self.src.shape[1], 0)]
+
+    def unpack(self, grid: Array) -> Array:
+        """grid [C, T, ...] -> [1, N, ...]: each slot's value."""
+        return grid[self.row, self.pos][None]
+
+
+def pack_rows(first: Array, length: int, slots: int) -> tuple[PackedRows, Array]:
+    """The `PackedRows` layout of rows whose first edited positions are `first`.
+
+    Args:
+      first: [C] int, first position where each row differs from the cached
+        row (T when it does not; clipped to T - 1, as the last position is
+        always computed).
+      length: T.
+      slots: N, the static number of packed slots.
+    Returns:
+      (PackedRows, [] int32 the slots used, sum_c (T - first[c]); the layout
+      holds every token only when it is <= N).
+    """
+    first = jnp.minimum(first.astype(jnp.int32), length - 1)
+    sizes = length - first                                          # [C] >= 1
+    ends = jnp.cumsum(sizes)
+    starts = ends - sizes
+    n = jnp.arange(slots, dtype=jnp.int32)
+    row = jnp.minimum(jnp.searchsorted(ends, n, side="right"), first.shape[0] - 1).astype(jnp.int32)
+    pos = jnp.minimum(first[row] + n - starts[row], length - 1)
+    t = jnp.arange(length, dtype=jnp.int32)[None]
+    src = jnp.where(t < first[:, None], t, length + starts[:, None] + t - first[:, None])
+    return PackedRows(row, pos, src.astype(jnp.int32), (starts + length - 1 - first).astype(jnp.int32)), ends[-1]
+
+
 def take_positions(x: Array, index: Array) -> Array:
     """x [B, T, ...] at position index[b] of each row -> [B, 1, ...]."""
     return jnp.take_along_axis(x, index.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
@@ -201,9 +263,59 @@ class LayerNorm(nn.Module):
         return (y * w.astype(jnp.float32) + b.astype(jnp.float32)).astype(x.dtype)
 
 
-def embed(module: nn.Embed, input_ids: Array | None, onehot: Array | None) -> Array:
-    """Token embeddings by lookup, or by `onehot @ E` (differentiable in onehot)."""
+def embed(module: nn.Module, input_ids: Array | None, onehot: Array | None) -> Array:
+    """Token embeddings by lookup, or by `onehot @ E` (differentiable in onehot; see `onehot_embed`)."""
     if onehot is None:
         return module(input_ids)
-    table = module.embedding
-    return jnp.einsum("btv,vd->btd", onehot.astype(table.dtype), table)
+    return onehot_embed(onehot, module.embedding)
+
+
+def _onehot_ids(x: Array) -> tuple[Array, Array]:
+    """(whether every row of x [..., V] holds one 1 and V - 1 zeros [], each row's index of its 1 [...]).
+
+    Plain sums (fast on CPU, unlike argmax), exact for 0/1 entries in float32.
+    """
+    x = x.astype(jnp.float32)
+    ids = jnp.sum(x * jnp.arange(x.shape[-1], dtype=jnp.float32), axis=-1)
+    ok = jnp.all((x == 0) | (x == 1)) & jnp.all(jnp.sum(x, axis=-1) == 1)
+    return ok, ids.astype(jnp.int32)
+
+
+def _onehot_embed_value(onehot: Array, table: Array) -> Array:
+    ok, ids = _onehot_ids(onehot)
+    return jax.lax.cond(ok, lambda x, t: t[ids], lambda x, t: jnp.einsum("...v,vd->...d", x, t),
+                        onehot.astype(table.dtype), table)
+
+
+@jax.custom_vjp
+def onehot_embed(onehot: Array, table: Array) -> Array:
+    """onehot @ table, by a row lookup when `onehot` is exactly one-hot (the same numbers: one non-zero term).
+
+    GCG's gradient pass differentiates the score at an exact one-hot input:
+    the forward product [T, V] x [V, D] is then a lookup, and only the
+    backward product d onehot = g @ table^T (the gradient GCG ranks tokens
+    by) is paid; a relaxed (non-one-hot) input takes the product as before.
+    Under `vmap` with a batched input the `cond` runs both branches (the
+    product's cost, as before).
+
+    Args:
+      onehot: [..., V] float.
+      table: [V, D] embedding matrix.
+    Returns:
+      [..., D] in table.dtype.
+    """
+    return _onehot_embed_value(onehot, table)
+
+
+def _onehot_embed_fwd(onehot, table):
+    return _onehot_embed_value(onehot, table), (onehot, table)
+
+
+def _onehot_embed_bwd(res, g):
+    onehot, table = res
+    d_onehot = jnp.einsum("...d,vd->...v", g, table).astype(onehot.dtype)
+    d_table = jnp.einsum("...v,...d->vd", onehot.astype(table.dtype), g).astype(table.dtype)
+    return d_onehot, d_table
+
+
+onehot_embed.defvjp(_onehot_embed_fwd, _onehot_embed_bwd)

@@ -134,23 +134,38 @@ class LlamaAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
-        """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D]."""
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D].
+
+        Sows its rotated keys and values [B, T, K, H] as "intermediates"/"kv".
+        With `packed` (C rows, see `layers.PackedRows`) and `prefix` (this
+        layer's keys and values [1, T, K, H] of the cached row), x [1, N, D]
+        holds the packed tokens: [1, N, D] out, or [C, 1, D] at index = packed.last.
+        """
         c = self.config
         b, t, _ = x.shape
         dense = lambda f, name: nn.Dense(f, use_bias=c.attention_bias, dtype=self.dtype,
                                          param_dtype=self.dtype, name=name)
         xq = x if index is None else layers.take_positions(x, index)
-        q = dense(c.num_attention_heads * c.head_dim, "q_proj")(xq).reshape(b, -1, c.num_attention_heads, c.head_dim)
+        q = dense(c.num_attention_heads * c.head_dim, "q_proj")(xq).reshape(xq.shape[0], -1, c.num_attention_heads,
+                                                                           c.head_dim)
         k = dense(c.num_key_value_heads * c.head_dim, "k_proj")(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = dense(c.num_key_value_heads * c.head_dim, "v_proj")(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
         k = layers.apply_rotary(k, cos, sin)
+        self.sow("intermediates", "kv", (k, v))
+        if packed is not None:
+            k, v = packed.grid(k, prefix[0]), packed.grid(v, prefix[1])          # [C, T, K, H]
+            mask = jnp.ones(k.shape[:2], jnp.int32)
         if index is None:
-            out = layers.attention(layers.apply_rotary(q, cos, sin), k, v, mask)
+            q = layers.apply_rotary(q, cos, sin)
+            out = layers.attention(q, k, v, mask) if packed is None else \
+                packed.unpack(layers.attention(packed.queries(q), k, v, mask))
         else:
             at = lambda a: layers.take_positions(a, index)  # noqa: E731
-            out = layers.attention_at(layers.apply_rotary(q, at(cos), at(sin)), k, v, mask, index)
-        return dense(c.hidden_size, "o_proj")(out.reshape(b, -1, c.num_attention_heads * c.head_dim))
+            rows = index if packed is None else jnp.full(index.shape, k.shape[1] - 1)
+            out = layers.attention_at(layers.apply_rotary(q, at(cos), at(sin)), k, v, mask, rows)
+        return dense(c.hidden_size, "o_proj")(out.reshape(out.shape[0], -1, c.num_attention_heads * c.head_dim))
 
 
 class LlamaMLP(nn.Module):
@@ -172,11 +187,13 @@ class LlamaDecoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None) -> Array:
-        """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]."""
+    def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+        """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]; `prefix`,
+        `packed`: see `LlamaAttention`."""
         c = self.config
         h = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
-        attn = LlamaAttention(c, self.dtype, name="self_attn")(h, mask, cos, sin, index)
+        attn = LlamaAttention(c, self.dtype, name="self_attn")(h, mask, cos, sin, index, prefix, packed)
         x = (x if index is None else layers.take_positions(x, index)) + attn
         h = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + LlamaMLP(c, self.dtype, name="mlp")(h)

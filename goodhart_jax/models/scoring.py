@@ -17,10 +17,10 @@ import numpy as np
 from jax import Array
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from goodhart_jax.models import heads
-from goodhart_jax.models.backbone import BackboneOutput
+from goodhart_jax.models import heads, layers
+from goodhart_jax.models.backbone import BackboneOutput, prefix_kv
 from goodhart_jax.models.loading import LoadedModel
-from goodhart_jax.scorer import Scorer
+from goodhart_jax.scorer import PrefixScoring, Scorer
 
 ScoreFn = Callable[[dict, Array, Array], Array]
 
@@ -92,9 +92,45 @@ def make_logprob_fn(model: LoadedModel, onehot: bool = False) -> ScoreFn:
     return logprob_fn
 
 
+def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
+    """Reward of rows that equal a cached row before their first edit (`Scorer.prefix`).
+
+    cache(params, tokens [T]) runs the row once and keeps every layer's keys
+    and values; score_rows(params, cache, tokens, rows [C, T], first [C],
+    slots) packs the C rows' tokens from first[c] on into `slots` static
+    slots (`layers.PackedRows`) and runs only those, attending to the cached
+    keys and values before first[c], the last layer only at the last
+    position: the same numbers as `make_reward_fn` on the rows, up to float
+    rounding, for slots / (C T) of the dense work. Rows are unpadded; the
+    result is valid when sum_c (T - first[c]) <= slots (also returned). None
+    for a head that does not read the last position ("mean" pooling reads
+    every position; "before_first_pad" depends on the tokens).
+    """
+    if model.reward_head is None or model.reward_head.pooling != "last":
+        return None
+    module, key, spec = backbone(model), model.backbone_key, model.reward_head
+    num_layers = model.config.num_hidden_layers
+
+    def cache(params, tokens):
+        ids = jnp.asarray(tokens)[None]
+        mask = jnp.ones(ids.shape, jnp.int32)
+        _, state = module.apply({"params": params[key]}, ids, mask, None, heads.last_index(mask),
+                                mutable=["intermediates"])
+        return prefix_kv(state["intermediates"], num_layers)
+
+    def score_rows(params, kv, rows, first, slots):
+        packed, used = layers.pack_rows(first, rows.shape[1], slots)
+        ids = rows[packed.row, packed.pos][None]                               # [1, N]
+        h = module.apply({"params": params[key]}, ids, None, None, packed.last, kv, packed)
+        return heads.linear_reward(params[spec.name], h.last_hidden_state[:, 0]), used
+
+    return PrefixScoring(cache, score_rows)
+
+
 def reward_scorer(model: LoadedModel) -> Scorer:
-    """A `Scorer` (goodhart_jax.scorer) giving the reward head's score."""
-    return Scorer(model.params, make_reward_fn(model), make_reward_fn(model, onehot=True), model.vocab_size)
+    """A `Scorer` (goodhart_jax.scorer) giving the reward head's score (with `prefix` for "last" pooling)."""
+    return Scorer(model.params, make_reward_fn(model), make_reward_fn(model, onehot=True), model.vocab_size,
+                  make_prefix_scoring(model))
 
 
 def logprob_scorer(model: LoadedModel) -> Scorer:

@@ -6,7 +6,9 @@
     state, info = step(key2, state, params)
 
 or, for restarts vmapped and the whole loop jitted, `search(key, config, reward,
-num_restarts=R)`. Works on any `goodhart_jax.scorer.Scorer`. See `gcg.py` for
+num_restarts=R)`. Works on any `goodhart_jax.scorer.Scorer`; with
+`SearchConfig(share_prefix=True)` and a model reward scorer, candidates run
+only from their first edited position on (the same steps, less work). See `gcg.py` for
 the algorithm, `schedules.py` for n(i), `mixture_kl.py` for the paper's
 Section 5 KL of a base policy mixed with one searched sequence.
 """
@@ -17,10 +19,12 @@ from goodhart_jax.search.gcg import (
     SearchInfo,
     SearchParams,
     SearchState,
+    cond_all,
     make_scan,
     best_record,
     make_search,
     onehot_gradient,
+    prefix_slots,
     rescore,
     retokenize_filter,
     run_chunks,
@@ -32,8 +36,8 @@ from goodhart_jax.search.mixture_kl import mixture_kl, mixture_kl_approx
 from goodhart_jax.search.schedules import make_schedule
 
 __all__ = [
-    "ChunkedRun", "Found", "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "best_record", "make_scan",
-    "make_search", "onehot_gradient", "rescore", "retokenize_filter", "run_chunks", "search", "search_chunks",
-    "search_params",
+    "ChunkedRun", "Found", "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "best_record", "cond_all",
+    "make_scan", "make_search", "onehot_gradient", "prefix_slots", "rescore", "retokenize_filter", "run_chunks",
+    "search", "search_chunks", "search_params",
     "mixture_kl", "mixture_kl_approx", "make_schedule",
 ]

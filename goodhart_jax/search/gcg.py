@@ -38,6 +38,7 @@ Zou et al. 2023 (GCG); Haize Labs 2024 (ACG).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -74,6 +75,17 @@ class SearchConfig:
       exclude_current: leave each position's current token out of its top-k,
         so no candidate repeats x at an edited position (default False, as
         in GCG, where such no-op edits are possible).
+      share_prefix: score each candidate only from its first edited
+        position on, against the cached keys and values of the current
+        sequence before it (the reward `Scorer`'s `prefix`; no base model):
+        the C candidates' later tokens are packed into `prefix_slots()`
+        static slots (a 1% quantile of their count: at T = 32, C = 64,
+        n = 2 about 0.75 C T); a step whose candidates need more scores them
+        the plain way. The candidates, their scores (up to float rounding)
+        and so the steps are those of the plain path: an exact speed-up,
+        largest for few edits (n = 1-2). Default False. Under `vmap`
+        (restarts) a step takes the plain pass for all restarts when one
+        of them needs it (`cond_all`).
     """
 
     length: int
@@ -87,6 +99,7 @@ class SearchConfig:
     banned_ids: tuple[int, ...] = ()
     from_best: bool = False
     exclude_current: bool = False
+    share_prefix: bool = False
 
     def __post_init__(self):
         if self.length < 1:
@@ -111,10 +124,40 @@ class SearchConfig:
             self.schedule, edits=self.edits, edits_start=self.edits_start,
             edits_end=self.edits_end, num_iters=self.num_iters))
 
+    def prefix_slots(self) -> int:
+        """N, the static slots of `share_prefix` (see `prefix_slots`)."""
+        return prefix_slots(self.length, self.num_candidates, self.max_edits)
+
     def make_schedule(self) -> schedules.Schedule:
         return schedules.make_schedule(
             self.schedule, edits=self.edits, edits_start=self.edits_start,
             edits_end=self.edits_end, num_iters=self.num_iters)
+
+
+def prefix_slots(length: int, num_candidates: int, edits: int, miss: float = 0.01) -> int:
+    """Static slots for the tokens candidates need from their first edit on (`SearchConfig.share_prefix`).
+
+    A candidate edits n distinct uniform positions of T, so its first edit f
+    has P(f >= s) = binom(T - s, n) / binom(T, n) and it needs T - f tokens
+    (its last position at least). The C candidates need the sum, whose law is
+    the C-fold convolution of that of T - f (exact, float64); the slots are
+    its (1 - miss)-quantile, so a step falls back to the plain pass with
+    probability <= miss (fewer edits, or edits that keep a token, need fewer).
+
+    Args:
+      length: T; num_candidates: C; edits: n (the largest of the schedule).
+    Returns:
+      N in [C, C T].
+    """
+    n, t = min(edits, length), length
+    tail = np.array([math.comb(t - s, n) for s in range(t + 1)], np.float64) / math.comb(t, n)   # P(f >= s)
+    pmf_f = tail[:-1] - tail[1:]                                                  # P(f = s), s < T
+    pmf = np.zeros(t + 1)
+    pmf[t - np.arange(t)] = pmf_f                                                 # law of max(T - f, 1)
+    total = np.ones(1)
+    for _ in range(num_candidates):
+        total = np.convolve(total, pmf)
+    return int(min(num_candidates * t, np.searchsorted(np.cumsum(total), 1.0 - miss)))
 
 
 class SearchParams(NamedTuple):
@@ -207,6 +250,31 @@ def onehot_gradient(reward: Scorer, base: Optional[Scorer] = None):
     return fn
 
 
+def cond_all(pred: Array, true_fn: Callable, false_fn: Callable, *operands):
+    """`lax.cond(pred, true_fn, false_fn, *operands)` that stays one branch under `vmap`.
+
+    `vmap` turns a `cond` on a batched predicate into a select that runs both
+    branches; here the batch takes true_fn (vmapped) when pred holds for
+    every row, else false_fn. Right when both branches compute the same
+    function (as the search's plain and prefix-sharing scorers do, up to
+    float rounding), so only speed depends on the choice. The branches must
+    not close over batched values: pass them as operands.
+    """
+    @jax.custom_batching.custom_vmap
+    def run(pred, *operands):
+        return lax.cond(pred, true_fn, false_fn, *operands)
+
+    @run.def_vmap
+    def rule(axis_size, in_batched, pred, *operands):
+        pred = jnp.all(pred) if in_batched[0] else pred
+        axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched[1:]))
+        out = lax.cond(pred, jax.vmap(true_fn, axes, axis_size=axis_size),
+                       jax.vmap(false_fn, axes, axis_size=axis_size), *operands)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run(pred, *operands)
+
+
 def _apply_filter(token_filter: Optional[TokenFilter], tokens: Array) -> Array:
     """tokens [..., T] -> bool [...] via a host callback (all True without a filter)."""
     if token_filter is None:
@@ -258,6 +326,28 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
     T, C, K, E = config.length, config.num_candidates, config.topk, config.max_edits
     schedule = config.make_schedule()
     on_tokens, on_onehot = _scores(reward, base)
+    slots = config.prefix_slots() if config.share_prefix else 0
+    if slots and (reward.prefix is None or base is not None):
+        raise ValueError("share_prefix needs a reward Scorer with `prefix` (a model reward head pooling the "
+                         "last position) and no base model")
+
+    def score_candidates(params: SearchParams, tokens: Array, cand: Array):
+        """cand [C, T] -> (objective, reward, logprob) [C] each; with share_prefix, from each one's first edit."""
+        if not slots:
+            return on_tokens(params, cand)
+        differ = cand != tokens
+        first = jnp.where(differ.any(1), jnp.argmax(differ, axis=1), T)          # [C] first edited position
+        fits = jnp.sum(T - jnp.minimum(first, T - 1)) <= slots
+
+        def shared(p, tokens, cand, first):
+            return reward.prefix.score_rows(p, reward.prefix.cache(p, tokens), cand, first, slots)[0]
+
+        def plain(p, tokens, cand, first):
+            return reward.score_tokens(p, cand, jnp.ones(cand.shape, jnp.int32))
+
+        r = _upcast(cond_all(fits, shared, plain, params.reward, tokens, cand, first))
+        return r, r, jnp.zeros_like(r)
+
     grad_fn = jax.grad(on_onehot, argnums=1)
     banned_mask = np.zeros((vocab,), bool)
     banned_mask[banned] = True
@@ -292,7 +382,7 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         cand = jnp.broadcast_to(state.tokens, (C, T))
         cand = cand.at[jnp.arange(C)[:, None], pos].set(new)                  # [C, T]
 
-        obj, r, lp = on_tokens(params, cand)                                  # [C] each
+        obj, r, lp = score_candidates(params, state.tokens, cand)             # [C] each
         obj = jnp.where(_apply_filter(token_filter, cand), obj, -jnp.inf)
         i = jnp.argmax(obj)
         move = jnp.isfinite(obj[i])
