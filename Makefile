@@ -28,6 +28,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tree.py
 	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/bench_bon.py
 	$(BIN)/python benchmarks/theorem4_convergence.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scoring.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_search.py
