@@ -97,7 +97,7 @@ def main(cfg: Config) -> list[dict]:
 
             run.figure("best_of_n.png", plots.figure(run.rows))
         run.log(f"\nMonte Carlo: {np.median(mc_seconds) * 1e3:.0f} ms per pair (median; {cfg.trials} trials, "
-                f"n up to {max(ns)}; the authors' NumPy script: 0.84 s, see benchmarks/README.md)")
+                f"n up to {max(ns)}; against NumPy: benchmarks/bench_bon.py)")
         run.table([dict(f, E_V=b["E_V"], E_V_mc=b["E_V_mc"]) for b, f in last],
                   [("utility", "utility", ""), ("error", "error", ""), (f"E[V] best-of-{max(ns)}", "E_V", ".4g"),
                    ("MC", "E_V_mc", ".4g"), ("alpha", "alpha", ".3g"), ("beta", "beta", ".3g"),
