@@ -110,11 +110,12 @@ def test_sweep_does_not_retrace_when_betas_or_params_change():
     X, V = tails.parse("normal:scale=1.25"), tails.parse("normal:scale=0.75")
     # Another test on this worker may already have compiled this signature, so
     # count from after the first call: later calls must add nothing.
-    tilting.sweep_tilt(X, V, jnp.asarray([0.5, 1.0, 2.0], jnp.float32))
+    # len(BETAS) betas: the float32 normal/normal program of test_gaussian_float32_is_close.
+    tilting.sweep_tilt(X, V, jnp.asarray(BETAS, jnp.float32))
     after_first = tilting.sweep_tilt._cache_size()
     assert after_first >= 1
-    tilting.sweep_tilt(X, V, jnp.asarray([0.7, 1.1, 9.0], jnp.float32))
-    tilting.sweep_tilt(tails.parse("normal:scale=1.5"), V, jnp.asarray([0.7, 1.1, 9.0], jnp.float32))
+    tilting.sweep_tilt(X, V, jnp.asarray(BETAS * 1.3, jnp.float32))
+    tilting.sweep_tilt(tails.parse("normal:scale=1.5"), V, jnp.asarray(BETAS * 0.7, jnp.float32))
     assert tilting.sweep_tilt._cache_size() == after_first
 
 
@@ -127,13 +128,13 @@ def test_bad_beta(bad):
 def test_small_beta_normal_against_closed_form():
     """X, V ~ N(0, 1): E_U = 2/beta, KL = 1/beta^2 at any beta float64 carries (the locator's grid
     used to reach only ~8e4: beta = 1e-5 gave E_U 189571 for 2e5, 1e-6 0.68x); refused below (1e-9)."""
-    betas = np.array([1e-5, 1e-6, 1e-7, 1e-9])
+    betas = np.array([1e-5, 1e-6, 1e-7, 1e-9, 1e-9, 1e-9, 1e-9])  # len(BETAS): test_gaussian_closed_form's program
     with jax.enable_x64(True):
         r = tilting.sweep_tilt(tails.parse("normal"), tails.parse("normal"), jnp.asarray(betas))
         assert tilting.why_no_tilt("normal", "normal", 1e-9, jnp.float64).startswith("float64 cannot evaluate")
     np.testing.assert_allclose(r.E_U[:3], 2 / betas[:3], rtol=1e-8)
     np.testing.assert_allclose(r.KL[:3], betas[:3]**-2.0, rtol=1e-8)
-    assert r.exists[3] and np.isnan(r.E_U[3]) and np.isnan(r.KL[3])
+    assert np.all(r.exists[3:]) and np.all(np.isnan(r.E_U[3:])) and np.all(np.isnan(r.KL[3:]))
 
 
 @pytest.mark.slow  # ~30 s on 2 loaded cores: three families compiled, mpmath quadrature
