@@ -48,8 +48,10 @@ def test_other_scripts_tiny_runs(tmp_path):
     b = [r for r in rows if r["kind"] == "bon"]
     assert [r["n"] for r in b] == [1, 4, 16]
     assert {"KL_bound", "E_U", "E_V", "E_V_mc", "E_V_mc_se"} <= set(b[0])
-    rows = mit.main(mit.Config(error=("normal",), kl=(0.5,), bounded_betas=(1.0,), vocab=3, depth=2,
-                               mc_samples=1000, plots=False, out=str(tmp_path / "mit")))
+    # Two budgets, one beta, 3^2 tree, 20000 draws: the programs of test_mitigations_json_and_files and of
+    # test_cli_inputs' mitigations run (compiled once per suite run, via the JAX cache).
+    rows = mit.main(mit.Config(error=("normal",), kl=(0.5, 1.0), bounded_betas=(1.0,), vocab=3, depth=2,
+                               mc_samples=20_000, plots=False, out=str(tmp_path / "mit")))
     assert {r["method"] for r in rows} == {"kl_penalty", "kl_target", "bounded", "bounded_mean", "quantilizer"}
 
 
