@@ -47,7 +47,7 @@ from goodhart_jax.models.heads import HeadSpec
 from goodhart_jax.models.llama import LlamaConfig
 from goodhart_jax.models.loading import LoadedModel
 from goodhart_jax.search import SearchConfig, make_scan, make_search, search_params
-from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
+from timing import machine  # noqa: E402  (benchmarks/timing.py)
 
 SIZES = {  # Pythia configs (hidden, layers, heads, intermediate), vocab 50304
     "14m": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
@@ -138,52 +138,66 @@ def torch_gcg(ref, vocab, length, topk, candidates, edits, banned=(), seed=0, in
     return step, st
 
 
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """{name: median wall seconds of fn()} with the calls taken round-robin (one warm-up call each).
+
+    On a shared machine the load moves within a run; taking the
+    implementations in turn gives each the same load, so their ratio is
+    fair even where the absolute times are not.
+    """
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def step_speed(model, size, length, topk, candidates, edits, steps, repeats, scan, restarts, ckpt=None) -> dict:
-    """Iterations/s of the JAX step (scan, one step per call, vmapped restarts) and, given `ckpt`, PyTorch's."""
+    """Iterations/s of the JAX step (scan, share_prefix scan, one step per call, vmapped restarts) and, given
+    `ckpt`, PyTorch's, timed round-robin (`interleaved_medians`)."""
     reward = models.reward_scorer(model)
     cfg = SearchConfig(length=length, topk=topk, num_candidates=candidates, num_iters=10**9, schedule="gcg",
                        edits=edits)
     init, step = make_search(cfg, reward)
     params = search_params(reward)
-    holder = {"s": jax.jit(init)(jax.random.key(0), params)}
+    start = jax.jit(init)(jax.random.key(0), params)
     blocks = max(1, steps // scan)
-    run = jax.jit(make_scan(step, scan))
+    fns, per_call, out = {}, {}, {}
 
-    def jax_block():
-        for _ in range(blocks):
-            holder["s"], _ = run(jax.random.key(1), holder["s"], params)
-        jax.block_until_ready(holder["s"])
+    def scanned(step, state):
+        run, holder = jax.jit(make_scan(step, scan)), {"s": state}
+
+        def block():
+            for _ in range(blocks):
+                holder["s"], _ = run(jax.random.key(1), holder["s"], params)
+            jax.block_until_ready(holder["s"])
+        return run, block
+
+    run, fns["jax"] = scanned(step, start)
+    per_call["jax"] = blocks * scan
     t0 = time.perf_counter()
-    jax_block()
-    out = {"jax_compile_s": time.perf_counter() - t0}
-    jax_s = median_time(jax_block, repeats) / (blocks * scan)
-    out |= {"jax_iters_per_s": 1 / jax_s, "jax_ms_per_step": 1e3 * jax_s}
-    prefix_s = None
+    fns["jax"]()
+    out["jax_compile_s"] = time.perf_counter() - t0
     if reward.prefix is not None and size not in GPU_ONLY:  # share_prefix: same steps, candidates from first edit on
         pcfg = dataclasses.replace(cfg, share_prefix=True)
-        _, pstep = make_search(pcfg, reward)
-        prun = jax.jit(make_scan(pstep, scan))
-        start = holder["s"]
+        prun, fns["jax_prefix"] = scanned(make_search(pcfg, reward)[1], start)
+        per_call["jax_prefix"] = blocks * scan
         same = [np.asarray(r(jax.random.key(5), start, params)[0].tokens) for r in (run, prun)]
-        pholder = {"s": start}
-
-        def prefix_block():
-            for _ in range(blocks):
-                pholder["s"], _ = prun(jax.random.key(1), pholder["s"], params)
-            jax.block_until_ready(pholder["s"])
-        prefix_s = median_time(prefix_block, repeats) / (blocks * scan)
-        out |= {"jax_prefix_ms_per_step": 1e3 * prefix_s, "jax_prefix_iters_per_s": 1 / prefix_s,
-                "jax_prefix_slots": pcfg.prefix_slots(), "jax_prefix_plain_slots": length * candidates,
+        out |= {"jax_prefix_slots": pcfg.prefix_slots(), "jax_prefix_plain_slots": length * candidates,
                 "jax_prefix_same_steps": bool(np.array_equal(*same))}
     if size not in GPU_ONLY:  # one step per call (dispatch overhead included): a second compile
-        one = jax.jit(step)
+        one, holder = jax.jit(step), {"s": start}
 
         def jax_one():
             s = holder["s"]
             for i in range(steps):
                 s, _ = one(jax.random.key(i), s, params)
             holder["s"] = jax.block_until_ready(s)
-        out["jax_one_step_per_call_iters_per_s"] = steps / median_time(jax_one, repeats)
+        fns["jax_one_step_per_call"], per_call["jax_one_step_per_call"] = jax_one, steps
     if restarts:
         vstate = jax.jit(jax.vmap(init, in_axes=(0, None)))(jax.random.split(jax.random.key(2), restarts), params)
         vrun = jax.jit(jax.vmap(make_scan(step, scan), in_axes=(0, 0, None)))
@@ -193,7 +207,7 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
             for _ in range(blocks):
                 vholder["s"], _ = vrun(vkeys, vholder["s"], params)
             jax.block_until_ready(vholder["s"])
-        out["jax_vmapped_restart_iters_per_s"] = restarts / (median_time(jax_vmapped, repeats) / (blocks * scan))
+        fns["jax_vmapped_restart"], per_call["jax_vmapped_restart"] = jax_vmapped, blocks * scan / restarts
     if ckpt is not None:
         import torch
 
@@ -204,14 +218,17 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
         def torch_block():
             for _ in range(steps):
                 tstep()
-        torch_s = median_time(torch_block, repeats) / steps
+        fns["torch"], per_call["torch"] = torch_block, steps
+    secs = {name: t / per_call[name] for name, t in interleaved_medians(fns, repeats).items()}   # per step
+    for name, sec in secs.items():
+        out[f"{name}_iters_per_s"] = 1 / sec
+        if name in ("jax", "jax_prefix", "torch"):
+            out[f"{name}_ms_per_step"] = 1e3 * sec
+    if ckpt is not None:
         ids = tstate["best_tokens"][None].numpy().astype(np.int32)  # both score the same sequence alike
         ours = float(jax.jit(reward.score_tokens)(reward.params, jnp.asarray(ids), jnp.ones(ids.shape, jnp.int32))[0])
-        out |= {"torch_iters_per_s": 1 / torch_s, "torch_ms_per_step": 1e3 * torch_s,
-                "ratio_jax_over_torch": torch_s / jax_s,
-                "ratio_jax_one_step_over_torch": out["jax_one_step_per_call_iters_per_s"] * torch_s,
-                **({"ratio_jax_prefix_over_torch": torch_s / prefix_s} if prefix_s else {}),
-                "score_diff_torch_vs_jax": abs(ours - tstate["best"]),
+        out |= {f"ratio_{name}_over_torch": secs["torch"] / sec for name, sec in secs.items() if name != "torch"}
+        out |= {"score_diff_torch_vs_jax": abs(ours - tstate["best"]),
                 "torch": f"torch {torch.__version__} ({torch.get_num_threads()} threads)"}
     return out
 
