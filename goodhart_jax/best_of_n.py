@@ -179,8 +179,11 @@ def _best_of_prefixes(u: Array, v: Array, cuts: list[int]) -> tuple[Array, Array
     best_u = best_v = None
     out_u, out_v = [], []
     for lo, hi in zip([0] + cuts[:-1], cuts):
-        i = jnp.argmax(u[..., lo:hi], axis=-1)[..., None]
-        su = jnp.take_along_axis(u[..., lo:hi], i, axis=-1)[..., 0]
+        # argmax as a max and a min over indices: two plain reductions, which XLA:CPU vectorises
+        # (a fused argmax costs ~4x more beside the sampling on CPU).
+        seg = u[..., lo:hi]
+        su = jnp.max(seg, axis=-1)
+        i = jnp.min(jnp.where(seg == su[..., None], jnp.arange(hi - lo), hi - lo - 1), axis=-1)[..., None]
         sv = jnp.take_along_axis(v[..., lo:hi], i, axis=-1)[..., 0]
         if best_u is None:
             best_u, best_v = su, sv
