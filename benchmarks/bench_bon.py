@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from goodhart_jax import best_of_n, cli  # noqa: E402
-from timing import machine  # noqa: E402  (benchmarks/timing.py)
+from timing import interleaved_medians, machine  # noqa: E402  (benchmarks/timing.py)
 
 
 def numpy_draw(family, g: np.random.Generator, shape) -> np.ndarray:
@@ -55,19 +55,6 @@ def numpy_bon(g, error, utility, ns, trials):
     return np.array([v[rows, np.argmax(u[:, :n], axis=1)].mean() for n in ns])
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each fn, timed round-robin after one warm-up call each."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(t)) for k, t in times.items()}
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     trials: int = cli.arg(100, "Monte-Carlo trials", metavar="T", check=cli.at_least("trials", 2))
@@ -92,7 +79,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         jax.block_until_ready(mc(key, err, util, ns, a.trials))
         mc_compile = time.perf_counter() - t0
-        t = interleaved({"numpy": lambda: numpy_bon(g, err, util, ns, a.trials),
+        t = interleaved_medians({"numpy": lambda: numpy_bon(g, err, util, ns, a.trials),
                          "jax": lambda: jax.block_until_ready(mc(key, err, util, ns, a.trials))}, a.repeats)
         row = dict(utility=ulab, error=elab, trials=a.trials, n_max=max(ns), numpy_mc_s=t["numpy"],
                    jax_mc_s=t["jax"], mc_ratio=t["numpy"] / t["jax"], jax_mc_compile_s=mc_compile)
@@ -102,7 +89,7 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 r = jax.block_until_ready(exact(err, util, nsx))
                 row["exact_compile_s"] = time.perf_counter() - t0
-                row["exact_s"] = interleaved({"exact": lambda: jax.block_until_ready(exact(err, util, nsx))},
+                row["exact_s"] = interleaved_medians({"exact": lambda: jax.block_until_ready(exact(err, util, nsx))},
                                              max(1, a.repeats // 2))["exact"]
                 row["exact_finite"] = bool(np.all(np.isfinite(r.E_V)))
         row["machine"] = machine()

@@ -47,7 +47,7 @@ from goodhart_jax.models.heads import HeadSpec
 from goodhart_jax.models.llama import LlamaConfig
 from goodhart_jax.models.loading import LoadedModel
 from goodhart_jax.search import SearchConfig, make_scan, make_search, search_params
-from timing import machine  # noqa: E402  (benchmarks/timing.py)
+from timing import interleaved_medians, machine  # noqa: E402  (benchmarks/timing.py)
 
 SIZES = {  # Pythia configs (hidden, layers, heads, intermediate), vocab 50304
     "14m": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
@@ -136,24 +136,6 @@ def torch_gcg(ref, vocab, length, topk, candidates, edits, banned=(), seed=0, in
         return st["best"]
 
     return step, st
-
-
-def interleaved_medians(fns: dict, repeats: int) -> dict:
-    """{name: median wall seconds of fn()} with the calls taken round-robin (one warm-up call each).
-
-    On a shared machine the load moves within a run; taking the
-    implementations in turn gives each the same load, so their ratio is
-    fair even where the absolute times are not.
-    """
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def step_speed(model, size, length, topk, candidates, edits, steps, repeats, scan, restarts, ckpt=None) -> dict:

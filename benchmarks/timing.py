@@ -29,6 +29,24 @@ def median_time(fn: Callable[[], object], repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """{name: median wall seconds of fn()} with the calls taken round-robin (one warm-up call each).
+
+    On a shared machine the load moves within a run; taking the
+    implementations in turn gives each the same load, so their ratio is
+    fair even where the absolute times are not.
+    """
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def machine() -> str:
     """One line naming the CPU, its cores, the load, and the jax backend."""
     import jax
