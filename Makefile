@@ -17,13 +17,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/python sims/sweep_beta.py
 
-# Each test file runs on one worker (--dist loadfile): its module fixtures and compiled programs are made once.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests
 
 # The same without the cases marked slow (a quick check while working).
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 # Every benchmark, each against its baseline in the same process (about 5 minutes on 2 cores).
 bench: $(STAMP)
