@@ -138,8 +138,9 @@ def test_interrupt_message_says_what_is_on_disk(tmp_path, capsys):
 
 SLOW_STUDY = textwrap.dedent("""
     import dataclasses, sys, time
-    import jax, jax.numpy as jnp
     from goodhart_jax import cli
+    cli.guard_startup(__name__)  # as every script does (it also holds if the parent left SIGINT ignored)
+    import jax, jax.numpy as jnp
 
     @dataclasses.dataclass(frozen=True)
     class Config(cli.RunConfig):
@@ -167,13 +168,16 @@ def test_ctrl_c_exits_130_with_files_intact(tmp_path):
         out = tmp_path / f"out{trial}"
         p = subprocess.Popen([sys.executable, str(script), "--out", str(out), "--json"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        deadline = time.time() + 120
-        line = ""
-        while "ready" not in line and time.time() < deadline:
-            line = p.stderr.readline()
-        time.sleep(0.05 * trial)
-        p.send_signal(signal.SIGINT)
-        stdout, stderr = p.communicate(timeout=60)
+        try:
+            deadline = time.time() + 120
+            line = ""
+            while "ready" not in line and time.time() < deadline:
+                line = p.stderr.readline()
+            time.sleep(0.05 * trial)
+            p.send_signal(signal.SIGINT)
+            stdout, stderr = p.communicate(timeout=60)
+        finally:
+            p.kill()  # no orphan left spinning if the interrupt was missed
         assert p.returncode == 130, stderr
         assert f"slow.py: interrupted: 3 finished rows are in {out}/results.jsonl" in stderr
         assert [json.loads(l) for l in stdout.splitlines()] == [dict(i=0), dict(i=1), dict(i=2)]
