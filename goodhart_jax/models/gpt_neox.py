@@ -155,19 +155,9 @@ class GPTNeoXAttention(nn.Module):
         q, k, v = jnp.split(qkv, 3, axis=-1)
         k = layers.apply_rotary(k, cos, sin)
         self.sow("intermediates", "kv", (k, v))
-        if packed is not None:
-            k, v = packed.grid(k, prefix[0]), packed.grid(v, prefix[1])          # [C, T, N, H]
-            mask = jnp.ones(k.shape[:2], jnp.int32)
-        if index is None:
-            q = layers.apply_rotary(q, cos, sin)
-            out = layers.attention(q, k, v, mask) if packed is None else \
-                packed.unpack(layers.attention(packed.queries(q), k, v, mask))
-            out = out.reshape(b, t, c.hidden_size)
-        else:
-            at = lambda a: layers.take_positions(a, index)  # noqa: E731
-            q = layers.apply_rotary(at(q), at(cos), at(sin))
-            rows = index if packed is None else jnp.full(index.shape, k.shape[1] - 1)
-            out = layers.attention_at(q, k, v, mask, rows).reshape(q.shape[0], 1, c.hidden_size)
+        q = q if index is None else layers.take_positions(q, index)
+        out = layers.rotary_attention(q, k, v, mask, cos, sin, index, prefix, packed)
+        out = out.reshape(out.shape[0], -1, c.hidden_size)
         return nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
                         param_dtype=self.dtype, name="dense")(out)
 

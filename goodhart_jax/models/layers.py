@@ -319,3 +319,24 @@ def _onehot_embed_bwd(res, g):
 
 
 onehot_embed.defvjp(_onehot_embed_fwd, _onehot_embed_bwd)
+
+
+def rotary_attention(q: Array, k: Array, v: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
+                     prefix: tuple[Array, Array] | None = None, packed: PackedRows | None = None) -> Array:
+    """The attention of a decoder layer after its projections, for every path the models take.
+
+    q [B, T, N, H] (or [B, 1, N, H] already taken at `index` [B]) is rotated here; k, v [B, T, K, H]
+    arrive rotated (k) as the layer sows them. With `packed` and `prefix` (the cached row's keys and
+    values [1, T, K, H]) the packed tokens attend to their rows' grids (`PackedRows`). Returns
+    [B, T, N, H], or [B', 1, N, H] at `index` (B' = C rows when packed).
+    """
+    if packed is not None:
+        k, v = packed.grid(k, prefix[0]), packed.grid(v, prefix[1])          # [C, T, K, H]
+        mask = jnp.ones(k.shape[:2], jnp.int32)
+    if index is None:
+        q = apply_rotary(q, cos, sin)
+        return attention(q, k, v, mask) if packed is None else packed.unpack(attention(packed.queries(q), k, v, mask))
+    q = apply_rotary(q, take_positions(cos, index), take_positions(sin, index))
+    rows = index if packed is None else jnp.full(index.shape, k.shape[1] - 1)
+    return attention_at(q, k, v, mask, rows)
+

@@ -154,17 +154,7 @@ class LlamaAttention(nn.Module):
         v = dense(c.num_key_value_heads * c.head_dim, "v_proj")(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
         k = layers.apply_rotary(k, cos, sin)
         self.sow("intermediates", "kv", (k, v))
-        if packed is not None:
-            k, v = packed.grid(k, prefix[0]), packed.grid(v, prefix[1])          # [C, T, K, H]
-            mask = jnp.ones(k.shape[:2], jnp.int32)
-        if index is None:
-            q = layers.apply_rotary(q, cos, sin)
-            out = layers.attention(q, k, v, mask) if packed is None else \
-                packed.unpack(layers.attention(packed.queries(q), k, v, mask))
-        else:
-            at = lambda a: layers.take_positions(a, index)  # noqa: E731
-            rows = index if packed is None else jnp.full(index.shape, k.shape[1] - 1)
-            out = layers.attention_at(layers.apply_rotary(q, at(cos), at(sin)), k, v, mask, rows)
+        out = layers.rotary_attention(q, k, v, mask, cos, sin, index, prefix, packed)
         return dense(c.hidden_size, "o_proj")(out.reshape(out.shape[0], -1, c.num_attention_heads * c.head_dim))
 
 
