@@ -105,9 +105,14 @@ def test_onehot_embed_is_the_product_and_its_gradient():
     onehot = jax.nn.one_hot(jnp.array([[2, 0, 6], [5, 5, 1]]), 7)
     relaxed = onehot.at[0, 1].set(jnp.array([0.5, 0, 0, 0, 0.5, 0, 0]))
     product = lambda x, e: jnp.einsum("btv,vd->btd", x, e)  # noqa: E731
+    not_onehot = [relaxed, onehot.at[1, 2].set(0.0),                        # a row of zeros (no index)
+                  onehot.at[1, 2, 3].set(1.0),                              # two ones in a row
+                  onehot.at[1, 2, 1].set(2.0),                              # one non-zero, not 1
+                  onehot.at[0, 0, 4].set(-1.0)]                             # a 1 and a -1
     for fn in (layers.onehot_embed, jax.jit(layers.onehot_embed)):
         np.testing.assert_array_equal(np.asarray(fn(onehot, table)), np.asarray(product(onehot, table)))
-        np.testing.assert_allclose(np.asarray(fn(relaxed, table)), np.asarray(product(relaxed, table)), rtol=1e-6)
+        for x in not_onehot:
+            np.testing.assert_allclose(np.asarray(fn(x, table)), np.asarray(product(x, table)), rtol=1e-6)
     w = jax.random.normal(jax.random.key(1), (2, 3, 3))
     for x in (onehot, relaxed):
         ours = jax.grad(lambda x, e: jnp.sum(jnp.sin(layers.onehot_embed(x, e)) * w), argnums=(0, 1))(x, table)

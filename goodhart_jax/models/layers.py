@@ -14,8 +14,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+
+def gelu_erf(x: Array) -> Array:
+    """Exact GeLU as PyTorch writes it: x (1 + erf(x / sqrt 2)) / 2 (transformers' "gelu").
+
+    `jax.nn.gelu(approximate=False)` takes the erfc form x erfc(-x / sqrt 2) / 2,
+    about 2.2x slower on a CPU (XLA's erfc is an exp and a rational fit per
+    branch; erf is one clamped polynomial): ~8% of a GCG step on the 14M
+    model. Float32 error in units of ulp(max(|x|, 1)), measured on 4e4 points
+    in [-10, 10] (tests/models/test_parity.py): 2.3 here, 1.9 for
+    `torch.nn.functional.gelu` (the same formula), 1.3 for the erfc form.
+    """
+    return x * (1 + jax.lax.erf(x * np.asarray(np.sqrt(0.5), x.dtype))) * np.asarray(0.5, x.dtype)
+
+
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the erf form
+    "gelu": gelu_erf,  # HF "gelu" is the erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -273,12 +287,14 @@ def embed(module: nn.Module, input_ids: Array | None, onehot: Array | None) -> A
 def _onehot_ids(x: Array) -> tuple[Array, Array]:
     """(whether every row of x [..., V] holds one 1 and V - 1 zeros [], each row's index of its 1 [...]).
 
-    Plain sums (fast on CPU, unlike argmax), exact for 0/1 entries in float32.
+    Two fused passes over x: the index of each row's last non-zero (a max-reduce over a select; on a
+    2-core CPU 2x faster than the earlier sum(x * iota) with separate 0/1 and row-sum checks, and than
+    argmax), then every entry is 1 at that index and 0 elsewhere (a row of zeros has no index: not one-hot).
     """
-    x = x.astype(jnp.float32)
-    ids = jnp.sum(x * jnp.arange(x.shape[-1], dtype=jnp.float32), axis=-1)
-    ok = jnp.all((x == 0) | (x == 1)) & jnp.all(jnp.sum(x, axis=-1) == 1)
-    return ok, ids.astype(jnp.int32)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    ids = jnp.max(jnp.where(x != 0, iota, -1), axis=-1)
+    ok = jnp.all(ids >= 0) & jnp.all(jnp.where(iota == ids[..., None], x == 1, x == 0))
+    return ok, ids
 
 
 def _onehot_embed_value(onehot: Array, table: Array) -> Array:

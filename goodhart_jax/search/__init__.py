@@ -31,6 +31,7 @@ from goodhart_jax.search.gcg import (
     search,
     search_chunks,
     search_params,
+    top_k_ids,
 )
 from goodhart_jax.search.mixture_kl import mixture_kl, mixture_kl_approx
 from goodhart_jax.search.schedules import make_schedule
@@ -38,6 +39,6 @@ from goodhart_jax.search.schedules import make_schedule
 __all__ = [
     "ChunkedRun", "Found", "SearchConfig", "SearchInfo", "SearchParams", "SearchState", "best_record", "cond_all",
     "make_scan", "make_search", "onehot_gradient", "prefix_slots", "rescore", "retokenize_filter", "run_chunks",
-    "search", "search_chunks", "search_params",
+    "search", "search_chunks", "search_params", "top_k_ids",
     "mixture_kl", "mixture_kl_approx", "make_schedule",
 ]

@@ -250,6 +250,38 @@ def onehot_gradient(reward: Scorer, base: Optional[Scorer] = None):
     return fn
 
 
+def top_k_ids(x: Array, k: int, chunk: int = 128) -> Array:
+    """The indices of `lax.top_k(x, k)` (ties: the lower index first), in two small top-k's instead of one wide.
+
+    Split the last axis into chunks of `chunk`; the k largest entries lie in
+    the k chunks with the largest maxima (ties: the lower chunk), since each
+    of those chunks holds an entry that precedes any entry of an unchosen
+    chunk in (value descending, index ascending) order. Those k chunks, in
+    index order, are searched for the k largest. XLA's CPU TopK is one thread
+    per call; at V = 50304 this cuts it from ~4% of a GCG step to a row max
+    and two top-k's over [V / chunk] and [k chunk]. Equal to `lax.top_k`
+    for any x without NaN (padding is -inf, after every real index).
+
+    Args:
+      x: [..., V] float scores (no NaN).
+      k: how many, <= V.
+      chunk: entries per chunk (static).
+    Returns:
+      [..., k] int32 indices, largest first.
+    """
+    v = x.shape[-1]
+    if k * chunk * 2 > v:                                     # too narrow to gain: one top-k
+        return lax.top_k(x, k)[1]
+    pad = -v % chunk
+    if pad:
+        x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (pad,), -jnp.inf, x.dtype)], axis=-1)
+    blocks = x.reshape(x.shape[:-1] + (-1, chunk))            # [..., V / chunk, chunk]
+    chosen = jnp.sort(lax.top_k(jnp.max(blocks, axis=-1), k)[1], axis=-1)   # [..., k] chunk ids, ascending
+    cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2)          # [..., k, chunk]
+    j = lax.top_k(cand.reshape(x.shape[:-1] + (k * chunk,)), k)[1]          # [..., k]
+    return (jnp.take_along_axis(chosen, j // chunk, axis=-1) * chunk + j % chunk).astype(jnp.int32)
+
+
 def cond_all(pred: Array, true_fn: Callable, false_fn: Callable, *operands):
     """`lax.cond(pred, true_fn, false_fn, *operands)` that stays one branch under `vmap`.
 
@@ -371,7 +403,7 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         # would be a wasted no-op candidate).
         excl = banned_mask | (onehot > 0) if config.exclude_current else banned_mask
         grad = jnp.where(excl, -jnp.inf, grad)
-        top_ids = lax.top_k(grad, K)[1]                                       # [T, K]
+        top_ids = top_k_ids(grad, K)                                          # [T, K], as lax.top_k
 
         n = jnp.clip(schedule(state.iteration), 1, E)
         pos = lax.top_k(jax.random.uniform(k_pos, (C, T)), E)[1]              # [C, E] distinct
