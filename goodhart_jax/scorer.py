@@ -42,6 +42,9 @@ class Scorer(NamedTuple):
         differentiable in `onehot` (the relaxed input of GCG/ACG).
       vocab_size: V, the size of the one-hot axis.
       prefix: optional `PrefixScoring` (None: the scorer has none).
+      distinct: whether score_tokens also takes distinct=(ids [U] int, src [B, T] int) with
+        input_ids[b, t] = ids[src[b, t]], a speed hint for batches that share most tokens (the search's
+        candidates); the scores are those without it, up to float rounding.
     """
 
     params: Any
@@ -49,3 +52,4 @@ class Scorer(NamedTuple):
     score_onehot: Callable[[Any, Array, Array], Array]
     vocab_size: int
     prefix: Optional[PrefixScoring] = None
+    distinct: bool = False

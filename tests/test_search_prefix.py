@@ -63,6 +63,44 @@ def test_packed_rows_score_as_the_full_pass(tiny, arch):
         np.testing.assert_allclose(np.asarray(r), full, rtol=1e-5, atol=1e-6)   # float32: summation order only
 
 
+@pytest.mark.parametrize("arch", ["gpt_neox", "gpt_neox_sequential", "llama"])
+def test_distinct_rows_score_as_the_full_pass(tiny, tmp_path, arch):
+    """score_tokens with distinct=(ids, src), rows = ids[src] (the first layer's per-token work on the U rows)
+    = without it, on left-padded and unpadded rows; Llama's block takes the plain pass."""
+    if arch == "gpt_neox_sequential":
+        ck = make_tiny_checkpoint(tmp_path / arch, "gpt_neox", "oasst", seed=6, use_parallel_residual=False)
+        m = models.load_model(ck.path)
+    else:
+        m = tiny[arch]
+    scorer = models.reward_scorer(m)
+    assert scorer.distinct
+    b, t, u = 7, 11, 13
+    ids = jax.random.randint(jax.random.key(3), (u,), 0, m.vocab_size)
+    src = jax.random.randint(jax.random.key(4), (b, t), 0, u)
+    rows = ids[src]
+    mask = jnp.ones((b, t), jnp.int32).at[:3, :4].set(0)              # three left-padded rows
+    full = np.asarray(jax.jit(scorer.score_tokens)(scorer.params, rows, mask))
+    hinted = jax.jit(lambda p, r, m, d: scorer.score_tokens(p, r, m, distinct=d))(scorer.params, rows, mask, (ids, src))
+    np.testing.assert_allclose(np.asarray(hinted), full, rtol=1e-5, atol=1e-6)   # float32: GEMM row count only
+
+
+def test_search_with_dedup_first_layer_takes_the_plain_steps(tiny):
+    """GCG with the first layer on the T + C E distinct rows takes the same steps as without (same key)."""
+    scorer = models.reward_scorer(tiny["gpt_neox"])
+    params = search_params(scorer)
+    out = []
+    for dedup in (False, True):
+        cfg = SearchConfig(length=9, topk=3, num_candidates=8, num_iters=5, schedule="gcg", edits=2,
+                           dedup_first_layer=dedup)
+        init, step = make_search(cfg, scorer)
+        state = jax.jit(init)(jax.random.key(3), params)
+        out.append(jax.jit(make_scan(step, 5))(jax.random.key(4), state, params))
+    (s0, i0), (s1, i1) = out
+    np.testing.assert_array_equal(np.asarray(s0.tokens), np.asarray(s1.tokens))
+    np.testing.assert_array_equal(np.asarray(s0.best_tokens), np.asarray(s1.best_tokens))
+    np.testing.assert_allclose(np.asarray(i1.objective), np.asarray(i0.objective), rtol=1e-5, atol=1e-6)
+
+
 def test_pack_rows_layout_by_brute_force():
     """Each slot holds (row, position) of the rows' tokens from their first edit on, in order; the grid
     reads the cached row before first[c] and the row's own slot after."""

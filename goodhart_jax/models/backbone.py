@@ -74,6 +74,8 @@ class DecoderBackbone(nn.Module):
     dtype: Any = jnp.float32
 
     block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin, index, prefix, packed) -> x
+    # Whether `block` takes distinct=(u [1, U, D], src [B, T]) and runs its per-token parts on the U rows.
+    per_token_block: ClassVar[bool] = False
     norm: ClassVar[type[nn.Module]]       # norm(eps, dtype, name=...)(x) -> x
     embed_name: ClassVar[str]
     final_norm_name: ClassVar[str]
@@ -81,7 +83,8 @@ class DecoderBackbone(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array | None, mask: Array | None, onehot: Array | None = None,
                  index: Array | None = None, prefix: tuple[tuple[Array, Array], ...] | None = None,
-                 packed: layers.PackedRows | None = None) -> BackboneOutput:
+                 packed: layers.PackedRows | None = None,
+                 distinct: tuple[Array, Array] | None = None) -> BackboneOutput:
         """Args:
           input_ids: [B, T] int tokens (ignored when `onehot` is given).
           mask: [B, T] 1 for real tokens (left or right padding; unused with `packed`).
@@ -97,6 +100,13 @@ class DecoderBackbone(nn.Module):
             [1, N] the packed tokens; index must be packed.last, giving each
             of the C rows' last position. The same numbers as the rows' full
             pass (unpadded), for N / (C T) of the dense work.
+          distinct: optional (ids [U] int, src [B, T] int) with input_ids[b, t] = ids[src[b, t]]: a
+            speed hint for batches that share most tokens (GCG's candidates: the current sequence's T
+            tokens and C x E edits). The first layer's input is a function of the token alone, so a
+            block with `per_token_block` runs its norms and projections before attention (and
+            GPT-NeoX's parallel MLP) on the U rows and gathers them: the same numbers up to float
+            rounding, U / (B T) of that work. Other blocks, and a first layer that is also the last
+            one read at `index`, take the plain pass.
         Returns:
           BackboneOutput (hidden_states: embeddings then each layer's output).
         """
@@ -108,8 +118,12 @@ class DecoderBackbone(nn.Module):
         hidden = [x]
         for n in range(c.num_hidden_layers):
             last = index is not None and n == c.num_hidden_layers - 1
-            x = self.block(c, self.dtype, name=f"layers_{n}")(x, mask, cos, sin, index if last else None,
-                                                             None if prefix is None else prefix[n], packed)
+            args = (x, mask, cos, sin, index if last else None, None if prefix is None else prefix[n], packed)
+            if n == 0 and distinct is not None and self.per_token_block and not last and packed is None:
+                u = emb(distinct[0].reshape(1, -1))                                  # [1, U, D]
+                x = self.block(c, self.dtype, name=f"layers_{n}")(*args, distinct=(u, distinct[1]))
+            else:
+                x = self.block(c, self.dtype, name=f"layers_{n}")(*args)
             hidden.append(x)
         x = self.norm(c.norm_eps, self.dtype, name=self.final_norm_name)(x)
         return BackboneOutput(x, tuple(hidden))

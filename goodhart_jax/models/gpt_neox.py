@@ -138,18 +138,23 @@ class GPTNeoXAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
-                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None,
+                 src: Array | None = None) -> Array:
         """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D].
 
         Sows its rotated keys and values [B, T, N, H] as "intermediates"/"kv".
         With `packed` (C rows, see `layers.PackedRows`) and `prefix` (this
         layer's keys and values [1, T, N, H] of the cached row), x [1, N, D]
         holds the packed tokens: [1, N, D] out, or [C, 1, D] at index = packed.last.
+        With `src` [B, T], x [1, U, D] holds U distinct rows and row (b, t) is x[0, src[b, t]]: the
+        projection runs on the U rows, then is gathered.
         """
         c = self.config
-        b, t, _ = x.shape
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
                        param_dtype=self.dtype, name="query_key_value")(x)
+        if src is not None:
+            qkv = qkv[0][src]                                                   # [B, T, 3D]
+        b, t, _ = qkv.shape
         # transformers views the fused projection as [B, T, N, 3H] then chunks.
         qkv = qkv.reshape(b, t, c.num_attention_heads, 3 * c.head_size)
         q, k, v = jnp.split(qkv, 3, axis=-1)
@@ -180,18 +185,23 @@ class GPTNeoXLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
-                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None,
+                 distinct: tuple[Array, Array] | None = None) -> Array:
         """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]; `prefix`,
-        `packed`: see `GPTNeoXAttention`."""
+        `packed`: see `GPTNeoXAttention`. With distinct = (u [1, U, D], src [B, T]) where
+        x[b, t] = u[0, src[b, t]] (no index, prefix or packed), the norms, the QKV projection and the
+        parallel MLP run on the U rows (`DecoderBackbone`'s `distinct`)."""
         c = self.config
         ln1 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="input_layernorm")
         ln2 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="post_attention_layernorm")
-        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(x), mask, cos, sin, index, prefix, packed)
+        u, src = (x, None) if distinct is None else distinct
+        attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(u), mask, cos, sin, index, prefix, packed,
+                                                                  src)
         mlp = GPTNeoXMLP(c, self.dtype, name="mlp")
         if index is not None:
             x = layers.take_positions(x, index)
         if c.use_parallel_residual:
-            return x + attn + mlp(ln2(x))
+            return x + attn + (mlp(ln2(x)) if src is None else mlp(ln2(u))[0][src])
         h = x + attn
         return h + mlp(ln2(h))
 
@@ -205,6 +215,7 @@ class GPTNeoXModel(DecoderBackbone):
     """
 
     block = GPTNeoXLayer
+    per_token_block = True
     norm = layers.LayerNorm
     embed_name = "embed_in"
     final_norm_name = "final_layer_norm"

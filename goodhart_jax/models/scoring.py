@@ -37,8 +37,8 @@ def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
     """
     module, key = backbone(model), model.backbone_key
 
-    def hidden_fn(params, input_ids, mask, onehot=None, index=None):
-        return module.apply({"params": params[key]}, input_ids, mask, onehot, index)
+    def hidden_fn(params, input_ids, mask, onehot=None, index=None, distinct=None):
+        return module.apply({"params": params[key]}, input_ids, mask, onehot, index, distinct=distinct)
 
     return hidden_fn
 
@@ -53,6 +53,9 @@ def _lm_kernel(model: LoadedModel, params: dict) -> Array:
 def make_reward_fn(model: LoadedModel, onehot: bool = False, one_position: bool = True) -> ScoreFn:
     """Pure reward_fn(params, input_ids [B, T] | onehot [B, T, V], mask [B, T]) -> [B] float32.
 
+    The token form also takes distinct=(ids [U], src [B, T]) with input_ids[b, t] = ids[src[b, t]]
+    (`DecoderBackbone`'s speed hint: the first layer's per-token work on U rows).
+
     The reward head reads the final-normed hidden state at the position its
     `HeadSpec.pooling` picks (by default the last non-padding token). With
     `one_position` (default) the last layer computes only that position
@@ -64,10 +67,11 @@ def make_reward_fn(model: LoadedModel, onehot: bool = False, one_position: bool 
         raise ValueError(f"this {model.layout} checkpoint has no reward head; use make_logprob_fn")
     hidden_fn, spec = make_hidden_fn(model), model.reward_head
 
-    def reward_fn(params, inputs, mask):
+    def reward_fn(params, inputs, mask, distinct=None):
         ids = (jnp.argmax(inputs, axis=-1) if spec.pooling == "before_first_pad" else None) if onehot else inputs
         idx = heads.pool_index(mask, ids, spec) if one_position else None
-        h = hidden_fn(params, None, mask, inputs, idx) if onehot else hidden_fn(params, inputs, mask, None, idx)
+        h = hidden_fn(params, None, mask, inputs, idx) if onehot else \
+            hidden_fn(params, inputs, mask, None, idx, distinct)
         if idx is not None:
             return heads.linear_reward(params[spec.name], h.last_hidden_state[:, 0])
         return heads.linear_reward(params[spec.name], heads.pool(h.last_hidden_state, mask, ids, spec))
@@ -130,7 +134,7 @@ def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
 def reward_scorer(model: LoadedModel) -> Scorer:
     """A `Scorer` (goodhart_jax.scorer) giving the reward head's score (with `prefix` for "last" pooling)."""
     return Scorer(model.params, make_reward_fn(model), make_reward_fn(model, onehot=True), model.vocab_size,
-                  make_prefix_scoring(model))
+                  make_prefix_scoring(model), distinct=True)
 
 
 def logprob_scorer(model: LoadedModel) -> Scorer:

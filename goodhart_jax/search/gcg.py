@@ -86,6 +86,13 @@ class SearchConfig:
         largest for few edits (n = 1-2). Default False. Under `vmap`
         (restarts) a step takes the plain pass for all restarts when one
         of them needs it (`cond_all`).
+      dedup_first_layer: the candidates hold at most T + C E distinct
+        (token, source) rows: the current sequence's tokens and the edits.
+        With a reward `Scorer` that takes `distinct` (a GPT-NeoX model), the
+        first layer's per-token work (norms, QKV projection, parallel MLP)
+        runs on those T + C E rows and is gathered, instead of on C T: the
+        same scores up to float rounding (at T = 32, C = 64, n = 2: 160 of
+        2048 rows). Default True; no effect on other scorers.
     """
 
     length: int
@@ -100,6 +107,7 @@ class SearchConfig:
     from_best: bool = False
     exclude_current: bool = False
     share_prefix: bool = False
+    dedup_first_layer: bool = True
 
     def __post_init__(self):
         if self.length < 1:
@@ -211,10 +219,14 @@ def _upcast(x: Array) -> Array:
 def _scores(reward: Scorer, base: Optional[Scorer]):
     """Token and one-hot scoring of the objective and its parts."""
 
-    def on_tokens(params: SearchParams, tokens: Array):
-        """tokens [C, T] -> (objective [C], reward [C], logprob [C])."""
+    def on_tokens(params: SearchParams, tokens: Array, distinct: Optional[tuple[Array, Array]] = None):
+        """tokens [C, T] -> (objective [C], reward [C], logprob [C]); `distinct` (ids [U], src [C, T]):
+        the reward scorer's speed hint, used when it takes one."""
         mask = jnp.ones(tokens.shape, jnp.int32)
-        r = _upcast(reward.score_tokens(params.reward, tokens, mask))
+        if distinct is not None and reward.distinct:
+            r = _upcast(reward.score_tokens(params.reward, tokens, mask, distinct=distinct))
+        else:
+            r = _upcast(reward.score_tokens(params.reward, tokens, mask))
         if base is None:
             return r, r, jnp.zeros_like(r)
         lp = _upcast(base.score_tokens(params.base, tokens, mask))
@@ -363,10 +375,11 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         raise ValueError("share_prefix needs a reward Scorer with `prefix` (a model reward head pooling the "
                          "last position) and no base model")
 
-    def score_candidates(params: SearchParams, tokens: Array, cand: Array):
-        """cand [C, T] -> (objective, reward, logprob) [C] each; with share_prefix, from each one's first edit."""
+    def score_candidates(params: SearchParams, tokens: Array, cand: Array, distinct):
+        """cand [C, T] -> (objective, reward, logprob) [C] each; with share_prefix, from each one's first edit;
+        distinct: None or (ids [U], src [C, T]) with cand = ids[src]."""
         if not slots:
-            return on_tokens(params, cand)
+            return on_tokens(params, cand, distinct)
         differ = cand != tokens
         first = jnp.where(differ.any(1), jnp.argmax(differ, axis=1), T)          # [C] first edited position
         fits = jnp.sum(T - jnp.minimum(first, T - 1)) <= slots
@@ -413,8 +426,14 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         new = jnp.where(active, new, state.tokens[pos])
         cand = jnp.broadcast_to(state.tokens, (C, T))
         cand = cand.at[jnp.arange(C)[:, None], pos].set(new)                  # [C, T]
+        distinct = None
+        if config.dedup_first_layer:                                          # cand = ids[src]
+            ids = jnp.concatenate([state.tokens, new.reshape(-1)])            # [T + C E]
+            src = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (C, T))
+            src = src.at[jnp.arange(C)[:, None], pos].set(T + jnp.arange(C * E, dtype=jnp.int32).reshape(C, E))
+            distinct = (ids, src)
 
-        obj, r, lp = score_candidates(params, state.tokens, cand)             # [C] each
+        obj, r, lp = score_candidates(params, state.tokens, cand, distinct)   # [C] each
         obj = jnp.where(_apply_filter(token_filter, cand), obj, -jnp.inf)
         i = jnp.argmax(obj)
         move = jnp.isfinite(obj[i])
