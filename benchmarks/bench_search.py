@@ -13,7 +13,9 @@ Two measurements, one JSON line:
    one-step-per-call speed and the throughput of --restarts vmapped restarts
    are reported too, and the scanned step with `share_prefix` (each candidate
    run from its first edit on against the current sequence's cached keys and
-   values: the same candidates and steps, checked). `--size 7b` is Starling-RM-7B's shape (Llama-2-7B: hidden
+   values: the same candidates and steps, checked), and the scanned step without
+   `dedup_first_layer` (the first layer on all C T candidate rows; same steps,
+   checked). `--size 7b` is Starling-RM-7B's shape (Llama-2-7B: hidden
    4096, 32 layers, 32 heads, intermediate 11008, vocab 32000) with random
    bfloat16 weights drawn in JAX on the device, no PyTorch side; it needs a
    GPU and refuses to run on a CPU.
@@ -171,6 +173,12 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
         same = [np.asarray(r(jax.random.key(5), start, params)[0].tokens) for r in (run, prun)]
         out |= {"jax_prefix_slots": pcfg.prefix_slots(), "jax_prefix_plain_slots": length * candidates,
                 "jax_prefix_same_steps": bool(np.array_equal(*same))}
+    if reward.distinct and size not in GPU_ONLY:  # first layer on all C T rows (dedup_first_layer off): same steps
+        ncfg = dataclasses.replace(cfg, dedup_first_layer=False)
+        nrun, fns["jax_no_dedup"] = scanned(make_search(ncfg, reward)[1], start)
+        per_call["jax_no_dedup"] = blocks * scan
+        same = [np.asarray(r(jax.random.key(5), start, params)[0].tokens) for r in (run, nrun)]
+        out["jax_no_dedup_same_steps"] = bool(np.array_equal(*same))
     if size not in GPU_ONLY:  # one step per call (dispatch overhead included): a second compile
         one, holder = jax.jit(step), {"s": start}
 
@@ -204,7 +212,7 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
     secs = {name: t / per_call[name] for name, t in interleaved_medians(fns, repeats).items()}   # per step
     for name, sec in secs.items():
         out[f"{name}_iters_per_s"] = 1 / sec
-        if name in ("jax", "jax_prefix", "torch"):
+        if name in ("jax", "jax_prefix", "jax_no_dedup", "torch"):
             out[f"{name}_ms_per_step"] = 1e3 * sec
     if ckpt is not None:
         ids = tstate["best_tokens"][None].numpy().astype(np.int32)  # both score the same sequence alike
