@@ -92,7 +92,8 @@ class SearchConfig:
         first layer's per-token work (norms, QKV projection, parallel MLP)
         runs on those T + C E rows and is gathered, instead of on C T: the
         same scores up to float rounding (at T = 32, C = 64, n = 2: 160 of
-        2048 rows). Default True; no effect on other scorers.
+        2048 rows). Default True; no effect on other scorers, nor when
+        T + C E >= C T.
     """
 
     length: int
@@ -427,7 +428,7 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         cand = jnp.broadcast_to(state.tokens, (C, T))
         cand = cand.at[jnp.arange(C)[:, None], pos].set(new)                  # [C, T]
         distinct = None
-        if config.dedup_first_layer:                                          # cand = ids[src]
+        if config.dedup_first_layer and T + C * E < C * T:                    # cand = ids[src]
             ids = jnp.concatenate([state.tokens, new.reshape(-1)])            # [T + C E]
             src = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (C, T))
             src = src.at[jnp.arange(C)[:, None], pos].set(T + jnp.arange(C * E, dtype=jnp.int32).reshape(C, E))
