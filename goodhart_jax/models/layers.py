@@ -329,7 +329,11 @@ def _onehot_embed_fwd(onehot, table):
 
 def _onehot_embed_bwd(res, g):
     onehot, table = res
-    d_onehot = jnp.einsum("...d,vd->...v", g, table).astype(onehot.dtype)
+    # d onehot = g @ table^T, taken as (table @ g^T)^T: the same sums with the [V, D] table as the
+    # streamed left operand, not the right one a CPU GEMM packs on every call (one jitted GCG step
+    # per call repacks the 50304 x 128 table each time; a scanned loop does not).
+    rows = g.reshape(-1, g.shape[-1])                                              # [M, D]
+    d_onehot = jnp.einsum("vd,md->vm", table, rows).T.reshape(g.shape[:-1] + table.shape[:1]).astype(onehot.dtype)
     d_table = jnp.einsum("...v,...d->vd", onehot.astype(table.dtype), g).astype(table.dtype)
     return d_onehot, d_table
 
