@@ -114,6 +114,11 @@ def summarize(families: list[FamilySummary], targets, vocab: int | None = None, 
         f"{depth}) = {depth * math.log(vocab):.1f} nats, and E[V] there is the V of a few top-U leaves)")
     rows = [dict(error=f.label, tail=f.tail, tilt_betas=f.tilt_betas, KL=tuple(targets), E_V_at_KL=f.at.value,
                  KL_max=f.at.kl_max) for f in families]
+    for row, f in zip(rows, families):
+        if not np.all(np.isfinite(np.asarray(f.at.value, np.float64))):
+            row["reason"] = ("E[V] is null at a KL that a seed's sweep over beta does not reach: every beta's KL is "
+                             "above it (a heavy tail can saturate the tree even at the largest beta) or below it; "
+                             "'KL_max' is the KL at the smallest beta. Widen --betas to read it off")
     text = table([f.label for f in families], [f.at for f in families], targets, label="error",
                  columns={"tail": [f.tail for f in families], "tilt exists": [f.tilt_betas for f in families]})
     return rows, text + ("\n" + note if note else "")

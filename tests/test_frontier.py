@@ -46,3 +46,14 @@ def test_sweep_rows_say_why_a_number_is_missing():
     assert [r["KL"] for r in rows] == [1.0, None, None, None]
     assert "reason" not in rows[0] and rows[1]["reason"] == "rounded in float32"
     assert "overflow" in rows[2]["reason"] and rows[3]["reason"] == "diverges" and not rows[3]["exists"]
+
+
+def test_summary_rows_with_null_values_say_why():
+    """A family whose sweep never falls to a target KL (a heavy tail saturating a big tree at every beta: 16^7
+    leaves, Pareto error, KL 19.4 at beta = 1000) gets a null there and a reason; a complete one gets no reason."""
+    full = frontier.value_at_kl([[0.1, 10.0]], [[0.0, 1.0]], [1.0])
+    saturated = frontier.value_at_kl([[19.3, 19.4]], [[0.0, 1.0]], [1.0])
+    rows, text = frontier.summarize([frontier.FamilySummary("normal", "light", 3, full),
+                                     frontier.FamilySummary("pareto", "heavy", 0, saturated)], [1.0], 16, 7)
+    assert "reason" not in rows[0] and np.isfinite(rows[0]["E_V_at_KL"]).all()
+    assert np.isnan(rows[1]["E_V_at_KL"]).all() and "does not reach" in rows[1]["reason"]
