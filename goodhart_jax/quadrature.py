@@ -272,8 +272,8 @@ def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None, sca
 
     A sinh-spaced grid around each centre (|y - centre| from 0.06 to sinh(12) ~ 8e4
     times `scale`) finds the peak's grid cell and where each drop is crossed; a golden-section
-    search then pins the peak and bisections pin the crossings, all in one
-    `fori_loop` (log_g is compiled once more, on [2 D + 2] points). As
+    search then pins the peak (a `fori_loop` on 2 points a step) and bisections pin
+    the crossings (a second one, on [2 D] points a step). As
     quadrature breaks these grade the nodes to the bump's width, whatever its
     distance to the centres. Where log_g is -inf on the whole grid every point
     is centres[0]. Where the grid's best point is its outermost one (the peak lies
@@ -306,39 +306,31 @@ def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None, sca
     right = yrow[jnp.min(jnp.where(below & (idx > j), idx, _COARSE - 1), axis=1)]
     a0, b0 = yrow[jnp.maximum(j - 1, 0)], yrow[jnp.minimum(j + 1, _COARSE - 1)]
 
-    def body(k, st):
-        a, b, lo_out, lo_in, hi_in, hi_out, peak, x_peak = st
-        gold = k < _GOLDEN
+    def golden(k, st):
+        a, b, peak, x_peak = st
         p, q = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
-        mids = jnp.concatenate([(lo_out + lo_in) / 2, (hi_in + hi_out) / 2])
-        pts = jnp.where(gold, jnp.concatenate([jnp.stack([p, q]), jnp.zeros_like(mids)]),
-                        jnp.concatenate([jnp.stack([x_peak, x_peak]), mids]))
-        v = clean(log_g(pts))
-        # Golden section: keep the side holding the larger value.
+        v = clean(log_g(jnp.stack([p, q])))
+        # Keep the side holding the larger value.
         left_better = v[0] >= v[1]
-        a = jnp.where(gold & ~left_better, p, a)
-        b = jnp.where(gold & left_better, q, b)
         best = jnp.maximum(v[0], v[1])
-        x_peak = jnp.where(gold & (best >= peak), jnp.where(left_better, p, q), x_peak)
-        peak = jnp.where(gold, jnp.maximum(peak, best), peak)
-        # Bisection of the crossings of peak - drop, started once the peak is pinned.
-        lvl = peak - drops
-        ml, mr = v[2:2 + D] < lvl, v[2 + D:] < lvl
-        bis = ~gold
-        lo_out = jnp.where(bis & ml, mids[:D], lo_out)
-        lo_in = jnp.where(bis & ~ml, mids[:D], lo_in)
-        hi_out = jnp.where(bis & mr, mids[D:], hi_out)
-        hi_in = jnp.where(bis & ~mr, mids[D:], hi_in)
-        # Entering the bisection phase: inner ends start at the peak.
-        start = k == _GOLDEN - 1
-        lo_in = jnp.where(start, jnp.full_like(lo_in, x_peak), lo_in)
-        hi_in = jnp.where(start, jnp.full_like(hi_in, x_peak), hi_in)
-        lo_out = jnp.where(start, jnp.minimum(left, x_peak), lo_out)
-        hi_out = jnp.where(start, jnp.maximum(right, x_peak), hi_out)
-        return a, b, lo_out, lo_in, hi_in, hi_out, peak, x_peak
+        x_peak = jnp.where(best >= peak, jnp.where(left_better, p, q), x_peak)
+        return (jnp.where(left_better, a, p), jnp.where(left_better, q, b), jnp.maximum(peak, best), x_peak)
 
-    st = (a0, b0, left, left, right, right, peak0, yrow[j])
-    _, _, _, lo_in, hi_in, _, _, x_peak = jax.lax.fori_loop(0, _GOLDEN + _BISECT, body, st)
+    _, _, peak, x_peak = jax.lax.fori_loop(0, _GOLDEN, golden, (a0, b0, peak0, yrow[j]))
+    lvl = peak - drops
+
+    def bisect(k, st):
+        # The crossings of peak - drop: outer ends below the level, inner ends at or above it.
+        lo_out, lo_in, hi_in, hi_out = st
+        mids = jnp.concatenate([(lo_out + lo_in) / 2, (hi_in + hi_out) / 2])
+        v = clean(log_g(mids))
+        ml, mr = v[:D] < lvl, v[D:] < lvl
+        return (jnp.where(ml, mids[:D], lo_out), jnp.where(ml, lo_in, mids[:D]),
+                jnp.where(mr, hi_in, mids[D:]), jnp.where(mr, mids[D:], hi_out))
+
+    inner = jnp.full_like(left, x_peak)
+    st = (jnp.minimum(left, x_peak), inner, inner, jnp.maximum(right, x_peak))
+    _, lo_in, hi_in, _ = jax.lax.fori_loop(0, _BISECT, bisect, st)
     found = jnp.isfinite(peak0)
     beyond = found & ((j == 0) | (j == _COARSE - 1))  # still rising at the grid's edge
     at = lambda a: jnp.where(beyond, jnp.nan, jnp.where(found, a, centres[0]))  # noqa: E731

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as nd
 from jax import Array
-from jax.scipy.special import betainc, gammaln, log_ndtr
+from jax.scipy.special import betainc, gammaln
 
 from goodhart_jax import variates
 
@@ -38,8 +38,29 @@ __all__ = ["Family", "parse", "FAMILIES"]
 # Exact log tail functions log P(Z > z) of standardised variables.
 
 
+_NORMAL_FAR = {8: 26.0, 4: 9.0}  # float bytes -> z beyond which `_log_sf_normal` takes the asymptotic series
+_NORMAL_TERMS = 9
+
+
 def _log_sf_normal(z):
-    return log_ndtr(-z)
+    """log P(Z > z) = log(erfc(z / sqrt 2) / 2) (log1p(-erfc(|z| / sqrt 2) / 2) below 0), and far out (erfc nears the float's
+    underflow) Laplace's asymptotic series: -z^2/2 - log(z sqrt(2 pi)) + log(sum_k
+    (-1)^k (2k-1)!! / z^(2k)), 9 terms (the first omitted is < 1e-17 at z = 26 in
+    float64 and < 1e-9 at z = 9 in float32). One erfc a point, ~3x faster than
+    `log_ndtr`, which forms the normal cdf twice and the series besides.
+    """
+    far = _NORMAL_FAR[jnp.dtype(jnp.result_type(z, float)).itemsize]
+    near = z < far
+    w = jnp.abs(jnp.where(near, z, 0.0)) * (1.0 / math.sqrt(2.0))
+    half = 0.5 * jax.lax.erfc(w)  # P(Z > |z|)
+    log_near = jnp.where(z >= 0, jnp.log(half), jnp.log1p(-half))
+    zf = jnp.where(near, far, z)
+    r = 1.0 / (zf * zf)
+    series = jnp.ones_like(r)
+    for k in range(_NORMAL_TERMS - 1, 0, -1):  # Horner: 1 - r (1 - 3 r (1 - 5 r (...)))
+        series = 1.0 - (2 * k - 1) * r * series
+    log_far = -0.5 * zf * zf - jnp.log(zf) - 0.5 * math.log(2.0 * math.pi) + jnp.log(series)
+    return jnp.where(near, log_near, log_far)
 
 
 def _log_sf_laplace(z):
@@ -56,16 +77,52 @@ def _log_sf_logistic(z):
     return -jax.nn.softplus(z)
 
 
-def _hyp_series(ratio: Callable, y, terms: int):
-    """sum_{n >= 0} prod_{k < n} ratio(k) y^n by Horner's rule, `terms` terms.
+_CHUNK = 25  # terms a `lax.cond` of `_hyp_series` keeps or skips at once
 
-    Linear space is safe where the callers use it: y <= 1/2 and the sum stays
-    far below the float range (see `_log_sf_student_t`).
+
+def _hyp_series(ratio: Callable, y, terms: int, y_max: float | None = None):
+    """sum_{n < terms} prod_{k < n} ratio(k) y^n, any shape; `ratio` of n (and of
+    traced parameters, not of y).
+
+    The coefficients c_n = prod_{k < n} ratio(k) are formed once (a cumulative
+    product over [terms] and the parameters' shape), then Horner's rule in y
+    costs one multiply-add a term per point, unrolled so that XLA fuses each
+    stretch into one pass over y: ~3x faster than forming each term's ratio (a
+    division) at every point. Linear space is safe where the callers use it:
+    y <= 1/2 and the sum stays far below the float range (see
+    `_log_sf_student_t`).
+
+    With `y_max` (y <= y_max everywhere) and unbatched parameters, the terms go
+    in stretches of `_CHUNK`, each behind a `lax.cond`: a stretch from n0 on is
+    skipped when the whole remainder, at most c_n0 y_max^n0 / (1 - rho) with rho =
+    y_max max(ratio(n0), 1) (ratio(n) is monotone in n), is below eps/16 of the sum
+    (which is >= c_0 = 1): the parameters decide how many terms are summed.
     """
-    def body(i, acc):
-        n = terms - 1 - i
-        return 1.0 + ratio(n) * y * acc
-    return jax.lax.fori_loop(0, terms, body, jnp.ones_like(y), unroll=8)
+    dtype = jnp.result_type(y)
+    n = jnp.arange(terms - 1, dtype=dtype)
+    r = jax.vmap(ratio)(n)  # [terms - 1, *parameter shape]
+    c = jnp.concatenate([jnp.ones_like(r[:1]), jnp.cumprod(r, axis=0)])
+
+    def horner(lo, hi):
+        def run(acc):
+            for i in range(hi - 1, lo - 1, -1):  # unrolled: XLA fuses the chain
+                acc = c[i] + y * acc
+            return acc
+        return run
+
+    if y_max is None or c.ndim > 1:
+        return horner(0, terms)(jnp.zeros(jnp.broadcast_shapes(c.shape[1:], jnp.shape(y)), dtype))
+    acc = jnp.zeros(jnp.shape(y), dtype)
+    tol = math.log(jnp.finfo(dtype).eps / 16)
+    for lo in reversed(range(0, terms, _CHUNK)):
+        run = horner(lo, min(lo + _CHUNK, terms))
+        if lo == 0:
+            acc = run(acc)
+        else:
+            rho = y_max * jnp.maximum(ratio(jnp.asarray(lo, dtype)), 1.0)
+            log_bound = jnp.log(c[lo]) + lo * math.log(y_max) - jnp.log1p(-jnp.minimum(rho, 1.0))
+            acc = jax.lax.cond((rho >= 1.0) | (log_bound > tol), run, lambda a: a, acc)
+    return acc
 
 
 def _log_betainc_small(a, b, x, log1mx, terms: int = 60, log_x=None):
@@ -116,7 +173,7 @@ def _log_sf_student_t(z, df):
 
     def body_series(_):
         y_body = jnp.clip(y, 0.0, 0.5)
-        series = _hyp_series(lambda n: (a + b + n) / (b + 1.0 + n), y_body, _T_BODY_TERMS)
+        series = _hyp_series(lambda n: (a + b + n) / (b + 1.0 + n), y_body, _T_BODY_TERMS, y_max=0.5)
         # I_y(b, a) = y^b (1-y)^a / (b B(a, b)) * series
         log_i = (b * jnp.log(jnp.maximum(y_body, tiny)) + a * jnp.log1p(-y_body)
                  - jnp.log(b) - _log_beta(a, b) + jnp.log(series))
@@ -205,7 +262,7 @@ FAMILIES: dict[str, _Def] = {
         nd.LogNormal, {"loc": 0.0, "scale": 1.0}, (_pos("scale"),),
         sample=lambda key, p, shape, dtype: jnp.exp(p["loc"] + p["scale"] * variates.std_normal(key, shape, dtype)),
         log_sf=lambda p, x: jnp.where(
-            x > 0, log_ndtr(-(jnp.log(jnp.where(x > 0, x, 1.0)) - p["loc"]) / p["scale"]), 0.0
+            x > 0, _log_sf_normal((jnp.log(jnp.where(x > 0, x, 1.0)) - p["loc"]) / p["scale"]), 0.0
         ),
         heavy=lambda p: jnp.asarray(True),
         mgf_sup=lambda p: jnp.zeros_like(p["scale"]),
