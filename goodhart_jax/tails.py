@@ -38,7 +38,7 @@ __all__ = ["Family", "parse", "FAMILIES"]
 # Exact log tail functions log P(Z > z) of standardised variables.
 
 
-_NORMAL_FAR = {8: 26.0, 4: 9.0}  # float bytes -> z beyond which `_log_sf_normal` takes the asymptotic series
+_NORMAL_FAR = (26.0, 9.0)  # z beyond which `_log_sf_normal` takes the asymptotic series: float64, float32
 _NORMAL_TERMS = 9
 
 
@@ -48,8 +48,12 @@ def _log_sf_normal(z):
     (-1)^k (2k-1)!! / z^(2k)), 9 terms (the first omitted is < 1e-17 at z = 26 in
     float64 and < 1e-9 at z = 9 in float32). One erfc a point, ~3x faster than
     `log_ndtr`, which forms the normal cdf twice and the series besides.
+    16-bit floats are evaluated in float32 and rounded back.
     """
-    far = _NORMAL_FAR[jnp.dtype(jnp.result_type(z, float)).itemsize]
+    dtype = jnp.result_type(z, float)
+    if jnp.dtype(dtype).itemsize < 4:
+        return _log_sf_normal(jnp.asarray(z, jnp.float32)).astype(dtype)
+    far = _NORMAL_FAR[0] if jnp.dtype(dtype).itemsize >= 8 else _NORMAL_FAR[1]
     near = z < far
     w = jnp.abs(jnp.where(near, z, 0.0)) * (1.0 / math.sqrt(2.0))
     half = 0.5 * jax.lax.erfc(w)  # P(Z > |z|)
@@ -151,9 +155,10 @@ def _log_sf_student_t(z, df):
 
     P(|T| > |z|) = I_x(df/2, 1/2) with x = df / (df + z^2). Tail (x <= 1/2):
     the series of `_log_betainc_small` in x. Body (x > 1/2): I_x(a, 1/2) =
-    1 - I_y(1/2, a) with y = z^2 / (df + z^2) <= 1/2, again a series (200
-    terms). Both are straight-line arithmetic, ~15x faster than `betainc`'s
-    continued fraction (a while loop). The body form subtracts from 1, which
+    1 - I_y(1/2, a) with y = z^2 / (df + z^2) <= 1/2, again a series (up to
+    200 terms, fewer for small df: see `_hyp_series`'s `y_max`). Both are
+    straight-line arithmetic, ~15x faster than `betainc`'s continued fraction
+    (a while loop). The body form subtracts from 1, which
     costs accuracy where P(|T| > sqrt(df)) is small: for df <= 20 it is >= 2e-4
     (rel. error <= ~1e-12); larger df take `betainc` (a `lax.cond` on df).
     """

@@ -174,6 +174,12 @@ def test_normal_log_sf_against_mpmath_everywhere(x64):
     want = np.array([ref(v) for v in z])
     tiny = np.finfo(np.float64 if x64 else np.float32).tiny
     np.testing.assert_allclose(ours, want, rtol=1e-12 if x64 else 2e-5, atol=tiny)
+    if not x64:  # 16-bit floats: evaluated in float32, rounded back
+        zb = jnp.asarray(z[:70], jnp.bfloat16)
+        half = tails.parse("normal").log_sf(zb)
+        assert half.dtype == jnp.bfloat16
+        single = tails.parse("normal").log_sf(zb.astype(jnp.float32))
+        np.testing.assert_array_equal(np.asarray(half, np.float32), np.asarray(single.astype(jnp.bfloat16), np.float32))
 
 
 def test_parse_center_keyword():
