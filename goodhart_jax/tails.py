@@ -129,18 +129,6 @@ def _hyp_series(ratio: Callable, y, terms: int, y_max: float | None = None):
     return acc
 
 
-def _log_betainc_small(a, b, x, log1mx, terms: int = 60, log_x=None):
-    """log I_x(a, b) for x <= 1/2 from the hypergeometric series (no underflow).
-
-    I_x(a,b) = x^a (1-x)^b / (a B(a,b)) * sum_n (a+b)_n / (a+1)_n x^n; for b <= 1
-    the term ratio is below x <= 1/2, so 60 terms reach 2^-60. `log_x` (default
-    log x) lets a caller pass log x where x itself underflows.
-    """
-    series = _hyp_series(lambda n: (a + b + n) / (a + 1.0 + n), x, terms)
-    log_x = jnp.log(x) if log_x is None else log_x
-    return a * log_x + b * log1mx - jnp.log(a) - _log_beta(a, b) + jnp.log(series)
-
-
 _T_SERIES_MAX_DF = 20.0  # see `_log_sf_student_t`
 _T_BODY_TERMS = 200
 
@@ -154,47 +142,59 @@ def _log_sf_student_t(z, df):
     """log P(T > z) for a standard Student-t with `df` degrees of freedom.
 
     P(|T| > |z|) = I_x(df/2, 1/2) with x = df / (df + z^2). Tail (x <= 1/2):
-    the series of `_log_betainc_small` in x. Body (x > 1/2): I_x(a, 1/2) =
+    I_x(a, b) = x^a (1-x)^b / (a B(a,b)) * sum_n (a+b)_n / (a+1)_n x^n, whose
+    term ratio is below x <= 1/2 for b = 1/2 (60 terms reach 2^-60). Body (x > 1/2): I_x(a, 1/2) =
     1 - I_y(1/2, a) with y = z^2 / (df + z^2) <= 1/2, again a series (up to
     200 terms, fewer for small df: see `_hyp_series`'s `y_max`). Both are
     straight-line arithmetic, ~15x faster than `betainc`'s continued fraction
     (a while loop). The body form subtracts from 1, which
     costs accuracy where P(|T| > sqrt(df)) is small: for df <= 20 it is >= 2e-4
     (rel. error <= ~1e-12); larger df take `betainc` (a `lax.cond` on df).
+
+    Both forms have the prefactor x^a y^b / B(a, b) (over a in the tail, b in
+    the body), so each point takes two logarithms (x, y), one of its own series
+    (the tail's or the body's, selected first), one exp and one log1p: five
+    transcendentals a point (both series are summed everywhere).
     """
     a, b = df / 2.0, 0.5
-    z2 = z * z
-    x = df / (df + z2)
-    y = 1.0 / (1.0 + df / z2)                     # 1 - x, accurate for small z; 1 at z2 = inf
-    tiny = 1e-300 if x.dtype == jnp.float64 else 1e-37
-    x_tail = jnp.clip(x, tiny, 0.5)
-    # log x in log space: x underflows (and z^2 overflows) far in the tail, e.g.
-    # z >~ 1e19 in float32, where the clipped x would freeze the tail's slope.
-    big = jnp.abs(z) > 1.0
-    az = jnp.where(big, jnp.abs(z), 2.0)
-    log_x_far = jnp.log(df) - 2.0 * jnp.log(az) - jnp.log1p(df / (az * az))
-    log_x = jnp.minimum(jnp.where(big, log_x_far, jnp.log(jnp.maximum(x, tiny))), math.log(0.5))
-    tail = _log_betainc_small(a, b, x_tail, jnp.log(jnp.maximum(y, 0.5)), log_x=log_x)
+    finfo = jnp.finfo(jnp.result_type(z))
+    az = jnp.abs(z)
+    # Far out (df / z^2 < eps / 16) x = df / z^2 to rounding, and z^2 may overflow: log x = log df - 2 log|z|.
+    huge = az > 4.0 * jnp.sqrt(df / finfo.eps)
+    z2 = jnp.where(huge, 1.0, z * z)
+    w = df + z2
+    x, y = df / w, z2 / w                               # y = 1 - x without cancellation; y = 0 at z = 0
+    log_a = jnp.log(jnp.where(huge, az, x))
+    log_x = jnp.where(huge, jnp.log(df) - 2.0 * log_a, log_a)
+    log_y = jnp.where(huge, 0.0, jnp.log(y))            # -inf at z = 0: the body's term is 0 there
+    in_tail = log_x <= math.log(0.5)
+    x_tail = jnp.where(huge, 0.0, jnp.minimum(x, 0.5))
+    y_body = jnp.minimum(y, 0.5)
+    s_tail = _hyp_series(lambda n: (a + b + n) / (a + 1.0 + n), x_tail, 60)
+    prefactor = a * log_x + b * log_y - _log_beta(a, b)
 
-    def body_series(_):
-        y_body = jnp.clip(y, 0.0, 0.5)
-        series = _hyp_series(lambda n: (a + b + n) / (b + 1.0 + n), y_body, _T_BODY_TERMS, y_max=0.5)
-        # I_y(b, a) = y^b (1-y)^a / (b B(a, b)) * series
-        log_i = (b * jnp.log(jnp.maximum(y_body, tiny)) + a * jnp.log1p(-y_body)
-                 - jnp.log(b) - _log_beta(a, b) + jnp.log(series))
-        return jnp.log1p(-jnp.exp(log_i))
+    def series(_):
+        # log I_x(a, b) in the tail; log I_y(b, a) = log(1 - I_x(a, b)) in the body.
+        s_body = _hyp_series(lambda n: (a + b + n) / (b + 1.0 + n), y_body, _T_BODY_TERMS, y_max=0.5)
+        return prefactor + jnp.log(jnp.where(in_tail, s_tail, s_body)) - jnp.where(in_tail, jnp.log(a), jnp.log(b))
 
-    def body_betainc(_):
-        return jnp.log(betainc(a, b, jnp.clip(x, 0.5, 1.0)))
+    def with_betainc(_):
+        # log I_x(a, b) everywhere: the series in the tail, betainc in the body.
+        tail = prefactor + jnp.log(s_tail) - jnp.log(a)
+        return jnp.where(in_tail, tail, jnp.log(betainc(a, b, jnp.clip(x, 0.5, 1.0))))
 
+    use_series = jnp.asarray(df) <= _T_SERIES_MAX_DF
     if jnp.ndim(df) == 0:
-        body = jax.lax.cond(df <= _T_SERIES_MAX_DF, body_series, body_betainc, None)
+        log_i = jax.lax.cond(use_series, series, with_betainc, None)
     else:
-        body = jnp.where(df <= _T_SERIES_MAX_DF, body_series(None), body_betainc(None))
-    log_two_sided = jnp.where(x <= 0.5, tail, body)
-    upper = log_two_sided - jnp.log(2.0)  # z >= 0: P(T > z) = I / 2
-    lower = jnp.log1p(-0.5 * jnp.exp(log_two_sided))  # z < 0: 1 - I / 2
-    return jnp.where(z >= 0, upper, lower)
+        log_i = jnp.where(use_series, series(None), with_betainc(None))
+    # P(T > z) = I/2 for z >= 0 and 1 - I/2 below, I = P(|T| > |z|) = exp(log_i) where `direct`; in the
+    # series' body log_i = log(1 - I) instead: P = (1 - e)/2 and (1 + e)/2, e = exp(log_i).
+    direct = in_tail | ~use_series
+    e = jnp.exp(log_i)
+    upper = z >= 0
+    l1p = jnp.log1p(jnp.where(direct, -0.5 * e, jnp.where(upper, -e, e)))
+    return jnp.where(direct, jnp.where(upper, log_i - math.log(2.0), l1p), l1p - math.log(2.0))
 
 
 # ----------------------------------------------------------------------------
