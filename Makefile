@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/python sims/sweep_beta.py
 
+# Two workers, whole files each (a module's fixtures, notebook runs and compiled programs are built once), the
+# longest files first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order).
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) tests
 
 # The same without the cases marked slow (a quick check while working).
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not slow" tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 # Every benchmark, each against its baseline in the same process (about 5 minutes on 2 cores).
 bench: $(STAMP)

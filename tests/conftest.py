@@ -1,12 +1,41 @@
-"""Shared pytest set-up: offline hub, CPU only, quiet JAX, one compilation cache for the whole run."""
+"""Shared pytest set-up: offline hub, CPU only, quiet JAX, one compilation cache for the whole run, the
+longest test files scheduled first."""
 import os
-from pathlib import Path
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # JAX's persistent compilation cache, shared by the xdist workers and by every script and notebook kernel the
 # tests start (they inherit this environment): the same programs are otherwise compiled again in each process.
-# It stores compiled programs, keyed by the program, JAX version and backend, never results.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "jax-tests"))
+# It stores compiled programs, keyed by the program, JAX version, backend and flags, never results. A fresh
+# directory for each run (made by the first process, the xdist controller, before it starts the workers, and
+# removed by it at the end): a run reuses only what it compiled itself, as a fresh clone does. To keep one across
+# runs, set JAX_COMPILATION_CACHE_DIR yourself; it is then neither made nor removed here.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="goodhart-jax-test-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# The test files that take longest (seconds of one run on 2 loaded cores, session 10), run first: `make test`
+# hands whole files to the two workers (--dist loadfile, so a module's fixtures and programs are built once) in
+# collection order, and a long file started last would leave the other core idle. Other files keep their order.
+LONG_FILES = (
+    "test_conditioning.py", "test_best_of_n.py", "test_mitigations.py", "test_mdp.py", "test_search_cli.py",
+    "test_limit_clis.py", "lab/test_rewards.py", "test_tilting.py", "models/test_parity.py",
+    "test_tour_notebook.py", "test_notebook.py", "test_search.py", "lab/test_lab_search.py", "lab/test_rl.py",
+    "lab/test_tree.py", "test_overoptimization_cli.py", "test_sweep_beta.py", "test_cli_inputs.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {f"tests/{f}": i for i, f in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order within kept
