@@ -12,8 +12,25 @@ import pytest
 from goodhart_jax import cli, distributed
 from scripts import ROOT, load_script
 
-ARGS = ["--error", "laplace", "--betas", "0.3", "3", "--vocab", "5", "--depth", "3", "--eos",
-        "--pi0", "random", "--seeds", "2", "--thm2-t", "2", "--no-plots"]
+ARGS = ["--error", "laplace", "--betas", "0.3", "1", "3", "10", "--depth", "3", "--eos", "--pi0", "random",
+        "--seeds", "2", "--thm2-t", "2", "--no-plots"]
+# Two layouts on 2 processes x 2 devices: n = 4 tokens split the leaves over the 4 devices; n = 3 does not, so the
+# 4 betas are sharded (each device holds the whole tree). The same 4 betas: the tilt compiles once.
+RUNS = {"leaves": ["--vocab", "5"], "betas": ["--vocab", "4"]}
+LAYOUT = {"leaves": "each tree split along its leaves over 4 devices", "betas": "the betas sharded over 4 devices"}
+# Both runs in one process pair (the script's runner, `cli.run`, once per flag list): one start-up and one
+# jax.distributed join instead of two.
+DRIVER = """
+import json, sys
+sys.path.insert(0, "tests")
+from goodhart_jax import cli
+from scripts import load_script
+sweep_beta = load_script("sweep_beta")
+for argv in json.loads(sys.argv[1]):
+    status = cli.run(sweep_beta.Config, sweep_beta.main, argv, prog="sweep_beta.py")
+    if status:
+        sys.exit(status)
+"""
 
 
 def free_port() -> int:
@@ -32,15 +49,17 @@ def same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.slow  # ~1 minute of CPU on 2 cores (three runs of the script, each compiling)
+@pytest.mark.slow  # ~1 minute of CPU on 2 cores (two processes and this one, each compiling both runs)
 def test_two_processes_equal_one(tmp_path):
     """Two processes join through jax.distributed on 127.0.0.1 (gloo), each with 2 forced CPU devices: one
-    4-device mesh over which each seed's tree is drawn and split along its leaves. Only process 0 writes;
-    its rows equal those of this process (1 device) on the same flags."""
-    port, out = free_port(), tmp_path / "multi"
+    4-device mesh over which each seed's tree is drawn and split along its leaves, or, for a tree that does not
+    split over 4 devices, over which the betas are sharded. Only process 0 writes and logs; its rows equal those
+    of this process (1 device) on the same flags."""
+    port = free_port()
+    argvs = [ARGS + RUNS[name] + ["--out", str(tmp_path / name), "--coordinator", f"127.0.0.1:{port}",
+                                  "--num-processes", "2"] for name in RUNS]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "sims" / "sweep_beta.py"), *ARGS, "--out", str(out),
-                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps([a + ["--process-id", str(i)] for a in argvs])],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
@@ -50,14 +69,16 @@ def test_two_processes_equal_one(tmp_path):
             p.kill()
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
-    assert "on 4 device(s), 2 process(es)" in results[0][1]
-    assert "sweep_beta" not in results[1][1]  # process 1 logs nothing of the run's (and writes nothing)
-    multi = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert "sweep_beta" not in results[1][1]  # process 1 logs nothing of the runs' (and writes nothing)
     sweep_beta = load_script("sweep_beta")
-    single = sweep_beta.main(cli.parse_config(sweep_beta.Config, ARGS + ["--out", str(tmp_path / "single")]))
-    assert len(multi) == len(single) == 2 + 2 * (2 + 1)
-    bad = [(a, b) for a, b in zip(multi, single) if not same(a, json.loads(json.dumps(b)))]
-    assert not bad, bad[:3]
+    for name in RUNS:
+        assert f"on 4 device(s), 2 process(es) ({LAYOUT[name]}" in results[0][1], name
+        multi = [json.loads(line) for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+        cfg = cli.parse_config(sweep_beta.Config, ARGS + RUNS[name] + ["--out", str(tmp_path / f"{name}-single")])
+        single = sweep_beta.main(cfg)
+        assert len(multi) == len(single) == 4 + 2 * (4 + 1), name
+        bad = [(a, b) for a, b in zip(multi, single) if not same(a, json.loads(json.dumps(b)))]
+        assert not bad, (name, bad[:3])
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -276,6 +276,44 @@ def test_sharded_trees_match_single_device():
     assert "cannot be split over 2 devices" in res["refusal"]
 
 
+EIGHT = r"""
+import json, jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from goodhart_jax import mdp, tails
+# n = 2 tokens + EOS, depth 4: split at level 0, 1, 2, 3 on 1, 2, 4, 8 devices; drawn in 2^min(k, 4) blocks, so the
+# EOS exits come from the one draw above the blocks (each device keeps its slice) and the leaves from 16 blocks.
+spec, key, betas = mdp.TreeSpec(3, 4, True), jax.random.key(3), jnp.array([0.7])
+L, N = tails.parse("laplace"), tails.parse("normal")
+ref = mdp.make_tree(key, spec, L, N, dtype=jnp.float64)
+out = dict(devices=jax.device_count(), sweep=np.stack(mdp.sweep_tree(ref, betas)).ravel().tolist())
+for d in (1, 2, 4, 8):
+    mesh = jax.make_mesh((d,), ("leaf",), devices=jax.devices()[:d])
+    tree = mdp.make_tree(key, spec, L, N, dtype=jnp.float64, mesh=mesh)
+    out[d] = dict(split=mdp.split_level(spec, d), leaf_rows=tree.X[-1].addressable_shards[0].data.shape[0],
+                  devices=len(tree.X[-1].sharding.device_set),
+                  XV_equal=all(np.array_equal(a, b) for a, b in zip(tree.X + tree.V, ref.X + ref.V)))
+    if d == 8:  # one sweep point on the tree split 8 ways (jitted: an eager shard_map compiles op by op)
+        out[d]["sweep"] = np.stack(mdp.sweep_tree(tree, betas, mesh=mesh)).ravel().tolist()
+print(json.dumps(out))
+"""
+
+
+def test_same_seed_same_tree_on_1_2_4_8_devices():
+    """8 forced CPU devices: a tree drawn where it lives on meshes of 1, 2, 4 and 8 devices (each splitting at
+    a different level) has X and V bitwise equal to the unsharded draw, and its sweep on 8 devices equals the
+    unsharded one in float64 (uniform pi0 and one beta: cheap to compile; random pi0 and every quantity on
+    4 devices: test_sharded_trees_match_single_device)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", EIGHT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 8
+    for d, split in [(1, 0), (2, 1), (4, 2), (8, 3)]:
+        r = res[str(d)]
+        assert r["split"] == split and r["devices"] == d and r["leaf_rows"] == 16 // d and r["XV_equal"], (d, r)
+    np.testing.assert_allclose(res["8"]["sweep"], res["sweep"], rtol=1e-12, atol=1e-14)  # E_U, E_V, KL, KL/state
+
+
 @pytest.mark.parametrize("beta", [1.0, 1e-20])
 def test_kl_without_cancellation_when_u_over_beta_is_huge(beta):
     """float32 tree with U/beta ~ 1e18..1e38: the optimum is nearly a point mass and its KL ~ -log pi0(path).
