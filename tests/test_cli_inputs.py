@@ -19,7 +19,7 @@ import pytest
 from goodhart_jax import cli, io
 from goodhart_jax.models.scoring import check_batch
 
-from scripts import ROOT, SCRIPTS, load_script  # tests/scripts.py
+from scripts import ROOT, SCRIPTS, load_script, unoptimised_compiles  # tests/scripts.py
 
 SEEDED = tuple(s for s in SCRIPTS if "seed: int" in (ROOT / "sims" / f"{s}.py").read_text())
 
@@ -271,6 +271,13 @@ def test_length_past_the_models_positions_is_one_line(name, ckpt, tmp_path, caps
 
 # ---------------------------------------------------------------- mitigations: no NaN rows, no FloatingPointError
 
+@pytest.fixture
+def quick_compiles():
+    with unoptimised_compiles():  # as in test_limit_clis, whose mitigations programs this test's run shares
+        yield
+
+
+@pytest.mark.usefixtures("quick_compiles")
 def test_mitigations_unreachable_budget_is_flagged_not_raised(tmp_path, capsys):
     """--kl 150 200 on a 3^2 tree: the tree quantilizer's q = e^-200 underflows float32 (NaN), and no beta spends
     200 nats on 9 leaves. Rows said exists: true with null numbers, then FloatingPointError; now each such

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from scripts import unoptimised_compiles  # tests/scripts.py
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_compiles():
+    """Files, JSON rows and exit codes of small runs: compiled without XLA's optimisations, in process and in the
+    scripts started here (tests/scripts.py)."""
+    with unoptimised_compiles():
+        yield
 
 
 def _run(script, *args):

@@ -38,6 +38,7 @@ def quick_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", old)
+    jax.clear_caches()  # the flag is not in the in-memory caches' keys: later tests must not reuse these executables
 
 
 @pytest.fixture(scope="module")
