@@ -226,11 +226,16 @@ def make_tree(key: Array, spec: TreeSpec, error: Family, utility: Family, pi0: s
     """
     _check_base_policy(pi0, temperature)
     if mesh is not None:
-        specs = tree_specs(spec, mesh.shape[leaf_axis], leaf_axis)
-        draw = lambda k, e, u: _make_tree(k, spec, e, u, pi0, temperature, dependent, dtype, leaf_axis)  # noqa: E731
-        f = jax.shard_map(draw, mesh=mesh, in_specs=P(), out_specs=specs)
-        return jax.jit(f)(key, error, utility)
+        return _tree_program(spec, pi0, dependent, dtype, mesh, leaf_axis)(key, error, utility, temperature)
     return _make_tree(key, spec, error, utility, pi0, temperature, dependent, dtype, None)
+
+
+@functools.lru_cache(maxsize=64)
+def _tree_program(spec, pi0, dependent, dtype, mesh, leaf_axis):
+    """`make_tree` on a mesh, compiled once per (shape, settings, mesh): each device draws its own blocks."""
+    draw = lambda k, e, u, temp: _make_tree(k, spec, e, u, pi0, temp, dependent, dtype, leaf_axis)  # noqa: E731
+    return jax.jit(jax.shard_map(draw, mesh=mesh, in_specs=P(), out_specs=tree_specs(spec, mesh.shape[leaf_axis],
+                                                                                         leaf_axis)))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4, 6, 7, 8))
@@ -334,12 +339,20 @@ def _psum_logsumexp(local: Array, axis: str | None) -> Array:
 
 
 def _on_mesh(fn, spec: TreeSpec, mesh, leaf_axis: str, tree: Tree, *args):
-    """fn(tree, spec, *args, axis) on a tree split over `leaf_axis` of `mesh`; args and results replicated."""
-    specs = tree_specs(spec, mesh.shape[leaf_axis], leaf_axis)
-    tree = jax.reshard(tree, tree_sharding(spec, mesh, leaf_axis))
+    """fn(tree, spec, *args, axis) on a tree split over `leaf_axis` of `mesh`; args and results replicated.
+
+    One jitted program per (fn, spec, mesh, axis), kept: an eager `shard_map` compiles every operation on its own
+    (10 s for one soft optimum of a 16-leaf tree on 8 CPU devices, against 0.8 s jitted).
+    """
+    return _mesh_program(fn, spec, mesh, leaf_axis, len(args))(tree, *args)
+
+
+@functools.lru_cache(maxsize=64)
+def _mesh_program(fn, spec: TreeSpec, mesh, leaf_axis: str, nargs: int):
+    specs, shardings = tree_specs(spec, mesh.shape[leaf_axis], leaf_axis), tree_sharding(spec, mesh, leaf_axis)
     f = jax.shard_map(lambda tr, *a: fn(tr, spec, *a, axis=leaf_axis), mesh=mesh,
-                      in_specs=(specs,) + (P(),) * len(args), out_specs=P())
-    return f(tree, *args)
+                      in_specs=(specs,) + (P(),) * nargs, out_specs=P())
+    return jax.jit(lambda tree, *args: f(jax.reshard(tree, shardings), *args))
 
 
 # ------------------------------------------------------------------ the backward pass

@@ -292,7 +292,7 @@ for d in (1, 2, 4, 8):
     out[d] = dict(split=mdp.split_level(spec, d), leaf_rows=tree.X[-1].addressable_shards[0].data.shape[0],
                   devices=len(tree.X[-1].sharding.device_set),
                   XV_equal=all(np.array_equal(a, b) for a, b in zip(tree.X + tree.V, ref.X + ref.V)))
-    if d == 8:  # one sweep point on the tree split 8 ways (jitted: an eager shard_map compiles op by op)
+    if d == 8:  # one sweep point on the tree split 8 ways
         out[d]["sweep"] = np.stack(mdp.sweep_tree(tree, betas, mesh=mesh)).ravel().tolist()
 print(json.dumps(out))
 """
