@@ -181,11 +181,14 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
         out["jax_no_dedup_same_steps"] = bool(np.array_equal(*same))
     if size not in GPU_ONLY:  # one step per call (dispatch overhead included): a second compile
         one, holder = jax.jit(step), {"s": start}
+        # Keys made before timing: a jax.random.key(i) inside the loop is a device computation queued
+        # behind the previous step, so each step would wait for the last before it is dispatched.
+        keys = list(jax.random.split(jax.random.key(0), steps))
 
         def jax_one():
             s = holder["s"]
-            for i in range(steps):
-                s, _ = one(jax.random.key(i), s, params)
+            for key in keys:
+                s, _ = one(key, s, params)
             holder["s"] = jax.block_until_ready(s)
         fns["jax_one_step_per_call"], per_call["jax_one_step_per_call"] = jax_one, steps
     if restarts:

@@ -425,14 +425,14 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         new = top_ids[pos, pick]                                              # [C, E]
         active = jnp.arange(E) < n                                            # [E]
         new = jnp.where(active, new, state.tokens[pos])
-        cand = jnp.broadcast_to(state.tokens, (C, T))
-        cand = cand.at[jnp.arange(C)[:, None], pos].set(new)                  # [C, T]
-        distinct = None
-        if config.dedup_first_layer and T + C * E < C * T:                    # cand = ids[src]
-            ids = jnp.concatenate([state.tokens, new.reshape(-1)])            # [T + C E]
-            src = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (C, T))
-            src = src.at[jnp.arange(C)[:, None], pos].set(T + jnp.arange(C * E, dtype=jnp.int32).reshape(C, E))
-            distinct = (ids, src)
+        # The candidates as ids[src]: the current tokens and the edits [T + C E], and where each of the
+        # C T entries comes from (the same tokens as x with new[c, e] set at pos[c, e]; one scatter of
+        # the [C, T] sources serves the candidates and the first-layer hint).
+        ids = jnp.concatenate([state.tokens, new.reshape(-1)])                # [T + C E]
+        src = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (C, T))
+        src = src.at[jnp.arange(C)[:, None], pos].set(T + jnp.arange(C * E, dtype=jnp.int32).reshape(C, E))
+        cand = ids[src]                                                       # [C, T]
+        distinct = (ids, src) if config.dedup_first_layer and T + C * E < C * T else None
 
         obj, r, lp = score_candidates(params, state.tokens, cand, distinct)   # [C] each
         obj = jnp.where(_apply_filter(token_filter, cand), obj, -jnp.inf)
