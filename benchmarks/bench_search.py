@@ -200,7 +200,8 @@ def step_speed(model, size, length, topk, candidates, edits, steps, repeats, sca
             for _ in range(blocks):
                 vholder["s"], _ = vrun(vkeys, vholder["s"], params)
             jax.block_until_ready(vholder["s"])
-        fns["jax_vmapped_restart"], per_call["jax_vmapped_restart"] = jax_vmapped, blocks * scan / restarts
+        # per restart-step: each call runs blocks * scan steps of every restart
+        fns["jax_vmapped_restart"], per_call["jax_vmapped_restart"] = jax_vmapped, blocks * scan * restarts
     if ckpt is not None:
         import torch
 
