@@ -134,7 +134,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array, block: int | None = Non
     q = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4) * (1.0 / math.sqrt(h))  # [B, K, G, T, H]
     # k in v's layout [B, K, S, H] (the scores contract the last axis of both): the same numbers as with
     # k as [B, K, H, S], whose transpose moved the minor axis (a strided copy fused with k's rotary):
-    # 1.03-1.23x a GCG step on the 14M model, 1.1x this function at T = 1024 (benchmarks/README.md).
+    # a GCG step on the 14M model 1.03x scanned in the least loaded A/B (1.01-1.23x in three), this
+    # function 1.1x at T = 1024 (benchmarks/README.md).
     k = k.transpose(0, 2, 1, 3)                                    # [B, K, S, H]
     v = v.transpose(0, 2, 1, 3)                                    # [B, K, S, H]
     keep = mask > 0
