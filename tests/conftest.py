@@ -1,5 +1,6 @@
 """Shared pytest set-up: offline hub, CPU only, quiet JAX, one compilation cache for the whole run, the
 longest test files scheduled first."""
+import atexit
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ _OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_CACHE = tempfile.mkdtemp(prefix="goodhart-jax-test-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    atexit.register(shutil.rmtree, _OWN_CACHE, True)  # also where pytest stops before unconfigure
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
