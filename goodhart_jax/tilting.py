@@ -112,6 +112,22 @@ def tilt_reach(fam: Family, beta: Array) -> tuple[Array, Array, Array]:
     return mode, jnp.where(jnp.isfinite(reach) & jnp.isfinite(peak), reach, jnp.nan), rounding
 
 
+def _heavy_by_name(fam: Family) -> bool:
+    """True where the family is heavy-tailed whatever its parameters (Student-t, log-normal, Pareto): known
+    while tracing, unlike a heaviness that depends on a traced parameter (Weibull's concentration < 1)."""
+    with jax.ensure_compile_time_eval():  # constants stay concrete; traced parameters raise below
+        try:
+            return bool(jnp.all(fam.heavy))
+        except jax.errors.ConcretizationTypeError:
+            return False
+
+
+def _no_tilt(exists: Array, beta: Array, *families: Family, fields: int) -> tuple:
+    """(exists, +inf x fields), shaped as the integrals would have been: beta's and the parameters' shape."""
+    shape = jnp.broadcast_shapes(jnp.shape(beta), *(jnp.shape(v) for v in jax.tree.leaves(families)))
+    return (jnp.broadcast_to(exists, shape),) + (jnp.full(shape, jnp.inf, beta.dtype),) * fields
+
+
 def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     """Tilt of one variable: P ∝ q(y) exp(y / beta).
 
@@ -130,6 +146,9 @@ def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     beta = as_float(beta)
     dtype = beta.dtype
     exists = 1.0 / beta < fam.mgf_sup
+    inf, nan = jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.nan, dtype)
+    if _heavy_by_name(fam):  # no tilt at any beta (mgf_sup = 0): nothing to integrate, nothing to compile
+        return TiltComponent(*_no_tilt(exists, beta, fam, fields=3))
     log_f = lambda y: fam.log_prob(y) + y / beta  # noqa: E731
     kink = jnp.asarray(fam.kink(), dtype)
     mode, reach, rounding = tilt_reach(fam, beta)
@@ -137,7 +156,6 @@ def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     bump = locate_bump(log_f, jnp.stack([kink, jnp.where(jnp.isfinite(mode), mode, kink)]), dtype, scale)
     m = de_moments(log_f, jnp.concatenate([kink[None], bump.points()]), fam.support_lower(), dtype)
     trusted = jnp.isfinite(reach) & (rounding <= MAX_ROUNDING)
-    inf, nan = jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.nan, dtype)
     mask = lambda a: jnp.where(exists, jnp.where(trusted, a, nan), inf)  # noqa: E731
     return TiltComponent(exists, mask(m.mean), mask(m.mean / beta - m.log_Z), mask(m.log_Z))
 
@@ -154,6 +172,10 @@ def tilt(error: Family, utility: Family, beta: Array) -> TiltResult:
     Returns:
       `TiltResult` with [] fields.
     """
+    if _heavy_by_name(error) or _heavy_by_name(utility):  # no tilt at any beta: the light one is not needed
+        beta = as_float(beta)
+        return TiltResult(*_no_tilt((1.0 / beta < error.mgf_sup) & (1.0 / beta < utility.mgf_sup), beta,
+                                    error, utility, fields=5))
     ex, mx, kx, zx = tilt_component(error, beta)
     ev, mv, kv, zv = tilt_component(utility, beta)
     exists = ex & ev
