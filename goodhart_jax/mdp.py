@@ -47,7 +47,7 @@ __all__ = [
     "TreeSpec", "Tree", "TreeResult", "Policy", "Thm2Policy", "Thm2Result", "make_base_policy", "make_tree",
     "spec_of", "action_values", "soft_optimum", "optimal_policy", "policy_kl", "terminal_probs", "trajectory_stats",
     "thm2_policy", "thm2", "conditional_value", "terminal_values", "sweep_betas", "sweep_tree",
-    "check_float32", "sweep_peak_bytes", "leaf_shards", "sweep_meshes", "seed_sweep", "draw_depth", "split_level", "tree_specs", "tree_sharding",
+    "check_float32", "sweep_peak_bytes", "leaf_shards", "sweep_meshes", "sweep_layout", "seed_sweep", "draw_depth", "split_level", "tree_specs", "tree_sharding",
 ]
 
 Levels = tuple  # tuple of L + 1 arrays, level k: [n^k] (k < L: EOS terminals), level L: [n^L]
@@ -722,6 +722,20 @@ def sweep_meshes(spec: TreeSpec, num_betas: int):
         leaf = jax.make_mesh((d,), ("leaf",))
         return leaf, leaf
     return None, (jax.make_mesh((d,), ("beta",)) if num_betas % d == 0 else None)
+
+
+def sweep_layout(spec: TreeSpec, num_betas: int) -> str:
+    """How `seed_sweep` spreads one seed's study over the devices (`sweep_meshes`), in words ("" on one device)."""
+    d = jax.device_count()
+    leaf, mesh = sweep_meshes(spec, num_betas)
+    if leaf is not None:
+        return f"each tree split along its leaves over {d} devices"
+    if mesh is not None:
+        return f"the betas sharded over {d} devices, each holding the whole tree (it does not split evenly over {d})"
+    if d == 1:
+        return ""
+    return (f"one device a process, each computing everything (neither the tree nor the {num_betas} betas split "
+            f"evenly over {d} devices)")
 
 
 def seed_sweep(spec: TreeSpec, pi0: str = "uniform", temperature: float = 1.0, num_betas: int = 1):

@@ -75,20 +75,6 @@ def estimate_bytes(cfg: Config) -> float:
     return mdp.sweep_peak_bytes(spec, mdp.leaf_shards(spec, jax.device_count())) * jax.local_device_count()
 
 
-def layout(spec: mdp.TreeSpec, num_betas: int) -> str:
-    """How `mdp.seed_sweep` spreads one seed's study over the devices (`mdp.sweep_meshes`), in words ("" on one)."""
-    d = jax.device_count()
-    leaf, mesh = mdp.sweep_meshes(spec, num_betas)
-    if leaf is not None:
-        return f"each tree split along its leaves over {d} devices"
-    if mesh is not None:
-        return f"the betas sharded over {d} devices, each holding the whole tree (it does not split evenly over {d})"
-    if d == 1:
-        return ""
-    return (f"one device a process, each computing everything (neither the tree nor the {num_betas} betas split "
-            f"evenly over {d} devices)")
-
-
 def main(cfg: Config) -> list[dict]:
     """Run the sweep, write results under cfg.out (process 0), and return the result rows."""
     distributed.initialize(cfg)  # first: before anything touches a device
@@ -97,7 +83,7 @@ def main(cfg: Config) -> list[dict]:
     one_seed = mdp.seed_sweep(spec, cfg.pi0, cfg.temperature, len(betas))
     host = lambda f: jax.tree.map(np.asarray, f)  # noqa: E731  (host values: the same input on every process)
     big = spec.num_terminals >= 2**24
-    where = layout(spec, len(betas))
+    where = mdp.sweep_layout(spec, len(betas))
     with distributed.open_run("sweep_beta", cfg) as run:
         run.log(f"sweep_beta: families {'centred to mean 0 (--no-center to use them as given)' if cfg.center else 'used as given'}; "
                 f"utility {cfg.utility}; {len(betas)} betas; tree {cfg.vocab}^{cfg.depth}"

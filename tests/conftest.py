@@ -18,13 +18,8 @@ _OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_CACHE = tempfile.mkdtemp(prefix="goodhart-jax-test-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
-    atexit.register(shutil.rmtree, _OWN_CACHE, True)  # also where pytest stops before unconfigure
+    atexit.register(shutil.rmtree, _OWN_CACHE, True)  # removed when this process ends, however pytest stops
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
-def pytest_unconfigure(config):
-    if _OWN_CACHE is not None and not hasattr(config, "workerinput"):
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 # The test files that take longest (seconds of one run on 2 loaded cores, session 10), run first: `make test`
