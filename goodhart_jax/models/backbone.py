@@ -113,8 +113,10 @@ class DecoderBackbone(nn.Module):
         c = self.config
         emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name=self.embed_name)
         x = layers.embed(emb, input_ids, onehot)
-        positions = layers.positions_from_mask(mask) if packed is None else packed.pos[None]
-        cos, sin = layers.rotary_cos_sin(positions, c.rotary_dims, c.rotary_theta)
+        if packed is None:
+            cos, sin = layers.rotary_from_mask(mask, c.rotary_dims, c.rotary_theta)
+        else:
+            cos, sin = layers.rotary_at(packed.pos[None], packed.src.shape[1], c.rotary_dims, c.rotary_theta)
         hidden = [x]
         for n in range(c.num_hidden_layers):
             last = index is not None and n == c.num_hidden_layers - 1

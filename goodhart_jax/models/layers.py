@@ -5,6 +5,7 @@ H head dim, R rotary dims.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -78,6 +79,56 @@ def rotary_cos_sin(positions: Array, rotary_dims: int, theta: float) -> tuple[Ar
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
+
+
+@functools.lru_cache(maxsize=64)
+def rotary_table(length: int, rotary_dims: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """`rotary_cos_sin` of positions 0..length-1, evaluated now (by JAX on its default device), not traced.
+
+    A constant of the program that uses it: XLA reads it instead of evaluating cos and sin in every
+    fusion that consumes them (a single jitted GCG step held 30 `cosine` ops, one per rotary
+    consumer; a `while` body hoists them). The same values as the traced `rotary_cos_sin` (the same
+    XLA elementwise functions; bitwise on XLA CPU, tested).
+
+    Returns:
+      cos, sin: [length, R] float32, read-only.
+    """
+    with jax.ensure_compile_time_eval():
+        cos, sin = rotary_cos_sin(jnp.arange(length, dtype=jnp.int32)[None], rotary_dims, theta)
+        tables = np.array(cos)[0], np.array(sin)[0]
+    for t in tables:
+        t.setflags(write=False)
+    return tables
+
+
+def rotary_from_mask(mask: Array | np.ndarray, rotary_dims: int, theta: float) -> tuple[Array, Array]:
+    """cos/sin [B, T, R] at the padding-aware positions of `mask`, read from `rotary_table`.
+
+    A mask known while tracing (a NumPy array, or any non-tracer: the search's all-ones mask) gives
+    its positions now, so the tables are program constants (broadcast over rows that share
+    positions); a traced mask gathers them (`rotary_at`). Either way the same numbers as
+    `rotary_cos_sin(positions_from_mask(mask))`.
+
+    Args:
+      mask: [B, T] 1 for real tokens.
+      rotary_dims: R, even.
+      theta: rotary base.
+    Returns:
+      cos, sin: [B, T, R] float32.
+    """
+    if isinstance(mask, jax.core.Tracer):
+        return rotary_at(positions_from_mask(mask), mask.shape[-1], rotary_dims, theta)
+    cos_t, sin_t = rotary_table(mask.shape[-1], rotary_dims, theta)
+    pos = np.maximum(np.cumsum(np.asarray(mask).astype(np.int32), axis=-1) - 1, 0)           # [B, T]
+    if (pos == pos[:1]).all():
+        return tuple(jnp.broadcast_to(t[pos[0]], pos.shape + t.shape[1:]) for t in (cos_t, sin_t))
+    return jnp.asarray(cos_t[pos]), jnp.asarray(sin_t[pos])
+
+
+def rotary_at(positions: Array, length: int, rotary_dims: int, theta: float) -> tuple[Array, Array]:
+    """cos/sin [..., R] at int positions [...] in 0..length-1, gathered from `rotary_table(length, ...)`."""
+    cos_t, sin_t = rotary_table(length, rotary_dims, theta)
+    return tuple(jnp.take(jnp.asarray(t), positions, axis=0, mode="clip") for t in (cos_t, sin_t))
 
 
 def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:

@@ -117,7 +117,7 @@ def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
 
     def cache(params, tokens):
         ids = jnp.asarray(tokens)[None]
-        mask = jnp.ones(ids.shape, jnp.int32)
+        mask = np.ones(ids.shape, np.int32)
         _, state = module.apply({"params": params[key]}, ids, mask, None, heads.last_index(mask),
                                 mutable=["intermediates"])
         return prefix_kv(state["intermediates"], num_layers)

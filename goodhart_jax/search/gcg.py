@@ -223,7 +223,7 @@ def _scores(reward: Scorer, base: Optional[Scorer]):
     def on_tokens(params: SearchParams, tokens: Array, distinct: Optional[tuple[Array, Array]] = None):
         """tokens [C, T] -> (objective [C], reward [C], logprob [C]); `distinct` (ids [U], src [C, T]):
         the reward scorer's speed hint, used when it takes one."""
-        mask = jnp.ones(tokens.shape, jnp.int32)
+        mask = np.ones(tokens.shape, np.int32)   # known while tracing: rotary tables are constants
         if distinct is not None and reward.distinct:
             r = _upcast(reward.score_tokens(params.reward, tokens, mask, distinct=distinct))
         else:
@@ -235,7 +235,7 @@ def _scores(reward: Scorer, base: Optional[Scorer]):
 
     def on_onehot(params: SearchParams, onehot: Array) -> Array:
         """onehot [T, V] -> [] objective (differentiable in onehot)."""
-        mask = jnp.ones(onehot.shape[:1], jnp.int32)[None]
+        mask = np.ones((1, onehot.shape[0]), np.int32)
         r = reward.score_onehot(params.reward, onehot[None], mask)[0]
         if base is None:
             return _upcast(r)
@@ -389,7 +389,7 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
             return reward.prefix.score_rows(p, reward.prefix.cache(p, tokens), cand, first, slots)[0]
 
         def plain(p, tokens, cand, first):
-            return reward.score_tokens(p, cand, jnp.ones(cand.shape, jnp.int32))
+            return reward.score_tokens(p, cand, np.ones(cand.shape, np.int32))
 
         r = _upcast(cond_all(fits, shared, plain, params.reward, tokens, cand, first))
         return r, r, jnp.zeros_like(r)
