@@ -46,7 +46,7 @@ from goodhart_jax import mdp
 from goodhart_jax.conditioning import threshold
 from goodhart_jax.floats import as_float
 from goodhart_jax.importance import snis
-from goodhart_jax.roots import bisect
+from goodhart_jax.roots import bisect_then, default_steps
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt
 
@@ -99,10 +99,13 @@ class SigmoidOfMean(NamedTuple):
 def kl_target_tree(tree: mdp.Tree, target: Array) -> Budgeted:
     """The KL-penalised optimum whose trajectory KL equals `target` (beta solved)."""
     target = jnp.asarray(target, tree.X[-1].dtype)
-    kl = lambda lb: mdp.soft_optimum(tree, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
-    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).neg  # KL <= target
-    r = mdp.soft_optimum(tree, jnp.exp(lb))
-    return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), spends(r.KL, target))
+
+    def kl(lb):  # decreasing in log beta
+        r = mdp.soft_optimum(tree, jnp.exp(lb))
+        return r.KL - target, r
+
+    b, r = bisect_then(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0]))  # KL <= target
+    return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(b.neg), spends(r.KL, target))
 
 
 def spends(kl: Array, target: Array) -> Array:
@@ -172,9 +175,12 @@ def quantilizer_tree_kl(tree: mdp.Tree, kl: Array) -> Budgeted:
     (exists; a NaN KL, float32 overflow, is left to the caller to refuse).
     """
     kl = jnp.asarray(kl, tree.X[-1].dtype)
-    spent = lambda x: quantilizer_tree(tree, jnp.exp(-x)).KL - kl  # noqa: E731  increasing in x = log(1/q)
-    x = bisect(spent, jnp.zeros_like(kl), kl).neg  # KL <= kl (at x = 0, q = 1: pi0, KL 0)
-    r = quantilizer_tree(tree, jnp.exp(-x))
+
+    def spent(x):  # increasing in x = log(1/q)
+        r = quantilizer_tree(tree, jnp.exp(-x))
+        return r.KL - kl, r
+
+    _, r = bisect_then(spent, jnp.zeros_like(kl), kl)  # KL <= kl (at x = 0, q = 1: pi0, KL 0)
     return r._replace(exists=~(r.KL > kl))
 
 
@@ -184,7 +190,7 @@ def quantilizer_tree_kl(tree: mdp.Tree, kl: Array) -> Budgeted:
 _GRID = 48  # points in lam on (0, lam_max] where the objective is compared before the bisection
 
 
-def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array, map_fn) -> SigmoidOfMean:
+def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array) -> SigmoidOfMean:
     """Maximise sigmoid(m(lam)) - beta KL(lam) over the tilts lam in (0, lam_max].
 
     The objective is compared on a grid lam_j = lam_max (j/J)^3 (dense near 0,
@@ -194,28 +200,43 @@ def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array, map_fn) ->
     The grid picks the global maximum where h has several roots (E_Q[U] far
     below 0 can give two local maxima).
 
+    One loop evaluates stats_at at one point a pass: the J grid points, then
+    the bisection's midpoints (`roots.default_steps` of them), then the final
+    midpoint, so stats_at (a quadrature, or a tree's backward pass) is traced
+    and compiled once rather than three times (grid, bisection, result).
+
     Args:
       stats_at: lam [] -> (E_U, E_V, KL) of the tilt P ∝ Q e^{lam U}.
       beta: [] > 0.
       lam_max: [] the largest lam tried (<= 1 / (4 beta), inside the tilt's domain).
-      map_fn: (f, [J] lams) -> f on each: `jax.lax.map`, or a vmap.
     """
     objective = lambda r: jax.nn.sigmoid(r[0]) - beta * r[2]  # noqa: E731
     frac = (jnp.arange(1, _GRID + 1, dtype=beta.dtype) / _GRID) ** 3
     lams = lam_max * frac  # [J]
-    g = objective(map_fn(stats_at, lams))
-    i = jnp.argmax(jnp.where(jnp.isnan(g), -jnp.inf, g))
-    neg = jnp.where(i > 0, lams[jnp.maximum(i - 1, 0)], 0.0)
-    pos = lams[jnp.minimum(i + 1, _GRID - 1)]
+    steps = default_steps(beta.dtype)
 
-    def h(lam):
-        m = stats_at(lam)[0]
+    def body(j, st):
+        g, neg, pos, _ = st
+        # Entering the bisection (j = J): bracket the best grid point by its two neighbours.
+        i = jnp.argmax(jnp.where(jnp.isnan(g), -jnp.inf, g))
+        start = j == _GRID
+        neg = jnp.where(start, jnp.where(i > 0, lams[jnp.maximum(i - 1, 0)], 0.0), neg)
+        pos = jnp.where(start, lams[jnp.minimum(i + 1, _GRID - 1)], pos)
+        grid = j < _GRID
+        mid = 0.5 * (neg + pos)
+        lam = jnp.where(grid, lams[jnp.minimum(j, _GRID - 1)], mid)
+        r = stats_at(lam)
+        g = jnp.where(grid, g.at[jnp.minimum(j, _GRID - 1)].set(objective(r)), g)
+        m = r[0]
         # Past the tilt's domain or at an infinite mean, m is not finite: that is right of the optimum.
-        return jnp.where(jnp.isfinite(m), beta * lam - jax.nn.sigmoid(m) * jax.nn.sigmoid(-m), 1.0)
+        above = jnp.where(jnp.isfinite(m), beta * lam - jax.nn.sigmoid(m) * jax.nn.sigmoid(-m), 1.0) > 0
+        halve = ~grid & (j < _GRID + steps)  # the last pass only evaluates, at the final midpoint
+        return g, jnp.where(halve & ~above, mid, neg), jnp.where(halve & above, mid, pos), r
 
-    lam = bisect(h, neg, pos).root
-    E_U, E_V, KL = stats_at(lam)
-    return SigmoidOfMean(objective((E_U, E_V, KL)), E_U, E_V, KL, lam, jnp.asarray(True))
+    zero = jnp.zeros_like(beta)
+    init = (jnp.full((_GRID,), -jnp.inf, beta.dtype), zero, zero, (zero, zero, zero))
+    _, neg, pos, (E_U, E_V, KL) = jax.lax.fori_loop(0, _GRID + steps + 1, body, init)
+    return SigmoidOfMean(objective((E_U, E_V, KL)), E_U, E_V, KL, 0.5 * (neg + pos), jnp.asarray(True))
 
 
 def sigmoid_of_mean_tree(tree: mdp.Tree, beta: Array) -> SigmoidOfMean:
@@ -238,7 +259,7 @@ def sigmoid_of_mean_tree(tree: mdp.Tree, beta: Array) -> SigmoidOfMean:
         r = mdp.soft_optimum(tree, 1.0 / lam)
         return r.E_U, r.E_V, r.KL
 
-    return _sigmoid_of_mean(stats_at, beta, 0.25 / beta, jax.lax.map)
+    return _sigmoid_of_mean(stats_at, beta, 0.25 / beta)
 
 
 def sigmoid_of_mean_tilt(error: Family, utility: Family, beta: Array) -> SigmoidOfMean:
@@ -271,7 +292,7 @@ def sigmoid_of_mean_tilt(error: Family, utility: Family, beta: Array) -> Sigmoid
         r = tilt(error, utility, 1.0 / lam)
         return r.E_U, r.E_V, r.KL
 
-    r = _sigmoid_of_mean(stats_at, beta, lam_max, lambda f, xs: jax.vmap(f)(xs))
+    r = _sigmoid_of_mean(stats_at, beta, lam_max)
     limit_E_V = jnp.where(jnp.asarray(utility.mgf_sup) > 0, jnp.asarray(utility.mean, beta.dtype), jnp.nan)
     keep = lambda a, heavy: jnp.where(exists, a, jnp.asarray(heavy, beta.dtype))  # noqa: E731
     return SigmoidOfMean(keep(r.objective, 1.0), keep(r.E_U, jnp.inf), keep(r.E_V, limit_E_V), keep(r.KL, 0.0),
@@ -285,11 +306,14 @@ def sigmoid_of_mean_tilt(error: Family, utility: Family, beta: Array) -> Sigmoid
 def kl_target_tilt(error: Family, utility: Family, target: Array) -> Budgeted:
     """The continuous KL-penalised optimum with KL = target (beta solved); exists False if none."""
     target = as_float(target)
-    kl = lambda lb: tilt(error, utility, jnp.exp(lb)).KL - target  # noqa: E731  decreasing in log beta
-    lb = bisect(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0])).neg  # KL <= target
-    r = tilt(error, utility, jnp.exp(lb))
+
+    def kl(lb):  # decreasing in log beta
+        r = tilt(error, utility, jnp.exp(lb))
+        return r.KL - target, r
+
+    b, r = bisect_then(kl, jnp.full_like(target, _LOG_BETA[1]), jnp.full_like(target, _LOG_BETA[0]))  # KL <= target
     ok = r.exists & spends(r.KL, target)
-    return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(lb), ok)
+    return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(b.neg), ok)
 
 
 def quantilizer_continuous(error: Family, utility: Family, kl: Array, t_range=(-50.0, 500.0)) -> Budgeted:
@@ -298,10 +322,13 @@ def quantilizer_continuous(error: Family, utility: Family, kl: Array, t_range=(-
     E_U holds t_q, a lower bound on E_P[U] (the conditional mean of U is not computed).
     """
     kl = as_float(kl)
-    lp = lambda t: threshold(error, utility, t).log_p + kl  # noqa: E731  decreasing in t
-    t = bisect(lp, jnp.full_like(kl, t_range[1]), jnp.full_like(kl, t_range[0])).root
-    r = threshold(error, utility, t)
-    return Budgeted(t, r.E_V, -r.log_p, t, jnp.abs(r.log_p + kl) < 1e-3 * (1 + kl))
+
+    def lp(t):  # decreasing in t
+        r = threshold(error, utility, t)
+        return r.log_p + kl, r
+
+    b, r = bisect_then(lp, jnp.full_like(kl, t_range[1]), jnp.full_like(kl, t_range[0]), at="root")
+    return Budgeted(b.root, r.E_V, -r.log_p, b.root, jnp.abs(r.log_p + kl) < 1e-3 * (1 + kl))
 
 
 MIN_ESS = 1000.0  # effective sample size below which `sigmoid_proxy_tilt_mc` refuses its estimates

@@ -14,7 +14,7 @@ budget (`upweighting`), the multiplier of the sigmoid-of-mean optimum
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from jax.typing import ArrayLike
 
 from goodhart_jax.floats import float_dtype
 
-__all__ = ["Bisection", "bisect", "default_steps"]
+__all__ = ["Bisection", "bisect", "bisect_then", "default_steps"]
 
 
 class Bisection(NamedTuple):
@@ -68,3 +68,43 @@ def bisect(f: Callable[[Array], Array], neg: ArrayLike, pos: ArrayLike, num_step
 
     a, b = jax.lax.fori_loop(0, steps, body, (neg, pos))
     return Bisection(0.5 * (a + b), a, b)
+
+
+def bisect_then(f: Callable[[Array], tuple[Array, Any]], neg: ArrayLike, pos: ArrayLike, at: str = "neg",
+                num_steps: int | None = None) -> tuple[Bisection, Any]:
+    """`bisect` on f's first output, then f's second output at the final bracket's `neg` end or midpoint.
+
+    The same bracket as `bisect(lambda x: f(x)[0], neg, pos)`, and the result
+    of `f(end)[1]` (to the rounding of f's compiled code, which XLA may fuse
+    differently inside the loop: a few ulps at most), but f is traced once: the loop runs one step more, whose point
+    is the chosen end and whose bracket is left as it was. A program calling an
+    expensive f (a quadrature) then compiles one copy of it, not two.
+
+    Args:
+      f: x [...] -> (value [...], result pytree), value monotone between the ends as in `bisect`.
+      neg, pos: [...] the bracket's ends (traced).
+      at: "neg" (the end where f <= 0) or "root" (the final midpoint).
+      num_steps: static number of halvings (default `default_steps` of the dtype).
+    Returns:
+      (`Bisection`, f's result at the chosen point).
+    """
+    if at not in ("neg", "root"):
+        raise ValueError(f'at must be "neg" or "root", got {at!r}')
+    dtype = jnp.result_type(float_dtype(neg), float_dtype(pos))
+    neg, pos = jnp.broadcast_arrays(jnp.asarray(neg, dtype), jnp.asarray(pos, dtype))
+    steps = default_steps(dtype) if num_steps is None else int(num_steps)
+    _, aux0 = jax.eval_shape(f, neg)
+    aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
+
+    def body(i, st):
+        a, b, _ = st
+        mid = 0.5 * (a + b)
+        last = i == steps
+        x = jnp.where(last, a, mid) if at == "neg" else mid
+        value, aux = f(x)
+        above = value > 0
+        move = ~last  # the last pass only evaluates
+        return jnp.where(move & ~above, mid, a), jnp.where(move & above, mid, b), aux
+
+    a, b, aux = jax.lax.fori_loop(0, steps + 1, body, (neg, pos, aux0))
+    return Bisection(0.5 * (a + b), a, b), aux

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from goodhart_jax.roots import bisect, default_steps
+from goodhart_jax.roots import bisect, bisect_then, default_steps
 
 CASES = [
     # (f for jax, f for numpy, neg, pos): increasing and decreasing, roots near 0 and far from it.
@@ -57,3 +57,27 @@ def test_steps_and_unbracketed_end():
         # No sign change (f > 0 everywhere): the root runs to the `neg` end.
         r = bisect(lambda x: x + 5.0, 0.0, 1.0)
         assert float(r.root) < 1e-18
+
+
+@pytest.mark.parametrize("at", ["neg", "root"])
+def test_bisect_then_is_bisect_and_one_more_evaluation(at):
+    """bisect_then: the bracket of `bisect` bit for bit, and f's second output at the chosen end (float32 and
+    float64, vmapped over targets) to a few ulps: XLA may compile f's exp differently inside the loop and out
+    (1 ulp in float32 seen). The end that never moved (no sign change) is evaluated too."""
+    f = lambda c: (lambda x: (x * jnp.exp(x) - c, (jnp.exp(x), jnp.stack([x, x * x]))))  # noqa: E731
+    for dtype in (jnp.float32, jnp.float64):
+        with jax.enable_x64(dtype == jnp.float64):
+            cs = jnp.asarray([-1.0, 0.01, 0.5, 3.0, 1e9], dtype)  # -1 and 1e9: no root in [0, 10]
+            b, aux = jax.jit(jax.vmap(lambda c: bisect_then(f(c), 0.0, 10.0, at=at)))(cs)
+            want = jax.jit(jax.vmap(lambda c: bisect(lambda x: f(c)(x)[0], 0.0, 10.0)))(cs)
+            for got, ref in zip(b, want):
+                np.testing.assert_array_equal(got, ref)
+            end = want.neg if at == "neg" else want.root
+            ref_aux = jax.jit(jax.vmap(lambda c, x: f(c)(x)[1]))(cs, end)
+            for got, ref in zip(jax.tree.leaves(aux), jax.tree.leaves(ref_aux)):
+                assert got.dtype == dtype
+                np.testing.assert_allclose(got, ref, rtol=4 * np.finfo(dtype).eps, atol=0)
+            # Unbracketed: f > 0 throughout (c = -1) leaves neg where it started; f <= 0 throughout runs it to pos.
+            assert float(b.neg[0]) == 0.0 and 10.0 - float(b.neg[-1]) < 1e-6
+    with pytest.raises(ValueError, match="at must be"):
+        bisect_then(f(1.0), 0.0, 1.0, at="pos")
