@@ -14,6 +14,16 @@ from goodhart_jax import mdp, tails
 
 NORMAL, LAPLACE, T3 = tails.parse("normal"), tails.parse("laplace"), tails.parse("student_t:df=3")
 
+# The library's functions, jitted for the tests: called eagerly, each of their ~100 operations compiles on its
+# own, once per tree shape (2.5 s for a first soft_optimum against 0.5 s for the whole program).
+_soft_optimum = jax.jit(mdp.soft_optimum)
+_optimal_policy = jax.jit(mdp.optimal_policy)
+_trajectory_stats = jax.jit(mdp.trajectory_stats)
+_terminal_probs = jax.jit(mdp.terminal_probs)
+_thm2 = jax.jit(mdp.thm2)
+_thm2_policy = jax.jit(mdp.thm2_policy)
+_conditional_value = jax.jit(mdp.conditional_value)
+
 
 def enumerate_terminals(spec, tree):
     """Every terminal: (tokens, log pi0(tau), U, V), walking the tree recursively."""
@@ -87,9 +97,9 @@ def test_soft_optimum_matches_brute_force(spec, pi0):
             lw = lp0 + U / beta
             log_p = lw - np.logaddexp.reduce(lw)  # pi*(tau) ∝ pi0(tau) exp(U/beta), Theorem 4
             ref = brute_force(terms, log_p, base_policy_fn(spec, tree))
-            r = jax.device_get(mdp.soft_optimum(tree, jnp.float64(beta)))
+            r = jax.device_get(_soft_optimum(tree, jnp.float64(beta)))
             np.testing.assert_allclose([r.E_U, r.E_V, r.KL, r.KL_per_state], ref, rtol=1e-10, atol=1e-12)
-            _, W0 = mdp.optimal_policy(tree, jnp.float64(beta))
+            _, W0 = _optimal_policy(tree, jnp.float64(beta))
             np.testing.assert_allclose(W0, beta * np.logaddexp.reduce(lw), rtol=1e-12)
 
 
@@ -97,16 +107,20 @@ def test_no_perturbation_beats_the_optimum():
     spec, beta = mdp.TreeSpec(4, 3, True), 0.6
     with jax.enable_x64(True):
         tree = mdp.make_tree(jax.random.key(5), spec, T3, NORMAL, pi0="random", dtype=jnp.float64)
-        pi, _ = mdp.optimal_policy(tree, jnp.float64(beta))
-        best = mdp.soft_optimum(tree, jnp.float64(beta))
+        pi, _ = _optimal_policy(tree, jnp.float64(beta))
+        best = _soft_optimum(tree, jnp.float64(beta))
         objective = lambda r: r.E_U - beta * r.KL  # noqa: E731
+
+        @jax.jit
+        def perturbed(ks, scale):  # the objective of pi with its logits perturbed by scale N(0, 1) draws
+            new = tuple(jax.nn.softmax(jnp.log(p) + scale * jax.random.normal(k, p.shape, p.dtype), axis=-1)
+                        for p, k in zip(pi, ks))
+            return objective(mdp.trajectory_stats(tree, new))
+
         key = jax.random.key(0)
         for i in range(30):
             key, *ks = jax.random.split(key, len(pi) + 1)
-            scale = 0.5 if i < 15 else 0.01
-            new = tuple(jax.nn.softmax(jnp.log(p) + scale * jax.random.normal(k, p.shape, p.dtype), axis=-1)
-                        for p, k in zip(pi, ks))
-            assert objective(mdp.trajectory_stats(tree, new)) < objective(best)
+            assert perturbed(ks, 0.5 if i < 15 else 0.01) < objective(best)
 
 
 @pytest.mark.parametrize("spec", [mdp.TreeSpec(3, 4, False), mdp.TreeSpec(4, 3, True)])
@@ -114,24 +128,24 @@ def test_thm2_policy_reproduces_rho_t(spec):
     with jax.enable_x64(True):
         tree = mdp.make_tree(jax.random.key(11), spec, T3, NORMAL, pi0="random", dtype=jnp.float64)
         U = np.concatenate([np.asarray(x + v) for x, v in zip(tree.X, tree.V)])
-        lr0 = np.log(np.concatenate([np.asarray(p) for p in mdp.terminal_probs(tree, tuple(jnp.exp(l) for l in tree.log_pi0))]))
+        lr0 = np.log(np.concatenate([np.asarray(p) for p in _terminal_probs(tree, tuple(jnp.exp(l) for l in tree.log_pi0))]))
         t, c = float(np.quantile(U, 0.9)), 0.5
         F = np.exp(lr0[U <= t]).sum()
         rho = np.exp(lr0) * np.where(U <= t, (1 - c / t) / F, (c / t) / (1 - F))
-        pi, log_rho, valid = mdp.thm2_policy(tree, jnp.float64(t), jnp.float64(c))
+        pi, log_rho, valid = _thm2_policy(tree, jnp.float64(t), jnp.float64(c))
         assert bool(valid)
         np.testing.assert_allclose(np.exp(np.concatenate(log_rho)), rho, rtol=1e-12, atol=1e-15)
-        induced = np.concatenate([np.asarray(p) for p in mdp.terminal_probs(tree, pi)])
+        induced = np.concatenate([np.asarray(p) for p in _terminal_probs(tree, pi)])
         np.testing.assert_allclose(induced, rho, rtol=1e-10, atol=1e-15)  # Tr(pi) = rho_t
         np.testing.assert_allclose(rho[U > t].sum(), c / t, rtol=1e-12)
-        r, _ = mdp.thm2(tree, jnp.float64(t), jnp.float64(c))
+        r, _ = _thm2(tree, jnp.float64(t), jnp.float64(c))
         nz = rho > 0
         np.testing.assert_allclose(r.KL, np.sum(rho[nz] * (np.log(rho[nz]) - lr0[nz])), rtol=1e-10)
         assert 0 <= r.KL_per_state <= r.KL
         # Undefined constructions are flagged: no terminal above t, or t <= c.
-        _, valid = mdp.thm2(tree, jnp.float64(U.max() + 1), jnp.float64(c))
+        _, valid = _thm2(tree, jnp.float64(U.max() + 1), jnp.float64(c))
         assert not bool(valid)
-        _, valid = mdp.thm2(tree, jnp.float64(0.5), jnp.float64(c))
+        _, valid = _thm2(tree, jnp.float64(0.5), jnp.float64(c))
         assert not bool(valid)
 
 
@@ -145,7 +159,7 @@ def test_conditional_value_matches_enumeration():
         V = np.array([t[3] for t in terms])
         for t in (-1.0, 0.5, 2.0):
             m = U >= t
-            ev, log_p = mdp.conditional_value(tree, jnp.float64(t))
+            ev, log_p = _conditional_value(tree, jnp.float64(t))
             np.testing.assert_allclose(ev, p0[m] @ V[m] / p0[m].sum(), rtol=1e-12)
             np.testing.assert_allclose(log_p, np.log(p0[m].sum()), rtol=1e-12)
 
@@ -158,28 +172,28 @@ def test_public_helpers_and_named_results():
     below, exit_ = jnp.arange(9.0), jnp.array([100.0, 200.0, 300.0])
     np.testing.assert_array_equal(mdp.action_values(spec, below, exit_),
                                   [[0, 1, 2, 100], [3, 4, 5, 200], [6, 7, 8, 300]])
-    pol = mdp.optimal_policy(tree, jnp.float32(0.5))
+    pol = _optimal_policy(tree, jnp.float32(0.5))
     assert isinstance(pol, mdp.Policy) and len(pol.pi) == spec.depth
     U = np.concatenate([np.asarray(u) for u in mdp.terminal_values(tree)])
     t = float(np.quantile(U, 0.8))
-    res = mdp.thm2(tree, jnp.float32(t), jnp.float32(0.5 * t))
+    res = _thm2(tree, jnp.float32(t), jnp.float32(0.5 * t))
     assert isinstance(res, mdp.Thm2Result) and isinstance(res.stats, mdp.TreeResult) and bool(res.exists)
-    assert bool(mdp.thm2_policy(tree, jnp.float32(t), jnp.float32(0.5 * t)).exists)
-    cv = mdp.conditional_value(tree, jnp.float32(t))
+    assert bool(_thm2_policy(tree, jnp.float32(t), jnp.float32(0.5 * t)).exists)
+    cv = _conditional_value(tree, jnp.float32(t))
     assert cv._fields == ("E_V", "log_p")
 
 
 def test_large_beta_recovers_pi0_and_kl_nonnegative():
     spec = mdp.TreeSpec(5, 3, True)
     tree = mdp.make_tree(jax.random.key(4), spec, LAPLACE, NORMAL, pi0="random")
-    pi, _ = mdp.optimal_policy(tree, jnp.float32(1e6))
+    pi, _ = _optimal_policy(tree, jnp.float32(1e6))
     for p, l0 in zip(pi, tree.log_pi0):
         np.testing.assert_allclose(p, np.exp(l0), atol=1e-5)  # exp(U/beta) -> 1
     # The last beta is large enough that E_pi[U] - E_pi0[U] ~ Var(U) / beta ~ 3e-4.
-    r = mdp.sweep_betas(tree, jnp.geomspace(0.05, 1e4, 12))
+    r = mdp.sweep_tree(tree, jnp.geomspace(0.05, 1e4, 12))
     assert np.all(r.KL >= -1e-6) and np.all(r.KL_per_state >= -1e-6)
     assert np.all(np.diff(r.KL) <= 1e-6)  # KL shrinks as beta grows
-    base = mdp.trajectory_stats(tree, tuple(jnp.exp(l) for l in tree.log_pi0))
+    base = _trajectory_stats(tree, tuple(jnp.exp(l) for l in tree.log_pi0))
     np.testing.assert_allclose([r.E_U[-1], r.E_V[-1]], [base.E_U, base.E_V], atol=5e-3)
 
 
@@ -190,7 +204,7 @@ def test_same_seed_same_numbers_and_vmap_over_seeds():
     keys = jax.vmap(jax.random.key)(jnp.arange(3))
     a, b = f(keys), f(keys)
     np.testing.assert_array_equal(a.E_V, b.E_V)
-    one = mdp.sweep_betas(mdp.make_tree(jax.random.key(1), spec, T3, NORMAL), betas)
+    one = mdp.sweep_tree(mdp.make_tree(jax.random.key(1), spec, T3, NORMAL), betas)
     np.testing.assert_allclose(a.E_V[1], one.E_V, rtol=1e-5)
     assert not np.allclose(a.E_V[0], a.E_V[1])
 
@@ -237,7 +251,7 @@ t, c, betas = float(np.quantile(U, 0.9)), 0.5, jnp.geomspace(0.1, 10.0, 4)
 f = lambda tr, m: (mdp.sweep_tree(tr, betas, mesh=m), mdp.soft_optimum(tr, betas[1], mesh=m), mdp.thm2(tr, t, c, mesh=m),
                    mdp.conditional_value(tr, t, mesh=m))
 flat = lambda r: np.concatenate([np.ravel(x) for x in jax.tree.leaves(r)]).astype(float).tolist()
-out["single"] = flat(jax.device_get(f(ref, None)))
+out["single"] = flat(jax.device_get(jax.jit(lambda tr: f(tr, None))(ref)))  # one program, not op by op
 for shape, names in [((4,), ("leaf",)), ((2, 2), ("leaf", "beta")), ((2,), ("leaf",))]:
     mesh = jax.make_mesh(shape, names, devices=jax.devices()[: int(np.prod(shape))])
     tree = mdp.make_tree(key, spec, T3, N, pi0="random", dtype=jnp.float64, mesh=mesh)
@@ -327,6 +341,6 @@ def test_kl_without_cancellation_when_u_over_beta_is_huge(beta):
     lp0, U = np.array([t[1] for t in terms]), np.array([t[2] for t in terms])
     lw = lp0 + U / beta
     ref = brute_force(terms, lw - np.logaddexp.reduce(lw), base_policy_fn(spec, tree))
-    r = jax.device_get(mdp.soft_optimum(tree, jnp.float32(beta)))
+    r = jax.device_get(_soft_optimum(tree, jnp.float32(beta)))
     assert ref[2] > 1.0  # a real KL, not ~0
     np.testing.assert_allclose([r.E_U, r.KL, r.KL_per_state], [ref[0], ref[2], ref[3]], rtol=1e-5)
