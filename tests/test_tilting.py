@@ -172,7 +172,8 @@ def test_tilts_float32_cannot_evaluate_are_refused():
     normal below beta ~ 4e-4 (beta = 1e-4 printed E_U to 4e-5 by luck, its integrand off by 6 nats).
     Just inside, float32 is still right to 1e-4."""
     N = tails.parse("normal")
-    r = tilting.sweep_tilt(N, N, jnp.asarray([1e-4, 1e-5, 4.5e-4], jnp.float32))
+    betas = [1e-4, 1e-5] + [4.5e-4] * (len(BETAS) - 2)  # len(BETAS): test_gaussian_float32_is_close's program
+    r = tilting.sweep_tilt(N, N, jnp.asarray(betas, jnp.float32))
     assert np.all(r.exists) and np.all(np.isnan(np.asarray([r.E_U[:2], r.E_V[:2], r.KL[:2]])))
     np.testing.assert_allclose(r.E_U[2], 2 / 4.5e-4, rtol=1e-4)
     np.testing.assert_allclose(r.KL[2], 4.5e-4**-2, rtol=1e-4)
