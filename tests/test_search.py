@@ -70,15 +70,20 @@ def enumerate_max(scorer, banned=()):
 @pytest.mark.parametrize("jit", [False, True])
 def test_top_k_ids_is_lax_top_k(jit):
     """The two-stage top-k gives lax.top_k's indices, order and ties (the lower index first) included: values from
-    few levels (many ties), -inf entries (banned ids), widths that need -inf padding, prime sizes."""
+    few levels (many ties), -inf entries (banned ids), widths that need -inf padding, prime sizes; along the
+    last axis or any other (the search ranks [V, T])."""
     rng = np.random.default_rng(0)
-    fn = jax.jit(top_k_ids, static_argnums=(1, 2)) if jit else top_k_ids
+    fn = jax.jit(top_k_ids, static_argnums=(1, 2, 3)) if jit else top_k_ids
     for v, k, chunk, levels in [(97, 3, 4, 2), (1009, 8, 16, 3), (1009, 5, 8, 1000), (4099, 8, 128, 7),
                                 (53, 7, 4, 1), (31, 3, 8, 4)]:        # the last: too narrow, one lax.top_k
         x = rng.integers(0, levels, (3, 5, v)).astype(np.float32)
         x[:, :, rng.random(v) < 0.3] = -np.inf
         x[0, 0, :] = -np.inf                                         # a row of -inf: the k lowest indices
-        np.testing.assert_array_equal(np.asarray(fn(jnp.asarray(x), k, chunk)), np.asarray(jax.lax.top_k(x, k)[1]))
+        want = np.asarray(jax.lax.top_k(x, k)[1])                   # [3, 5, k]
+        np.testing.assert_array_equal(np.asarray(fn(jnp.asarray(x), k, chunk)), want)
+        for axis in (0, 1):                                          # V moved to `axis`: the others keep their order
+            got = np.asarray(fn(jnp.asarray(np.moveaxis(x, 2, axis)), k, chunk, axis))
+            np.testing.assert_array_equal(got, want)
 
 
 def test_paper_schedule_matches_python():

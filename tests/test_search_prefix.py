@@ -47,7 +47,9 @@ def _rows(key, tokens, vocab, num_rows):
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
 def test_packed_rows_score_as_the_full_pass(tiny, arch):
-    """Rows scored from their first edit on against the cached row = the whole rows' full pass (float32)."""
+    """Rows scored from their first edit on against the cached row = the whole rows' full pass (float32); also
+    with the first layer's per-token work on the distinct rows (distinct=(ids, src), rows = ids[src];
+    GPT-NeoX runs it, Llama takes the plain first layer)."""
     m = tiny[arch]
     scorer = models.reward_scorer(m)
     t, c = 13, 11
@@ -57,10 +59,14 @@ def test_packed_rows_score_as_the_full_pass(tiny, arch):
     cache = jax.jit(scorer.prefix.cache)(scorer.params, tokens)
     need = int(np.sum(t - np.minimum(np.asarray(first), t - 1)))
     score = jax.jit(scorer.prefix.score_rows, static_argnums=4)
+    ids = jnp.concatenate([tokens, rows.reshape(-1)])                 # the row's tokens, then every row entry
+    src = jnp.where(rows == tokens[None], jnp.arange(t)[None], t + jnp.arange(c * t).reshape(c, t))
+    assert np.array_equal(np.asarray(ids[src]), np.asarray(rows))
     for slots in (need, c * t):                                 # exactly full; the plain width (spare slots)
-        r, used = score(scorer.params, cache, rows, first, slots)
-        assert int(used) == need
-        np.testing.assert_allclose(np.asarray(r), full, rtol=1e-5, atol=1e-6)   # float32: summation order only
+        for hint in (None, (ids, src)):
+            r, used = score(scorer.params, cache, rows, first, slots, hint)
+            assert int(used) == need
+            np.testing.assert_allclose(np.asarray(r), full, rtol=1e-5, atol=1e-6)   # float32: summation order only
 
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "gpt_neox_sequential", "llama"])

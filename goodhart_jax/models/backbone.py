@@ -105,8 +105,9 @@ class DecoderBackbone(nn.Module):
             tokens and C x E edits). The first layer's input is a function of the token alone, so a
             block with `per_token_block` runs its norms and projections before attention (and
             GPT-NeoX's parallel MLP) on the U rows and gathers them: the same numbers up to float
-            rounding, U / (B T) of that work. Other blocks, and a first layer that is also the last
-            one read at `index`, take the plain pass.
+            rounding, U / (B T) of that work. With `packed`, src is [1, N] (each slot's row among the
+            U). Other blocks, and a first layer that is also the last one read at `index`, take the
+            plain pass.
         Returns:
           BackboneOutput (hidden_states: embeddings then each layer's output).
         """
@@ -121,7 +122,7 @@ class DecoderBackbone(nn.Module):
         for n in range(c.num_hidden_layers):
             last = index is not None and n == c.num_hidden_layers - 1
             args = (x, mask, cos, sin, index if last else None, None if prefix is None else prefix[n], packed)
-            if n == 0 and distinct is not None and self.per_token_block and not last and packed is None:
+            if n == 0 and distinct is not None and self.per_token_block and not last:
                 u = emb(distinct[0].reshape(1, -1))                                  # [1, U, D]
                 x = self.block(c, self.dtype, name=f"layers_{n}")(*args, distinct=(u, distinct[1]))
             else:

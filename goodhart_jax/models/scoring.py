@@ -108,7 +108,10 @@ def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
     rounding, for slots / (C T) of the dense work. Rows are unpadded; the
     result is valid when sum_c (T - first[c]) <= slots (also returned). None
     for a head that does not read the last position ("mean" pooling reads
-    every position; "before_first_pad" depends on the tokens).
+    every position; "before_first_pad" depends on the tokens). score_rows
+    also takes distinct=(ids [U], src [C, T]) with rows = ids[src], the
+    first layer's speed hint of `make_reward_fn` (the slots' per-token
+    work on the U rows).
     """
     if model.reward_head is None or model.reward_head.pooling != "last":
         return None
@@ -122,10 +125,12 @@ def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
                                 mutable=["intermediates"])
         return prefix_kv(state["intermediates"], num_layers)
 
-    def score_rows(params, kv, rows, first, slots):
+    def score_rows(params, kv, rows, first, slots, distinct=None):
         packed, used = layers.pack_rows(first, rows.shape[1], slots)
         ids = rows[packed.row, packed.pos][None]                               # [1, N]
-        h = module.apply({"params": params[key]}, ids, None, None, packed.last, kv, packed)
+        if distinct is not None:                                               # the slots' sources among ids [U]
+            distinct = (distinct[0], distinct[1][packed.row, packed.pos][None])
+        h = module.apply({"params": params[key]}, ids, None, None, packed.last, kv, packed, distinct)
         return heads.linear_reward(params[spec.name], h.last_hidden_state[:, 0]), used
 
     return PrefixScoring(cache, score_rows)

@@ -93,7 +93,9 @@ class SearchConfig:
         runs on those T + C E rows and is gathered, instead of on C T: the
         same scores up to float rounding (at T = 32, C = 64, n = 2: 160 of
         2048 rows). Default True; no effect on other scorers, nor when
-        T + C E >= C T.
+        T + C E >= C T. Combines with share_prefix (the packed slots' first
+        layer on the same distinct rows; the reward scorer's `prefix`
+        score_rows then takes distinct=(ids, src [C, T]) too).
     """
 
     length: int
@@ -263,35 +265,44 @@ def onehot_gradient(reward: Scorer, base: Optional[Scorer] = None):
     return fn
 
 
-def top_k_ids(x: Array, k: int, chunk: int = 128) -> Array:
-    """The indices of `lax.top_k(x, k)` (ties: the lower index first), in two small top-k's instead of one wide.
+def top_k_ids(x: Array, k: int, chunk: int = 128, axis: int = -1) -> Array:
+    """The indices of `lax.top_k` along `axis` (ties: the lower index first), in two small top-k's instead of one wide.
 
-    Split the last axis into chunks of `chunk`; the k largest entries lie in
+    Split the axis into chunks of `chunk`; the k largest entries lie in
     the k chunks with the largest maxima (ties: the lower chunk), since each
     of those chunks holds an entry that precedes any entry of an unchosen
     chunk in (value descending, index ascending) order. Those k chunks, in
     index order, are searched for the k largest. XLA's CPU TopK is one thread
     per call; at V = 50304 this cuts it from ~4% of a GCG step to a row max
-    and two top-k's over [V / chunk] and [k chunk]. Equal to `lax.top_k`
-    for any x without NaN (padding is -inf, after every real index).
+    and two top-k's over [V / chunk] and [k chunk]. Equal to
+    `lax.top_k(jnp.moveaxis(x, axis, -1), k)[1]` for any x without NaN
+    (padding is -inf, after every real index). With axis 0 the scores can
+    stay [V, T], the layout in which XLA CPU takes GCG's gradient product
+    g E^T fastest (E the streamed left operand).
 
     Args:
-      x: [..., V] float scores (no NaN).
+      x: [..., V, ...] float scores (no NaN), V at `axis`.
       k: how many, <= V.
       chunk: entries per chunk (static).
+      axis: the axis to rank along (static).
     Returns:
-      [..., k] int32 indices, largest first.
+      [..., ..., k] int32 indices (x's other axes in order, then k), largest first.
     """
-    v = x.shape[-1]
+    axis = axis % x.ndim
+    v = x.shape[axis]
     if k * chunk * 2 > v:                                     # too narrow to gain: one top-k
-        return lax.top_k(x, k)[1]
+        return lax.top_k(jnp.moveaxis(x, axis, -1), k)[1]
     pad = -v % chunk
     if pad:
-        x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (pad,), -jnp.inf, x.dtype)], axis=-1)
-    blocks = x.reshape(x.shape[:-1] + (-1, chunk))            # [..., V / chunk, chunk]
-    chosen = jnp.sort(lax.top_k(jnp.max(blocks, axis=-1), k)[1], axis=-1)   # [..., k] chunk ids, ascending
-    cand = jnp.take_along_axis(blocks, chosen[..., None], axis=-2)          # [..., k, chunk]
-    j = lax.top_k(cand.reshape(x.shape[:-1] + (k * chunk,)), k)[1]          # [..., k]
+        fill = jnp.full(x.shape[:axis] + (pad,) + x.shape[axis + 1:], -jnp.inf, x.dtype)
+        x = jnp.concatenate([x, fill], axis=axis)
+    blocks = x.reshape(x.shape[:axis] + (-1, chunk) + x.shape[axis + 1:])   # [..., V / chunk, chunk, ...]
+    maxima = jnp.moveaxis(jnp.max(blocks, axis=axis + 1), axis, -1)         # [..., ..., V / chunk]
+    chosen = jnp.sort(lax.top_k(maxima, k)[1], axis=-1)                     # [..., ..., k] chunk ids, ascending
+    other = maxima.shape[:-1]
+    iotas = tuple(lax.broadcasted_iota(jnp.int32, other + (k,), d) for d in range(len(other)))
+    cand = blocks[iotas[:axis] + (chosen, slice(None)) + iotas[axis:]]      # [..., ..., k, chunk]
+    j = lax.top_k(cand.reshape(other + (k * chunk,)), k)[1]                 # [..., ..., k]
     return (jnp.take_along_axis(chosen, j // chunk, axis=-1) * chunk + j % chunk).astype(jnp.int32)
 
 
@@ -385,13 +396,21 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         first = jnp.where(differ.any(1), jnp.argmax(differ, axis=1), T)          # [C] first edited position
         fits = jnp.sum(T - jnp.minimum(first, T - 1)) <= slots
 
-        def shared(p, tokens, cand, first):
-            return reward.prefix.score_rows(p, reward.prefix.cache(p, tokens), cand, first, slots)[0]
+        hint = distinct if reward.distinct else None
 
-        def plain(p, tokens, cand, first):
-            return reward.score_tokens(p, cand, np.ones(cand.shape, np.int32))
+        def shared(p, tokens, cand, first, hint):
+            kv = reward.prefix.cache(p, tokens)
+            if hint is None:
+                return reward.prefix.score_rows(p, kv, cand, first, slots)[0]
+            return reward.prefix.score_rows(p, kv, cand, first, slots, distinct=hint)[0]
 
-        r = _upcast(cond_all(fits, shared, plain, params.reward, tokens, cand, first))
+        def plain(p, tokens, cand, first, hint):
+            mask = np.ones(cand.shape, np.int32)
+            if hint is None:
+                return reward.score_tokens(p, cand, mask)
+            return reward.score_tokens(p, cand, mask, distinct=hint)
+
+        r = _upcast(cond_all(fits, shared, plain, params.reward, tokens, cand, first, hint))
         return r, r, jnp.zeros_like(r)
 
     grad_fn = jax.grad(on_onehot, argnums=1)
@@ -416,8 +435,10 @@ def make_search(config: SearchConfig, reward: Scorer, base: Optional[Scorer] = N
         # Banned ids never enter; nor does the current token (an edit to it
         # would be a wasted no-op candidate).
         excl = banned_mask | (onehot > 0) if config.exclude_current else banned_mask
-        grad = jnp.where(excl, -jnp.inf, grad)
-        top_ids = top_k_ids(grad, K)                                          # [T, K], as lax.top_k
+        # Ranked as [V, T]: XLA then takes the gradient product g E^T as E g^T, the [V, D] table
+        # streamed as the left operand (bitwise the same entries; the [T, V] form is slower on a CPU).
+        grad = jnp.where(jnp.broadcast_to(excl, grad.shape).T, -jnp.inf, grad.T)   # [V, T]
+        top_ids = top_k_ids(grad, K, axis=0)                                  # [T, K], as lax.top_k
 
         n = jnp.clip(schedule(state.iteration), 1, E)
         pos = lax.top_k(jax.random.uniform(k_pos, (C, T)), E)[1]              # [C, E] distinct
