@@ -44,7 +44,8 @@ class Scorer(NamedTuple):
       prefix: optional `PrefixScoring` (None: the scorer has none).
       distinct: whether score_tokens also takes distinct=(ids [U] int, src [B, T] int) with
         input_ids[b, t] = ids[src[b, t]], a speed hint for batches that share most tokens (the search's
-        candidates); the scores are those without it, up to float rounding.
+        candidates); the scores are those without it, up to float rounding. `prefix.score_rows` then
+        takes it too (distinct=(ids, src [C, T]) with rows = ids[src]).
     """
 
     params: Any
