@@ -34,7 +34,7 @@ import optax
 from jax import Array
 
 from goodhart_jax.conditioning import threshold
-from goodhart_jax.quadrature import de_moments, locate_bump, log_de_quadrature, tail_terms
+from goodhart_jax.quadrature import BREAKS_SEARCH, de_moments, locate_bump, log_de_quadrature, tail_terms
 from goodhart_jax.tails import Family, parse
 
 __all__ = ["BonResult", "BonMC", "GaoFit", "AuthorsGrid", "kl_bound", "bon_exact", "bon_mc", "fit_gao", "authors_grid",
@@ -42,6 +42,7 @@ __all__ = ["BonResult", "BonMC", "GaoFit", "AuthorsGrid", "kl_bound", "bon_exact
 
 _OUTER_COARSE = 64  # points of the outer grid locating the quantiles u_n
 _OUTER_BREAKS = 5  # most quantiles u_n the outer rule is split at
+_OUTER_REACH = 3.25  # |k h| of the outer rule's interior pieces where f_U is bounded (`log_de_quadrature`)
 
 
 class BonResult(NamedTuple):
@@ -93,7 +94,7 @@ def _half(a: Family, b: Family, u: Array, dtype):
     c = jnp.asarray(a.kink(), dtype)
     edge = jnp.asarray(u - b.kink(), dtype)
     edge = jnp.where(up, jnp.minimum(edge, half), jnp.maximum(edge, half))
-    bump = locate_bump(log_g, jnp.stack([c, edge]), dtype)
+    bump = locate_bump(log_g, jnp.stack([c, edge]), dtype, **BREAKS_SEARCH)
     far = jnp.where(up, bump.right[-1], bump.left[-1])
     gap = jnp.where(up, jnp.maximum(half - far, 0.0), jnp.minimum(half - far, 0.0))  # signed
     width = jnp.maximum(jnp.where(up, bump.right[0] - bump.mode, bump.mode - bump.left[0]), jnp.finfo(dtype).tiny)
@@ -148,7 +149,10 @@ def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
         log_n = jnp.linspace(jnp.min(log_n), jnp.max(log_n), _OUTER_BREAKS)
     target = jnp.maximum(log_n, 0.5 * math.log(2.0))
     u_n = jnp.interp(target, -lsf, grid)
-    rule = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype)
+    # f_U is bounded when either family's density is (every family on the whole line has one): the pieces
+    # between two u_n stop at |k h| = 3.25, nodes within e^-40 of a piece's length of its ends.
+    reach = _OUTER_REACH if (error.real_line or utility.real_line) else 4.0
+    rule = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype, interior_reach=reach)
     y = rule.y
     lf, ev = jax.vmap(lambda u: _conv(error, utility, u, dtype))(y)
     lsf_y = log_sf_u(y)

@@ -46,7 +46,7 @@ from jax.scipy.special import log_ndtr
 
 from goodhart_jax.floats import as_float
 from goodhart_jax.importance import snis, stratified_mixture
-from goodhart_jax.quadrature import DROPS, Bump, de_moments, locate_bump, log_de_quadrature
+from goodhart_jax.quadrature import BREAKS_SEARCH, DROPS, Bump, de_moments, locate_bump, log_de_quadrature
 from goodhart_jax.tails import Family, parse
 
 __all__ = [
@@ -80,18 +80,21 @@ def _log_integrand(error: Family, utility: Family, t: Array) -> Callable:
     return lambda v: utility.log_prob(v) + error.log_sf(t - v)
 
 
-def _breaks(error: Family, utility: Family, t: Array) -> tuple[Array, Array, Bump]:
-    """(breaks [2 + 2 D + 1], the step t - kink(X), the integrand's bump)."""
+def _breaks(error: Family, utility: Family, t: Array, precise: bool = False) -> tuple[Array, Array, Bump]:
+    """(breaks [2 + 2 D + 1], the step t - kink(X), the integrand's bump).
+
+    The bump's points to 1e-12 when `precise`, else to what quadrature breaks need (`BREAKS_SEARCH`).
+    """
     log_g = _log_integrand(error, utility, t)
     c_v = jnp.asarray(utility.kink(), t.dtype)
     edge = jnp.asarray(t - error.kink(), t.dtype)
-    bump = locate_bump(log_g, jnp.stack([c_v, edge]), t.dtype)
+    bump = locate_bump(log_g, jnp.stack([c_v, edge]), t.dtype, **({} if precise else BREAKS_SEARCH))
     return jnp.concatenate([jnp.stack([c_v, edge]), bump.points()]), edge, bump
 
 
 def integrand_mode(error: Family, utility: Family, t: Array) -> Array:
     """The maximiser of f_V(v) Fbar_X(t - v) over v: where the conditioned V lives."""
-    return _breaks(error, utility, as_float(t))[2].mode
+    return _breaks(error, utility, as_float(t), precise=True)[2].mode
 
 
 def threshold(error: Family, utility: Family, t: Array) -> ThresholdResult:
@@ -213,7 +216,7 @@ def threshold_mc(key: Array, error: Family, utility: Family, t: Array, num_sampl
     dtype = t.dtype
     k_scale, k_is = jax.random.split(key)
     log_g = _log_integrand(error, utility, t)
-    _, edge, bump = _breaks(error, utility, t)
+    _, edge, bump = _breaks(error, utility, t, precise=True)  # the proposals as before
     narrow, wide = _widths(bump)
     # A robust width of X: half its interquartile range from a few draws.
     xs = jnp.sort(error.sample(k_scale, (512,), dtype))

@@ -366,6 +366,16 @@ class Family:
         """Lower end of the support (-inf for the real line)."""
         return self._def.lower(self.params) + self.shift
 
+    @property
+    def real_line(self) -> bool:
+        """True where the support is the whole line whatever the parameters (normal, Laplace, Gumbel, logistic,
+        Student-t: known from the name, a Python bool while tracing). Each of these has a bounded density."""
+        with jax.ensure_compile_time_eval():  # a constant -inf stays concrete; a traced lower end raises
+            try:
+                return bool(jnp.all(jnp.isneginf(self._def.lower(self.params))))
+            except jax.errors.ConcretizationTypeError:
+                return False
+
     def kink(self) -> Array:
         """A point where the density is not smooth (mode of laplace, support edge)."""
         return self._def.kink(self.params) + self.shift

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from goodhart_jax.quadrature import DROPS, de_moments, locate_bump, log_de_quadrature, log_moments
+from goodhart_jax.quadrature import BREAKS_SEARCH, DROPS, de_moments, locate_bump, log_de_quadrature, log_moments
 from goodhart_jax.tails import parse
 
 
@@ -21,6 +21,45 @@ def test_bump_locator_on_a_gaussian():
             np.testing.assert_allclose(mu - np.asarray(b.left), want, rtol=1e-9)
             assert np.all(np.diff(np.asarray(b.points())) > 0)
 
+
+
+def test_breaks_search_places_the_points_near_enough_and_integrals_do_not_move():
+    """`BREAKS_SEARCH` (a 64-point grid, fewer steps): the Gaussian's points to ~1e-3 of its width (the default
+    pins them to 1e-9); a rule split there integrates it as exactly as one split at the precise points."""
+    with jax.enable_x64(True):
+        for mu, s in ((3e3, 0.01), (-7.0, 25.0)):
+            log_g = lambda y: -2500.0 - ((y - mu) / s) ** 2 / 2  # noqa: E731
+            coarse = locate_bump(log_g, jnp.array([0.0, 1.0]), **BREAKS_SEARCH)
+            want = s * np.sqrt(2 * np.array(DROPS))
+            np.testing.assert_allclose(float(coarse.mode), mu, rtol=0, atol=1e-2 * s)
+            np.testing.assert_allclose(np.asarray(coarse.right) - mu, want, rtol=1e-3)
+            np.testing.assert_allclose(mu - np.asarray(coarse.left), want, rtol=1e-3)
+            m = de_moments(log_g, coarse.points(), -jnp.inf)
+            np.testing.assert_allclose([float(m.log_Z), float(m.mean)],
+                                       [-2500 + math.log(s * math.sqrt(2 * math.pi)), mu], rtol=1e-12)
+        # The far narrow Student-t(3) bump of the test below, its tails y^-4.
+        log_g = lambda y: parse("student_t:df=3,loc=300,scale=0.01").log_prob(y)  # noqa: E731
+        b = locate_bump(log_g, jnp.array([0.0, 0.0]), **BREAKS_SEARCH)
+        np.testing.assert_allclose(float(b.mode), 300.0, rtol=0, atol=1e-4)
+        m = de_moments(log_g, b.points(), -jnp.inf)
+    np.testing.assert_allclose([float(m.log_Z), float(m.mean)], [0.0, 300.0], rtol=1e-10, atol=1e-10)
+
+
+def test_interior_pieces_reaching_less_far():
+    """Interior tanh-sinh pieces cut at |k h| <= 3.5 (their end nodes within ~1e-22 of a piece's length of its
+    breaks) integrate a bounded integrand as the full rule does (to 1e-15), on 2 x 6 fewer nodes a piece."""
+    with jax.enable_x64(True):
+        breaks = jnp.array([-3.0, 0.5, 2.0, 40.0])
+        full = log_de_quadrature(breaks, -jnp.inf)
+        cut = log_de_quadrature(breaks, -jnp.inf, interior_reach=3.5)
+        assert full.y.shape[0] - cut.y.shape[0] == 3 * 2 * 6
+        for log_g in (lambda y: -jnp.log1p(y * y), lambda y: -jnp.abs(y - 0.5) - 0.01 * y * y):
+            a, b = log_moments(log_g, full), log_moments(log_g, cut)
+            np.testing.assert_allclose([float(b.log_Z), float(b.mean)], [float(a.log_Z), float(a.mean)],
+                                       rtol=1e-15, atol=1e-15)
+        # Against the closed form: ∫ dy / (1 + y^2) = pi.
+        np.testing.assert_allclose(float(log_moments(lambda y: -jnp.log1p(y * y), cut).log_Z), math.log(math.pi),
+                                   rtol=1e-12)
 
 @pytest.mark.parametrize("x64", [False, True])
 def test_moments_of_a_far_narrow_gaussian_in_log_space(x64):

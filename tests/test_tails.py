@@ -47,6 +47,20 @@ def test_mean_and_tail_flags(spec):
     assert (float(fam.mgf_sup) == 0.0) == heavy
 
 
+
+@pytest.mark.parametrize("spec", REFS)
+def test_real_line_is_known_while_tracing_and_means_a_bounded_density(spec):
+    """`real_line` from the name (a Python bool inside jit too) agrees with SciPy's support; such densities are
+    bounded (best_of_n shortens its outer rule on that)."""
+    fam, ref = tails.parse(spec), REFS[spec]
+    want = bool(np.isneginf(ref.support()[0]))
+    assert fam.real_line is want
+    seen = []
+    jax.jit(lambda f: seen.append(f.real_line) or f.log_prob(0.0))(fam)
+    assert seen == [want]
+    if want:
+        assert np.isfinite(ref.pdf(ref.ppf(np.linspace(0.001, 0.999, 999)))).all()
+
 @pytest.mark.parametrize("spec,s,finite", [
     ("normal", 50.0, True), ("laplace:scale=2", 0.49, True), ("laplace:scale=2", 0.5, False),
     ("exponential:rate=3", 2.9, True), ("gumbel", 0.99, True), ("gumbel", 1.0, False),
