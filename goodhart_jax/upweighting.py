@@ -31,7 +31,7 @@ from jax import Array
 
 from goodhart_jax.floats import as_float
 from goodhart_jax.quadrature import de_moments
-from goodhart_jax.roots import bisect
+from goodhart_jax.roots import bisect, bisect_then
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt_component
 
@@ -183,11 +183,11 @@ def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> Bound
 
     def kl_mean(log_lam):
         r = tilt_component(utility, jnp.exp(-log_lam))
-        return r.KL, r.mean
+        return r.KL - d, (r.KL, r.mean)
 
-    # The end with KL <= d (KL grows with lam).
-    lo = bisect(lambda ll: kl_mean(ll)[0] - d, lo, hi).neg
-    kl, mean = kl_mean(lo)
+    # The end with KL <= d (KL grows with lam); the tilt is traced once, for the bisection and the result.
+    b, (kl, mean) = bisect_then(kl_mean, lo, hi)
+    lo = b.neg
     inf = jnp.asarray(jnp.inf, d.dtype)
     reached = exists & (jnp.abs(kl - d) <= 1e-6 * d)
     return BoundedResult(jnp.where(exists, mean, inf), jnp.where(exists, kl, inf),
