@@ -64,13 +64,14 @@ def test_gap_never_negative():
         tree = jax.tree.map(lambda a: a.astype(jnp.float64), task.tree)
         cfg = rl.RLConfig(4, 3)
         evaluate = jax.jit(rl.make_eval(cfg, rl.tabular_logits))
+        optimal_policy = jax.jit(mdp.optimal_policy)  # one program, not op by op
         for beta in (0.1, 1.0, 10.0):
             t = rl.RLTask(tree, jnp.float64(beta))
             for k in range(5):
                 table = tuple(l + 2.0 * jax.random.normal(jax.random.key(10 + k), l.shape, l.dtype)
                               for l in tree.log_pi0)
                 assert float(evaluate(table, t).gap) > 0.0
-            star = mdp.optimal_policy(tree, jnp.float64(beta)).pi
+            star = optimal_policy(tree, jnp.float64(beta)).pi
             e = evaluate(tuple(jnp.log(p) for p in star), t)
             assert abs(float(e.gap)) < 1e-12  # float64 round-off
             assert float(evaluate(tree.log_pi0, t).KL) == 0.0  # pi0: no KL, the gap is the whole gain
