@@ -238,14 +238,14 @@ jax.config.update("jax_enable_x64", True)
 from goodhart_jax import mdp, tails
 T3, N = tails.parse("student_t:df=3"), tails.parse("normal")
 out = dict(devices=jax.device_count())
-# Betas over one axis of any name (the old form): float32, EOS tree.
-tree = mdp.make_tree(jax.random.key(0), mdp.TreeSpec(5, 3, True), T3, N)
+spec, key = mdp.TreeSpec(5, 3, True), jax.random.key(7)
+ref = mdp.make_tree(key, spec, T3, N, pi0="random", dtype=jnp.float64)
+# Betas over one axis of any name (the old form): float32, EOS tree (ref cast: a tree program compiles in ~5 s).
+tree = jax.tree.map(lambda a: a.astype(jnp.float32), ref)
 betas = jnp.geomspace(0.1, 10.0, 8)
 mesh = jax.make_mesh((jax.device_count(),), ("x",))
 out["betas"] = [np.stack(mdp.sweep_tree(tree, betas, mesh=mesh)).tolist(), np.stack(mdp.sweep_tree(tree, betas)).tolist()]
 # Leaves split over devices, float64: n = 4 tokens + EOS, a random pi0 (top levels replicated, the rest split).
-spec, key = mdp.TreeSpec(5, 3, True), jax.random.key(7)
-ref = mdp.make_tree(key, spec, T3, N, pi0="random", dtype=jnp.float64)
 U = np.concatenate([np.asarray(u) for u in mdp.terminal_values(ref)])
 t, c, betas = float(np.quantile(U, 0.9)), 0.5, jnp.geomspace(0.1, 10.0, 4)
 f = lambda tr, m: (mdp.sweep_tree(tr, betas, mesh=m), mdp.soft_optimum(tr, betas[1], mesh=m), mdp.thm2(tr, t, c, mesh=m),
