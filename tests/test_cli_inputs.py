@@ -301,6 +301,7 @@ def test_mitigations_unreachable_budget_is_flagged_not_raised(tmp_path, capsys):
     assert by["continuous", "kl_target"]["E_V"] == pytest.approx(200**0.5, rel=1e-6)
 
 
+@pytest.mark.usefixtures("quick_compiles")  # rows and reasons, not numbers: compiling is this run's cost
 def test_best_of_n_exact_moments_refused_are_null_with_a_reason(tmp_path, monkeypatch):
     """Where the exact quadrature refuses (NaN), the row is null with a reason and the Gao fit falls back to the
     Monte Carlo; it ended in a FloatingPointError traceback before."""
