@@ -48,7 +48,7 @@ def test_quantilizer_caps_and_brute_force_depth1():
     p0 = np.exp(np.asarray(tree.log_pi0[0][0]))
     u = np.asarray(mdp.terminal_values(tree)[-1])
     for q in (1.0, 0.6, 0.3, 0.1):
-        pi = np.asarray(quantilizer_policy(tree, q).pi[0][0])
+        pi = np.asarray(_quantilizer_policy(tree, q).pi[0][0])
         assert np.all(pi <= p0 / q + 1e-6) and abs(pi.sum() - 1) < 1e-6
         # Brute force: the best capped distribution fills outcomes by decreasing U.
         want, left = np.zeros_like(p0), 1.0
@@ -56,7 +56,7 @@ def test_quantilizer_caps_and_brute_force_depth1():
             want[i] = min(p0[i] / q, left)
             left -= want[i]
         np.testing.assert_allclose(pi, want, atol=1e-6)  # float32 sums
-    np.testing.assert_allclose(np.asarray(quantilizer_policy(tree, 1.0).pi[0]), np.exp(np.asarray(tree.log_pi0[0])),
+    np.testing.assert_allclose(np.asarray(_quantilizer_policy(tree, 1.0).pi[0]), np.exp(np.asarray(tree.log_pi0[0])),
                                atol=1e-6)
 
 
@@ -306,7 +306,8 @@ def test_sigmoid_proxy_tilt_mc_carries_its_standard_error():
     assert 0 < float(r.E_V_se) < 0.01 and float(r.ess) > 1e4
     assert abs(float(r.E_V) - EU / 2) < 4 * float(r.E_V_se)
     np.testing.assert_allclose(float(r.E_U), Es, rtol=2e-3)  # a bounded mean: se ~ 1e-3 relative
-    old, se = bounded_tilt_mc(jax.random.key(0), parse("normal"), parse("normal"), jnp.float32(beta), 200_000)
+    old, se = jax.jit(bounded_tilt_mc, static_argnums=4)(jax.random.key(0), parse("normal"), parse("normal"),
+                                                         jnp.float32(beta), 200_000)
     np.testing.assert_allclose([float(old.E_V), float(se)], [float(r.E_V), float(r.E_V_se)], rtol=1e-6)
 
 
