@@ -80,6 +80,9 @@ def bisect_then(f: Callable[[Array], tuple[Array, Any]], neg: ArrayLike, pos: Ar
     is the chosen end and whose bracket is left as it was. A program calling an
     expensive f (a quadrature) then compiles one copy of it, not two.
 
+    f's results of every pass are stacked ([steps + 1, ...]) and the last kept:
+    meant for small results (moments), not for large arrays.
+
     Args:
       f: x [...] -> (value [...], result pytree), value monotone between the ends as in `bisect`.
       neg, pos: [...] the bracket's ends (traced).
@@ -93,18 +96,18 @@ def bisect_then(f: Callable[[Array], tuple[Array, Any]], neg: ArrayLike, pos: Ar
     dtype = jnp.result_type(float_dtype(neg), float_dtype(pos))
     neg, pos = jnp.broadcast_arrays(jnp.asarray(neg, dtype), jnp.asarray(pos, dtype))
     steps = default_steps(dtype) if num_steps is None else int(num_steps)
-    _, aux0 = jax.eval_shape(f, neg)
-    aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
 
-    def body(i, st):
-        a, b, _ = st
+    def body(st, i):
+        a, b = st
         mid = 0.5 * (a + b)
         last = i == steps
         x = jnp.where(last, a, mid) if at == "neg" else mid
         value, aux = f(x)
         above = value > 0
         move = ~last  # the last pass only evaluates
-        return jnp.where(move & ~above, mid, a), jnp.where(move & above, mid, b), aux
+        return (jnp.where(move & ~above, mid, a), jnp.where(move & above, mid, b)), aux
 
-    a, b, aux = jax.lax.fori_loop(0, steps + 1, body, (neg, pos, aux0))
-    return Bisection(0.5 * (a + b), a, b), aux
+    # A scan, its results stacked over the passes and the last one kept: a loop carrying f's result would need
+    # its structure first (jax.eval_shape: one more trace of f, ~1 s for a tilt).
+    (a, b), auxs = jax.lax.scan(body, (neg, pos), jnp.arange(steps + 1))
+    return Bisection(0.5 * (a + b), a, b), jax.tree.map(lambda y: y[-1], auxs)
