@@ -39,6 +39,13 @@ def default_steps(dtype) -> int:
     return jnp.finfo(dtype).nmant + 12
 
 
+def _bracket(neg: ArrayLike, pos: ArrayLike, num_steps: int | None) -> tuple[Array, Array, int]:
+    """The ends in their common float dtype, broadcast together, and the number of halvings."""
+    dtype = jnp.result_type(float_dtype(neg), float_dtype(pos))
+    neg, pos = jnp.broadcast_arrays(jnp.asarray(neg, dtype), jnp.asarray(pos, dtype))
+    return neg, pos, default_steps(dtype) if num_steps is None else int(num_steps)
+
+
 def bisect(f: Callable[[Array], Array], neg: ArrayLike, pos: ArrayLike, num_steps: int | None = None) -> Bisection:
     """A sign change of f between `neg` (f <= 0 there) and `pos` (f > 0 there), by bisection.
 
@@ -56,9 +63,7 @@ def bisect(f: Callable[[Array], Array], neg: ArrayLike, pos: ArrayLike, num_step
     Returns:
       `Bisection` of [...] fields.
     """
-    dtype = jnp.result_type(float_dtype(neg), float_dtype(pos))
-    neg, pos = jnp.broadcast_arrays(jnp.asarray(neg, dtype), jnp.asarray(pos, dtype))
-    steps = default_steps(dtype) if num_steps is None else int(num_steps)
+    neg, pos, steps = _bracket(neg, pos, num_steps)
 
     def body(_, st):
         a, b = st
@@ -93,9 +98,7 @@ def bisect_then(f: Callable[[Array], tuple[Array, Any]], neg: ArrayLike, pos: Ar
     """
     if at not in ("neg", "root"):
         raise ValueError(f'at must be "neg" or "root", got {at!r}')
-    dtype = jnp.result_type(float_dtype(neg), float_dtype(pos))
-    neg, pos = jnp.broadcast_arrays(jnp.asarray(neg, dtype), jnp.asarray(pos, dtype))
-    steps = default_steps(dtype) if num_steps is None else int(num_steps)
+    neg, pos, steps = _bracket(neg, pos, num_steps)
 
     def body(st, i):
         a, b = st
