@@ -33,10 +33,13 @@ def curves(rows: list[dict], c: float, exponent: float) -> plt.Figure:
     return fig
 
 
+_log_sf = jax.jit(lambda fam, x: fam.log_sf(x))  # one program for every frame (eagerly, each operation compiles)
+
+
 def _frame(ax_d, ax_b, base: Family, t: float, res: UpweightResult, top: float) -> None:
     """One Figure-3 frame: tail functions of Q and P_t (log-log), and bars of E[X] and KL."""
     x = np.geomspace(0.1, 30 * t, 500)
-    lsf = np.asarray(base.log_sf(jnp.asarray(x)))
+    lsf = np.asarray(_log_sf(base, jnp.asarray(x)))
     m, lsf_t = float(res.tail_mass), float(res.log_sf_q)
     F_q, F_t = -np.expm1(lsf), -np.expm1(lsf_t)
     sf_p = np.where(x > t, m * np.exp(lsf - lsf_t), 1.0 - (1.0 - m) * F_q / F_t)
