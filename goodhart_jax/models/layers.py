@@ -119,7 +119,8 @@ def rotary_from_mask(mask: Array | np.ndarray, rotary_dims: int, theta: float) -
     if isinstance(mask, jax.core.Tracer):
         return rotary_at(positions_from_mask(mask), mask.shape[-1], rotary_dims, theta)
     cos_t, sin_t = rotary_table(mask.shape[-1], rotary_dims, theta)
-    pos = np.maximum(np.cumsum(np.asarray(mask).astype(np.int32), axis=-1) - 1, 0)           # [B, T]
+    with jax.ensure_compile_time_eval():  # the positions now, by the one rule
+        pos = np.asarray(positions_from_mask(jnp.asarray(mask)))                                # [B, T]
     if (pos == pos[:1]).all():
         return tuple(jnp.broadcast_to(t[pos[0]], pos.shape + t.shape[1:]) for t in (cos_t, sin_t))
     return jnp.asarray(cos_t[pos]), jnp.asarray(sin_t[pos])
