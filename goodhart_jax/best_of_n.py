@@ -151,8 +151,8 @@ def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
     u_n = jnp.interp(target, -lsf, grid)
     # f_U is bounded when either family's density is (every family on the whole line has one): the pieces
     # between two u_n stop at |k h| = 3.25, nodes within e^-40 of a piece's length of its ends.
-    reach = _OUTER_REACH if (error.real_line or utility.real_line) else 4.0
-    rule = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype, interior_reach=reach)
+    reach = dict(interior_reach=_OUTER_REACH) if (error.real_line or utility.real_line) else {}
+    rule = log_de_quadrature(jnp.concatenate([u_n, centre[None]]), lower, dtype, **reach)
     y = rule.y
     lf, ev = jax.vmap(lambda u: _conv(error, utility, u, dtype))(y)
     lsf_y = log_sf_u(y)
