@@ -197,7 +197,8 @@ def test_sequence_logprob_on_a_bigram_table(jit):
     mask = np.array([[1] * 5, [1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
     fn = jax.jit(sequence_logprob) if jit else sequence_logprob
     got = fn(np.eye(v, dtype=np.float32)[ids], table, ids, mask)
-    logp = table - np.log(np.exp(table).sum(-1, keepdims=True))
+    t64 = table.astype(np.float64)  # the reference in float64: ours, not NumPy's float32 exp, is under test
+    logp = t64 - np.log(np.exp(t64).sum(-1, keepdims=True))
     want = [sum(logp[ids[b, i - 1], ids[b, i]] for i in range(1, t) if mask[b, i] and mask[b, i - 1])
             for b in range(3)]
     np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -211,7 +211,12 @@ def test_bfloat16(tmp_path, arch, layout):
 
 
 def test_gelu_is_pytorchs_exact_gelu():
-    """layers.gelu_erf (the port's "gelu") against float64 x Phi(x) and torch.nn.functional.gelu, float32."""
+    """layers.gelu_erf (the port's "gelu") against float64 x Phi(x), and the same function as PyTorch's, float32.
+
+    Our contract is the first bound: within 3 ulp(max(|x|, 1)) of the exact GeLU (measured max 2.3). PyTorch's own
+    kernel is not ours to assert: its float32 GeLU varies with the host CPU (1.9 ulp on one x86 machine, 4.19 ulp
+    at x = -3.389 on an AMD EPYC), so parity is asserted at a bound any float32 erf-form GeLU meets (1e-5 relative,
+    ~84 ulp) and that still tells the erf form from the tanh approximation (which is >= 1e-4 off somewhere here)."""
     import scipy.special
     import torch
 
@@ -219,13 +224,13 @@ def test_gelu_is_pytorchs_exact_gelu():
 
     x = np.concatenate([np.linspace(-10, 10, 20001), np.random.default_rng(0).normal(0, 2, 20000)]).astype(np.float32)
     ours = np.asarray(jax.jit(layers.gelu_erf)(x), np.float64)
-    exact = 0.5 * x.astype(np.float64) * scipy.special.erfc(-x.astype(np.float64) / np.sqrt(2))
-    # Both this and PyTorch's float32 GeLU take x (1 + erf(x / sqrt 2)) / 2, whose error is about eps |x|
-    # (the cancellation in 1 + erf at x < -3 included): in units of ulp(max(|x|, 1)) the measured maxima
-    # on these points are 2.3 here, 1.9 for PyTorch (1.3 for jax.nn.gelu's erfc form), 3.0 between us.
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * scipy.special.erfc(-x64 / np.sqrt(2))
     ulp = np.spacing(np.maximum(np.abs(x), 1).astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(ours - exact) <= 3 * ulp)  # ours: x (1 + erf(x / sqrt 2)) / 2 loses ~eps |x| near x < -3
+    scale = np.maximum(np.abs(x64), 1)
     theirs = torch.nn.functional.gelu(torch.from_numpy(x)).numpy().astype(np.float64)
-    assert np.all(np.abs(theirs - exact) <= 3 * ulp)                # the bound holds for PyTorch itself
-    assert np.all(np.abs(ours - exact) <= 3 * ulp)
-    assert np.all(np.abs(ours - theirs) <= 4 * ulp)
+    assert np.all(np.abs(ours - theirs) <= 1e-5 * scale)
+    tanh_form = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)))
+    assert np.max(np.abs(tanh_form - exact) / scale) > 1e-4  # the parity bound tells the two forms apart
     assert layers.activation("gelu") is layers.gelu_erf
