@@ -36,5 +36,13 @@ LONG_FILES = (
 
 
 def pytest_collection_modifyitems(session, config, items):
+    """The long files first; with GOODHART_TEST_SHUFFLE=<seed>, every test in a shuffled order instead (files and
+    the cases within them), to find tests that depend on what ran before them in the same process."""
+    seed = os.environ.get("GOODHART_TEST_SHUFFLE")
+    if seed:
+        import random
+
+        random.Random(seed).shuffle(items)
+        return
     rank = {f"tests/{f}": i for i, f in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order within kept
