@@ -107,3 +107,45 @@ def test_one_process_is_untouched_and_silent_keeps_rows():
         run.emit([dict(a=1)])
         run.log("not printed")
         assert run.rows == [dict(a=1)] and run.files == []
+
+
+LONELY = """
+import dataclasses, sys
+from goodhart_jax import cli, distributed
+
+@dataclasses.dataclass(frozen=True)
+class Config(cli.RunConfig, distributed.Flags):
+    pass
+
+def main(cfg):
+    distributed.initialize(cfg)
+    print("joined", file=sys.stderr)
+
+cli.main(Config, main, sys.argv[1:])
+"""
+
+
+def test_a_missing_process_is_one_line_and_exit_2_after_init_timeout(tmp_path):
+    """Process 0 of 3 with no other process: it says at once what it waits for, and after --init-timeout gives
+    up in one line, exit 2 (JAX alone would wait 300 s in silence, then abort from C++)."""
+    import time
+
+    addr = f"127.0.0.1:{free_port()}"
+    argv = ["--coordinator", addr, "--num-processes", "3", "--process-id", "0", "--init-timeout", "3",
+            "--out", str(tmp_path / "out")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", LONELY, *argv], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stderr.readline()
+        waiting = p.poll() is None  # the line came while it waits, not with the error
+        rest = p.communicate(timeout=120)[1]
+    finally:
+        p.kill()
+    assert waiting and first.startswith(f"waiting for 3 processes at {addr} (this is process 0)"), first
+    assert p.returncode == 2, rest
+    assert rest == f"-c: error: waited 3 s for 3 processes at {addr} (this is process 0), and not all joined: " \
+                   "start the others, check the address and port, or raise --init-timeout\n"
+    assert time.monotonic() - t0 < 60  # well before JAX's own 300 s
+    assert not (tmp_path / "out").exists()
