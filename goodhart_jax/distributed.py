@@ -71,6 +71,13 @@ class Flags(cli.Checked):
         if self.num_processes > 1 and not self.coordinator:
             raise cli.InputError(f"--num-processes {self.num_processes} needs --coordinator HOST:PORT (or auto)")
 
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process will write the run's files (process 0), as far as the flags tell before joining:
+        with 'auto' the launcher assigns the index, so not known (False). `cli.run` checks --out only here."""
+        coordinator = self.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+        return self.process_id == 0 and coordinator != "auto"
+
 
 def initialize(cfg: Any) -> bool:
     """Join the other processes of the run, when `cfg` (a `Flags`) names any; returns whether it did.
@@ -164,6 +171,9 @@ class Silent:
     @staticmethod
     def progress(iterable, desc: str, total: int | None = None):
         return iterable
+
+    def close(self) -> None:
+        pass
 
     def __enter__(self) -> "Silent":
         return self

@@ -149,3 +149,23 @@ def test_a_missing_process_is_one_line_and_exit_2_after_init_timeout(tmp_path):
                    "start the others, check the address and port, or raise --init-timeout\n"
     assert time.monotonic() - t0 < 60  # well before JAX's own 300 s
     assert not (tmp_path / "out").exists()
+
+
+def test_only_a_known_process_0_checks_out_before_joining(tmp_path, monkeypatch, capsys):
+    """`cli.run` refuses a busy or used --out before any work only where this process will write it (process 0):
+    another process must not refuse the directory that process 0 is already writing (it never opens a Run)."""
+    @dataclasses.dataclass(frozen=True)
+    class Config(cli.RunConfig, distributed.Flags):
+        pass
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    out, calls = tmp_path / "out", []
+    two = ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--out", str(out)]
+    with cli.Run("x", Config(out=str(out))):  # process 0's run, writing
+        assert cli.run(Config, calls.append, two + ["--process-id", "1"], prog="x.py") == 0
+        assert cli.run(Config, calls.append, ["--coordinator", "auto", "--out", str(out)], prog="x.py") == 0
+        assert len(calls) == 2
+        for argv in (two, two[-2:]):  # process 0, or a run of one process
+            assert cli.run(Config, calls.append, argv, prog="x.py") == 2
+            assert "is in use: another run holds it" in capsys.readouterr().err
+    assert len(calls) == 2
