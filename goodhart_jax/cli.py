@@ -11,7 +11,20 @@ lines), progress on stderr, and one error path:
   * Ctrl-C -> one line saying what is on disk, exit 130; every finished file is
     intact because every file is written atomically. A script that calls
     `cli.guard_startup(__name__)` before its heavy imports answers Ctrl-C during
-    them the same way (one line, exit 130).
+    them the same way (one line, exit 130);
+  * a file that cannot be written (a full disk) -> one line naming it and the
+    files that are complete, exit 2 (`OutputError`).
+
+The output directory belongs to one run at a time and holds one run's files:
+  * a run locks it (`flock` on the directory) for its life; a second run with
+    the same `--out` is refused at once in one line, exit 2;
+  * a directory that holds an earlier run (a `config.json`) is refused in one
+    line, exit 2, unless `--overwrite` is given: then the earlier run's files
+    (config.json and every plain file beside it) are removed, under the lock,
+    before anything is written. Subdirectories and hidden files (but for
+    temporary files of a killed write) are left alone;
+  * without `--out`, each run gets a new directory runs/<script>/<timestamp>
+    (with a -2, -3, ... suffix when two start in the same second).
 
 Every int field (and every int in a tuple field) must fit in 64 bits; `seed`
 checks a PRNG seed (an integer in [0, 2^32 - 1]).
@@ -43,6 +56,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
+import fcntl
+import itertools
 import json
 import math
 import numbers
@@ -58,11 +74,19 @@ from typing import Any, Callable, Iterable, Sequence
 
 from goodhart_jax import io
 
-__all__ = ["InputError", "Checked", "RunConfig", "arg", "each", "positive", "finite", "within", "at_least", "seed",
-           "inputs", "check_memory", "Run", "check_out_dir", "prepare_out_dir", "build_parser", "parse_config",
-           "run", "main", "guard_startup"]
+__all__ = ["InputError", "OutputError", "Checked", "RunConfig", "arg", "each", "positive", "finite", "within",
+           "at_least", "seed", "inputs", "check_memory", "Run", "check_out_dir", "check_out_free", "prepare_out_dir",
+           "build_parser", "parse_config", "run", "main", "guard_startup"]
 
 InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
+
+
+class OutputError(OSError):
+    """A run's file could not be written (a full disk, a quota): its message names the file and what is complete
+    on disk; the runner prints it in one line, exit 2."""
+
+
+_DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # written outside a Run: one line, exit 2
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", *, metavar: str | None = None,
@@ -125,6 +149,8 @@ class Checked:
 class RunConfig(Checked):
     """The fields the runner owns; a study's Config subclasses this."""
     out: str = arg("", "output directory (default: runs/<script>/<timestamp>)", metavar="DIR", show_default=False)
+    overwrite: bool = arg(False, "replace the files of an earlier run in --out (default: refuse, so a directory "
+                                 "never mixes two runs' files)")
     json: bool = arg(False, "stdout carries only the result rows, as JSON lines (logs go to stderr)")
     plots: bool = arg(True, "write the PNG figures")
 
@@ -302,16 +328,42 @@ class Run:
         self.cfg = cfg
         self.json = bool(getattr(cfg, "json", False))
         self.plots = bool(getattr(cfg, "plots", True))
-        self.dir = prepare_out_dir(getattr(cfg, "out", "") or io.default_out_dir(name))
+        out = getattr(cfg, "out", "")
+        self.dir = prepare_out_dir(out) if out else _new_dir(io.default_out_dir(name))
         self.results = results
         self.csv_rows = csv_rows
         self.rows: list[dict] = []
-        self.files: list[str] = []
-        self.save_json("config.json", cfg)
+        self.files: list[str] = []  # finished files, in the order first written
+        self._lock = _lock(self.dir)
+        try:
+            _remove_earlier_run(self.dir, bool(getattr(cfg, "overwrite", False)))
+            self.save_json("config.json", cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the directory for another run (also done on leaving the `with` block)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _wrote(self, fname: str) -> None:
         if fname not in self.files:
             self.files.append(fname)
+
+    def _save(self, fname: str, data: bytes | str) -> Path:
+        """Write DIR/fname atomically; an OSError (a full disk) becomes one `OutputError` naming the file and
+        what is complete on disk."""
+        try:
+            path = io.atomic_write(self.dir / fname, data)
+        except OSError as e:
+            kept = " (it keeps its previous version)" if fname in self.files else ""
+            err = OutputError(f"cannot write {self.dir / fname}{kept}: {e.strerror or e}; {self.on_disk()}")
+            err.errno = e.errno
+            raise err from None
+        self._wrote(fname)
+        return path
 
     def emit(self, rows: Iterable[dict]) -> None:
         """Add finished rows: results.jsonl/.csv are rewritten atomically, and with --json each row is printed."""
@@ -319,11 +371,11 @@ class Run:
         with _holding_ctrl_c():  # both files and self.rows, or none of them
             everything = self.rows + rows
             if self.results:
-                io.save_jsonl(self.dir / f"{self.results}.jsonl", everything)
-                io.save_csv(self.dir / f"{self.results}.csv",
-                            everything if self.csv_rows is None else [r for r in everything if self.csv_rows(r)])
-                self._wrote(f"{self.results}.jsonl")
-                self._wrote(f"{self.results}.csv")
+                self._save(f"{self.results}.jsonl", io.jsonl_text(everything))
+                self.rows = everything  # the record of finished rows is on disk (whatever becomes of the CSV)
+                self._save(f"{self.results}.csv",
+                           io.csv_text(everything if self.csv_rows is None else
+                                       [r for r in everything if self.csv_rows(r)]))
             self.rows = everything
         if self.json:
             for r in rows:
@@ -333,16 +385,12 @@ class Run:
     def save_json(self, fname: str, obj: Any) -> Path:
         """Write `obj` as JSON (non-finite numbers as null) to DIR/fname, atomically."""
         with _holding_ctrl_c():
-            path = io.save_json(self.dir / fname, obj)
-            self._wrote(fname)
-        return path
+            return self._save(fname, io.json_text(obj))
 
     def write(self, fname: str, data: bytes | str) -> Path:
         """Write bytes or text to DIR/fname, atomically."""
         with _holding_ctrl_c():
-            path = io.atomic_write(self.dir / fname, data)
-            self._wrote(fname)
-        return path
+            return self._save(fname, data)
 
     def figure(self, fname: str, fig, dpi: int = 110) -> Path | None:
         """Save a matplotlib figure atomically (closed either way); nothing when plots are off."""
@@ -351,10 +399,9 @@ class Run:
 
             plt.close(fig)
             return None
+        data = io.figure_bytes(fig, Path(fname).suffix.lstrip(".") or "png", dpi)
         with _holding_ctrl_c():
-            path = io.save_figure(fig, self.dir / fname, dpi=dpi)
-            self._wrote(fname)
-        return path
+            return self._save(fname, data)
 
     @staticmethod
     def log(*args) -> None:
@@ -389,12 +436,15 @@ class Run:
             return f"{n} finished {'row is' if n == 1 else 'rows are'} in {self.dir}/{self.results}.jsonl{extra}"
         if len(self.files) > 1:
             return f"finished files in {self.dir}: {', '.join(self.files)}"
-        return f"no results yet: only config.json is in {self.dir}"
+        if self.files:
+            return f"no results yet: only {self.files[0]} is in {self.dir}"
+        return f"nothing was written in {self.dir}"
 
     def __enter__(self) -> "Run":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close()
         if exc_type is None:
             io.log(f"wrote {', '.join(self.files)} in {self.dir}")
         elif issubclass(exc_type, KeyboardInterrupt):
@@ -468,6 +518,81 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
     return path
 
 
+def _lock(path: Path) -> int | None:
+    """Lock the directory `path` for this run (flock; released when the fd is closed, or the process ends), or
+    raise InputError, at once, if another run holds it. None where it cannot be locked (no locks on that file
+    system): the run goes on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise InputError(f"output directory {str(path)!r} is in use: another run holds it (wait for that run "
+                             "to end, or choose another --out)") from None
+        return None
+    return fd
+
+
+def _earlier_run(path: Path) -> list[str]:
+    """The files of an earlier run in the directory `path`: where it holds a config.json (every run writes one
+    first), that and every plain, not hidden, file beside it; else none."""
+    if not (path / "config.json").is_file():
+        return []
+    return ["config.json"] + sorted(p.name for p in path.iterdir()
+                                    if p.name != "config.json" and not p.name.startswith(".") and p.is_file())
+
+
+def _remove_earlier_run(path: Path, overwrite: bool) -> None:
+    """With the lock held: refuse an earlier run's files in `path` (InputError), or with `overwrite` remove
+    them (and the temporary files of a write that was killed) before anything of the new run is written."""
+    earlier = _earlier_run(path)
+    if not earlier:
+        return
+    if not overwrite:
+        shown = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+        raise InputError(f"output directory {str(path)!r} holds an earlier run ({shown}): give --overwrite to "
+                         "replace it, or choose another --out")
+    stale = [p.name for p in path.glob(".*.tmp")]  # io.atomic_write's temporary files, left by a killed write
+    try:
+        with _holding_ctrl_c():  # config.json last: what is left still reads as an earlier run
+            for f in stale + earlier[1:] + earlier[:1]:
+                (path / f).unlink(missing_ok=True)
+    except OSError as e:
+        raise InputError(f"--overwrite: cannot remove the earlier run's {e.filename}: {e.strerror}") from None
+    io.log(f"--overwrite: removed the earlier run's {len(earlier)} file(s) from {path}")
+
+
+def check_out_free(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise InputError, in one line, if the directory `out` is held by another run, or holds an earlier run and
+    `overwrite` is off; changes nothing. `Run` checks again under its lock: this is to refuse before any work."""
+    path = Path(out)
+    if not path.is_dir():
+        return
+    fd = _lock(path)
+    if fd is not None:
+        os.close(fd)
+    if not overwrite:
+        _remove_earlier_run(path, overwrite=False)  # refuses; removes nothing
+
+
+def _new_dir(base: Path) -> Path:
+    """Create a new directory `base` (a default one), or base-2, base-3, ... where another run took it."""
+    prepare_out_dir(base.parent)
+    for i in itertools.count(1):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise InputError(f"cannot create output directory {str(path)!r}: {e.strerror}") from None
+
+
 # ------------------------------------------------------------------ the runner
 
 _PROG: list[str] = []  # the program name of the `run` in progress (for Run's interrupt line)
@@ -483,7 +608,7 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
     """Parse flags into `config_cls`, check `--out`, call `study_main(cfg)`, and map the outcome to an exit status.
 
     Returns:
-      0 on success; 2 on bad input (one line on stderr); 130 on Ctrl-C.
+      0 on success; 2 on bad input, or a file the disk refused (one line on stderr); 130 on Ctrl-C.
     """
     prog = prog or _prog()
     _PROG.append(prog)
@@ -494,10 +619,18 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
             return int(e.code or 0)
         if isinstance(cfg, RunConfig) and cfg.out:
             check_out_dir(cfg.out)  # before any work (loading a model can take minutes)
+            if getattr(cfg, "writes_files", True):  # a process that may not be process 0 never opens a Run
+                check_out_free(cfg.out, cfg.overwrite)
         study_main(cfg)
-    except InputError as e:
+    except (InputError, OutputError) as e:
         msg = " ".join(str(e).split())  # one line, whatever the message held
         print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as e:
+        if e.errno not in _DISK_REFUSED:
+            raise
+        where = f"cannot write {e.filename}: " if e.filename else ""
+        print(f"{prog}: error: {where}{e.strerror}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt as e:
         if not getattr(e, "reported", False):

@@ -17,17 +17,24 @@ every process's devices, and a mesh over them is one global mesh. Only process
 On CPU the processes talk through gloo (set here); on GPU and TPU through the
 platform's own collectives. `--coordinator auto` lets JAX read a SLURM,
 Open MPI, Kubernetes or TPU-pod environment instead of the three flags.
+A process says at once (stderr) that it is waiting for the others, and gives
+up after `--init-timeout` seconds in one line, exit 2, instead of hanging
+silently for JAX's five minutes and then aborting.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import os
 import re
+import threading
 from typing import Any
 
 import jax
 import numpy as np
 
-from goodhart_jax import cli
+from goodhart_jax import cli, io
 
 __all__ = ["Flags", "initialize", "is_writer", "open_run", "Silent", "fetch"]
 
@@ -53,6 +60,8 @@ class Flags(cli.Checked):
                                  check=cli.at_least("--num-processes", 1))
     process_id: int = cli.arg(0, "this process's index, 0 .. N-1 (with --coordinator); 0 writes the files",
                               metavar="I", check=cli.at_least("--process-id", 0))
+    init_timeout: float = cli.arg(60.0, "seconds to wait for every process to join (with --coordinator); then "
+                                        "one line and exit 2", metavar="S", check=cli.positive("--init-timeout"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,25 +71,68 @@ class Flags(cli.Checked):
         if self.num_processes > 1 and not self.coordinator:
             raise cli.InputError(f"--num-processes {self.num_processes} needs --coordinator HOST:PORT (or auto)")
 
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process will write the run's files (process 0), as far as the flags tell before joining:
+        with 'auto' the launcher assigns the index, so not known (False). `cli.run` checks --out only here."""
+        coordinator = self.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+        return self.process_id == 0 and coordinator != "auto"
+
 
 def initialize(cfg: Any) -> bool:
     """Join the other processes of the run, when `cfg` (a `Flags`) names any; returns whether it did.
 
-    Call before anything touches a device. On CPU the cross-process collectives are gloo's.
+    Call before anything touches a device. On CPU the cross-process collectives are gloo's. Says on stderr, at
+    once, what it waits for; if the processes have not all joined within `cfg.init_timeout` seconds, prints
+    `prog: error: ...` and exits 2 (JAX's own timeout aborts the process from C++, which Python cannot catch:
+    a watchdog thread ends the process first, and JAX's timeout is set a little later as a backstop).
     """
-    import os
-
     coordinator = getattr(cfg, "coordinator", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     if not coordinator:
         return False
     if jax.distributed.is_initialized():
         return True
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout = float(getattr(cfg, "init_timeout", 60.0))
     if coordinator == "auto":
-        jax.distributed.initialize()
+        what, args = "the other processes (--coordinator auto)", {}
     else:
-        jax.distributed.initialize(coordinator, num_processes=cfg.num_processes, process_id=cfg.process_id)
+        what = f"{cfg.num_processes} processes at {coordinator} (this is process {cfg.process_id})"
+        args = dict(coordinator_address=coordinator, num_processes=cfg.num_processes, process_id=cfg.process_id)
+    if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
+        args["initialization_timeout"] = math.ceil(timeout) + 30  # the backstop: the watchdog below ends first
+    io.log(f"waiting for {what}; giving up after {timeout:g} s (--init-timeout)")
+    with _watchdog(timeout, f"{cli._prog()}: error: waited {timeout:g} s for {what}, and not all joined: start "
+                            "the others, check the address and port, or raise --init-timeout"):
+        jax.distributed.initialize(**args)
     return True
+
+
+class _watchdog:
+    """Within the block, after `seconds`: write `line` to stderr and end the process with status 2 (the main
+    thread is blocked in C++, where no exception can reach it). Leaving the block first disarms it."""
+
+    def __init__(self, seconds: float, line: str):
+        self.seconds, self.line = seconds, line
+        self.lock, self.done = threading.Lock(), False
+
+    def _fire(self) -> None:
+        with self.lock:  # never once the block has been left: a joined run is not ended
+            if not self.done:
+                os.write(2, (" ".join(self.line.split()) + "\n").encode())
+                os._exit(2)
+
+    def __enter__(self):
+        self.timer = threading.Timer(self.seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        with self.lock:
+            self.done = True
+        self.timer.cancel()
+        return False
 
 
 def is_writer() -> bool:
@@ -119,6 +171,9 @@ class Silent:
     @staticmethod
     def progress(iterable, desc: str, total: int | None = None):
         return iterable
+
+    def close(self) -> None:
+        pass
 
     def __enter__(self) -> "Silent":
         return self

@@ -24,8 +24,8 @@ import numpy as np
 
 __all__ = [
     "UsageError", "atomic_write", "load_array", "check_token_ids", "npy_bytes", "npz_bytes", "csv_text", "jsonl_text",
-    "save_json", "save_jsonl", "save_csv", "save_figure", "json_safe", "default_out_dir", "log", "available_memory",
-    "null_nonfinite",
+    "save_json", "save_jsonl", "save_csv", "save_figure", "json_text", "figure_bytes", "json_safe", "default_out_dir",
+    "log", "available_memory", "null_nonfinite",
 ]
 
 
@@ -39,7 +39,9 @@ os.umask(_UMASK)
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write `data` to `path` atomically (temp file in the same dir + os.replace).
 
-    The file gets the usual permissions (0o666 minus the umask), not mkstemp's 0o600.
+    The file gets the usual permissions (0o666 minus the umask), not mkstemp's 0o600. An OSError (a full
+    disk: ENOSPC) leaves the old file, if any, and no temporary file; it names `path` (`filename`) where the
+    failing call did not.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,9 +55,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
         raise
     return path
 
@@ -124,7 +128,12 @@ def json_safe(value: Any) -> Any:
 
 
 def save_json(path, obj) -> Path:
-    return atomic_write(path, json.dumps(json_safe(obj), indent=2) + "\n")
+    return atomic_write(path, json_text(obj))
+
+
+def json_text(obj) -> str:
+    """`save_json`'s text: indented JSON, non-finite numbers as null."""
+    return json.dumps(json_safe(obj), indent=2) + "\n"
 
 
 def save_jsonl(path, rows: Iterable[dict]) -> Path:
@@ -170,12 +179,19 @@ def csv_text(rows: list[dict]) -> str:
 
 def save_figure(fig, path, dpi: int = 110) -> Path:
     """Save a matplotlib figure atomically (PNG or GIF by suffix) and close it."""
+    return atomic_write(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png", dpi))
+
+
+def figure_bytes(fig, fmt: str = "png", dpi: int = 110) -> bytes:
+    """A matplotlib figure as the bytes of one image file (`fmt`: png, gif, ...); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write(path, buf.getvalue())
+    try:
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
 
 
 def default_out_dir(name: str) -> Path:

@@ -244,3 +244,159 @@ def test_table_and_closing_line(tmp_path, capsys):
     with pytest.raises(ValueError), cli.Run("t", Toy(out=str(tmp_path / "s")), results=None):
         raise ValueError
     assert "wrote" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the output directory: one run's, one at a time
+
+def _study(figure: bool = True):
+    """A study that writes config.json, two emits (results.jsonl/.csv each time) and a figure."""
+    def study(cfg):
+        with cli.Run("toy", cfg) as run:
+            run.emit([dict(k=1)])
+            run.emit([dict(k=2)])
+            if figure:
+                run.write("fig.png", b"png")
+    return study
+
+
+def _full_disk_after(n: int, monkeypatch) -> list[str]:
+    """io.atomic_write writes `n` files, then every later call fails as a full disk does (ENOSPC, nothing of
+    the file on disk); returns the names it wrote."""
+    import errno
+
+    from goodhart_jax import io
+
+    real, wrote = io.atomic_write, []
+
+    def atomic_write(path, data):
+        if len(wrote) >= n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        wrote.append(Path(path).name)
+        return real(path, data)
+    monkeypatch.setattr(io, "atomic_write", atomic_write)
+    return wrote
+
+
+@pytest.mark.parametrize("n,failed,complete", [
+    (0, "config.json", "nothing was written in {out}"),
+    (1, "results.jsonl", "no results yet: only config.json is in {out}"),
+    (2, "results.csv", "1 finished row is in {out}/results.jsonl"),
+    (5, "fig.png", "2 finished rows are in {out}/results.jsonl"),
+])
+def test_full_disk_is_one_line_naming_what_is_complete(n, failed, complete, tmp_path, monkeypatch, capsys):
+    """A full disk (ENOSPC) while writing the n-th file: one line naming that file and what is complete, exit 2,
+    not an OSError traceback; every file on disk is whole (it was written atomically or not at all)."""
+    out = tmp_path / "out"
+    wrote = _full_disk_after(n, monkeypatch)
+    assert cli.run(Toy, _study(), ["--out", str(out)], prog="toy.py") == 2
+    err = capsys.readouterr().err
+    assert err == f"toy.py: error: cannot write {out}/{failed}: No space left on device; " \
+                  f"{complete.format(out=out)}\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(wrote))  # no temporary file
+    if "results.jsonl" in wrote:
+        assert (out / "results.jsonl").read_text().count("\n") == (1 if n < 5 else 2)
+
+
+def test_full_disk_keeps_the_previous_version(tmp_path, monkeypatch, capsys):
+    """The second emit's results.csv fails: the message says the CSV keeps its previous version, and counts the
+    rows results.jsonl holds (both written before the CSV failed)."""
+    out = tmp_path / "out"
+    _full_disk_after(4, monkeypatch)  # config.json, results.jsonl, results.csv, results.jsonl, then the CSV
+    assert cli.run(Toy, _study(), ["--out", str(out)], prog="toy.py") == 2
+    assert capsys.readouterr().err == (f"toy.py: error: cannot write {out}/results.csv (it keeps its previous "
+                                       f"version): No space left on device; 2 finished rows are in "
+                                       f"{out}/results.jsonl\n")
+    assert (out / "results.csv").read_text().splitlines() == ["k", "1"]
+
+
+def test_full_disk_outside_a_run_is_one_line(tmp_path, monkeypatch, capsys):
+    """A study writing through io.atomic_write itself (score_rewards.py does): the error names the file."""
+    import errno
+
+    from goodhart_jax import io
+
+    target = tmp_path / "scores.json"
+
+    def refuse(*a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", refuse)  # the temporary file's bytes reach the disk here, or not
+    assert cli.run(Toy, lambda cfg: io.atomic_write(target, "x"), [], prog="toy.py") == 2
+    assert capsys.readouterr().err == f"toy.py: error: cannot write {target}: No space left on device\n"
+    assert list(tmp_path.iterdir()) == []  # no temporary file
+
+    def other(cfg):  # any other OSError is not hidden
+        raise OSError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError):
+        cli.run(Toy, other, [], prog="toy.py")
+
+
+def test_earlier_run_is_refused_or_replaced_with_overwrite(tmp_path, capsys):
+    """A second run into a directory that holds an earlier run is refused in one line before any work, and the
+    earlier run's files (config.json included) are left as they were; with --overwrite they are removed first,
+    so the directory never mixes two runs' files. Hidden files and subdirectories are left alone."""
+    out = tmp_path / "out"
+    assert cli.run(Toy, _study(), ["--out", str(out), "--vocab", "3"], prog="toy.py") == 0
+    (out / "sub").mkdir()
+    (out / ".keep").write_text("mine")
+    (out / ".fig.png.abc123.tmp").write_text("left by a killed write")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    calls = []
+    study = lambda cfg: calls.append(cfg)  # noqa: E731
+    assert cli.run(Toy, study, ["--out", str(out), "--vocab", "5"], prog="toy.py") == 2
+    assert capsys.readouterr().err == (f"toy.py: error: output directory {str(out)!r} holds an earlier run "
+                                       "(config.json, fig.png, results.csv, results.jsonl): give --overwrite to "
+                                       "replace it, or choose another --out\n")
+    assert calls == [] and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    with pytest.raises(cli.InputError, match="holds an earlier run"):  # the Run itself refuses too (in code)
+        cli.Run("toy", Toy(out=str(out)))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+    assert cli.run(Toy, _study(figure=False), ["--out", str(out), "--vocab", "5", "--overwrite"],
+                   prog="toy.py") == 0
+    assert f"--overwrite: removed the earlier run's 4 file(s) from {out}" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".keep", "config.json", "results.csv", "results.jsonl", "sub"]
+    assert json.loads((out / "config.json").read_text())["vocab"] == 5
+
+    other = tmp_path / "notes"  # files that are not a run's: the run writes beside them
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    assert cli.run(Toy, _study(figure=False), ["--out", str(other)], prog="toy.py") == 0
+    assert (other / "notes.txt").read_text() == "x" and (other / "config.json").is_file()
+
+
+def test_a_directory_in_use_is_refused_at_once(tmp_path, capsys):
+    """While a run holds its directory, a second run there (another process, or this one) is refused in one
+    line, before any work, and changes nothing; once the first ends, the directory is free again."""
+    out = tmp_path / "out"
+    calls = []
+    with cli.Run("toy", Toy(out=str(out))) as first:
+        first.emit([dict(k=1)])
+        for argv in (["--out", str(out)], ["--out", str(out), "--overwrite"]):
+            assert cli.run(Toy, calls.append, argv, prog="toy.py") == 2
+            assert capsys.readouterr().err == (f"toy.py: error: output directory {str(out)!r} is in use: another "
+                                               "run holds it (wait for that run to end, or choose another --out)\n")
+        with pytest.raises(cli.InputError, match="is in use"):
+            cli.Run("toy", Toy(out=str(out), overwrite=True))
+        child = subprocess.run([sys.executable, "-c", "import sys; from goodhart_jax import cli; "
+                                "sys.exit(cli.run(cli.RunConfig, lambda cfg: cli.Run('toy', cfg), sys.argv[1:], "
+                                "prog='toy.py'))", "--out", str(out), "--overwrite"],
+                               capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert child.returncode == 2 and "is in use: another run holds it" in child.stderr, child.stderr
+        first.emit([dict(k=2)])
+    assert calls == [] and (out / "results.jsonl").read_text().count("\n") == 2
+    with cli.Run("toy", Toy(out=str(out), overwrite=True)):
+        pass
+
+
+def test_default_directories_never_collide(tmp_path, monkeypatch):
+    """Two runs without --out started in the same second get two directories (the second with a -2 suffix)."""
+    from goodhart_jax import io
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(io, "default_out_dir", lambda name: Path("runs") / name / "20260101-000000")
+    with cli.Run("toy", Toy()) as a, cli.Run("toy", Toy()) as b:
+        assert (a.dir.name, b.dir.name) == ("20260101-000000", "20260101-000000-2")
+    with cli.Run("toy", Toy()) as c:
+        assert c.dir.name == "20260101-000000-3"

@@ -107,3 +107,65 @@ def test_one_process_is_untouched_and_silent_keeps_rows():
         run.emit([dict(a=1)])
         run.log("not printed")
         assert run.rows == [dict(a=1)] and run.files == []
+
+
+LONELY = """
+import dataclasses, sys
+from goodhart_jax import cli, distributed
+
+@dataclasses.dataclass(frozen=True)
+class Config(cli.RunConfig, distributed.Flags):
+    pass
+
+def main(cfg):
+    distributed.initialize(cfg)
+    print("joined", file=sys.stderr)
+
+cli.main(Config, main, sys.argv[1:])
+"""
+
+
+def test_a_missing_process_is_one_line_and_exit_2_after_init_timeout(tmp_path):
+    """Process 0 of 3 with no other process: it says at once what it waits for, and after --init-timeout gives
+    up in one line, exit 2 (JAX alone would wait 300 s in silence, then abort from C++)."""
+    import time
+
+    addr = f"127.0.0.1:{free_port()}"
+    argv = ["--coordinator", addr, "--num-processes", "3", "--process-id", "0", "--init-timeout", "3",
+            "--out", str(tmp_path / "out")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-c", LONELY, *argv], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        first = p.stderr.readline()
+        waiting = p.poll() is None  # the line came while it waits, not with the error
+        rest = p.communicate(timeout=120)[1]
+    finally:
+        p.kill()
+    assert waiting and first.startswith(f"waiting for 3 processes at {addr} (this is process 0)"), first
+    assert p.returncode == 2, rest
+    assert rest == f"-c: error: waited 3 s for 3 processes at {addr} (this is process 0), and not all joined: " \
+                   "start the others, check the address and port, or raise --init-timeout\n"
+    assert time.monotonic() - t0 < 60  # well before JAX's own 300 s
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_a_known_process_0_checks_out_before_joining(tmp_path, monkeypatch, capsys):
+    """`cli.run` refuses a busy or used --out before any work only where this process will write it (process 0):
+    another process must not refuse the directory that process 0 is already writing (it never opens a Run)."""
+    @dataclasses.dataclass(frozen=True)
+    class Config(cli.RunConfig, distributed.Flags):
+        pass
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    out, calls = tmp_path / "out", []
+    two = ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--out", str(out)]
+    with cli.Run("x", Config(out=str(out))):  # process 0's run, writing
+        assert cli.run(Config, calls.append, two + ["--process-id", "1"], prog="x.py") == 0
+        assert cli.run(Config, calls.append, ["--coordinator", "auto", "--out", str(out)], prog="x.py") == 0
+        assert len(calls) == 2
+        for argv in (two, two[-2:]):  # process 0, or a run of one process
+            assert cli.run(Config, calls.append, argv, prog="x.py") == 2
+            assert "is in use: another run holds it" in capsys.readouterr().err
+    assert len(calls) == 2

@@ -53,3 +53,20 @@ def test_token_ids_checked_and_npy_bytes_round_trip():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     back = np.load(BytesIO(io.npy_bytes(a)))
     assert back.dtype == a.dtype and np.array_equal(back, a)
+
+
+def test_a_full_disk_leaves_the_old_file_and_names_the_path(tmp_path, monkeypatch):
+    """ENOSPC while the new bytes go to disk: the old file stays whole, no temporary file is left, and the error
+    names the file being written (the failing call itself names none)."""
+    import errno
+
+    p = tmp_path / "x.txt"
+    io.atomic_write(p, "old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        io.atomic_write(p, "new")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(p)
+    assert p.read_text() == "old" and [f.name for f in tmp_path.iterdir()] == ["x.txt"]
