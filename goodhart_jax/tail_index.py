@@ -677,7 +677,7 @@ def mle_problem(xi: float, se: float) -> tuple[str, str]:
     """
     xi, se = float(xi), float(se)
     if not math.isfinite(xi):
-        return "the likelihood fit gave no finite shape", "no shape"
+        return ("the likelihood fit gave no finite shape",) * 2
     if xi <= -1.0:
         why = (f"the fit ran to xi = {xi:.3g} <= -1, where the GPD likelihood has no maximum (tied or "
                "piled-up excesses, e.g. discrete rewards)")
