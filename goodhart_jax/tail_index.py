@@ -20,6 +20,19 @@ from the upper order statistics x_(0) >= x_(1) >= ... of a sample:
 into a verdict. Data-dependent sizes (which values are positive, the number of
 exceedances) are decided on the host; the estimators themselves are jittable.
 
+Precision: the host-side entry points (`curves`, `mle_curve`,
+`fit_excesses_mle`, `diagnose`, `place_values`) always compute in float64
+(under `jax.enable_x64`, whatever the caller's setting; float32 input is
+widened exactly) and return NumPy arrays. All but `fit_excesses_mle` also
+first scale the sample by the power of two that brings its largest magnitude
+into [0.5, 1): exact, and every estimate of xi is scale invariant (the
+threshold and the GPD scale are scaled back). So rewards of any
+magnitude float64 holds (1e300, 1e-300, subnormals) are analysed as well as
+rewards near 1; float32 would overflow past 3.4e38, flush values below
+1.2e-38, and merge values closer than 6e-8 relative to each other; float64
+alone would flush subnormals (XLA) and overflow sums near 1.8e308. Values more
+than 2^1022 (1e308) times smaller than the largest magnitude still flush to 0.
+
 Order statistics are 0-based and descending throughout: x_desc[0] is the max.
 Glossary: N sample size, K number of k values, B bootstrap replicates.
 
@@ -29,6 +42,7 @@ Figures 1-2 (the Hill plot with standard errors xi / sqrt(k)).
 """
 from __future__ import annotations
 
+import functools
 import math
 from statistics import NormalDist
 from typing import NamedTuple, Optional
@@ -47,7 +61,10 @@ __all__ = [
     "TailCurve",
     "check_sample",
     "load_sample",
+    "mean_sd",
     "preprocess",
+    "MIN_EXCEED",
+    "check_tail",
     "PAPER_K_EXPONENTS",
     "paper_k_range",
     "hill_k_values",
@@ -66,6 +83,8 @@ __all__ = [
     "vote",
     "verdict_from",
     "Diagnosis",
+    "mle_problem",
+    "hill_problem",
     "two_sided_z",
     "diagnose",
     "summary",
@@ -73,6 +92,7 @@ __all__ = [
 ]
 
 MIN_SAMPLES = 100  # fewer values say nothing useful about a tail
+MIN_EXCEED = 10  # fewest excesses (not all equal) a POT GPD fit is run on
 
 
 class TailInputError(UsageError):
@@ -134,24 +154,108 @@ def load_sample(path: str, min_samples: int = MIN_SAMPLES) -> np.ndarray:
         raise TailInputError(f"{path}: {e}") from None
 
 
-def preprocess(x: ArrayLike, *, demean: bool = False, positive_only: bool = False) -> Array:
+def _exponent(a: np.ndarray) -> int:
+    """e with max |a| in [2^(e-1), 2^e) (0 for an all-zero sample): np.ldexp(a, -e) is exact and at most 1 in
+    magnitude (np.ldexp, not a * 2.0**-e, which overflows for subnormal samples)."""
+    top = float(np.max(np.abs(a))) if a.size else 0.0
+    return math.frexp(top)[1] if top > 0 else 0
+
+
+def _unscale(v, e: int):
+    """v * 2^e in float64 (inf where the true value lies beyond float64), as NumPy."""
+    with np.errstate(over="ignore"):
+        return np.ldexp(np.asarray(v, np.float64), e)
+
+
+def _in_float64(fn):
+    """`fn` run under jax.enable_x64, its JAX arrays returned as NumPy (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            out = fn(*args, **kwargs)
+            return jax.tree.map(lambda v: np.asarray(v) if isinstance(v, jax.Array) else v, out)
+
+    return wrapped
+
+
+def mean_sd(x: ArrayLike) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 0) of a sample, without overflow: x.std() of values past 1e154
+    squares them to inf; here they are scaled by a power of two first (exact), then scaled back.
+
+    Args:
+      x: [N] finite values.
+    Returns:
+      (mean, sd) as floats (inf only where the true value lies beyond float64).
+    """
+    a = np.asarray(x, np.float64)
+    e = _exponent(a)
+    s = np.ldexp(a, -e)
+    return float(_unscale(s.mean(), e)), float(_unscale(s.std(), e))
+
+
+def preprocess(x: ArrayLike, *, demean: bool = False, positive_only: bool = False) -> np.ndarray:
     """Sort descending, optionally after demeaning and keeping positives (the paper's Hill recipe).
 
     Args:
       x: [N] finite values.
-      demean: subtract the sample mean first.
+      demean: subtract the sample mean first (`mean_sd`: no overflow for huge values).
       positive_only: keep only values > 0 (after demeaning).
     Returns:
-      [M] values in descending order (M = N unless `positive_only`). Host-side:
+      [M] NumPy values in descending order, in x's float dtype (M = N unless `positive_only`). Host-side:
       M depends on the data.
     """
     a = np.asarray(x)
+    a = a if np.issubdtype(a.dtype, np.floating) else a.astype(np.float64)
     if demean:
-        a = a - a.mean()
+        a = a - a.dtype.type(mean_sd(a)[0])
     a = np.sort(a)[::-1]
     if positive_only:
         a = a[a > 0]
-    return jnp.asarray(a)
+    return a
+
+
+def check_tail(x: ArrayLike, tail_fraction: float = 0.1, *, max_fraction: float = 0.5,
+               what: str = "tail_fraction") -> int:
+    """Raise TailInputError unless a POT fit at `tail_fraction` has a tail to fit: the values above the
+    threshold (the (m+1)-th largest, m = int(tail_fraction N)) are at least `MIN_EXCEED` and not all equal.
+
+    The message says what the data lack (a constant sample; too few distinct values; too few values for this
+    fraction) and, where one exists below `max_fraction`, the smallest fraction that would do.
+
+    Args:
+      x: [N] finite sample.
+      tail_fraction: share of the sample in the tail.
+      max_fraction: the largest fraction a caller accepts (the advice stays below it).
+      what: the name of the tail fraction in messages (a CLI passes its flag).
+    Returns:
+      the number of excesses (values strictly above the threshold).
+    """
+    a = np.sort(np.asarray(x))[::-1]
+    n = a.shape[0]
+    if a[0] == a[-1]:
+        raise TailInputError(f"all {n} values equal {a[0]:.6g}: a constant sample has no tail to fit")
+    m = int(tail_fraction * n)
+    above = a[:m][a[:m] > a[m]]
+    if above.shape[0] >= MIN_EXCEED and above[0] > above[-1]:
+        return int(above.shape[0])
+    levels = np.unique(a)[::-1]  # distinct values, descending (at least two)
+    # m works when a[m] lies below the MIN_EXCEED-th largest value and below the second distinct value.
+    need = max(int(np.sum(a >= a[min(MIN_EXCEED, n) - 1])), int(np.sum(a >= levels[1])))
+    if above.shape[0] >= MIN_EXCEED:
+        problem = f"the {above.shape[0]} values above the POT threshold {a[m]:.6g} are all equal ({a[0]:.6g})"
+    else:
+        problem = (f"only {above.shape[0]} of {n} values lie above the POT threshold {a[m]:.6g} ({what} "
+                   f"{tail_fraction:g} puts it at rank {m + 1}); a GPD fit needs {MIN_EXCEED}, not all equal")
+    f = math.ceil(need / n * 1000) / 1000
+    while int(f * n) < need:  # int(f * n) is how the threshold is found; f = need / n may round below need
+        f = round(f + 0.001, 3)
+    if need < n and f < max_fraction:
+        raise TailInputError(f"{problem}: {what} {f:g} or more would give that")
+    raise TailInputError(
+        f"{problem}, and no {what} below {max_fraction:g} gives that: the sample has only {levels.size} distinct "
+        f"values ({int(np.sum(a == a[0]))} tied at the maximum {a[0]:.6g}); a tail fit needs rewards that are "
+        "not this discrete")
 
 
 # Hill-plot k ranges of the authors' plot scripts (github.com/tkwa/catastrophic-goodhart,
@@ -363,7 +467,8 @@ def exceedances(x: ArrayLike, tail_fraction: float = 0.1):
     """Excesses over the (1 - tail_fraction) sample quantile, for a POT fit.
 
     The threshold is the (m+1)-th largest value with m = floor(tail_fraction N),
-    so exactly the m largest values exceed it (ties aside).
+    so exactly the m largest values exceed it (ties aside; `check_tail` says
+    whether they are enough to fit).
 
     Args:
       x: [N] sample.
@@ -424,28 +529,33 @@ _double_bootstrap = jax.jit(double_bootstrap_k, static_argnames=("num_boot", "ep
 _gpd_mle_curve = jax.jit(gpd_mle_curve, static_argnames="kmax")
 
 
+@_in_float64
 def mle_curve(x_desc: ArrayLike, ks: ArrayLike) -> TailCurve:
-    """`gpd_mle_curve` jitted, with the padded width max(ks) decided on the host.
+    """`gpd_mle_curve` jitted, with the padded width max(ks) decided on the host; float64, on the sample scaled
+    by a power of two (the shape and its standard error are scale invariant).
 
     Args:
       x_desc: [N] sample in descending order.
       ks: [K] numbers of exceedances, each in [10, N - 1].
     Returns:
-      TailCurve with the GPD shape and its MLE standard error at each k, each [K].
+      TailCurve with the GPD shape and its MLE standard error at each k, each [K] (NumPy).
     """
-    ks = np.asarray(ks)
-    return _gpd_mle_curve(jnp.asarray(x_desc), jnp.asarray(ks), kmax=int(ks.max()))
+    ks, a = np.asarray(ks), np.asarray(x_desc, np.float64)
+    return _gpd_mle_curve(jnp.asarray(np.ldexp(a, -_exponent(a))), jnp.asarray(ks), kmax=int(ks.max()))
 
 
+@_in_float64
 def curves(x_desc: ArrayLike):
-    """Hill, moment and Pickands curves of a descending sample, jitted once per padded size.
+    """Hill, moment and Pickands curves of a descending sample in float64, jitted once per padded size; on the
+    sample scaled by a power of two (every curve is scale invariant).
 
     Args:
       x_desc: [M] descending sample.
     Returns:
-      (hill [M-1], moment [M-1], pickands [M // 4]) TailCurves.
+      (hill [M-1], moment [M-1], pickands [M // 4]) TailCurves (NumPy).
     """
-    a = np.asarray(x_desc)
+    a = np.asarray(x_desc, np.float64)
+    a = np.ldexp(a, -_exponent(a))
     m = a.shape[0]
     # Zero padding sits below every value used for k <= M - 1 (Hill, moment
     # read x_(k) with k <= M - 1; Pickands reads x_(4k-1) with k <= M // 4).
@@ -454,15 +564,16 @@ def curves(x_desc: ArrayLike):
     return cut(h, m - 1), cut(mo, m - 1), cut(p, m // 4)
 
 
+@_in_float64
 def fit_excesses_mle(y: ArrayLike) -> gpd.GPDFit:
-    """`gpd.fit_gpd_mle` on excesses padded to a power of two (one compile per bucket).
+    """`gpd.fit_gpd_mle` on excesses padded to a power of two (one compile per bucket), in float64.
 
     Args:
       y: [m] excesses.
     Returns:
-      GPDFit.
+      GPDFit (NumPy).
     """
-    y = np.asarray(y)
+    y = np.asarray(y, np.float64)
     size = _bucket(y.shape[0])
     return _fit_mle(jnp.asarray(_pad(y, size)), jnp.asarray(_pad(np.ones_like(y), size)))
 
@@ -480,6 +591,7 @@ class Evidence(NamedTuple):
     hi: float
     k: int  # upper order statistics (or excesses) used
     vote: str  # "heavy" | "light" | "inconclusive" | "n/a"
+    reason: str = ""  # why xi or its interval is missing (NaN), else ""
 
 
 class Verdict(NamedTuple):
@@ -525,7 +637,8 @@ def verdict_from(primary: Evidence, others: tuple = ()) -> Verdict:
     evidence = (primary,) + tuple(others)
     call = primary.vote
     if call == "n/a":
-        return Verdict("inconclusive", f"{primary.name}: no estimate", evidence)
+        why = f" ({primary.reason})" if primary.reason else ""
+        return Verdict("inconclusive", f"{primary.name}: no estimate{why}", evidence)
     describe = lambda e: f"{e.name} xi = {e.xi:.3f} [{e.lo:.3f}, {e.hi:.3f}]"
     dissent = [e for e in others if e.vote not in ("n/a", call)]
     if call != "inconclusive" and dissent:
@@ -555,11 +668,40 @@ class Diagnosis(NamedTuple):
     verdict: Verdict
 
 
+def mle_problem(xi: float, se: float) -> tuple[str, str]:
+    """Why a GPD MLE's shape xi, or its standard error se, cannot be reported: (xi's reason, se's reason),
+    "" where it can.
+
+    The MLE exists only for xi > -1 (Smith 1985): below, the likelihood grows without bound as the end point
+    nears the largest excess, and the optimiser runs into that region on tied or piled-up excesses.
+    """
+    xi, se = float(xi), float(se)
+    if not math.isfinite(xi):
+        return ("the likelihood fit gave no finite shape",) * 2
+    if xi <= -1.0:
+        why = (f"the fit ran to xi = {xi:.3g} <= -1, where the GPD likelihood has no maximum (tied or "
+               "piled-up excesses, e.g. discrete rewards)")
+        return why, why
+    if not math.isfinite(se):
+        return "", "no standard error: the observed information at the optimum is not positive definite"
+    return "", ""
+
+
+def hill_problem(diag: "Diagnosis", k: int) -> str:
+    """Why the Hill estimate at k is NaN ("" when it is not): with k below the number of positive values only
+    float64's range can cause it (the scaled x_(k) flushed to 0)."""
+    if np.isfinite(diag.hill.xi[k - 1]):
+        return ""
+    return (f"x_(k) = {diag.x_desc[k]:.3g} at k = {k} lies more than 2^1022 below the largest value "
+            f"{diag.x_desc[0]:.3g}: beyond float64's range once scaled, its log is lost")
+
+
 def two_sided_z(level: float) -> float:
     """z with P(|Z| <= z) = level for a standard normal Z (1.96 at 0.95): xi +- z se is a `level` interval."""
     return NormalDist().inv_cdf(0.5 + level / 2.0)  # float64 on the host (float32 ndtri loses 4e-6 at 0.999)
 
 
+@_in_float64
 def diagnose(
     key: Array,
     x: ArrayLike,
@@ -581,6 +723,9 @@ def diagnose(
     same k (on the preprocessed sample) can veto it. Hill and the double
     bootstrap k* are reported but do not vote: Hill assumes xi > 0.
 
+    Runs in float64 on the sample scaled by a power of two (module docstring);
+    the threshold, the GPD scales and `x_desc` come back in the sample's units.
+
     Args:
       key: PRNG key (double bootstrap and NUTS).
       x: [N] finite sample.
@@ -591,9 +736,14 @@ def diagnose(
       num_warmup, num_samples: NUTS settings.
       num_boot: double-bootstrap replicates.
     Returns:
-      Diagnosis.
+      Diagnosis (NumPy arrays).
+    Raises:
+      TailInputError: `check_sample` or `check_tail` refuses the sample.
     """
-    xs = check_sample(x)
+    xs = check_sample(x).astype(np.float64)
+    check_tail(xs, tail_fraction)
+    e = _exponent(xs)
+    xs = np.ldexp(xs, -e)  # exact; every xi below is scale invariant
     n = xs.shape[0]
     boot_key, bayes_key = jax.random.split(key)
     x_desc = preprocess(xs, demean=demean, positive_only=positive_only)
@@ -601,85 +751,101 @@ def diagnose(
     positives = x_desc[x_desc > 0]
     k_star = None
     if positives.shape[0] >= MIN_SAMPLES:
-        k_star = _double_bootstrap(boot_key, positives, num_boot=num_boot)
+        k_star = _double_bootstrap(boot_key, jnp.asarray(positives), num_boot=num_boot)
 
     y, u = exceedances(xs, tail_fraction)
-    if y.shape[0] < 10:
-        raise TailInputError(f"too few exceedances for a GPD fit: {y.shape[0]} (raise --tail-fraction)")
     fit = fit_excesses_mle(y)
     z = two_sided_z(level)
+    xi_why, se_why = mle_problem(fit.xi, fit.xi_se)
+    xi_m = math.nan if xi_why else float(fit.xi)
+    se_m = math.nan if se_why else float(fit.xi_se)
+    mle = Evidence("GPD (MLE)", xi_m, xi_m - z * se_m, xi_m + z * se_m, int(y.shape[0]),
+                   vote(xi_m - z * se_m, xi_m + z * se_m), xi_why or se_why)
     post = None
     if bayes:
         post = gpd.fit_gpd_bayes(bayes_key, y, num_warmup=num_warmup, num_samples=num_samples, level=level)
         lo, hi, xi_hat = float(post.xi_lo), float(post.xi_hi), float(post.xi_mean)
-        primary = Evidence("GPD (NUTS)", xi_hat, lo, hi, int(y.shape[0]), vote(lo, hi))
+        primary, others = Evidence("GPD (NUTS)", xi_hat, lo, hi, int(y.shape[0]), vote(lo, hi)), [mle]
     else:
-        xi_hat, se = float(fit.xi), float(fit.xi_se)
-        primary = Evidence("GPD (MLE)", xi_hat, xi_hat - z * se, xi_hat + z * se, int(y.shape[0]), vote(xi_hat - z * se, xi_hat + z * se))
-    others = []
-    if post is not None:
-        xi_m, se_m = float(fit.xi), float(fit.xi_se)
-        others.append(Evidence("GPD (MLE)", xi_m, xi_m - z * se_m, xi_m + z * se_m, int(y.shape[0]), vote(xi_m - z * se_m, xi_m + z * se_m)))
+        primary, others = mle, []
     km = int(y.shape[0])
     if km - 1 < mom.xi.shape[0] and np.isfinite(float(mom.xi[km - 1])):
         xi_m, se_m = float(mom.xi[km - 1]), float(mom.se[km - 1])
         others.append(Evidence("moment", xi_m, xi_m - z * se_m, xi_m + z * se_m, km, vote(xi_m - z * se_m, xi_m + z * se_m)))
-    if k_star is not None:
-        ks = int(k_star.k)
-        xi_h, se_h = float(hill_curve.xi[ks - 1]), float(hill_curve.se[ks - 1])
-        # Hill cannot see xi <= 0, so it never votes.
-        others.append(Evidence("Hill at k*", xi_h, xi_h - z * se_h, xi_h + z * se_h, ks, "n/a"))
-    verdict = verdict_from(primary, tuple(others))
-    return Diagnosis(
+    diag = Diagnosis(
         n=n,
-        x_desc=x_desc,
+        x_desc=_unscale(x_desc, e),
         hill=hill_curve,
         moment=mom,
         pickands=pick,
         k_star=k_star,
-        threshold=u,
-        gpd_mle=fit,
-        gpd_bayes=post,
-        verdict=verdict,
+        threshold=float(_unscale(u, e)),
+        gpd_mle=fit._replace(sigma=_unscale(fit.sigma, e), sigma_se=_unscale(fit.sigma_se, e),
+                             nll=fit.nll + e * fit.n * math.log(2.0)),
+        gpd_bayes=None if post is None else post._replace(sigma=_unscale(post.sigma, e)),
+        verdict=None,
     )
+    if k_star is not None:
+        ks = int(k_star.k)
+        xi_h, se_h = float(hill_curve.xi[ks - 1]), float(hill_curve.se[ks - 1])
+        # Hill cannot see xi <= 0, so it never votes.
+        others.append(Evidence("Hill at k*", xi_h, xi_h - z * se_h, xi_h + z * se_h, ks, "n/a",
+                               hill_problem(diag, ks)))
+    return diag._replace(verdict=verdict_from(primary, tuple(others)))
 
 
 def summary(diag: Diagnosis, level: float, paper_ks: Optional[ArrayLike] = None) -> dict:
     """The verdict and its evidence as one JSON-ready dict (non-finite numbers stay NaN; `io.json_safe` nulls them).
+
+    Every dict holding a NaN number says why in its "reason".
 
     Args:
       diag: a `diagnose` result.
       level: the interval level it was run with (the MLE's Wald interval is xi +- z se at this level).
       paper_ks: [K] the paper's Hill k range (`hill_k_values`), or None when the k were chosen by hand.
     Returns:
-      {"verdict", "reason", "threshold", "n_exceed", "gpd_mle": {xi, se, lo, hi, sigma, converged},
-       "gpd_bayes": {xi_mean, lo, hi, p_heavy, sigma_mean, num_divergent, r_hat} or None,
-       "hill_k_star": {k, k1, k2, xi, se} or None,
+      {"verdict", "reason", "threshold", "n_exceed", "gpd_mle": {xi, se, lo, hi, sigma, converged[, reason]},
+       "gpd_bayes": {xi_mean, lo, hi, p_heavy, sigma_mean, num_divergent, r_hat[, reason]} or None,
+       "hill_k_star": {k, k1, k2, xi, se[, reason]} or None,
        "hill_paper_range": {k_min, k_max, xi_at_k_max, se_at_k_max} or None (no paper_ks, or K = 0),
        "evidence": [Evidence as dicts]}.
     """
     fit, post, kstar, z = diag.gpd_mle, diag.gpd_bayes, diag.k_star, two_sided_z(level)
-    xi, se = float(fit.xi), float(fit.xi_se)
+    xi_why, se_why = mle_problem(fit.xi, fit.xi_se)
+    xi = math.nan if xi_why else float(fit.xi)
+    se = math.nan if se_why else float(fit.xi_se)
+    gpd_mle = dict(xi=xi, se=se, lo=xi - z * se, hi=xi + z * se,
+                   sigma=math.nan if xi_why else float(fit.sigma), converged=bool(fit.converged))
+    if xi_why or se_why:
+        gpd_mle["reason"] = xi_why or se_why
+    gpd_bayes = None
+    if post is not None:
+        gpd_bayes = dict(xi_mean=float(post.xi_mean), lo=float(post.xi_lo), hi=float(post.xi_hi),
+                         p_heavy=float(post.p_heavy), sigma_mean=float(np.mean(post.sigma)),
+                         num_divergent=int(post.num_divergent), r_hat=float(post.r_hat))
+        if not math.isfinite(gpd_bayes["r_hat"]):
+            gpd_bayes["reason"] = f"split R-hat needs at least 4 draws a chain, got {np.size(post.xi)}"
     ks = np.asarray([] if paper_ks is None else paper_ks, int)
     return dict(
         verdict=diag.verdict.verdict, reason=diag.verdict.reason, threshold=float(diag.threshold),
         n_exceed=int(fit.n),
-        gpd_mle=dict(xi=xi, se=se, lo=xi - z * se, hi=xi + z * se, sigma=float(fit.sigma),
-                     converged=bool(fit.converged)),
-        gpd_bayes=None if post is None else dict(
-            xi_mean=float(post.xi_mean), lo=float(post.xi_lo), hi=float(post.xi_hi), p_heavy=float(post.p_heavy),
-            sigma_mean=float(np.mean(post.sigma)), num_divergent=int(post.num_divergent), r_hat=float(post.r_hat)),
+        gpd_mle=gpd_mle,
+        gpd_bayes=gpd_bayes,
         hill_k_star=None if kstar is None else dict(
             k=int(kstar.k), k1=int(kstar.k1), k2=int(kstar.k2), xi=float(diag.hill.xi[int(kstar.k) - 1]),
-            se=float(diag.hill.se[int(kstar.k) - 1])),
+            se=float(diag.hill.se[int(kstar.k) - 1]))
+        | ({"reason": why} if (why := hill_problem(diag, int(kstar.k))) else {}),
         hill_paper_range=None if ks.size == 0 else dict(
             k_min=int(ks[0]), k_max=int(ks[-1]), xi_at_k_max=float(diag.hill.xi[ks[-1] - 1]),
             se_at_k_max=float(diag.hill.se[ks[-1] - 1])),
         evidence=[e._asdict() for e in diag.verdict.evidence])
 
 
+@_in_float64
 def place_values(values: ArrayLike, x: ArrayLike, diag: Diagnosis) -> list[dict]:
     """Where extra values (e.g. searched rewards) fall against a sample and the POT tail fitted to it.
+
+    In float64, in units of the sample scaled by a power of two (no overflow for huge rewards).
 
     Args:
       values: [V] values to place.
@@ -687,13 +853,35 @@ def place_values(values: ArrayLike, x: ArrayLike, diag: Diagnosis) -> list[dict]
       diag: its `diagnose` result.
     Returns:
       one dict per value: {"index", "value", "z" (standard scores against x), "frac_sample_above" (share of x
-      at or above it), "gpd_log10_tail_prob" (log10 P(X > value) under the fitted tail; -inf or NaN below the
-      threshold or beyond the end point), "beyond_gpd_end_point", "gpd_end_point" (inf for xi >= 0)}.
+      at or above it), "gpd_log10_tail_prob" (log10 P(X > value) under the fitted tail; null below the
+      threshold or beyond the end point, with a "reason"), "beyond_gpd_end_point", "gpd_end_point" (inf for
+      xi >= 0)}; with no usable MLE shape (`mle_problem`) the GPD fields are null with a "reason".
     """
-    v, x = np.asarray(values, np.float64), np.asarray(x)
+    v, x = np.asarray(values, np.float64), np.asarray(x, np.float64)
+    e = _exponent(x)
+    vs, xs = np.ldexp(v, -e), np.ldexp(x, -e)
+    mean, sd = xs.mean(), xs.std()
     fit = diag.gpd_mle
-    tail = gpd.pot_tail(v, diag.threshold, fit.sigma, fit.xi, int(fit.n) / x.shape[0])
-    return [dict(index=i, value=float(a), z=float((a - x.mean()) / x.std()), frac_sample_above=float((x >= a).mean()),
-                 gpd_log10_tail_prob=float(tail.log_sf[i]) / math.log(10.0),
-                 beyond_gpd_end_point=bool(tail.beyond_end[i]), gpd_end_point=float(tail.end_point))
-            for i, a in enumerate(v)]
+    xi_why, _ = mle_problem(fit.xi, fit.xi_se)
+    u, sigma = np.ldexp(diag.threshold, -e), np.ldexp(np.float64(fit.sigma), -e)
+    tail = gpd.pot_tail(vs, u, sigma, fit.xi, int(fit.n) / x.shape[0])
+    end = float(_unscale(tail.end_point, e))
+    rows = []
+    for i, a in enumerate(v):
+        row = dict(index=i, value=float(a), z=float((vs[i] - mean) / sd), frac_sample_above=float((x >= a).mean()))
+        if xi_why:
+            row.update(gpd_log10_tail_prob=math.nan, beyond_gpd_end_point=None, gpd_end_point=math.nan,
+                       reason=f"no GPD tail: {xi_why}")
+        else:
+            row.update(gpd_log10_tail_prob=float(tail.log_sf[i]) / math.log(10.0),
+                       beyond_gpd_end_point=bool(tail.beyond_end[i]), gpd_end_point=end)
+            why = []
+            if not math.isfinite(row["gpd_log10_tail_prob"]):
+                why.append("beyond the fitted end point: probability 0" if row["beyond_gpd_end_point"] else
+                           f"at or below the POT threshold {diag.threshold:.6g}, where the GPD fit says nothing")
+            if not math.isfinite(end):
+                why.append("gpd_end_point: none, the fitted tail (xi >= 0) is unbounded")
+            if why:
+                row["reason"] = "; ".join(why)
+        rows.append(row)
+    return rows

@@ -57,12 +57,25 @@ def score_random_tokens(cfg: Config) -> np.ndarray:
         raise cli.InputError(f"--model {cfg.model} is a causal LM with no reward head")
     if (m := max_length(model)) is not None and cfg.length > m:
         raise cli.InputError(f"--length {cfg.length}: the model takes at most {m} tokens")
-    cli.prepare_out_dir(cfg.out)  # fail now, not after the scoring, if --out cannot be written
+    cli.check_out_dir(cfg.out)  # fail now, not after the scoring, if --out cannot be written (creates nothing)
     ids = jax.random.randint(jax.random.key(cfg.seed + 1), (cfg.random_tokens, cfg.length), 0, model.vocab_size)
     mesh = models.data_mesh()
     with cli.Run.progress(None, "scoring", total=cfg.random_tokens) as bar:
         return models.score_array(models.make_reward_fn(model), models.shard_params(model.params, mesh), ids,
                                   batch_size=cfg.batch, mesh=mesh, progress=bar.update)
+
+
+def hill_row(diag: ti.Diagnosis, k: int) -> dict:
+    """One "hill" row; a NaN says why (`tail_index.hill_problem`)."""
+    row = dict(kind="hill", k=k, xi=float(diag.hill.xi[k - 1]), se=float(diag.hill.se[k - 1]))
+    return row | (dict(reason=why) if (why := ti.hill_problem(diag, k)) else {})
+
+
+def mle_row(k: int, xi: float, se: float) -> dict:
+    """One gpd_mle_curve point: the POT MLE over the top k; a shape or se that cannot be reported is null."""
+    xi_why, se_why = ti.mle_problem(xi, se)
+    row = dict(k=k, xi=np.nan if xi_why else float(xi), se=np.nan if se_why else float(se))
+    return row | (dict(reason=xi_why or se_why) if xi_why or se_why else {})
 
 
 def validate(cfg: Config) -> None:
@@ -74,7 +87,10 @@ def validate(cfg: Config) -> None:
 
 
 def main(cfg: Config) -> dict:
-    """Diagnose the sample; returns results.json's dict {"hill", "verdict", "compare", "gpd_mle_curve"}."""
+    """Diagnose the sample; returns results.json's dict {"hill", "verdict", "compare", "gpd_mle_curve"}.
+
+    Every input (flags, files, the sample's tail) is read and checked before the output directory is made.
+    """
     validate(cfg)
     extra = ti.load_sample(cfg.compare, min_samples=1).astype(np.float64) if cfg.compare else None
     if cfg.rewards:
@@ -82,17 +98,24 @@ def main(cfg: Config) -> dict:
     else:
         x = ti.check_sample(score_random_tokens(cfg))
         source = f"{cfg.model} ({cfg.random_tokens} random sequences of {cfg.length} tokens)"
-    n, n_pos = x.shape[0], int((ti.preprocess(x, demean=cfg.demean, positive_only=cfg.positive_only) > 0).sum())
+    ti.check_tail(x, cfg.tail_fraction, what="--tail-fraction")  # a tail to fit, before anything is written
+    # Positives in float64, as diagnose sees them.
+    x_pos = ti.preprocess(x.astype(np.float64), demean=cfg.demean, positive_only=cfg.positive_only)
+    n, n_pos = x.shape[0], int((x_pos > 0).sum())
     ks = ti.hill_k_values(n, n_pos, cfg.k, cfg.paper_figure)
     with cli.Run("reward_tails", cfg, results=None) as run:
-        run.log(f"{source}: n = {n}, mean = {x.mean():.4g}, sd = {x.std():.4g}; writing to {run.dir}")
+        mean, sd = ti.mean_sd(x)
+        run.log(f"{source}: n = {n}, mean = {mean:.4g}, sd = {sd:.4g}; writing to {run.dir}")
         if ks.size == 0:
-            run.log(f"no Hill rows: only {n_pos} positive values (try --demean --positive-only)")
+            hint = "" if cfg.demean and cfg.positive_only else " (try --demean --positive-only)"
+            run.log(f"no Hill rows: only {n_pos} positive values{hint}")
         diag = ti.diagnose(jax.random.key(cfg.seed), x, demean=cfg.demean, positive_only=cfg.positive_only,
                            tail_fraction=cfg.tail_fraction, level=cfg.level, bayes=cfg.bayes,
                            num_warmup=cfg.num_warmup, num_samples=cfg.num_samples, num_boot=cfg.num_boot)
         k_hi = max(min(n // 4, 5000), 40)  # POT shape over a grid of thresholds, for the estimators plot
-        mle = ti.mle_curve(np.sort(x)[::-1], np.unique(np.geomspace(30, k_hi, 14).astype(int)))
+        grid = np.unique(np.geomspace(30, k_hi, 14).astype(int))
+        mle_rows = [mle_row(int(k), a, b) for k, a, b in zip(*ti.mle_curve(np.sort(x)[::-1], grid))]
+        mle = ti.TailCurve(*(np.array([r[f] for r in mle_rows]) for f in ("k", "xi", "se")))  # NaN where null
         verdict = dict(kind="verdict", **ti.summary(diag, cfg.level, None if cfg.k else ks), source=source, n=n,
                        demean=cfg.demean, positive_only=cfg.positive_only, level=cfg.level)
         compare = [dict(kind="compare", **r) for r in ti.place_values(extra, x, diag)] if extra is not None else []
@@ -101,9 +124,8 @@ def main(cfg: Config) -> dict:
             for fname, fig in plots.figures(x, diag, ks, k_hi, mle, Path(cfg.rewards or cfg.model).name,
                                             cfg.demean, cfg.positive_only).items():
                 run.figure(fname, fig, dpi=80)  # the README's figures' size
-        hill = [dict(kind="hill", k=int(k), xi=float(diag.hill.xi[k - 1]), se=float(diag.hill.se[k - 1])) for k in ks]
-        results = dict(hill=hill, verdict=verdict, compare=compare,
-                       gpd_mle_curve=[dict(k=int(k), xi=a, se=b) for k, a, b in zip(*mle)])
+        hill = [hill_row(diag, int(k)) for k in ks]
+        results = dict(hill=hill, verdict=verdict, compare=compare, gpd_mle_curve=mle_rows)
         run.save_json("results.json", results)
         run.emit(hill + [verdict] + compare)  # stdout with --json
         if not cfg.json:  # a summary on stdout

@@ -38,6 +38,9 @@ def files(tmp_path):
     save("two_d.npy", rng.standard_normal((50, 20)))
     save("strings.npy", np.array(["x"] * 500))
     save("good.npy", rng.standard_normal(1000))
+    save("constant.npy", np.full(500, 2.5))
+    save("two_valued.npy", np.r_[np.zeros(400), np.ones(100)])
+    save("small.npy", rng.standard_normal(100))
     (tmp_path / "junk.txt").write_text("hello\nworld\n")
     paths["junk.txt"] = str(tmp_path / "junk.txt")
     (tmp_path / "pickle.npy").write_bytes(b"not an npy file")
@@ -59,14 +62,20 @@ def files(tmp_path):
         ("good.npy", ["--k", "5", "600"], "needs the 601 largest values positive"),
         ("good.npy", ["--paper-figure", "3"], "--paper-figure must be 1 or 2"),
         (None, [], "exactly one of"),
+        # The sample's tail, checked before anything is written (was: after config.json, "raise --tail-fraction").
+        ("constant.npy", [], "all 500 values equal 2.5: a constant sample has no tail to fit"),
+        ("two_valued.npy", [], "no --tail-fraction below 0.5 gives that: the sample has only 2 distinct values"),
+        ("small.npy", ["--tail-fraction", "0.05"], "only 5 of 100 values lie above the POT threshold"),
+        ("small.npy", ["--tail-fraction", "0.05"], "--tail-fraction 0.1 or more would give that"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(files, tmp_path, capsys, name, extra, message):
     argv = (["--rewards", files[name]] if name else []) + extra + ["--out", str(tmp_path / "o"), "--json"]
     rc, out, err = _run(argv, capsys)
-    assert rc == 2 and out == ""
+    assert rc == 2 and out == "" and err.count("\n") == 1
     lines = [line for line in err.splitlines() if line.startswith("reward_tails.py: error:")]
     assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "o").exists()  # every input is checked before the output directory is made
 
 
 def test_missing_file_and_model_mode(tmp_path, capsys):
@@ -192,3 +201,77 @@ def test_model_not_ported_is_one_line_exit_2(tmp_path, capsys):
                          "--out", str(tmp_path / "o")], capsys)
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("reward_tails.py: error: ") and "hidden_act 'relu2' is not ported" in err
+
+
+def _nulls_without_reason(obj, where="results"):
+    """Paths of null numbers in a JSON tree whose dict carries no "reason" (whole null sections excepted:
+    gpd_bayes without NUTS, hill_k_star without k*, ...)."""
+    bad = []
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            bad += _nulls_without_reason(v, f"{where}[{i}]")
+    elif isinstance(obj, dict):
+        if any(v is None for k, v in obj.items() if k not in ("gpd_bayes", "hill_k_star", "hill_paper_range")) \
+                and not obj.get("reason"):
+            bad.append(where)
+        for k, v in obj.items():
+            bad += _nulls_without_reason(v, f"{where}.{k}")
+    return bad
+
+
+def test_huge_rewards_match_float64_references(tmp_path, capsys):
+    """Rewards near 1e300 (float32: inf; every Hill row was null): Hill against NumPy in float64, the GPD fit
+    against scipy's fit of the same excesses / 1e300 (the MLE is scale equivariant; scipy fails at 1e300), and
+    the --compare rows against scipy's GPD tail."""
+    import scipy.stats as st
+
+    rng = np.random.default_rng(3)
+    base = rng.pareto(1.5, 1000) + 1.0  # Pareto(1.5): xi = 2/3
+    rewards, extra = tmp_path / "huge.npy", tmp_path / "extra.txt"
+    np.save(rewards, base * 1e300)
+    np.savetxt(extra, [1e300, 3e301, 1e303])
+    out_dir = tmp_path / "run"
+    argv = ["--rewards", str(rewards), "--no-bayes", "--num-boot", "10", "--k", "10", "40", "--no-plots",
+            "--compare", str(extra), "--out", str(out_dir), "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    x = np.sort(base * 1e300)[::-1]
+    for r in (r for r in rows if r["kind"] == "hill"):
+        ref = np.mean(np.log(x[:r["k"]])) - np.log(x[r["k"]])
+        # float64 cumulative sums against a direct float64 mean: ~1e-15 relative per term.
+        assert r["xi"] == pytest.approx(ref, rel=1e-10) and r["se"] == pytest.approx(ref / np.sqrt(r["k"]), rel=1e-10)
+    (v,) = [r for r in rows if r["kind"] == "verdict"]
+    u, m, xi, sigma = v["threshold"], v["n_exceed"], v["gpd_mle"]["xi"], v["gpd_mle"]["sigma"]
+    assert u == x[m] and v["verdict"] == "heavy"
+    c, _, scale = st.genpareto.fit((x[:m] - x[m]) / 1e300, floc=0)
+    assert abs(xi - c) < 0.05 * v["gpd_mle"]["se"] and sigma / 1e300 == pytest.approx(scale, rel=1e-3)
+    ref = st.genpareto(xi, loc=u / 1e300, scale=sigma / 1e300)
+    compare = [r for r in rows if r["kind"] == "compare"]
+    assert [r["value"] > u for r in compare] == [False, True, True]
+    for r in compare:
+        a = r["value"] / 1e300
+        if r["value"] > u:
+            log_p = (np.log(m / 1000) + ref.logsf(a)) / np.log(10)
+            assert r["gpd_log10_tail_prob"] == pytest.approx(log_p, rel=1e-9)
+        else:
+            assert r["gpd_log10_tail_prob"] is None and "at or below the POT threshold" in r["reason"]
+        assert r["z"] == pytest.approx((a - np.mean(x / 1e300)) / np.std(x / 1e300), rel=1e-9)
+        assert r["gpd_end_point"] is None and "unbounded" in r["reason"]  # xi > 0: no end point
+    assert _nulls_without_reason(json.loads((out_dir / "results.json").read_text())) == []
+
+
+def test_tied_rewards_every_null_has_a_reason(tmp_path, capsys):
+    """Integer rewards 1..50, 20 of each: the POT MLE runs below xi = -1, where the likelihood has no maximum.
+    Its shape is null and says why (it printed xi = -5.3, converged false), and so does every other null."""
+    rewards = tmp_path / "ties.npy"
+    np.save(rewards, np.repeat(np.arange(1, 51), 20))
+    out_dir = tmp_path / "run"
+    rc, out, err = _run(["--rewards", str(rewards), "--no-bayes", "--num-boot", "2", "--no-plots",
+                         "--out", str(out_dir), "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["verdict"]["gpd_mle"]["xi"] is None and "no maximum" in res["verdict"]["gpd_mle"]["reason"]
+    assert res["verdict"]["verdict"] == "inconclusive" and "no maximum" in res["verdict"]["reason"]
+    assert _nulls_without_reason(res) == []
+    assert [json.loads(line) for line in out.splitlines()][-1]["kind"] == "verdict"

@@ -1,4 +1,5 @@
 """Tail-index estimators, the double bootstrap and the verdict, against independent references."""
+import re
 from pathlib import Path
 
 import jax
@@ -194,3 +195,96 @@ def test_paper_figure2_hill_reading():
     # by more than 3 standard errors of its last point.
     xi, se = np.asarray(h.xi), np.asarray(h.se)
     assert xi[ks[-1] - 1] - xi[100 - 1] > 3 * se[ks[-1] - 1]
+
+
+def naive_moment(x_desc, k):
+    d = np.log(x_desc[:k]) - np.log(x_desc[k])
+    m1, m2 = d.mean(), (d**2).mean()
+    return m1 + 1 - 0.5 / (1 - m1**2 / m2)
+
+
+@pytest.mark.parametrize("case", ["pareto_1e300", "pareto_1e-300", "subnormal", "normals_and_1e300", "offset"])
+def test_curves_in_float64_at_any_magnitude(case):
+    """Hill and moment at magnitudes float32 cannot hold (or resolve) equal NumPy's float64 formulas.
+
+    Before: float32 made 1e300 inf and 1e-300 zero (every Hill value NaN) and merged 1000 + 1e-5 z into ties."""
+    rng = np.random.default_rng(11)
+    pareto = rng.pareto(1.5, 397) + 1.0  # Pareto(1.5, scale 1): xi = 2/3
+    x = {"pareto_1e300": pareto * 1e300, "pareto_1e-300": pareto * 1e-300,
+         "subnormal": pareto * 1e-315,  # below float64's normal range: XLA would flush it to 0
+         "normals_and_1e300": np.r_[rng.standard_normal(396), 1e300],
+         "offset": 1000.0 + 1e-5 * rng.standard_normal(397)}[case]
+    h, m, p = ti.curves(ti.preprocess(x, positive_only=True))
+    x_desc = np.sort(x[x > 0])[::-1]  # the reference reads the float64 values themselves
+    ks = [k for k in (2, 5, 10, 40, 150) if k < x_desc.shape[0]]
+    ref_h = np.array([naive_hill(x_desc, k) for k in ks])
+    ref_m = np.array([naive_moment(x_desc, k) for k in ks])
+    assert np.all(np.isfinite(ref_h)) and np.all(np.isfinite(ref_m))  # (assert_allclose takes NaN == NaN)
+    # float64 cumulative sums of logs against a direct float64 sum: ~1e-15 relative per term; the offset
+    # case's log-spacings (~1e-8) cancel ~7 digits of log(1000) away.
+    rtol = 1e-6 if case == "offset" else 1e-10
+    np.testing.assert_allclose(h.xi[np.array(ks) - 1], ref_h, rtol=rtol)
+    np.testing.assert_allclose(m.xi[np.array(ks) - 1], ref_m, rtol=rtol if case != "offset" else 1e-3)
+    kp = np.array([k for k in (1, 5, 20, 60) if 4 * k <= x_desc.shape[0]])
+    ref_p = np.log((x_desc[kp - 1] - x_desc[2 * kp - 1]) / (x_desc[2 * kp - 1] - x_desc[4 * kp - 1])) / np.log(2)
+    assert np.all(np.isfinite(ref_p))
+    np.testing.assert_allclose(p.xi[kp - 1], ref_p, rtol=1e-10)  # differences of float64 values: no cancellation
+
+
+def test_diagnose_scale_equivariant_and_gpd_against_scipy_at_1e300():
+    """diagnose(c x) for c = 1e300: every xi as for x (to rounding), the threshold and GPD scale c times larger;
+    the GPD MLE against scipy's float64 fit of the unscaled excesses (scipy itself fails at 1e300)."""
+    import scipy.stats as st
+
+    x = pareto_sample(jax.random.key(9), 1.5, 16000)  # 16000: the buckets of test_diagnose_verdicts
+    run = lambda v: ti.diagnose(jax.random.key(7), v, demean=True, positive_only=True, bayes=False, num_boot=20)
+    d1, d2 = run(x), run(x * 1e300)
+    np.testing.assert_allclose(d2.hill.xi, d1.hill.xi, rtol=1e-11)
+    np.testing.assert_allclose(d2.moment.xi, d1.moment.xi, rtol=1e-9, atol=1e-12)
+    assert d2.threshold == pytest.approx(d1.threshold * 1e300, rel=1e-15)
+    assert float(d2.gpd_mle.xi) == pytest.approx(float(d1.gpd_mle.xi), abs=1e-6)
+    assert d2.verdict.verdict == d1.verdict.verdict == "heavy"
+    x_desc = np.sort(x)[::-1]
+    m = int(d1.gpd_mle.n)
+    c, _, scale = st.genpareto.fit(x_desc[:m] - x_desc[m], floc=0)
+    assert abs(float(d2.gpd_mle.xi) - c) < 0.05 * float(d2.gpd_mle.xi_se)
+    assert float(d2.gpd_mle.sigma) == pytest.approx(scale * 1e300, rel=1e-3)
+    # Hill at k = 10 of the paper's recipe (demeaned, positives) against NumPy in float64.
+    z = np.sort(x * 1e300 - np.mean(x) * 1e300)[::-1]
+    assert float(d2.hill.xi[9]) == pytest.approx(naive_hill(z, 10), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "x, fraction, message, fixed_by",
+    [
+        (np.full(500, 3.5), 0.1, "all 500 values equal 3.5: a constant sample has no tail", None),
+        (np.r_[np.zeros(400), np.ones(100)], 0.1,
+         "no tail_fraction below 0.5 gives that: the sample has only 2 distinct values (100 tied at the maximum 1)",
+         None),
+        (np.r_[np.zeros(250), np.ones(250)], 0.3, "only 2 distinct values", None),
+        (np.linspace(0.0, 1.0, 100), 0.05, "only 5 of 100 values lie above the POT threshold", 0.1),
+        (np.r_[np.linspace(0.0, 1.0, 900), np.full(100, 5.0)], 0.1, "the 100 values above the POT threshold", 0.101),
+        (np.r_[np.linspace(0.0, 1.0, 997), np.full(3, 5.0)], 0.005, "only 5 of 1000", 0.01),
+    ],
+)
+def test_check_tail_says_what_the_data_lack(x, fraction, message, fixed_by):
+    with pytest.raises(ti.TailInputError, match=re.escape(message)) as e:
+        ti.check_tail(x, fraction)
+    if fixed_by is None:
+        assert "or more would give that" not in str(e.value)
+        return
+    assert f"tail_fraction {fixed_by:g} or more would give that" in str(e.value)
+    # The advice is right: that fraction gives >= MIN_EXCEED excesses, not all equal; 0.001 less does not.
+    y, _ = ti.exceedances(x, fixed_by)
+    assert ti.check_tail(x, fixed_by) == y.shape[0] >= ti.MIN_EXCEED and y.max() > y.min()
+    with pytest.raises(ti.TailInputError):
+        ti.check_tail(x, fixed_by - 0.001)
+
+
+def test_mle_problem_nulls_shapes_without_a_maximum():
+    """Tied excesses drive the MLE below xi = -1, where the likelihood has no maximum: no shape, with a reason."""
+    y = np.repeat([1.0, 2.0, 3.0, 4.0, 5.0], 20)  # the top 10% of 50 integer levels, 20 each
+    fit = ti.fit_excesses_mle(y)
+    xi_why, se_why = ti.mle_problem(fit.xi, fit.xi_se)
+    assert float(fit.xi) <= -1 and "no maximum" in xi_why and se_why == xi_why
+    assert ti.mle_problem(0.2, 0.05) == ("", "") and ti.mle_problem(0.2, np.nan)[1].startswith("no standard error")
