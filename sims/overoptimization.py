@@ -122,8 +122,12 @@ def main(cfg: Config) -> list[dict]:
             built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)
             tag = dict(noise=noise, proxy=kind, pairs=pairs)
             r = built.report
-            run.emit([dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi,
-                           verdict=r.verdict)])
+            row = dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi, verdict=r.verdict)
+            bad = [f for f in ("pair_accuracy", "corr", "xi") if not np.isfinite(row[f])]
+            if bad:  # null in the files: say why (a small tree has no tail fit; anything else is not finite)
+                row["reason"] = r.verdict if bad == ["xi"] and r.verdict.startswith("n/a") else \
+                    f"{', '.join(bad)} not finite"
+            run.emit([row])
             pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
             for j, b in enumerate(cfg.rl_betas):
                 pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,

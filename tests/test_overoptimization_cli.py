@@ -66,7 +66,8 @@ def test_rows_and_fields(tiny):
     assert sorted(r["step"] for r in lab if r["method"] == "rl" and r["proxy"] == "direct") == [0, 5, 10]
     proxies = [r for r in rows if r["kind"] == "proxy"]
     assert len(proxies) == 2 and all(0.5 < r["pair_accuracy"] <= 1 and -1 <= r["corr"] <= 1 for r in proxies)
-    assert all(r["xi"] is None and r["verdict"].startswith("n/a") for r in proxies)  # N = 40 < 100: no tail fit
+    assert all(r["xi"] is None and r["verdict"].startswith("n/a") and r["reason"] == r["verdict"]
+               for r in proxies)  # N = 40 < 100: no tail fit, and the null says why
     fit = {(r["proxy"], r["method"]) for r in rows if r["kind"] == "fit"}
     assert fit == {(p, m) for p in ("learned", "direct") for m in ("bon", "rl")}
     for r in (r for r in rows if r["kind"] == "fit"):  # a fit, or nulls with the reason (too few distinct d)
