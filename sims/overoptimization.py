@@ -100,7 +100,7 @@ def prepare(cfg: Config):
 def estimate_bytes(cfg: Config, ck: experiment.Checkpoints) -> float:
     """Peak memory of this process for the run (`experiment.peak_bytes`; loaded checkpoints are already held)."""
     vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
-    return experiment.peak_bytes(vocab, cfg.depth, ns=len(cfg.ns), betas=len(cfg.betas),
+    return experiment.peak_bytes(vocab, cfg.depth, ns=len(cfg.ns),
                                  pairs=max(cfg.pairs) if "learned" in cfg.proxy else 0, lm_steps=cfg.lm_steps,
                                  bt_steps=cfg.bt_steps if "learned" in cfg.proxy else 0,
                                  rl=bool(cfg.rl_betas), rl_steps=cfg.rl_steps, checkpoints=ck)

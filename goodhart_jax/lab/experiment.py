@@ -232,26 +232,31 @@ def _activation_bytes(batch: int, length: int, dims: tuple, train: bool, out: in
     return 4.0 * (2 * (linear + square) + batch * length * 2 * out)
 
 
-PEAK_BASE = 2**30  # bytes: JAX, XLA's compiled programs, matplotlib (calibrated: see peak_bytes)
-PEAK_PER_TERMINAL = 400  # bytes a terminal sequence besides best-of-n's [K, N] (calibrated: see peak_bytes)
+PEAK_BASE = 1.25 * 2**30  # bytes: JAX, XLA's compiled programs, matplotlib (calibrated: see peak_bytes)
+PEAK_PER_TERMINAL = 160  # bytes a terminal sequence besides 8 L (tokens) and best-of-n's 24 K (calibrated: peak_bytes)
 
 
-def peak_bytes(vocab: int, depth: int, *, ns: int = 9, betas: int = 12, pairs: int = 0, lm_steps: int = 0,
-               bt_steps: int = 0, rl: bool = True, rl_steps: int = 0, checkpoints: Checkpoints | None = None) -> float:
+def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps: int = 0, bt_steps: int = 0,
+               rl: bool = True, rl_steps: int = 0, checkpoints: Checkpoints | None = None) -> float:
     """Estimated peak memory (bytes) of one run of sims/overoptimization.py in this process, for refusing what
     cannot fit before any work (`cli.check_memory`).
 
-    Terms: PEAK_BASE; PEAK_PER_TERMINAL + 8 L + 24 K bytes a terminal sequence (the tree, gold, one proxy's arrays and
-    sweeps; best-of-n keeps [K, N] for K = `ns` sizes); 48 bytes a comparison pair (indices, labels, their
-    draws); 16 bytes a training step (lax.scan's keys and losses); the activations of the transformers
-    (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's Bradley-Terry steps (512 of
-    L + 1), RL (64 of L + 1, with the policy's gradient and Adam's two moments), and scoring in chunks of 8192
-    (the gold, the proxy, pi0's tree); the lab models' parameters (x 4 where trained: gradient and Adam's moments). Loaded checkpoints are already held; RL adds 3 copies of the policy's
-    parameters.
+    Terms: PEAK_BASE; PEAK_PER_TERMINAL + 8 L + 24 K bytes a terminal sequence (the tree, gold, one proxy's
+    arrays and sweeps; best-of-n keeps [K, N] for K = `ns` sizes; the exact sweep runs one beta at a time);
+    48 bytes a comparison pair (indices, labels, their draws); 16 bytes a training step (lax.scan's keys and
+    losses); the lab models' parameters (x 4 where trained: gradient and Adam's moments); the largest of the
+    transformers' activations (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's
+    Bradley-Terry steps (512 of L + 1), RL (64 of L + 1; a checkpoint policy adds 3 copies of its parameters),
+    scoring in chunks of 8192 (the gold, the proxy, pi0's tree). Loaded checkpoints are already held.
+
+    Calibration: peak RSS (/usr/bin/time -v) of `--noise normal --lm-steps 100 --bt-steps 100 --rl-steps 20
+    --eval-every 10` (both proxies, search and plots on; 2 cores): 1.43 GiB at A=16, L=4 (54,241 sequences),
+    1.65 GiB at A=16, L=5 (813,616), 2.73 GiB at A=2048, L=2 (4,192,257): ~1.4 GiB of imports and programs
+    plus ~340 bytes a sequence. This estimate: 1.56, 1.91, 2.96 GiB (8-16 % above).
 
     Args:
       vocab, depth: A and L (a checkpoint policy: A = len(tokens)).
-      ns, betas: K of best-of-n and of the exact sweep.
+      ns: K, the best-of-n sizes.
       pairs: the largest --pairs of a learned proxy (0: none).
       lm_steps, bt_steps, rl_steps: training steps (0: not run).
       rl: whether RL runs.
