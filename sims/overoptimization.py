@@ -35,6 +35,9 @@ def count(flag: str, hi: int = INT32_MAX, why: str = "2^31 - 1: it enters the ji
                     f"an integer in [1, {hi}] ({why})")
 
 
+check_n = count("n", N_MAX, "2^24: n is float32 in the exact law")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config(cli.RunConfig):
     vocab: int = cli.arg(16, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
@@ -49,7 +52,7 @@ class Config(cli.RunConfig):
                                        "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
                                        metavar="B", show_default=False, check=cli.positive("beta"))
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
-                                  check=lambda ns: (best_of_n.check_ns(ns), count("n", N_MAX, "2^24: n is float32 in the exact law")(ns)))
+                                  check=lambda ns: (best_of_n.check_ns(ns), check_n(ns)))
     rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
     rl_steps: int = cli.arg(200, "RL steps", metavar="S", check=count("--rl-steps"))
     eval_every: int = cli.arg(40, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",

@@ -243,9 +243,9 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
 
     Terms: PEAK_BASE; PEAK_PER_TERMINAL + 8 L + 24 K bytes a terminal sequence (the tree, gold, one proxy's
     arrays and sweeps; best-of-n keeps [K, N] for K = `ns` sizes; the exact sweep runs one beta at a time);
-    48 bytes a comparison pair (indices, labels, their draws); 16 bytes a training step (lax.scan's keys and
-    losses); the lab models' parameters (x 4 where trained: gradient and Adam's moments); the largest of the
-    transformers' activations (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's
+    48 bytes a comparison pair (indices, labels, their draws; 5e7 pairs added 1.52 GiB, 31 bytes each); 16
+    bytes a training step (lax.scan's keys and losses); the lab models' parameters (x 4 where trained:
+    gradient and Adam's moments); the largest of the transformers' activations (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's
     Bradley-Terry steps (512 of L + 1), RL (64 of L + 1; a checkpoint policy adds 3 copies of its parameters),
     scoring in chunks of 8192 (the gold, the proxy, pi0's tree). Loaded checkpoints are already held.
 
