@@ -15,12 +15,27 @@ from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is o
 cli.guard_startup(__name__)
 
 import dataclasses
+import math
 
 import jax
 import numpy as np
 
-from goodhart_jax import best_of_n, tails
+from goodhart_jax import best_of_n, io, mdp, tails
 from goodhart_jax.lab import experiment, fits
+
+LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
+               "argmax_gold")
+INT32_MAX = 2**31 - 1  # counts (steps, pairs) enter the jitted programs as int32 (lax.scan, randint, RL's step)
+N_MAX = 2**24  # best-of-n sizes are float32 inside (bon's law): integers above 2^24 would round
+
+
+def count(flag: str, hi: int = INT32_MAX, why: str = "2^31 - 1: it enters the jitted programs as int32"):
+    """Check: every value is an integer in [1, hi] (one line naming `flag` and `why` otherwise)."""
+    return cli.each(flag, lambda x: math.isfinite(x) and int(x) == x and 1 <= x <= hi,
+                    f"an integer in [1, {hi}] ({why})")
+
+
+check_n = count("n", N_MAX, "2^24: n is float32 in the exact law")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,20 +47,20 @@ class Config(cli.RunConfig):
                                  check=cli.positive("--noise-scale"))
     proxy: tuple[str, ...] = cli.arg(("learned", "direct"), "proxy kinds", choices=("learned", "direct"))
     pairs: tuple[int, ...] = cli.arg((4000,), "BT comparisons per learned proxy", metavar="N",
-                                     check=cli.at_least("--pairs", 1))
+                                     check=count("--pairs"))
     betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
                                        "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
                                        metavar="B", show_default=False, check=cli.positive("beta"))
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
-                                  check=best_of_n.check_ns)
+                                  check=lambda ns: (best_of_n.check_ns(ns), check_n(ns)))
     rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
-    rl_steps: int = cli.arg(200, "RL steps", metavar="S", check=cli.at_least("--rl-steps", 1))
+    rl_steps: int = cli.arg(200, "RL steps", metavar="S", check=count("--rl-steps"))
     eval_every: int = cli.arg(40, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
-                              check=cli.at_least("--eval-every", 1))
+                              check=count("--eval-every"))
     search: bool = cli.arg(True, "GCG on each learned proxy")
-    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.at_least("--lm-steps", 1))
+    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))
     bt_steps: int = cli.arg(600, "Bradley-Terry training steps per learned proxy", metavar="S",
-                            check=cli.at_least("--bt-steps", 1))
+                            check=count("--bt-steps"))
     policy: str = cli.arg("", "causal-LM checkpoint as pi0 (with --tokens)", metavar="DIR", show_default=False)
     tokens: tuple[int, ...] = cli.arg((), "model ids of the lab tokens, the last EOS", metavar="ID")
     gold: str = cli.arg("", "reward-model checkpoint as gold (default: a random lab reward model)", metavar="DIR",
@@ -64,33 +79,65 @@ class Config(cli.RunConfig):
             raise cli.InputError("--tokens without --policy names --gold's model ids: give --gold and --vocab ids")
 
 
-def main(cfg: Config) -> list[dict]:
-    """Build pi0, its tree and gold; per (noise, proxy, pairs): diagnostics, every method's points, Gao fits."""
+def prepare(cfg: Config):
+    """Read and check every input before anything is written (config.json included): families, betas, sizes,
+    checkpoints, memory, and each family's annotator error on this tree. Returns (checkpoints, N, proxy keys)."""
     with cli.inputs():
         for s in cfg.noise:
             tails.parse(s)
-        experiment.check_size(cfg.vocab if not cfg.policy else len(cfg.tokens), cfg.depth)
+        mdp.check_float32(cfg.betas + cfg.rl_betas, [])
+        ck = experiment.load_checkpoints(cfg.vocab, cfg.depth, cfg.policy or None, cfg.tokens, cfg.gold or None)
+    vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
+    n = experiment.check_size(vocab, cfg.depth)
+    cli.check_memory(estimate_bytes(cfg, ck), f"the lab's tree of {n:,} sequences (A={vocab}, L={cfg.depth})")
+    key = jax.random.key(cfg.seed)
+    keys = [jax.random.fold_in(jax.random.fold_in(key, 1), i) for i in range(len(cfg.noise))]
+    for noise, k in zip(cfg.noise, keys):
+        try:
+            experiment.check_error(experiment.annotator_error(k, noise, n, cfg.noise_scale), cfg.betas + cfg.rl_betas)
+        except ValueError as e:
+            raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {noise}: {e}") from None
+    return ck, n, keys
+
+
+def estimate_bytes(cfg: Config, ck: experiment.Checkpoints) -> float:
+    """Peak memory of this process for the run (`experiment.peak_bytes`; loaded checkpoints are already held)."""
+    vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
+    return experiment.peak_bytes(vocab, cfg.depth, ns=len(cfg.ns),
+                                 pairs=max(cfg.pairs) if "learned" in cfg.proxy else 0, lm_steps=cfg.lm_steps,
+                                 bt_steps=cfg.bt_steps if "learned" in cfg.proxy else 0,
+                                 rl=bool(cfg.rl_betas), rl_steps=cfg.rl_steps, checkpoints=ck)
+
+
+def main(cfg: Config) -> list[dict]:
+    """Build pi0, its tree and gold; per (noise, proxy, pairs): diagnostics, every method's points, Gao fits."""
+    ck, n, keys = prepare(cfg)
     key = jax.random.key(cfg.seed)
     jobs = [(i, s, k, p) for i, s in enumerate(cfg.noise) for k in cfg.proxy
             for p in (cfg.pairs if k == "learned" else (None,))]
     with cli.Run("overoptimization", cfg) as run:
-        with cli.inputs():  # a bad checkpoint is one line: nothing is logged before it is read
-            base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, cfg.policy or None,
-                                         cfg.tokens, cfg.gold or None, cfg.lm_steps)
-        run.log(f"overoptimization: pi0 and its tree built; {len(jobs)} proxies, writing to {run.dir}")
+        base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, ck.policy, cfg.tokens,
+                                     ck.gold, cfg.lm_steps)
+        run.log(f"overoptimization: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; about "
+                f"{estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
         for i, noise, kind, pairs in run.progress(jobs, "proxies"):
-            k = jax.random.fold_in(jax.random.fold_in(key, 1), i)
+            k = keys[i]
             built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)
             tag = dict(noise=noise, proxy=kind, pairs=pairs)
             r = built.report
-            run.emit([dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi,
-                           verdict=r.verdict)])
+            row = dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi, verdict=r.verdict)
+            bad = [f for f in ("pair_accuracy", "corr", "xi") if not np.isfinite(row[f])]
+            if bad:  # null in the files: say why (a small tree has no tail fit; anything else is not finite)
+                row["reason"] = r.verdict if bad == ["xi"] and r.verdict.startswith("n/a") else \
+                    f"{', '.join(bad)} not finite"
+            run.emit([row])
             pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
             for j, b in enumerate(cfg.rl_betas):
                 pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,
                                             cfg.rl_steps, cfg.eval_every)
             if cfg.search:
                 pts += experiment.search_points(jax.random.fold_in(k, 8), built, base)
+            pts = [io.null_nonfinite(p, [f for f in LAB_NUMBERS if f in p]) for p in pts]  # a safety net
             run.emit([dict(kind="lab", **tag, **p) for p in pts])
             run.emit([dict(kind="fit", method=m, **tag, **f) for m, f in experiment.gao_fits(pts).items()])
         if cfg.plots:

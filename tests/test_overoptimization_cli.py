@@ -66,9 +66,12 @@ def test_rows_and_fields(tiny):
     assert sorted(r["step"] for r in lab if r["method"] == "rl" and r["proxy"] == "direct") == [0, 5, 10]
     proxies = [r for r in rows if r["kind"] == "proxy"]
     assert len(proxies) == 2 and all(0.5 < r["pair_accuracy"] <= 1 and -1 <= r["corr"] <= 1 for r in proxies)
-    assert all(r["xi"] is None and r["verdict"].startswith("n/a") for r in proxies)  # N = 40 < 100: no tail fit
+    assert all(r["xi"] is None and r["verdict"].startswith("n/a") and r["reason"] == r["verdict"]
+               for r in proxies)  # N = 40 < 100: no tail fit, and the null says why
     fit = {(r["proxy"], r["method"]) for r in rows if r["kind"] == "fit"}
     assert fit == {(p, m) for p in ("learned", "direct") for m in ("bon", "rl")}
+    for r in (r for r in rows if r["kind"] == "fit"):  # a fit, or nulls with the reason (too few distinct d)
+        assert (r["r2"] is None) == ("reason" in r) and r["points"] == (4 if r["method"] == "bon" else 3)
     assert (Path(cfg.out) / "results.jsonl").is_file() and (Path(cfg.out) / "results.csv").is_file()
 
 
@@ -78,8 +81,10 @@ def test_exact_rows_against_mdp(tiny):
     cfg, rows = tiny
     key = jax.random.key(cfg.seed)
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
-    built = experiment.build_proxy(jax.random.fold_in(jax.random.fold_in(key, 1), 0), base, "normal",
-                                   cfg.noise_scale, "direct", None)
+    k = jax.random.fold_in(jax.random.fold_in(key, 1), 0)
+    built = experiment.build_proxy(k, base, "normal", cfg.noise_scale, "direct", None)
+    # the error checked before the run (experiment.annotator_error) is the one the proxy was built from
+    np.testing.assert_array_equal(built.proxy.error, experiment.annotator_error(k, "normal", 40, cfg.noise_scale))
     soft_optimum = jax.jit(mdp.soft_optimum)  # one program for the betas, not each operation on its own
     for r in (r for r in rows if r["kind"] == "lab" and r["method"] == "exact" and r["proxy"] == "direct"):
         res = soft_optimum(built.tree, jnp.float32(r["beta"]))
@@ -118,11 +123,43 @@ def test_defaults_are_the_issue_sizes():
     (["--rl-betas", "-1"], "--rl-betas"),
     (["--rl-steps", "10", "--eval-every", "3"], "divide"),
     (["--policy", "/nonexistent"], "--tokens"),
+    # counts past int32, which the jitted programs take (were OverflowError tracebacks after the LM's training)
+    (["--pairs", "1000000000000"], "--pairs must be an integer in [1, 2147483647]"),
+    (["--lm-steps", "1099511627776"], "--lm-steps must be"),
+    (["--bt-steps", "1099511627776"], "--bt-steps must be"),
+    (["--rl-steps", "1099511627776", "--eval-every", "1099511627776"], "--rl-steps must be"),
+    (["--ns", "1", "16777217"], "2^24"),
+    (["--vocab", "3", "--depth", "1000000000"], "more than 4194304"),  # was a hang: 2^(10^9) formed
+    (["--vocab", "2", "--depth", "1000000"], "GiB (estimated)"),  # 10^6 + 1 sequences, but an LM of 10^6 positions
+    (["--betas", "1e-31"], "beta=1e-31"),
+    (["--noise-scale", "1e308"], "inf"),  # was accepted: float32 eps = inf, NaN comparisons, a fit printed
+    (["--noise", "normal", "--noise-scale", "1e16"], "--noise-scale 1e+16, --noise normal"),
+    (["--gold", "/nonexistent/rm"], "/nonexistent/rm"),  # was read after config.json and 10 s of the LM's training
 ])
 def test_bad_input_exits_2(argv, message, tmp_path, capsys):
-    assert cli.run(sim.Config, sim.main, argv + ["--out", str(tmp_path / "o")], prog="overoptimization") == 2
+    """One line, exit 2, and nothing written: every input is read and checked before the output directory."""
+    out = tmp_path / "o"
+    assert cli.run(sim.Config, sim.main, argv + ["--out", str(out), "--lm-steps", "1"] * ("--lm-steps" not in argv),
+                   prog="overoptimization") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_memory_estimate_refuses_what_cannot_fit(tmp_path, capsys, monkeypatch):
+    """The 4.19M-sequence tree (A=2048, L=2) against 2 GiB available: refused before anything is written; with
+    enough memory the same flags pass the check (refused later here only by --noise-scale, before any work)."""
+    from goodhart_jax import io
+
+    argv = ["--vocab", "2048", "--depth", "2", "--out", str(tmp_path / "o")]
+    monkeypatch.setattr(io, "available_memory", lambda: 2 * 2**30)
+    assert cli.run(sim.Config, sim.main, argv, prog="overoptimization") == 2
+    err = capsys.readouterr().err.strip()
+    assert "4,192,257 sequences" in err and "2.0 GiB is available" in err, err
+    monkeypatch.setattr(io, "available_memory", lambda: 2**40)
+    assert cli.run(sim.Config, sim.main, argv + ["--noise-scale", "1e308"], prog="overoptimization") == 2
+    assert "--noise-scale" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------- a checkpoint as pi0
@@ -171,3 +208,19 @@ def test_checkpoint_policy_end_to_end(tmp_path, capsys):
     assert cli.run(sim.Config, sim.main, argv, prog="overoptimization") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a causal LM" in err, err
+
+
+def test_figures_skip_null_rows():
+    """A fit nulled for too few points and a lab row nulled for overflow draw nothing (were a TypeError)."""
+    from goodhart_jax.plots import overoptimization as plots
+
+    tag = dict(noise="normal", proxy="direct", pairs=None)
+    lab = [dict(kind="lab", **tag, **experiment.point("bon", n=n, KL=kl, gold=0.1 * kl, proxy_reward=kl,
+                                                          KL_bound=kl + 1)) for n, kl in ((1, 0.0), (4, 0.5))]
+    null = dict(kind="lab", **tag, **{f: None for f in experiment.FIELDS}, reason="overflow")
+    null.update(method="rl", beta=1.0, step=0, gap=None)
+    fit = dict(kind="fit", method="bon", **tag, alpha=None, beta=None, r2=None, points=2, reason="too few")
+    figs = plots.figures(lab + [null, fit])
+    lines = figs["overoptimization.png"].axes[0].get_lines()
+    assert len(lines) == 3  # gold, proxy, the zero line: no fit curve
+    assert not figs["rl_gap.png"].axes[0].get_lines()

@@ -10,16 +10,23 @@ with None where a field does not apply; d = sqrt(KL); every KL and expectation i
 
 Public API:
   Base(logits_fn, params, tree: LMTree, gold: Gold, lm: LMConfig | None, gold_cfg: LMConfig | None)
-  build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600) -> Base
+  Checkpoints(policy: lm.CheckpointPolicy | None, gold: rewards.CheckpointReward | None)
+  load_checkpoints(vocab, depth, policy=None, tokens=(), gold=None) -> Checkpoints   # read and checked, no work
+  build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600) -> Base   # paths or Checkpoints'
   ProxyBuild(proxy: Proxy, report: ProxyReport, tree: mdp.Tree, cfg: LMConfig | None)
   build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500) -> ProxyBuild
+  annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
+  check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K]) -> rows
   rl_points(key, base, tree, beta, steps, eval_every, batch=64, lr=3e-3) -> rows (with "gap", "optimum")
   search_points(key, built, base, restarts=4, iters=40) -> rows (one per restart, with "rank")
   point(method, **fields) -> row
-  gao_fits(rows) -> {"bon": {alpha, beta, r2}, "rl": {...}}   # Gao's forms on gold against d (lab.fits)
+  gao_fits(rows) -> {"bon": {alpha, beta, r2, points}, "rl": {...}}   # Gao's forms on gold against d (lab.fits)
   check_size = lab_tree.check_size
+  peak_bytes(vocab, depth, ...) -> float   # this process's peak memory for one run (calibrated: see its docstring)
 MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no tail verdict
+MIN_FIT_POINTS = 4  # Gao's forms have 2 parameters; a fit needs 2 more distinct d > 0 to say anything
+ERROR_MAX = 1e15  # the largest |annotator error| the float32 lab carries (see check_error)
 
 Glossary: A vocabulary (EOS last), L depth, N terminals, K sweep points.
 """
@@ -40,11 +47,19 @@ from goodhart_jax.lab import lm, rewards, rl
 from goodhart_jax.lab import search as lab_search
 from goodhart_jax.lab import tree as lab_tree
 
-__all__ = ["Base", "ProxyBuild", "build_base", "build_proxy", "point", "exact_points", "bon_points", "rl_points",
-           "search_points", "gao_fits", "check_size", "FIELDS"]
+__all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "annotator_error",
+           "check_error", "point", "exact_points", "bon_points", "rl_points", "search_points", "gao_fits",
+           "check_size", "peak_bytes", "FIELDS"]
 
 check_size = lab_tree.check_size
 MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no tail verdict
+MIN_FIT_POINTS = 4  # parameters (alpha, beta) + 2: fewer distinct d > 0 fit exactly or nearly (r2 ~ 1, meaningless)
+ERROR_MAX = 1e15
+"""The largest |annotator error| the float32 lab carries. The pi0 variance of the proxy sums squares of
+proxy - mean (finite below ~9e18); RL's gradient is about |proxy| times d log pi / d theta (~10) on each of
+~1e5 parameters, and its global-norm clipping sums their squares, which must stay below 3.4e38 (|proxy| up to
+~1e16). U / beta must stay finite as well: `check_error` asks max |eps| / beta <= MAX_U_OVER_BETA."""
+MAX_U_OVER_BETA = 1e36  # below float32's 3.4e38 by a margin for gold's own values and the sums of the sweep
 
 FIELDS = ("method", "n", "beta", "step", "KL", "d", "gold", "proxy_reward", "objective", "KL_bound")
 
@@ -68,23 +83,55 @@ class ProxyBuild(NamedTuple):
     cfg: Any  # the learned proxy model's lm.LMConfig (None for direct)
 
 
-def build_base(key, vocab: int, depth: int, policy: str | None = None, tokens: tuple = (),
-               gold: str | None = None, lm_steps: int = 600) -> Base:
+class Checkpoints(NamedTuple):
+    """The checkpoints of a run, read and checked (`load_checkpoints`); None where the lab's own model is used."""
+
+    policy: Any  # lm.CheckpointPolicy or None
+    gold: Any  # rewards.CheckpointReward or None
+
+
+def load_checkpoints(vocab: int, depth: int, policy: str | None = None, tokens: tuple = (),
+                     gold: str | None = None) -> Checkpoints:
+    """Read the checkpoints and check them and the tree's size, before any work (the LM's training, ...).
+
+    Args:
+      vocab, depth: A and L of the lab LM (a checkpoint policy's A is len(tokens)).
+      policy: a causal-LM checkpoint directory, or None for the lab LM.
+      tokens: the checkpoint's model ids of the lab tokens (last = EOS); also the gold checkpoint's.
+      gold: a reward-model checkpoint directory, or None for a random lab reward model.
+    Raises:
+      UsageError: the tree is too large to enumerate; a bad checkpoint or token list.
+    """
+    lab_tree.check_size(len(tokens) if policy else vocab, depth)
+    pol = lm.load_policy(policy, tokens) if policy else None
+    vocab = len(pol.tokens) if pol is not None else vocab
+    ck = rewards.load_reward(gold, tokens if tokens else tuple(range(vocab))) if gold else None
+    return Checkpoints(pol, ck)
+
+
+def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gold=None, lm_steps: int = 600) -> Base:
     """pi0 (the lab LM trained on a random Markov source, or a checkpoint on --tokens), its tree, the gold.
 
     Args:
       key: PRNG key (source, LM training, gold initialisation).
       vocab, depth: A and L of the lab LM (a checkpoint policy's A is len(tokens)).
-      policy: a causal-LM checkpoint directory, or None for the lab LM.
+      policy: a causal-LM checkpoint directory or its `lm.CheckpointPolicy` (`load_checkpoints`), or None for
+        the lab LM.
       tokens: the checkpoint's model ids of the lab tokens (last = EOS); also the gold checkpoint's.
-      gold: a reward-model checkpoint directory, or None for a random lab reward model.
+      gold: a reward-model checkpoint directory or its `rewards.CheckpointReward`, or None for a random lab
+        reward model.
       lm_steps: training steps of the lab LM.
     Raises:
       UsageError: the tree is too large to enumerate; a bad checkpoint or token list.
     """
     k_src, k_lm, k_gold = jax.random.split(key, 3)
-    if policy:
-        pol = lm.load_policy(policy, tokens)
+    if isinstance(policy, str) or isinstance(gold, str):
+        ck = load_checkpoints(vocab, depth, policy if isinstance(policy, str) else None, tokens,
+                              gold if isinstance(gold, str) else None)
+        policy = ck.policy if isinstance(policy, str) else policy
+        gold = ck.gold if isinstance(gold, str) else gold
+    if policy is not None:
+        pol = policy
         vocab, logits_fn, params, cfg = len(pol.tokens), pol.logits_fn, pol.params, None
         lab_tree.check_size(vocab, depth)
     else:
@@ -94,9 +141,8 @@ def build_base(key, vocab: int, depth: int, policy: str | None = None, tokens: t
         params = lm.train_lm(k_lm, cfg, source, lm_steps).params
         logits_fn = lm.make_logits(cfg)
     tree = lab_tree.exact_tree(logits_fn, params, depth)
-    if gold:
-        ck = rewards.load_reward(gold, tokens if tokens else tuple(range(vocab)))
-        g = rewards.gold_from(ck.reward_fn, ck.params, tree)
+    if gold is not None:
+        g = rewards.gold_from(gold.reward_fn, gold.params, tree)
     else:
         g = rewards.gold_reward(k_gold, rewards.gold_config(vocab, depth), tree)
     return Base(logits_fn, params, tree, g, cfg)
@@ -110,9 +156,9 @@ def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int
     learned and direct proxies of one family share the same eps. A tree of fewer than MIN_TAIL_SAMPLES
     sequences gets no tail diagnosis (report.xi nan, verdict "n/a ...").
     """
-    k_eps, k_fit, k_diag = (jax.random.fold_in(key, i) for i in range(3))
+    k_fit, k_diag = (jax.random.fold_in(key, i) for i in (1, 2))
     n = base.tree.log_p.shape[0]
-    eps = rewards.annotator_error(k_eps, noise, n, scale).astype(base.gold.reward.dtype)
+    eps = annotator_error(key, noise, n, scale).astype(base.gold.reward.dtype)
     cfg = None
     if kind == "direct":
         px = rewards.direct_proxy(base.gold.reward, eps)
@@ -129,6 +175,117 @@ def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int
                                      float(rewards.pi0_corr(px.reward, base.gold.reward, base.tree.log_p)),
                                      float("nan"), f"n/a (N = {n} < {MIN_TAIL_SAMPLES} sequences)", x, None)
     return ProxyBuild(px, report, lab_tree.mdp_tree(base.tree, base.gold.reward, px.reward), cfg)
+
+
+def annotator_error(key, noise: str, num: int, scale: float):
+    """The annotator error eps = scale * Z [num] that `build_proxy(key, ...)` draws, alone: it can be checked
+    (`check_error`) before any work."""
+    return rewards.annotator_error(jax.random.fold_in(key, 0), noise, num, scale)
+
+
+def check_error(eps, betas) -> float:
+    """max |eps|, or ValueError where the float32 lab cannot carry the annotator error `eps`.
+
+    The lab needs max |eps| <= ERROR_MAX (sums of squares, RL's gradient norm) and max |eps| / beta <=
+    MAX_U_OVER_BETA for every beta (the exact optimum's U / beta); an error that overflowed float32 (inf or
+    nan) fails both.
+
+    Args:
+      eps: [N] the annotator error (`annotator_error`).
+      betas: every KL coefficient of the run (exact and RL).
+    """
+    top = float(jnp.max(jnp.abs(eps)))  # nan propagates: nan fails every comparison below
+    if not top <= ERROR_MAX:
+        raise ValueError(f"the annotator error reaches |eps| = {top:.3g} on these {eps.shape[0]} sequences; the "
+                         f"float32 lab carries |eps| <= {ERROR_MAX:.0e} (variances, RL's gradient norm)")
+    low = min(betas, default=None)
+    if low is not None and not top / low <= MAX_U_OVER_BETA:
+        raise ValueError(f"the annotator error reaches |eps| = {top:.3g} on these {eps.shape[0]} sequences: "
+                         f"|eps| / beta for beta = {low:g} exceeds {MAX_U_OVER_BETA:.0e} (float32 max 3.4e38)")
+    return top
+
+
+def _dims(cfg) -> tuple[int, int, int, int]:
+    """(layers, width D, heads H, MLP width) of a lab `lm.LMConfig` or a checkpoint's model config."""
+    if isinstance(cfg, lm.LMConfig):
+        return cfg.layers, cfg.width, cfg.heads, 4 * cfg.width
+    return cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+
+
+def _param_bytes(dims: tuple, vocab: int) -> float:
+    """float32 parameters of a lab decoder: embedding and head (~2 A D) and ~12 D^2 a layer."""
+    layers, width, _, mlp = dims
+    return 4.0 * (2 * (vocab + 1) * width + layers * (4 * width + 2 * mlp) * width)
+
+
+def _activation_bytes(batch: int, length: int, dims: tuple, train: bool, out: int = 1) -> float:
+    """float32 activations of a decoder on [batch, length] with `out` outputs a position (A logits; 1 for a
+    reward): per layer ~ (6 D + 2 MLP) T + 2 H T^2 floats a sequence (attention scores and probabilities); a
+    forward pass holds about two layers' at a time, the logits and their softmax 2 A T. A training step keeps
+    every layer's for the backward pass: measured on the lab LM's (A=2, batch 256, L = 100, 200, 300; peak RSS
+    0.90, 1.80, 2.88 GiB above the imports), 5 x the linear term and 0.2 x the attention's T^2 (XLA fuses the
+    softmax), taken as 5 and 0.5."""
+    layers, width, heads, mlp = dims
+    linear, square = batch * length * (6 * width + 2 * mlp), batch * 2 * heads * length * length
+    if train:
+        return 4.0 * (layers * (5 * linear + 0.5 * square) + 3 * batch * length * 2 * out)
+    return 4.0 * (2 * (linear + square) + batch * length * 2 * out)
+
+
+PEAK_BASE = 1.25 * 2**30  # bytes: JAX, XLA's compiled programs, matplotlib (calibrated: see peak_bytes)
+PEAK_PER_TERMINAL = 160  # bytes a terminal sequence besides 8 L (tokens) and best-of-n's 24 K (calibrated: peak_bytes)
+
+
+def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps: int = 0, bt_steps: int = 0,
+               rl: bool = True, rl_steps: int = 0, checkpoints: Checkpoints | None = None) -> float:
+    """Estimated peak memory (bytes) of one run of sims/overoptimization.py in this process, for refusing what
+    cannot fit before any work (`cli.check_memory`).
+
+    Terms: PEAK_BASE; PEAK_PER_TERMINAL + 8 L + 24 K bytes a terminal sequence (the tree, gold, one proxy's
+    arrays and sweeps; best-of-n keeps [K, N] for K = `ns` sizes; the exact sweep runs one beta at a time);
+    48 bytes a comparison pair (indices, labels, their draws; 5e7 pairs added 1.52 GiB, 31 bytes each); 16
+    bytes a training step (lax.scan's keys and losses); the lab models' parameters (x 4 where trained:
+    gradient and Adam's moments); the largest of the transformers' activations (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's
+    Bradley-Terry steps (512 of L + 1), RL (64 of L + 1; a checkpoint policy adds 3 copies of its parameters),
+    scoring in chunks of 8192 (the gold, the proxy, pi0's tree). Loaded checkpoints are already held.
+
+    Calibration: peak RSS (/usr/bin/time -v) of `--noise normal --lm-steps 100 --bt-steps 100 --rl-steps 20
+    --eval-every 10` (both proxies, search and plots on; 2 cores): 1.43 GiB at A=16, L=4 (54,241 sequences),
+    1.65 GiB at A=16, L=5 (813,616), 2.73 GiB at A=2048, L=2 (4,192,257): ~1.4 GiB of imports and programs
+    plus ~340 bytes a sequence. This estimate: 1.56, 1.91, 2.96 GiB (8-16 % above).
+
+    Args:
+      vocab, depth: A and L (a checkpoint policy: A = len(tokens)).
+      ns: K, the best-of-n sizes.
+      pairs: the largest --pairs of a learned proxy (0: none).
+      lm_steps, bt_steps, rl_steps: training steps (0: not run).
+      rl: whether RL runs.
+      checkpoints: `load_checkpoints`' result (their models' sizes), or None for the lab's own models.
+    Returns:
+      bytes.
+    """
+    n = lab_tree.num_terminals(vocab, depth)
+    rows = (vocab - 1) ** (depth - 1)  # pi0's tree: one pass over the longest prefixes
+    ck = checkpoints or Checkpoints(None, None)
+    pol = _dims(ck.policy.model.config) if ck.policy is not None else _dims(lm.LMConfig(vocab, depth))
+    gold = _dims(ck.gold.model.config) if ck.gold is not None else _dims(rewards.gold_config(vocab, depth))
+    proxy = _dims(rewards.proxy_config(vocab, depth))
+    total = (PEAK_BASE + n * (PEAK_PER_TERMINAL + 8 * depth + 24 * ns) + 48 * pairs
+             + 16 * max(lm_steps, bt_steps, rl_steps)  # lax.scan's keys and losses
+             + (4 * _param_bytes(pol, vocab) if ck.policy is None else 0)
+             + (_param_bytes(gold, vocab) if ck.gold is None else 0) + 4 * _param_bytes(proxy, vocab))
+    transient = [_activation_bytes(min(8192, rows), depth, pol, False, vocab),
+                 _activation_bytes(min(8192, n), depth + 1, gold, False)]
+    if ck.policy is None and lm_steps:
+        transient.append(_activation_bytes(256, depth, pol, True, vocab))
+    if bt_steps:
+        transient += [_activation_bytes(512, depth + 1, proxy, True), _activation_bytes(min(8192, n), depth + 1,
+                                                                                     proxy, False)]
+    if rl:
+        held = 3 * sum(x.nbytes for x in jax.tree.leaves(ck.policy.params)) if ck.policy is not None else 0
+        transient.append(held + _activation_bytes(64, depth + 1, pol, True, vocab)
+                         + _activation_bytes(min(8192, rows), depth, pol, False, vocab))
+    return float(total + max(transient))
 
 
 def point(method: str, **fields) -> dict:
@@ -212,18 +369,29 @@ _fit = jax.jit(fits.fit_gao, static_argnames=("form", "steps"))
 def gao_fits(rows: list[dict]) -> dict:
     """Gao's best-of-n form on the "bon" rows and the RL form on the "rl" rows (all betas and steps pooled).
 
-    The gain is E[gold] itself: gold is standardised to mean 0 under pi0. A method with fewer than two points
-    at d > 0 is left out.
+    The gain is E[gold] itself: gold is standardised to mean 0 under pi0. Rows whose d or gold was nulled are
+    left out. A method with no points is left out; one with fewer than MIN_FIT_POINTS distinct d > 0 (a tree of
+    a few sequences, where best-of-n's d saturates at once) gets alpha, beta and r2 null with a reason: two
+    parameters fit so few points (nearly) exactly, and r2 ~ 1 would say nothing.
 
     Returns:
-      {method: {"alpha", "beta", "r2"}} for method in ("bon", "rl") that have points.
+      {method: {"alpha", "beta", "r2", "points"} and "reason" where they are null} for method in ("bon", "rl")
+      that have points.
     """
     out = {}
     for method in fits.FORMS:
-        pts = [r for r in rows if r["method"] == method]
+        pts = [r for r in rows if r["method"] == method and r["d"] is not None and r["gold"] is not None]
+        if not pts:
+            continue
         d = np.asarray([r["d"] for r in pts], float)
-        if np.sum(d > 0) < 2:
+        distinct = np.unique(d[d > 0]).size
+        if distinct < MIN_FIT_POINTS:
+            out[method] = dict(alpha=None, beta=None, r2=None, points=len(pts),
+                               reason=f"{distinct} distinct d > 0 among {len(pts)} points; a fit of 2 parameters "
+                                      f"needs >= {MIN_FIT_POINTS}")
             continue
         f = jax.device_get(_fit(d, np.asarray([r["gold"] for r in pts], float), form=method))
-        out[method] = dict(alpha=float(f.alpha), beta=float(f.beta), r2=float(f.r2))
+        out[method] = dict(alpha=float(f.alpha), beta=float(f.beta), r2=float(f.r2), points=len(pts))
+        if not np.isfinite(out[method]["r2"]):
+            out[method].update(r2=None, reason="gold is the same at every point: r2 is undefined")
     return out

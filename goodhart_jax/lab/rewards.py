@@ -377,7 +377,8 @@ def learned_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, error
 
 # ---------------------------------------------------------------- diagnostics
 def pair_accuracy(proxy: Array, gold: Array, a: Array, b: Array) -> Array:
-    """Share of pairs (a, b) the proxy orders as gold does; gold ties are skipped, proxy ties count 1/2.
+    """Share of pairs (a, b) the proxy orders as gold does; gold ties are skipped, proxy ties count 1/2; nan
+    where a reward in the pairs is not finite (inf - inf has no order).
 
     Args:
       proxy, gold: [N] rewards.
@@ -386,7 +387,9 @@ def pair_accuracy(proxy: Array, gold: Array, a: Array, b: Array) -> Array:
     dg, dp = gold[a] - gold[b], proxy[a] - proxy[b]
     score = jnp.where(dp == 0, 0.5, (jnp.sign(dp) == jnp.sign(dg)).astype(jnp.float32))
     counted = dg != 0
-    return jnp.sum(jnp.where(counted, score, 0.0)) / jnp.maximum(jnp.sum(counted), 1)
+    acc = jnp.sum(jnp.where(counted, score, 0.0)) / jnp.maximum(jnp.sum(counted), 1)
+    finite = jnp.all(jnp.isfinite(jnp.stack([proxy[a], proxy[b], gold[a], gold[b]])))
+    return jnp.where(finite, acc, jnp.nan)
 
 
 class ProxyReport(NamedTuple):

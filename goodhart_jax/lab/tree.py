@@ -62,9 +62,13 @@ def check_size(vocab: int, depth: int, limit: int = MAX_TERMINALS) -> int:
     """
     if int(vocab) != vocab or vocab < 2 or int(depth) != depth or depth < 1:
         raise io.UsageError(f"need vocab A >= 2 and depth L >= 1, got A={vocab}, L={depth}")
+    power = f" = 2^{limit.bit_length() - 1}" if limit & (limit - 1) == 0 else ""
+    # N > L and N >= n^L: far past the limit is refused without forming n^L (A=3, L=1e9 would hang)
+    if depth >= limit or (vocab > 2 and depth * np.log2(vocab - 1) > 1000):
+        raise io.UsageError(f"vocab A={vocab}, depth L={depth} give more than {limit}{power} terminal sequences, "
+                            "the most the lab enumerates")
     count = num_terminals(int(vocab), int(depth))
     if count > limit:
-        power = f" = 2^{limit.bit_length() - 1}" if limit & (limit - 1) == 0 else ""
         raise io.UsageError(f"vocab A={vocab}, depth L={depth} give {count} terminal sequences; "
                             f"the lab enumerates at most {limit}{power}")
     return count

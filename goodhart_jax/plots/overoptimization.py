@@ -23,8 +23,8 @@ def curves(rows: list[dict]) -> plt.Figure:
 
     Search results (learned proxies) appear as crosses (gold) in the exact-optimum panel, at their point-mass KL.
     """
-    lab = [r for r in rows if r["kind"] == "lab"]
-    fits = [r for r in rows if r["kind"] == "fit"]
+    lab = [r for r in rows if r["kind"] == "lab" and r["d"] is not None]  # nulled rows (overflow) have no point
+    fits = [r for r in rows if r["kind"] == "fit" and r["alpha"] is not None]  # too few points: no curve
     noises = list(dict.fromkeys(r["noise"] for r in lab))
     methods = [m for m in METHODS if any(r["method"] == m for r in lab)]
     fig, axes = plt.subplots(len(noises), len(methods), figsize=(4.6 * len(methods), 3.6 * len(noises)),
@@ -80,7 +80,7 @@ def curves(rows: list[dict]) -> plt.Figure:
 
 def rl_gap(rows: list[dict]) -> plt.Figure:
     """RL's objective gap J(pi*) - J(pi) against steps: one panel per noise family, a line per (proxy, beta)."""
-    rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl"]
+    rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl" and r["gap"] is not None]
     noises = list(dict.fromkeys(r["noise"] for r in rl))
     fig, axes = plt.subplots(1, max(len(noises), 1), figsize=(4.6 * max(len(noises), 1), 3.6), squeeze=False)
     for ax, noise in zip(axes[0], noises):

@@ -61,6 +61,11 @@ def test_pair_accuracy_by_brute_force():
         num += 0.5 if proxy[i] == proxy[j] else float((proxy[i] > proxy[j]) == (gold[i] > gold[j]))
     got = rewards.pair_accuracy(jnp.asarray(proxy), jnp.asarray(gold), jnp.asarray(a), jnp.asarray(b))
     np.testing.assert_allclose(got, num / den, rtol=1e-6)
+    # a non-finite proxy in a pair has no order: nan, not a comparison counted wrong (was 0.065 at eps = inf)
+    for bad in (np.inf, np.nan):
+        p = proxy.copy()
+        p[a[0]] = bad
+        assert np.isnan(rewards.pair_accuracy(jnp.asarray(p), jnp.asarray(gold), jnp.asarray(a), jnp.asarray(b)))
 
 
 def test_sample_terminals_frequencies():

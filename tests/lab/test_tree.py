@@ -113,6 +113,10 @@ def test_sizes_too_large_are_refused():
         tree.check_size(4, 5, limit=100)
     with pytest.raises(ValueError, match="A >= 2"):
         tree.check_size(1, 3)
+    for vocab, depth in ((3, 10**9), (2**62, 2**62), (2, 2**22)):  # refused without forming n^L (was a hang)
+        with pytest.raises(io.UsageError, match=r"more than 4194304 = 2\^22 terminal sequences"):
+            tree.check_size(vocab, depth)
+    assert tree.check_size(2, 2**22 - 1) == 2**22  # A=2: N = L + 1
 
 
 # ---------------------------------------------------------------- checkpoint policies
