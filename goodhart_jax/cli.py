@@ -494,7 +494,7 @@ CTRL_C_RESEND_S = 1.0
 """A KeyboardInterrupt that library code swallowed is raised again after this many seconds (a run it reaches
 ends within milliseconds)."""
 CTRL_C_GIVE_UP_S = 10.0
-"""If Ctrl-C has not ended a script's run this many seconds after it came (each KeyboardInterrupt swallowed
+"""If Ctrl-C has not ended a script's run this many seconds after its first KeyboardInterrupt (each one swallowed
 again, or the run stuck in C code since), the process says what is on disk and exits 130."""
 
 _CTRL_C: dict[str, Any] = {}
@@ -564,7 +564,7 @@ def _interrupt() -> None:
         return
     exc, now = KeyboardInterrupt(), time.monotonic()
     _CTRL_C.setdefault("first", now)
-    _CTRL_C["exc"], _CTRL_C["raised"] = exc, now
+    _CTRL_C["raised"], _CTRL_C["exc"] = now, exc
     _wake()
     raise exc
 
@@ -620,7 +620,7 @@ def _courier(wake_r: int) -> None:
             time.sleep(0.05)
             exc, now = _CTRL_C.get("exc"), time.monotonic()
             lost = _CTRL_C.pop("kick", False) or (
-                exc is not None and now - _CTRL_C["raised"] >= CTRL_C_RESEND_S and _swallowed(exc))
+                exc is not None and now - _CTRL_C.get("raised", now) >= CTRL_C_RESEND_S and _swallowed(exc))
             if not lost:
                 continue
             if now - _CTRL_C.get("first", now) >= CTRL_C_GIVE_UP_S:
