@@ -26,7 +26,7 @@ As beta grows the tilt's gain E_P[Y] - E_q[Y] ~ Var/beta and KL ~ Var/(2 beta^2)
 are small differences of O(1) integrals; they are integrated directly, as
 positive integrands about the mean (`_shifted_moments`), so they keep their
 relative precision (~1e-6 in float32, ~1e-14 in float64) until KL leaves the
-float's normal range (float32: beta ~ 1e19 at unit variance; refused there too).
+float's normal range (below tiny/eps: float32 beta ~ 1e15 at unit variance; refused).
 
 Glossary: K sweep points (betas).
 """
@@ -133,29 +133,28 @@ def _no_tilt(exists: Array, beta: Array, *families: Family, fields: int) -> tupl
     return (jnp.broadcast_to(exists, shape),) + (jnp.full(shape, jnp.inf, beta.dtype),) * fields
 
 
-def _log_gain(d: Array) -> Array:
-    """log(d (1 - e^{-d})) >= -inf, without overflow or cancellation at any d: the tilt's mean integrand."""
-    a = jnp.abs(d)
-    return jnp.log(a) + jnp.log(-jnp.expm1(-a)) + jnp.maximum(-d, 0.0)
+_EXCESS = tuple(1.0 / math.factorial(k + 2) for k in range(16))  # (e^d - 1 - d)/d^2 = sum_k d^k/(k+2)!
 
 
-_PSI = tuple((-1.0) ** n * (n - 1) / math.factorial(n) for n in range(2, 20))  # psi(d) = sum_n _PSI[n-2] d^n
+def _moment_factors(d: Array) -> tuple[Array, Array, Array]:
+    """Per node, the integrands of `_shifted_moments` over q e^{max(d, 0)} (so nothing overflows), at any d.
 
-
-def _log_psi(d: Array) -> Array:
-    """log psi(d), psi(d) = 1 - (1 + d) e^{-d} = e^{-d} (e^d - 1 - d) >= 0: log Z's integrand, for any d.
-
-    |d| <= 1/2: its series (18 terms: 1e-19 of the sum), as d^2 psi(d)/d^2; elsewhere
-    -expm1(log1p(d) - d) (d > -1, cancelling by no more than ~4 eps) or 1 + |1 + d| e^{-d} (d <= -1).
+    Returns (tilt, gain, excess), each >= 0: e^{d - max(d, 0)}, d (e^d - 1) e^{-max(d, 0)} and
+    (e^d - 1 - d) e^{-max(d, 0)}; the last by its series (16 terms: 1e-18) where |d| <= 1/2, elsewhere
+    cancelling by no more than ~4 eps.
     """
+    e = jnp.expm1(-jnp.abs(d))  # e^{-|d|} - 1, in (-1, 0]
+    pos = d > 0
+    tilt = jnp.where(pos, 1.0, 1.0 + e)
+    gain = jnp.abs(d) * -e
     small = jnp.abs(d) <= 0.5
     ds = jnp.where(small, d, 0.0)
     series = jnp.zeros_like(d)
-    for c in reversed(_PSI):
+    for c in reversed(_EXCESS):
         series = series * ds + c
-    mid = jnp.log(-jnp.expm1(jnp.log1p(jnp.where(d > -1.0, d, 0.0)) - d))
-    far = jnp.logaddexp(0.0, jnp.log(jnp.abs(1.0 + d)) - d)
-    return jnp.where(small, 2.0 * jnp.log(jnp.abs(d)) + jnp.log(series), jnp.where(d > -1.0, mid, far))
+    far = jnp.where(pos, -e - d * (1.0 + e), e - d)  # 1 - (1 + d) e^{-d} for d > 0; e^d - 1 - d for d < 0
+    excess = jnp.where(small, ds * ds * series * jnp.where(pos, 1.0 + e, 1.0), far)
+    return tilt, gain, excess
 
 
 class _Shifted(NamedTuple):
@@ -172,7 +171,7 @@ def _shifted_moments(fam: Family, beta: Array, breaks: Array, dtype) -> _Shifted
     E_P[Y] = c + E_q[(Y - c)(e^d - 1)]/Z_c and Z_c = 1 + E_q[e^d - 1 - d]: both integrands >= 0, so the
     gain and log Z_c = log1p(.) keep their relative precision as beta -> inf (where E_P[Y]/beta - log Z
     is a difference of two ~c/beta terms: float32 printed KL 4.6% off at beta = 1e3, 2x at 1e4). Each
-    integrand is q e^d times d (1 - e^{-d}) or psi(d), summed in log space from the tilt's weights.
+    integrand is summed as q e^{max(d, 0)} times a bounded factor (`_moment_factors`).
     """
     c = jnp.asarray(fam.mean, dtype)
     rule = log_de_quadrature(breaks, fam.support_lower(), dtype)
@@ -183,12 +182,14 @@ def _shifted_moments(fam: Family, beta: Array, breaks: Array, dtype) -> _Shifted
     lf = jnp.concatenate([lg + log_w + adjust, tail.log_w])  # log of q e^d dy at each node
     d = (jnp.concatenate([y, tail.y]) - c) / beta
     top = jnp.max(lf)
-    lp = lf - jnp.where(jnp.isfinite(top), top, 0.0)
-    at = lambda h: jnp.where(jnp.isneginf(lp), -jnp.inf, lp + h)  # noqa: E731  (g = 0 stays 0 at d = inf)
-    log_S = jax.nn.logsumexp(lp)
-    log_Ed = jax.nn.logsumexp(at(_log_gain(d))) - log_S  # log E_P[d]
-    log_Zc = jnp.logaddexp(0.0, top + jax.nn.logsumexp(at(_log_psi(d))))  # log1p(E_q[e^d - 1 - d])
-    return _Shifted(jnp.exp(log_Ed + jnp.log(beta)), jnp.exp(log_Ed) - log_Zc, log_Zc)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    tilt, gain, excess = _moment_factors(d)
+    w = jnp.exp(lf - top - jnp.minimum(d, 0.0))  # q e^{max(d, 0)} dy / e^top: at most ~R (Z_c >= 1 = E_q[1])
+    sums = lambda f: jnp.sum(jnp.where(jnp.isneginf(lf), 0.0, w * f))  # noqa: E731  (g = 0 at d = -inf; NaN kept)
+    S = sums(tilt)  # Z_c / e^top
+    E_d = sums(gain) / S  # E_P[d]
+    log_Zc = jnp.logaddexp(0.0, top + jnp.log(sums(excess)))  # log1p(E_q[e^d - 1 - d])
+    return _Shifted(beta * E_d, E_d - log_Zc, log_Zc)
 
 
 def _tilt_parts(fam: Family, beta: Array) -> tuple[TiltComponent, Array]:
@@ -206,9 +207,10 @@ def _tilt_parts(fam: Family, beta: Array) -> tuple[TiltComponent, Array]:
     scale = jnp.where(reach > 0, reach / 1e3, 1.0)  # reach sits mid-grid (the grid spans 8e4 scale)
     bump = locate_bump(log_f, jnp.stack([kink, jnp.where(jnp.isfinite(mode), mode, kink)]), dtype, scale)
     m = _shifted_moments(fam, beta, jnp.concatenate([kink[None], bump.points()]), dtype)
-    tiny = jnp.finfo(dtype).tiny
-    # Past beta ~ 1e19 (float32, unit scale) KL ~ 1/beta^2 and log Z_c fall below the float's normal range.
-    trusted = jnp.isfinite(reach) & (rounding <= MAX_ROUNDING) & (m.log_Zc >= tiny) & (m.KL >= tiny)
+    # KL ~ Var/(2 beta^2) and log Z_c sum terms down to the float's smallest normal number (flushed to 0 below it):
+    # trusted to ~R eps relative while they stay above tiny/eps (float32: 1e-31, beta ~ 1e15 at unit variance).
+    floor = jnp.finfo(dtype).tiny / jnp.finfo(dtype).eps
+    trusted = jnp.isfinite(reach) & (rounding <= MAX_ROUNDING) & (m.log_Zc >= floor) & (m.KL >= floor)
     mask = lambda a: jnp.where(exists, jnp.where(trusted, a, nan), inf)  # noqa: E731
     c = jnp.asarray(fam.mean, dtype)
     comp = TiltComponent(exists, mask(c + m.gain), mask(m.KL), mask(m.log_Zc + c / beta))
@@ -308,8 +310,10 @@ def why_no_tilt(error: Family | str, utility: Family | str, beta: float, dtype=N
                     f"y ~ {mode:.3g} is a difference of terms ~{abs(mode) / beta:.2g}, rounded by ~{rounding:.2g} "
                     f"nats (> {MAX_ROUNDING:g})" + (": float64 carries it further" if name == "float32" else ""))
         if not math.isfinite(float(_tilt_component(fam, b).KL)):
+            fi = jnp.finfo(b.dtype)
             return (f"{name} cannot hold the tilt of {spec} at beta={beta:g}: its KL(P || Q) (~Var/(2 beta^2)) is "
-                    f"below the float's smallest normal number {float(jnp.finfo(b.dtype).tiny):.2g}"
+                    f"below {float(fi.tiny / fi.eps):.2g}, where the float's rounding of its terms near its smallest "
+                    f"normal number {float(fi.tiny):.2g} is no longer relative"
                     + (": float64 carries it further" if name == "float32" else ""))
     return None
 
