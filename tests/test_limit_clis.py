@@ -172,3 +172,18 @@ def test_best_of_n_monte_carlo_of_infinite_moments_is_null_with_a_reason(tmp_pat
     assert no_v["alpha"] is None and "no finite mean" in no_v["reason"]
     assert fine["source"] == "mc" and math.isfinite(fine["alpha"])
     assert (out / "best_of_n.png").stat().st_size > 0
+
+
+def test_tail_upweight_with_no_p_t_anywhere_still_draws(tmp_path):
+    """--exponent 1e6: the tail mass 10^-1e6 underflows at every t, so no P_t exists; the row is null with its
+    reason (tail_mass too: it printed 0.0), and the figures draw (the KL panel's log scale of no data ended in
+    matplotlib's "Data cannot be log-scaled" traceback)."""
+    mod = load_script("tail_upweight")
+    out = tmp_path / "r"
+    assert cli.run(mod.Config, mod.main, ["--base", "student_t:df=3", "--exponent", "1e6", "--t", "10", "--frames",
+                                          "3", "--out", str(out)], prog="tail_upweight.py") == 0
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert not row["exists"] and row["mean"] is None and row["KL"] is None and row["tail_mass"] is None
+    assert "below float64's smallest number" in row["reason"]
+    for f in ("upweight_curves.png", "figure3_stills.png", "figure3.gif"):
+        assert (out / f).stat().st_size > 0
