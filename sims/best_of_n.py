@@ -58,8 +58,10 @@ _mc = jax.jit(best_of_n.bon_mc, static_argnums=(3, 4))
 _fit = jax.jit(best_of_n.fit_gao)
 
 
+MC_FIELDS = dict(E_V_mc="E_V", E_V_mc_se="E_V_se", E_U_mc="E_U", E_U_mc_se="E_U_se")  # row field -> `BonMC` field
 NOT_EXACT = ("the exact moments are not finite in float64 here (the quadrature cannot resolve this pair's tails); "
              "E_V_mc is the Monte Carlo estimate")
+NOT_EXACT_NO_MC = NOT_EXACT.split(";")[0]
 
 
 def main(cfg: Config) -> list[dict]:
@@ -79,23 +81,39 @@ def main(cfg: Config) -> list[dict]:
             with jax.enable_x64(True):
                 ex = jax.device_get(_exact(err, util, jnp.asarray(ns, jnp.float64))) if cfg.exact else None
             ok = np.zeros(len(ns), bool) if ex is None else np.isfinite(ex.E_U) & np.isfinite(ex.E_V)  # NaN: refused
-            rows = [dict(kind="bon", error=elab, utility=ulab, n=n, KL_bound=kl[j],
-                         E_U=ex.E_U[j] if ok[j] else None, E_V=ex.E_V[j] if ok[j] else None,
-                         E_V_mc=mc.E_V[j], E_V_mc_se=mc.E_V_se[j], E_U_mc=mc.E_U[j], E_U_mc_se=mc.E_U_se[j],
-                         **({} if ex is None or ok[j] else dict(reason=NOT_EXACT))) for j, n in enumerate(ns)]
+            infinite = best_of_n.why_not_finite(err, util)  # {BonMC field: why}
+            no_mc = {k: why for k, f in MC_FIELDS.items() if (why := infinite.get(f))}  # infinite moments: no MC
+            named = {**{k: infinite[k] for k in ("E_U", "E_V") if k in infinite}, **no_mc}  # exact means too
+            mc_reason = [f"{', '.join(k for k in named if named[k] == w)}: {w}" for w in dict.fromkeys(named.values())]
+            rows = []
+            for j, n in enumerate(ns):
+                exact_why = [] if ex is None or ok[j] or {"E_U", "E_V"} <= set(infinite) else [
+                    NOT_EXACT if "E_V_mc" not in no_mc else NOT_EXACT_NO_MC]  # else mc_reason says why
+                why = exact_why + mc_reason
+                rows.append(dict(kind="bon", error=elab, utility=ulab, n=n, KL_bound=kl[j],
+                                 E_U=ex.E_U[j] if ok[j] else None, E_V=ex.E_V[j] if ok[j] else None,
+                                 **{k: None if k in no_mc else getattr(mc, f)[j] for k, f in MC_FIELDS.items()},
+                                 **(dict(reason="; ".join(why)) if why else {})))
             # Gao's best-of-n form on the gain in true utility against d = sqrt(KL); Monte Carlo unless all exact.
             ex = ex if np.all(ok) else None
-            gain = (mc.E_V if ex is None else ex.E_V) - float(util.mean)
-            f = jax.device_get(_fit(jnp.asarray(np.sqrt(kl), jnp.float32), jnp.asarray(gain, jnp.float32)))
-            rows.append(dict(kind="gao_fit", error=elab, utility=ulab, source="mc" if ex is None else "exact",
-                             alpha=f.alpha, beta=f.beta, rmse=f.rmse, residuals=list(map(float, f.residuals)),
-                             n=list(ns)))
+            if ex is None and "E_V_mc" in no_mc:
+                fit = dict(source=None, alpha=None, beta=None, rmse=None, residuals=None, n=list(ns),
+                           reason=f"no E[V] to fit: {no_mc['E_V_mc']}")
+            else:
+                gain = (mc.E_V if ex is None else ex.E_V) - float(util.mean)
+                f = jax.device_get(_fit(jnp.asarray(np.sqrt(kl), jnp.float32), jnp.asarray(gain, jnp.float32)))
+                fit = dict(source="mc" if ex is None else "exact", alpha=f.alpha, beta=f.beta, rmse=f.rmse,
+                           residuals=list(map(float, f.residuals)), n=list(ns))
+            rows.append(dict(kind="gao_fit", error=elab, utility=ulab, **fit))
             run.emit(rows)
             last.append((rows[-2], rows[-1]))
         if cfg.plots:
             from goodhart_jax.plots import best_of_n as plots
 
-            run.figure("best_of_n.png", plots.figure(run.rows))
+            # Pairs with no Monte Carlo E[V] are left out; an infinite-variance one is drawn with no error bar.
+            fig_rows = [dict(r, E_V_mc_se=np.nan) if r.get("E_V_mc_se", 0) is None else r for r in run.rows
+                        if not (r["kind"] == "gao_fit" and r["alpha"] is None)]
+            run.figure("best_of_n.png", plots.figure(fig_rows))
         run.log(f"\nMonte Carlo: {np.median(mc_seconds) * 1e3:.0f} ms per pair (median; {cfg.trials} trials, "
                 f"n up to {max(ns)}; against NumPy: benchmarks/bench_bon.py)")
         run.table([dict(f, E_V=b["E_V"], E_V_mc=b["E_V_mc"]) for b, f in last],

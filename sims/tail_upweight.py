@@ -68,7 +68,8 @@ def main(cfg: Config) -> list[dict]:
             fine = ok & np.isfinite(r.mean) & np.isfinite(r.KL)  # P_t exists but float64 cannot resolve it: null
             run.emit([dict(kind="upweight", base=spec, heavy=bool(base.heavy), t=t, c=cfg.c, exponent=cfg.exponent,
                            mean=r.mean[j] if fine[j] else None, KL=r.KL[j] if fine[j] else None,
-                           tail_mass=r.tail_mass[j], log_sf_q=r.log_sf_q[j], exists=bool(ok[j]),
+                           tail_mass=r.tail_mass[j] if r.tail_mass[j] > 0 else None,  # c/t^p > 0: 0 is underflow
+                           log_sf_q=r.log_sf_q[j], exists=bool(ok[j]),
                            valid=bool(ok[j]),  # `valid`: the README's name, kept
                            **({} if fine[j] else dict(reason=NOT_FINITE if ok[j] else upweighting.why_no_upweight(
                                base, t, cfg.c, cfg.exponent, float(r.log_sf_q[j])) or "P_t is not defined here")))

@@ -131,3 +131,29 @@ def test_power_law_tails_near_index_one():
     want = [_f_u_mpmath(u, 1.01) for u in (3.0, 1e4)] + [math.log(1.01) - 2.01 * math.log(1e17)]
     np.testing.assert_allclose(lf, want, rtol=1e-9)
     np.testing.assert_allclose(ev[2], 1e17, rtol=1e-12)  # E[V | U = u] = u - E[X | U = u], E[X | U = u] = O(1)
+
+
+@pytest.mark.parametrize("error,utility,expected", [
+    ("student_t:df=1", "normal", {"E_U", "E_U_se"}),  # the issue's pair: E_U_mc printed 4.7e6 +- 1.0e6
+    ("student_t:df=0.5", "normal", {"E_U", "E_U_se"}),
+    ("student_t:df=2", "normal", {"E_U_se"}),
+    ("pareto:alpha=1.5", "normal", {"E_U_se"}),
+    ("normal", "student_t:df=1.5", {"E_U_se", "E_V_se"}),
+    ("normal", "pareto:alpha=1", {"E_U", "E_U_se", "E_V", "E_V_se"}),
+    ("student_t:df=3", "lognormal", set()),
+])
+def test_infinite_moments_of_the_best_are_named(error, utility, expected):
+    """The k-th moment of the best of n is finite iff X's and V's are (Student-t: df > k; Pareto: alpha > k)."""
+    why = best_of_n.why_not_finite(parse(error), parse(utility))
+    assert set(why) == expected
+    for k, w in why.items():  # a standard error goes with its mean where that is infinite
+        assert "no finite mean" in w if k in ("E_U", "E_V") or k[:3] in why else "infinite variance" in w
+
+
+@pytest.mark.slow  # ~30 s of CPU: bon_exact compiled for a Student-t pair
+def test_exact_moments_refused_without_a_finite_mean():
+    """Cauchy X, Student-t(1.5) V: E[U of the best] is infinite and the outer tail fit does not hold E[V | U]:
+    bon_exact gave E_U = 1.1e9 and E_V = 3.26 at n = 4 (Monte Carlo, 1.6e7 trials: 2.39). Now +inf and NaN."""
+    with jax.enable_x64(True):
+        r = _exact(parse("student_t:df=1"), parse("student_t:df=1.5"), jnp.asarray([1.0, 4.0], jnp.float64))
+    assert np.all(np.isposinf(r.E_U)) and np.all(np.isnan(r.E_V))

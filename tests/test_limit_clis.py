@@ -148,3 +148,42 @@ def test_mitigations_json_and_files(tmp_path):
             assert abs(0.2 * r["lam"] - dsig(r["E_U"])) < 1e-4
     for f in ("config.json", "results.jsonl", "results.csv", "mitigations.png"):
         assert (tmp_path / f).stat().st_size > 0
+
+
+def test_best_of_n_monte_carlo_of_infinite_moments_is_null_with_a_reason(tmp_path):
+    """A sample mean of a quantity with no finite mean, or a standard error where the variance is infinite, is
+    null with the reason (Cauchy error printed E_U_mc = 4673379.5 +- 1014755.5); with no E[V] the Gao fit is
+    null too, and the figure still draws (an infinite-variance E_V_mc without an error bar)."""
+    mod = load_script("best_of_n")
+    out = tmp_path / "r"
+    assert cli.run(mod.Config, mod.main, ["--error", "student_t:df=1", "normal", "--utility", "student_t:df=1",
+                                          "student_t:df=2", "--n", "1", "4", "--trials", "4", "--no-exact", "--out",
+                                          str(out)], prog="best_of_n.py") == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    mc = ("E_U_mc", "E_U_mc_se", "E_V_mc", "E_V_mc_se")
+    null = {(r["utility"], r["error"]): {k for k in mc if r[k] is None} for r in rows if r["kind"] == "bon"}
+    assert null == {("student_t:df=1", "student_t:df=1"): set(mc), ("student_t:df=1", "normal"): set(mc),
+                    ("student_t:df=2", "student_t:df=1"): {"E_U_mc", "E_U_mc_se", "E_V_mc_se"},
+                    ("student_t:df=2", "normal"): {"E_U_mc_se", "E_V_mc_se"}}
+    for r in (r for r in rows if r["kind"] == "bon"):
+        assert all(k in r["reason"] for k in null[r["utility"], r["error"]]), r
+    fits = {(r["utility"], r["error"]): r for r in rows if r["kind"] == "gao_fit"}
+    no_v, fine = fits["student_t:df=1", "normal"], fits["student_t:df=2", "normal"]
+    assert no_v["alpha"] is None and "no finite mean" in no_v["reason"]
+    assert fine["source"] == "mc" and math.isfinite(fine["alpha"])
+    assert (out / "best_of_n.png").stat().st_size > 0
+
+
+def test_tail_upweight_with_no_p_t_anywhere_still_draws(tmp_path):
+    """--exponent 1e6: the tail mass 10^-1e6 underflows at every t, so no P_t exists; the row is null with its
+    reason (tail_mass too: it printed 0.0), and the figures draw (the KL panel's log scale of no data ended in
+    matplotlib's "Data cannot be log-scaled" traceback)."""
+    mod = load_script("tail_upweight")
+    out = tmp_path / "r"
+    assert cli.run(mod.Config, mod.main, ["--base", "student_t:df=3", "--exponent", "1e6", "--t", "10", "--frames",
+                                          "3", "--out", str(out)], prog="tail_upweight.py") == 0
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert not row["exists"] and row["mean"] is None and row["KL"] is None and row["tail_mass"] is None
+    assert "below float64's smallest number" in row["reason"]
+    for f in ("upweight_curves.png", "figure3_stills.png", "figure3.gif"):
+        assert (out / f).stat().st_size > 0
