@@ -54,7 +54,7 @@ __all__ = ["Budgeted", "BudgetedMC", "SigmoidOfMean", "kl_target_tree", "sigmoid
            "quantilizer_tree", "quantilizer_tree_kl", "spends", "kl_target_tilt", "quantilizer_continuous",
            "sigmoid_proxy_tilt_mc",
            "sigmoid_of_mean_tree", "sigmoid_of_mean_tilt", "bounded_tree", "bounded_tilt_mc", "MIN_ESS",
-           "WHY_NOT", "NOT_FINITE"]
+           "WHY_NOT", "NOT_FINITE", "why_not_finite"]
 
 _LOG_BETA = (math.log(1e-3), math.log(1e4))
 
@@ -344,7 +344,9 @@ def sigmoid_proxy_tilt_mc(key: Array, error: Family, utility: Family, beta: Arra
     (no cancellation of terms ~1/beta). Where the weights collapse onto a few
     draws (effective sample size < MIN_ESS: beta -> 0 with a fixed S) the
     estimates are NaN and exists is False (`WHY_NOT["bounded"]`). Not Section
-    6.1's sigmoid(E_P[U]) - beta KL (`sigmoid_of_mean_tilt`).
+    6.1's sigmoid(E_P[U]) - beta KL (`sigmoid_of_mean_tilt`). E_V is NaN where
+    V has no finite mean, E_V_se where it has no finite variance either
+    (`why_not_finite`).
 
     Args:
       key: PRNG key.
@@ -363,9 +365,47 @@ def sigmoid_proxy_tilt_mc(key: Array, error: Family, utility: Family, beta: Arra
     lw = lw - jnp.max(lw)  # the same weights; E_P[lw] and log E_Q[w] then carry no 1/beta to cancel
     r = snis(lw, jnp.stack([v, s, lw], axis=1))
     ok = r.ess >= MIN_ESS
-    keep = lambda a: jnp.where(ok, a, jnp.nan)  # noqa: E731
+    keep = lambda a, also=True: jnp.where(ok & also, a, jnp.nan)  # noqa: E731
+    # E_P[V] and its standard error exist where E_Q[V] and Var_Q(V) do (`why_not_finite`): a sample mean of a
+    # Cauchy V converges to nothing, yet printed 4.72 +- 0.67.
+    mean_ok, var_ok = jnp.isfinite(utility.mean), jnp.isfinite(utility.dist.variance)
     E_V, E_s, E_lw = r.estimate[0], r.estimate[1], r.estimate[2]
-    return BudgetedMC(keep(E_s), keep(E_V), keep(E_lw - r.log_mean_w), beta, ok, keep(r.se[0]), r.ess)
+    return BudgetedMC(keep(E_s), keep(E_V, mean_ok), keep(E_lw - r.log_mean_w), beta, ok,
+                      keep(r.se[0], mean_ok & var_ok), r.ess)
+
+
+def why_not_finite(utility: Family) -> dict[str, str]:
+    """Which E_V fields of the continuous model's rows are not numbers, and why: {field: reason}, empty when all are.
+
+    E_V is E_P[V], E_V_se the standard error of the bounded reward's Monte
+    Carlo estimate of it. For each continuous P here, E_P[V] is finite iff
+    E_Q[V] is: the bounded reward's dP/dQ = w / E_Q[w] with
+    1 <= w = exp(sigmoid(U)/beta) <= e^{1/beta} is bounded above and away from
+    0, so E_P|V| and E_Q|V| are finite together, as are E_P[V^2] and E_Q[V^2];
+    the quantilizer's P = Q(. | U >= t_q) has dP/dQ <= 1/q and keeps V's right
+    tail (P(U >= t_q | V = v) -> 1 as v -> inf), which is where every family
+    here with an infinite mean has it (E[V | U >= t_q] = +inf); the tilts
+    (kl_target, bounded_mean) exist only for a light-tailed V. The
+    self-normalised estimate's standard error, sqrt(E_Q[w^2 (V - E_P V)^2]) /
+    (E_Q[w] sqrt(S)), is finite iff Var_Q(V) is. E_U (E_P[sigmoid(U)] or the
+    tilt's) and KL (|log w| <= 1/beta) do not depend on V's moments, nor does
+    anything on X's. Host-side: V's moments as `tails.Family` gives them,
+    evaluated in float64.
+
+    Args:
+      utility: family of V.
+    Returns:
+      {"E_V" and/or "E_V_se": why it is not a number to print}.
+    """
+    with jax.enable_x64(True):
+        mean, var = float(utility.mean), float(utility.dist.variance)
+    if not math.isfinite(mean):
+        return dict(E_V=f"E_V: {utility} has no finite mean, nor has E_P[V] (P keeps V's right tail: dP/dQ is "
+                        "bounded away from 0 there)", E_V_se=f"E_V_se: {utility} has no finite mean: no standard error")
+    if not math.isfinite(var):
+        return dict(E_V_se=f"E_V_se: {utility} has infinite variance, so the Monte Carlo estimate of E_V has no "
+                           "finite standard error (E_V itself converges: its mean is finite)")
+    return {}
 
 
 WHY_NOT = dict(kl_target="no beta in [1e-3, 1e4] spends KL = budget (to sqrt(eps) relative, never over): more than "

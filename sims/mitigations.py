@@ -6,7 +6,8 @@ the companion post's bounded reward), "bounded_mean" (max sigmoid(E[U]) - beta K
 the paper's Section 6.1 variant), "quantilizer" (odds ratio pi/pi0 <= 1/q).
 On the continuous model and on a token tree with X, V drawn per terminal
 state. Budget = KL(P || Q) reached (trajectory KL on the tree). Families are
-used exactly as specified unless --center is given.
+used exactly as specified unless --center is given. A continuous row's E_V
+(E_V_se) is null with a reason where V has no finite mean (variance).
 
     python sims/mitigations.py                 # defaults, ~1 minute
     python sims/mitigations.py --json | jq .
@@ -94,12 +95,22 @@ def _rows(model, method, res, budget, common):
             for j, (b, ok) in enumerate(zip(budget, exists))]
 
 
+def _null_moments(row, infinite):
+    """Null the fields of a continuous row that V's moments leave without a value (`mitigations.why_not_finite`:
+    E_V, E_V_se), adding why to the row's reason. A row with no optimum (exists False) has them null already."""
+    fields = [f for f in infinite if f in row]
+    if row["exists"] and fields:
+        row.update({f: None for f in fields})
+        row["reason"] = "; ".join(filter(None, [row.get("reason"), *(infinite[f] for f in fields)]))
+
+
 def main(cfg: Config) -> list[dict]:
     errors, utility, spec = validate(cfg)
     kls, betas = np.asarray(cfg.kl, float), np.asarray(cfg.bounded_betas, float)
     budget = dict(kl_penalty=1 / kls, bounded=betas, bounded_mean=betas)  # beta for these, the KL target D for the rest
     f32 = [jnp.asarray(a, jnp.float32) for a in (kls, 1 / kls, betas)]  # baseline beta = 1/D
     key = jax.random.key(cfg.seed)
+    infinite = mitigations.why_not_finite(utility)  # {field: why}: E_V, E_V_se where V's moments are infinite
     with cli.Run("mitigations", cfg) as run:
         for i, (spec_x, error) in enumerate(run.progress(list(zip(cfg.error, errors)), "error families")):
             k_tree, k_mc = jax.random.split(jax.random.fold_in(key, i))
@@ -110,6 +121,9 @@ def main(cfg: Config) -> list[dict]:
             c["bounded"] = jax.device_get(bounded_mc(k_mc, error, utility, f32[2], cfg.mc_samples))
             rows = [r for model, res in (("tree", t), ("continuous", c)) for m, b in res.items()
                     for r in _rows(model, m, b, budget.get(m, kls), dict(error=spec_x, utility=cfg.utility))]
+            for r in rows:
+                if r["model"] == "continuous":  # V's moments (tree rows are finite sums)
+                    _null_moments(r, infinite)
             for r in rows:  # a NaN is never printed as a number, nor does it stop the run: the row says why
                 if any(r[k] is not None and not np.isfinite(r[k]) for k in ("E_U", "E_V", "KL")):
                     r.update(exists=False, E_U=None, E_V=None, KL=None, reason=NOT_FINITE)

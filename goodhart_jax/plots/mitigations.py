@@ -29,20 +29,24 @@ def figure(rows: list[dict], errors: list[str]) -> plt.Figure:
     for a, model in enumerate(MODELS):
         for b, err in enumerate(errors):
             ax = axes[a, b]
-            missing = []  # methods computed here whose optimum exists at no budget
+            missing, unvalued = [], []  # methods computed here with no optimum / no E[V] (null) at any budget
             for i, method in enumerate(methods):  # one colour per method in every panel
                 here = [r for r in rows if r["model"] == model and r["error"] == err and r["method"] == method]
-                rs = sorted((r for r in here if r["exists"]), key=lambda r: r["KL"])
-                missing += [method] if here and not rs else []
+                found = [r for r in here if r["exists"]]
+                rs = sorted((r for r in found if r["E_V"] is not None and r["KL"] is not None), key=lambda r: r["KL"])
+                missing += [method] if here and not found else []
+                unvalued += [method] if found and not rs else []
                 if rs:
                     ax.plot([r["KL"] for r in rs], [r["E_V"] for r in rs], "o-", ms=3, color=f"C{i}",
                             label=LABELS.get(method, method))
             ax.set_xscale("log")
             ax.set_xlabel("KL(P || Q) spent")
             ax.set_ylabel("E_P[V]")
-            ax.set_title(f"{model}: error {err}" + (f"\n(no optimum: {', '.join(missing)})" if missing else ""),
-                         fontsize=9)
-            ax.legend(fontsize=6)
+            notes = [f"\n({what}: {', '.join(ms)})" for what, ms in (("no optimum", missing),
+                                                                  ("E[V] not finite", unvalued)) if ms]
+            ax.set_title(f"{model}: error {err}" + "".join(notes), fontsize=9)
+            if ax.get_legend_handles_labels()[0]:  # a panel with nothing drawn has no legend
+                ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -54,12 +58,18 @@ def summary(rows: list[dict]) -> str:
     rank = {m: i for i, m in enumerate(LABELS)}
     keys = sorted(dict.fromkeys((r["model"], r["method"], r["error"]) for r in rows),
                   key=lambda k: (errors.index(k[2]), MODELS.index(k[0]), rank.get(k[1], len(rank)), k[1]))
+    notes = {}  # why an E[V] is null, numbered in order of appearance
     for key in keys:
-        rs = [r for r in rows if (r["model"], r["method"], r["error"]) == key and r["exists"]]
+        rs = [r for r in rows if (r["model"], r["method"], r["error"]) == key and r["exists"] and r["KL"] is not None]
         head = f"{key[0]:<11}{key[1]:<14}{key[2]:<16}"
         if not rs:
             lines.append(f"{head}{'—':>8}{'no optimum':>12}")
             continue
         top = max(rs, key=lambda r: r["KL"])
-        lines.append(f"{head}{top['KL']:>8.3g}{top['E_V']:>12.4g}")
+        if top["E_V"] is None:
+            mark = f"null [{notes.setdefault(top.get('reason', 'not computed'), len(notes) + 1)}]"
+            lines.append(f"{head}{top['KL']:>8.3g}{mark:>12}")
+        else:
+            lines.append(f"{head}{top['KL']:>8.3g}{top['E_V']:>12.4g}")
+    lines += [f"[{i}] {why}" for why, i in notes.items()]
     return "\n".join(lines)
