@@ -373,3 +373,72 @@ def test_kl_target_exists_only_where_the_budget_is_met():
     np.testing.assert_array_equal(lap.exists, [False, True, True])
     assert np.all(t.exists)
     np.testing.assert_allclose(1 / np.asarray(t.param) ** 2, [1e-6, 0.5, 8.0], rtol=1.5e-8)
+
+
+def _bounded_tilt_mean_v(df, beta):
+    """E_P[V] under P ∝ Q exp(sigmoid(X + V)/beta), X ~ N(0, 1), V ~ Student-t(df): Gauss-Hermite in x, SciPy in v."""
+    from scipy import integrate, stats
+    x, wx = np.polynomial.hermite_e.hermegauss(80)
+    wx = wx / wx.sum()
+    dens = lambda v: stats.t.pdf(v, df) * np.sum(wx * np.exp((special.expit(x + v) - 1) / beta))  # noqa: E731
+    quad = lambda f: integrate.quad(f, -np.inf, np.inf, epsabs=0, epsrel=1e-10, limit=200)[0]  # noqa: E731
+    return quad(lambda v: v * dens(v)) / quad(dens)
+
+
+def test_cli_nulls_the_moments_a_heavy_utility_lacks(tmp_path, capsys):
+    """--utility student_t:df=1 (Cauchy V) printed the continuous bounded row's E_V = 4.72 +- 0.67, a mean that does
+    not exist, and the quantilizer's NaN as 'float32 range' with its KL dropped. The bounded tilt's dP/dQ lies in
+    [1, e^{1/beta}] / E_Q[w], so E_P[V] exists iff E_Q[V] does and its standard error iff Var_Q(V) does: df = 1
+    nulls E_V and E_V_se (reasons naming them), df = 1.5 keeps E_V and nulls E_V_se, df = 3 keeps both (E_V within
+    5 se of quadrature). Tree rows are finite sums and stay numbers; the figure and the summary take the nulls.
+    (Rows, not compiled numerics: unoptimised compiles, the shapes of test_limit_clis' mitigations runs.)"""
+    import json
+
+    from goodhart_jax import cli
+    from scripts import load_script, unoptimised_compiles  # tests/scripts.py
+
+    mod = load_script("mitigations")
+    rows, logs = {}, {}
+    with unoptimised_compiles():
+        for df in (1, 1.5, 3):
+            argv = ["--utility", f"student_t:df={df:g}", "--error", "normal", "--kl", "0.5", "1", "--bounded-betas",
+                    "1", "--vocab", "3", "--depth", "2", "--mc-samples", "20000", "--json", "--out",
+                    str(tmp_path / f"{df:g}"), *(["--no-plots"] if df != 1 else [])]
+            assert cli.run(mod.Config, mod.main, argv, prog="mitigations.py") == 0
+            out = capsys.readouterr()
+            rows[df] = [json.loads(line) for line in out.out.splitlines()]  # strict JSON lines
+            logs[df] = out.err
+        # the library itself returns NaN, not a sample mean of a Cauchy V (the CLI's compiled program, reused)
+        lib = mod.bounded_mc(jax.random.key(0), parse("normal"), parse("student_t:df=1"),
+                             jnp.asarray([1.0], jnp.float32), 20_000)
+    for df, rs in rows.items():
+        for r in rs:
+            nulls = [k for k in ("E_U", "E_V", "KL", "E_V_se") if k in r and r[k] is None]
+            assert not nulls or all(k in r.get("reason", "") or not r["exists"] for k in nulls), r
+            if r["model"] == "tree":
+                assert r["exists"] and None not in (r["E_U"], r["E_V"], r["KL"]), r
+        bounded = [r for r in rs if (r["model"], r["method"]) == ("continuous", "bounded")]
+        quant = [r for r in rs if (r["model"], r["method"]) == ("continuous", "quantilizer")]
+        assert len(bounded) == 1 and len(quant) == 2
+        (b,) = bounded
+        assert b["exists"] and b["E_U"] is not None and b["KL"] is not None  # bounded: E_P[sigmoid(U)], |log w| <= 1
+        if df == 1:
+            assert b["E_V"] is None and b["E_V_se"] is None
+            assert "E_V: student_t:df=1 has no finite mean" in b["reason"] and "E_V_se:" in b["reason"]
+            assert all(q["E_V"] is None and "E_V: student_t:df=1 has no finite mean" in q["reason"] for q in quant)
+        elif df == 1.5:
+            assert b["E_V"] is not None and b["E_V_se"] is None and "E_V_se: student_t:df=1.5 has infinite variance" \
+                in b["reason"] and "E_V:" not in b["reason"]
+            assert all(q["E_V"] is not None for q in quant)
+        else:
+            assert 0 < b["E_V_se"] < 0.05 and "reason" not in b
+            assert abs(b["E_V"] - _bounded_tilt_mean_v(3.0, 1.0)) < 5 * b["E_V_se"]
+            assert all(q["E_V"] is not None for q in quant)
+        assert all(q["exists"] and q["KL"] is not None for q in quant)  # t_q exists; its KL is log(1/q)
+    assert (tmp_path / "1" / "mitigations.png").stat().st_size > 0
+    assert np.isnan(lib.E_V[0]) and np.isnan(lib.E_V_se[0]) and np.isfinite(lib.E_U[0]) and bool(lib.exists[0])
+    assert "null [1]" in logs[1] and "[1] E_V: student_t:df=1" in logs[1]
+    from goodhart_jax.mitigations import why_not_finite
+    assert why_not_finite(parse("student_t:df=3")) == {} and why_not_finite(parse("pareto:alpha=3")) == {}
+    assert set(why_not_finite(parse("pareto:alpha=1"))) == {"E_V", "E_V_se"}
+    assert set(why_not_finite(parse("pareto:alpha=2"))) == {"E_V_se"}  # variance infinite at alpha <= 2
