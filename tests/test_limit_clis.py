@@ -157,8 +157,8 @@ def test_best_of_n_monte_carlo_of_infinite_moments_is_null_with_a_reason(tmp_pat
     mod = load_script("best_of_n")
     out = tmp_path / "r"
     assert cli.run(mod.Config, mod.main, ["--error", "student_t:df=1", "normal", "--utility", "student_t:df=1",
-                                          "student_t:df=2", "--n", "1", "4", "--trials", "4", "--no-exact", "--out",
-                                          str(out)], prog="best_of_n.py") == 0
+                                          "student_t:df=2", "--n", "1", "2", "4", "8", "16", "--trials", "4",
+                                          "--no-exact", "--out", str(out)], prog="best_of_n.py") == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     mc = ("E_U_mc", "E_U_mc_se", "E_V_mc", "E_V_mc_se")
     null = {(r["utility"], r["error"]): {k for k in mc if r[k] is None} for r in rows if r["kind"] == "bon"}
@@ -172,6 +172,19 @@ def test_best_of_n_monte_carlo_of_infinite_moments_is_null_with_a_reason(tmp_pat
     assert no_v["alpha"] is None and "no finite mean" in no_v["reason"]
     assert fine["source"] == "mc" and math.isfinite(fine["alpha"])
     assert (out / "best_of_n.png").stat().st_size > 0
+
+
+def test_best_of_n_gao_fit_needs_four_distinct_d(tmp_path):
+    """Gao's form has 2 parameters: fitted to n = 1, 4, 16 (2 distinct d > 0) it passed through its points (rmse
+    1e-9) and printed alpha and beta as if measured; such a fit is null with a reason, as the lab's are."""
+    mod = load_script("best_of_n")
+    out = tmp_path / "r"
+    assert cli.run(mod.Config, mod.main, ["--error", "normal", "--utility", "normal", "--n", "1", "4", "16",
+                                          "--trials", "4", "--no-exact", "--no-plots", "--out", str(out)],
+                   prog="best_of_n.py") == 0
+    (fit,) = [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["kind"] == "gao_fit"]
+    assert fit["alpha"] is None and fit["beta"] is None and fit["rmse"] is None
+    assert "2 distinct n > 1" in fit["reason"] and ">= 4" in fit["reason"]
 
 
 def test_tail_upweight_with_no_p_t_anywhere_still_draws(tmp_path):

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from goodhart_jax import mdp
+from goodhart_jax.best_of_n import MIN_FIT_POINTS  # 2 parameters + 2 distinct d > 0
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import best_of_n as lab_bon
 from goodhart_jax.lab import fits
@@ -53,7 +54,6 @@ __all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base"
 
 check_size = lab_tree.check_size
 MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no tail verdict
-MIN_FIT_POINTS = 4  # parameters (alpha, beta) + 2: fewer distinct d > 0 fit exactly or nearly (r2 ~ 1, meaningless)
 ERROR_MAX = 1e15
 """The largest |annotator error| the float32 lab carries. The pi0 variance of the proxy sums squares of
 proxy - mean (finite below ~9e18); RL's gradient is about |proxy| times d log pi / d theta (~10) on each of
