@@ -38,7 +38,7 @@ from goodhart_jax.quadrature import BREAKS_SEARCH, de_moments, locate_bump, log_
 from goodhart_jax.tails import Family, parse
 
 __all__ = ["BonResult", "BonMC", "GaoFit", "AuthorsGrid", "kl_bound", "bon_exact", "bon_mc", "why_not_finite",
-           "fit_gao", "MIN_FIT_POINTS", "authors_grid", "check_ns"]
+           "fit_gao", "MIN_FIT_POINTS", "too_few_fit_points", "authors_grid", "check_ns"]
 
 _OUTER_COARSE = 64  # points of the outer grid locating the quantiles u_n
 _OUTER_BREAKS = 5  # most quantiles u_n the outer rule is split at
@@ -286,6 +286,16 @@ def why_not_finite(error: Family, utility: Family) -> dict[str, str]:
 MIN_FIT_POINTS = 4
 """Gao's forms have two parameters (alpha, beta): with fewer than 4 distinct d > 0 a fit passes (nearly) exactly
 through its points, and its alpha, beta and small residuals say nothing (callers null such fits with a reason)."""
+
+
+def too_few_fit_points(d) -> str | None:
+    """Why Gao's forms cannot be fitted to points at `d` ([K] sqrt(KL)): fewer than MIN_FIT_POINTS distinct d > 0
+    (the reason, for a null fit row), else None."""
+    d = np.asarray(d, float)
+    distinct = np.unique(d[d > 0]).size
+    if distinct >= MIN_FIT_POINTS:
+        return None
+    return f"{distinct} distinct d > 0 among {d.size} points; a fit of 2 parameters needs >= {MIN_FIT_POINTS}"
 
 
 def fit_gao(d: Array, R: Array, steps: int = 3000, learning_rate: float = 0.05) -> GaoFit:

@@ -81,7 +81,7 @@ from goodhart_jax import io
 
 __all__ = ["InputError", "OutputError", "Checked", "RunConfig", "arg", "each", "positive", "finite", "within",
            "at_least", "seed", "inputs", "check_memory", "Run", "check_out_dir", "check_out_free", "prepare_out_dir",
-           "build_parser", "parse_config", "run", "main", "guard_startup"]
+           "build_parser", "parse_config", "run", "main", "guard_startup", "prog_name"]
 
 InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
 
@@ -463,7 +463,7 @@ class Run:
         elif issubclass(exc_type, KeyboardInterrupt) or (issubclass(exc_type, Exception) and "raised" in _CTRL_C):
             # (an exception after Ctrl-C: a library swallowed the KeyboardInterrupt and failed instead)
             if _may_report():
-                io.log(f"{_prog()}: interrupted: {self.on_disk()}")
+                io.log(f"{prog_name()}: interrupted: {self.on_disk()}")
             with contextlib.suppress(AttributeError):
                 exc.reported = True  # the runner need not say it again
         return False
@@ -633,7 +633,8 @@ _LIBRARY = tuple(sorted({os.path.join(path, "") for k in ("stdlib", "platstdlib"
                          if (path := sysconfig.get_path(k))}))  # where library code lives (see `_swallowed`)
 
 
-def _prog() -> str:
+def prog_name() -> str:
+    """The name that starts this process's one-line messages (`prog: error: ...`): the run's, else the script's."""
     return _PROG[-1] if _PROG else Path(sys.argv[0]).name or "goodhart_jax"
 
 
@@ -644,7 +645,7 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
     Returns:
       0 on success; 2 on bad input, or a file the disk refused (one line on stderr); 130 on Ctrl-C.
     """
-    prog = prog or _prog()
+    prog = prog or prog_name()
     _PROG.append(prog)
     courier = _start_courier()
     try:
@@ -684,7 +685,7 @@ def _on_sigint(signum, frame) -> None:
         _interrupt()
         return
     when = "after the run finished" if _FINISHED else "during start-up: nothing was written"
-    os.write(2, f"{_prog()}: interrupted {when}\n".encode())
+    os.write(2, f"{prog_name()}: interrupted {when}\n".encode())
     os._exit(130)
 
 
@@ -773,7 +774,7 @@ def _give_up() -> None:
             return  # the run ended, or the main thread is saying what is on disk
         run = _RUNS[-1] if _RUNS else None
         claim = f": {run.on_disk()}" if run is not None else " before any result was written"
-        os.write(2, f"{_prog()}: interrupted{claim}\n".encode())
+        os.write(2, f"{prog_name()}: interrupted{claim}\n".encode())
         os._exit(130)
 
 

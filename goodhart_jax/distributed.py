@@ -102,7 +102,7 @@ def initialize(cfg: Any) -> bool:
     if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
         args["initialization_timeout"] = math.ceil(timeout) + 30  # the backstop: the watchdog below ends first
     io.log(f"waiting for {what}; giving up after {timeout:g} s (--init-timeout)")
-    with _watchdog(timeout, f"{cli._prog()}: error: waited {timeout:g} s for {what}, and not all joined: start "
+    with _watchdog(timeout, f"{cli.prog_name()}: error: waited {timeout:g} s for {what}, and not all joined: start "
                             "the others, check the address and port, or raise --init-timeout"):
         jax.distributed.initialize(**args)
     return True

@@ -96,14 +96,13 @@ def main(cfg: Config) -> list[dict]:
                                  **(dict(reason="; ".join(why)) if why else {})))
             # Gao's best-of-n form on the gain in true utility against d = sqrt(KL); Monte Carlo unless all exact.
             ex = ex if np.all(ok) else None
-            distinct = np.unique(np.sqrt(kl)[np.asarray(kl) > 0]).size
+            few = best_of_n.too_few_fit_points(np.sqrt(kl))
             if ex is None and "E_V_mc" in no_mc:
                 fit = dict(source=None, alpha=None, beta=None, rmse=None, residuals=None, n=list(ns),
                            reason=f"no E[V] to fit: {no_mc['E_V_mc']}")
-            elif distinct < best_of_n.MIN_FIT_POINTS:
+            elif few:
                 fit = dict(source=None, alpha=None, beta=None, rmse=None, residuals=None, n=list(ns),
-                           reason=f"{distinct} distinct n > 1: a fit of 2 parameters needs >= "
-                                  f"{best_of_n.MIN_FIT_POINTS} (d = sqrt(KL bound) > 0)")
+                           reason=f"{few} (d = sqrt(KL bound): 0 at n = 1)")
             else:
                 gain = (mc.E_V if ex is None else ex.E_V) - float(util.mean)
                 f = jax.device_get(_fit(jnp.asarray(np.sqrt(kl), jnp.float32), jnp.asarray(gain, jnp.float32)))

@@ -184,7 +184,7 @@ def test_best_of_n_gao_fit_needs_four_distinct_d(tmp_path):
                    prog="best_of_n.py") == 0
     (fit,) = [r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()) if r["kind"] == "gao_fit"]
     assert fit["alpha"] is None and fit["beta"] is None and fit["rmse"] is None
-    assert "2 distinct n > 1" in fit["reason"] and ">= 4" in fit["reason"]
+    assert "2 distinct d > 0 among 3 points" in fit["reason"] and ">= 4" in fit["reason"]
 
 
 def test_tail_upweight_with_no_p_t_anywhere_still_draws(tmp_path):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from goodhart_jax import mdp
-from goodhart_jax.best_of_n import MIN_FIT_POINTS  # 2 parameters + 2 distinct d > 0
+from goodhart_jax.best_of_n import MIN_FIT_POINTS, too_few_fit_points  # 2 parameters + 2 distinct d > 0
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import best_of_n as lab_bon
 from goodhart_jax.lab import fits
@@ -384,11 +384,8 @@ def gao_fits(rows: list[dict]) -> dict:
         if not pts:
             continue
         d = np.asarray([r["d"] for r in pts], float)
-        distinct = np.unique(d[d > 0]).size
-        if distinct < MIN_FIT_POINTS:
-            out[method] = dict(alpha=None, beta=None, r2=None, points=len(pts),
-                               reason=f"{distinct} distinct d > 0 among {len(pts)} points; a fit of 2 parameters "
-                                      f"needs >= {MIN_FIT_POINTS}")
+        if few := too_few_fit_points(d):
+            out[method] = dict(alpha=None, beta=None, r2=None, points=len(pts), reason=few)
             continue
         f = jax.device_get(_fit(d, np.asarray([r["gold"] for r in pts], float), form=method))
         out[method] = dict(alpha=float(f.alpha), beta=float(f.beta), r2=float(f.r2), points=len(pts))
