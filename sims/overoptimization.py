@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, io, mdp, tails
-from goodhart_jax.lab import experiment, fits
+from goodhart_jax.lab import experiment, summary
 
 LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
                "argmax_gold")
@@ -41,7 +41,7 @@ check_n = count("n", N_MAX, "2^24: n is float32 in the exact law")
 @dataclasses.dataclass(frozen=True)
 class Config(cli.RunConfig):
     vocab: int = cli.arg(16, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
-    depth: int = cli.arg(5, "maximum length L", metavar="L")
+    depth: int = cli.arg(4, "maximum length L", metavar="L")
     noise: tuple[str, ...] = cli.arg(("normal", "student_t:df=2"), "annotator error families", metavar="FAMILY")
     noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
                                  check=cli.positive("--noise-scale"))
@@ -65,7 +65,10 @@ class Config(cli.RunConfig):
     tokens: tuple[int, ...] = cli.arg((), "model ids of the lab tokens, the last EOS", metavar="ID")
     gold: str = cli.arg("", "reward-model checkpoint as gold (default: a random lab reward model)", metavar="DIR",
                         show_default=False)
-    seed: int = cli.arg(0, "PRNG seed", metavar="S", check=cli.seed)
+    seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
+    seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1: every row carries its seed; summary.json and the "
+                            "end-of-run tables give the mean and a 95%% interval over them", metavar="N",
+                         check=count("--seeds", 1000, "1000"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -77,6 +80,12 @@ class Config(cli.RunConfig):
             raise cli.InputError("--policy needs --tokens: the model ids of the lab tokens, the last EOS")
         if self.tokens and not self.policy and (not self.gold or len(self.tokens) != self.vocab):
             raise cli.InputError("--tokens without --policy names --gold's model ids: give --gold and --vocab ids")
+        if self.seed + self.seeds - 1 > cli.SEED_MAX:
+            raise cli.InputError(f"--seed {self.seed} --seeds {self.seeds}: the last seed passes {cli.SEED_MAX}")
+
+    @property
+    def seed_values(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
 
 
 def prepare(cfg: Config):
@@ -90,13 +99,16 @@ def prepare(cfg: Config):
     vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
     n = experiment.check_size(vocab, cfg.depth)
     cli.check_memory(estimate_bytes(cfg, ck), f"the lab's tree of {n:,} sequences (A={vocab}, L={cfg.depth})")
-    key = jax.random.key(cfg.seed)
-    keys = [jax.random.fold_in(jax.random.fold_in(key, 1), i) for i in range(len(cfg.noise))]
-    for noise, k in zip(cfg.noise, keys):
-        try:
-            experiment.check_error(experiment.annotator_error(k, noise, n, cfg.noise_scale), cfg.betas + cfg.rl_betas)
-        except ValueError as e:
-            raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {noise}: {e}") from None
+    keys = {s: [jax.random.fold_in(jax.random.fold_in(jax.random.key(s), 1), i) for i in range(len(cfg.noise))]
+            for s in cfg.seed_values}
+    for seed, ks in keys.items():
+        for noise, k in zip(cfg.noise, ks):
+            try:
+                experiment.check_error(experiment.annotator_error(k, noise, n, cfg.noise_scale),
+                                       cfg.betas + cfg.rl_betas)
+            except ValueError as e:
+                at = f" (seed {seed})" if cfg.seeds > 1 else ""
+                raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {noise}{at}: {e}") from None
     return ck, n, keys
 
 
@@ -109,46 +121,107 @@ def estimate_bytes(cfg: Config, ck: experiment.Checkpoints) -> float:
                                  rl=bool(cfg.rl_betas), rl_steps=cfg.rl_steps, checkpoints=ck)
 
 
-def main(cfg: Config) -> list[dict]:
-    """Build pi0, its tree and gold; per (noise, proxy, pairs): diagnostics, every method's points, Gao fits."""
-    ck, n, keys = prepare(cfg)
-    key = jax.random.key(cfg.seed)
+def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> list[dict]:
+    """Every row of one seed: pi0's law, per (noise, proxy, pairs) diagnostics, every method's points and Gao fits;
+    then the seed's headline rows (`lab.summary.headlines`). Rows are emitted as they finish."""
+    key = jax.random.key(seed)
     jobs = [(i, s, k, p) for i, s in enumerate(cfg.noise) for k in cfg.proxy
             for p in (cfg.pairs if k == "learned" else (None,))]
+    first = len(run.rows)
+    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, ck.policy, cfg.tokens,
+                                 ck.gold, cfg.lm_steps)
+    run.log(f"overoptimization: seed {seed}: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; "
+            f"about {estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
+    at_kl = []
+    for i, noise, kind, pairs in run.progress(jobs, f"seed {seed}: proxies"):
+        k = keys[i]
+        built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)
+        tag = dict(seed=seed, noise=noise, proxy=kind, pairs=pairs)
+        r = built.report
+        row = dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi, verdict=r.verdict)
+        bad = [f for f in ("pair_accuracy", "corr", "xi") if not np.isfinite(row[f])]
+        if bad:  # null in the files: say why (a small tree has no tail fit; anything else is not finite)
+            row["reason"] = r.verdict if bad == ["xi"] and r.verdict.startswith("n/a") else \
+                f"{', '.join(bad)} not finite"
+        run.emit([row])
+        pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
+        for j, b in enumerate(cfg.rl_betas):
+            pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,
+                                        cfg.rl_steps, cfg.eval_every)
+        if cfg.search:
+            pts += experiment.search_points(jax.random.fold_in(k, 8), built, base)
+        pts = [io.null_nonfinite(p, [f for f in LAB_NUMBERS if f in p]) for p in pts]  # a safety net
+        run.emit([dict(kind="lab", **tag, **p) for p in pts])
+        run.emit([dict(kind="fit", method=m, **tag, **f) for m, f in experiment.gao_fits(pts).items()])
+        at_kl += [dict(kind="exact_at_kl", **tag, **p) for p in summary.exact_at_kl(built.tree)]
+    heads = summary.headlines(run.rows[first:] + at_kl, seed)
+    run.emit(heads)
+    return heads
+
+
+def _cell(s: dict | None, fmt: str = ".2f") -> str:
+    """A summary row as 'mean [lo, hi]' ('mean' with one seed; 'n/a' without a value)."""
+    if s is None or s["mean"] is None:
+        return "n/a"
+    if s["lo"] is None:
+        return format(s["mean"], fmt)
+    return f"{s['mean']:{fmt}} [{s['lo']:{fmt}}, {s['hi']:{fmt}}]"
+
+
+def tables(run: cli.Run, summ: list[dict], seeds: int) -> None:
+    """The end-of-run tables: pi0's law, the proxies, and gold at KL = 1, 2, 4 nats, peak gold and RL's share
+    closed per method, each as the mean [95% interval] over the seeds."""
+    by = {(r["noise"], r["proxy"], r["pairs"], r["method"], r["beta"], r["quantity"], r["at"]): r for r in summ}
+    over = f" (mean [95% interval] over {seeds} seeds)" if seeds > 1 else " (one seed: no interval)"
+    base = [r for r in summ if r["method"] == "pi0"]
+    if base:
+        run.table([{r["quantity"]: _cell(r, ".4g") for r in base}],
+                  [(q, q, "") for q in summary.BASE_FIELDS if any(r["quantity"] == q for r in base)],
+                  title="pi0's law (entropy in nats; top_mass: the most likely sequence's; n90: sequences holding "
+                        "90% of the mass)" + over + ":")
+    tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in summ if r["method"] != "pi0"))
+    prow = []
+    for t in tags:
+        cells = {q: _cell(by.get(t + ("proxy", None, q, None)), ".3f") for q in summary.PROXY_FIELDS}
+        prow.append(dict(noise=t[0], proxy=t[1], pairs=t[2], **cells))
+    run.table(prow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "")]
+              + [(q.replace("_", " "), q, "") for q in summary.PROXY_FIELDS
+                 if any(r["quantity"] == q and r["method"] == "proxy" for r in summ)],
+              title="proxies against gold" + over + ":")
+    mrow = []
+    for t in tags:
+        for m, b in dict.fromkeys((r["method"], r["beta"]) for r in summ if (r["noise"], r["proxy"], r["pairs"]) == t
+                                  and r["method"] in ("bon", "exact", "rl") and r["quantity"] == "gold_at_KL"):
+            g = {q: by.get(t + (m, b, q, None)) for q in ("peak_gold", "KL_at_peak", "share_closed")}
+            mrow.append(dict(noise=t[0], proxy=t[1] + ("" if t[2] is None else f" ({t[2]})"),
+                             method=m + ("" if b is None else f" beta {b:g}"),
+                             **{f"KL{a:g}": _cell(by.get(t + (m, b, "gold_at_KL", a))) for a in summary.KL_TARGETS},
+                             peak=_cell(g["peak_gold"]), at=_cell(g["KL_at_peak"], ".2g"),
+                             share=_cell(g["share_closed"]) if m == "rl" else ""))
+    run.table(mrow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("method", "method", "")]
+              + [(f"gold at KL {a:g}", f"KL{a:g}", "") for a in summary.KL_TARGETS]
+              + [("peak gold", "peak", ""), ("its KL", "at", ""), ("RL share closed", "share", "")],
+              title="gold (sd units under pi0) by method" + over + "; exact: beta solved for the KL, best-of-n and "
+                    "RL: interpolated in KL; n/a: not reached:")
+
+
+def main(cfg: Config) -> list[dict]:
+    """Per seed (`one_seed`): pi0, its tree and gold; per (noise, proxy, pairs): diagnostics, every method's
+    points, Gao fits; headline rows. Then the summary over seeds (rows, summary.json), figures and tables."""
+    ck, n, keys = prepare(cfg)
     with cli.Run("overoptimization", cfg) as run:
-        base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, ck.policy, cfg.tokens,
-                                     ck.gold, cfg.lm_steps)
-        run.log(f"overoptimization: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; about "
-                f"{estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
-        for i, noise, kind, pairs in run.progress(jobs, "proxies"):
-            k = keys[i]
-            built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)
-            tag = dict(noise=noise, proxy=kind, pairs=pairs)
-            r = built.report
-            row = dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi, verdict=r.verdict)
-            bad = [f for f in ("pair_accuracy", "corr", "xi") if not np.isfinite(row[f])]
-            if bad:  # null in the files: say why (a small tree has no tail fit; anything else is not finite)
-                row["reason"] = r.verdict if bad == ["xi"] and r.verdict.startswith("n/a") else \
-                    f"{', '.join(bad)} not finite"
-            run.emit([row])
-            pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
-            for j, b in enumerate(cfg.rl_betas):
-                pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,
-                                            cfg.rl_steps, cfg.eval_every)
-            if cfg.search:
-                pts += experiment.search_points(jax.random.fold_in(k, 8), built, base)
-            pts = [io.null_nonfinite(p, [f for f in LAB_NUMBERS if f in p]) for p in pts]  # a safety net
-            run.emit([dict(kind="lab", **tag, **p) for p in pts])
-            run.emit([dict(kind="fit", method=m, **tag, **f) for m, f in experiment.gao_fits(pts).items()])
+        heads = []
+        for seed in cfg.seed_values:
+            heads += one_seed(run, cfg, ck, n, seed, keys[seed])
+        summ = summary.summarise(heads)
+        run.emit(summ)
+        run.save_json("summary.json", dict(seeds=cfg.seed_values, level=summary.LEVEL, rows=summ))
         if cfg.plots:
             from goodhart_jax.plots import overoptimization as plots
 
             for name, fig in plots.figures(run.rows).items():
                 run.figure(name, fig)
-        run.table([r for r in run.rows if r["kind"] == "proxy"], [
-            ("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "d"),
-            ("pair accuracy", "pair_accuracy", ".3f"), ("corr", "corr", ".3f"), ("xi of X", "xi", ".2f"),
-            ("verdict", "verdict", "")], title="proxies against gold:")
+        tables(run, summ, cfg.seeds)
     return run.rows
 
 

@@ -1,6 +1,6 @@
 """sims/overoptimization.py: a tiny lab run (A=4, L=3; slow: compiling every method is its cost): row kinds and
 fields, exact KL against mdp, no method's objective above the exact optimum's at the same beta; bad input exits 2
-in one line; the default sizes (A=16, L=5) pass the enumeration check."""
+in one line; the default sizes (A=16, L=4) pass the enumeration check."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -27,7 +27,7 @@ def _load():
 sim = _load()
 BETAS = (0.3, 1.0, 3.0)  # the exact grid holds the RL beta
 TINY = dict(vocab=4, depth=3, noise=("normal",), pairs=(300,), betas=BETAS, ns=(1, 2, 8, 64), rl_betas=(1.0,),
-            rl_steps=10, eval_every=5, lm_steps=30, bt_steps=30, plots=False, seed=3)
+            rl_steps=10, eval_every=5, lm_steps=30, bt_steps=30, plots=False, seed=3, seeds=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,8 +49,10 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_rows_and_fields(tiny):
-    cfg, rows = tiny
-    assert {r["kind"] for r in rows} == {"lab", "proxy", "fit"}
+    cfg, every = tiny
+    assert {r["kind"] for r in every} == {"lab", "proxy", "fit", "headline", "summary"}
+    assert {r["seed"] for r in every if r["kind"] != "summary"} == {3, 4}  # every row carries its seed
+    rows = [r for r in every if r.get("seed") == cfg.seed]
     lab = [r for r in rows if r["kind"] == "lab"]
     assert {(r["proxy"], r["method"]) for r in lab} == {(p, m) for p in ("learned", "direct")
                                                          for m in ("bon", "exact", "rl")} | {("learned", "search")}
@@ -79,6 +81,7 @@ def test_rows_and_fields(tiny):
 def test_exact_rows_against_mdp(tiny):
     """KL, gold and proxy of the exact rows = mdp.soft_optimum on the same (rebuilt, same-key) tree."""
     cfg, rows = tiny
+    rows = [r for r in rows if r.get("seed") == cfg.seed]
     key = jax.random.key(cfg.seed)
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
     k = jax.random.fold_in(jax.random.fold_in(key, 1), 0)
@@ -97,9 +100,10 @@ def test_no_method_beats_the_exact_optimum(tiny):
     """At every beta of the grid: E[proxy] - beta KL of every bon, rl and search point <= the exact optimum's."""
     _, rows = tiny
     lab = [r for r in rows if r["kind"] == "lab"]
-    for proxy in ("learned", "direct"):
-        best = {r["beta"]: r["objective"] for r in lab if r["proxy"] == proxy and r["method"] == "exact"}
-        others = [r for r in lab if r["proxy"] == proxy and r["method"] != "exact"]
+    for seed, proxy in ((s, p) for s in (3, 4) for p in ("learned", "direct")):
+        mine = [r for r in lab if r["proxy"] == proxy and r["seed"] == seed]
+        best = {r["beta"]: r["objective"] for r in mine if r["method"] == "exact"}
+        others = [r for r in mine if r["method"] != "exact"]
         for beta, opt in best.items():
             for r in others:
                 if r["method"] == "rl" and r["beta"] != beta:
@@ -111,7 +115,8 @@ def test_no_method_beats_the_exact_optimum(tiny):
 
 def test_defaults_are_the_issue_sizes():
     cfg = sim.Config()
-    assert (cfg.vocab, cfg.depth) == (16, 5) and experiment.check_size(cfg.vocab, cfg.depth) == 813_616
+    assert (cfg.vocab, cfg.depth) == (16, 4) and experiment.check_size(cfg.vocab, cfg.depth) == 54_241
+    assert cfg.seeds >= 3  # a finding is an interval over seeds
     assert cfg.rl_steps % cfg.eval_every == 0
 
 
@@ -175,7 +180,7 @@ def test_checkpoint_policy_end_to_end(tmp_path, capsys):
     tokens = (7, 50, 3, 99)  # lab tokens 0..3; model id 99 is EOS
     cfg = sim.Config(out=str(tmp_path / "run"), policy=str(ckpt.path), tokens=tokens, depth=3, noise=("normal",),
                      proxy=("direct",), betas=BETAS, ns=(1, 4), rl_betas=(1.0,), rl_steps=4, eval_every=2,
-                     plots=False, seed=5)
+                     plots=False, seed=5, seeds=1)
     rows = sim.main(cfg)
     lab = [r for r in rows if r["kind"] == "lab"]
     assert {r["method"] for r in lab} == {"bon", "exact", "rl"}  # a direct proxy has no model to search
@@ -224,3 +229,29 @@ def test_figures_skip_null_rows():
     lines = figs["overoptimization.png"].axes[0].get_lines()
     assert len(lines) == 3  # gold, proxy, the zero line: no fit curve
     assert not figs["rl_gap.png"].axes[0].get_lines()
+
+
+@pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
+def test_summary_is_the_mean_over_seeds(tiny):
+    """Each summary row is the mean and Student-t interval of its headline rows over both seeds; summary.json
+    holds the same rows; the exact optimum's gold at a KL is the optimum at the solved beta (KL = target)."""
+    import json
+
+    from scipy import stats
+
+    cfg, rows = tiny
+    heads = [r for r in rows if r["kind"] == "headline"]
+    summ = [r for r in rows if r["kind"] == "summary"]
+    assert summ and json.loads((Path(cfg.out) / "summary.json").read_text()) == dict(
+        seeds=[3, 4], level=0.95, rows=summ)
+    for s in summ:
+        v = np.asarray([h["value"] for h in heads if all(h[k] == s[k] for k in sim.summary.GROUP)
+                        and h["value"] is not None], float)
+        assert s["seeds"] == len(v) and s["of"] == 2
+        if len(v) == 2:
+            lo, hi = stats.t.interval(0.95, 1, loc=v.mean(), scale=stats.sem(v)) if np.ptp(v) else (v[0], v[0])
+            np.testing.assert_allclose([s["mean"], s["lo"], s["hi"]], [v.mean(), lo, hi], rtol=1e-9, atol=1e-12)
+        else:
+            assert s["lo"] is None and s["reason"]
+    exact = [h for h in heads if h["method"] == "exact" and h["quantity"] == "gold_at_KL" and h["value"] is not None]
+    assert exact and all(h["how"].startswith("exact: pi*(beta) at beta = ") for h in exact)

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from goodhart_jax.lab.fits import gao_curve  # noqa: E402
+from goodhart_jax.lab.summary import interval  # noqa: E402
 
 METHODS = ("bon", "exact", "rl")
 TITLES = {"bon": "best-of-n", "exact": "exact optimum pi*(beta)", "rl": "RL (RLOO)"}
@@ -18,13 +19,40 @@ def _label(r: dict) -> str:
     return r["proxy"] + ("" if r["pairs"] is None else f" ({r['pairs']} pairs)")
 
 
+def _key(r: dict):
+    """A point's place on its curve, the same in every seed: n (best-of-n), beta (exact), (beta, step) (RL)."""
+    return {"bon": r["n"], "exact": r["beta"], "rl": (r["beta"], r["step"]), "search": r.get("restart")}[r["method"]]
+
+
+def over_seeds(points: list[dict], field: str = "gold") -> list[dict]:
+    """One curve's points pooled over seeds: per place (`_key`) the mean d, the mean of `field` and its Student-t
+    95% interval over the seeds (lo = hi = the mean with one seed), in the order of the places' first rows.
+
+    Returns:
+      [{"key", "d", "y", "lo", "hi", "seeds", "proxy"}] (proxy: the mean proxy_reward).
+    """
+    groups: dict = {}
+    for r in points:
+        groups.setdefault(_key(r), []).append(r)
+    out = []
+    for k, rs in groups.items():
+        iv = interval([r[field] for r in rs])
+        lo, hi = (iv.lo, iv.hi) if iv.n > 1 else (iv.mean, iv.mean)
+        out.append(dict(key=k, d=float(np.mean([r["d"] for r in rs])), y=iv.mean, lo=lo, hi=hi, seeds=iv.n,
+                        proxy=float(np.mean([r["proxy_reward"] for r in rs]))))
+    return out
+
+
 def curves(rows: list[dict]) -> plt.Figure:
     """Rows = noise families, columns = methods; gold solid, proxy dashed, one colour per proxy, Gao fit dotted.
 
-    Search results (learned proxies) appear as crosses (gold) in the exact-optimum panel, at their point-mass KL.
+    Over several seeds (rows with a "seed"), each point is the mean over seeds at one n (beta; RL: beta and
+    step), at the mean d, and the shaded band is the 95% interval of gold over the seeds. Search results (learned
+    proxies) appear as crosses (gold, every seed) in the exact-optimum panel, at their point-mass KL.
     """
     lab = [r for r in rows if r["kind"] == "lab" and r["d"] is not None]  # nulled rows (overflow) have no point
     fits = [r for r in rows if r["kind"] == "fit" and r["alpha"] is not None]  # too few points: no curve
+    seeds = len({r.get("seed") for r in lab})
     noises = list(dict.fromkeys(r["noise"] for r in lab))
     methods = [m for m in METHODS if any(r["method"] == m for r in lab)]
     fig, axes = plt.subplots(len(noises), len(methods), figsize=(4.6 * len(methods), 3.6 * len(noises)),
@@ -38,26 +66,28 @@ def curves(rows: list[dict]) -> plt.Figure:
                 pts = [r for r in lab if r["noise"] == noise and _label(r) == lab_ and r["method"] == m]
                 if not pts:
                     continue
-                base = [r["proxy_reward"] for r in lab if r["noise"] == noise and _label(r) == lab_
-                        and r["method"] == "bon" and r["n"] == 1]  # E_pi0[proxy]: the proxy's own offset
-                off = base[0] if base else 0.0
                 groups = {}
                 for r in pts:  # RL: one line per beta, in step order; others: one line in d order
                     groups.setdefault(r["beta"] if m == "rl" else None, []).append(r)
                 for g, rs in groups.items():
-                    rs = sorted(rs, key=lambda r: r["step"] if m == "rl" else r["d"])
-                    dg = [r["d"] for r in rs]
+                    line = sorted(over_seeds(rs), key=lambda p: p["key"][1] if m == "rl" else p["d"])
+                    dg = [p["d"] for p in line]
                     first = g == next(iter(groups))
-                    ax.plot(dg, [r["gold"] for r in rs], "-o", ms=2.5, color=color,
+                    ax.plot(dg, [p["y"] for p in line], "-o", ms=2.5, color=color,
                             label=f"{lab_}: gold" if first else None)
-                    ax.plot(dg, [r["proxy_reward"] - off for r in rs], "--", color=color, alpha=0.7,
+                    if seeds > 1:
+                        ax.fill_between(dg, [p["lo"] for p in line], [p["hi"] for p in line], color=color,
+                                        alpha=0.15, lw=0)
+                    ax.plot(dg, [p["proxy"] for p in line], "--", color=color, alpha=0.7,
                             marker="^" if np.ptp(dg) <= 1e-6 * max(dg) else None,  # one point: a marker
-                            label=f"{lab_}: proxy - E_pi0[proxy]" if first else None)
+                            label=f"{lab_}: proxy" if first else None)
                 d = np.asarray([r["d"] for r in pts])
-                for f in fits:
-                    if f["method"] == m and f["noise"] == noise and _label(f) == lab_:
-                        dd = np.linspace(0, d.max(), 100)
-                        ax.plot(dd, np.asarray(gao_curve(dd, f["alpha"], f["beta"], m)), ":", color=color, lw=1)
+                mine = [f for f in fits if f["method"] == m and f["noise"] == noise and _label(f) == lab_]
+                for b in dict.fromkeys(f.get("rl_beta") for f in mine):  # RL: one fit a beta
+                    fs = [f for f in mine if f.get("rl_beta") == b]
+                    dd = np.linspace(0, d.max(), 100)
+                    alpha, beta = np.mean([f["alpha"] for f in fs]), np.mean([f["beta"] for f in fs])
+                    ax.plot(dd, np.asarray(gao_curve(dd, alpha, beta, m)), ":", color=color, lw=1)
                 if m == "exact":
                     s = [r for r in lab if r["noise"] == noise and _label(r) == lab_ and r["method"] == "search"]
                     if s:
@@ -69,30 +99,39 @@ def curves(rows: list[dict]) -> plt.Figure:
                 ax.set_yscale("symlog", linthresh=gold)  # a proxy far above gold (one huge error): log beyond it
                 ax.set_ylim(top=3 * top)  # the highest point inside the frame
             ax.set_xlabel("d = sqrt(KL(pi || pi0))")
-            ax.set_ylabel("E[reward] (gold sd 1 under pi0)")
+            ax.set_ylabel("E[reward] (each in sd units under pi0)")
             ax.set_title(f"{TITLES[m]}; error {noise}", fontsize=9)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle("gold (solid) and proxy (dashed) reward; dotted: Gao fit; x: GCG on the proxy", fontsize=10)
+    over = f"; mean over {seeds} seeds, band: 95% interval of gold" if seeds > 1 else ""
+    fig.suptitle(f"gold (solid) and proxy (dashed) reward, both mean 0 and sd 1 under pi0; dotted: Gao fit; "
+                 f"x: GCG on the proxy{over}", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def rl_gap(rows: list[dict]) -> plt.Figure:
-    """RL's objective gap J(pi*) - J(pi) against steps: one panel per noise family, a line per (proxy, beta)."""
-    rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl" and r["gap"] is not None]
+    """RL's objective gap J(pi*) - J(pi) against steps: one panel per noise family, a line per (proxy, beta);
+    over several seeds the mean gap with its 95% interval as a band."""
+    rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl" and r["gap"] is not None and r["d"] is not None]
     noises = list(dict.fromkeys(r["noise"] for r in rl))
+    seeds = len({r.get("seed") for r in rl})
     fig, axes = plt.subplots(1, max(len(noises), 1), figsize=(4.6 * max(len(noises), 1), 3.6), squeeze=False)
     for ax, noise in zip(axes[0], noises):
-        for key in dict.fromkeys((_label(r), r["beta"]) for r in rl if r["noise"] == noise):
-            pts = sorted((r for r in rl if r["noise"] == noise and (_label(r), r["beta"]) == key),
-                         key=lambda r: r["step"])
-            ax.plot([r["step"] for r in pts], [max(r["gap"], 1e-8) for r in pts], "-o", ms=2.5,
+        for c, key in enumerate(dict.fromkeys((_label(r), r["beta"]) for r in rl if r["noise"] == noise)):
+            pts = [r for r in rl if r["noise"] == noise and (_label(r), r["beta"]) == key]
+            line = sorted(over_seeds(pts, "gap"), key=lambda p: p["key"][1])
+            steps = [p["key"][1] for p in line]
+            ax.plot(steps, [max(p["y"], 1e-8) for p in line], "-o", ms=2.5, color=f"C{c}",
                     label=f"{key[0]}, beta {key[1]:g}")
+            if seeds > 1:
+                ax.fill_between(steps, [max(p["lo"], 1e-8) for p in line], [max(p["hi"], 1e-8) for p in line],
+                                color=f"C{c}", alpha=0.15, lw=0)
         ax.set_yscale("log")
         ax.set_xlabel("RL step")
         ax.set_ylabel("J(pi*) - J(pi), J = E[proxy] - beta KL")
-        ax.set_title(f"RL gap to the exact optimum; error {noise}", fontsize=9)
+        title = f"RL gap to the exact optimum; error {noise}"
+        ax.set_title(title + (f" ({seeds} seeds)" if seeds > 1 else ""), fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

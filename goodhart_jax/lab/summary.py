@@ -1,0 +1,291 @@
+"""Headline numbers of an overoptimization-lab run, per seed, and their mean and interval over seeds.
+
+One seed of the lab is one draw of everything random: the Markov source, pi0, gold, the annotator error,
+the proxies, RL and the search. A number from one seed is not a finding (training is not even bitwise
+reproducible across CPU kinds), so `sims/overoptimization.py` runs several seeds and reports, for each
+headline quantity, the mean over seeds and a Student-t interval:
+
+    mean +- t_{(1 + level) / 2, n - 1} sd / sqrt(n),    sd the sample standard deviation of the n seeds.
+
+The headline quantities of one seed (`headlines`, `exact_at_kl`), per (noise, proxy, pairs):
+
+- gold at KL = 1, 2, 4 nats (`KL_TARGETS`): the exact optimum's E[gold] at the beta whose trajectory KL is the
+  target (beta solved by bisection, `mitigations.kl_target_tree`: exact); best-of-n's and each RL beta's
+  interpolated linearly in KL between the two adjacent points of its curve (the row says which), null with a
+  reason where the curve does not reach the target;
+- peak gold on the method's points and the KL there (the row says when the peak is the curve's last point:
+  gold was still rising);
+- Gao's coefficients (`fit` rows: alpha, beta, r2);
+- RL's share of the gap J(pi*) - J(pi0) closed at its last step, per beta;
+- the proxy's diagnostics (pair accuracy, corr, xi) and pi0's law (entropy, perplexity, top mass, n90),
+  where those rows carry them.
+
+Public API:
+  KL_TARGETS = (1.0, 2.0, 4.0);  LEVEL = 0.95
+  Interval(mean, lo, hi, sd, n, reason)
+  t_quantile(p, df) -> float                        # Student-t quantile (bisection on its CDF, float64)
+  interval(values, level=LEVEL) -> Interval          # over the finite values; reason where lo, hi are null
+  exact_at_kl(tree, targets=KL_TARGETS) -> [dict]    # pi*(beta) at trajectory KL = target: beta, KL, gold
+  at_kl(points, target) -> (gold, how)               # linear interpolation in KL along a curve
+  headlines(rows, seed) -> [dict]                    # "headline" rows of one seed from its lab/fit/proxy/base rows
+  summarise(headline_rows, level=LEVEL) -> [dict]    # "summary" rows: mean, lo, hi, sd, seeds over the seeds
+
+Rows: a headline row is {"kind": "headline", "seed", "noise", "proxy", "pairs", "method", "beta", "quantity",
+"at", "value", "how"} (and "reason" where value is null); a summary row has the same keys without seed, value
+and how, plus "mean", "lo", "hi", "sd", "seeds" (the number of seeds with a value) and "of" (seeds in all).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from goodhart_jax import mdp, mitigations
+from goodhart_jax.roots import bisect
+
+__all__ = ["KL_TARGETS", "LEVEL", "Interval", "t_quantile", "interval", "exact_at_kl", "at_kl", "headlines",
+           "summarise", "GROUP"]
+
+KL_TARGETS = (1.0, 2.0, 4.0)
+LEVEL = 0.95
+GROUP = ("noise", "proxy", "pairs", "method", "beta", "quantity", "at")  # what a summary row is over seeds of
+PROXY_FIELDS = ("pair_accuracy", "pair_accuracy_unseen", "pair_accuracy_seen", "corr", "xi")
+BASE_FIELDS = ("entropy", "perplexity", "top_mass", "n90")
+
+
+class Interval(NamedTuple):
+    """Mean of n values and its Student-t interval; lo, hi nan (with a reason) below 2 values."""
+
+    mean: float
+    lo: float
+    hi: float
+    sd: float  # sample standard deviation (ddof 1); nan below 2 values
+    n: int
+    reason: str  # why lo/hi (or the mean) are missing, else ""
+
+
+def _t_cdf(t, df):
+    """P(T <= t) for Student's t with df degrees of freedom (t >= 0): 1 - I_{df / (df + t^2)}(df / 2, 1 / 2) / 2,
+    = 1/2 + I_{t^2 / (df + t^2)}(1 / 2, df / 2) / 2 (the form used near t = 0, where the first loses its digits)."""
+    inc = jax.scipy.special.betainc
+    near = t * t / (df + t * t)
+    return jnp.where(near < 0.5, 0.5 + 0.5 * inc(0.5, df / 2.0, near), 1.0 - 0.5 * inc(df / 2.0, 0.5, 1.0 - near))
+
+
+@jax.jit
+def _t_root(p, df, hi):
+    return bisect(lambda t: _t_cdf(t, df) - p, jnp.zeros_like(hi), hi, num_steps=200).root
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t with df >= 1 degrees of freedom, for 1/2 <= p < 1 (float64 bisection on the
+    CDF; within 1e-10 relative of SciPy's `stats.t.ppf`)."""
+    if not (0.5 <= p < 1.0 and df >= 1):
+        raise ValueError(f"need 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
+    with jax.enable_x64(True):
+        hi = 16.0
+        while float(_t_cdf(jnp.float64(hi), jnp.float64(df))) < p:  # far quantiles at small df: widen the bracket
+            hi *= 16.0
+        return float(_t_root(jnp.float64(p), jnp.float64(df), jnp.float64(hi)))
+
+
+def interval(values: Iterable, level: float = LEVEL) -> Interval:
+    """Mean and the Student-t `level` interval of the finite values (None and nan are left out).
+
+    Args:
+      values: numbers (one a seed).
+      level: coverage of the interval (0.95).
+    Returns:
+      Interval; with one value lo = hi = nan ("one seed: no interval"), with none everything nan.
+    """
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    n = v.size
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, 0, "no seed has a value")
+    mean = float(np.mean(v))
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, math.nan, 1, "one seed: no interval")
+    sd = float(np.std(v, ddof=1))
+    half = t_quantile((1.0 + level) / 2.0, n - 1) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, sd, n, "")
+
+
+@jax.jit
+def _kl_target(tree: mdp.Tree, targets):
+    return jax.vmap(lambda t: mitigations.kl_target_tree(tree, t))(targets)
+
+
+def exact_at_kl(tree: mdp.Tree, targets=KL_TARGETS) -> list[dict]:
+    """The exact optimum pi*(beta) whose trajectory KL is each target (beta solved by bisection in log beta).
+
+    Returns:
+      one dict a target: {"at": target, "beta", "KL", "gold", "proxy_reward"}, and "reason" (the numbers None)
+      where no beta in the solver's range spends the target within sqrt(eps) (a target above the largest KL the
+      tree allows, -log pi0 of the proxy's argmax set).
+    """
+    t = np.asarray(targets, float)
+    r = jax.device_get(_kl_target(tree, jnp.asarray(t, tree.V[-1].dtype)))
+    out = []
+    for i, target in enumerate(t):
+        row = dict(at=float(target), beta=float(r.param[i]), KL=float(r.KL[i]), gold=float(r.E_V[i]),
+                   proxy_reward=float(r.E_U[i]))
+        if not (bool(r.exists[i]) and all(math.isfinite(row[k]) for k in ("beta", "KL", "gold"))):
+            row = dict(at=float(target), beta=None, KL=None, gold=None, proxy_reward=None,
+                       reason=f"no beta spends KL {target:g}: pi*(beta) reaches KL {float(r.KL[i]):.4g} at most")
+        out.append(row)
+    return out
+
+
+def _name(r: dict) -> str:
+    """How a point is placed on its curve: n for best-of-n, step for RL, beta for the exact optimum."""
+    if r["method"] == "bon":
+        return f"n = {r['n']}"
+    if r["method"] == "rl":
+        return f"step {r['step']}"
+    return f"beta = {r['beta']:.4g}"
+
+
+def at_kl(points: list[dict], target: float) -> tuple[float | None, str]:
+    """Gold at trajectory KL = target, linear in KL between the first two adjacent points that bracket it.
+
+    Args:
+      points: one curve's rows in its own order (n, step or beta), each with "KL" and "gold" (None: left out).
+      target: the KL.
+    Returns:
+      (gold, how): how says between which points; (None, reason) where no two adjacent points bracket target.
+    """
+    pts = [r for r in points if r["KL"] is not None and r["gold"] is not None]
+    for a, b in zip(pts, pts[1:]):
+        lo, hi = sorted((a["KL"], b["KL"]))
+        if lo <= target <= hi:
+            if hi == lo:
+                return float(a["gold"]), f"at {_name(a)}"
+            w = (target - a["KL"]) / (b["KL"] - a["KL"])
+            return float(a["gold"] + w * (b["gold"] - a["gold"])), \
+                f"linear in KL between {_name(a)} (KL {a['KL']:.3g}) and {_name(b)} (KL {b['KL']:.3g})"
+    if not pts:
+        return None, "no point of this curve has a KL and gold"
+    top = max(r["KL"] for r in pts)
+    return None, f"the curve reaches KL {top:.3g} at most" if top < target else \
+        f"no two adjacent points bracket KL {target:g}"
+
+
+def _headline(seed, tag: dict, method: str, beta, quantity: str, at, value, how: str) -> dict:
+    row = dict(kind="headline", seed=seed, **tag, method=method, beta=beta, quantity=quantity, at=at)
+    if value is None or not math.isfinite(value):
+        return dict(row, value=None, how=None, reason=how or "not finite")
+    return dict(row, value=float(value), how=how)
+
+
+def _curves(lab: list[dict]) -> dict:
+    """{(method, beta): points in curve order} of one proxy's lab rows: bon by n, rl per beta by step."""
+    out: dict = {}
+    for r in lab:
+        if r["method"] == "bon":
+            out.setdefault(("bon", None), []).append(r)
+        elif r["method"] == "rl":
+            out.setdefault(("rl", r["beta"]), []).append(r)
+        elif r["method"] == "exact":
+            out.setdefault(("exact", None), []).append(r)
+    order = {"bon": "n", "rl": "step"}
+    for (m, _), pts in out.items():
+        if m in order:
+            pts.sort(key=lambda r: r[order[m]])
+        else:
+            pts.sort(key=lambda r: -r["beta"])  # KL rises as beta falls
+    return out
+
+
+def headlines(rows: list[dict], seed: int) -> list[dict]:
+    """The headline rows of one seed, from its "base", "proxy", "lab", "fit" rows and its "exact_at_kl" rows.
+
+    `exact_at_kl` rows are {"kind": "exact_at_kl", noise, proxy, pairs, at, gold, ...} (the driver's, from
+    `exact_at_kl`); best-of-n's and RL's gold at a KL are interpolated (`at_kl`).
+    """
+    out = []
+    for r in rows:
+        if r["kind"] == "base":
+            for f in BASE_FIELDS:
+                if f in r:
+                    out.append(_headline(seed, dict(noise=None, proxy=None, pairs=None), "pi0", None, f, None,
+                                         r[f], r.get("reason", "")))
+    tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in rows if r["kind"] in ("proxy", "lab")))
+    for noise, proxy, pairs in tags:
+        tag = dict(noise=noise, proxy=proxy, pairs=pairs)
+
+        def mine(kind):
+            return [r for r in rows if r["kind"] == kind and (r["noise"], r["proxy"], r["pairs"]) == (noise, proxy,
+                                                                                                    pairs)]
+
+        for r in mine("proxy"):
+            for f in PROXY_FIELDS:
+                if f in r:
+                    out.append(_headline(seed, tag, "proxy", None, f, None, r[f], r.get("reason", "")))
+        for r in mine("exact_at_kl"):
+            how = f"exact: pi*(beta) at beta = {r['beta']:.4g}" if r["gold"] is not None else r.get("reason", "")
+            out.append(_headline(seed, tag, "exact", None, "gold_at_KL", r["at"], r["gold"], how))
+        for (method, beta), pts in _curves(mine("lab")).items():
+            if method != "exact":
+                for target in KL_TARGETS:
+                    gold, how = at_kl(pts, target)
+                    out.append(_headline(seed, tag, method, beta, "gold_at_KL", target, gold, how))
+            valid = [r for r in pts if r["gold"] is not None and r["KL"] is not None]
+            if valid:
+                top = max(valid, key=lambda r: r["gold"])
+                edge = " (the curve's last point: gold still rising)" if top is valid[-1] else ""
+                how = f"max over {len(valid)} points, at {_name(top)}{edge}"
+                out.append(_headline(seed, tag, method, beta, "peak_gold", None, top["gold"], how))
+                out.append(_headline(seed, tag, method, beta, "KL_at_peak", None, top["KL"], how))
+            if method == "rl" and valid:
+                first, last = valid[0], valid[-1]
+                if "share_closed" in last:  # the RL rows' own (null with a reason where the gap at pi0 is ~0)
+                    share = last["share_closed"]
+                    how = "" if share is not None else last.get("reason") or "share_closed is null"
+                elif last.get("gap") is not None and (first.get("gap") or 0.0) > 0.0:
+                    share, how = 1.0 - last["gap"] / first["gap"], ""
+                else:
+                    share, how = None, "no gap at pi0: no share"
+                out.append(_headline(seed, tag, method, beta, "share_closed", None, share,
+                                     how or f"1 - gap / gap at step {first['step']}, at step {last['step']}"))
+        for f in mine("fit"):
+            for q in ("alpha", "beta", "r2"):
+                out.append(_headline(seed, tag, f["method"], f.get("rl_beta", f.get("fit_beta")), f"gao_{q}", None,
+                                     f.get(q), f.get("reason", "")))
+    return out
+
+
+def summarise(rows: list[dict], level: float = LEVEL) -> list[dict]:
+    """Summary rows over seeds: one per headline quantity (GROUP), mean and Student-t interval of its values.
+
+    Args:
+      rows: headline rows of every seed (`headlines`).
+      level: the interval's coverage.
+    Returns:
+      {"kind": "summary", GROUP fields, "mean", "lo", "hi", "sd", "seeds", "of", "level"} (+ "reason" where
+      lo/hi or the mean are null: one seed, or seeds without a value).
+    """
+    seeds = sorted({r["seed"] for r in rows})
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in GROUP), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        iv = interval([r["value"] for r in rs], level)
+        row = dict(kind="summary", **dict(zip(GROUP, key)), mean=iv.mean, lo=iv.lo, hi=iv.hi, sd=iv.sd, seeds=iv.n,
+                   of=len(seeds), level=level)
+        missing = [r for r in rs if r["value"] is None]
+        reasons = []
+        if missing:
+            reasons.append(f"{len(missing)} of {len(seeds)} seeds have no value (seed {missing[0]['seed']}: "
+                           f"{missing[0].get('reason') or 'null'})")
+        if iv.reason:
+            reasons.append(iv.reason)
+        if reasons:
+            row["reason"] = "; ".join(reasons)
+        out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+    return out
