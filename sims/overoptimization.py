@@ -66,7 +66,7 @@ class Config(cli.RunConfig):
     gold: str = cli.arg("", "reward-model checkpoint as gold (default: a random lab reward model)", metavar="DIR",
                         show_default=False)
     seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
-    seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1: every row carries its seed; summary.json and the "
+    seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1 (mod 2^32): every row carries its seed; summary.json and the "
                             "end-of-run tables give the mean and a 95%% interval over them", metavar="N",
                          check=count("--seeds", 1000, "1000"))
 
@@ -80,12 +80,11 @@ class Config(cli.RunConfig):
             raise cli.InputError("--policy needs --tokens: the model ids of the lab tokens, the last EOS")
         if self.tokens and not self.policy and (not self.gold or len(self.tokens) != self.vocab):
             raise cli.InputError("--tokens without --policy names --gold's model ids: give --gold and --vocab ids")
-        if self.seed + self.seeds - 1 > cli.SEED_MAX:
-            raise cli.InputError(f"--seed {self.seed} --seeds {self.seeds}: the last seed passes {cli.SEED_MAX}")
 
     @property
     def seed_values(self) -> list[int]:
-        return list(range(self.seed, self.seed + self.seeds))
+        """S, S + 1, .., S + N - 1, modulo 2^32 (past 2^32 - 1 the seeds go on from 0)."""
+        return [(self.seed + i) % (cli.SEED_MAX + 1) for i in range(self.seeds)]
 
 
 def prepare(cfg: Config):
