@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, io, mdp, tails
-from goodhart_jax.lab import experiment, fits
+from goodhart_jax.lab import experiment, fits, lm
+from goodhart_jax.lab import tree as lab_tree
 
 LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
                "argmax_gold")
@@ -59,6 +60,14 @@ class Config(cli.RunConfig):
                               check=count("--eval-every"))
     search: bool = cli.arg(True, "GCG on each learned proxy")
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))
+    sharpness: float = cli.arg(lm.SHARPNESS, "inverse temperature of the lab LM's Markov source (0: uniform rows; "
+                               "larger: a more peaked pi0)", metavar="S",
+                               check=cli.each("--sharpness", lambda x: math.isfinite(x) and 0 <= x <= lm.SOURCE_MAX,
+                                              f"in [0, {lm.SOURCE_MAX:g}] (lab.lm.check_source)"))
+    eos_bias: float = cli.arg(lm.EOS_BIAS, "shift of EOS's logit in the source's rows (larger: shorter sequences; "
+                              "the defaults keep pi0 spread)", metavar="B",
+                              check=cli.each("--eos-bias", lambda x: math.isfinite(x) and abs(x) <= lm.SOURCE_MAX,
+                                             f"in [-{lm.SOURCE_MAX:g}, {lm.SOURCE_MAX:g}] (lab.lm.check_source)"))
     bt_steps: int = cli.arg(600, "Bradley-Terry training steps per learned proxy", metavar="S",
                             check=count("--bt-steps"))
     policy: str = cli.arg("", "causal-LM checkpoint as pi0 (with --tokens)", metavar="DIR", show_default=False)
@@ -117,7 +126,10 @@ def main(cfg: Config) -> list[dict]:
             for p in (cfg.pairs if k == "learned" else (None,))]
     with cli.Run("overoptimization", cfg) as run:
         base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, ck.policy, cfg.tokens,
-                                     ck.gold, cfg.lm_steps)
+                                     ck.gold, cfg.lm_steps, cfg.sharpness, cfg.eos_bias)
+        law = lab_tree.law_stats(base.tree.log_p)  # how spread pi0 is: a spread law by default (lm.markov_source)
+        run.emit([dict(kind="base", N=law.num, entropy=law.entropy, perplexity=law.perplexity,
+                       top_mass=law.top_mass, n90=law.n90)])
         run.log(f"overoptimization: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; about "
                 f"{estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
         for i, noise, kind, pairs in run.progress(jobs, "proxies"):
@@ -145,6 +157,10 @@ def main(cfg: Config) -> list[dict]:
 
             for name, fig in plots.figures(run.rows).items():
                 run.figure(name, fig)
+        run.table([r for r in run.rows if r["kind"] == "base"], [
+            ("sequences N", "N", ","), ("entropy (nats)", "entropy", ".3f"), ("perplexity", "perplexity", ",.0f"),
+            ("top sequence mass", "top_mass", ".4f"), ("sequences holding 90%", "n90", ",")],
+            title="pi0's law over its sequences:")
         run.table([r for r in run.rows if r["kind"] == "proxy"], [
             ("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "d"),
             ("pair accuracy", "pair_accuracy", ".3f"), ("corr", "corr", ".3f"), ("xi of X", "xi", ".2f"),
