@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, io, mdp, tails
-from goodhart_jax.lab import experiment, summary
+from goodhart_jax.lab import experiment, lm, summary
+from goodhart_jax.lab import tree as lab_tree
 
 LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
                "argmax_gold")
@@ -59,6 +60,14 @@ class Config(cli.RunConfig):
                               check=count("--eval-every"))
     search: bool = cli.arg(True, "GCG on each learned proxy")
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))
+    sharpness: float = cli.arg(lm.SHARPNESS, "inverse temperature of the lab LM's Markov source (0: uniform rows; "
+                               "larger: a more peaked pi0)", metavar="S",
+                               check=cli.each("--sharpness", lambda x: math.isfinite(x) and 0 <= x <= lm.SOURCE_MAX,
+                                              f"in [0, {lm.SOURCE_MAX:g}] (lab.lm.check_source)"))
+    eos_bias: float = cli.arg(lm.EOS_BIAS, "shift of EOS's logit in the source's rows (larger: shorter sequences; "
+                              "the defaults keep pi0 spread)", metavar="B",
+                              check=cli.each("--eos-bias", lambda x: math.isfinite(x) and abs(x) <= lm.SOURCE_MAX,
+                                             f"in [-{lm.SOURCE_MAX:g}, {lm.SOURCE_MAX:g}] (lab.lm.check_source)"))
     bt_steps: int = cli.arg(600, "Bradley-Terry training steps per learned proxy", metavar="S",
                             check=count("--bt-steps"))
     policy: str = cli.arg("", "causal-LM checkpoint as pi0 (with --tokens)", metavar="DIR", show_default=False)
@@ -128,7 +137,10 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
             for p in (cfg.pairs if k == "learned" else (None,))]
     first = len(run.rows)
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, ck.policy, cfg.tokens,
-                                 ck.gold, cfg.lm_steps)
+                                 ck.gold, cfg.lm_steps, cfg.sharpness, cfg.eos_bias)
+    law = lab_tree.law_stats(base.tree.log_p)  # how spread pi0 is: a spread law by default (lm.markov_source)
+    run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
+                   top_mass=law.top_mass, n90=law.n90)])
     run.log(f"overoptimization: seed {seed}: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; "
             f"about {estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
     at_kl = []

@@ -12,6 +12,7 @@ import pytest
 
 from goodhart_jax import cli, mdp
 from goodhart_jax.lab import experiment
+from goodhart_jax.lab import tree as lab_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +51,15 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_rows_and_fields(tiny):
     cfg, every = tiny
-    assert {r["kind"] for r in every} == {"lab", "proxy", "fit", "headline", "summary"}
+    assert {r["kind"] for r in every} == {"base", "lab", "proxy", "fit", "headline", "summary"}
     assert {r["seed"] for r in every if r["kind"] != "summary"} == {3, 4}  # every row carries its seed
     rows = [r for r in every if r.get("seed") == cfg.seed]
+    base = [r for r in rows if r["kind"] == "base"]  # pi0's law, first: one row a seed
+    assert rows[0] is base[0] and len(base) == 1 and set(base[0]) == {"kind", "seed", "N", "entropy", "perplexity",
+                                                                        "top_mass", "n90"}
+    b = base[0]
+    assert b["N"] == 40 and 0 < b["entropy"] <= np.log(40) and b["perplexity"] == pytest.approx(np.exp(b["entropy"]))
+    assert 1 / 40 <= b["top_mass"] <= 1 and 1 <= b["n90"] <= 40
     lab = [r for r in rows if r["kind"] == "lab"]
     assert {(r["proxy"], r["method"]) for r in lab} == {(p, m) for p in ("learned", "direct")
                                                          for m in ("bon", "exact", "rl")} | {("learned", "search")}
@@ -85,6 +92,11 @@ def test_exact_rows_against_mdp(tiny):
     key = jax.random.key(cfg.seed)
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
     k = jax.random.fold_in(jax.random.fold_in(key, 1), 0)
+    law = lab_tree.law_stats(base.tree.log_p)  # the base row is the rebuilt pi0's law
+    row = next(r for r in rows if r["kind"] == "base")
+    assert (row["N"], row["n90"]) == (law.num, law.n90)
+    np.testing.assert_allclose([row["entropy"], row["perplexity"], row["top_mass"]],
+                               [law.entropy, law.perplexity, law.top_mass], rtol=1e-6)
     built = experiment.build_proxy(k, base, "normal", cfg.noise_scale, "direct", None)
     # the error checked before the run (experiment.annotator_error) is the one the proxy was built from
     np.testing.assert_array_equal(built.proxy.error, experiment.annotator_error(k, "normal", 40, cfg.noise_scale))
@@ -139,6 +151,10 @@ def test_defaults_are_the_issue_sizes():
     (["--betas", "1e-31"], "beta=1e-31"),
     (["--noise-scale", "1e308"], "inf"),  # was accepted: float32 eps = inf, NaN comparisons, a fit printed
     (["--noise", "normal", "--noise-scale", "1e16"], "--noise-scale 1e+16, --noise normal"),
+    (["--sharpness", "-1"], "--sharpness must be in [0, 100]"),  # the source's knobs (lab.lm.check_source)
+    (["--sharpness", "inf"], "--sharpness must be"),
+    (["--eos-bias", "nan"], "--eos-bias must be in [-100, 100]"),
+    (["--eos-bias", "1e3"], "--eos-bias must be"),
     (["--gold", "/nonexistent/rm"], "/nonexistent/rm"),  # was read after config.json and 10 s of the LM's training
 ])
 def test_bad_input_exits_2(argv, message, tmp_path, capsys):

@@ -12,7 +12,8 @@ Public API:
   Base(logits_fn, params, tree: LMTree, gold: Gold, lm: LMConfig | None, gold_cfg: LMConfig | None)
   Checkpoints(policy: lm.CheckpointPolicy | None, gold: rewards.CheckpointReward | None)
   load_checkpoints(vocab, depth, policy=None, tokens=(), gold=None) -> Checkpoints   # read and checked, no work
-  build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600) -> Base   # paths or Checkpoints'
+  build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600, sharpness=lm.SHARPNESS,
+             eos_bias=lm.EOS_BIAS) -> Base   # paths or Checkpoints'; the source's knobs: lm.markov_source
   ProxyBuild(proxy: Proxy, report: ProxyReport, tree: mdp.Tree, cfg: LMConfig | None)
   build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500) -> ProxyBuild
   annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
@@ -109,7 +110,8 @@ def load_checkpoints(vocab: int, depth: int, policy: str | None = None, tokens: 
     return Checkpoints(pol, ck)
 
 
-def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gold=None, lm_steps: int = 600) -> Base:
+def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gold=None, lm_steps: int = 600,
+               sharpness: float = lm.SHARPNESS, eos_bias: float = lm.EOS_BIAS) -> Base:
     """pi0 (the lab LM trained on a random Markov source, or a checkpoint on --tokens), its tree, the gold.
 
     Args:
@@ -121,8 +123,11 @@ def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gol
       gold: a reward-model checkpoint directory or its `rewards.CheckpointReward`, or None for a random lab
         reward model.
       lm_steps: training steps of the lab LM.
+      sharpness, eos_bias: the lab LM's Markov source (`lm.markov_source`: the defaults make pi0 spread);
+        unused with a checkpoint policy.
     Raises:
       UsageError: the tree is too large to enumerate; a bad checkpoint or token list.
+      ValueError: sharpness or eos_bias out of range (`lm.check_source`).
     """
     k_src, k_lm, k_gold = jax.random.split(key, 3)
     if isinstance(policy, str) or isinstance(gold, str):
@@ -137,7 +142,8 @@ def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gol
     else:
         lab_tree.check_size(vocab, depth)
         cfg = lm.LMConfig(vocab, depth)
-        source = lm.markov_source(k_src, vocab)
+        lm.check_source(sharpness, eos_bias)
+        source = lm.markov_source(k_src, vocab, sharpness, eos_bias)
         params = lm.train_lm(k_lm, cfg, source, lm_steps).params
         logits_fn = lm.make_logits(cfg)
     tree = lab_tree.exact_tree(logits_fn, params, depth)

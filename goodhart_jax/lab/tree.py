@@ -25,6 +25,7 @@ Public API:
       # jitted entry point; refuses sizes over MAX_TERMINALS
   mdp_tree(lm_tree, gold [N], proxy [N]) -> mdp.Tree   # V = gold, X = proxy - gold (so U = proxy)
   spec(lm_tree) -> mdp.TreeSpec(A, L, eos=True)
+  law_stats(log_p [N]) -> LawStats(entropy, perplexity, top_mass, n90, num)   # NumPy float64; how spread pi0 is
 
 Example:
   t = exact_tree(lm.make_logits(cfg), params, cfg.depth)
@@ -213,3 +214,44 @@ def mdp_tree(tree: LMTree, gold: Array, proxy: Array) -> mdp.Tree:
     gold = jnp.asarray(gold, tree.log_pi0[0].dtype)
     proxy = jnp.asarray(proxy, tree.log_pi0[0].dtype)
     return mdp.Tree(tree.log_pi0, levels(proxy - gold, a, depth), levels(gold, a, depth))
+
+
+# ---------------------------------------------------------------- pi0's law, summarised
+class LawStats(NamedTuple):
+    """How spread a law over the N terminal sequences is (`law_stats`)."""
+
+    entropy: float  # H = -sum_x p(x) log p(x), nats
+    perplexity: float  # exp(H): the number of equally likely sequences with the same entropy (1 .. N)
+    top_mass: float  # max_x p(x): the most likely sequence's probability
+    n90: int  # the fewest sequences that hold >= 90% of the mass (the most likely ones)
+    num: int  # N, the sequences the law is over (those of probability 0 included)
+
+
+def law_stats(log_p) -> LawStats:
+    """Entropy, perplexity, top-sequence mass and 90%-mass count of a law given by its log-probabilities.
+
+    Computed in NumPy float64 on the host (a report, not a jitted step). The law is p = softmax(log_p): the
+    tree's log pi0(x) sum to 1 only up to float32 rounding, and renormalising keeps H <= log N and the
+    masses summing to 1; -inf entries are sequences of probability 0 (they count in `num` only). n90 is the
+    smallest k whose k most likely sequences hold >= 0.9 of the mass (sorted descending, cumulative sum; a sum
+    within its float64 rounding, N eps relative, of 0.9 counts: 9 of 10 equally likely sequences hold 90%).
+
+    Args:
+      log_p: [N] log-probabilities of the terminal sequences (`LMTree.log_p`), N >= 1.
+    Returns:
+      LawStats(entropy, perplexity, top_mass, n90, num) as Python floats and ints.
+    Raises:
+      ValueError: log_p is not 1-D and non-empty, holds nan or +inf, or is -inf everywhere (no law).
+    """
+    lp = np.asarray(log_p, np.float64)
+    if lp.ndim != 1 or lp.size == 0 or np.isnan(lp).any() or np.isposinf(lp).any() or np.isneginf(lp).all():
+        raise ValueError(f"law_stats needs [N] log-probabilities, finite or -inf, not all -inf; got shape "
+                         f"{lp.shape} with {int(np.isnan(lp).sum())} nan, {int(np.isposinf(lp).sum())} +inf")
+    w = np.exp(lp - lp.max())  # the largest term is exactly 1: sum >= 1, no underflow of the total
+    p = w / w.sum()
+    lp = lp - lp.max() - np.log(w.sum())
+    entropy = float(-np.sum(p * np.where(p > 0, lp, 0.0)))  # 0 log 0 = 0
+    mass = np.cumsum(np.sort(p)[::-1])
+    reach = 0.9 * mass[-1] * (1 - lp.size * np.finfo(np.float64).eps)  # within the cumsum's rounding of 90%
+    n90 = min(int(np.searchsorted(mass, reach)) + 1, lp.size)  # the first k with mass[k - 1] >= 90%
+    return LawStats(entropy, float(np.exp(entropy)), float(p.max()), n90, int(lp.size))
