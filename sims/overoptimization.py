@@ -122,15 +122,10 @@ def main(cfg: Config) -> list[dict]:
                 f"{estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
         for i, noise, kind, pairs in run.progress(jobs, "proxies"):
             k = keys[i]
-            built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)
+            built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps, cfg.betas)
             tag = dict(noise=noise, proxy=kind, pairs=pairs)
-            r = built.report
-            row = dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi, verdict=r.verdict)
-            bad = [f for f in ("pair_accuracy", "corr", "xi") if not np.isfinite(row[f])]
-            if bad:  # null in the files: say why (a small tree has no tail fit; anything else is not finite)
-                row["reason"] = r.verdict if bad == ["xi"] and r.verdict.startswith("n/a") else \
-                    f"{', '.join(bad)} not finite"
-            run.emit([row])
+            run.emit([dict(kind="proxy", **tag, **experiment.proxy_row(built))])  # nulls carry their reason
+            run.emit([dict(kind="tail", **tag, **t) for t in experiment.tail_rows(built)])
             pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
             for j, b in enumerate(cfg.rl_betas):
                 pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,
@@ -147,8 +142,11 @@ def main(cfg: Config) -> list[dict]:
                 run.figure(name, fig)
         run.table([r for r in run.rows if r["kind"] == "proxy"], [
             ("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "d"),
-            ("pair accuracy", "pair_accuracy", ".3f"), ("corr", "corr", ".3f"), ("xi of X", "xi", ".2f"),
-            ("verdict", "verdict", "")], title="proxies against gold:")
+            ("acc. unseen", "pair_accuracy_unseen", ".3f"), ("acc. seen", "pair_accuracy_seen", ".3f"),
+            ("pi0(seen)", "seen_mass", ".3f"), ("corr", "corr", ".3f"), ("xi of X", "xi", ".2f"),
+            ("verdict", "verdict", ""), ("xi of proxy", "xi_proxy", ".2f")],
+            title="proxies against gold (accuracy on pairs of sequences outside / inside the training pairs; xi on "
+                  "i.i.d. pi0 draws):")
     return run.rows
 
 
