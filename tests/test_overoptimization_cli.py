@@ -1,5 +1,5 @@
 """sims/overoptimization.py: a tiny lab run (A=4, L=3; slow: compiling every method is its cost): row kinds and
-fields, exact KL against mdp, no method's objective above the exact optimum's at the same beta; bad input exits 2
+fields (proxy rows' nulls with reasons, tail rows, proxies standardised), exact KL against mdp, no method's objective above the exact optimum's at the same beta; bad input exits 2
 in one line; the default sizes (A=16, L=5) pass the enumeration check."""
 import importlib.util
 import sys
@@ -50,7 +50,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_rows_and_fields(tiny):
     cfg, rows = tiny
-    assert {r["kind"] for r in rows} == {"lab", "proxy", "fit"}
+    assert {r["kind"] for r in rows} == {"lab", "proxy", "fit", "tail"}
     lab = [r for r in rows if r["kind"] == "lab"]
     assert {(r["proxy"], r["method"]) for r in lab} == {(p, m) for p in ("learned", "direct")
                                                          for m in ("bon", "exact", "rl")} | {("learned", "search")}
@@ -64,10 +64,25 @@ def test_rows_and_fields(tiny):
         if r["method"] == "bon":
             assert r["KL"] <= r["KL_bound"] + 1e-5
     assert sorted(r["step"] for r in lab if r["method"] == "rl" and r["proxy"] == "direct") == [0, 5, 10]
-    proxies = [r for r in rows if r["kind"] == "proxy"]
-    assert len(proxies) == 2 and all(0.5 < r["pair_accuracy"] <= 1 and -1 <= r["corr"] <= 1 for r in proxies)
-    assert all(r["xi"] is None and r["verdict"].startswith("n/a") and r["reason"] == r["verdict"]
-               for r in proxies)  # N = 40 < 100: no tail fit, and the null says why
+    proxies = {r["proxy"]: r for r in rows if r["kind"] == "proxy"}
+    assert len(proxies) == 2 and all(-1 <= r["corr"] <= 1 for r in proxies.values())
+    for r in proxies.values():  # N = 40 < 100: no tail fit, and the null says why
+        assert r["xi"] is None and r["verdict"].startswith("n/a") and f"xi: {r['verdict']}" in r["reason"]
+    learned, direct = proxies["learned"], proxies["direct"]
+    assert 0.5 < learned["pair_accuracy_seen"] <= 1 and 0 < learned["seen_mass"] <= 1
+    # 600 draws may cover all 40 sequences: then no unseen pair, and the null says so
+    assert (0.5 < learned["pair_accuracy_unseen"] <= 1 if learned["pair_accuracy_unseen"] is not None
+            else "pair_accuracy_unseen: every sequence (40)" in learned["reason"])
+    assert 0.5 < direct["pair_accuracy_unseen"] <= 1 and direct["pair_accuracy_seen"] is None
+    assert "pair_accuracy_seen: a direct proxy has no training pairs" in direct["reason"]
+    # proxies standardised under pi0: best-of-1 (pi0 itself) has E[proxy] = 0 for both
+    assert all(abs(r["proxy_reward"]) < 1e-5 for r in lab if r["method"] == "bon" and r["n"] == 1)
+    tails = [r for r in rows if r["kind"] == "tail"]
+    assert len(tails) == 2 * 2 * (1 + len(BETAS)) * 6  # proxies x (X, proxy) x (pi0, pi*(beta)) x quantiles
+    assert {(r["law"], r["beta"]) for r in tails} == {("pi0", None)} | {("pi*", b) for b in BETAS}
+    for r in tails:
+        assert (r["mean_excess"] is None) == ("reason" in r)
+        assert r["mean_excess"] is None or (r["mean_excess"] > 0 and 0 < r["mass_above"] <= 1 - r["q"] + 1e-9)
     fit = {(r["proxy"], r["method"]) for r in rows if r["kind"] == "fit"}
     assert fit == {(p, m) for p in ("learned", "direct") for m in ("bon", "rl")}
     for r in (r for r in rows if r["kind"] == "fit"):  # a fit, or nulls with the reason (too few distinct d)
