@@ -4,7 +4,7 @@ pi0 is a small GPT-NeoX LM trained on a random Markov source (or --policy on --t
 so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), RLOO on the LM itself (with its
 gap to pi*'s objective), and GCG on the learned proxy against the enumerated argmax. Annotator error eps per
 sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
-eps). Gao et al.'s forms are fitted to gold against d = sqrt(KL).
+eps), each standardised to mean 0, sd 1 under pi0. Gao et al.'s forms are fitted to gold against d = sqrt(KL).
 
     python sims/overoptimization.py                       # defaults: A=16, L=5 (813,616 sequences)
     python sims/overoptimization.py --noise normal --proxy direct --rl-betas --json

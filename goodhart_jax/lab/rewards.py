@@ -21,11 +21,23 @@ from pi0 and labelled a > b with the Bradley-Terry probability
 sigmoid((u(a) - u(b)) / temperature) (temperature 0: the sign, ties 1/2).
 Proxies: `learned` (a smaller reward model trained with AdamW on the BT
 log-loss of those labels) or `direct` (gold + eps exactly, no learning).
+Every proxy is then shifted and scaled to mean 0, sd 1 under pi0 (exact
+weights, float64 moments: `Proxy.reward`), so that one beta means the same
+for every proxy; its own scores stay in `Proxy.raw` (a learned model's scale,
+what GCG's scorer sees). X = proxy - gold uses the standardised proxy.
 
-Diagnostics per proxy: held-out pair accuracy against gold (pairs drawn from
-pi0), corr(proxy, gold) under pi0 (exact), and the tail of X = z(proxy) - gold,
-where z standardises to mean 0, sd 1 under pi0, by `tail_index.diagnose` on
-the X of terminals drawn from pi0 without replacement.
+Diagnostics per proxy (`diagnose_proxy`):
+- pair accuracy against gold on pairs drawn from pi0 conditioned on the
+  sequences in no training comparison (`pair_accuracy_unseen`: they share no
+  sequence with the training pairs), and separately among the training pairs'
+  sequences (`pair_accuracy_seen`), with the seen set's pi0 mass; a direct
+  proxy has no training pairs (unseen = all of pi0, seen nan with a reason);
+- corr(proxy, gold) under pi0 (exact);
+- xi and verdict (`tail_index.diagnose`) of X and of the proxy on i.i.d. draws
+  from pi0 with repeats, i.e. on pi0's own law (not its support);
+- exact weighted mean-excess curves e(u) = E[Z - u | Z > u] at the law's own
+  q-quantiles u (QUANTILES) for Z = X and Z = proxy, under pi0 and under
+  pi*(beta) (proportional to pi0 exp(proxy / beta)) at each beta asked for.
 
 Public API:
   gold_config(vocab, depth) / proxy_config(vocab, depth) -> lm.LMConfig   # defaults: 2 x 64 and 1 x 32
@@ -34,22 +46,34 @@ Public API:
   load_reward(path, tokens, start=None, base_model=None) -> CheckpointReward(reward_fn, params, tokens, start, model)
   score_terminals(reward_fn, params, tokens [N, L], chunk=8192) -> [N]     # jitted, chunked
   pi0_moments(r [N], log_p [N]) -> Moments(mean, sd);  standardise(r, log_p) -> [N]
+  pi0_standardise(r [N], log_p [N]) -> Standardised(z [N], mean, sd)   # float64 moments; sd 0: shifted only
   pi0_corr(x [N], y [N], log_p [N]) -> []
   Gold(reward [N] standardised, raw [N], mean, sd)
   gold_reward(key, cfg, tree) -> Gold;  gold_from(reward_fn, params, tree) -> Gold
   annotator_error(key, family, num, scale) -> [N]
-  Comparisons(a [P], b [P], label [P]);  sample_terminals(key, log_p, num) -> [num]
+  Comparisons(a [P], b [P], label [P]);  sample_terminals(key, log_p, num) -> [num]   # -inf log_p: never drawn
   sample_pairs(key, log_p, num) -> (a [num], b [num])     # i.i.d. from pi0
   comparisons(key, log_p, utility [N], num, temperature=1.0) -> Comparisons
   bt_loss(reward_fn, params, tokens, data) -> []
   train_bt(key, reward_fn, params, tokens [N, L], data, steps, batch=256, lr=1e-3, weight_decay=0.01)
       -> Trained(params, loss [steps])           # jitted lax.scan, minibatches drawn with replacement
-  Proxy(reward [N], error [N], params, loss)
-  direct_proxy(gold, error) -> Proxy
+  Proxy(reward [N] standardised, error [N], params, loss, raw [N], mean, sd, data: Comparisons | None)
+  direct_proxy(gold, error, log_p) -> Proxy
   learned_proxy(key, cfg, tree, gold, error, pairs, steps=2000, temperature=1.0, ...) -> Proxy
-  pair_accuracy(proxy [N], gold [N], a [P], b [P]) -> []
-  ProxyReport(pair_accuracy, corr, xi, verdict, error [N], diagnosis)
-  diagnose_proxy(key, proxy [N], gold [N], log_p [N], heldout_pairs=10000, tail_sample=20000) -> ProxyReport
+  pair_accuracy(proxy [N], gold [N], a [P], b [P]) -> []   # nan: no pair with distinct gold, or non-finite
+  seen_terminals(data, num) -> [num] bool
+  PairSplit(seen [N], seen_mass, unseen (a, b), seen_pairs (a, b))
+  split_pairs(key, log_p, data, num) -> PairSplit     # pi0 conditioned on unseen / on seen sequences
+  QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+  weighted_quantile(z [N], log_w [N], q [Q]) -> [Q];  mean_excess(z [N], log_w [N], u [Q]) -> [Q]   # float64
+  ExcessCurve(q [Q], u [K, Q], mean_excess [K, Q], mass_above [K, Q]);  excess_curve(z, log_w [K, N], q) -> ExcessCurve
+  Tails(betas [K], x: ExcessCurve, proxy: ExcessCurve)   # laws: pi0, then pi*(betas[k])
+  tail_curves(proxy [N], gold [N], log_p [N], betas=(), q=QUANTILES) -> Tails
+  MIN_TAIL_SEQUENCES = 100
+  ProxyReport(pair_accuracy_unseen, pair_accuracy_seen, seen_mass, seen, corr, xi, verdict, xi_proxy,
+              verdict_proxy, draws, error [N], diagnosis, diagnosis_proxy, tails, pairs, reasons)
+  diagnose_proxy(key, proxy [N], gold [N], log_p [N], data=None, heldout_pairs=10000, tail_sample=20000,
+                 betas=(), q=QUANTILES) -> ProxyReport
 
 Glossary: N terminals, L depth, A vocabulary, B batch, P pairs, D model.
 """
