@@ -1,6 +1,7 @@
 """sims/overoptimization.py: a tiny lab run (A=4, L=3; slow: compiling every method is its cost): row kinds and
-fields (proxy rows' nulls with reasons, tail rows, proxies standardised), exact KL against mdp, no method's objective above the exact optimum's at the same beta; bad input exits 2
-in one line; the default sizes (A=16, L=5) pass the enumeration check."""
+fields (proxy rows' nulls with reasons, tail rows, proxies standardised), exact KL against mdp, no method's
+objective above the exact optimum's at the same beta; bad input exits 2 in one line; the default sizes (A=16,
+L=5) pass the enumeration check."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -239,3 +240,24 @@ def test_figures_skip_null_rows():
     lines = figs["overoptimization.png"].axes[0].get_lines()
     assert len(lines) == 3  # gold, proxy, the zero line: no fit curve
     assert not figs["rl_gap.png"].axes[0].get_lines()
+
+
+def test_mean_excess_figure():
+    """The tail rows' curves: one line per (proxy, law) with a mean excess; null rows (no mass above u) draw
+    nothing; no tail rows, no figure."""
+    from goodhart_jax.plots import overoptimization as plots
+
+    tag = dict(noise="normal", proxy="direct", pairs=None)
+    rows = [dict(kind="tail", **tag, law=law, beta=beta, of=of, q=q, u=u, mean_excess=e, mass_above=0.1)
+            for of in ("X", "proxy") for law, beta in (("pi0", None), ("pi*", 1.0), ("pi*", 0.05))
+            for q, u, e in ((0.5, 0.0, 1.0), (0.9, 1.0, 0.8))]
+    for r in rows:
+        if r["beta"] == 0.05 or (r["beta"] == 1.0 and r["of"] == "proxy"):
+            r.update(mean_excess=None, reason="no mass above u")
+    x_ax, proxy_ax = plots.mean_excess(rows).axes[:2]
+    assert [len(line.get_xdata()) for line in x_ax.get_lines()] == [2, 2]  # pi0 and pi*(1); pi*(0.05) all null
+    assert len(proxy_ax.get_lines()) == 1
+    lab = [dict(kind="lab", **tag, **experiment.point("bon", n=n, KL=kl, gold=0.1 * kl, proxy_reward=kl,
+                                                          KL_bound=kl + 1)) for n, kl in ((1, 0.0), (4, 0.5))]
+    assert "mean_excess.png" in plots.figures(lab + rows)
+    assert "mean_excess.png" not in plots.figures(lab + [dict(r, mean_excess=None) for r in rows])

@@ -183,8 +183,9 @@ def proxy_row(built: ProxyBuild) -> dict:
     r, px = built.report, built.proxy
     row = dict(pair_accuracy_unseen=r.pair_accuracy_unseen, pair_accuracy_seen=r.pair_accuracy_seen,
                seen_mass=r.seen_mass, seen_sequences=r.seen, corr=r.corr, xi=r.xi, verdict=r.verdict,
-               xi_proxy=r.xi_proxy, verdict_proxy=r.verdict_proxy, tail_law=f"pi0: {r.draws} i.i.d. draws (repeats included)" if r.draws else None, raw_mean=float(px.mean),
-               raw_sd=float(px.sd))
+               xi_proxy=r.xi_proxy, verdict_proxy=r.verdict_proxy,
+               tail_law=f"pi0: {r.draws} i.i.d. draws (repeats included)" if r.draws else None,
+               raw_mean=float(px.mean), raw_sd=float(px.sd))
     reasons = dict(r.reasons)
     if row["tail_law"] is None:
         reasons.setdefault("tail_law", r.verdict)

@@ -585,20 +585,21 @@ class ExcessCurve(NamedTuple):
     mass_above: np.ndarray  # [K, Q] P(Z > u) under the law (<= 1 - q)
 
 
+def _law_curve(zs: np.ndarray, order: np.ndarray, log_w: np.ndarray, q: np.ndarray):
+    """(u, mean excess, mass above) [Q] of z sorted (zs = z[order]) under one law log_w [N] (unsorted)."""
+    lw = log_w[order] - _logsumexp(log_w)
+    u = _quantiles(zs, lw, q)
+    return (u, *_excess(zs, lw, u))
+
+
 def excess_curve(z, log_w, q=QUANTILES) -> ExcessCurve:
     """`weighted_quantile` and `mean_excess` of z [N] at its own q-quantiles under each law log_w [K, N] (or [N]:
     K = 1); z is sorted once. float64 NumPy."""
     z = np.asarray(z, np.float64)
-    log_w = np.atleast_2d(np.asarray(log_w, np.float64))
     q = np.asarray(q, np.float64)
     order = np.argsort(z, kind="stable")
-    zs = z[order]
-    u, e, m = (np.zeros((log_w.shape[0], q.shape[0])) for _ in range(3))
-    for k, lw in enumerate(log_w):
-        lw = lw[order] - _logsumexp(lw)
-        u[k] = _quantiles(zs, lw, q)
-        e[k], m[k] = _excess(zs, lw, u[k])
-    return ExcessCurve(q, u, e, m)
+    rows = [_law_curve(z[order], order, lw, q) for lw in np.atleast_2d(np.asarray(log_w, np.float64))]
+    return ExcessCurve(q, *(np.stack([r[i] for r in rows]) for i in range(3)))
 
 
 class Tails(NamedTuple):
@@ -624,8 +625,14 @@ def tail_curves(proxy: Array, gold: Array, log_p: Array, betas=(), q=QUANTILES) 
     lp = np.asarray(log_p, np.float64)
     pr = np.asarray(proxy, np.float64)
     b = np.asarray(betas, np.float64).reshape(-1)
-    laws = np.concatenate([lp[None], lp[None] + pr[None] / b[:, None]]) if b.size else lp[None]
-    return Tails(b, excess_curve(pr - np.asarray(gold, np.float64), laws, q), excess_curve(pr, laws, q))
+    q = np.asarray(q, np.float64)
+    curves = []
+    for z in (pr - np.asarray(gold, np.float64), pr):
+        order = np.argsort(z, kind="stable")
+        zs = z[order]
+        rows = [_law_curve(zs, order, lp, q)] + [_law_curve(zs, order, lp + pr / bk, q) for bk in b]  # O(N) each
+        curves.append(ExcessCurve(q, *(np.stack([r[i] for r in rows]) for i in range(3))))
+    return Tails(b, *curves)
 
 
 # ---------------------------------------------------------------- diagnostics
