@@ -143,7 +143,9 @@ def main(cfg: Config) -> list[dict]:
         run.table([r for r in run.rows if r["kind"] == "proxy"], [
             ("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "d"),
             ("acc. unseen", "pair_accuracy_unseen", ".3f"), ("acc. seen", "pair_accuracy_seen", ".3f"),
-            ("pi0(seen)", "seen_mass", ".3f"), ("corr", "corr", ".3f"), ("xi of X", "xi", ".2f"),
+            ("pi0(seen)", "seen_mass", ".3f"), ("corr", "corr", ".3f"),
+            ("corr(X, eps) unseen", "error_corr_unseen", ".2f"), ("seen", "error_corr_seen", ".2f"),
+            ("xi of X", "xi", ".2f"),
             ("verdict", "verdict", ""), ("xi of proxy", "xi_proxy", ".2f")],
             title="proxies against gold (accuracy on pairs of sequences outside / inside the training pairs; xi on "
                   "i.i.d. pi0 draws):")

@@ -75,6 +75,8 @@ def test_rows_and_fields(tiny):
     assert (0.5 < learned["pair_accuracy_unseen"] <= 1 if learned["pair_accuracy_unseen"] is not None
             else "pair_accuracy_unseen: every sequence (40)" in learned["reason"])
     assert 0.5 < direct["pair_accuracy_unseen"] <= 1 and direct["pair_accuracy_seen"] is None
+    assert 0 < direct["error_corr_unseen"] <= 1 and direct["error_corr_seen"] is None  # X of gold + eps: eps
+    assert -1 <= learned["error_corr_seen"] <= 1
     assert "pair_accuracy_seen: a direct proxy has no training pairs" in direct["reason"]
     # proxies standardised under pi0: best-of-1 (pi0 itself) has E[proxy] = 0 for both
     assert all(abs(r["proxy_reward"]) < 1e-5 for r in lab if r["method"] == "bon" and r["n"] == 1)

@@ -15,7 +15,7 @@ Public API:
   build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600) -> Base   # paths or Checkpoints'
   ProxyBuild(proxy: Proxy, report: ProxyReport, tree: mdp.Tree, cfg: LMConfig | None)
   build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500, betas=()) -> ProxyBuild   # standardised proxy
-  proxy_row(built) -> dict    # a "proxy" row's fields (accuracy unseen / seen, xi of X and proxy on pi0's law)
+  proxy_row(built) -> dict    # a "proxy" row's fields (accuracy and corr(X, eps) unseen / seen, xi on pi0's law)
   tail_rows(built) -> rows    # "tail" rows: exact mean-excess curves of X and proxy under pi0 and pi*(beta)
   annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
@@ -172,17 +172,19 @@ def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int
         a, depth = base.tree.log_pi0[0].shape[-1], len(base.tree.log_pi0)
         cfg = rewards.proxy_config(a, depth)
         px = rewards.learned_proxy(k_fit, cfg, base.tree, base.gold.reward, eps, pairs, steps=bt_steps)
-    report = rewards.diagnose_proxy(k_diag, px.reward, base.gold.reward, base.tree.log_p, px.data, betas=betas)
+    report = rewards.diagnose_proxy(k_diag, px.reward, base.gold.reward, base.tree.log_p, px.data, px.error,
+                                    betas=betas)
     return ProxyBuild(px, report, lab_tree.mdp_tree(base.tree, base.gold.reward, px.reward), cfg)
 
 
 def proxy_row(built: ProxyBuild) -> dict:
     """The fields of a "proxy" row: accuracies on unseen and seen sequences, the seen set's pi0 mass and size,
-    corr, xi and verdict of X and of the proxy and the law they were fitted on (tail_law: i.i.d. pi0 draws), the
+    corr, corr(X, eps) on unseen and on seen sequences, xi and verdict of X and of the proxy and the law they were fitted on (tail_law: i.i.d. pi0 draws), the
     raw proxy's pi0 mean and sd (divided out), and `reason` ("field: why; ...") where a field is null."""
     r, px = built.report, built.proxy
     row = dict(pair_accuracy_unseen=r.pair_accuracy_unseen, pair_accuracy_seen=r.pair_accuracy_seen,
-               seen_mass=r.seen_mass, seen_sequences=r.seen, corr=r.corr, xi=r.xi, verdict=r.verdict,
+               seen_mass=r.seen_mass, seen_sequences=r.seen, corr=r.corr, error_corr_unseen=r.error_corr_unseen,
+               error_corr_seen=r.error_corr_seen, xi=r.xi, verdict=r.verdict,
                xi_proxy=r.xi_proxy, verdict_proxy=r.verdict_proxy,
                tail_law=f"pi0: {r.draws} i.i.d. draws (repeats included)" if r.draws else None,
                raw_mean=float(px.mean), raw_sd=float(px.sd))

@@ -32,7 +32,9 @@ Diagnostics per proxy (`diagnose_proxy`):
   sequence with the training pairs), and separately among the training pairs'
   sequences (`pair_accuracy_seen`), with the seen set's pi0 mass; a direct
   proxy has no training pairs (unseen = all of pi0, seen nan with a reason);
-- corr(proxy, gold) under pi0 (exact);
+- corr(proxy, gold) under pi0 (exact), and corr(X, eps) under pi0 on the
+  unseen and on the seen sequences (how much annotator error the proxy
+  carries off and on its training pairs: i.i.d. error is not learnable);
 - xi and verdict (`tail_index.diagnose`) of X and of the proxy on i.i.d. draws
   from pi0 with repeats, i.e. on pi0's own law (not its support);
 - exact weighted mean-excess curves e(u) = E[Z - u | Z > u] at the law's own
@@ -71,9 +73,10 @@ Public API:
   tail_curves(proxy [N], gold [N], log_p [N], betas=(), q=QUANTILES) -> Tails
   MIN_TAIL_SEQUENCES = 100
   ProxyReport(pair_accuracy_unseen, pair_accuracy_seen, seen_mass, seen, corr, xi, verdict, xi_proxy,
-              verdict_proxy, draws, error [N], diagnosis, diagnosis_proxy, tails, pairs, reasons)
-  diagnose_proxy(key, proxy [N], gold [N], log_p [N], data=None, heldout_pairs=10000, tail_sample=20000,
-                 betas=(), q=QUANTILES) -> ProxyReport
+              verdict_proxy, draws, error [N], diagnosis, diagnosis_proxy, tails, pairs, reasons,
+              error_corr_unseen, error_corr_seen)
+  diagnose_proxy(key, proxy [N], gold [N], log_p [N], data=None, error=None, heldout_pairs=10000,
+                 tail_sample=20000, betas=(), q=QUANTILES) -> ProxyReport
 
 Glossary: N terminals, L depth, A vocabulary, B batch, P pairs, D model.
 """
@@ -658,10 +661,12 @@ class ProxyReport(NamedTuple):
     tails: Tails  # exact mean-excess curves under pi0 and pi*(beta)
     pairs: PairSplit  # the evaluation pairs
     reasons: dict  # {field: why it is nan}
+    error_corr_unseen: float  # corr(X, eps) under pi0 conditioned on the unseen sequences (direct: all of pi0)
+    error_corr_seen: float  # corr(X, eps) under pi0 conditioned on the training pairs' sequences (nan for direct)
 
 
 def diagnose_proxy(key: Array, proxy: Array, gold: Array, log_p: Array, data: Comparisons | None = None,
-                   heldout_pairs: int = 10_000, tail_sample: int = 20_000, betas=(), q=QUANTILES,
+                   error: Array | None = None, heldout_pairs: int = 10_000, tail_sample: int = 20_000, betas=(), q=QUANTILES,
                    bayes: bool = False, tail_fraction: float = 0.1) -> ProxyReport:
     """Pair accuracy against gold on unseen and seen sequences, exact corr under pi0, and the tails of
     X = proxy - gold and of the proxy under pi0's own law.
@@ -676,6 +681,8 @@ def diagnose_proxy(key: Array, proxy: Array, gold: Array, log_p: Array, data: Co
       gold: [N] standardised gold.
       log_p: [N] pi0's terminal log-probabilities.
       data: the proxy's training comparisons (`Proxy.data`; None for a direct proxy).
+      error: [N] the annotator error eps (`Proxy.error`), for corr(X, eps) on unseen and on seen sequences (how
+        much of the error the proxy carries off and on its training pairs); None: nan.
       heldout_pairs: pairs of each kind (unseen, seen) for the accuracies.
       tail_sample: i.i.d. pi0 draws whose X and proxy are diagnosed.
       betas, q: the pi*(beta) laws and quantile levels of the mean-excess curves.
@@ -712,9 +719,22 @@ def diagnose_proxy(key: Array, proxy: Array, gold: Array, log_p: Array, data: Co
         if not np.isfinite(diag[name][0]):
             reasons[name] = diag[name][1]
     corr = float(pi0_corr(proxy, gold, log_p))
+    ecorr = {}
+    for f, keep in (("error_corr_unseen", ~split.seen), ("error_corr_seen", split.seen)):
+        ecorr[f] = float("nan")
+        if error is None:
+            reasons[f] = "no annotator error given"
+        elif not bool(jnp.any(keep)):
+            reasons[f] = ("a direct proxy has no training pairs" if data is None and f == "error_corr_seen" else
+                          f"every sequence ({n}) is in a training pair")
+        else:
+            ecorr[f] = float(pi0_corr(x, error, jnp.where(keep, log_p, -jnp.inf)))
+            if not np.isfinite(ecorr[f]):
+                reasons[f] = "not finite (X or eps constant on these sequences, or not finite)"
     if not np.isfinite(corr):
         reasons["corr"] = "not finite (a reward is not finite, or one is constant under pi0)"
     return ProxyReport(acc_unseen, acc_seen, seen_mass, seen, corr, diag["xi"][0], diag["xi"][1],
                        diag["xi_proxy"][0], diag["xi_proxy"][1], tail_sample if n >= MIN_TAIL_SEQUENCES else 0,
                        x, diag["xi"][2], diag["xi_proxy"][2],
-                       tail_curves(proxy, gold, log_p, betas, q), split, reasons)
+                       tail_curves(proxy, gold, log_p, betas, q), split, reasons, ecorr["error_corr_unseen"],
+                       ecorr["error_corr_seen"])

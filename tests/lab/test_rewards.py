@@ -317,6 +317,8 @@ def test_diagnose_proxy_sees_the_error_tail():
         np.testing.assert_allclose(rep.corr, rewards.pi0_corr(proxy, gold, lp), rtol=1e-6)
         assert 0.5 < rep.pair_accuracy_unseen < 1.0 and np.isnan(rep.pair_accuracy_seen)
         assert "pair_accuracy_seen" in rep.reasons and rep.seen == 0
+        assert np.isnan(rep.error_corr_seen) and np.isnan(rep.error_corr_unseen)  # no eps given: nan, with reasons
+        assert rep.reasons["error_corr_unseen"] == "no annotator error given"
         assert rep.draws == 20_000 and rep.diagnosis.n == 20_000
         assert (rep.verdict == "heavy") == heavy, rep.diagnosis.verdict.text()
         assert rep.tails.x.u.shape == (2, len(rewards.QUANTILES))
@@ -332,9 +334,18 @@ def test_diagnose_proxy_accuracy_on_unseen_and_seen():
         gold = jax.random.normal(jax.random.key(29), (n,))
         proxy = rewards.pi0_standardise(gold + jax.random.normal(jax.random.key(30), (n,)), lp).z
         data = rewards.comparisons(jax.random.key(31), lp, gold, 40)
-        rep = rewards.diagnose_proxy(jax.random.key(32), proxy, gold, lp, data, heldout_pairs=3000)
+        eps = jax.random.normal(jax.random.key(33), (n,))
+        rep = rewards.diagnose_proxy(jax.random.key(32), proxy, gold, lp, data, eps, heldout_pairs=3000)
         train = set(np.asarray(data.a).tolist()) | set(np.asarray(data.b).tolist())
         g, p = np.asarray(gold, np.float64), np.asarray(proxy, np.float64)
+        mask = np.isin(np.arange(n), sorted(train))
+        for f, keep in (("error_corr_unseen", ~mask), ("error_corr_seen", mask)):  # weighted corr on the subset
+            w = np.where(keep, np.exp(np.asarray(lp, np.float64)), 0.0)
+            w /= w.sum()
+            x, e = p - g, np.asarray(eps, np.float64)
+            cx, ce = x - w @ x, e - w @ e
+            np.testing.assert_allclose(getattr(rep, f), (w @ (cx * ce)) / np.sqrt((w @ cx**2) * (w @ ce**2)),
+                                       rtol=1e-4, atol=1e-5)
         for (a, b), acc, inside in ((rep.pairs.unseen, rep.pair_accuracy_unseen, False),
                                     (rep.pairs.seen_pairs, rep.pair_accuracy_seen, True)):
             a, b = np.asarray(a), np.asarray(b)
