@@ -413,8 +413,8 @@ class Proxy(NamedTuple):
     params: Any
     loss: Any
     raw: Array
-    mean: Array
-    sd: Array
+    mean: Any  # np.float64
+    sd: Any  # np.float64
     data: Any
 
 
