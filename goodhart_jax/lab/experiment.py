@@ -50,10 +50,10 @@ from goodhart_jax.lab import lm, rewards, rl
 from goodhart_jax.lab import search as lab_search
 from goodhart_jax.lab import tree as lab_tree
 
-__all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "proxy_row",
-           "tail_rows", "annotator_error",
+__all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "annotator_error",
            "check_error", "point", "exact_points", "bon_points", "rl_points", "search_points", "gao_fits",
            "check_size", "peak_bytes", "FIELDS"]
+__all__ += ["proxy_row", "tail_rows"]
 
 check_size = lab_tree.check_size
 MIN_TAIL_SAMPLES = rewards.MIN_TAIL_SEQUENCES  # tail_index.diagnose's minimum; smaller trees get no xi
