@@ -4,7 +4,7 @@ pi0 is a small GPT-NeoX LM trained on a random Markov source (or --policy on --t
 so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), RLOO on the LM itself (with its
 gap to pi*'s objective), and GCG on the learned proxy against the enumerated argmax. Annotator error eps per
 sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
-eps). Gao et al.'s forms are fitted to gold against d = sqrt(KL).
+eps), each standardised to mean 0, sd 1 under pi0. Gao et al.'s forms are fitted to gold against d = sqrt(KL).
 
     python sims/overoptimization.py                       # defaults: A=16, L=5 (813,616 sequences)
     python sims/overoptimization.py --noise normal --proxy direct --rl-betas --json
@@ -146,15 +146,10 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
     at_kl = []
     for i, noise, kind, pairs in run.progress(jobs, f"seed {seed}: proxies"):
         k = keys[i]
-        built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps)
+        built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps, cfg.betas)
         tag = dict(seed=seed, noise=noise, proxy=kind, pairs=pairs)
-        r = built.report
-        row = dict(kind="proxy", **tag, pair_accuracy=r.pair_accuracy, corr=r.corr, xi=r.xi, verdict=r.verdict)
-        bad = [f for f in ("pair_accuracy", "corr", "xi") if not np.isfinite(row[f])]
-        if bad:  # null in the files: say why (a small tree has no tail fit; anything else is not finite)
-            row["reason"] = r.verdict if bad == ["xi"] and r.verdict.startswith("n/a") else \
-                f"{', '.join(bad)} not finite"
-        run.emit([row])
+        run.emit([dict(kind="proxy", **tag, **experiment.proxy_row(built))])  # nulls carry their reason
+        run.emit([dict(kind="tail", **tag, **t) for t in experiment.tail_rows(built)])
         pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
         for j, b in enumerate(cfg.rl_betas):
             pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,
@@ -191,14 +186,25 @@ def tables(run: cli.Run, summ: list[dict], seeds: int) -> None:
                   title="pi0's law (entropy in nats; top_mass: the most likely sequence's; n90: sequences holding "
                         "90% of the mass)" + over + ":")
     tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in summ if r["method"] != "pi0"))
-    prow = []
-    for t in tags:
-        cells = {q: _cell(by.get(t + ("proxy", None, q, None)), ".3f") for q in summary.PROXY_FIELDS}
-        prow.append(dict(noise=t[0], proxy=t[1], pairs=t[2], **cells))
-    run.table(prow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "")]
-              + [(q.replace("_", " "), q, "") for q in summary.PROXY_FIELDS
-                 if any(r["quantity"] == q and r["method"] == "proxy" for r in summ)],
-              title="proxies against gold" + over + ":")
+    verdicts = {}
+    for r in run.rows:
+        if r["kind"] == "proxy":
+            verdicts.setdefault((r["noise"], r["proxy"], r["pairs"]), []).append(r["verdict"])
+    for fields, title in ((("pair_accuracy_unseen", "pair_accuracy_seen", "seen_mass", "corr"),
+                           "proxies against gold: pair accuracy on sequences outside / inside the training pairs, "
+                           "pi0's mass of the seen ones, corr under pi0"),
+                          (("error_corr_unseen", "error_corr_seen", "xi", "xi_proxy"),
+                           "proxies' error X = proxy - gold: corr(X, eps) on unseen / seen sequences, xi of X and of "
+                           "the proxy (i.i.d. pi0 draws)")):
+        prow = []
+        for t in tags:
+            cells = {q: _cell(by.get(t + ("proxy", None, q, None)), ".3f") for q in fields}
+            tally = verdicts.get(t, [])
+            prow.append(dict(noise=t[0], proxy=t[1], pairs=t[2], **cells,
+                             verdict=", ".join(f"{v} {tally.count(v)}/{len(tally)}" for v in dict.fromkeys(tally))))
+        cols = [(q.replace("_", " "), q, "") for q in fields if any(r["quantity"] == q for r in summ)]
+        run.table(prow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "")] + cols
+                  + ([("verdict of X", "verdict", "")] if "xi" in fields else []), title=title + over + ":")
     mrow = []
     for t in tags:
         for m, b in dict.fromkeys((r["method"], r["beta"]) for r in summ if (r["noise"], r["proxy"], r["pairs"]) == t

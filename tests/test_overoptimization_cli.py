@@ -1,6 +1,7 @@
 """sims/overoptimization.py: a tiny lab run (A=4, L=3; slow: compiling every method is its cost): row kinds and
-fields, exact KL against mdp, no method's objective above the exact optimum's at the same beta; bad input exits 2
-in one line; the default sizes (A=16, L=4) pass the enumeration check."""
+fields (proxy rows' nulls with reasons, tail rows, proxies standardised), exact KL against mdp, no method's
+objective above the exact optimum's at the same beta; bad input exits 2 in one line; the default sizes (A=16,
+L=4) pass the enumeration check; every row carries its seed, and the summary is the mean over seeds."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_rows_and_fields(tiny):
     cfg, every = tiny
-    assert {r["kind"] for r in every} == {"base", "lab", "proxy", "fit", "headline", "summary"}
+    assert {r["kind"] for r in every} == {"base", "lab", "proxy", "fit", "tail", "headline", "summary"}
     assert {r["seed"] for r in every if r["kind"] != "summary"} == {3, 4}  # every row carries its seed
     rows = [r for r in every if r.get("seed") == cfg.seed]
     base = [r for r in rows if r["kind"] == "base"]  # pi0's law, first: one row a seed
@@ -73,10 +74,27 @@ def test_rows_and_fields(tiny):
         if r["method"] == "bon":
             assert r["KL"] <= r["KL_bound"] + 1e-5
     assert sorted(r["step"] for r in lab if r["method"] == "rl" and r["proxy"] == "direct") == [0, 5, 10]
-    proxies = [r for r in rows if r["kind"] == "proxy"]
-    assert len(proxies) == 2 and all(0.5 < r["pair_accuracy"] <= 1 and -1 <= r["corr"] <= 1 for r in proxies)
-    assert all(r["xi"] is None and r["verdict"].startswith("n/a") and r["reason"] == r["verdict"]
-               for r in proxies)  # N = 40 < 100: no tail fit, and the null says why
+    proxies = {r["proxy"]: r for r in rows if r["kind"] == "proxy"}
+    assert len(proxies) == 2 and all(-1 <= r["corr"] <= 1 for r in proxies.values())
+    for r in proxies.values():  # N = 40 < 100: no tail fit, and the null says why
+        assert r["xi"] is None and r["verdict"].startswith("n/a") and f"xi: {r['verdict']}" in r["reason"]
+    learned, direct = proxies["learned"], proxies["direct"]
+    assert 0.5 < learned["pair_accuracy_seen"] <= 1 and 0 < learned["seen_mass"] <= 1
+    # 600 draws may cover all 40 sequences: then no unseen pair, and the null says so
+    assert (0.5 < learned["pair_accuracy_unseen"] <= 1 if learned["pair_accuracy_unseen"] is not None
+            else "pair_accuracy_unseen: every sequence (40)" in learned["reason"])
+    assert 0.5 < direct["pair_accuracy_unseen"] <= 1 and direct["pair_accuracy_seen"] is None
+    assert 0 < direct["error_corr_unseen"] <= 1 and direct["error_corr_seen"] is None  # X of gold + eps: eps
+    assert -1 <= learned["error_corr_seen"] <= 1
+    assert "pair_accuracy_seen: a direct proxy has no training pairs" in direct["reason"]
+    # proxies standardised under pi0: best-of-1 (pi0 itself) has E[proxy] = 0 for both
+    assert all(abs(r["proxy_reward"]) < 1e-5 for r in lab if r["method"] == "bon" and r["n"] == 1)
+    tails = [r for r in rows if r["kind"] == "tail"]
+    assert len(tails) == 2 * 2 * (1 + len(BETAS)) * 6  # proxies x (X, proxy) x (pi0, pi*(beta)) x quantiles
+    assert {(r["law"], r["beta"]) for r in tails} == {("pi0", None)} | {("pi*", b) for b in BETAS}
+    for r in tails:
+        assert (r["mean_excess"] is None) == ("reason" in r)
+        assert r["mean_excess"] is None or (r["mean_excess"] > 0 and 0 < r["mass_above"] <= 1 - r["q"] + 1e-9)
     fit = {(r["proxy"], r["method"]) for r in rows if r["kind"] == "fit"}
     assert fit == {(p, m) for p in ("learned", "direct") for m in ("bon", "rl")}
     for r in (r for r in rows if r["kind"] == "fit"):  # a fit, or nulls with the reason (too few distinct d)
@@ -271,3 +289,24 @@ def test_summary_is_the_mean_over_seeds(tiny):
             assert s["lo"] is None and s["reason"]
     exact = [h for h in heads if h["method"] == "exact" and h["quantity"] == "gold_at_KL" and h["value"] is not None]
     assert exact and all(h["how"].startswith("exact: pi*(beta) at beta = ") for h in exact)
+
+
+def test_mean_excess_figure():
+    """The tail rows' curves: one line per (proxy, law) with a mean excess; null rows (no mass above u) draw
+    nothing; no tail rows, no figure."""
+    from goodhart_jax.plots import overoptimization as plots
+
+    tag = dict(noise="normal", proxy="direct", pairs=None)
+    rows = [dict(kind="tail", **tag, law=law, beta=beta, of=of, q=q, u=u, mean_excess=e, mass_above=0.1)
+            for of in ("X", "proxy") for law, beta in (("pi0", None), ("pi*", 1.0), ("pi*", 0.05))
+            for q, u, e in ((0.5, 0.0, 1.0), (0.9, 1.0, 0.8))]
+    for r in rows:
+        if r["beta"] == 0.05 or (r["beta"] == 1.0 and r["of"] == "proxy"):
+            r.update(mean_excess=None, reason="no mass above u")
+    x_ax, proxy_ax = plots.mean_excess(rows).axes[:2]
+    assert [len(line.get_xdata()) for line in x_ax.get_lines()] == [2, 2]  # pi0 and pi*(1); pi*(0.05) all null
+    assert len(proxy_ax.get_lines()) == 1
+    lab = [dict(kind="lab", **tag, **experiment.point("bon", n=n, KL=kl, gold=0.1 * kl, proxy_reward=kl,
+                                                          KL_bound=kl + 1)) for n, kl in ((1, 0.0), (4, 0.5))]
+    assert "mean_excess.png" in plots.figures(lab + rows)
+    assert "mean_excess.png" not in plots.figures(lab + [dict(r, mean_excess=None) for r in rows])

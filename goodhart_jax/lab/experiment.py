@@ -15,7 +15,9 @@ Public API:
   build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600, sharpness=lm.SHARPNESS,
              eos_bias=lm.EOS_BIAS) -> Base   # paths or Checkpoints'; the source's knobs: lm.markov_source
   ProxyBuild(proxy: Proxy, report: ProxyReport, tree: mdp.Tree, cfg: LMConfig | None)
-  build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500) -> ProxyBuild
+  build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500, betas=()) -> ProxyBuild   # standardised proxy
+  proxy_row(built) -> dict    # a "proxy" row's fields (accuracy and corr(X, eps) unseen / seen, xi on pi0's law)
+  tail_rows(built) -> rows    # "tail" rows: exact mean-excess curves of X and proxy under pi0 and pi*(beta)
   annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K]) -> rows
@@ -25,7 +27,7 @@ Public API:
   gao_fits(rows) -> {"bon": {alpha, beta, r2, points}, "rl": {...}}   # Gao's forms on gold against d (lab.fits)
   check_size = lab_tree.check_size
   peak_bytes(vocab, depth, ...) -> float   # this process's peak memory for one run (calibrated: see its docstring)
-MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no tail verdict
+MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no xi (rewards.MIN_TAIL_SEQUENCES)
 MIN_FIT_POINTS = 4  # Gao's forms have 2 parameters; a fit needs 2 more distinct d > 0 to say anything
 ERROR_MAX = 1e15  # the largest |annotator error| the float32 lab carries (see check_error)
 
@@ -52,9 +54,10 @@ from goodhart_jax.lab import tree as lab_tree
 __all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "annotator_error",
            "check_error", "point", "exact_points", "bon_points", "rl_points", "search_points", "gao_fits",
            "check_size", "peak_bytes", "FIELDS"]
+__all__ += ["proxy_row", "tail_rows"]
 
 check_size = lab_tree.check_size
-MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no tail verdict
+MIN_TAIL_SAMPLES = rewards.MIN_TAIL_SEQUENCES  # tail_index.diagnose's minimum; smaller trees get no xi
 ERROR_MAX = 1e15
 """The largest |annotator error| the float32 lab carries. The pi0 variance of the proxy sums squares of
 proxy - mean (finite below ~9e18); RL's gradient is about |proxy| times d log pi / d theta (~10) on each of
@@ -155,32 +158,71 @@ def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gol
 
 
 def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int | None,
-                bt_steps: int = 1500) -> ProxyBuild:
-    """A "learned" (Bradley-Terry on `pairs` comparisons) or "direct" (gold + eps) proxy, with diagnostics.
+                bt_steps: int = 1500, betas=()) -> ProxyBuild:
+    """A "learned" (Bradley-Terry on `pairs` comparisons) or "direct" (gold + eps) proxy, standardised under pi0,
+    with diagnostics (`rewards.diagnose_proxy`: accuracy on unseen and seen sequences, tails under pi0 and under
+    pi*(beta) for each of `betas`).
 
     The annotator error eps = scale * Z, Z ~ `noise`, is drawn from `fold_in(key, 0)` for both kinds, so the
-    learned and direct proxies of one family share the same eps. A tree of fewer than MIN_TAIL_SAMPLES
-    sequences gets no tail diagnosis (report.xi nan, verdict "n/a ...").
+    learned and direct proxies of one family share the same eps. The tree's X = proxy - gold uses the
+    standardised proxy (`Proxy.reward`). A tree of fewer than MIN_TAIL_SAMPLES sequences gets no xi (nan, verdict
+    "n/a ...").
     """
     k_fit, k_diag = (jax.random.fold_in(key, i) for i in (1, 2))
     n = base.tree.log_p.shape[0]
     eps = annotator_error(key, noise, n, scale).astype(base.gold.reward.dtype)
     cfg = None
     if kind == "direct":
-        px = rewards.direct_proxy(base.gold.reward, eps)
+        px = rewards.direct_proxy(base.gold.reward, eps, base.tree.log_p)
     else:
         a, depth = base.tree.log_pi0[0].shape[-1], len(base.tree.log_pi0)
         cfg = rewards.proxy_config(a, depth)
         px = rewards.learned_proxy(k_fit, cfg, base.tree, base.gold.reward, eps, pairs, steps=bt_steps)
-    if n >= MIN_TAIL_SAMPLES:
-        report = rewards.diagnose_proxy(k_diag, px.reward, base.gold.reward, base.tree.log_p)
-    else:  # too few sequences for a tail fit: accuracy and corr only, xi nan
-        a, b = rewards.sample_pairs(k_diag, base.tree.log_p, 10_000)
-        x = rewards.standardise(px.reward, base.tree.log_p) - base.gold.reward
-        report = rewards.ProxyReport(float(rewards.pair_accuracy(px.reward, base.gold.reward, a, b)),
-                                     float(rewards.pi0_corr(px.reward, base.gold.reward, base.tree.log_p)),
-                                     float("nan"), f"n/a (N = {n} < {MIN_TAIL_SAMPLES} sequences)", x, None)
+    report = rewards.diagnose_proxy(k_diag, px.reward, base.gold.reward, base.tree.log_p, px.data, px.error,
+                                    betas=betas)
     return ProxyBuild(px, report, lab_tree.mdp_tree(base.tree, base.gold.reward, px.reward), cfg)
+
+
+def proxy_row(built: ProxyBuild) -> dict:
+    """The fields of a "proxy" row: accuracies on unseen and seen sequences, the seen set's pi0 mass and size,
+    corr, corr(X, eps) on unseen and on seen sequences, xi and verdict of X and of the proxy and the law they were fitted on (tail_law: i.i.d. pi0 draws), the
+    raw proxy's pi0 mean and sd (divided out), and `reason` ("field: why; ...") where a field is null."""
+    r, px = built.report, built.proxy
+    row = dict(pair_accuracy_unseen=r.pair_accuracy_unseen, pair_accuracy_seen=r.pair_accuracy_seen,
+               seen_mass=r.seen_mass, seen_sequences=r.seen, corr=r.corr, error_corr_unseen=r.error_corr_unseen,
+               error_corr_seen=r.error_corr_seen, xi=r.xi, verdict=r.verdict,
+               xi_proxy=r.xi_proxy, verdict_proxy=r.verdict_proxy,
+               tail_law=f"pi0: {r.draws} i.i.d. draws (repeats included)" if r.draws else None,
+               raw_mean=float(px.mean), raw_sd=float(px.sd))
+    reasons = dict(r.reasons)
+    if row["tail_law"] is None:
+        reasons.setdefault("tail_law", r.verdict)
+    for f, v in row.items():
+        if isinstance(v, float) and not np.isfinite(v):
+            row[f] = None
+            reasons.setdefault(f, "not finite")
+    if reasons:
+        row["reason"] = "; ".join(f"{f}: {why}" for f, why in reasons.items())
+    return row
+
+
+def tail_rows(built: ProxyBuild) -> list[dict]:
+    """Rows of the exact mean-excess curves (`rewards.tail_curves`): law ("pi0" or "pi*"), beta (null for pi0),
+    of ("X" or "proxy"), q, u (the law's q-quantile), mean_excess E[Z - u | Z > u], mass_above P(Z > u); a null
+    mean_excess carries its `reason`."""
+    t = built.report.tails
+    rows = []
+    for of, c in (("X", t.x), ("proxy", t.proxy)):
+        for k in range(c.u.shape[0]):
+            law = dict(law="pi0", beta=None) if k == 0 else dict(law="pi*", beta=float(t.betas[k - 1]))
+            for j, q in enumerate(c.q):
+                row = dict(**law, of=of, q=float(q), u=float(c.u[k, j]), mean_excess=float(c.mean_excess[k, j]),
+                           mass_above=float(c.mass_above[k, j]))
+                if not np.isfinite(row["mean_excess"]):
+                    row.update(mean_excess=None, reason=f"the law puts no mass above u, its {q:g}-quantile "
+                               f"(the largest value of {of} it weighs)")
+                rows.append(row)
+    return rows
 
 
 def annotator_error(key, noise: str, num: int, scale: float):
@@ -354,18 +396,23 @@ def search_points(key, built: ProxyBuild, base: Base, restarts: int = 4, iters: 
     """GCG on the learned proxy model; each restart's best sequence as a point mass.
 
     KL of a point mass at x is -log pi0(x). Rows carry the sequence's rank among all N by proxy (0: an
-    argmax), and the enumerated argmax's proxy and gold. A direct proxy has no model to differentiate: [].
+    argmax), and the enumerated argmax's proxy and gold. proxy_reward and argmax_proxy are the standardised proxy
+    (`Proxy.reward`, as in every other row); the search climbs and ranks the model's raw scores (`Proxy.raw`),
+    the same order. A direct proxy has no model to differentiate: [].
     """
     if built.cfg is None:
         return []
     a, depth = built.cfg.vocab, built.cfg.depth
     config = gcg.SearchConfig(length=depth, topk=min(4, a), num_candidates=32, num_iters=iters, schedule="gcg")
-    proxy, gold, log_p = built.proxy.reward, base.gold.reward, base.tree.log_p
-    f = lab_search.search_proxy(key, config, lab_search.rm_scorer(built.cfg, built.proxy.params), proxy, gold,
+    raw, gold, log_p = built.proxy.raw, base.gold.reward, base.tree.log_p
+    # the scorer is the model's raw scale: ranks on the raw table (what the search climbs), values standardised
+    f = lab_search.search_proxy(key, config, lab_search.rm_scorer(built.cfg, built.proxy.params), raw, gold,
                                 log_p, vocab=a, num_restarts=restarts)
     f = jax.device_get(f)
-    return [dict(point("search", KL=-float(f.found.log_p0[r]), gold=f.found.gold[r], proxy_reward=f.found.proxy[r]),
-                 restart=r, rank=int(f.found.rank[r]), argmax_proxy=float(f.best.proxy[0]),
+    proxy = np.asarray(built.proxy.reward)  # the standardised proxy every other method reports
+    return [dict(point("search", KL=-float(f.found.log_p0[r]), gold=f.found.gold[r],
+                       proxy_reward=float(proxy[f.found.index[r]])),
+                 restart=r, rank=int(f.found.rank[r]), argmax_proxy=float(proxy[f.best.index[0]]),
                  argmax_gold=float(f.best.gold[0])) for r in range(restarts)]
 
 

@@ -21,11 +21,25 @@ from pi0 and labelled a > b with the Bradley-Terry probability
 sigmoid((u(a) - u(b)) / temperature) (temperature 0: the sign, ties 1/2).
 Proxies: `learned` (a smaller reward model trained with AdamW on the BT
 log-loss of those labels) or `direct` (gold + eps exactly, no learning).
+Every proxy is then shifted and scaled to mean 0, sd 1 under pi0 (exact
+weights, float64 moments: `Proxy.reward`), so that one beta means the same
+for every proxy; its own scores stay in `Proxy.raw` (a learned model's scale,
+what GCG's scorer sees). X = proxy - gold uses the standardised proxy.
 
-Diagnostics per proxy: held-out pair accuracy against gold (pairs drawn from
-pi0), corr(proxy, gold) under pi0 (exact), and the tail of X = z(proxy) - gold,
-where z standardises to mean 0, sd 1 under pi0, by `tail_index.diagnose` on
-the X of terminals drawn from pi0 without replacement.
+Diagnostics per proxy (`diagnose_proxy`):
+- pair accuracy against gold on pairs drawn from pi0 conditioned on the
+  sequences in no training comparison (`pair_accuracy_unseen`: they share no
+  sequence with the training pairs), and separately among the training pairs'
+  sequences (`pair_accuracy_seen`), with the seen set's pi0 mass; a direct
+  proxy has no training pairs (unseen = all of pi0, seen nan with a reason);
+- corr(proxy, gold) under pi0 (exact), and corr(X, eps) under pi0 on the
+  unseen and on the seen sequences (how much annotator error the proxy
+  carries off and on its training pairs: i.i.d. error is not learnable);
+- xi and verdict (`tail_index.diagnose`) of X and of the proxy on i.i.d. draws
+  from pi0 with repeats, i.e. on pi0's own law (not its support);
+- exact weighted mean-excess curves e(u) = E[Z - u | Z > u] at the law's own
+  q-quantiles u (QUANTILES) for Z = X and Z = proxy, under pi0 and under
+  pi*(beta) (proportional to pi0 exp(proxy / beta)) at each beta asked for.
 
 Public API:
   gold_config(vocab, depth) / proxy_config(vocab, depth) -> lm.LMConfig   # defaults: 2 x 64 and 1 x 32
@@ -34,22 +48,35 @@ Public API:
   load_reward(path, tokens, start=None, base_model=None) -> CheckpointReward(reward_fn, params, tokens, start, model)
   score_terminals(reward_fn, params, tokens [N, L], chunk=8192) -> [N]     # jitted, chunked
   pi0_moments(r [N], log_p [N]) -> Moments(mean, sd);  standardise(r, log_p) -> [N]
+  pi0_standardise(r [N], log_p [N]) -> Standardised(z [N], mean, sd)   # float64 moments; sd 0: shifted only
   pi0_corr(x [N], y [N], log_p [N]) -> []
   Gold(reward [N] standardised, raw [N], mean, sd)
   gold_reward(key, cfg, tree) -> Gold;  gold_from(reward_fn, params, tree) -> Gold
   annotator_error(key, family, num, scale) -> [N]
-  Comparisons(a [P], b [P], label [P]);  sample_terminals(key, log_p, num) -> [num]
+  Comparisons(a [P], b [P], label [P]);  sample_terminals(key, log_p, num) -> [num]   # -inf log_p: never drawn
   sample_pairs(key, log_p, num) -> (a [num], b [num])     # i.i.d. from pi0
   comparisons(key, log_p, utility [N], num, temperature=1.0) -> Comparisons
   bt_loss(reward_fn, params, tokens, data) -> []
   train_bt(key, reward_fn, params, tokens [N, L], data, steps, batch=256, lr=1e-3, weight_decay=0.01)
       -> Trained(params, loss [steps])           # jitted lax.scan, minibatches drawn with replacement
-  Proxy(reward [N], error [N], params, loss)
-  direct_proxy(gold, error) -> Proxy
+  Proxy(reward [N] standardised, error [N], params, loss, raw [N], mean, sd, data: Comparisons | None)
+  direct_proxy(gold, error, log_p) -> Proxy
   learned_proxy(key, cfg, tree, gold, error, pairs, steps=2000, temperature=1.0, ...) -> Proxy
-  pair_accuracy(proxy [N], gold [N], a [P], b [P]) -> []
-  ProxyReport(pair_accuracy, corr, xi, verdict, error [N], diagnosis)
-  diagnose_proxy(key, proxy [N], gold [N], log_p [N], heldout_pairs=10000, tail_sample=20000) -> ProxyReport
+  pair_accuracy(proxy [N], gold [N], a [P], b [P]) -> []   # nan: no pair with distinct gold, or non-finite
+  seen_terminals(data, num) -> [num] bool
+  PairSplit(seen [N], seen_mass, unseen (a, b), seen_pairs (a, b))
+  split_pairs(key, log_p, data, num) -> PairSplit     # pi0 conditioned on unseen / on seen sequences
+  QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+  weighted_quantile(z [N], log_w [N], q [Q]) -> [Q];  mean_excess(z [N], log_w [N], u [Q]) -> [Q]   # float64
+  ExcessCurve(q [Q], u [K, Q], mean_excess [K, Q], mass_above [K, Q]);  excess_curve(z, log_w [K, N], q) -> ExcessCurve
+  Tails(betas [K], x: ExcessCurve, proxy: ExcessCurve)   # laws: pi0, then pi*(betas[k])
+  tail_curves(proxy [N], gold [N], log_p [N], betas=(), q=QUANTILES) -> Tails
+  MIN_TAIL_SEQUENCES = 100
+  ProxyReport(pair_accuracy_unseen, pair_accuracy_seen, seen_mass, seen, corr, xi, verdict, xi_proxy,
+              verdict_proxy, draws, error [N], diagnosis, diagnosis_proxy, tails, pairs, reasons,
+              error_corr_unseen, error_corr_seen)
+  diagnose_proxy(key, proxy [N], gold [N], log_p [N], data=None, error=None, heldout_pairs=10000,
+                 tail_sample=20000, betas=(), q=QUANTILES) -> ProxyReport
 
 Glossary: N terminals, L depth, A vocabulary, B batch, P pairs, D model.
 """
@@ -253,10 +280,14 @@ class Comparisons(NamedTuple):
 
 
 def sample_terminals(key: Array, log_p: Array, num: int) -> Array:
-    """num i.i.d. terminal indices from pi0 by inverse CDF ([num] int32; O(N + num log N) memory and time)."""
-    cdf = jnp.cumsum(jnp.exp(log_p - jax.scipy.special.logsumexp(log_p)))
+    """num i.i.d. terminal indices from pi0 by inverse CDF ([num] int32; O(N + num log N) memory and time).
+
+    A terminal with log_p = -inf (pi0 conditioned on a subset: `split_pairs`) is never drawn."""
+    p = jnp.exp(log_p - jax.scipy.special.logsumexp(log_p))
+    cdf = jnp.cumsum(p)
     u = jax.random.uniform(key, (num,), cdf.dtype) * cdf[-1]
-    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), log_p.shape[0] - 1).astype(jnp.int32)
+    last = log_p.shape[0] - 1 - jnp.argmax(p[::-1] > 0)  # u rounded up to cdf[-1]: the last with pi0 > 0
+    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), last).astype(jnp.int32)
 
 
 def sample_pairs(key: Array, log_p: Array, num: int) -> tuple[Array, Array]:
@@ -341,22 +372,65 @@ def _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_dec
 
 
 # ---------------------------------------------------------------- proxies
+class Standardised(NamedTuple):
+    z: Array  # [N] (r - mean) / sd, in r's dtype: mean 0, sd 1 under pi0
+    mean: np.float64  # E_pi0[r]
+    sd: np.float64  # sd_pi0(r) (the divisor, except where r is constant under pi0: sd 0, divided by 1)
+
+
+def pi0_standardise(r: Array, log_p: Array) -> Standardised:
+    """r [N] shifted and scaled to mean 0, sd 1 under pi0 = exp(log_p) (normalised), moments in float64 (NumPy).
+
+    z = (r - mean) / sd is then rounded to r's dtype: its pi0 mean and sd are 0 and 1 to that rounding (~1e-7 in
+    float32). An r constant under pi0 (sd 0) is shifted only (divided by 1); a non-finite r gives nan moments.
+    """
+    r64 = np.asarray(r, np.float64)
+    lp = np.asarray(log_p, np.float64)
+    p = np.exp(lp - _logsumexp(lp))
+    mean = float(p @ r64)
+    sd = float(np.sqrt(p @ np.square(r64 - mean)))
+    z = (r64 - mean) / (sd if sd > 0 else 1.0)
+    return Standardised(jnp.asarray(z, jnp.asarray(r).dtype), np.float64(mean), np.float64(sd))
+
+
 class Proxy(NamedTuple):
-    reward: Array  # [N] proxy reward of every terminal (learned: the model's scale; direct: gold + eps)
-    error: Array  # [N] the annotator error eps it was built from
-    params: Any  # the learned model's parameters (None for direct)
-    loss: Any  # [steps] its training loss (None for direct)
+    """A proxy reward of every terminal, standardised under pi0, with its raw scores and what built it.
+
+    Fields:
+      reward: [N] the standardised proxy (raw - mean) / sd: mean 0, sd 1 under pi0, so that one beta means the
+        same for every proxy. Every method optimises it (`lab.tree.mdp_tree`: X = reward - gold).
+      error: [N] the annotator error eps it was built from.
+      params: the learned model's parameters (None for direct).
+      loss: [steps] its training loss (None for direct).
+      raw: [N] the proxy's own scores (learned: the model's scale, what its `lab.search.rm_scorer` returns;
+        direct: gold + eps).
+      mean, sd: E_pi0[raw] and sd_pi0(raw), float64 (`pi0_standardise`).
+      data: the `Comparisons` a learned proxy was trained on (None for direct: no training pairs).
+    """
+
+    reward: Array
+    error: Array
+    params: Any
+    loss: Any
+    raw: Array
+    mean: Any  # np.float64
+    sd: Any  # np.float64
+    data: Any
 
 
-def direct_proxy(gold: Array, error: Array) -> Proxy:
-    """The control: proxy = gold + eps exactly (the paper's U = X + V on the LM's tree)."""
-    return Proxy(gold + error, error, None, None)
+def direct_proxy(gold: Array, error: Array, log_p: Array) -> Proxy:
+    """The control: raw proxy = gold + eps exactly (the paper's U = X + V on the LM's tree), standardised under
+    pi0 = exp(log_p [N])."""
+    raw = gold + error
+    s = pi0_standardise(raw, log_p)
+    return Proxy(s.z, error, None, None, raw, s.mean, s.sd, None)
 
 
 def learned_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, error: Array, pairs: int,
                   steps: int = 2000, temperature: float = 1.0, batch: int = 256, lr: float = 3e-3,
                   weight_decay: float = 0.01, chunk: int = 8192) -> Proxy:
-    """A smaller reward model trained on BT comparisons of annotator utility gold + eps, scored on every terminal.
+    """A smaller reward model trained on BT comparisons of annotator utility gold + eps, scored on every terminal
+    and standardised under pi0 (`Proxy`; the comparisons are kept in `data`).
 
     Args:
       key: PRNG key (comparisons, initialisation, minibatches).
@@ -372,58 +446,295 @@ def learned_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, error
     fn = make_rm_reward(cfg)
     params = rm_init_jit(k_init, cfg)
     fit = train_bt(k_train, fn, params, tree.tokens, data, steps, batch, lr, weight_decay)
-    return Proxy(score_terminals(fn, fit.params, tree.tokens, chunk), error, fit.params, fit.loss)
+    raw = score_terminals(fn, fit.params, tree.tokens, chunk)
+    s = pi0_standardise(raw, tree.log_p)
+    return Proxy(s.z, error, fit.params, fit.loss, raw, s.mean, s.sd, data)
 
 
-# ---------------------------------------------------------------- diagnostics
+# ---------------------------------------------------------------- held-out pairs
 def pair_accuracy(proxy: Array, gold: Array, a: Array, b: Array) -> Array:
     """Share of pairs (a, b) the proxy orders as gold does; gold ties are skipped, proxy ties count 1/2; nan
-    where a reward in the pairs is not finite (inf - inf has no order).
+    where no pair has distinct gold (no pair, or every pair a gold tie) or where a reward in the pairs is not
+    finite (inf - inf has no order).
 
     Args:
       proxy, gold: [N] rewards.
-      a, b: [P] terminal indices.
+      a, b: [P] terminal indices (P may be 0).
     """
     dg, dp = gold[a] - gold[b], proxy[a] - proxy[b]
     score = jnp.where(dp == 0, 0.5, (jnp.sign(dp) == jnp.sign(dg)).astype(jnp.float32))
     counted = dg != 0
     acc = jnp.sum(jnp.where(counted, score, 0.0)) / jnp.maximum(jnp.sum(counted), 1)
     finite = jnp.all(jnp.isfinite(jnp.stack([proxy[a], proxy[b], gold[a], gold[b]])))
-    return jnp.where(finite, acc, jnp.nan)
+    return jnp.where(finite & jnp.any(counted), acc, jnp.nan)
+
+
+def seen_terminals(data: Comparisons | None, num: int) -> Array:
+    """[num] bool: the terminal is one side of at least one comparison in `data` (all False for None)."""
+    seen = jnp.zeros((num,), bool)
+    return seen if data is None else seen.at[data.a].set(True).at[data.b].set(True)
+
+
+class PairSplit(NamedTuple):
+    """Evaluation pairs split by the training comparisons' sequences."""
+
+    seen: Array  # [N] bool: in at least one training pair
+    seen_mass: float  # pi0(seen) (float64)
+    unseen: tuple  # ([P], [P]) i.i.d. pairs from pi0 conditioned on ~seen; ([0], [0]) where every sequence is seen
+    seen_pairs: tuple  # ([P], [P]) i.i.d. pairs from pi0 conditioned on seen; ([0], [0]) where none is
+
+
+def split_pairs(key: Array, log_p: Array, data: Comparisons | None, num: int) -> PairSplit:
+    """Evaluation pairs on the sequences in no training comparison, and separately among those in one.
+
+    The unseen pairs are drawn from pi0 conditioned on the sequences absent from every training pair (log_p set
+    to -inf on the seen ones: `sample_terminals` never draws them), so they share no sequence with the training
+    data; the seen pairs from pi0 conditioned on the training pairs' sequences (how the proxy ranks what it was
+    fitted on). With data None (a direct proxy) nothing is seen: the unseen pairs are pi0's own.
+
+    Args:
+      key: PRNG key.
+      log_p: [N] pi0's terminal log-probabilities.
+      data: the training comparisons, or None.
+      num: P pairs of each kind.
+    """
+    n = log_p.shape[0]
+    seen = seen_terminals(data, n)
+    lp = np.asarray(log_p, np.float64)
+    mass = float(np.exp(_logsumexp(lp[np.asarray(seen)]) - _logsumexp(lp)))
+    k_unseen, k_seen = jax.random.split(key)
+    empty = (jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.int32))
+
+    def draw(k, keep):
+        return sample_pairs(k, jnp.where(keep, log_p, -jnp.inf), num) if bool(jnp.any(keep)) else empty
+
+    return PairSplit(seen, mass, draw(k_unseen, ~seen), draw(k_seen, seen))
+
+
+# ---------------------------------------------------------------- exact weighted tails
+QUANTILES = (0.5, 0.75, 0.9, 0.95, 0.99, 0.999)  # the levels q of the mean-excess curves
+QUANTILE_TOL = 1e-12  # P(Z <= z) >= q - QUANTILE_TOL: float64 rounding of the cumulative sum
+
+
+def _logsumexp(lw: np.ndarray) -> float:
+    """log sum exp(lw) in float64; -inf for an empty or all -inf lw."""
+    if lw.size == 0:
+        return -np.inf
+    top = np.max(lw)
+    return float(top) if not np.isfinite(top) else float(top + np.log(np.sum(np.exp(lw - top))))
+
+
+def _sorted_law(z, log_w) -> tuple[np.ndarray, np.ndarray]:
+    """(z ascending, its normalised log-weights) in float64, from z [N] and log_w [N] (any normalisation)."""
+    z = np.asarray(z, np.float64)
+    lw = np.asarray(log_w, np.float64)
+    order = np.argsort(z, kind="stable")
+    return z[order], lw[order] - _logsumexp(lw)
+
+
+def _quantiles(zs: np.ndarray, lw: np.ndarray, q) -> np.ndarray:
+    cdf = np.cumsum(np.exp(lw))
+    i = np.searchsorted(cdf, np.asarray(q, np.float64) - QUANTILE_TOL, side="left")
+    last = zs.shape[0] - 1 - int(np.argmax(np.isfinite(lw)[::-1]))  # the largest z of positive weight
+    return zs[np.minimum(i, last)]
+
+
+def _excess(zs: np.ndarray, lw: np.ndarray, u) -> tuple[np.ndarray, np.ndarray]:
+    u = np.atleast_1d(np.asarray(u, np.float64))
+    e, m = np.full(u.shape, np.nan), np.zeros(u.shape)
+    for k, uk in enumerate(u):
+        j = int(np.searchsorted(zs, uk, side="right"))  # zs[j:] > uk
+        la = _logsumexp(lw[j:])
+        if np.isfinite(la):
+            e[k] = np.sum(np.exp(lw[j:] - la) * (zs[j:] - uk))
+            m[k] = np.exp(la)
+    return e, m
+
+
+def weighted_quantile(z, log_w, q) -> np.ndarray:
+    """The q-quantiles min{z_i : P(Z <= z_i) >= q} of the law of Z = z(x), x ~ w(x) = exp(log_w) / sum, exactly.
+
+    float64; weights in log space (any normalisation; -inf: weight 0, never a quantile).
+
+    Args:
+      z: [N] values.
+      log_w: [N] log-weights.
+      q: [Q] levels in (0, 1] (a scalar gives [1]).
+    Returns:
+      [Q] quantiles.
+    """
+    return _quantiles(*_sorted_law(z, log_w), np.atleast_1d(q))
+
+
+def mean_excess(z, log_w, u) -> np.ndarray:
+    """The mean excess e(u) = E[Z - u | Z > u] under w(x) = exp(log_w) / sum, exactly (float64, log space).
+
+    Args:
+      z: [N] values.
+      log_w: [N] log-weights (any normalisation; -inf: weight 0).
+      u: [Q] thresholds (a scalar gives [1]).
+    Returns:
+      [Q] mean excesses; nan where the law puts no mass above u.
+    """
+    return _excess(*_sorted_law(z, log_w), u)[0]
+
+
+class ExcessCurve(NamedTuple):
+    """Exact mean-excess curves of one Z under several laws, at each law's own quantiles."""
+
+    q: np.ndarray  # [Q] quantile levels
+    u: np.ndarray  # [K, Q] the law's q-quantile of Z (`weighted_quantile`)
+    mean_excess: np.ndarray  # [K, Q] E[Z - u | Z > u] under the law (nan where it puts no mass above u)
+    mass_above: np.ndarray  # [K, Q] P(Z > u) under the law (<= 1 - q)
+
+
+def _law_curve(zs: np.ndarray, order: np.ndarray, log_w: np.ndarray, q: np.ndarray):
+    """(u, mean excess, mass above) [Q] of z sorted (zs = z[order]) under one law log_w [N] (unsorted)."""
+    lw = log_w[order] - _logsumexp(log_w)
+    u = _quantiles(zs, lw, q)
+    return (u, *_excess(zs, lw, u))
+
+
+def excess_curve(z, log_w, q=QUANTILES) -> ExcessCurve:
+    """`weighted_quantile` and `mean_excess` of z [N] at its own q-quantiles under each law log_w [K, N] (or [N]:
+    K = 1); z is sorted once. float64 NumPy."""
+    z = np.asarray(z, np.float64)
+    q = np.asarray(q, np.float64)
+    order = np.argsort(z, kind="stable")
+    rows = [_law_curve(z[order], order, lw, q) for lw in np.atleast_2d(np.asarray(log_w, np.float64))]
+    return ExcessCurve(q, *(np.stack([r[i] for r in rows]) for i in range(3)))
+
+
+class Tails(NamedTuple):
+    """Exact mean-excess curves of X = proxy - gold and of the proxy under pi0 and pi*(beta)."""
+
+    betas: np.ndarray  # [K] KL coefficients; law 0 is pi0, law k + 1 is pi*(betas[k])
+    x: ExcessCurve  # of X, [1 + K, Q]
+    proxy: ExcessCurve  # of the proxy, [1 + K, Q]
+
+
+def tail_curves(proxy: Array, gold: Array, log_p: Array, betas=(), q=QUANTILES) -> Tails:
+    """Mean-excess curves of X = proxy - gold and of the proxy under pi0 and under each pi*(beta), exactly.
+
+    pi*(beta)(x) is proportional to pi0(x) exp(proxy(x) / beta), the optimum the lab's methods approach.
+
+    Args:
+      proxy: [N] the proxy as optimised (standardised: `Proxy.reward`).
+      gold: [N] gold.
+      log_p: [N] log pi0.
+      betas: [K] KL coefficients.
+      q: [Q] quantile levels.
+    """
+    lp = np.asarray(log_p, np.float64)
+    pr = np.asarray(proxy, np.float64)
+    b = np.asarray(betas, np.float64).reshape(-1)
+    q = np.asarray(q, np.float64)
+    curves = []
+    for z in (pr - np.asarray(gold, np.float64), pr):
+        order = np.argsort(z, kind="stable")
+        zs = z[order]
+        rows = [_law_curve(zs, order, lp, q)] + [_law_curve(zs, order, lp + pr / bk, q) for bk in b]  # O(N) each
+        curves.append(ExcessCurve(q, *(np.stack([r[i] for r in rows]) for i in range(3))))
+    return Tails(b, *curves)
+
+
+# ---------------------------------------------------------------- diagnostics
+MIN_TAIL_SEQUENCES = 100  # tail_index.diagnose's minimum sample; a smaller tree gets no xi
 
 
 class ProxyReport(NamedTuple):
-    pair_accuracy: float  # held-out pairs from pi0, ordered as gold orders them
+    """A proxy against gold. A nan number has its reason in `reasons` (field name -> why)."""
+
+    pair_accuracy_unseen: float  # pairs from pi0 on sequences in no training pair (direct: all of pi0)
+    pair_accuracy_seen: float  # pairs from pi0 on the training pairs' sequences (nan for direct)
+    seen_mass: float  # pi0 mass of the training pairs' sequences (nan for direct)
+    seen: int  # distinct sequences in the training pairs (0 for direct)
     corr: float  # corr(proxy, gold) under pi0, exact
-    xi: float  # GPD shape of X's upper tail (the verdict's primary evidence)
-    verdict: str  # "heavy" | "light" | "inconclusive" (tail_index.verdict_from)
-    error: Array  # [N] X = z(proxy) - gold, z: standardised under pi0
-    diagnosis: tail_index.Diagnosis  # everything tail_index.diagnose computed on the X sample
+    xi: float  # GPD shape of X's upper tail on i.i.d. pi0 draws (the verdict's primary evidence)
+    verdict: str  # "heavy" | "light" | "inconclusive" (tail_index.verdict_from), or "n/a (why)"
+    xi_proxy: float  # the same of the proxy's upper tail, on the same draws
+    verdict_proxy: str
+    draws: int  # i.i.d. pi0 draws behind xi and xi_proxy (0: none)
+    error: Array  # [N] X = proxy - gold
+    diagnosis: Any  # tail_index.Diagnosis of X's draws (None: none)
+    diagnosis_proxy: Any  # of the proxy's
+    tails: Tails  # exact mean-excess curves under pi0 and pi*(beta)
+    pairs: PairSplit  # the evaluation pairs
+    reasons: dict  # {field: why it is nan}
+    error_corr_unseen: float  # corr(X, eps) under pi0 conditioned on the unseen sequences (direct: all of pi0)
+    error_corr_seen: float  # corr(X, eps) under pi0 conditioned on the training pairs' sequences (nan for direct)
 
 
-def tail_sample_indices(key: Array, log_p: Array, num: int) -> Array:
-    """min(num, N) distinct terminals drawn from pi0 without replacement (Gumbel top-k): [M] indices."""
-    g = log_p + jax.random.gumbel(key, log_p.shape)
-    return jax.lax.top_k(g, min(num, log_p.shape[0]))[1]
+def diagnose_proxy(key: Array, proxy: Array, gold: Array, log_p: Array, data: Comparisons | None = None,
+                   error: Array | None = None, heldout_pairs: int = 10_000, tail_sample: int = 20_000, betas=(), q=QUANTILES,
+                   bayes: bool = False, tail_fraction: float = 0.1) -> ProxyReport:
+    """Pair accuracy against gold on unseen and seen sequences, exact corr under pi0, and the tails of
+    X = proxy - gold and of the proxy under pi0's own law.
 
-
-def diagnose_proxy(key: Array, proxy: Array, gold: Array, log_p: Array, heldout_pairs: int = 10_000,
-                   tail_sample: int = 20_000, bayes: bool = False, tail_fraction: float = 0.1) -> ProxyReport:
-    """Pair accuracy against gold, exact corr under pi0 and the tail of X = z(proxy) - gold.
+    xi and the verdicts: `tail_index.diagnose` on `tail_sample` i.i.d. draws from pi0 (with repeats: pi0's law,
+    not its support); none below MIN_TAIL_SEQUENCES sequences. Exact mean-excess curves (`tail_curves`) under
+    pi0 and pi*(beta) for each of `betas`.
 
     Args:
-      key: PRNG key (held-out pairs, the tail sample, the diagnosis).
-      proxy, gold: [N] rewards of every terminal.
+      key: PRNG key (evaluation pairs, the tail draws, the diagnosis).
+      proxy: [N] the proxy as optimised (standardised under pi0: `Proxy.reward`).
+      gold: [N] standardised gold.
       log_p: [N] pi0's terminal log-probabilities.
-      heldout_pairs: pairs drawn from pi0 for the accuracy (a fresh key: not the training pairs).
-      tail_sample: terminals drawn from pi0 without replacement whose X is diagnosed.
+      data: the proxy's training comparisons (`Proxy.data`; None for a direct proxy).
+      error: [N] the annotator error eps (`Proxy.error`), for corr(X, eps) on unseen and on seen sequences (how
+        much of the error the proxy carries off and on its training pairs); None: nan.
+      heldout_pairs: pairs of each kind (unseen, seen) for the accuracies.
+      tail_sample: i.i.d. pi0 draws whose X and proxy are diagnosed.
+      betas, q: the pi*(beta) laws and quantile levels of the mean-excess curves.
       bayes, tail_fraction: `tail_index.diagnose` options (the MLE is the primary evidence by default).
     """
     k_pairs, k_tail, k_diag = jax.random.split(key, 3)
-    a, b = sample_pairs(k_pairs, log_p, heldout_pairs)
-    x = standardise(proxy, log_p) - standardise(gold, log_p)
-    idx = tail_sample_indices(k_tail, log_p, tail_sample)
-    diag = tail_index.diagnose(k_diag, np.asarray(x[idx]), bayes=bayes, tail_fraction=tail_fraction)
-    primary = diag.verdict.evidence[0]
-    return ProxyReport(float(pair_accuracy(proxy, gold, a, b)), float(pi0_corr(proxy, gold, log_p)),
-                       float(primary.xi), diag.verdict.verdict, x, diag)
+    n = log_p.shape[0]
+    reasons = {}
+    split = split_pairs(k_pairs, log_p, data, heldout_pairs)
+    acc_unseen = float(pair_accuracy(proxy, gold, *split.unseen))
+    acc_seen = float(pair_accuracy(proxy, gold, *split.seen_pairs))
+    seen_mass, seen = split.seen_mass, int(jnp.sum(split.seen))
+    if data is None:
+        seen_mass = float("nan")
+        reasons.update(pair_accuracy_seen="a direct proxy has no training pairs",
+                       seen_mass="a direct proxy has no training pairs")
+    elif not np.isfinite(acc_seen):
+        reasons["pair_accuracy_seen"] = "no pair of seen sequences has distinct gold and finite rewards"
+    if not np.isfinite(acc_unseen):
+        reasons["pair_accuracy_unseen"] = (f"every sequence ({n}) is in a training pair" if seen == n else
+                                           "no pair of unseen sequences has distinct gold and finite rewards")
+    x = proxy - gold
+    diag = {}
+    idx = sample_terminals(k_tail, log_p, tail_sample)  # i.i.d. from pi0, repeats included
+    for name, z in (("xi", x), ("xi_proxy", proxy)):
+        if n < MIN_TAIL_SEQUENCES:
+            diag[name] = (float("nan"), f"n/a (N = {n} < {MIN_TAIL_SEQUENCES} sequences)", None)
+        else:
+            try:
+                d = tail_index.diagnose(k_diag, np.asarray(z[idx]), bayes=bayes, tail_fraction=tail_fraction)
+                diag[name] = (float(d.verdict.evidence[0].xi), d.verdict.verdict, d)
+            except tail_index.TailInputError as e:
+                diag[name] = (float("nan"), f"n/a ({e})", None)
+        if not np.isfinite(diag[name][0]):
+            reasons[name] = diag[name][1]
+    corr = float(pi0_corr(proxy, gold, log_p))
+    ecorr = {}
+    for f, keep in (("error_corr_unseen", ~split.seen), ("error_corr_seen", split.seen)):
+        ecorr[f] = float("nan")
+        if error is None:
+            reasons[f] = "no annotator error given"
+        elif not bool(jnp.any(keep)):
+            reasons[f] = ("a direct proxy has no training pairs" if data is None and f == "error_corr_seen" else
+                          f"every sequence ({n}) is in a training pair")
+        else:
+            ecorr[f] = float(pi0_corr(x, error, jnp.where(keep, log_p, -jnp.inf)))
+            if not np.isfinite(ecorr[f]):
+                reasons[f] = "not finite (X or eps constant on these sequences, or not finite)"
+    if not np.isfinite(corr):
+        reasons["corr"] = "not finite (a reward is not finite, or one is constant under pi0)"
+    return ProxyReport(acc_unseen, acc_seen, seen_mass, seen, corr, diag["xi"][0], diag["xi"][1],
+                       diag["xi_proxy"][0], diag["xi_proxy"][1], tail_sample if n >= MIN_TAIL_SEQUENCES else 0,
+                       x, diag["xi"][2], diag["xi_proxy"][2],
+                       tail_curves(proxy, gold, log_p, betas, q), split, reasons, ecorr["error_corr_unseen"],
+                       ecorr["error_corr_seen"])

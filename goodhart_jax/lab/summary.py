@@ -17,7 +17,7 @@ The headline quantities of one seed (`headlines`, `exact_at_kl`), per (noise, pr
   gold was still rising);
 - Gao's coefficients (`fit` rows: alpha, beta, r2);
 - RL's share of the gap J(pi*) - J(pi0) closed at its last step, per beta;
-- the proxy's diagnostics (pair accuracy, corr, xi) and pi0's law (entropy, perplexity, top mass, n90),
+- the proxy's diagnostics (pair accuracy on unseen and seen sequences, corr, corr(X, eps), xi of X and proxy) and pi0's law (entropy, perplexity, top mass, n90),
   where those rows carry them.
 
 Public API:
@@ -53,7 +53,8 @@ __all__ = ["KL_TARGETS", "LEVEL", "Interval", "t_quantile", "interval", "exact_a
 KL_TARGETS = (1.0, 2.0, 4.0)
 LEVEL = 0.95
 GROUP = ("noise", "proxy", "pairs", "method", "beta", "quantity", "at")  # what a summary row is over seeds of
-PROXY_FIELDS = ("pair_accuracy", "pair_accuracy_unseen", "pair_accuracy_seen", "corr", "xi")
+PROXY_FIELDS = ("pair_accuracy_unseen", "pair_accuracy_seen", "seen_mass", "corr", "error_corr_unseen",
+                "error_corr_seen", "xi", "xi_proxy")
 BASE_FIELDS = ("entropy", "perplexity", "top_mass", "n90")
 
 

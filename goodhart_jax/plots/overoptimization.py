@@ -1,5 +1,6 @@
 """Figures of `sims/overoptimization.py`: gold and proxy against d = sqrt(KL) (Gao et al. 2023, Figure 1 layout),
-and RL's objective gap to the exact optimum against steps."""
+RL's objective gap to the exact optimum against steps, and the exact mean-excess curves of X and of the proxy
+under pi0 and pi*(beta) (`mean_excess`)."""
 from __future__ import annotations
 
 import matplotlib
@@ -137,9 +138,45 @@ def rl_gap(rows: list[dict]) -> plt.Figure:
     return fig
 
 
+def mean_excess(rows: list[dict]) -> plt.Figure:
+    """The exact mean-excess curves of the "tail" rows: e(u) = E[Z - u | Z > u] against u, the law's q-quantiles.
+
+    Rows = noise families, columns = Z ("X" = proxy - gold, "proxy"); one colour per proxy; pi0 solid, pi*(beta)
+    dashed at the grid's beta nearest 1 (each law's own quantiles). A rising curve is a heavy tail (GPD xi > 0:
+    e(u) linear in u with slope xi / (1 - xi)), a flat one exponential, a falling one bounded.
+    """
+    tail = [r for r in rows if r["kind"] == "tail" and r["mean_excess"] is not None]
+    noises = list(dict.fromkeys(r["noise"] for r in tail))
+    betas = sorted({r["beta"] for r in tail if r["beta"] is not None})
+    near = min(betas, key=lambda b: abs(np.log(b)), default=None)
+    fig, axes = plt.subplots(max(len(noises), 1), 2, figsize=(9.2, 3.6 * max(len(noises), 1)), squeeze=False)
+    for i, noise in enumerate(noises):
+        labels = list(dict.fromkeys(_label(r) for r in tail if r["noise"] == noise))
+        for j, of in enumerate(("X", "proxy")):
+            ax = axes[i, j]
+            for c, lab_ in enumerate(labels):
+                for law, beta, style in (("pi0", None, "-o"), ("pi*", near, "--^")):
+                    pts = sorted((r for r in tail if r["noise"] == noise and _label(r) == lab_ and r["of"] == of
+                                  and r["law"] == law and r["beta"] == beta), key=lambda r: r["q"])
+                    if pts:
+                        name = "pi0" if law == "pi0" else f"pi*(beta={beta:.2g})"
+                        ax.plot([r["u"] for r in pts], [r["mean_excess"] for r in pts], style, ms=3, color=f"C{c}",
+                                alpha=1.0 if law == "pi0" else 0.6, label=f"{lab_}, {name}")
+            ax.set_xlabel(f"u: the law's q-quantile of {'X = proxy - gold' if of == 'X' else 'the proxy'}")
+            ax.set_ylabel("mean excess E[Z - u | Z > u]")
+            ax.set_title(f"{'X' if of == 'X' else 'proxy'}: error {noise}", fontsize=9)
+            if ax.get_lines():
+                ax.legend(fontsize=6)
+    fig.suptitle("exact mean-excess curves, q = 0.5 .. 0.999 (proxy and gold in sd units under pi0)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def figures(rows: list[dict]) -> dict:
     """{file name: figure} for the run's rows."""
     out = {"overoptimization.png": curves(rows)}
     if any(r["kind"] == "lab" and r["method"] == "rl" for r in rows):
         out["rl_gap.png"] = rl_gap(rows)
+    if any(r["kind"] == "tail" and r["mean_excess"] is not None for r in rows):
+        out["mean_excess.png"] = mean_excess(rows)
     return out

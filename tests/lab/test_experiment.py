@@ -60,3 +60,47 @@ def test_peak_bytes_grows_with_every_size():
     assert experiment.peak_bytes(16, 4, **dict(base, lm_steps=2**31 - 1)) > small + 30e9
     assert experiment.peak_bytes(16, 4, ns=1000, **base) > experiment.peak_bytes(16, 4, ns=9, **base)
     assert experiment.peak_bytes(2, 10**6, **base) > 2**50
+
+
+def test_proxy_and_tail_rows():
+    """proxy_row: the report's numbers, nulls with their reasons (a direct proxy has no seen pairs; a tree of
+    fewer than MIN_TAIL_SAMPLES sequences no xi); tail_rows: one row per (of, law, q) in order, pi0 first with
+    beta null, the curves' values, a null mean excess with its reason."""
+    import jax.numpy as jnp
+
+    from goodhart_jax.lab import rewards
+
+    for n in (200, 30):
+        rng = np.random.default_rng(n)
+        lp = jnp.asarray(np.log(rng.dirichlet(np.ones(n))), jnp.float32)
+        gold = jnp.asarray(rng.normal(size=n), jnp.float32)
+        px = rewards.direct_proxy(gold, jnp.asarray(rng.normal(size=n), jnp.float32), lp)
+        rep = rewards.diagnose_proxy(jax.random.key(0), px.reward, gold, lp, None, heldout_pairs=500,
+                                     betas=(0.01, 1.0))
+        built = experiment.ProxyBuild(px, rep, None, None)
+        row = experiment.proxy_row(built)
+        assert row["pair_accuracy_unseen"] == rep.pair_accuracy_unseen and row["corr"] == rep.corr
+        assert row["pair_accuracy_seen"] is None and row["seen_mass"] is None and row["seen_sequences"] == 0
+        assert "pair_accuracy_seen: a direct proxy has no training pairs" in row["reason"]
+        assert row["raw_sd"] == float(px.sd)
+        if n < experiment.MIN_TAIL_SAMPLES:
+            assert row["xi"] is None and row["xi_proxy"] is None and row["tail_law"] is None
+            assert f"xi: n/a (N = {n} < 100 sequences)" in row["reason"]
+        else:
+            assert row["xi"] == rep.xi and row["tail_law"].startswith("pi0: 20000 i.i.d. draws")
+        tails = experiment.tail_rows(built)
+        nq = len(rewards.QUANTILES)
+        assert len(tails) == 2 * 3 * nq
+        for i, t in enumerate(tails):
+            of, k, j = ("X", "proxy")[i // (3 * nq)], (i // nq) % 3, i % nq
+            c = rep.tails.x if of == "X" else rep.tails.proxy
+            assert (t["of"], t["law"], t["beta"], t["q"]) == (of, "pi0" if k == 0 else "pi*",
+                                                              None if k == 0 else (0.01, 1.0)[k - 1],
+                                                              rewards.QUANTILES[j])
+            assert t["u"] == c.u[k, j] and t["mass_above"] == c.mass_above[k, j]
+            if np.isnan(c.mean_excess[k, j]):
+                assert t["mean_excess"] is None and "no mass above u" in t["reason"]
+            else:
+                assert t["mean_excess"] == c.mean_excess[k, j] and "reason" not in t
+        # pi*(0.01) puts nearly all its mass on the proxy's argmax: no mass above its quantiles of the proxy
+        assert any(t["mean_excess"] is None for t in tails if t["of"] == "proxy" and t["beta"] == 0.01)

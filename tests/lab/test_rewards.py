@@ -159,37 +159,208 @@ def test_learned_proxy_tracks_gold(small_tree):
                                         small_tree.tokens)
     acc0 = float(rewards.pair_accuracy(untrained, g.reward, a, b))
     assert acc > 0.8 and corr > 0.9 and acc0 < 0.7, (acc, corr, acc0)
-    np.testing.assert_array_equal(rewards.direct_proxy(g.reward, eps).reward, g.reward + eps)
+    np.testing.assert_array_equal(rewards.direct_proxy(g.reward, eps, small_tree.log_p).raw, g.reward + eps)
+
+
+def _pi0_moments64(z, log_p):
+    p = np.exp(np.asarray(log_p, np.float64))
+    p /= p.sum()
+    z = np.asarray(z, np.float64)
+    mean = p @ z
+    return mean, np.sqrt(p @ (z - mean) ** 2)
+
+
+def test_proxies_are_standardised_under_pi0(small_tree):
+    """Direct and learned proxies: mean 0 and sd 1 under pi0 to 1e-6 (float64 NumPy weighted moments of the
+    float32 proxy), the raw scores kept with their pi0 mean and sd; also a heavy-tailed direct proxy on 20,000
+    sequences with a spread-out pi0."""
+    g = rewards.gold_reward(jax.random.key(11), RM_CFG, small_tree)
+    eps = rewards.annotator_error(jax.random.key(12), "normal", small_tree.tokens.shape[0], 0.5)
+    learned = rewards.learned_proxy(jax.random.key(13), RM_CFG, small_tree, g.reward, eps, 500, steps=20, lr=1e-2)
+    assert isinstance(learned.data, rewards.Comparisons) and learned.data.a.shape == (500,)
+    raw = rewards.score_terminals(rewards.make_rm_reward(RM_CFG), learned.params, small_tree.tokens)
+    np.testing.assert_array_equal(learned.raw, raw)  # the model's own scale, as GCG's scorer returns it
+    direct = rewards.direct_proxy(g.reward, eps, small_tree.log_p)
+    assert direct.data is None and direct.params is None
+    np.testing.assert_array_equal(direct.raw, g.reward + eps)
+    n = 20_000
+    lp = jnp.asarray(random_log_p(jax.random.key(20), n), jnp.float32)
+    heavy = rewards.direct_proxy(jax.random.normal(jax.random.key(21), (n,)),
+                                 rewards.annotator_error(jax.random.key(22), "student_t:df=2", n, 3.0), lp)
+    for px, log_p in ((learned, small_tree.log_p), (direct, small_tree.log_p), (heavy, lp)):
+        assert px.reward.dtype == jnp.float32
+        mean, sd = _pi0_moments64(px.reward, log_p)
+        assert abs(mean) < 1e-6 and abs(sd - 1) < 1e-6, (mean, sd)
+        raw_mean, raw_sd = _pi0_moments64(px.raw, log_p)
+        np.testing.assert_allclose([px.mean, px.sd], [raw_mean, raw_sd], rtol=1e-9)
+        np.testing.assert_allclose(px.reward, (np.asarray(px.raw, np.float64) - raw_mean) / raw_sd, rtol=1e-6,
+                                   atol=1e-6)
+    # a constant proxy (sd 0) is shifted only, not divided by 0
+    flat = rewards.pi0_standardise(jnp.full((5,), 2.5), jnp.log(jnp.full((5,), 0.2)))
+    np.testing.assert_array_equal(flat.z, np.zeros(5))
+    assert float(flat.sd) == 0.0
+
+
+def test_sample_terminals_skips_zero_mass():
+    """pi0 conditioned on a subset (log_p -inf elsewhere, the last entries included): never a -inf terminal."""
+    lp = np.log(np.asarray([0.3, 1.0, 0.5, 0.2, 1.0, 1.0]))
+    lp[[1, 4, 5]] = -np.inf
+    idx = np.asarray(rewards.sample_terminals(jax.random.key(0), jnp.asarray(lp, jnp.float32), 100_000))
+    assert set(np.unique(idx).tolist()) == {0, 2, 3}
+
+
+def test_split_pairs_are_disjoint_from_training():
+    """Unseen evaluation pairs share no sequence with any training pair, seen ones lie inside them; each side
+    follows pi0 conditioned on its set (frequencies within 4 sd); seen_mass = the set's pi0 mass (NumPy)."""
+    n = 60
+    lp = jnp.asarray(random_log_p(jax.random.key(23), n), jnp.float32)
+    data = rewards.comparisons(jax.random.key(24), lp, jnp.arange(n, dtype=jnp.float32), 25)
+    split = rewards.split_pairs(jax.random.key(25), lp, data, 20_000)
+    train = set(np.asarray(data.a).tolist()) | set(np.asarray(data.b).tolist())
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(split.seen)), sorted(train))
+    unseen = np.concatenate([np.asarray(v) for v in split.unseen])
+    seen = np.concatenate([np.asarray(v) for v in split.seen_pairs])
+    assert unseen.shape == (40_000,) and seen.shape == (40_000,)
+    assert not set(unseen.tolist()) & train and set(seen.tolist()) <= train
+    p = np.exp(np.asarray(lp, np.float64))
+    p /= p.sum()
+    mask = np.zeros(n, bool)
+    mask[sorted(train)] = True
+    np.testing.assert_allclose(split.seen_mass, p[mask].sum(), rtol=1e-6)
+    for draws, keep in ((unseen, ~mask), (seen, mask)):
+        want = np.where(keep, p, 0.0) / p[keep].sum()
+        freq = np.bincount(draws, minlength=n) / draws.size
+        assert np.all(np.abs(freq - want) <= 4 * np.sqrt(want * (1 - want) / draws.size) + 1e-12)
+    # no training pairs (a direct proxy): pi0's own pairs, no seen pairs
+    none = rewards.split_pairs(jax.random.key(25), lp, None, 100)
+    assert not np.any(np.asarray(none.seen)) and none.seen_mass == 0.0 and none.seen_pairs[0].shape == (0,)
+    assert none.unseen[0].shape == (100,)
+    # every sequence seen: no unseen pairs
+    full = rewards.Comparisons(jnp.arange(n), jnp.arange(n)[::-1], jnp.ones(n))
+    assert rewards.split_pairs(jax.random.key(26), lp, full, 10).unseen[0].shape == (0,)
+
+
+def test_pair_accuracy_without_a_counted_pair_is_nan():
+    gold, proxy = jnp.asarray([1.0, 1.0, 2.0]), jnp.asarray([0.0, 1.0, 2.0])
+    assert np.isnan(rewards.pair_accuracy(proxy, gold, jnp.asarray([0, 1]), jnp.asarray([1, 0])))  # gold ties
+    assert np.isnan(rewards.pair_accuracy(proxy, gold, jnp.zeros((0,), int), jnp.zeros((0,), int)))  # no pair
+
+
+def _quantile_ref(z, w, q):
+    """min{c in z: P(Z <= c) >= q}, by enumerating the candidates (w normalised, float64)."""
+    return min(c for c in np.unique(z) if w[z <= c].sum() >= q - 1e-12)
+
+
+def _excess_ref(z, w, u):
+    above = z > u
+    return np.nan if w[above].sum() == 0 else (w[above] @ (z[above] - u)) / w[above].sum()
+
+
+def test_weighted_quantile_and_mean_excess_by_hand():
+    """z = [3, 1, 2, 2, 5], p = [.1, .2, .3, .2, .2]: F(1) = .2, F(2) = .7, F(3) = .8, F(5) = 1."""
+    z = np.asarray([3.0, 1.0, 2.0, 2.0, 5.0])
+    lw = np.log([0.1, 0.2, 0.3, 0.2, 0.2]) + 7.0  # any normalisation
+    np.testing.assert_array_equal(rewards.weighted_quantile(z, lw, [0.1, 0.5, 0.75, 0.9, 0.999]), [1, 2, 3, 5, 5])
+    np.testing.assert_allclose(rewards.mean_excess(z, lw, [0.0, 2.0, 3.0, 4.0]),
+                               [2.5, (0.1 * 1 + 0.2 * 3) / 0.3, 2.0, 1.0], rtol=1e-12)
+    assert np.isnan(rewards.mean_excess(z, lw, 5.0)[0])  # no mass above the largest value
+    lw0 = lw.copy()
+    lw0[4] = -np.inf  # weight 0 on z = 5: never a quantile, no mass above 3
+    np.testing.assert_array_equal(rewards.weighted_quantile(z, lw0, [0.999]), [3.0])
+    assert np.isnan(rewards.mean_excess(z, lw0, 3.0)[0])
+    c = rewards.excess_curve(z, lw, (0.5, 0.75))
+    np.testing.assert_array_equal(c.u, [[2.0, 3.0]])
+    np.testing.assert_allclose(c.mass_above, [[0.3, 0.2]], rtol=1e-12)
+
+
+def test_tail_curves_on_an_enumerable_tree(small_tree):
+    """Exact mean-excess curves of X = proxy - gold and of the proxy under pi0 and pi*(beta) on the 40 sequences
+    of a tree: the brute-force float64 reference (candidates enumerated, pi*(beta) = p0 e^{proxy / beta} / Z)."""
+    g = rewards.gold_reward(jax.random.key(11), RM_CFG, small_tree)
+    eps = rewards.annotator_error(jax.random.key(27), "student_t:df=2", small_tree.tokens.shape[0], 1.0)
+    px = rewards.direct_proxy(g.reward, eps, small_tree.log_p)
+    betas = (0.1, 1.0, 10.0)
+    t = rewards.tail_curves(px.reward, g.reward, small_tree.log_p, betas)
+    lp = np.asarray(small_tree.log_p, np.float64)
+    pr, gd = np.asarray(px.reward, np.float64), np.asarray(g.reward, np.float64)
+    laws = [np.exp(lp)] + [np.exp(lp + pr / b - (lp + pr / b).max()) for b in betas]
+    for curve, z in ((t.x, pr - gd), (t.proxy, pr)):
+        assert curve.u.shape == (4, len(rewards.QUANTILES))
+        for k, w in enumerate(laws):
+            w = w / w.sum()
+            for j, q in enumerate(rewards.QUANTILES):
+                u = _quantile_ref(z, w, q)
+                assert curve.u[k, j] == u
+                e = _excess_ref(z, w, u)
+                if np.isnan(e):
+                    assert np.isnan(curve.mean_excess[k, j]) and curve.mass_above[k, j] == 0
+                else:
+                    np.testing.assert_allclose(curve.mean_excess[k, j], e, rtol=1e-9, atol=1e-12)
+                    np.testing.assert_allclose(curve.mass_above[k, j], w[z > u].sum(), rtol=1e-9)
+                    assert curve.mass_above[k, j] <= 1 - q + 1e-12
+    np.testing.assert_array_equal(t.betas, betas)
 
 
 def test_diagnose_proxy_sees_the_error_tail():
     """Direct proxies on 20000 terminals: Student-t(2) error is called heavy with xi near 1/2, normal error is
-    not heavy; X is z(proxy) - gold by hand; corr and accuracy match their definitions."""
+    not heavy, on i.i.d. pi0 draws; X is proxy - gold; corr and accuracy match their definitions; a direct proxy
+    has no seen pairs (nan with its reason)."""
     n = 20_000
     lp = jnp.asarray(random_log_p(jax.random.key(16), n) * 0.1, jnp.float32)
     lp = lp - jax.scipy.special.logsumexp(lp)
     gold = rewards.standardise(jax.random.normal(jax.random.key(17), (n,)), lp)
     for fam, heavy in [("student_t:df=2", True), ("normal", False)]:
         eps = rewards.annotator_error(jax.random.key(18), fam, n, 1.0)
-        proxy = gold + eps
-        rep = rewards.diagnose_proxy(jax.random.key(19), proxy, gold, lp, tail_sample=n)
-        p = np.exp(np.asarray(lp, np.float64))
-        pr = np.asarray(proxy, np.float64)
-        z = (pr - p @ pr) / np.sqrt(p @ (pr - p @ pr) ** 2)
-        np.testing.assert_allclose(rep.error, z - np.asarray(gold, np.float64), atol=1e-4)
+        proxy = rewards.direct_proxy(gold, eps, lp).reward
+        rep = rewards.diagnose_proxy(jax.random.key(19), proxy, gold, lp, betas=(0.5,))
+        np.testing.assert_array_equal(rep.error, proxy - gold)
         np.testing.assert_allclose(rep.corr, rewards.pi0_corr(proxy, gold, lp), rtol=1e-6)
-        assert 0.5 < rep.pair_accuracy < 1.0
+        assert 0.5 < rep.pair_accuracy_unseen < 1.0 and np.isnan(rep.pair_accuracy_seen)
+        assert "pair_accuracy_seen" in rep.reasons and rep.seen == 0
+        assert np.isnan(rep.error_corr_seen) and np.isnan(rep.error_corr_unseen)  # no eps given: nan, with reasons
+        assert rep.reasons["error_corr_unseen"] == "no annotator error given"
+        assert rep.draws == 20_000 and rep.diagnosis.n == 20_000
         assert (rep.verdict == "heavy") == heavy, rep.diagnosis.verdict.text()
+        assert rep.tails.x.u.shape == (2, len(rewards.QUANTILES))
         if heavy:
             assert 0.3 < rep.xi < 0.7
 
 
-def test_tail_sample_is_distinct_and_follows_pi0():
-    lp = jnp.log(jnp.asarray([0.5, 0.3, 0.1, 0.05, 0.05]))
-    firsts = [int(rewards.tail_sample_indices(jax.random.key(i), lp, 2)[0]) for i in range(400)]
-    assert abs(np.mean(np.asarray(firsts) == 0) - 0.5) < 4 * np.sqrt(0.25 / 400)
-    idx = rewards.tail_sample_indices(jax.random.key(0), lp, 10)
-    assert sorted(np.asarray(idx).tolist()) == [0, 1, 2, 3, 4]
+def test_diagnose_proxy_accuracy_on_unseen_and_seen():
+    """A proxy with training comparisons: the accuracies are NumPy's brute-force counts on the report's pairs,
+    the unseen pairs avoid every training sequence; corr(X, eps) on each subset is NumPy's weighted corr; below
+    MIN_TAIL_SEQUENCES no xi (nan with the reason)."""
+    for n in (80,):  # below MIN_TAIL_SEQUENCES: no tail fit to compile (test_diagnose_proxy_sees_the_error_tail has it)
+        lp = jnp.asarray(random_log_p(jax.random.key(28), n), jnp.float32)
+        gold = jax.random.normal(jax.random.key(29), (n,))
+        proxy = rewards.pi0_standardise(gold + jax.random.normal(jax.random.key(30), (n,)), lp).z
+        data = rewards.comparisons(jax.random.key(31), lp, gold, 40)
+        eps = jax.random.normal(jax.random.key(33), (n,))
+        rep = rewards.diagnose_proxy(jax.random.key(32), proxy, gold, lp, data, eps, heldout_pairs=3000)
+        train = set(np.asarray(data.a).tolist()) | set(np.asarray(data.b).tolist())
+        g, p = np.asarray(gold, np.float64), np.asarray(proxy, np.float64)
+        mask = np.isin(np.arange(n), sorted(train))
+        for f, keep in (("error_corr_unseen", ~mask), ("error_corr_seen", mask)):  # weighted corr on the subset
+            w = np.where(keep, np.exp(np.asarray(lp, np.float64)), 0.0)
+            w /= w.sum()
+            x, e = p - g, np.asarray(eps, np.float64)
+            cx, ce = x - w @ x, e - w @ e
+            np.testing.assert_allclose(getattr(rep, f), (w @ (cx * ce)) / np.sqrt((w @ cx**2) * (w @ ce**2)),
+                                       rtol=1e-4, atol=1e-5)
+        for (a, b), acc, inside in ((rep.pairs.unseen, rep.pair_accuracy_unseen, False),
+                                    (rep.pairs.seen_pairs, rep.pair_accuracy_seen, True)):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.shape == (3000,) and (set(a.tolist()) | set(b.tolist()) <= train) == inside
+            if not inside:
+                assert not (set(a.tolist()) | set(b.tolist())) & train
+            hits = counted = 0.0
+            for i, j in zip(a, b):
+                if g[i] != g[j]:
+                    counted += 1
+                    hits += 0.5 if p[i] == p[j] else float((p[i] > p[j]) == (g[i] > g[j]))
+            np.testing.assert_allclose(acc, hits / counted, rtol=1e-6)
+        assert rep.seen == len(train) and not rep.reasons.get("pair_accuracy_seen")
+        assert np.isnan(rep.xi) and rep.reasons["xi"].startswith("n/a (N = 80 < 100") and rep.draws == 0
 
 
 # ---------------------------------------------------------------- reward checkpoints

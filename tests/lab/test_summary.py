@@ -76,7 +76,8 @@ def _seed_rows(seed, shift):
            for n, k, g in ((1, 0.0, 0.0), (4, 0.5, 1.0), (16, 1.5, 1.5), (64, 3.0, 1.2), (256, 4.5, 0.9))]
     lab += [dict(kind="lab", **tag, method="rl", n=None, beta=0.3, step=s, KL=k, gold=g, gap=gap)
             for s, k, g, gap in ((0, 0.0, 0.0, 2.0), (40, 1.0, 1.0, 0.5 + shift), (80, 2.0, 1.5, 0.1))]
-    proxy = [dict(kind="proxy", **tag, pair_accuracy=0.8 + shift / 10, corr=0.7, xi=None, reason="xi not finite")]
+    proxy = [dict(kind="proxy", **tag, pair_accuracy_unseen=0.8 + shift / 10, corr=0.7, xi=None,
+                  reason="xi: not finite")]
     exact = [dict(kind="exact_at_kl", **tag, at=1.0, beta=0.4, KL=1.0, gold=1.0 + shift)]
     base = [dict(kind="base", entropy=3.0 + shift, perplexity=math.exp(3.0 + shift), top_mass=0.04, n90=100)]
     return base + proxy + exact + lab
@@ -99,7 +100,7 @@ def test_headlines_and_their_summary_over_seeds():
     assert one(0, "rl", "share_closed")["value"] == pytest.approx(0.95)
     assert "still rising" in one(0, "rl", "peak_gold")["how"]
     assert one(1, "exact", "gold_at_KL", 1.0)["value"] == pytest.approx(1.3)
-    assert one(0, "proxy", "xi")["value"] is None and one(0, "proxy", "xi")["reason"] == "xi not finite"
+    assert one(0, "proxy", "xi")["value"] is None and one(0, "proxy", "xi")["reason"] == "xi: not finite"
 
     out = {(r["method"], r["quantity"], r["at"]): r for r in summary.summarise(rows)}
     s = out[("exact", "gold_at_KL", 1.0)]
@@ -107,7 +108,7 @@ def test_headlines_and_their_summary_over_seeds():
     lo, hi = stats.t.interval(0.95, 2, loc=v.mean(), scale=stats.sem(v))
     assert s["seeds"] == 3 and s["of"] == 3 and "reason" not in s
     np.testing.assert_allclose([s["mean"], s["lo"], s["hi"]], [v.mean(), lo, hi], rtol=1e-9)
-    acc = out[("proxy", "pair_accuracy", None)]
+    acc = out[("proxy", "pair_accuracy_unseen", None)]
     assert acc["mean"] == pytest.approx(0.8 + np.mean(shifts) / 10)
     xi = out[("proxy", "xi", None)]
     assert xi["mean"] is None and xi["lo"] is None and xi["seeds"] == 0 and "3 of 3 seeds" in xi["reason"]
