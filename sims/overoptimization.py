@@ -166,12 +166,14 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
 
 
 def _cell(s: dict | None, fmt: str = ".2f") -> str:
-    """A summary row as 'mean [lo, hi]' ('mean' with one seed; 'n/a' without a value)."""
+    """A summary row as 'mean [lo, hi]' ('mean' with one seed; 'n/a' without a value), with '(k/n seeds)' where
+    only k of the n seeds have a value."""
     if s is None or s["mean"] is None:
         return "n/a"
+    some = f" ({s['seeds']}/{s['of']} seeds)" if s["seeds"] < s["of"] else ""
     if s["lo"] is None:
-        return format(s["mean"], fmt)
-    return f"{s['mean']:{fmt}} [{s['lo']:{fmt}}, {s['hi']:{fmt}}]"
+        return format(s["mean"], fmt) + some
+    return f"{s['mean']:{fmt}} [{s['lo']:{fmt}}, {s['hi']:{fmt}}]" + some
 
 
 def tables(run: cli.Run, summ: list[dict], seeds: int) -> None:
