@@ -28,6 +28,8 @@ Public API:
   row_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # any policy: one causal pass over the
       # n^(L-1) longest prefixes ([n^(L-1), L] token positions: 253,125 at A=16, L=5)
   split_levels(n, depth, chunk) -> (m, r)         # cached_levels' chunking: levels <= m whole, then r subtrees a chunk
+  cached_terminal_scores(run, head, params, A, depth, chunk=8192) -> [N]   # a last-position score (reward
+      # model) of every terminal, each token position once: every prefix's A children as siblings
   terminal_logprobs(log_pi0) -> [N]               # log pi(x) of every terminal, from per-level log-probs
   levels(flat [N], vocab, depth) -> L + 1 arrays; flatten(levels) -> [N]
   LMTree(log_pi0, tokens [N, L], log_p [N]);  exact_tree(logits_fn, params, depth, chunk=8192) -> LMTree
@@ -44,7 +46,7 @@ Glossary: A vocabulary (EOS last), n = A - 1, L depth, N terminals, B batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -235,6 +237,55 @@ def cached_levels(policy: lm.PrefixPolicy, params: Any, vocab: int, depth: int, 
     groups = jax.tree.map(lambda x: x.reshape((-1, r) + x.shape[1:]), cache)             # [n^m / r, r, ...]
     deeper = jax.lax.map(subtrees, groups)                                                 # [n^m / r, r n^j, A]
     return tuple(out) + tuple(lp.reshape(-1, vocab) for lp in deeper)
+
+
+def cached_terminal_scores(run: Callable, head: Callable, params: Any, vocab: int, depth: int,
+                           chunk: int = 8192) -> Array:
+    """A score read off the last position of every terminal sequence, each token position run once (KV cache).
+
+    For sequence models that score [BOS, x_1..x_k] by their state at the last real token (a reward
+    model with "last" pooling): the tree is walked as in `cached_levels`, but every prefix's A
+    children (n tokens and EOS) are run as siblings after its cache, so the EOS child is the terminal
+    "prefix, then EOS" and the n children of a level-(L-1) prefix are the full-length terminals. Token
+    positions run: sum_{k<L} A n^k (~N + the prefixes: 868,096 at A = 16, L = 5) instead of N (L + 1)
+    for every terminal alone (4,881,696). Levels are chunked like `cached_levels` (`split_levels` with
+    chunk / A prefixes, so at most `chunk` sibling rows a call).
+
+    Args:
+      run: (params, ids [B, S], cache: models.KVCache | None, siblings: bool) -> (states [B, S, D], KVCache
+        [B, S]); ids are lab tokens with BOS = A (e.g. a backbone's `models.apply_cached` with the
+        ids mapped to the model's, and its last_hidden_state).
+      head: (params, states [..., D]) -> [...] scores.
+      params: passed to both; vocab: A; depth: L (static); chunk: static.
+    Returns:
+      [N] scores in mdp level order (`terminal_tokens`' rows).
+    """
+    n = vocab - 1
+    kids = jnp.arange(vocab, dtype=jnp.int32)                                             # n tokens, then EOS
+
+    def expand(cache, keep):
+        rows = cache.mask.shape[0]
+        h, new = run(params, jnp.broadcast_to(kids, (rows, vocab)), cache, True)          # [P, A, D]
+        s = head(params, h)                                                                # [P, A]
+        grown = cache.siblings(jax.tree.map(lambda x: x[:, :n], new)) if keep else None
+        return s[:, n], s[:, :n].reshape(-1), grown
+
+    _, cache = run(params, jnp.full((1, 1), vocab, jnp.int32), None, False)
+    m, r = split_levels(n, depth, max(1, chunk // vocab))
+    out = []
+    for _ in range(m):
+        eos, _, cache = expand(cache, True)
+        out.append(eos)
+
+    def subtrees(c):
+        ends = []
+        for k in range(m, depth):
+            eos, full, c = expand(c, k < depth - 1)
+            ends.append(eos)
+        return ends + [full]
+
+    groups = jax.tree.map(lambda x: x.reshape((-1, r) + x.shape[1:]), cache)
+    return jnp.concatenate(out + [x.reshape(-1) for x in jax.lax.map(subtrees, groups)])
 
 
 def terminal_logprobs(log_pi0: tuple) -> Array:

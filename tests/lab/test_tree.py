@@ -214,3 +214,30 @@ def test_checkpoint_policy_refusals(tmp_path):
             lm.load_policy(ck.path, bad)
     with pytest.raises(io.UsageError, match="no start token"):
         lm.load_policy(ck.path, (1, 2), start=500)
+
+
+@pytest.mark.parametrize("vocab,depth,chunk", [(5, 3, 8192), (4, 4, 20)])
+def test_cached_terminal_scores_equal_each_terminal_scored_alone(vocab, depth, chunk):
+    """A lab reward model's score of every terminal from one walk of the tree (each prefix's A children as
+    siblings after its cache; chunk 20: subtrees in lax.map) equals rewards.score_terminals, which runs
+    every terminal [BOS, x_1.., EOS-padded] alone, to float32 round-off."""
+    from goodhart_jax.lab import rewards
+    from goodhart_jax.models import ARCHITECTURES, apply_cached
+
+    cfg = lm.LMConfig(vocab=vocab, depth=depth, layers=2, width=32, heads=4)
+    params = rewards.rm_init_jit(jax.random.key(6), cfg)
+    module = ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg))
+
+    def run(p, ids, cache, siblings):
+        out, new = apply_cached(module, {"params": p["backbone"]}, ids, None, cache, siblings)
+        return out.last_hidden_state, new
+
+    def head(p, h):
+        return (h @ p["score"]["kernel"])[..., 0] + p["score"]["bias"][0]
+
+    got = jax.jit(tree.cached_terminal_scores, static_argnums=(0, 1, 3, 4, 5))(run, head, params, vocab, depth,
+                                                                                chunk)
+    want = rewards.score_terminals(rewards.make_rm_reward(cfg), params, tree.terminal_tokens(vocab, depth))
+    assert got.shape == want.shape == (tree.num_terminals(vocab, depth),)
+    assert float(jnp.std(want)) > 0.1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
