@@ -75,6 +75,7 @@ class DecoderBackbone(nn.Module):
     dtype: Any = jnp.float32
 
     block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin, index, prefix, packed) -> x
+    # (also keyword cache=(k, v, mask) of this layer and siblings=bool: a `layers.KVCache`'s new tokens)
     # Whether `block` takes distinct=(u [1, U, D], src [B, T]) and runs its per-token parts on the U rows.
     per_token_block: ClassVar[bool] = False
     norm: ClassVar[type[nn.Module]]       # norm(eps, dtype, name=...)(x) -> x
