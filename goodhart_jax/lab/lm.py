@@ -23,6 +23,9 @@ Public API:
   logits(params, ids [B, T], cfg) -> [B, T, A]      # pure; make_logits(cfg) -> logits_fn(params, ids)
   with_bos(tokens [B, T], bos) -> [B, T + 1]
   token_mask(tokens [B, L], eos) -> [B, L] bool     # the real tokens: up to and including the first EOS
+  prefix_policy(logits_fn) -> PrefixPolicy(run) | None   # a policy's KV-cache form (the lab LM's, a checkpoint's,
+      # or a logits_fn's attribute `prefix_policy`); run(params, ids [B,S], cache=None, siblings=False)
+      # -> (logits [B,S,A], models.KVCache [B,S]); lm_prefix_policy(cfg), checkpoint_prefix_policy(model, tokens, start)
   sequence_logprob(logits_fn, params, tokens [B, L]) -> [B]   # log pi(x) = sum_t log pi(x_t | x_<t)
   sample(key, logits_fn, params, num, depth) -> [num, L] int32 tokens (EOS-continued)
   MarkovSource(log_p_first [A], log_p_next [A, A])  # rows = previous token; the EOS row is unused
@@ -64,7 +67,7 @@ from jax import Array
 
 from goodhart_jax import io
 from goodhart_jax.models import ARCHITECTURES, CheckpointError, GPTNeoXConfig, LlamaConfig, LoadedModel, load_model
-from goodhart_jax.models import make_hidden_fn
+from goodhart_jax.models import KVCache, apply_cached, make_cached_hidden_fn, make_hidden_fn
 
 LogitsFn = Callable[[Any, Array], Array]  # (params, ids [B, T] in [0, A], ids[:, 0] = BOS) -> [B, T, A]
 
@@ -399,6 +402,7 @@ def checkpoint_logits(model: LoadedModel, tokens, start: int) -> LogitsFn:
         h = hidden_fn(params, table[ids], jnp.ones(ids.shape, jnp.int32)).last_hidden_state
         return jnp.einsum("btd,da->bta", h, lm_head_kernel(model, params)[:, cols])
 
+    logits_fn.prefix_policy = checkpoint_prefix_policy(model, tokens, start)  # its KV-cache form (`prefix_policy`)
     return logits_fn
 
 
@@ -453,3 +457,54 @@ def load_policy(path, tokens, start: int | None = None, dtype: str | None = None
     tokens = sub_vocabulary(tokens, model.vocab_size)
     start = start_token(path, model.vocab_size, start)
     return CheckpointPolicy(checkpoint_logits(model, tokens, start), model.params, tokens, start, model)
+
+
+# ---------------------------------------------------------------- prefix (KV) cache form of a policy
+class PrefixPolicy(NamedTuple):
+    """A policy that runs new tokens after cached prefixes: the KV-cache form of a logits_fn.
+
+    Fields:
+      run: (params, ids [B, S], cache: `models.KVCache` [B, P] | None, siblings=False)
+        -> (logits [B, S, A], KVCache [B, S] of ids). Lab tokens as in the convention: without a
+        cache, ids[:, 0] = BOS; with one, ids continue the cached prefix (causally, or as `siblings`:
+        S alternative next tokens of each row, `models.DecoderBackbone`). logits equal logits_fn's at
+        those positions of the whole rows, up to float rounding.
+    """
+
+    run: Callable[..., tuple[Array, KVCache]]
+
+
+def lm_prefix_policy(cfg: LMConfig) -> PrefixPolicy:
+    """The KV-cache form of the lab LM `make_logits(cfg)` (the same backbone and head as `logits`)."""
+    def run(params, ids, cache=None, siblings=False):
+        kernel = params["lm_head"]["kernel"]
+        out, new = apply_cached(_module(cfg, kernel.dtype), {"params": params["backbone"]}, ids, None, cache, siblings)
+        return jnp.einsum("btd,da->bta", out.last_hidden_state, kernel), new
+
+    return PrefixPolicy(run)
+
+
+def checkpoint_prefix_policy(model: LoadedModel, tokens, start: int) -> PrefixPolicy:
+    """The KV-cache form of `checkpoint_logits(model, tokens, start)` (`checkpoint_logits` attaches it)."""
+    table = jnp.asarray(tuple(tokens) + (start,), jnp.int32)  # lab id -> model id
+    cols = jnp.asarray(tuple(tokens), jnp.int32)
+    hidden_fn = make_cached_hidden_fn(model)
+
+    def run(params, ids, cache=None, siblings=False):
+        out, new = hidden_fn(params, table[ids], None, cache, siblings)
+        return jnp.einsum("btd,da->bta", out.last_hidden_state, lm_head_kernel(model, params)[:, cols]), new
+
+    return PrefixPolicy(run)
+
+
+def prefix_policy(logits_fn: LogitsFn) -> PrefixPolicy | None:
+    """The KV-cache form of a policy, or None when it has none (then whole rows are evaluated).
+
+    Known: the lab LM (`make_logits(cfg)`, a partial of `logits`) and checkpoint policies
+    (`checkpoint_logits`); any other logits_fn may carry one as its attribute `prefix_policy`.
+    """
+    if isinstance(logits_fn, functools.partial) and logits_fn.func is logits and not logits_fn.args \
+            and set(logits_fn.keywords) == {"cfg"}:
+        return lm_prefix_policy(logits_fn.keywords["cfg"])
+    found = getattr(logits_fn, "prefix_policy", None)
+    return found if isinstance(found, PrefixPolicy) else None

@@ -2,10 +2,13 @@
 
 A policy in the lab's convention (`lab.lm`: logits_fn(params, ids [B, T]) ->
 [B, T, A], BOS = A first, token A - 1 = EOS) is evaluated on every non-EOS
-prefix in one causal pass over the longest ones (`log_pi0_levels`), giving
-`mdp.Tree.log_pi0` for the tree `mdp.TreeSpec(A, L, eos=True)`. With n = A - 1, level k < L holds the n^k
-prefixes of k non-EOS tokens in row-major order (base-n digits, first token
-most significant), exactly `mdp`'s layout.
+prefix (`log_pi0_levels`), giving `mdp.Tree.log_pi0` for the tree
+`mdp.TreeSpec(A, L, eos=True)`: each prefix once, as one new token after its
+parent's keys and values, when the policy has a KV-cache form
+(`lm.prefix_policy`: the lab LM, checkpoint policies; `cached_levels`), else in
+one causal pass over the longest prefixes (`row_levels`). With n = A - 1, level
+k < L holds the n^k prefixes of k non-EOS tokens in row-major order (base-n
+digits, first token most significant), exactly `mdp`'s layout.
 
 Terminal sequences are flattened in `mdp`'s level order: first the "prefix k,
 then EOS" terminals of k = 0 .. L-1 ([n^k] each), then the n^L full-length
@@ -18,7 +21,15 @@ Public API:
   prefixes(n, k) -> [n^k, k] int32                # row-major non-EOS prefixes of length k
   terminal_tokens(vocab, depth) -> [N, L] int32   # every terminal, mdp level order, EOS-continued
   terminal_index(tokens [B, L], vocab) -> [B]     # row of `terminal_tokens` (inverse map)
-  log_pi0_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # pure; one forward pass
+  log_pi0_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # pure; cached_levels when the
+      # policy has a KV-cache form (lm.prefix_policy), else row_levels
+  cached_levels(prefix_policy, params, A, depth, chunk=8192) -> L arrays [n^k, A]  # each prefix once, from its
+      # parent's KV cache: sum_k n^k token positions (54,241 at A=16, L=5), lax.map over chunks of subtrees
+  row_levels(logits_fn, params, depth, chunk=8192) -> L arrays [n^k, A]   # any policy: one causal pass over the
+      # n^(L-1) longest prefixes ([n^(L-1), L] token positions: 253,125 at A=16, L=5)
+  split_levels(n, depth, chunk) -> (m, r)         # cached_levels' chunking: levels <= m whole, then r subtrees a chunk
+  cached_terminal_scores(run, head, params, A, depth, chunk=8192) -> [N]   # a last-position score (reward
+      # model) of every terminal, each token position once: every prefix's A children as siblings
   terminal_logprobs(log_pi0) -> [N]               # log pi(x) of every terminal, from per-level log-probs
   levels(flat [N], vocab, depth) -> L + 1 arrays; flatten(levels) -> [N]
   LMTree(log_pi0, tokens [N, L], log_p [N]);  exact_tree(logits_fn, params, depth, chunk=8192) -> LMTree
@@ -36,7 +47,7 @@ Glossary: A vocabulary (EOS last), n = A - 1, L depth, N terminals, B batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +55,7 @@ import numpy as np
 from jax import Array
 
 from goodhart_jax import io, mdp
+from goodhart_jax.lab import lm
 from goodhart_jax.lab.lm import LogitsFn
 
 MAX_TERMINALS = 2**22
@@ -109,7 +121,32 @@ def terminal_index(tokens: Array, vocab: int) -> Array:
 
 
 def log_pi0_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) -> tuple:
-    """pi0 on every prefix, from one causal forward pass over the n^(L-1) longest prefixes.
+    """pi0 on every prefix: each prefix evaluated once from its parent's KV cache, or one pass over whole rows.
+
+    A policy with a KV-cache form (`lm.prefix_policy`: the lab LM, checkpoint policies) takes
+    `cached_levels`: each of the sum_{k<L} n^k prefixes is one new token after its parent's cached
+    keys and values. Any other logits_fn takes `row_levels`, one causal pass over the n^(L-1)
+    longest prefixes ([n^(L-1), L] token positions). Both give the same numbers up to float rounding.
+
+    Args:
+      logits_fn, params: a policy in the lab convention (A = its output width).
+      depth: L (static).
+      chunk: prefixes per evaluation (static; bounds the memory).
+    Returns:
+      L arrays [n^k, A] of log-probabilities, mdp's `Tree.log_pi0`.
+    """
+    cached = lm.prefix_policy(logits_fn)
+    if cached is None:
+        return row_levels(logits_fn, params, depth, chunk)
+    return cached_levels(cached, params, _vocab_of(logits_fn, params), depth, chunk)
+
+
+def _vocab_of(logits_fn: LogitsFn, params: Any) -> int:
+    return jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32)).shape[-1]
+
+
+def row_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 8192) -> tuple:
+    """pi0 on every prefix, from one causal forward pass over the n^(L-1) longest prefixes (any policy).
 
     Row r of the pass is [BOS, x_1..x_{L-1}] with x the base-n digits of r
     (first most significant); causality makes its logits at position k those
@@ -126,7 +163,7 @@ def log_pi0_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 81
     Returns:
       L arrays [n^k, A] of log-probabilities, mdp's `Tree.log_pi0`.
     """
-    a = jax.eval_shape(logits_fn, params, jnp.zeros((1, 1), jnp.int32)).shape[-1]
+    a = _vocab_of(logits_fn, params)
     n = a - 1
     rows = n ** (depth - 1)
     ids = jnp.concatenate([jnp.full((rows, 1), a, jnp.int32), prefixes(n, depth - 1)], axis=1)  # [n^(L-1), L]
@@ -136,6 +173,120 @@ def log_pi0_levels(logits_fn: LogitsFn, params: Any, depth: int, chunk: int = 81
     lp = jax.lax.map(lambda batch: jax.nn.log_softmax(logits_fn(params, batch), axis=-1), ids)
     lp = lp.reshape(-1, depth, a)[:rows]  # [n^(L-1), L, A]
     return tuple(lp[:: n ** (depth - 1 - k), k] for k in range(depth))
+
+
+def split_levels(n: int, depth: int, chunk: int) -> tuple[int, int]:
+    """(m, r): `cached_levels` evaluates levels 1..m whole, then levels m+1..L-1 in chunks of r subtrees.
+
+    m is the first level whose subtrees hold at most `chunk` prefixes on their deepest level
+    (n^(L-1-m) <= chunk); r is the largest divisor of the n^m subtrees with r n^(L-1-m) <= chunk
+    (at least 1), so every chunk has the same shape and none is padding.
+    """
+    deep = depth - 1
+    m = 0
+    while n ** (deep - m) > chunk:
+        m += 1
+    r = max(1, min(n**m, chunk // n ** (deep - m)))
+    while n**m % r:
+        r -= 1
+    return m, r
+
+
+def cached_levels(policy: lm.PrefixPolicy, params: Any, vocab: int, depth: int, chunk: int = 8192) -> tuple:
+    """pi0 on every prefix, each prefix evaluated once: one new token after its parent's KV cache.
+
+    Level 0 is [BOS] alone; level k + 1's n^(k+1) prefixes are the n children of each level-k prefix,
+    run in one `siblings` call per level (each child attends to its parent's cached keys and to
+    itself; `models.DecoderBackbone`), and each child's cache is its parent's plus its own position
+    (`models.KVCache.siblings`). Token positions evaluated: sum_{k<L} n^k (54,241 at A = 16, L = 5,
+    against 253,125 for `row_levels`). Levels 1..m are evaluated whole and the deeper ones by
+    `lax.map` over chunks of r level-m subtrees (`split_levels`): at most `chunk` prefixes and
+    `chunk` / n caches of length <= L per evaluation, so the memory is bounded.
+
+    Args:
+      policy: the policy's `lm.PrefixPolicy`; params: its parameters.
+      vocab: A (the policy's output width); depth: L; chunk: static.
+    Returns:
+      L arrays [n^k, A] of log-probabilities, mdp's `Tree.log_pi0` (row-major, as `prefixes`).
+    """
+    n = vocab - 1
+    kids = jnp.arange(n, dtype=jnp.int32)
+
+    def expand(cache, keep):
+        rows = cache.mask.shape[0]
+        ids = jnp.broadcast_to(kids, (rows, n))
+        lg, new = policy.run(params, ids, cache, True)                                    # [P, n, A]
+        lp = jax.nn.log_softmax(lg, axis=-1).reshape(rows * n, vocab)
+        return lp, (cache.siblings(new) if keep else None)
+
+    lg, cache = policy.run(params, jnp.full((1, 1), vocab, jnp.int32))
+    out = [jax.nn.log_softmax(lg[:, 0], axis=-1)]                                         # [1, A]
+    m, r = split_levels(n, depth, chunk)
+    for _ in range(m):
+        lp, cache = expand(cache, True)
+        out.append(lp)
+    if m == depth - 1:
+        return tuple(out)
+
+    def subtrees(c):
+        lps = []
+        for k in range(m + 1, depth):
+            lp, c = expand(c, k < depth - 1)
+            lps.append(lp)
+        return lps
+
+    groups = jax.tree.map(lambda x: x.reshape((-1, r) + x.shape[1:]), cache)             # [n^m / r, r, ...]
+    deeper = jax.lax.map(subtrees, groups)                                                 # [n^m / r, r n^j, A]
+    return tuple(out) + tuple(lp.reshape(-1, vocab) for lp in deeper)
+
+
+def cached_terminal_scores(run: Callable, head: Callable, params: Any, vocab: int, depth: int,
+                           chunk: int = 8192) -> Array:
+    """A score read off the last position of every terminal sequence, each token position run once (KV cache).
+
+    For sequence models that score [BOS, x_1..x_k] by their state at the last real token (a reward
+    model with "last" pooling): the tree is walked as in `cached_levels`, but every prefix's A
+    children (n tokens and EOS) are run as siblings after its cache, so the EOS child is the terminal
+    "prefix, then EOS" and the n children of a level-(L-1) prefix are the full-length terminals. Token
+    positions run: sum_{k<L} A n^k (~N + the prefixes: 868,096 at A = 16, L = 5) instead of N (L + 1)
+    for every terminal alone (4,881,696). Levels are chunked like `cached_levels` (`split_levels` with
+    chunk / A prefixes, so at most `chunk` sibling rows a call).
+
+    Args:
+      run: (params, ids [B, S], cache: models.KVCache | None, siblings: bool) -> (states [B, S, D], KVCache
+        [B, S]); ids are lab tokens with BOS = A (e.g. a backbone's `models.apply_cached` with the
+        ids mapped to the model's, and its last_hidden_state).
+      head: (params, states [..., D]) -> [...] scores.
+      params: passed to both; vocab: A; depth: L (static); chunk: static.
+    Returns:
+      [N] scores in mdp level order (`terminal_tokens`' rows).
+    """
+    n = vocab - 1
+    kids = jnp.arange(vocab, dtype=jnp.int32)                                             # n tokens, then EOS
+
+    def expand(cache, keep):
+        rows = cache.mask.shape[0]
+        h, new = run(params, jnp.broadcast_to(kids, (rows, vocab)), cache, True)          # [P, A, D]
+        s = head(params, h)                                                                # [P, A]
+        grown = cache.siblings(jax.tree.map(lambda x: x[:, :n], new)) if keep else None
+        return s[:, n], s[:, :n].reshape(-1), grown
+
+    _, cache = run(params, jnp.full((1, 1), vocab, jnp.int32), None, False)
+    m, r = split_levels(n, depth, max(1, chunk // vocab))
+    out = []
+    for _ in range(m):
+        eos, _, cache = expand(cache, True)
+        out.append(eos)
+
+    def subtrees(c):
+        ends = []
+        for k in range(m, depth):
+            eos, full, c = expand(c, k < depth - 1)
+            ends.append(eos)
+        return ends + [full]
+
+    groups = jax.tree.map(lambda x: x.reshape((-1, r) + x.shape[1:]), cache)
+    return jnp.concatenate(out + [x.reshape(-1) for x in jax.lax.map(subtrees, groups)])
 
 
 def terminal_logprobs(log_pi0: tuple) -> Array:

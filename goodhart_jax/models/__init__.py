@@ -15,6 +15,10 @@ Public API:
   make_reward_fn(model, onehot=False, one_position=True) -> reward_fn(params, input_ids [B,T], mask [B,T]) -> [B]
   make_logprob_fn(model, onehot=False) -> logprob_fn(params, input_ids, mask) -> [B]
   make_hidden_fn(model) -> (params, ids, mask, onehot=None, index=None) -> BackboneOutput
+  make_cached_hidden_fn(model) -> (params, ids [B,S], mask=None, cache=None, siblings=False)
+      -> (BackboneOutput, KVCache [B,S])                   # new tokens after a cached prefix (KV cache)
+  KVCache(kv: L x (k, v) [B,P,K,H], mask [B,P]); .concat(new) -> [B,P+S]; .siblings(new) -> [B*S,P+1]
+  apply_cached(module, variables, ids [B,S], mask=None, cache=None, siblings=False) -> (BackboneOutput, KVCache)
   score_array(fn, params, tokens [N,T], mask=None, batch_size=8, ...) -> np [N]
   data_mesh(devices=None), shard_params(params, mesh)      # jax.sharding helpers
   CheckpointError                                          # bad checkpoint directories
@@ -30,15 +34,17 @@ Example:
   r = jax.jit(scorer.score_tokens)(scorer.params, ids, mask)   # [B]
 """
 from goodhart_jax.models.architectures import ARCHITECTURES, Architecture
-from goodhart_jax.models.backbone import BackboneOutput, DecoderBackbone
+from goodhart_jax.models.backbone import BackboneOutput, DecoderBackbone, apply_cached
 from goodhart_jax.models.gpt_neox import GPTNeoXConfig, GPTNeoXModel
 from goodhart_jax.models.heads import HeadSpec
+from goodhart_jax.models.layers import KVCache
 from goodhart_jax.models.llama import LlamaConfig, LlamaModel
 from goodhart_jax.models.loading import CheckpointError, LoadedModel, load_model, read_state_dict
 from goodhart_jax.models.scoring import (
     data_mesh,
     default_buckets,
     logprob_scorer,
+    make_cached_hidden_fn,
     make_hidden_fn,
     make_logprob_fn,
     make_prefix_scoring,
@@ -50,7 +56,7 @@ from goodhart_jax.models.scoring import (
 
 __all__ = [
     "ARCHITECTURES", "Architecture", "BackboneOutput", "CheckpointError", "DecoderBackbone", "GPTNeoXConfig",
-    "GPTNeoXModel", "HeadSpec", "LlamaConfig", "LlamaModel", "LoadedModel", "data_mesh", "default_buckets",
-    "load_model", "logprob_scorer", "make_hidden_fn", "make_logprob_fn", "make_prefix_scoring", "make_reward_fn",
-    "read_state_dict", "reward_scorer", "score_array", "shard_params",
+    "GPTNeoXModel", "HeadSpec", "KVCache", "LlamaConfig", "LlamaModel", "LoadedModel", "apply_cached", "data_mesh",
+    "default_buckets", "load_model", "logprob_scorer", "make_cached_hidden_fn", "make_hidden_fn", "make_logprob_fn",
+    "make_prefix_scoring", "make_reward_fn", "read_state_dict", "reward_scorer", "score_array", "shard_params",
 ]

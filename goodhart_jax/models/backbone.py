@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from goodhart_jax.models import layers
@@ -74,6 +75,7 @@ class DecoderBackbone(nn.Module):
     dtype: Any = jnp.float32
 
     block: ClassVar[type[nn.Module]]      # block(config, dtype, name=...)(x, mask, cos, sin, index, prefix, packed) -> x
+    # (also keyword cache=(k, v, mask) of this layer and siblings=bool: a `layers.KVCache`'s new tokens)
     # Whether `block` takes distinct=(u [1, U, D], src [B, T]) and runs its per-token parts on the U rows.
     per_token_block: ClassVar[bool] = False
     norm: ClassVar[type[nn.Module]]       # norm(eps, dtype, name=...)(x) -> x
@@ -84,7 +86,8 @@ class DecoderBackbone(nn.Module):
     def __call__(self, input_ids: Array | None, mask: Array | None, onehot: Array | None = None,
                  index: Array | None = None, prefix: tuple[tuple[Array, Array], ...] | None = None,
                  packed: layers.PackedRows | None = None,
-                 distinct: tuple[Array, Array] | None = None) -> BackboneOutput:
+                 distinct: tuple[Array, Array] | None = None, cache: layers.KVCache | None = None,
+                 siblings: bool = False) -> BackboneOutput:
         """Args:
           input_ids: [B, T] int tokens (ignored when `onehot` is given).
           mask: [B, T] 1 for real tokens (left or right padding; unused with `packed`).
@@ -108,13 +111,28 @@ class DecoderBackbone(nn.Module):
             rounding, U / (B T) of that work. With `packed`, src is [1, N] (each slot's row among the
             U). Other blocks, and a first layer that is also the last one read at `index`, take the
             plain pass.
+          cache: optional `layers.KVCache` [B, P] of a prefix (no index, prefix or packed): input_ids
+            [B, S] are new tokens after it, at positions c_b + (0..S-1) with c_b its number of real
+            cached tokens (mask [B, S], default all ones, marks the real new ones: right padding),
+            attending to the cached keys and causally to each other (`layers.cached_attention`).
+            The same numbers as the whole row in one pass, up to float rounding. The new tokens'
+            keys and values are sown as usual (`apply_cached` returns them as a `KVCache`).
+          siblings: with `cache` (static): the S new tokens are alternatives, each at position c_b
+            after row b and seeing only the cache and itself (every child of a prefix at once).
         Returns:
           BackboneOutput (hidden_states: embeddings then each layer's output).
         """
         c = self.config
         emb = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name=self.embed_name)
         x = layers.embed(emb, input_ids, onehot)
-        if packed is None:
+        if cache is not None:
+            if index is not None or packed is not None or prefix is not None:
+                raise ValueError("a KV cache takes neither index nor prefix / packed rows")
+            mask = jnp.ones(x.shape[:2], jnp.int32) if mask is None else mask
+            count = jnp.sum(cache.mask > 0, axis=-1, dtype=jnp.int32)[:, None]              # [B, 1]
+            pos = jnp.broadcast_to(count if siblings else count + layers.positions_from_mask(mask), x.shape[:2])
+            cos, sin = layers.rotary_at(pos, cache.mask.shape[1] + x.shape[1], c.rotary_dims, c.rotary_theta)
+        elif packed is None:
             cos, sin = layers.rotary_from_mask(mask, c.rotary_dims, c.rotary_theta)
         else:
             cos, sin = layers.rotary_at(packed.pos[None], packed.src.shape[1], c.rotary_dims, c.rotary_theta)
@@ -122,11 +140,12 @@ class DecoderBackbone(nn.Module):
         for n in range(c.num_hidden_layers):
             last = index is not None and n == c.num_hidden_layers - 1
             args = (x, mask, cos, sin, index if last else None, None if prefix is None else prefix[n], packed)
+            extra = {} if cache is None else {"cache": cache.kv[n] + (cache.mask,), "siblings": siblings}
             if n == 0 and distinct is not None and self.per_token_block and not last:
                 u = emb(distinct[0].reshape(1, -1))                                  # [1, U, D]
-                x = self.block(c, self.dtype, name=f"layers_{n}")(*args, distinct=(u, distinct[1]))
+                x = self.block(c, self.dtype, name=f"layers_{n}")(*args, distinct=(u, distinct[1]), **extra)
             else:
-                x = self.block(c, self.dtype, name=f"layers_{n}")(*args)
+                x = self.block(c, self.dtype, name=f"layers_{n}")(*args, **extra)
             hidden.append(x)
         x = self.norm(c.norm_eps, self.dtype, name=self.final_norm_name)(x)
         return BackboneOutput(x, tuple(hidden))
@@ -150,6 +169,34 @@ def prefix_kv(intermediates: dict, num_layers: int) -> tuple[tuple[Array, Array]
         return None
 
     return tuple(find(intermediates[f"layers_{n}"]) for n in range(num_layers))
+
+
+def apply_cached(module: nn.Module, variables: dict, input_ids: Array | None, mask: Array | None = None,
+                 cache: layers.KVCache | None = None, siblings: bool = False, onehot: Array | None = None,
+                 distinct: tuple[Array, Array] | None = None) -> tuple[BackboneOutput, layers.KVCache]:
+    """Run a backbone after an optional prefix cache; also return the new tokens' keys and values.
+
+    Without `cache`: the plain pass over input_ids [B, S] (mask default all ones). With it: the new
+    tokens after the cached prefix (`DecoderBackbone`'s `cache` and `siblings`). Either way the
+    returned `KVCache` [B, S] holds the keys and values of input_ids, to feed the next call
+    (`KVCache.concat` for a causal continuation, `KVCache.siblings` for the children of each row).
+
+    Args:
+      module: a `DecoderBackbone`; variables: {"params": its parameters}.
+      input_ids: [B, S] int (or onehot [B, S, V]).
+      mask: [B, S] 1 for real tokens (default all ones).
+      cache: `layers.KVCache` [B, P] or None; siblings: static, see `DecoderBackbone`.
+      distinct: `DecoderBackbone`'s first-layer speed hint.
+    Returns:
+      (BackboneOutput with [B, S, D] states, KVCache [B, S] of the new tokens).
+    """
+    shape = (onehot if input_ids is None else input_ids).shape[:2]
+    if mask is None:
+        mask = np.ones(shape, np.int32) if cache is None else jnp.ones(shape, jnp.int32)
+    out, state = module.apply(variables, input_ids, mask, onehot, None, None, None, distinct, cache, siblings,
+                              mutable=["intermediates"])
+    kv = prefix_kv(state["intermediates"], module.config.num_hidden_layers)
+    return out, layers.KVCache(kv, jnp.asarray(mask, jnp.int32))
 
 
 # ---------------------------------------------------------------- config fields

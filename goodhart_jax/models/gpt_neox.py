@@ -139,7 +139,8 @@ class GPTNeoXAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
                  prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None,
-                 src: Array | None = None) -> Array:
+                 src: Array | None = None, cache: tuple[Array, Array, Array] | None = None,
+                 siblings: bool = False) -> Array:
         """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D].
 
         Sows its rotated keys and values [B, T, N, H] as "intermediates"/"kv".
@@ -148,6 +149,8 @@ class GPTNeoXAttention(nn.Module):
         holds the packed tokens: [1, N, D] out, or [C, 1, D] at index = packed.last.
         With `src` [B, T], x [1, U, D] holds U distinct rows and row (b, t) is x[0, src[b, t]]: the
         projection runs on the U rows, then is gathered.
+        With `cache` (this layer's (k, v [B, P, N, H], mask [B, P]) of a `layers.KVCache`) the T new
+        tokens attend to the cached keys and to themselves (`layers.cached_attention`, `siblings`).
         """
         c = self.config
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
@@ -161,7 +164,7 @@ class GPTNeoXAttention(nn.Module):
         k = layers.apply_rotary(k, cos, sin)
         self.sow("intermediates", "kv", (k, v))
         q = q if index is None else layers.take_positions(q, index)
-        out = layers.rotary_attention(q, k, v, mask, cos, sin, index, prefix, packed)
+        out = layers.rotary_attention(q, k, v, mask, cos, sin, index, prefix, packed, cache, siblings)
         out = out.reshape(out.shape[0], -1, c.hidden_size)
         return nn.Dense(c.hidden_size, use_bias=c.attention_bias, dtype=self.dtype,
                         param_dtype=self.dtype, name="dense")(out)
@@ -186,9 +189,10 @@ class GPTNeoXLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
                  prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None,
-                 distinct: tuple[Array, Array] | None = None) -> Array:
+                 distinct: tuple[Array, Array] | None = None, cache: tuple[Array, Array, Array] | None = None,
+                 siblings: bool = False) -> Array:
         """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]; `prefix`,
-        `packed`: see `GPTNeoXAttention`. With distinct = (u [1, U, D], src [B, T]) where
+        `packed`, `cache`, `siblings`: see `GPTNeoXAttention`. With distinct = (u [1, U, D], src [B, T]) where
         x[b, t] = u[0, src[b, t]] (no index, prefix or packed), the norms, the QKV projection and the
         parallel MLP run on the U rows (`DecoderBackbone`'s `distinct`)."""
         c = self.config
@@ -196,7 +200,7 @@ class GPTNeoXLayer(nn.Module):
         ln2 = layers.LayerNorm(c.layer_norm_eps, self.dtype, name="post_attention_layernorm")
         u, src = (x, None) if distinct is None else distinct
         attn = GPTNeoXAttention(c, self.dtype, name="attention")(ln1(u), mask, cos, sin, index, prefix, packed,
-                                                                  src)
+                                                                  src, cache, siblings)
         mlp = GPTNeoXMLP(c, self.dtype, name="mlp")
         if index is not None:
             x = layers.take_positions(x, index)

@@ -235,6 +235,88 @@ def attention_at(q: Array, k: Array, v: Array, mask: Array, index: Array, block:
     return jnp.einsum("bkgs,bskh->bkgh", weights, v).reshape(b, 1, n, h)
 
 
+class KVCache(NamedTuple):
+    """Keys and values of P cached positions, every layer, for running new tokens after them.
+
+    What `DecoderBackbone` takes as `cache` and `backbone.apply_cached` returns: the new tokens then
+    attend to these keys as if the cached tokens preceded them in one causal pass (positions
+    continue from the number of real cached tokens).
+
+    Fields:
+      kv: L pairs (k, v), each [B, P, K, H] (keys after rotary, as the attention layers sow them).
+      mask: [B, P] 1 for real cached tokens (a padded position is never attended to).
+    """
+
+    kv: tuple
+    mask: Array
+
+    def concat(self, new: "KVCache") -> "KVCache":
+        """This cache [B, P] followed by `new` [B, S] (a causal continuation): [B, P + S]."""
+        kv = tuple((jnp.concatenate([k, nk.astype(k.dtype)], axis=1), jnp.concatenate([v, nv.astype(v.dtype)], axis=1))
+                   for (k, v), (nk, nv) in zip(self.kv, new.kv))
+        return KVCache(kv, jnp.concatenate([self.mask, new.mask.astype(self.mask.dtype)], axis=1))
+
+    def siblings(self, new: "KVCache") -> "KVCache":
+        """The caches of S siblings: row b's cache [P] followed by sibling s's own position.
+
+        `new` [B, S] holds the siblings' keys and values (a `siblings=True` run: each sibling at
+        the same position after row b). Returns [B * S, P + 1], row b * S + s.
+        """
+        b, p = self.mask.shape
+        s = new.mask.shape[1]
+
+        def grow(old, own):                                   # [B, P, ...], [B, S, ...] -> [B S, P + 1, ...]
+            old = jnp.broadcast_to(old[:, None], (b, s) + old.shape[1:])
+            return jnp.concatenate([old, own[:, :, None].astype(old.dtype)], axis=2).reshape((b * s, p + 1)
+                                                                                             + old.shape[3:])
+
+        return KVCache(tuple((grow(k, nk), grow(v, nv)) for (k, v), (nk, nv) in zip(self.kv, new.kv)),
+                       grow(self.mask, new.mask))
+
+
+def cached_attention(q: Array, k: Array, v: Array, cache_k: Array, cache_v: Array, cache_mask: Array,
+                     mask: Array | None = None, siblings: bool = False) -> Array:
+    """Attention of S new tokens to P cached keys and to the new tokens, grouped-query aware.
+
+    The new token s of row b sees the cached keys p with cache_mask[b, p] = 1 and, among the new
+    ones, s' <= s with mask[b, s'] = 1 (a causal continuation), or only itself (`siblings`: S
+    alternative next tokens at the same position, e.g. every child of a prefix). softmax in float32
+    over the cached keys then the new ones, in that order: the same keys, with the same weights, as
+    row [cached tokens, new token(s)] gets from `attention` in one causal pass (float round-off
+    apart). A query with no visible key gets a uniform average; its output is never read.
+
+    Args:
+      q: [B, S, N, H] rotated queries; k, v: [B, S, K, H] the new tokens' (k rotated), N % K == 0.
+      cache_k, cache_v: [B, P, K, H]; cache_mask: [B, P].
+      mask: [B, S] 1 for real new tokens (default all; unused with `siblings`).
+      siblings: static.
+    Returns:
+      [B, S, N, H].
+    """
+    b, s, n, h = q.shape
+    kh = k.shape[2]
+    q = q.reshape(b, s, kh, n // kh, h) * (1.0 / math.sqrt(h))                           # [B, S, K, G, H]
+    low = jnp.finfo(jnp.float32).min
+    old = jnp.einsum("bskgh,bpkh->bkgsp", q, cache_k.astype(q.dtype)).astype(jnp.float32)  # [B, K, G, S, P]
+    old = jnp.where((cache_mask > 0)[:, None, None, None, :], old, low)
+    if siblings:
+        own = jnp.einsum("bskgh,bskh->bkgs", q, k)[..., None].astype(jnp.float32)       # [B, K, G, S, 1]
+    else:
+        own = jnp.einsum("bskgh,btkh->bkgst", q, k).astype(jnp.float32)                 # [B, K, G, S, S]
+        allowed = np.tril(np.ones((s, s), bool))[None]
+        if mask is not None:
+            allowed = allowed & (mask > 0)[:, None, :]
+        own = jnp.where(jnp.asarray(allowed)[:, None, None], own, low)
+    weights = jax.nn.softmax(jnp.concatenate([old, own], axis=-1), axis=-1).astype(v.dtype)
+    p = cache_k.shape[1]
+    out = jnp.einsum("bkgsp,bpkh->bskgh", weights[..., :p], cache_v.astype(v.dtype))
+    if siblings:
+        out = out + weights[..., p].transpose(0, 3, 1, 2)[..., None] * v[:, :, :, None, :]
+    else:
+        out = out + jnp.einsum("bkgst,btkh->bskgh", weights[..., p:], v)
+    return out.reshape(b, s, n, h)
+
+
 class PackedRows(NamedTuple):
     """C rows that equal one cached row before their first edit; only the tokens from there on are packed.
 
@@ -398,14 +480,21 @@ onehot_embed.defvjp(_onehot_embed_fwd, _onehot_embed_bwd)
 
 
 def rotary_attention(q: Array, k: Array, v: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
-                     prefix: tuple[Array, Array] | None = None, packed: PackedRows | None = None) -> Array:
+                     prefix: tuple[Array, Array] | None = None, packed: PackedRows | None = None,
+                     cache: tuple[Array, Array, Array] | None = None, siblings: bool = False) -> Array:
     """The attention of a decoder layer after its projections, for every path the models take.
 
     q [B, T, N, H] (or [B, 1, N, H] already taken at `index` [B]) is rotated here; k, v [B, T, K, H]
     arrive rotated (k) as the layer sows them. With `packed` and `prefix` (the cached row's keys and
-    values [1, T, K, H]) the packed tokens attend to their rows' grids (`PackedRows`). Returns
+    values [1, T, K, H]) the packed tokens attend to their rows' grids (`PackedRows`). With `cache`
+    (this layer's (k [B, P, K, H], v [B, P, K, H], mask [B, P]) of a `KVCache`) the T new tokens
+    attend to the cached keys and to themselves (`cached_attention`; no `index`). Returns
     [B, T, N, H], or [B', 1, N, H] at `index` (B' = C rows when packed).
     """
+    if cache is not None:
+        if index is not None or packed is not None:
+            raise ValueError("a KV cache takes neither index nor packed rows")
+        return cached_attention(apply_rotary(q, cos, sin), k, v, cache[0], cache[1], cache[2], mask, siblings)
     if packed is not None:
         k, v = packed.grid(k, prefix[0]), packed.grid(v, prefix[1])          # [C, T, K, H]
         mask = jnp.ones(k.shape[:2], jnp.int32)

@@ -135,13 +135,16 @@ class LlamaAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
-                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None,
+                 cache: tuple[Array, Array, Array] | None = None, siblings: bool = False) -> Array:
         """x [B, T, D] -> [B, T, D]; with index [B], only the query at index[b]: [B, 1, D].
 
         Sows its rotated keys and values [B, T, K, H] as "intermediates"/"kv".
         With `packed` (C rows, see `layers.PackedRows`) and `prefix` (this
         layer's keys and values [1, T, K, H] of the cached row), x [1, N, D]
         holds the packed tokens: [1, N, D] out, or [C, 1, D] at index = packed.last.
+        With `cache` (this layer's (k, v [B, P, K, H], mask [B, P]) of a `layers.KVCache`) the T new
+        tokens attend to the cached keys and to themselves (`layers.cached_attention`, `siblings`).
         """
         c = self.config
         b, t, _ = x.shape
@@ -154,7 +157,7 @@ class LlamaAttention(nn.Module):
         v = dense(c.num_key_value_heads * c.head_dim, "v_proj")(x).reshape(b, t, c.num_key_value_heads, c.head_dim)
         k = layers.apply_rotary(k, cos, sin)
         self.sow("intermediates", "kv", (k, v))
-        out = layers.rotary_attention(q, k, v, mask, cos, sin, index, prefix, packed)
+        out = layers.rotary_attention(q, k, v, mask, cos, sin, index, prefix, packed, cache, siblings)
         return dense(c.hidden_size, "o_proj")(out.reshape(out.shape[0], -1, c.num_attention_heads * c.head_dim))
 
 
@@ -178,12 +181,14 @@ class LlamaDecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, cos: Array, sin: Array, index: Array | None = None,
-                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None) -> Array:
+                 prefix: tuple[Array, Array] | None = None, packed: layers.PackedRows | None = None,
+                 cache: tuple[Array, Array, Array] | None = None, siblings: bool = False) -> Array:
         """x [B, T, D] -> [B, T, D]; with index [B], only the output at index[b]: [B, 1, D]; `prefix`,
-        `packed`: see `LlamaAttention`."""
+        `packed`, `cache`, `siblings`: see `LlamaAttention`."""
         c = self.config
         h = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
-        attn = LlamaAttention(c, self.dtype, name="self_attn")(h, mask, cos, sin, index, prefix, packed)
+        attn = LlamaAttention(c, self.dtype, name="self_attn")(h, mask, cos, sin, index, prefix, packed,
+                                                                cache, siblings)
         x = (x if index is None else layers.take_positions(x, index)) + attn
         h = layers.RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + LlamaMLP(c, self.dtype, name="mlp")(h)

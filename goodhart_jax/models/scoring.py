@@ -18,7 +18,7 @@ from jax import Array
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from goodhart_jax.models import heads, layers
-from goodhart_jax.models.backbone import BackboneOutput, prefix_kv
+from goodhart_jax.models.backbone import BackboneOutput, apply_cached, prefix_kv
 from goodhart_jax.models.loading import LoadedModel
 from goodhart_jax.scorer import PrefixScoring, Scorer
 
@@ -41,6 +41,20 @@ def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
         return module.apply({"params": params[key]}, input_ids, mask, onehot, index, distinct=distinct)
 
     return hidden_fn
+
+
+def make_cached_hidden_fn(model: LoadedModel) -> Callable[..., tuple[BackboneOutput, layers.KVCache]]:
+    """(params, input_ids [B, S], mask=None, cache=None, siblings=False, distinct=None) -> (BackboneOutput, KVCache).
+
+    `backbone.apply_cached` on the model: the plain pass (cache None) or S new tokens after a cached
+    prefix `layers.KVCache` [B, P], returning the new tokens' keys and values [B, S] for the next call.
+    """
+    module, key = backbone(model), model.backbone_key
+
+    def cached_hidden_fn(params, input_ids, mask=None, cache=None, siblings=False, distinct=None):
+        return apply_cached(module, {"params": params[key]}, input_ids, mask, cache, siblings, distinct=distinct)
+
+    return cached_hidden_fn
 
 
 def _lm_kernel(model: LoadedModel, params: dict) -> Array:

@@ -1,4 +1,5 @@
 """The exact tree of an LM: brute-force enumeration, mdp's layout, checkpoint policies against PyTorch."""
+import functools
 import itertools
 
 import jax
@@ -56,20 +57,69 @@ def test_tree_equals_brute_force_enumeration_float64():
 @pytest.mark.parametrize("vocab,depth", [(5, 4), pytest.param(2, 3, marks=pytest.mark.slow),
                                          pytest.param(6, 1, marks=pytest.mark.slow)])  # ~12 s of CPU each
 def test_one_pass_levels_equal_each_prefix_run_alone_float64(vocab, depth):
-    """log_pi0_levels reads level k off position k of the longest prefixes' pass; each entry equals the
-    LM run on [BOS, prefix] alone (a separate forward per prefix), float64 to 1e-10."""
+    """Both evaluations of every prefix: log_pi0_levels (the lab LM has a KV-cache form: each prefix one
+    token after its parent's cache, chunk 7 splitting the tree into subtrees) and row_levels (level k read
+    off position k of the longest prefixes' pass); each entry equals the LM run on [BOS, prefix] alone (a
+    separate forward per prefix), float64 to 1e-10."""
     cfg = lm.LMConfig(vocab=vocab, depth=depth, layers=2, width=16, heads=2)
     with jax.enable_x64(True):
         params = INIT(jax.random.key(7), cfg, jnp.float64)
-        got = jax.jit(tree.log_pi0_levels, static_argnums=(0, 2, 3))(lm.make_logits(cfg), params, depth, 7)
+        assert lm.prefix_policy(lm.make_logits(cfg)) is not None
+        both = [jax.jit(f, static_argnums=(0, 2, 3))(lm.make_logits(cfg), params, depth, 7)
+                for f in (tree.log_pi0_levels, tree.row_levels)]
         logits = jax.jit(lm.logits, static_argnames="cfg")
         for k in range(depth):
             pre = list(itertools.product(range(vocab - 1), repeat=k))
-            assert got[k].shape == (len(pre), vocab)
             for i, p in enumerate(pre):
                 lg = np.asarray(logits(params, jnp.asarray([[cfg.bos, *p]]), cfg)[0, -1], np.float64)
                 want = lg - np.log(np.exp(lg).sum())
-                np.testing.assert_allclose(np.asarray(got[k][i]), want, rtol=0, atol=1e-10)
+                for got in both:
+                    assert got[k].shape == (len(pre), vocab)
+                    np.testing.assert_allclose(np.asarray(got[k][i]), want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("vocab,depth,chunk,arch", [(5, 3, 8192, "gpt_neox"), (16, 3, 8192, "gpt_neox"),
+                                                    (16, 3, 100, "llama"), (5, 4, 9, "gpt_neox")])
+def test_cached_levels_equal_the_row_pass_float32(vocab, depth, chunk, arch):
+    """The KV-cached evaluation (each prefix once) equals the one pass over whole rows to float32 round-off
+    (max abs difference of the log-probabilities <= 1e-5), the lab LM's default width, both architectures;
+    chunks 100 and 9 evaluate the deeper levels as lax.map over subtrees (9: 2 subtrees a chunk)."""
+    cfg = lm.LMConfig(vocab=vocab, depth=depth, arch=arch)
+    params = INIT(jax.random.key(4), cfg)
+    fn = lm.make_logits(cfg)
+    run = functools.partial(jax.jit, static_argnums=(0, 2, 3))
+    cached = run(tree.log_pi0_levels)(fn, params, depth, chunk)
+    rows = run(tree.row_levels)(fn, params, depth, chunk)
+    assert len(cached) == depth
+    for k, (a, b) in enumerate(zip(cached, rows)):
+        assert a.shape == b.shape == ((vocab - 1) ** k, vocab)
+        assert float(jnp.abs(a - b).max()) <= 1e-5, k
+        assert float(jnp.std(b)) > 0.1  # log-probabilities that vary (not a degenerate comparison)
+
+
+@pytest.mark.parametrize("n,depth,chunk", [(15, 5, 8192), (15, 4, 8192), (15, 5, 2048), (4, 4, 9), (4, 4, 7),
+                                           (1, 6, 8), (7, 6, 8192), (3, 1, 2), (15, 5, 1)])
+def test_split_levels_bounds_every_chunk(n, depth, chunk):
+    """split_levels: m is the first level whose subtrees' deepest level fits in a chunk, r divides the n^m
+    subtrees and r subtrees' deepest level fits (r = 1 when even one subtree of level m does not)."""
+    m, r = tree.split_levels(n, depth, chunk)
+    deep = depth - 1
+    assert n ** (deep - m) <= chunk or m == deep
+    assert m == 0 or n ** (deep - m + 1) > chunk
+    assert n**m % r == 0 and (r * n ** (deep - m) <= chunk or r == 1)
+    assert not any(n**m % q == 0 and q * n ** (deep - m) <= chunk for q in range(r + 1, n**m + 1))
+
+
+def test_policies_without_a_cache_take_the_row_pass():
+    """A logits_fn with no KV-cache form (a plain function of (params, ids)) gives the same tree by the
+    row pass; prefix_policy finds the lab LM's form and nothing on a plain function."""
+    cfg = lm.LMConfig(vocab=4, depth=3, layers=1, width=16, heads=2)
+    params = INIT(jax.random.key(5), cfg)
+    plain = lambda p, ids: lm.logits(p, ids, cfg)  # noqa: E731
+    assert lm.prefix_policy(plain) is None and lm.prefix_policy(lm.make_logits(cfg)) is not None
+    a = tree.exact_tree(plain, params, 3)
+    b = tree.exact_tree(lm.make_logits(cfg), params, 3)
+    np.testing.assert_allclose(a.log_p, b.log_p, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("vocab,depth", [(6, 3), (2, 4), (7, 1)])
@@ -133,7 +183,11 @@ def test_checkpoint_policy_matches_torch_renormalised(tmp_path, arch):
     tokens = (7, 50, 3, 99)  # A = 4 lab tokens; model id 99 acts as EOS
     pol = lm.load_policy(ckpt.path, tokens, start=None if arch == "gpt_neox" else 11)
     assert pol.start == (0 if arch == "gpt_neox" else 11)  # GPT-NeoX: the config's bos_token_id
+    assert lm.prefix_policy(pol.logits_fn) is not None     # evaluated by the KV cache, each prefix once
     t = tree.exact_tree(pol.logits_fn, pol.params, 3)
+    rows = jax.jit(tree.row_levels, static_argnums=(0, 2))(pol.logits_fn, pol.params, 3)
+    for a, b in zip(t.log_pi0, rows):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     ref = ckpt.torch_model
     n = len(tokens) - 1
     for k in range(3):
@@ -160,3 +214,30 @@ def test_checkpoint_policy_refusals(tmp_path):
             lm.load_policy(ck.path, bad)
     with pytest.raises(io.UsageError, match="no start token"):
         lm.load_policy(ck.path, (1, 2), start=500)
+
+
+@pytest.mark.parametrize("vocab,depth,chunk", [(5, 3, 8192), (4, 4, 20)])
+def test_cached_terminal_scores_equal_each_terminal_scored_alone(vocab, depth, chunk):
+    """A lab reward model's score of every terminal from one walk of the tree (each prefix's A children as
+    siblings after its cache; chunk 20: subtrees in lax.map) equals rewards.score_terminals, which runs
+    every terminal [BOS, x_1.., EOS-padded] alone, to float32 round-off."""
+    from goodhart_jax.lab import rewards
+    from goodhart_jax.models import ARCHITECTURES, apply_cached
+
+    cfg = lm.LMConfig(vocab=vocab, depth=depth, layers=2, width=32, heads=4)
+    params = rewards.rm_init_jit(jax.random.key(6), cfg)
+    module = ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg))
+
+    def run(p, ids, cache, siblings):
+        out, new = apply_cached(module, {"params": p["backbone"]}, ids, None, cache, siblings)
+        return out.last_hidden_state, new
+
+    def head(p, h):
+        return (h @ p["score"]["kernel"])[..., 0] + p["score"]["bias"][0]
+
+    got = jax.jit(tree.cached_terminal_scores, static_argnums=(0, 1, 3, 4, 5))(run, head, params, vocab, depth,
+                                                                                chunk)
+    want = rewards.score_terminals(rewards.make_rm_reward(cfg), params, tree.terminal_tokens(vocab, depth))
+    assert got.shape == want.shape == (tree.num_terminals(vocab, depth),)
+    assert float(jnp.std(want)) > 0.1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
