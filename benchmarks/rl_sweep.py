@@ -54,7 +54,8 @@ def cached(cache: Path, vocab: int, depth: int, pi0: str, seed: int):
         cfg = lm.LMConfig(vocab, depth)
         tree = lab_tree.LMTree(tuple(jnp.asarray(x) for x in d["log_pi0"]), jnp.asarray(d["tokens"]),
                                jnp.asarray(d["log_p"]))
-        gold = rewards.Gold(jnp.asarray(d["gold"]), jnp.asarray(d["gold"]), jnp.float32(0), jnp.float32(1))  # reward only
+        g = jnp.asarray(d["gold"])
+        gold = rewards.Gold(g, g, jnp.float32(0), jnp.float32(1))  # RL reads the standardised reward only
         return experiment.Base(lm.make_logits(cfg), jax.tree.map(jnp.asarray, d["params"]), tree, gold, cfg), d["proxy"]
     base, proxies = build(jax.random.key(seed), vocab, depth, pi0)
     cache.mkdir(parents=True, exist_ok=True)

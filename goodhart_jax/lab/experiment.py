@@ -19,7 +19,8 @@ Public API:
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K]) -> rows
   rl_policy(key, base, residual=True) -> (logits_fn, params)   # pi0 x exp(fresh LM, zero head), or pi0's LM
-  rl_points(key, base, tree, beta, steps=500, eval_every=100, batch=128, lr=3e-3, residual=True) -> rows
+  rl_points(key, base, tree, beta, steps=500, eval_every=100, batch=128, lr=3e-3, residual=True,
+            optimizer="adam") -> rows
       # with "gap", "optimum", "share_closed" = 1 - gap / gap(step 0) (null with a "reason" where gap0 ~ 0)
   search_points(key, built, base, restarts=4, iters=40) -> rows (one per restart, with "rank")
   point(method, **fields) -> row
@@ -379,7 +380,7 @@ def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int = 500, ev
                    gap=float(ev.gap[i]), share_closed=1.0 - float(ev.gap[i]) / gap0 if closable else None)
         if not closable:
             row["reason"] = (f"the gap at step 0, J(pi*) - J(pi0) = {gap0:.3g}, is float32 round-off "
-                                   f"(<= {SHARE_MIN_GAP:g} (1 + |J(pi*)|)): pi0 is already optimal")
+                             f"(<= {SHARE_MIN_GAP:g} (1 + |J(pi*)|)): pi0 is already optimal")
         out.append(row)
     return out
 

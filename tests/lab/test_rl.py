@@ -184,3 +184,11 @@ def test_lab_lm_rl_closes_most_of_the_gap():
         _, _, ev = tr(jax.random.key(6), params, task)
         share = 1 - np.asarray(ev.gap) / float(ev.gap[0])
         assert float(ev.gap[0]) > 0.05 and share[-1] > most, (beta, share)
+
+
+def test_config_refuses_unknown_choices():
+    """RLConfig checks its choices before any work: optimizer and baseline names, batch >= 2."""
+    for bad in (dict(optimizer="rmsprop"), dict(baseline="mean"), dict(batch=1)):
+        with pytest.raises(ValueError):
+            rl.RLConfig(3, 2, **bad)
+    assert rl.RLConfig(3, 2, optimizer="sgd").optimizer == "sgd"
