@@ -1,7 +1,7 @@
 """Overoptimization lab: a tiny causal LM optimised against learned and direct proxies, scored by a gold reward.
 
 pi0 is a small GPT-NeoX LM trained on a random Markov source (or --policy on --tokens); its tree is enumerated,
-so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), RLOO on the LM itself (with its
+so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), RLOO from pi0 (with its
 gap to pi*'s objective), and GCG on the learned proxy against the enumerated argmax. Annotator error eps per
 sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
 eps), each standardised to mean 0, sd 1 under pi0. Gao et al.'s forms are fitted to gold against d = sqrt(KL).
@@ -25,7 +25,7 @@ from goodhart_jax.lab import experiment, lm, summary
 from goodhart_jax.lab import tree as lab_tree
 
 LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
-               "argmax_gold")
+               "argmax_gold", "share_closed")
 INT32_MAX = 2**31 - 1  # counts (steps, pairs) enter the jitted programs as int32 (lax.scan, randint, RL's step)
 N_MAX = 2**24  # best-of-n sizes are float32 inside (bon's law): integers above 2^24 would round
 
@@ -55,8 +55,8 @@ class Config(cli.RunConfig):
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
                                   check=lambda ns: (best_of_n.check_ns(ns), check_n(ns)))
     rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
-    rl_steps: int = cli.arg(200, "RL steps", metavar="S", check=count("--rl-steps"))
-    eval_every: int = cli.arg(40, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
+    rl_steps: int = cli.arg(500, "RL steps (batch 128)", metavar="S", check=count("--rl-steps"))
+    eval_every: int = cli.arg(100, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
                               check=count("--eval-every"))
     search: bool = cli.arg(True, "GCG on each learned proxy")
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))
@@ -158,7 +158,7 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
             pts += experiment.search_points(jax.random.fold_in(k, 8), built, base)
         pts = [io.null_nonfinite(p, [f for f in LAB_NUMBERS if f in p]) for p in pts]  # a safety net
         run.emit([dict(kind="lab", **tag, **p) for p in pts])
-        run.emit([dict(kind="fit", method=m, **tag, **f) for m, f in experiment.gao_fits(pts).items()])
+        run.emit([dict(kind="fit", **tag, **f) for f in experiment.gao_fits(pts)])  # "rl": one per beta
         at_kl += [dict(kind="exact_at_kl", **tag, **p) for p in summary.exact_at_kl(built.tree)]
     heads = summary.headlines(run.rows[first:] + at_kl, seed)
     run.emit(heads)

@@ -74,6 +74,9 @@ def test_rows_and_fields(tiny):
         if r["method"] == "bon":
             assert r["KL"] <= r["KL_bound"] + 1e-5
     assert sorted(r["step"] for r in lab if r["method"] == "rl" and r["proxy"] == "direct") == [0, 5, 10]
+    for r in (r for r in lab if r["method"] == "rl"):  # share closed = 1 - gap / gap at step 0: 0 at step 0
+        gap0 = next(q["gap"] for q in lab if q["method"] == "rl" and q["proxy"] == r["proxy"] and q["step"] == 0)
+        assert r["share_closed"] == pytest.approx(1 - r["gap"] / gap0) and (r["step"] > 0 or r["share_closed"] == 0)
     proxies = {r["proxy"]: r for r in rows if r["kind"] == "proxy"}
     assert len(proxies) == 2 and all(-1 <= r["corr"] <= 1 for r in proxies.values())
     for r in proxies.values():  # N = 40 < 100: no tail fit, and the null says why
@@ -97,6 +100,7 @@ def test_rows_and_fields(tiny):
         assert r["mean_excess"] is None or (r["mean_excess"] > 0 and 0 < r["mass_above"] <= 1 - r["q"] + 1e-9)
     fit = {(r["proxy"], r["method"]) for r in rows if r["kind"] == "fit"}
     assert fit == {(p, m) for p in ("learned", "direct") for m in ("bon", "rl")}
+    assert all((r.get("rl_beta") == 1.0) == (r["method"] == "rl") for r in rows if r["kind"] == "fit")  # per beta
     for r in (r for r in rows if r["kind"] == "fit"):  # a fit, or nulls with the reason (too few distinct d)
         assert (r["r2"] is None) == ("reason" in r) and r["points"] == (4 if r["method"] == "bon" else 3)
     assert (Path(cfg.out) / "results.jsonl").is_file() and (Path(cfg.out) / "results.csv").is_file()

@@ -21,13 +21,18 @@ Public API:
   annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K]) -> rows
-  rl_points(key, base, tree, beta, steps, eval_every, batch=64, lr=3e-3) -> rows (with "gap", "optimum")
+  rl_policy(key, base, residual=True) -> (logits_fn, params)   # pi0 x exp(fresh LM, zero head), or pi0's LM
+  rl_points(key, base, tree, beta, steps=500, eval_every=100, batch=128, lr=3e-3, residual=True,
+            optimizer="adam") -> rows
+      # with "gap", "optimum", "share_closed" = 1 - gap / gap(step 0) (null with a "reason" where gap0 ~ 0)
   search_points(key, built, base, restarts=4, iters=40) -> rows (one per restart, with "rank")
   point(method, **fields) -> row
-  gao_fits(rows) -> {"bon": {alpha, beta, r2, points}, "rl": {...}}   # Gao's forms on gold against d (lab.fits)
+  gao_fits(rows) -> [{method, alpha, beta, r2, points}, ...]   # Gao's forms on gold against d (lab.fits):
+      # one "bon" fit; one "rl" fit per RL beta (rows carry "rl_beta")
   check_size = lab_tree.check_size
   peak_bytes(vocab, depth, ...) -> float   # this process's peak memory for one run (calibrated: see its docstring)
 MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no xi (rewards.MIN_TAIL_SEQUENCES)
+SHARE_MIN_GAP = 1e-5  # relative to 1 + |optimum|: below it the gap at step 0 is float32 round-off (no share)
 MIN_FIT_POINTS = 4  # Gao's forms have 2 parameters; a fit needs 2 more distinct d > 0 to say anything
 ERROR_MAX = 1e15  # the largest |annotator error| the float32 lab carries (see check_error)
 
@@ -52,12 +57,14 @@ from goodhart_jax.lab import search as lab_search
 from goodhart_jax.lab import tree as lab_tree
 
 __all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "annotator_error",
-           "check_error", "point", "exact_points", "bon_points", "rl_points", "search_points", "gao_fits",
-           "check_size", "peak_bytes", "FIELDS"]
-__all__ += ["proxy_row", "tail_rows"]
+           "check_error", "point", "exact_points", "bon_points", "rl_points", "search_points", "gao_fits", "rl_policy",
+           "check_size", "peak_bytes", "FIELDS", "SHARE_MIN_GAP", "proxy_row", "tail_rows"]
 
 check_size = lab_tree.check_size
 MIN_TAIL_SAMPLES = rewards.MIN_TAIL_SEQUENCES  # tail_index.diagnose's minimum; smaller trees get no xi
+SHARE_MIN_GAP = 1e-5
+"""RL's share closed 1 - gap / gap0 needs the gap at step 0 (J(pi*) - J(pi0) >= 0) above float32 round-off:
+gap0 > SHARE_MIN_GAP (1 + |J(pi*)|), else the share is null with a reason (pi0 is already optimal)."""
 ERROR_MAX = 1e15
 """The largest |annotator error| the float32 lab carries. The pi0 variance of the proxy sums squares of
 proxy - mean (finite below ~9e18); RL's gradient is about |proxy| times d log pi / d theta (~10) on each of
@@ -294,7 +301,7 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
     48 bytes a comparison pair (indices, labels, their draws; 5e7 pairs added 1.52 GiB, 31 bytes each); 16
     bytes a training step (lax.scan's keys and losses); the lab models' parameters (x 4 where trained:
     gradient and Adam's moments); the largest of the transformers' activations (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's
-    Bradley-Terry steps (512 of L + 1), RL (64 of L + 1; a checkpoint policy adds 3 copies of its parameters),
+    Bradley-Terry steps (512 of L + 1), RL (128 of L + 1; a checkpoint policy adds 3 copies of its parameters),
     scoring in chunks of 8192 (the gold, the proxy, pi0's tree). Loaded checkpoints are already held.
 
     Calibration: peak RSS (/usr/bin/time -v) of `--noise normal --lm-steps 100 --bt-steps 100 --rl-steps 20
@@ -331,7 +338,7 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
                                                                                      proxy, False)]
     if rl:
         held = 3 * sum(x.nbytes for x in jax.tree.leaves(ck.policy.params)) if ck.policy is not None else 0
-        transient.append(held + _activation_bytes(64, depth + 1, pol, True, vocab)
+        transient.append(held + _activation_bytes(128, depth + 1, pol, True, vocab)
                          + _activation_bytes(min(8192, rows), depth, pol, False, vocab))
     return float(total + max(transient))
 
@@ -376,20 +383,53 @@ def _rl_train(config: rl.RLConfig, logits_fn):
     return rl.make_train(config, logits_fn)  # jitted; one compilation per (config, policy), reused across betas
 
 
-def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int, eval_every: int, batch: int = 64,
-              lr: float = 3e-3) -> list[dict]:
-    """RLOO on pi0 itself against the proxy with penalty beta, evaluated exactly every `eval_every` steps.
+def rl_policy(key, base: Base, residual: bool = True):
+    """(logits_fn, params) of RL's policy, equal to pi0 at the start.
+
+    residual (default): pi proportional to pi0 exp(f), f a fresh lab LM of pi0's sizes (a checkpoint policy: the
+    lab LM's default sizes at its A, L) with a zero LM head (`rl.residual_logits`; `key` draws f's body).
+    Otherwise pi0's own LM, fine-tuned (`base.params`).
+    """
+    if not residual:
+        return base.logits_fn, base.params
+    a, depth = base.tree.log_pi0[0].shape[-1], len(base.tree.log_pi0)
+    cfg = base.lm if base.lm is not None else lm.LMConfig(a, depth)
+    f = lm.init(key, cfg)
+    f["lm_head"]["kernel"] = jnp.zeros_like(f["lm_head"]["kernel"])
+    return rl.residual_logits(lm.make_logits(cfg)), {"log_pi0": base.tree.log_pi0, "f": f}
+
+
+def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int = 500, eval_every: int = 100,
+              batch: int = 128, lr: float = 3e-3, residual: bool = True, optimizer: str = "adam") -> list[dict]:
+    """RLOO from pi0 against the proxy with penalty beta, evaluated exactly every `eval_every` steps.
+
+    The policy is `rl_policy(fold_in(key, 1), base, residual)`: by default pi0 frozen times exp(f) for a fresh
+    network f (it closes more of the gap than fine-tuning pi0's own LM: benchmarks/README.md, "RL against the
+    exact optimum"); the defaults (batch 128, 500 steps, lr 3e-3) are that section's choice.
 
     Rows per evaluation (steps 0, E, .., S) with the objective E[proxy] - beta KL, the exact optimum's
-    objective ("optimum") and the gap optimum - objective (>= 0 up to round-off).
+    objective ("optimum"), the gap optimum - objective (>= 0 up to round-off) and "share_closed" =
+    1 - gap / gap0, the share of pi0's gap gap0 = J(pi*) - J(pi0) closed (1: the optimum; null with
+    "reason" where gap0 <= SHARE_MIN_GAP (1 + |optimum|), float32 round-off).
     """
     a, depth = base.tree.log_pi0[0].shape[-1], len(base.tree.log_pi0)
-    config = rl.RLConfig(a, depth, batch=batch, learning_rate=lr, num_steps=steps, eval_every=eval_every)
+    config = rl.RLConfig(a, depth, batch=batch, learning_rate=lr, num_steps=steps, eval_every=eval_every,
+                         optimizer=optimizer)
     task = rl.RLTask(tree, jnp.asarray(beta, tree.V[-1].dtype))
-    _, _, ev = jax.device_get(_rl_train(config, base.logits_fn)(key, base.params, task))
-    return [dict(point("rl", beta=float(beta), step=int(ev.step[i]), KL=ev.KL[i], gold=ev.gold[i],
-                       proxy_reward=ev.proxy[i], objective=ev.objective[i]), optimum=float(ev.optimum[i]),
-                 gap=float(ev.gap[i])) for i in range(len(ev.step))]
+    logits_fn, params = rl_policy(jax.random.fold_in(key, 1), base, residual)
+    _, _, ev = jax.device_get(_rl_train(config, logits_fn)(key, params, task))
+    gap0, opt0 = float(ev.gap[0]), float(ev.optimum[0])
+    closable = gap0 > SHARE_MIN_GAP * (1.0 + abs(opt0))
+    out = []
+    for i in range(len(ev.step)):
+        row = dict(point("rl", beta=float(beta), step=int(ev.step[i]), KL=ev.KL[i], gold=ev.gold[i],
+                         proxy_reward=ev.proxy[i], objective=ev.objective[i]), optimum=float(ev.optimum[i]),
+                   gap=float(ev.gap[i]), share_closed=1.0 - float(ev.gap[i]) / gap0 if closable else None)
+        if not closable:
+            row["reason"] = (f"the gap at step 0, J(pi*) - J(pi0) = {gap0:.3g}, is float32 round-off "
+                             f"(<= {SHARE_MIN_GAP:g} (1 + |J(pi*)|)): pi0 is already optimal")
+        out.append(row)
+    return out
 
 
 def search_points(key, built: ProxyBuild, base: Base, restarts: int = 4, iters: int = 40) -> list[dict]:
@@ -419,29 +459,35 @@ def search_points(key, built: ProxyBuild, base: Base, restarts: int = 4, iters: 
 _fit = jax.jit(fits.fit_gao, static_argnames=("form", "steps"))
 
 
-def gao_fits(rows: list[dict]) -> dict:
-    """Gao's best-of-n form on the "bon" rows and the RL form on the "rl" rows (all betas and steps pooled).
+def gao_fits(rows: list[dict]) -> list[dict]:
+    """Gao's best-of-n form on the "bon" rows (one fit) and the RL form on the "rl" rows, one fit per RL beta
+    (each beta is its own objective; its steps are pooled).
 
     The gain is E[gold] itself: gold is standardised to mean 0 under pi0. Rows whose d or gold was nulled are
-    left out. A method with no points is left out; one with fewer than MIN_FIT_POINTS distinct d > 0 (a tree of
-    a few sequences, where best-of-n's d saturates at once) gets alpha, beta and r2 null with a reason: two
-    parameters fit so few points (nearly) exactly, and r2 ~ 1 would say nothing.
+    left out. A method (or RL beta) with no points is left out; one with fewer than MIN_FIT_POINTS distinct
+    d > 0 (a tree of a few sequences, where best-of-n's d saturates at once) gets alpha, beta and r2 null with a
+    reason: two parameters fit so few points (nearly) exactly, and r2 ~ 1 would say nothing.
 
     Returns:
-      {method: {"alpha", "beta", "r2", "points"} and "reason" where they are null} for method in ("bon", "rl")
-      that have points.
+      [{"method", "alpha", "beta", "r2", "points"} and "reason" where they are null], "bon" first, then "rl"
+      by increasing RL beta; "rl" fits carry "rl_beta" (the KL coefficient; "beta" is Gao's coefficient).
     """
-    out = {}
+    out = []
     for method in fits.FORMS:
         pts = [r for r in rows if r["method"] == method and r["d"] is not None and r["gold"] is not None]
-        if not pts:
-            continue
-        d = np.asarray([r["d"] for r in pts], float)
-        if few := too_few_fit_points(d):
-            out[method] = dict(alpha=None, beta=None, r2=None, points=len(pts), reason=few)
-            continue
-        f = jax.device_get(_fit(d, np.asarray([r["gold"] for r in pts], float), form=method))
-        out[method] = dict(alpha=float(f.alpha), beta=float(f.beta), r2=float(f.r2), points=len(pts))
-        if not np.isfinite(out[method]["r2"]):
-            out[method].update(r2=None, reason="gold is the same at every point: r2 is undefined")
+        groups = {None: pts} if method != "rl" else {
+            b: [r for r in pts if r["beta"] == b] for b in sorted({r["beta"] for r in pts})}
+        for b, group in groups.items():
+            if not group:
+                continue
+            f = dict(method=method, **({} if b is None else {"rl_beta": float(b)}))
+            d = np.asarray([r["d"] for r in group], float)
+            if few := too_few_fit_points(d):
+                out.append(dict(f, alpha=None, beta=None, r2=None, points=len(group), reason=few))
+                continue
+            g = jax.device_get(_fit(d, np.asarray([r["gold"] for r in group], float), form=method))
+            f.update(alpha=float(g.alpha), beta=float(g.beta), r2=float(g.r2), points=len(group))
+            if not np.isfinite(f["r2"]):
+                f.update(r2=None, reason="gold is the same at every point: r2 is undefined")
+            out.append(f)
     return out

@@ -37,17 +37,38 @@ def test_gao_fits_need_four_distinct_d():
     """Fewer than MIN_FIT_POINTS distinct d > 0 (a 2-sequence tree: best-of-n's d saturates at once): alpha, beta,
     r2 null with a reason. With 4: the least-squares fit (SciPy's curve_fit as the reference)."""
     d3 = [0.0, 0.1, 0.2, 0.2, 0.2, 0.3]  # 3 distinct d > 0, 6 points
-    f = experiment.gao_fits(_rows("bon", d3, [0.0, 0.08, 0.15, 0.15, 0.15, 0.2]))["bon"]
+    [f] = experiment.gao_fits(_rows("bon", d3, [0.0, 0.08, 0.15, 0.15, 0.15, 0.2]))
+    assert f["method"] == "bon" and "rl_beta" not in f
     assert f["alpha"] is None and f["beta"] is None and f["r2"] is None and f["points"] == 6
     assert "3 distinct d > 0" in f["reason"]
 
     d4 = np.asarray([0.0, 0.1, 0.2, 0.3, 0.45])
     gold = d4 * (1.2 - 0.7 * d4) + np.asarray([0.0, 0.01, -0.02, 0.015, -0.01])
-    f = experiment.gao_fits(_rows("bon", d4, gold))["bon"]
+    [f] = experiment.gao_fits(_rows("bon", d4, gold))
     (a, b), _ = so.curve_fit(lambda x, a, b: x * (a - b * x), d4, gold, p0=(0.0, 0.0))
     np.testing.assert_allclose([f["alpha"], f["beta"]], [a, b], rtol=2e-3)  # float32 normal equations
     assert f["points"] == 5 and "reason" not in f
-    assert experiment.gao_fits(_rows("exact", d4, gold)) == {}  # no bon or rl points: no fit rows
+    assert experiment.gao_fits(_rows("exact", d4, gold)) == []  # no bon or rl points: no fit rows
+
+
+def test_rl_fits_one_per_beta():
+    """RL's Gao fit is per beta (each its own objective): each equals SciPy's least squares on that beta's points
+    alone, pooled steps; "bon" stays one fit over its points."""
+    d = np.asarray([0.0, 0.2, 0.5, 0.9, 1.3])
+    rows = []
+    for b, (a, c) in {0.3: (1.0, 0.2), 1.0: (0.6, 0.5)}.items():  # two different curves, R = d (a - c log d)
+        gold = d * (a - c * np.log(np.maximum(d, 1e-30)))
+        rows += [experiment.point("rl", beta=b, step=10 * i, KL=float(x) ** 2, gold=float(g))
+                 for i, (x, g) in enumerate(zip(d, gold))]
+    rows += _rows("bon", d, d * (1.0 - 0.3 * d))
+    out = experiment.gao_fits(rows)
+    assert [(f["method"], f.get("rl_beta")) for f in out] == [("bon", None), ("rl", 0.3), ("rl", 1.0)]
+    for f in out[1:]:
+        pts = [r for r in rows if r["method"] == "rl" and r["beta"] == f["rl_beta"]]
+        x, y = np.asarray([r["d"] for r in pts]), np.asarray([r["gold"] for r in pts])
+        (a, c), _ = so.curve_fit(lambda x, a, c: x * (a - c * np.log(np.maximum(x, 1e-30))), x, y, p0=(0.0, 0.0))
+        np.testing.assert_allclose([f["alpha"], f["beta"]], [a, c], rtol=2e-3, atol=1e-4)
+        assert f["points"] == 5
 
 
 def test_peak_bytes_grows_with_every_size():
@@ -104,3 +125,27 @@ def test_proxy_and_tail_rows():
                 assert t["mean_excess"] == c.mean_excess[k, j] and "reason" not in t
         # pi*(0.01) puts nearly all its mass on the proxy's argmax: no mass above its quantiles of the proxy
         assert any(t["mean_excess"] is None for t in tails if t["of"] == "proxy" and t["beta"] == 0.01)
+
+
+def test_rl_points_share_closed():
+    """share_closed = 1 - gap / gap at step 0 (0 at step 0, the gap from the exact evaluation); a proxy that is the
+    same everywhere leaves pi0 optimal (gap0 = 0): share null with the reason. The residual policy starts at pi0."""
+    from goodhart_jax.lab import lm, tree as lab_tree
+
+    cfg = lm.LMConfig(vocab=3, depth=2, layers=1, width=16, heads=2)
+    params, f = lm.init(jax.random.key(0), cfg), lm.make_logits(cfg)
+    tree = lab_tree.exact_tree(f, params, cfg.depth)
+    n = tree.log_p.shape[0]
+    base = experiment.Base(f, params, tree, None, cfg)
+    gold = jax.random.normal(jax.random.key(1), (n,))
+    for proxy, closable in ((gold + jax.random.normal(jax.random.key(2), (n,)), True), (0 * gold + 0.5, False)):
+        rows = experiment.rl_points(jax.random.key(3), base, lab_tree.mdp_tree(tree, gold, proxy), 0.5, steps=4,
+                                    eval_every=2, batch=8)
+        assert [r["step"] for r in rows] == [0, 2, 4] and rows[0]["KL"] == pytest.approx(0.0, abs=1e-6)
+        if closable:
+            gap0 = rows[0]["gap"]
+            assert gap0 > 0.01 and rows[0]["share_closed"] == 0.0 and "reason" not in rows[0]
+            assert all(r["share_closed"] == pytest.approx(1 - r["gap"] / gap0) for r in rows)
+        else:
+            assert abs(rows[0]["gap"]) < 1e-5
+            assert all(r["share_closed"] is None and "pi0 is already optimal" in r["reason"] for r in rows)
