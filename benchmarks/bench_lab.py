@@ -45,7 +45,7 @@ from goodhart_jax.lab import best_of_n as lab_bon
 from goodhart_jax.lab import lm, rl
 from goodhart_jax.lab import tree as lab_tree
 from goodhart_jax.models.testing import make_tiny_checkpoint
-from timing import machine, median_time  # noqa: E402  (benchmarks/timing.py)
+from timing import interleaved_times, machine, median_time  # noqa: E402  (benchmarks/timing.py)
 
 LAB_LM = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, rotary_pct=0.5,
               max_position_embeddings=64)
@@ -216,12 +216,7 @@ def tree_benchmark(pol, ref, vocab: int, depth: int, repeats: int, chunk: int = 
            "torch_rows": torch_rows, "torch_kv": lambda: torch_cached_tree(ref, vocab, depth, chunk),
            "floor": lambda: jax.block_until_ready(floor_fn(pol.params, floor_ids))}
     load = [os.getloadavg()[0]]
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(fns, repeats)
     mm_times = []
     for _ in range(max(repeats, 5)):
         t0 = time.perf_counter()

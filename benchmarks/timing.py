@@ -38,13 +38,19 @@ def interleaved_medians(fns: dict, repeats: int) -> dict:
     """
     for fn in fns.values():
         fn()
+    return {name: float(np.median(t)) for name, t in interleaved_times(fns, repeats).items()}
+
+
+def interleaved_times(fns: dict, repeats: int) -> dict:
+    """{name: [wall seconds of each of `repeats` calls of fn()]}, the calls taken round-robin (no warm-up: the
+    caller's); the spread behind `interleaved_medians`."""
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def machine() -> str:
