@@ -5,8 +5,10 @@ so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), R
 gap to pi*'s objective), and GCG on the learned proxy against the enumerated argmax. Annotator error eps per
 sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
 eps), each standardised to mean 0, sd 1 under pi0. Gao et al.'s forms are fitted to gold against d = sqrt(KL).
+Each of --seeds seeds redraws everything random; summary.json and the end-of-run tables give the mean and a 95%
+interval over the seeds of the headline numbers (`lab.summary`).
 
-    python sims/overoptimization.py                       # defaults: A=16, L=5 (813,616 sequences)
+    python sims/overoptimization.py                       # defaults: A=16, L=4 (54,241 sequences), 3 seeds
     python sims/overoptimization.py --noise normal --proxy direct --rl-betas --json
 """
 from __future__ import annotations

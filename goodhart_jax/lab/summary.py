@@ -15,7 +15,7 @@ The headline quantities of one seed (`headlines`, `exact_at_kl`), per (noise, pr
   reason where the curve does not reach the target;
 - peak gold on the method's points and the KL there (the row says when the peak is the curve's last point:
   gold was still rising);
-- Gao's coefficients (`fit` rows: alpha, beta, r2);
+- Gao's coefficients (`fit` rows: alpha, beta, r2; RL's one fit a beta);
 - RL's share of the gap J(pi*) - J(pi0) closed at its last step, per beta;
 - the proxy's diagnostics (pair accuracy on unseen and seen sequences, corr, corr(X, eps), xi of X and proxy) and pi0's law (entropy, perplexity, top mass, n90),
   where those rows carry them.
@@ -183,6 +183,18 @@ def _headline(seed, tag: dict, method: str, beta, quantity: str, at, value, how:
     return dict(row, value=float(value), how=how)
 
 
+def _why(row: dict, field: str) -> str:
+    """Why `field` of a row is null: its part of the row's reason ("field: why; ..."), or the whole reason; ""
+    where the field has a value (another field's reason is not this one's)."""
+    if row.get(field) is not None:
+        return ""
+    reason = row.get("reason") or ""
+    for part in reason.split("; "):
+        if part.startswith(field + ": "):
+            return part
+    return reason
+
+
 def _curves(lab: list[dict]) -> dict:
     """{(method, beta): points in curve order} of one proxy's lab rows: bon by n, rl per beta by step."""
     out: dict = {}
@@ -214,7 +226,7 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
             for f in BASE_FIELDS:
                 if f in r:
                     out.append(_headline(seed, dict(noise=None, proxy=None, pairs=None), "pi0", None, f, None,
-                                         r[f], r.get("reason", "")))
+                                         r[f], _why(r, f)))
     tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in rows if r["kind"] in ("proxy", "lab")))
     for noise, proxy, pairs in tags:
         tag = dict(noise=noise, proxy=proxy, pairs=pairs)
@@ -226,7 +238,7 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
         for r in mine("proxy"):
             for f in PROXY_FIELDS:
                 if f in r:
-                    out.append(_headline(seed, tag, "proxy", None, f, None, r[f], r.get("reason", "")))
+                    out.append(_headline(seed, tag, "proxy", None, f, None, r[f], _why(r, f)))
         for r in mine("exact_at_kl"):
             how = f"exact: pi*(beta) at beta = {r['beta']:.4g}" if r["gold"] is not None else r.get("reason", "")
             out.append(_headline(seed, tag, "exact", None, "gold_at_KL", r["at"], r["gold"], how))
@@ -255,7 +267,7 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
                                      how or f"1 - gap / gap at step {first['step']}, at step {last['step']}"))
         for f in mine("fit"):
             for q in ("alpha", "beta", "r2"):
-                out.append(_headline(seed, tag, f["method"], f.get("rl_beta", f.get("fit_beta")), f"gao_{q}", None,
+                out.append(_headline(seed, tag, f["method"], f.get("rl_beta"), f"gao_{q}", None,
                                      f.get(q), f.get("reason", "")))
     return out
 

@@ -77,7 +77,7 @@ def _seed_rows(seed, shift):
     lab += [dict(kind="lab", **tag, method="rl", n=None, beta=0.3, step=s, KL=k, gold=g, gap=gap)
             for s, k, g, gap in ((0, 0.0, 0.0, 2.0), (40, 1.0, 1.0, 0.5 + shift), (80, 2.0, 1.5, 0.1))]
     proxy = [dict(kind="proxy", **tag, pair_accuracy_unseen=0.8 + shift / 10, corr=0.7, xi=None,
-                  reason="xi: not finite")]
+                  reason="pair_accuracy_seen: a direct proxy has no training pairs; xi: not finite")]
     exact = [dict(kind="exact_at_kl", **tag, at=1.0, beta=0.4, KL=1.0, gold=1.0 + shift)]
     base = [dict(kind="base", entropy=3.0 + shift, perplexity=math.exp(3.0 + shift), top_mass=0.04, n90=100)]
     return base + proxy + exact + lab
@@ -101,6 +101,7 @@ def test_headlines_and_their_summary_over_seeds():
     assert "still rising" in one(0, "rl", "peak_gold")["how"]
     assert one(1, "exact", "gold_at_KL", 1.0)["value"] == pytest.approx(1.3)
     assert one(0, "proxy", "xi")["value"] is None and one(0, "proxy", "xi")["reason"] == "xi: not finite"
+    assert one(0, "proxy", "corr")["how"] == ""  # the row's reason is xi's, not corr's
 
     out = {(r["method"], r["quantity"], r["at"]): r for r in summary.summarise(rows)}
     s = out[("exact", "gold_at_KL", 1.0)]
