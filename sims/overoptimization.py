@@ -167,65 +167,6 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
     return heads
 
 
-def _cell(s: dict | None, fmt: str = ".2f") -> str:
-    """A summary row as 'mean [lo, hi]' ('mean' with one seed; 'n/a' without a value), with '(k/n seeds)' where
-    only k of the n seeds have a value."""
-    if s is None or s["mean"] is None:
-        return "n/a"
-    some = f" ({s['seeds']}/{s['of']} seeds)" if s["seeds"] < s["of"] else ""
-    if s["lo"] is None:
-        return format(s["mean"], fmt) + some
-    return f"{s['mean']:{fmt}} [{s['lo']:{fmt}}, {s['hi']:{fmt}}]" + some
-
-
-def tables(run: cli.Run, summ: list[dict], seeds: int) -> None:
-    """The end-of-run tables: pi0's law, the proxies, and gold at KL = 1, 2, 4 nats, peak gold and RL's share
-    closed per method, each as the mean [95% interval] over the seeds."""
-    by = {(r["noise"], r["proxy"], r["pairs"], r["method"], r["beta"], r["quantity"], r["at"]): r for r in summ}
-    over = f" (mean [95% interval] over {seeds} seeds)" if seeds > 1 else " (one seed: no interval)"
-    base = [r for r in summ if r["method"] == "pi0"]
-    if base:
-        run.table([{r["quantity"]: _cell(r, ".4g") for r in base}],
-                  [(q, q, "") for q in summary.BASE_FIELDS if any(r["quantity"] == q for r in base)],
-                  title="pi0's law (entropy in nats; top_mass: the most likely sequence's; n90: sequences holding "
-                        "90% of the mass)" + over + ":")
-    tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in summ if r["method"] != "pi0"))
-    verdicts = {}
-    for r in run.rows:
-        if r["kind"] == "proxy":
-            verdicts.setdefault((r["noise"], r["proxy"], r["pairs"]), []).append(r["verdict"])
-    for fields, title in ((("pair_accuracy_unseen", "pair_accuracy_seen", "seen_mass", "corr"),
-                           "proxies against gold: pair accuracy on sequences outside / inside the training pairs, "
-                           "pi0's mass of the seen ones, corr under pi0"),
-                          (("error_corr_unseen", "error_corr_seen", "xi", "xi_proxy"),
-                           "proxies' error X = proxy - gold: corr(X, eps) on unseen / seen sequences, xi of X and of "
-                           "the proxy (i.i.d. pi0 draws)")):
-        prow = []
-        for t in tags:
-            cells = {q: _cell(by.get(t + ("proxy", None, q, None)), ".3f") for q in fields}
-            tally = verdicts.get(t, [])
-            prow.append(dict(noise=t[0], proxy=t[1], pairs=t[2], **cells,
-                             verdict=", ".join(f"{v} {tally.count(v)}/{len(tally)}" for v in dict.fromkeys(tally))))
-        cols = [(q.replace("_", " "), q, "") for q in fields if any(r["quantity"] == q for r in summ)]
-        run.table(prow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "")] + cols
-                  + ([("verdict of X", "verdict", "")] if "xi" in fields else []), title=title + over + ":")
-    mrow = []
-    for t in tags:
-        for m, b in dict.fromkeys((r["method"], r["beta"]) for r in summ if (r["noise"], r["proxy"], r["pairs"]) == t
-                                  and r["method"] in ("bon", "exact", "rl") and r["quantity"] == "gold_at_KL"):
-            g = {q: by.get(t + (m, b, q, None)) for q in ("peak_gold", "KL_at_peak", "share_closed")}
-            mrow.append(dict(noise=t[0], proxy=t[1] + ("" if t[2] is None else f" ({t[2]})"),
-                             method=m + ("" if b is None else f" beta {b:g}"),
-                             **{f"KL{a:g}": _cell(by.get(t + (m, b, "gold_at_KL", a))) for a in summary.KL_TARGETS},
-                             peak=_cell(g["peak_gold"]), at=_cell(g["KL_at_peak"], ".2g"),
-                             share=_cell(g["share_closed"]) if m == "rl" else ""))
-    run.table(mrow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("method", "method", "")]
-              + [(f"gold at KL {a:g}", f"KL{a:g}", "") for a in summary.KL_TARGETS]
-              + [("peak gold", "peak", ""), ("its KL", "at", ""), ("RL share closed", "share", "")],
-              title="gold (sd units under pi0) by method" + over + "; exact: beta solved for the KL, best-of-n and "
-                    "RL: interpolated in KL; n/a: not reached:")
-
-
 def main(cfg: Config) -> list[dict]:
     """Per seed (`one_seed`): pi0, its tree and gold; per (noise, proxy, pairs): diagnostics, every method's
     points, Gao fits; headline rows. Then the summary over seeds (rows, summary.json), figures and tables."""
@@ -242,7 +183,8 @@ def main(cfg: Config) -> list[dict]:
 
             for name, fig in plots.figures(run.rows).items():
                 run.figure(name, fig)
-        tables(run, summ, cfg.seeds)
+        for rows, columns, title in summary.tables(summ, [r for r in run.rows if r["kind"] == "proxy"], cfg.seeds):
+            run.table(rows, columns, title=title)
     return run.rows
 
 

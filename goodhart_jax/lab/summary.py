@@ -29,6 +29,7 @@ Public API:
   at_kl(points, target) -> (gold, how)               # linear interpolation in KL along a curve
   headlines(rows, seed) -> [dict]                    # "headline" rows of one seed from its lab/fit/proxy/base rows
   summarise(headline_rows, level=LEVEL) -> [dict]    # "summary" rows: mean, lo, hi, sd, seeds over the seeds
+  cell(summary_row, fmt) -> "mean [lo, hi]";  tables(summary_rows, proxy_rows, seeds) -> [(rows, columns, title)]
 
 Rows: a headline row is {"kind": "headline", "seed", "noise", "proxy", "pairs", "method", "beta", "quantity",
 "at", "value", "how"} (and "reason" where value is null); a summary row has the same keys without seed, value
@@ -48,7 +49,7 @@ from goodhart_jax import mdp, mitigations
 from goodhart_jax.roots import bisect
 
 __all__ = ["KL_TARGETS", "LEVEL", "Interval", "t_quantile", "interval", "exact_at_kl", "at_kl", "headlines",
-           "summarise", "GROUP"]
+           "summarise", "GROUP", "cell", "tables"]
 
 KL_TARGETS = (1.0, 2.0, 4.0)
 LEVEL = 0.95
@@ -301,4 +302,72 @@ def summarise(rows: list[dict], level: float = LEVEL) -> list[dict]:
         if reasons:
             row["reason"] = "; ".join(reasons)
         out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+    return out
+
+
+def cell(s: dict | None, fmt: str = ".2f") -> str:
+    """A summary row as 'mean [lo, hi]' ('mean' with one seed; 'n/a' without a value), with '(k/n seeds)' where
+    only k of the n seeds have a value."""
+    if s is None or s["mean"] is None:
+        return "n/a"
+    some = f" ({s['seeds']}/{s['of']} seeds)" if s["seeds"] < s["of"] else ""
+    if s["lo"] is None:
+        return format(s["mean"], fmt) + some
+    return f"{s['mean']:{fmt}} [{s['lo']:{fmt}}, {s['hi']:{fmt}}]" + some
+
+
+def tables(summ: list[dict], proxies: list[dict], seeds: int) -> list[tuple]:
+    """The end-of-run tables of a run: pi0's law, the proxies (with the tally of their tail verdicts), and gold at
+    KL = 1, 2, 4 nats, peak gold and RL's share closed per method, each cell `cell`: mean [95% interval].
+
+    Args:
+      summ: the run's summary rows (`summarise`).
+      proxies: its "proxy" rows (every seed's; their verdicts are tallied).
+      seeds: the number of seeds.
+    Returns:
+      [(rows, columns, title)] for `cli.Run.table` (columns: (header, key, format) triples).
+    """
+    out = []
+    by = {tuple(r[k] for k in GROUP): r for r in summ}
+    over = f" (mean [95% interval] over {seeds} seeds)" if seeds > 1 else " (one seed: no interval)"
+    base = [r for r in summ if r["method"] == "pi0"]
+    if base:
+        out.append(([{r["quantity"]: cell(r, ".4g") for r in base}],
+                    [(q, q, "") for q in BASE_FIELDS if any(r["quantity"] == q for r in base)],
+                    "pi0's law (entropy in nats; top_mass: the most likely sequence's; n90: sequences holding "
+                        "90% of the mass)" + over + ":"))
+    tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in summ if r["method"] != "pi0"))
+    verdicts = {}
+    for r in proxies:
+        verdicts.setdefault((r["noise"], r["proxy"], r["pairs"]), []).append(r["verdict"])
+    for fields, title in ((("pair_accuracy_unseen", "pair_accuracy_seen", "seen_mass", "corr"),
+                           "proxies against gold: pair accuracy on sequences outside / inside the training pairs, "
+                           "pi0's mass of the seen ones, corr under pi0"),
+                          (("error_corr_unseen", "error_corr_seen", "xi", "xi_proxy"),
+                           "proxies' error X = proxy - gold: corr(X, eps) on unseen / seen sequences, xi of X and of "
+                           "the proxy (i.i.d. pi0 draws)")):
+        prow = []
+        for t in tags:
+            cells = {q: cell(by.get(t + ("proxy", None, q, None)), ".3f") for q in fields}
+            tally = verdicts.get(t, [])
+            prow.append(dict(noise=t[0], proxy=t[1], pairs=t[2], **cells,
+                             verdict=", ".join(f"{v} {tally.count(v)}/{len(tally)}" for v in dict.fromkeys(tally))))
+        cols = [(q.replace("_", " "), q, "") for q in fields if any(r["quantity"] == q for r in summ)]
+        out.append((prow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("pairs", "pairs", "")] + cols
+                    + ([("verdict of X", "verdict", "")] if "xi" in fields else []), title + over + ":"))
+    mrow = []
+    for t in tags:
+        for m, b in dict.fromkeys((r["method"], r["beta"]) for r in summ if (r["noise"], r["proxy"], r["pairs"]) == t
+                                  and r["method"] in ("bon", "exact", "rl") and r["quantity"] == "gold_at_KL"):
+            g = {q: by.get(t + (m, b, q, None)) for q in ("peak_gold", "KL_at_peak", "share_closed")}
+            mrow.append(dict(noise=t[0], proxy=t[1] + ("" if t[2] is None else f" ({t[2]})"),
+                             method=m + ("" if b is None else f" beta {b:g}"),
+                             **{f"KL{a:g}": cell(by.get(t + (m, b, "gold_at_KL", a))) for a in KL_TARGETS},
+                             peak=cell(g["peak_gold"]), at=cell(g["KL_at_peak"], ".2g"),
+                             share=cell(g["share_closed"]) if m == "rl" else ""))
+    out.append((mrow, [("noise", "noise", ""), ("proxy", "proxy", ""), ("method", "method", "")]
+                + [(f"gold at KL {a:g}", f"KL{a:g}", "") for a in KL_TARGETS]
+                + [("peak gold", "peak", ""), ("its KL", "at", ""), ("RL share closed", "share", "")],
+                "gold (sd units under pi0) by method" + over + "; exact: beta solved for the KL, best-of-n and "
+                "RL: interpolated in KL; n/a: not reached:"))
     return out

@@ -114,3 +114,19 @@ def test_headlines_and_their_summary_over_seeds():
     xi = out[("proxy", "xi", None)]
     assert xi["mean"] is None and xi["lo"] is None and xi["seeds"] == 0 and "3 of 3 seeds" in xi["reason"]
     assert out[("pi0", "top_mass", None)]["mean"] == pytest.approx(0.04)
+
+
+def test_cells_and_tables():
+    """'mean [lo, hi]', the mean alone with one seed, '(k/n seeds)' where some seeds have no value, 'n/a'; the
+    tables: pi0's law, two of the proxies (with the verdicts tallied), gold by method."""
+    row = dict(mean=1.234, lo=0.5, hi=2.0, seeds=3, of=3)
+    assert summary.cell(row) == "1.23 [0.50, 2.00]"
+    assert summary.cell(dict(row, lo=None, hi=None, seeds=1)) == "1.23 (1/3 seeds)"
+    assert summary.cell(dict(row, mean=None)) == "n/a" and summary.cell(None) == "n/a"
+    rows = [h for s, d in enumerate((0.0, 0.3, -0.1)) for h in summary.headlines(_seed_rows(s, d), seed=s)]
+    proxies = [dict(noise="normal", proxy="direct", pairs=None, verdict=v) for v in ("light", "light", "heavy")]
+    out = summary.tables(summary.summarise(rows), proxies, 3)
+    assert [t[2].split(" (")[0] for t in out][0] == "pi0's law" and len(out) == 4
+    assert out[2][0][0]["verdict"] == "light 2/3, heavy 1/3"
+    (bon,) = [r for r in out[3][0] if r["method"] == "bon"]
+    assert bon["KL1"].startswith("1.") and "[" in bon["KL1"]
