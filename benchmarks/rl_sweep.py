@@ -1,16 +1,18 @@
 """The lab's RL against its exact optimum: share of the gap J(pi*) - J(pi0) closed per (policy, batch, steps, lr).
 
-For each pi0 (`today`: `experiment.build_base`'s source; `spread`: the same with `lm.markov_source(...,
-eos_bias=-2)`, shorter sequences less often empty), seed, light-noise proxy ("normal", scale 1: `direct` and
+For each pi0 (`today`: `experiment.build_base`'s source, before issue 22 the former degenerate one; `spread`:
+the same source with EOS bias -2 instead of -3), seed, light-noise proxy ("normal", scale 1: `direct` and
 `learned` on 4000 pairs, 600 Bradley-Terry steps, standardised to mean 0 / sd 1 under pi0) and RL beta, one
 `experiment.rl_points` run per setting; printed: its final share closed (1 - gap / gap at step 0) and its CPU
 seconds (process time, both cores; compile excluded by a warm-up run of each setting's shape).
 
-Settings are "policy:batch:steps:lr" with policy `residual` (pi0 x exp(fresh LM), `experiment.rl_policy`) or
-`finetune` (pi0's own LM). The bases and proxies are cached in --cache (rebuilt when absent).
+Settings are "policy:batch:steps:lr[:pass]" with policy `table` (pi0 x exp(fresh LM + 30 x table), the default
+of `experiment.rl_policy`), `residual` (pi0 x exp(fresh LM)) or `finetune` (pi0's own LM), and pass `auto`
+(default), `rows` or `tree` (`rl.RLConfig.policy_pass`). The bases and proxies are cached in --cache (rebuilt
+when absent; delete it after changing the lab's defaults).
 
     python benchmarks/rl_sweep.py [--depth 4] [--seeds 0 1 2] [--pi0 today spread] [--betas 0.3 1]
-        [--settings residual:128:500:3e-3 finetune:64:200:3e-3 ...] [--cache /tmp/rl_sweep]
+        [--settings table:1024:250:3e-3 residual:128:500:3e-3 ...] [--cache /tmp/rl_sweep]
 """
 from __future__ import annotations
 
@@ -71,13 +73,13 @@ def main():
     ap.add_argument("--vocab", type=int, default=16)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--pi0", nargs="+", default=["today", "spread"], choices=["today", "spread"])
+    ap.add_argument("--pi0", nargs="+", default=["today"], choices=["today", "spread"])
     ap.add_argument("--betas", type=float, nargs="+", default=[0.3, 1.0])
-    ap.add_argument("--settings", nargs="+", default=["residual:128:500:3e-3"])
+    ap.add_argument("--settings", nargs="+", default=["table:1024:250:3e-3"])
     ap.add_argument("--cache", default="/tmp/rl_sweep")
     a = ap.parse_args()
     for setting in a.settings:
-        policy, batch, steps, lr, *opt = setting.split(":")
+        policy, batch, steps, lr, *how = setting.split(":")
         batch, steps, lr = int(batch), int(steps), float(lr)
         shares, cpu = {}, []
         warm = False
@@ -89,8 +91,9 @@ def main():
                     for j, beta in enumerate(a.betas):
                         key = jax.random.fold_in(jax.random.key(1000 + seed), j)
                         run = lambda: experiment.rl_points(key, base, tree, beta, steps, steps // 5, batch, lr,
-                                                           residual=policy == "residual",
-                                                           optimizer=opt[0] if opt else "adam")
+                                                           residual=policy != "finetune",
+                                                           table=policy == "table",
+                                                           policy_pass=how[0] if how else "auto")
                         if not warm:
                             run()
                             warm = True

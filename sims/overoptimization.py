@@ -57,8 +57,8 @@ class Config(cli.RunConfig):
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
                                   check=lambda ns: (best_of_n.check_ns(ns), check_n(ns)))
     rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
-    rl_steps: int = cli.arg(500, "RL steps (batch 128)", metavar="S", check=count("--rl-steps"))
-    eval_every: int = cli.arg(100, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
+    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=count("--rl-steps"))
+    eval_every: int = cli.arg(50, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
                               check=count("--eval-every"))
     search: bool = cli.arg(True, "GCG on each learned proxy")
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))

@@ -21,9 +21,10 @@ Public API:
   annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K]) -> rows
-  rl_policy(key, base, residual=True) -> (logits_fn, params)   # pi0 x exp(fresh LM, zero head), or pi0's LM
-  rl_points(key, base, tree, beta, steps=500, eval_every=100, batch=128, lr=3e-3, residual=True,
-            optimizer="adam") -> rows
+  rl_policy(key, base, residual=True, table=True) -> (logits_fn, params)   # pi0 x exp(fresh LM + 30 x table, both 0 at the
+      # start), or pi0's LM
+  rl_points(key, base, tree, beta, steps=250, eval_every=50, batch=1024, lr=3e-3, residual=True,
+            optimizer="adam", policy_pass="auto", table=True) -> rows
       # with "gap", "optimum", "share_closed" = 1 - gap / gap(step 0) (null with a "reason" where gap0 ~ 0)
   search_points(key, built, base, restarts=4, iters=40) -> rows (one per restart, with "rank")
   point(method, **fields) -> row
@@ -62,6 +63,7 @@ __all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base"
 
 check_size = lab_tree.check_size
 MIN_TAIL_SAMPLES = rewards.MIN_TAIL_SEQUENCES  # tail_index.diagnose's minimum; smaller trees get no xi
+RL_BATCH = rl.RLConfig.batch  # RL's default batch (1024)
 SHARE_MIN_GAP = 1e-5
 """RL's share closed 1 - gap / gap0 needs the gap at step 0 (J(pi*) - J(pi0) >= 0) above float32 round-off:
 gap0 > SHARE_MIN_GAP (1 + |J(pi*)|), else the share is null with a reason (pi0 is already optimal)."""
@@ -301,7 +303,8 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
     48 bytes a comparison pair (indices, labels, their draws; 5e7 pairs added 1.52 GiB, 31 bytes each); 16
     bytes a training step (lax.scan's keys and losses); the lab models' parameters (x 4 where trained:
     gradient and Adam's moments); the largest of the transformers' activations (`_activation_bytes`): the lab LM's training (256 sequences of L), the proxy's
-    Bradley-Terry steps (512 of L + 1), RL (128 of L + 1; a checkpoint policy adds 3 copies of its parameters),
+    Bradley-Terry steps (512 of L + 1), RL (RL_BATCH of L + 1, the residual table x 4; a checkpoint policy
+    adds 3 copies of its parameters),
     scoring in chunks of 8192 (the gold, the proxy, pi0's tree). Loaded checkpoints are already held.
 
     Calibration: peak RSS (/usr/bin/time -v) of `--noise normal --lm-steps 100 --bt-steps 100 --rl-steps 20
@@ -338,7 +341,8 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
                                                                                      proxy, False)]
     if rl:
         held = 3 * sum(x.nbytes for x in jax.tree.leaves(ck.policy.params)) if ck.policy is not None else 0
-        transient.append(held + _activation_bytes(128, depth + 1, pol, True, vocab)
+        table = 16 * vocab * sum((vocab - 1) ** k for k in range(depth))  # float32, gradient, Adam's moments
+        transient.append(held + table + _activation_bytes(RL_BATCH, depth + 1, pol, True, vocab)
                          + _activation_bytes(min(8192, rows), depth, pol, False, vocab))
     return float(total + max(transient))
 
@@ -383,12 +387,13 @@ def _rl_train(config: rl.RLConfig, logits_fn):
     return rl.make_train(config, logits_fn)  # jitted; one compilation per (config, policy), reused across betas
 
 
-def rl_policy(key, base: Base, residual: bool = True):
+def rl_policy(key, base: Base, residual: bool = True, table: bool = True):
     """(logits_fn, params) of RL's policy, equal to pi0 at the start.
 
-    residual (default): pi proportional to pi0 exp(f), f a fresh lab LM of pi0's sizes (a checkpoint policy: the
-    lab LM's default sizes at its A, L) with a zero LM head (`rl.residual_logits`; `key` draws f's body).
-    Otherwise pi0's own LM, fine-tuned (`base.params`).
+    residual (default): pi proportional to pi0 exp(f + 30 T), f a fresh lab LM of pi0's sizes (a checkpoint
+    policy: the lab LM's default sizes at its A, L) with a zero LM head and T a zero table of logits per state
+    (`rl.residual_logits`; `key` draws f's body; table=False: pi0 exp(f) alone). Otherwise pi0's own LM,
+    fine-tuned (`base.params`).
     """
     if not residual:
         return base.logits_fn, base.params
@@ -396,16 +401,21 @@ def rl_policy(key, base: Base, residual: bool = True):
     cfg = base.lm if base.lm is not None else lm.LMConfig(a, depth)
     f = lm.init(key, cfg)
     f["lm_head"]["kernel"] = jnp.zeros_like(f["lm_head"]["kernel"])
-    return rl.residual_logits(lm.make_logits(cfg)), {"log_pi0": base.tree.log_pi0, "f": f}
+    params = {"log_pi0": base.tree.log_pi0, "f": f}
+    if table:
+        params["table"] = tuple(jnp.zeros_like(x) for x in base.tree.log_pi0)
+    return rl.residual_logits(lm.make_logits(cfg)), params
 
 
-def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int = 500, eval_every: int = 100,
-              batch: int = 128, lr: float = 3e-3, residual: bool = True, optimizer: str = "adam") -> list[dict]:
+def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int = 250, eval_every: int = 50,
+              batch: int = RL_BATCH, lr: float = 3e-3, residual: bool = True, optimizer: str = "adam",
+              policy_pass: str = "auto", table: bool = True) -> list[dict]:
     """RLOO from pi0 against the proxy with penalty beta, evaluated exactly every `eval_every` steps.
 
-    The policy is `rl_policy(fold_in(key, 1), base, residual)`: by default pi0 frozen times exp(f) for a fresh
-    network f (it closes more of the gap than fine-tuning pi0's own LM: benchmarks/README.md, "RL against the
-    exact optimum"); the defaults (batch 128, 500 steps, lr 3e-3) are that section's choice.
+    The policy is `rl_policy(fold_in(key, 1), base, residual, table)`: by default pi0 frozen times exp(f + 30 T) for a
+    fresh network f and a table T (it closes more of the gap than fine-tuning pi0's own LM or pi0 x exp(f):
+    benchmarks/README.md, "RL against the exact optimum"); the defaults (batch 1024, 250 steps, lr 3e-3) are
+    that section's choice; `policy_pass` is `rl.RLConfig`'s (the same estimator either way).
 
     Rows per evaluation (steps 0, E, .., S) with the objective E[proxy] - beta KL, the exact optimum's
     objective ("optimum"), the gap optimum - objective (>= 0 up to round-off) and "share_closed" =
@@ -414,9 +424,9 @@ def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int = 500, ev
     """
     a, depth = base.tree.log_pi0[0].shape[-1], len(base.tree.log_pi0)
     config = rl.RLConfig(a, depth, batch=batch, learning_rate=lr, num_steps=steps, eval_every=eval_every,
-                         optimizer=optimizer)
+                         optimizer=optimizer, policy_pass=policy_pass)
     task = rl.RLTask(tree, jnp.asarray(beta, tree.V[-1].dtype))
-    logits_fn, params = rl_policy(jax.random.fold_in(key, 1), base, residual)
+    logits_fn, params = rl_policy(jax.random.fold_in(key, 1), base, residual, table)
     _, _, ev = jax.device_get(_rl_train(config, logits_fn)(key, params, task))
     gap0, opt0 = float(ev.gap[0]), float(ev.optimum[0])
     closable = gap0 > SHARE_MIN_GAP * (1.0 + abs(opt0))

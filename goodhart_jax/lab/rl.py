@@ -10,9 +10,13 @@ sequence, as in RLHF (Ziegler et al. 2019; Ouyang et al. 2022):
 REINFORCE with the leave-one-out baseline (RLOO, Kool et al. 2019; Ahmadian
 et al. 2024): with B samples per step, A_i = R_i - mean_{j != i} R_j and the
 loss is -mean_i A_i log pi(x_i). Optax Adam (gradient clipped by global norm,
-cosine decay to lr / 10), one jitted `lax.scan` over steps. Sampling runs the
-policy on the prefix before each token only (`sample`: L (L + 1) / 2
-positions a sequence, not L (L + 1)).
+cosine decay to lr / 10), one jitted `lax.scan` over steps. A step runs the
+policy either on the sampled rows, each token from the prefix before it only
+(`sample`: L (L + 1) / 2 positions a sequence, not L (L + 1)), or, where the
+tree has fewer prefixes than the batch has positions, on every prefix once
+(`policy_levels`, the KV-cache pass), drawing and scoring the batch on that
+table (`RLConfig.policy_pass`, `uses_tree`): the same estimator, and a batch
+of 1024 for the price of ~500 rows at A = 16, L = 4.
 
 Every `eval_every` steps the current policy is evaluated exactly: its log
 pi(a|s) on every prefix gives its tree (`lab.tree.log_pi0_levels`), and `mdp` gives its
@@ -24,17 +28,17 @@ The policy is any `logits_fn(params, ids [B, T]) -> [B, T, A]` in the lab's
 convention (`lab.lm`: ids[:, 0] = BOS = A, logits[:, t] the next-token logits
 after ids[:, :t + 1], sequences EOS-continued): the lab LM, or the tabular
 policy `tabular_logits` (one free logit vector per state), or
-`residual_logits(f)`: pi proportional to pi0 exp(f) with pi0's tree frozen and a
-fresh network f (zero head: pi = pi0 at the start), the lab's default
-(`lab.experiment.rl_policy`): it closes more of the gap than fine-tuning pi0's
-own LM at the same cost (benchmarks/README.md, "RL against the exact
-optimum": at A = 16, L = 4, batch 128, 500 steps, 7.8 s of CPU a run, mean
-share closed 0.91 / 0.94 on two pi0s, against 0.83 / 0.90 fine-tuning pi0's
-LM at the same cost and 0.75 / 0.78 for the former default, fine-tuning for
-200 steps of 64). What still limits it there: the
-policy commits to the first good mode it samples (pi*'s best sequences can
-have pi0 ~ 1e-4) and, on a direct proxy, each sequence's own error has to be
-sampled to be learned. Rewards live on
+`residual_logits(f)`: pi proportional to pi0 exp(f + 30 T) with pi0's tree
+frozen, a fresh network f (zero head) and a zero table T of free logits per
+state (pi = pi0 at the start), the lab's default (`lab.experiment.rl_policy`).
+On the lab's default tree (A = 16, L = 4, its spread pi0, standardised
+light-noise proxies, betas 0.3 and 1, 3 seeds) it closes 94-100% of the gap
+J(pi*) - J(pi0) in every run at batch 1024 x 250 steps (~8 s a run on 2
+cores), where pi0 x exp(f) alone at the same cost closes 63-65% on the
+direct proxy at beta 1: a direct proxy's error is one independent draw per
+sequence, which a network shared across 54,241 sequences cannot memorise from
+a few samples each, and a table can (benchmarks/README.md, "RL against the
+exact optimum"). Rewards live on
 the tree `mdp.Tree(log_pi0, X = r - g, V = g)` (`lab.tree.mdp_tree`): E_U is the proxy, E_V the gold.
 
 API (blackjax/gcg style): `make_rl(config, logits_fn) -> (init, step)`,
@@ -42,7 +46,8 @@ API (blackjax/gcg style): `make_rl(config, logits_fn) -> (init, step)`,
 `make_eval` for the exact evaluation; `make_run` / `train` loop both under
 `lax.scan` (the step key is fold_in(key, state.step), so chunked runs equal one run).
 `sample(key, logits_fn, params, num, depth)`: `lm.sample`'s draw at half the work;
-`residual_logits(logits_fn)`: the policy pi0 x exp(f) (params {"log_pi0", "f"}).
+`residual_logits(logits_fn)`: the policy pi0 x exp(f + 30 T) (params {"log_pi0", "f", "table"});
+`policy_levels(logits_fn, params, L)`: a policy's log pi on every prefix (residual ones by the KV-cache pass).
 
 Glossary: B batch, T sequence (with BOS), L depth, A vocabulary, n = A - 1
 non-EOS tokens, N terminal sequences, S steps, E eval points.
@@ -64,8 +69,10 @@ from goodhart_jax.lab import tree as lab_tree
 
 __all__ = [
     "RLConfig", "RLTask", "RLState", "RLInfo", "RLEval", "make_rl", "make_eval", "make_run", "make_train", "train",
-    "tabular_logits", "residual_logits", "sample",
+    "tabular_logits", "residual_logits", "policy_levels", "uses_tree", "sample", "TABLE_SCALE",
 ]
+
+TABLE_SCALE = 30.0  # the residual policy's table logits are TABLE_SCALE x its parameters (see residual_logits)
 
 LogitsFn = Callable[[Any, Array], Array]
 
@@ -84,18 +91,23 @@ class RLConfig:
       max_grad_norm: global-norm gradient clipping.
       baseline: "rloo" (leave-one-out mean of the others) or "none" (plain REINFORCE).
       optimizer: "adam" or "sgd" (after the clipping: normalised steps; no better on the lab's tree).
+      policy_pass: how a step runs the policy: "rows" (on the sampled sequences only), "tree" (on every prefix
+        of the tree once, `policy_levels`; the batch is then drawn from and scored on that table) or "auto"
+        (the cheaper, `uses_tree`). The same estimator and the same draws up to float round-off; "tree" costs
+        the same at any batch (at A = 16, L = 4: 3,616 prefixes against 10,240 sampled positions at B = 1024).
     The defaults are the lab's (benchmarks/README.md, "RL against the exact optimum").
     """
 
     vocab: int
     depth: int
-    batch: int = 128
+    batch: int = 1024
     learning_rate: float = 3e-3
-    num_steps: int = 500
-    eval_every: int = 100
+    num_steps: int = 250
+    eval_every: int = 50
     max_grad_norm: float = 1.0
     baseline: str = "rloo"
     optimizer: str = "adam"
+    policy_pass: str = "auto"
 
     def __post_init__(self):
         if self.vocab < 2 or self.depth < 1:
@@ -110,6 +122,8 @@ class RLConfig:
             raise ValueError(f"baseline must be 'rloo' or 'none', got {self.baseline!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.policy_pass not in ("auto", "rows", "tree"):
+            raise ValueError(f"policy_pass must be 'auto', 'rows' or 'tree', got {self.policy_pass!r}")
 
     @property
     def spec(self) -> mdp.TreeSpec:
@@ -180,20 +194,68 @@ def tabular_logits(table: tuple, ids: Array) -> Array:
 
 @functools.lru_cache(maxsize=None)
 def residual_logits(logits_fn: LogitsFn) -> LogitsFn:
-    """The policy pi(a | s) proportional to pi0(a | s) exp(f(s)[a]): pi0 frozen, a network f trained on top.
+    """The policy pi(a | s) proportional to pi0(a | s) exp(f(s)[a] + TABLE_SCALE T(s)[a]): pi0 frozen, a network f
+    and (optionally) a table T of free logits per state trained on top.
 
     Its params are {"log_pi0": pi0's tree (L arrays [n^k, A], `lab.tree.LMTree.log_pi0`; no gradient flows
-    into them), "f": params of `logits_fn`}; its logits are log pi0(. | s) + logits_fn(f, ids). With f's
-    outputs 0 at the start (a zero LM head) the policy starts at pi0 exactly, as a zero-initialised adapter
-    (LoRA's B = 0) does. Cached: the same `logits_fn` gives the same function (one compilation).
+    into them), "f": params of `logits_fn`, and optionally "table": L arrays [n^k, A]}; its logits are
+    log pi0(. | s) + logits_fn(f, ids) + TABLE_SCALE tabular_logits(table, ids). With f's outputs 0 at the start
+    (a zero LM head) and a zero table the policy starts at pi0 exactly, as a zero-initialised adapter (LoRA's
+    B = 0) does. f generalises across sequences; the table can hold what does not generalise (a direct
+    proxy's error is one independent draw a sequence), as a policy much larger than the tree could; its
+    logits are TABLE_SCALE times its parameters, so that Adam moves them TABLE_SCALE times faster than f's
+    (benchmarks/README.md, "RL against the exact optimum": 30 beats 100 and no table). Cached: the same
+    `logits_fn` gives the same function (one compilation); `policy_levels` evaluates it on the tree.
     """
 
     def fn(params, ids):
         table = jax.tree.map(lax.stop_gradient, params["log_pi0"])
         out = logits_fn(params["f"], ids)
-        return tabular_logits(table, ids).astype(out.dtype) + out
+        lg = tabular_logits(table, ids).astype(out.dtype) + out
+        if "table" in params:
+            lg = lg + TABLE_SCALE * tabular_logits(params["table"], ids).astype(out.dtype)
+        return lg
 
+    fn.residual_of = logits_fn
     return fn
+
+
+def policy_levels(logits_fn: LogitsFn, params: Any, depth: int) -> tuple:
+    """log pi(. | s) on every prefix s of the tree (`lab.tree.log_pi0_levels`), differentiable in params.
+
+    A residual policy (`residual_logits`) is evaluated as log_softmax(log pi0 + f + TABLE_SCALE T) with f on
+    the tree by its KV-cache pass (each prefix once), not by the row pass over whole sequences.
+
+    Returns:
+      L arrays [n^k, A] of log-probabilities (mdp's `Tree.log_pi0` layout).
+    """
+    inner = getattr(logits_fn, "residual_of", None)
+    if inner is None:
+        return lab_tree.log_pi0_levels(logits_fn, params, depth)
+    f = lab_tree.log_pi0_levels(inner, params["f"], depth)
+    table = params.get("table")
+    out = []
+    for k, (p0, fk) in enumerate(zip(params["log_pi0"], f)):
+        lg = lax.stop_gradient(p0).astype(fk.dtype) + fk
+        if table is not None:
+            lg = lg + TABLE_SCALE * table[k].astype(fk.dtype)
+        out.append(jax.nn.log_softmax(lg, axis=-1))
+    return tuple(out)
+
+
+def uses_tree(config: RLConfig, logits_fn: LogitsFn) -> bool:
+    """Whether a step runs the policy on the whole tree (`RLConfig.policy_pass`; "auto": the cheaper).
+
+    Cost in token positions run: the tree's prefixes sum_{k<L} n^k with a KV-cache form (the lab LM, a residual
+    policy over it), else the row pass's n^(L-1) L, x 3 (forward and backward), against the rows' B L (L + 1) / 2
+    (sampling) + 3 B (L + 1) (forward and backward).
+    """
+    if config.policy_pass != "auto":
+        return config.policy_pass == "tree"
+    n, L, B = config.vocab - 1, config.depth, config.batch
+    inner = getattr(logits_fn, "residual_of", logits_fn)
+    positions = sum(n**k for k in range(L)) if lm.prefix_policy(inner) is not None else n ** (L - 1) * L
+    return 3 * positions <= B * (L * (L + 1) // 2 + 3 * (L + 1))
 
 
 def _flat(task: RLTask):
@@ -239,22 +301,30 @@ def make_rl(config: RLConfig, logits_fn: LogitsFn):
       init(params) -> RLState.
       step(key, state, task: RLTask) -> (RLState, RLInfo): sample B sequences
         from the current policy, R = r - beta log(pi/pi0) (no gradient through
-        R), RLOO advantages, one Adam step on -mean(A log pi).
+        R), RLOO advantages, one Adam step on -mean(A log pi). With the tree pass
+        (`uses_tree`) the policy's log pi on every prefix is computed once, the batch
+        drawn and scored on it, and the gradient taken back through it (`jax.vjp`).
     """
     opt = _optimizer(config)
     B, L, A = config.batch, config.depth, config.vocab
+    tree_pass = uses_tree(config, logits_fn)
 
     def init(params) -> RLState:
         return RLState(params, opt.init(params), jnp.zeros((), jnp.int32))
 
     def step(key: Array, state: RLState, task: RLTask):
         log_p0, proxy, _ = _flat(task)
-        tokens = sample(key, logits_fn, state.params, B, L)  # [B, L]
+        if tree_pass:
+            levels, back = jax.vjp(lambda p: policy_levels(logits_fn, p, L), state.params)
+            fn, params = tabular_logits, levels
+        else:
+            fn, params = logits_fn, state.params
+        tokens = sample(key, fn, params, B, L)  # [B, L]
         idx = lab_tree.terminal_index(tokens, A)
         r, lp0 = proxy[idx], log_p0[idx]
 
         def loss_fn(params):
-            lp = lm.sequence_logprob(logits_fn, params, tokens)  # [B]
+            lp = lm.sequence_logprob(fn, params, tokens)  # [B]
             R = lax.stop_gradient(r - task.beta * (lp - lp0))
             if config.baseline == "rloo":
                 adv = R - (jnp.sum(R) - R) / (B - 1)
@@ -262,7 +332,9 @@ def make_rl(config: RLConfig, logits_fn: LogitsFn):
                 adv = R
             return -jnp.mean(adv * lp), (R, lp)
 
-        (loss, (R, lp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (R, lp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if tree_pass:
+            (grads,) = back(grads)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         new = RLState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
         return new, RLInfo(jnp.mean(r), jnp.mean(R), jnp.mean(lp - lp0), loss)
@@ -279,7 +351,7 @@ def make_eval(config: RLConfig, logits_fn: LogitsFn):
     """
 
     def evaluate(params, task: RLTask, step=0, optimum=None) -> RLEval:
-        log_pi = lab_tree.log_pi0_levels(logits_fn, params, config.depth)
+        log_pi = policy_levels(logits_fn, params, config.depth)
         dtype = task.tree.V[-1].dtype
         pi = tuple(jnp.exp(l.astype(dtype)) for l in log_pi)
         res = mdp.trajectory_stats(task.tree, pi)

@@ -186,9 +186,74 @@ def test_lab_lm_rl_closes_most_of_the_gap():
         assert float(ev.gap[0]) > 0.05 and share[-1] > most, (beta, share)
 
 
+def _residual_with_table(vocab, depth, log_pi0):
+    """A residual policy away from pi0: f's head and the table random."""
+    fn, params = _residual(jax.random.key(1), vocab, depth, log_pi0)
+    params["f"]["lm_head"]["kernel"] = jax.random.normal(jax.random.key(2), params["f"]["lm_head"]["kernel"].shape)
+    params["table"] = tuple(0.02 * jax.random.normal(jax.random.key(10 + k), x.shape) for k, x in enumerate(log_pi0))
+    return fn, params
+
+
+def test_policy_levels_of_a_residual_policy_with_a_table():
+    """policy_levels (f by its KV-cache pass, then log_softmax(log pi0 + f + 30 T)) equals the row pass of the
+    whole residual logits_fn (`lab.tree.row_levels`, each sequence run alone); the logits are log pi0 + f +
+    30 T (NumPy); the table's gradient is nonzero and pi0's zero."""
+    vocab, depth = 4, 3
+    task, _, _ = make_task(jax.random.key(0), vocab, depth)
+    fn, params = _residual_with_table(vocab, depth, task.tree.log_pi0)
+    mine, rows = jax.jit(lambda p: (rl.policy_levels(fn, p, depth), lab_tree.row_levels(fn, p, depth)))(params)
+    for a, b in zip(mine, rows):
+        np.testing.assert_allclose(a, b, atol=2e-5)  # float32, two evaluation orders
+    seqs = jnp.asarray(all_sequences(vocab, depth))
+    ids = jnp.concatenate([jnp.full((seqs.shape[0], 1), vocab, jnp.int32), seqs[:, :-1]], axis=1)
+    inner = lm.make_logits(lm.LMConfig(vocab=vocab, depth=depth, layers=1, width=16, heads=2))
+    out, fo = (np.asarray(x, np.float64) for x in jax.jit(lambda p: (fn(p, ids), inner(p["f"], ids)))(params))
+    t0 = np.asarray(rl.tabular_logits(task.tree.log_pi0, ids), np.float64)
+    tt = np.asarray(rl.tabular_logits(params["table"], ids), np.float64)
+    np.testing.assert_allclose(out, t0 + fo + rl.TABLE_SCALE * tt, atol=1e-4)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(rl.policy_levels(fn, p, depth)[-1][:, 0] * jnp.arange(9.0))))(params)
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(g["log_pi0"]))
+    assert float(jnp.max(jnp.abs(g["table"][-1]))) > 0.0 and float(jnp.max(jnp.abs(g["f"]["lm_head"]["kernel"]))) > 0
+
+
+def test_tree_pass_step_equals_rows_step():
+    """A step on the whole tree (log pi on every prefix, the batch drawn and scored on it, the gradient back
+    through it) draws the rows pass's sequences from the same key and takes the same step (float32)."""
+    vocab, depth = 4, 3
+    task, _, _ = make_task(jax.random.key(0), vocab, depth, beta=0.5)
+    fn, params = _residual_with_table(vocab, depth, task.tree.log_pi0)
+    out = {}
+    for how in ("rows", "tree"):
+        cfg = rl.RLConfig(vocab, depth, batch=64, num_steps=10, eval_every=10, policy_pass=how)
+        assert rl.uses_tree(cfg, fn) == (how == "tree")
+        init, step = rl.make_rl(cfg, fn)
+        out[how] = jax.jit(step)(jax.random.key(7), init(params), task)
+    (ra, ia), (ta, it) = out["rows"], out["tree"]
+    np.testing.assert_allclose(np.asarray(ia), np.asarray(it), rtol=1e-5, atol=1e-5)  # same draws, same rewards
+    chex.assert_trees_all_close(ra.params, ta.params, atol=1e-6)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params, ta.params)
+    assert max(jax.tree.leaves(moved["table"])) > 1e-4 and max(jax.tree.leaves(moved["log_pi0"])) == 0.0
+    a = jax.jit(lambda k: rl.sample(k, fn, params, 512, depth))(jax.random.key(3))
+    b = jax.jit(lambda k: rl.sample(k, rl.tabular_logits, rl.policy_levels(fn, params, depth), 512, depth))(
+        jax.random.key(3))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_uses_tree_picks_the_cheaper_pass():
+    """"auto" runs the tree where its prefixes (x 3) are fewer than the batch's sampled positions: the lab's
+    default tree (A = 16, L = 4: 3,616 prefixes) at B = 1024, not L = 5 (54,241); a policy without a KV-cache
+    form counts the row pass's n^(L-1) L positions."""
+    fn = rl.residual_logits(lm.make_logits(lm.LMConfig(vocab=16, depth=4)))
+    assert rl.uses_tree(rl.RLConfig(16, 4), fn)
+    assert not rl.uses_tree(rl.RLConfig(16, 5), fn)
+    assert not rl.uses_tree(rl.RLConfig(16, 4, batch=128), fn)
+    assert not rl.uses_tree(rl.RLConfig(16, 4), rl.tabular_logits)  # 3375 x 4 rows positions
+    assert rl.uses_tree(rl.RLConfig(16, 5, policy_pass="tree"), fn)
+
+
 def test_config_refuses_unknown_choices():
-    """RLConfig checks its choices before any work: optimizer and baseline names, batch >= 2."""
-    for bad in (dict(optimizer="rmsprop"), dict(baseline="mean"), dict(batch=1)):
+    """RLConfig checks its choices before any work: optimizer, baseline and pass names, batch >= 2."""
+    for bad in (dict(optimizer="rmsprop"), dict(baseline="mean"), dict(batch=1), dict(policy_pass="both")):
         with pytest.raises(ValueError):
             rl.RLConfig(3, 2, **bad)
     assert rl.RLConfig(3, 2, optimizer="sgd").optimizer == "sgd"
