@@ -17,7 +17,7 @@ number of n). The KL of best-of-n from the base is at most log n - (n-1)/n
 Monte Carlo (`bon_mc`) reproduces the authors' synthetic grid: per trial one
 set of n_max draws, and for each n the best of its first n (a valid best-of-n
 sample for every n; vmapped over n and trials). `authors_grid()` lists their
-families. `fit_gao` fits R(d) = d (alpha - beta d), d = sqrt(KL), with optax.
+families. `fit_gao` (`scaling_laws.fit_gao`, re-exported) fits R(d) = d (alpha - beta d), d = sqrt(KL).
 
 Glossary: K sweep points (values of n), T trials.
 """
@@ -30,11 +30,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import Array
 
 from goodhart_jax.conditioning import threshold
 from goodhart_jax.quadrature import BREAKS_SEARCH, de_moments, locate_bump, log_de_quadrature, tail_terms
+from goodhart_jax.scaling_laws import MIN_FIT_POINTS, GaoFit, fit_gao, too_few_fit_points
 from goodhart_jax.tails import Family, parse
 
 __all__ = ["BonResult", "BonMC", "GaoFit", "AuthorsGrid", "kl_bound", "bon_exact", "bon_mc", "why_not_finite",
@@ -60,15 +60,6 @@ class BonMC(NamedTuple):
     E_V: Array  # mean over trials of V of the best of n
     E_V_se: Array  # standard error of E_V over trials
     E_U_se: Array  # standard error of E_U over trials
-
-
-class GaoFit(NamedTuple):
-    """R(d) = d (alpha - beta d) fitted by least squares."""
-
-    alpha: Array  # []
-    beta: Array  # []
-    residuals: Array  # [K] R - fit
-    rmse: Array  # []
 
 
 def kl_bound(n: Array) -> Array:
@@ -281,55 +272,6 @@ def why_not_finite(error: Family, utility: Family) -> dict[str, str]:
             out[fields[1]] = (f"Var[{what}] of the best of n is infinite ({no_var[0]} has infinite "
                               f"variance): a standard error means nothing")
     return out
-
-
-MIN_FIT_POINTS = 4
-"""Gao's forms have two parameters (alpha, beta): with fewer than 4 distinct d > 0 a fit passes (nearly) exactly
-through its points, and its alpha, beta and small residuals say nothing (callers null such fits with a reason)."""
-
-
-def too_few_fit_points(d) -> str | None:
-    """Why Gao's forms cannot be fitted to points at `d` ([K] sqrt(KL)): fewer than MIN_FIT_POINTS distinct d > 0
-    (the reason, for a null fit row), else None."""
-    d = np.asarray(d, float)
-    distinct = np.unique(d[d > 0]).size
-    if distinct >= MIN_FIT_POINTS:
-        return None
-    return f"{distinct} distinct d > 0 among {d.size} points; a fit of 2 parameters needs >= {MIN_FIT_POINTS}"
-
-
-def fit_gao(d: Array, R: Array, steps: int = 3000, learning_rate: float = 0.05) -> GaoFit:
-    """Least-squares fit of R(d) = d (alpha - beta d) with optax (Adam), from alpha = beta = 0.
-
-    The model is linear in (alpha, beta), so Adam converges to the normal-equations
-    solution; the tests check it against `np.linalg.lstsq`.
-
-    Args:
-      d: [K] sqrt(KL) per point.
-      R: [K] gain in true utility over the base, E[V_best] - E[V].
-    """
-    d = jnp.asarray(d)
-    R = jnp.asarray(R, d.dtype)
-    scale = jnp.maximum(jnp.max(jnp.abs(R)), 1e-12)  # fit R / scale for a well-conditioned loss
-    dmax = jnp.maximum(jnp.max(d), 1e-12)
-
-    def loss(p):
-        a, b = p[0] / dmax, p[1] / dmax**2
-        return jnp.mean((d * (a - b * d) - R / scale) ** 2)
-
-    opt = optax.adam(learning_rate)
-    p0 = jnp.zeros((2,), d.dtype)
-
-    def step(carry, _):
-        p, s = carry
-        g = jax.grad(loss)(p)
-        upd, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, upd), s), None
-
-    (p, _), _ = jax.lax.scan(step, (p0, opt.init(p0)), None, length=steps)
-    alpha, beta = p[0] / dmax * scale, p[1] / dmax**2 * scale
-    res = R - d * (alpha - beta * d)
-    return GaoFit(alpha, beta, res, jnp.sqrt(jnp.mean(res**2)))
 
 
 def _shifted(spec: str, shift: float) -> Family:
