@@ -44,7 +44,7 @@ import numpy as np
 from jax import Array
 from jax.scipy.special import log_ndtr
 
-from goodhart_jax.floats import as_float
+from goodhart_jax.floats import as_float, check_sweep
 from goodhart_jax.importance import snis, stratified_mixture
 from goodhart_jax.quadrature import BREAKS_SEARCH, DROPS, Bump, de_moments, locate_bump, log_de_quadrature
 from goodhart_jax.tails import Family, parse
@@ -305,13 +305,7 @@ def footnote4_mc(key: Array, t: Array, num_samples: int = 30_000) -> MCResult:
 
 def check_thresholds(ts) -> np.ndarray:
     """Validate thresholds; returns them as a 1-D float array."""
-    a = np.atleast_1d(np.asarray(ts, dtype=float))
-    if a.ndim != 1 or a.size == 0:
-        raise ValueError("thresholds t must be a non-empty 1-D array")
-    bad = a[~np.isfinite(a)]
-    if bad.size:
-        raise ValueError(f"threshold t must be finite, got {bad[0]:g}")
-    return a
+    return check_sweep(ts, "threshold t", "thresholds t")
 
 
 # ----------------------------------------------------------------------------

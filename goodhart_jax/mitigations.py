@@ -46,7 +46,7 @@ from goodhart_jax import mdp
 from goodhart_jax.conditioning import threshold
 from goodhart_jax.floats import as_float
 from goodhart_jax.importance import snis
-from goodhart_jax.roots import bisect_then, default_steps
+from goodhart_jax.roots import bisect_then
 from goodhart_jax.tails import Family
 from goodhart_jax.tilting import tilt
 
@@ -200,8 +200,8 @@ def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array) -> Sigmoid
     The grid picks the global maximum where h has several roots (E_Q[U] far
     below 0 can give two local maxima).
 
-    One loop evaluates stats_at at one point a pass: the J grid points, then
-    the bisection's midpoints (`roots.default_steps` of them), then the final
+    One loop (`roots.bisect_then` with a grid) evaluates stats_at at one point
+    a pass: the J grid points, then the bisection's midpoints, then the final
     midpoint, so stats_at (a quadrature, or a tree's backward pass) is traced
     and compiled once rather than three times (grid, bisection, result).
 
@@ -212,31 +212,17 @@ def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array) -> Sigmoid
     """
     objective = lambda r: jax.nn.sigmoid(r[0]) - beta * r[2]  # noqa: E731
     frac = (jnp.arange(1, _GRID + 1, dtype=beta.dtype) / _GRID) ** 3
-    lams = lam_max * frac  # [J]
-    steps = default_steps(beta.dtype)
+    lam_max = jnp.asarray(lam_max, beta.dtype)
 
-    def body(j, st):
-        g, neg, pos, _ = st
-        # Entering the bisection (j = J): bracket the best grid point by its two neighbours.
-        i = jnp.argmax(jnp.where(jnp.isnan(g), -jnp.inf, g))
-        start = j == _GRID
-        neg = jnp.where(start, jnp.where(i > 0, lams[jnp.maximum(i - 1, 0)], 0.0), neg)
-        pos = jnp.where(start, lams[jnp.minimum(i + 1, _GRID - 1)], pos)
-        grid = j < _GRID
-        mid = 0.5 * (neg + pos)
-        lam = jnp.where(grid, lams[jnp.minimum(j, _GRID - 1)], mid)
+    def h(lam):
         r = stats_at(lam)
-        g = jnp.where(grid, g.at[jnp.minimum(j, _GRID - 1)].set(objective(r)), g)
         m = r[0]
         # Past the tilt's domain or at an infinite mean, m is not finite: that is right of the optimum.
-        above = jnp.where(jnp.isfinite(m), beta * lam - jax.nn.sigmoid(m) * jax.nn.sigmoid(-m), 1.0) > 0
-        halve = ~grid & (j < _GRID + steps)  # the last pass only evaluates, at the final midpoint
-        return g, jnp.where(halve & ~above, mid, neg), jnp.where(halve & above, mid, pos), r
+        return jnp.where(jnp.isfinite(m), beta * lam - jax.nn.sigmoid(m) * jax.nn.sigmoid(-m), 1.0), r
 
-    zero = jnp.zeros_like(beta)
-    init = (jnp.full((_GRID,), -jnp.inf, beta.dtype), zero, zero, (zero, zero, zero))
-    _, neg, pos, (E_U, E_V, KL) = jax.lax.fori_loop(0, _GRID + steps + 1, body, init)
-    return SigmoidOfMean(objective((E_U, E_V, KL)), E_U, E_V, KL, 0.5 * (neg + pos), jnp.asarray(True))
+    b, (E_U, E_V, KL) = bisect_then(h, jnp.zeros_like(beta), lam_max, at="root", grid=lam_max * frac,
+                                    score=objective)
+    return SigmoidOfMean(objective((E_U, E_V, KL)), E_U, E_V, KL, b.root, jnp.asarray(True))
 
 
 def sigmoid_of_mean_tree(tree: mdp.Tree, beta: Array) -> SigmoidOfMean:

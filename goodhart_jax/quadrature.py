@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from goodhart_jax.roots import bisect
+
 __all__ = ["DROPS", "BREAKS_SEARCH", "Rule", "Moments", "Bump", "log_de_quadrature", "TailTerms", "tail_terms",
            "log_moments", "de_moments", "locate_bump"]
 
@@ -336,18 +338,11 @@ def locate_bump(log_g: Callable[[Array], Array], centres: Array, dtype=None, sca
     _, _, peak, x_peak = jax.lax.fori_loop(0, steps[0], golden, (a0, b0, peak0, yrow[j]))
     lvl = peak - drops
 
-    def bisect(k, st):
-        # The crossings of peak - drop: outer ends below the level, inner ends at or above it.
-        lo_out, lo_in, hi_in, hi_out = st
-        mids = jnp.concatenate([(lo_out + lo_in) / 2, (hi_in + hi_out) / 2])
-        v = clean(log_g(mids))
-        ml, mr = v[:D] < lvl, v[D:] < lvl
-        return (jnp.where(ml, mids[:D], lo_out), jnp.where(ml, lo_in, mids[:D]),
-                jnp.where(mr, hi_in, mids[D:]), jnp.where(mr, mids[D:], hi_out))
-
+    # The crossings of peak - drop, left and right together: outer ends below the level, inner ends at or above.
     inner = jnp.full_like(left, x_peak)
-    st = (jnp.minimum(left, x_peak), inner, inner, jnp.maximum(right, x_peak))
-    _, lo_in, hi_in, _ = jax.lax.fori_loop(0, steps[1], bisect, st)
+    cross = bisect(lambda x: clean(log_g(x)) < jnp.concatenate([lvl, lvl]), jnp.concatenate([inner, inner]),
+                   jnp.concatenate([jnp.minimum(left, x_peak), jnp.maximum(right, x_peak)]), steps[1])
+    lo_in, hi_in = cross.neg[:D], cross.neg[D:]
     found = jnp.isfinite(peak0)
     beyond = found & ((j == 0) | (j == grid - 1))  # still rising at the grid's edge
     at = lambda a: jnp.where(beyond, jnp.nan, jnp.where(found, a, centres[0]))  # noqa: E731

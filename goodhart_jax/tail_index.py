@@ -54,7 +54,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from goodhart_jax import gpd
-from goodhart_jax.io import UsageError, load_array
+from goodhart_jax.io import load_array
 
 __all__ = [
     "TailInputError",
@@ -95,8 +95,8 @@ MIN_SAMPLES = 100  # fewer values say nothing useful about a tail
 MIN_EXCEED = 10  # fewest excesses (not all equal) a POT GPD fit is run on
 
 
-class TailInputError(UsageError):
-    """The sample cannot be analysed (too small, non-finite, wrong shape, bad k): bad input, exit 2 in a CLI."""
+class TailInputError(ValueError):
+    """The sample cannot be analysed (too small, non-finite, wrong shape, bad k): bad input (a CLI exits 2)."""
 
 
 class TailCurve(NamedTuple):
@@ -309,8 +309,7 @@ def hill_k_values(n: int, n_pos: int, ks=(), figure: int = 1) -> np.ndarray:
         if k < 1 or k >= n:
             raise TailInputError(f"k = {k} is out of range: need 1 <= k < n = {n}")
         if k >= n_pos:
-            raise TailInputError(f"Hill at k = {k} needs the {k + 1} largest values positive; only {n_pos} are "
-                                 "(try --demean --positive-only)")
+            raise TailInputError(f"Hill at k = {k} needs the {k + 1} largest values positive; only {n_pos} are")
     return np.asarray(sorted(set(int(k) for k in ks)))
 
 
@@ -696,6 +695,12 @@ def hill_problem(diag: "Diagnosis", k: int) -> str:
             f"{diag.x_desc[0]:.3g}: beyond float64's range once scaled, its log is lost")
 
 
+def _wald(name: str, xi: float, se: float, z: float, k: int, *, votes: bool = True, reason: str = "") -> Evidence:
+    """`Evidence` of an estimate with its Wald interval xi +- z se; its vote on the interval, or "n/a"."""
+    lo, hi = xi - z * se, xi + z * se
+    return Evidence(name, xi, lo, hi, k, vote(lo, hi) if votes else "n/a", reason)
+
+
 def two_sided_z(level: float) -> float:
     """z with P(|Z| <= z) = level for a standard normal Z (1.96 at 0.95): xi +- z se is a `level` interval."""
     return NormalDist().inv_cdf(0.5 + level / 2.0)  # float64 on the host (float32 ndtri loses 4e-6 at 0.999)
@@ -759,8 +764,7 @@ def diagnose(
     xi_why, se_why = mle_problem(fit.xi, fit.xi_se)
     xi_m = math.nan if xi_why else float(fit.xi)
     se_m = math.nan if se_why else float(fit.xi_se)
-    mle = Evidence("GPD (MLE)", xi_m, xi_m - z * se_m, xi_m + z * se_m, int(y.shape[0]),
-                   vote(xi_m - z * se_m, xi_m + z * se_m), xi_why or se_why)
+    mle = _wald("GPD (MLE)", xi_m, se_m, z, int(y.shape[0]), reason=xi_why or se_why)
     post = None
     if bayes:
         post = gpd.fit_gpd_bayes(bayes_key, y, num_warmup=num_warmup, num_samples=num_samples, level=level)
@@ -770,8 +774,7 @@ def diagnose(
         primary, others = mle, []
     km = int(y.shape[0])
     if km - 1 < mom.xi.shape[0] and np.isfinite(float(mom.xi[km - 1])):
-        xi_m, se_m = float(mom.xi[km - 1]), float(mom.se[km - 1])
-        others.append(Evidence("moment", xi_m, xi_m - z * se_m, xi_m + z * se_m, km, vote(xi_m - z * se_m, xi_m + z * se_m)))
+        others.append(_wald("moment", float(mom.xi[km - 1]), float(mom.se[km - 1]), z, km))
     diag = Diagnosis(
         n=n,
         x_desc=_unscale(x_desc, e),
@@ -787,10 +790,9 @@ def diagnose(
     )
     if k_star is not None:
         ks = int(k_star.k)
-        xi_h, se_h = float(hill_curve.xi[ks - 1]), float(hill_curve.se[ks - 1])
         # Hill cannot see xi <= 0, so it never votes.
-        others.append(Evidence("Hill at k*", xi_h, xi_h - z * se_h, xi_h + z * se_h, ks, "n/a",
-                               hill_problem(diag, ks)))
+        others.append(_wald("Hill at k*", float(hill_curve.xi[ks - 1]), float(hill_curve.se[ks - 1]), z, ks,
+                            votes=False, reason=hill_problem(diag, ks)))
     return diag._replace(verdict=verdict_from(primary, tuple(others)))
 
 

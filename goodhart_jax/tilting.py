@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from goodhart_jax.floats import as_float
+from goodhart_jax.floats import as_float, check_sweep
 from goodhart_jax.quadrature import locate_bump, log_de_quadrature, tail_terms
+from goodhart_jax.roots import bisect
 from goodhart_jax.tails import Family, parse
 
 __all__ = ["TiltResult", "TiltComponent", "tilt", "tilt_component", "tilt_reach", "sweep_tilt", "why_no_tilt",
@@ -75,16 +76,6 @@ class TiltComponent(NamedTuple):
     log_Z: Array  # log E_q[e^{Y/beta}]
 
 
-def _bisect(pred, lo, hi):
-    """The boundary z in [lo, hi] where pred (False below, True above) turns True."""
-    def body(_, ab):
-        a, b = ab
-        mid = (a + b) / 2
-        up = pred(mid)
-        return jnp.where(up, a, mid), jnp.where(up, mid, b)
-    return jax.lax.fori_loop(0, _BISECT, body, (lo, hi))[1]
-
-
 def tilt_reach(fam: Family, beta: Array) -> tuple[Array, Array, Array]:
     """Where the tilt q(y) e^{y/beta} peaks, and how far right of the kink it has fallen by e^-40.
 
@@ -108,10 +99,10 @@ def tilt_reach(fam: Family, beta: Array) -> tuple[Array, Array, Array]:
     kink = jnp.asarray(fam.kink(), dtype)
     lo, hi = jnp.log(jnp.asarray(fi.tiny, dtype)), jnp.log(jnp.asarray(fi.max, dtype))
     slope = jax.grad(lambda y: log_f(y))
-    z_mode = _bisect(lambda z: ~(slope(kink + jnp.exp(z)) > 0), lo, hi)  # NaN slope: past the peak
+    z_mode = bisect(lambda z: ~(slope(kink + jnp.exp(z)) > 0), lo, hi, _BISECT).pos  # NaN slope: past the peak
     mode = kink + jnp.exp(z_mode)  # kink + tiny (inside the support) where log f falls from the start
     peak = log_f(mode)
-    z_drop = _bisect(lambda z: ~(log_f(mode + jnp.exp(z)) >= peak - 40.0), lo, hi)
+    z_drop = bisect(lambda z: ~(log_f(mode + jnp.exp(z)) >= peak - 40.0), lo, hi, _BISECT).pos
     reach = (mode - kink) + jnp.exp(z_drop)
     rounding = fi.eps * (jnp.abs(fam.log_prob(mode)) + jnp.abs(mode / beta))
     return mode, jnp.where(jnp.isfinite(reach) & jnp.isfinite(peak), reach, jnp.nan), rounding
@@ -275,13 +266,7 @@ retrace; changing a family's name does.
 
 def check_betas(betas) -> np.ndarray:
     """Validate a sweep of KL coefficients; returns them as a 1-D float array."""
-    b = np.atleast_1d(np.asarray(betas, dtype=float))
-    if b.ndim != 1 or b.size == 0:
-        raise ValueError("betas must be a non-empty 1-D array")
-    bad = b[~(np.isfinite(b) & (b > 0))]
-    if bad.size:
-        raise ValueError(f"beta must be finite and > 0, got {bad[0]:g}")
-    return b
+    return check_sweep(betas, "beta", "betas", "finite and > 0", lambda b: np.isfinite(b) & (b > 0))
 
 
 def why_no_tilt(error: Family | str, utility: Family | str, beta: float, dtype=None) -> str | None:

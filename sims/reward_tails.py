@@ -92,22 +92,25 @@ def main(cfg: Config) -> dict:
     Every input (flags, files, the sample's tail) is read and checked before the output directory is made.
     """
     validate(cfg)
-    extra = ti.load_sample(cfg.compare, min_samples=1).astype(np.float64) if cfg.compare else None
-    if cfg.rewards:
-        x, source = ti.load_sample(cfg.rewards), cfg.rewards
-    else:
-        x = ti.check_sample(score_random_tokens(cfg))
-        source = f"{cfg.model} ({cfg.random_tokens} random sequences of {cfg.length} tokens)"
-    ti.check_tail(x, cfg.tail_fraction, what="--tail-fraction")  # a tail to fit, before anything is written
-    # Positives in float64, as diagnose sees them.
-    x_pos = ti.preprocess(x.astype(np.float64), demean=cfg.demean, positive_only=cfg.positive_only)
-    n, n_pos = x.shape[0], int((x_pos > 0).sum())
-    ks = ti.hill_k_values(n, n_pos, cfg.k, cfg.paper_figure)
+    hint = "" if cfg.demean and cfg.positive_only else " (try --demean --positive-only)"
+    with cli.inputs():  # a TailInputError (a ValueError) is bad input: the sample, or a k it cannot give
+        extra = ti.load_sample(cfg.compare, min_samples=1).astype(np.float64) if cfg.compare else None
+    scores = None if cfg.rewards else score_random_tokens(cfg)  # outside: a ValueError in the model is a bug
+    source = cfg.rewards or f"{cfg.model} ({cfg.random_tokens} random sequences of {cfg.length} tokens)"
+    with cli.inputs():
+        x = ti.load_sample(cfg.rewards) if cfg.rewards else ti.check_sample(scores)
+        ti.check_tail(x, cfg.tail_fraction, what="--tail-fraction")  # a tail to fit, before anything is written
+        # Positives in float64, as diagnose sees them.
+        x_pos = ti.preprocess(x.astype(np.float64), demean=cfg.demean, positive_only=cfg.positive_only)
+        n, n_pos = x.shape[0], int((x_pos > 0).sum())
+        try:
+            ks = ti.hill_k_values(n, n_pos, cfg.k, cfg.paper_figure)
+        except ti.TailInputError as e:  # too few positive values: the flags that make more
+            raise ti.TailInputError(f"{e}{hint}" if str(e).startswith("Hill at k") else str(e)) from None
     with cli.Run("reward_tails", cfg, results=None) as run:
         mean, sd = ti.mean_sd(x)
         run.log(f"{source}: n = {n}, mean = {mean:.4g}, sd = {sd:.4g}; writing to {run.dir}")
         if ks.size == 0:
-            hint = "" if cfg.demean and cfg.positive_only else " (try --demean --positive-only)"
             run.log(f"no Hill rows: only {n_pos} positive values{hint}")
         diag = ti.diagnose(jax.random.key(cfg.seed), x, demean=cfg.demean, positive_only=cfg.positive_only,
                            tail_fraction=cfg.tail_fraction, level=cfg.level, bayes=cfg.bayes,

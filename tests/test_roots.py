@@ -81,3 +81,34 @@ def test_bisect_then_is_bisect_and_one_more_evaluation(at):
             assert float(b.neg[0]) == 0.0 and 10.0 - float(b.neg[-1]) < 1e-6
     with pytest.raises(ValueError, match="at must be"):
         bisect_then(f(1.0), 0.0, 1.0, at="pos")
+
+
+def test_predicate_is_a_sign():
+    """A boolean f is a predicate, True on pos's side: the same bracket as the float f with that sign."""
+    with jax.enable_x64(True):
+        f = lambda x: jnp.exp(-x) - 0.3  # noqa: E731  decreasing: neg is the right end
+        b = bisect(lambda x: f(x) > 0, 50.0, 0.0)
+        ref = bisect(f, 50.0, 0.0)
+    np.testing.assert_array_equal([b.neg, b.pos], [ref.neg, ref.pos])
+    np.testing.assert_allclose(float(b.root), -math.log(0.3), rtol=1e-15)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_bisect_then_on_a_grid_finds_the_global_maximum(jit):
+    """grid + score: the best grid point's cell is bisected on the stationarity condition -g'(x) = 0; of two
+    local maxima of g (at 0.2 and 0.7) the larger one (0.7) wins, and f's result is kept at the root."""
+    bump = lambda x, c, h: h * jnp.exp(-((x - c) ** 2) / 0.002)  # noqa: E731
+    g = lambda x: bump(x, 0.2, 1.0) + bump(x, 0.7, 2.0)  # noqa: E731
+
+    def f(x):
+        return -jax.grad(g)(x), (g(x), x)
+
+    with jax.enable_x64(True):
+        solve = lambda: bisect_then(f, 0.0, 1.0, at="root", grid=jnp.linspace(0.05, 0.95, 19),  # noqa: E731
+                                    score=lambda r: r[0])
+        b, (gx, x) = (jax.jit(solve) if jit else solve)()
+        want = optimize.brentq(lambda x: float(jax.grad(g)(x)), 0.65, 0.75, xtol=1e-15)
+    np.testing.assert_allclose(float(b.root), want, rtol=1e-12)
+    assert float(x) == float(b.root) and float(gx) == float(g(b.root))
+    with pytest.raises(ValueError, match="grid and score"):
+        bisect_then(f, 0.0, 1.0, grid=jnp.linspace(0.1, 0.9, 9))
