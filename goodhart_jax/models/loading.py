@@ -31,8 +31,10 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
-from goodhart_jax.io import UsageError
+from goodhart_jax.errors import UsageError
 from goodhart_jax.models.architectures import ARCHITECTURES, Architecture, for_model_type, model_types
 from goodhart_jax.models.heads import POOLINGS, HeadSpec
 
@@ -42,7 +44,7 @@ SAFETENSORS_MAX_HEADER = 100_000_000   # bytes; the safetensors library refuses 
 LAYOUT_HEADS = {"oasst": "an out_proj (OpenAssistant layout)", "starling": "a v_head (Starling layout)"}
 STARLING_PREFIXES = ("transformer.", "model.model.")   # Starling's backbone, saved under one or both
 STARLING_LM_HEAD = "model.lm_head.weight"
-_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+_SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,  # for messages
                        "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
 
 
@@ -92,63 +94,57 @@ class LoadedModel(NamedTuple):
 
 # ---------------------------------------------------------------- file reading
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map a .safetensors file into numpy arrays (bfloat16 via ml_dtypes).
+    """All tensors of a .safetensors file, read by the safetensors library (bfloat16 as ml_dtypes').
 
-    The header is checked against the file before anything is trusted: its
-    length fits in the file, it is a JSON object, and every tensor's offsets
-    lie inside the data and hold exactly prod(shape) * itemsize bytes. A
-    truncated file or random bytes raise CheckpointError.
+    The library checks the file (its header's length, JSON, every tensor's
+    dtype and byte range) but says only what kind of fault it met; a refused
+    file is explained with the header's numbers (`_header_problem`).
+    """
+    try:
+        return safetensors.numpy.load_file(path)
+    except safetensors.SafetensorError as e:
+        raise CheckpointError(f"{path}: {_header_problem(path) or e}") from None
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file's framing, with its numbers (None: nothing found here).
+
+    The header length fits in the file, the header is a JSON object, and every
+    tensor entry has a dtype, a shape and offsets that lie inside the data and
+    hold exactly prod(shape) * itemsize bytes.
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(f"{path}: {size} bytes, too short for a safetensors file (truncated?)")
+            return f"{size} bytes, too short for a safetensors file (truncated?)"
         (n,) = struct.unpack("<Q", prefix)
         if n > min(size - 8, SAFETENSORS_MAX_HEADER):
-            raise CheckpointError(f"{path}: header length {n} does not fit a {size}-byte file "
-                                  "(truncated, or not a safetensors file)")
+            return f"header length {n} does not fit a {size}-byte file (truncated, or not a safetensors file)"
         raw_header = f.read(n)
     try:
         header = json.loads(raw_header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: the safetensors header is not JSON (corrupt file?): {e}") from e
+    except ValueError:  # not JSON (or not UTF-8): the library's message says so
+        return None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is not a JSON object (corrupt file?)")
+        return "the safetensors header is not a JSON object (corrupt file?)"
     data_len = size - 8 - n
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype, shape, start, end = _tensor_entry(path, name, info)
+        if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+            return f"tensor {name}: header entry is not {{dtype, shape, data_offsets}} (corrupt file?)"
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"tensor {name} has data_offsets {offsets!r} (corrupt file?)"
+        start, end = offsets
         if not 0 <= start <= end <= data_len:
-            raise CheckpointError(f"{path}: tensor {name} spans bytes [{start}, {end}) but the file holds "
-                                  f"{data_len} bytes of data (truncated?)")
-        if end - start != math.prod(shape) * np.dtype(dtype).itemsize:
-            raise CheckpointError(f"{path}: tensor {name} has {end - start} bytes for shape {tuple(shape)} "
-                                  f"of {np.dtype(dtype).name} (corrupt header)")
-        buf = raw[8 + n + start: 8 + n + end]
-        out[name] = buf.view(dtype).reshape(shape)
-    return out
-
-
-def _tensor_entry(path: Path, name: str, info: Any) -> tuple[Any, list[int], int, int]:
-    """(numpy dtype, shape, start, end) of one safetensors header entry, checked for types."""
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
-        raise CheckpointError(f"{path}: tensor {name}: header entry is not "
-                              "{dtype, shape, data_offsets} (corrupt file?)")
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
-        raise CheckpointError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
-    if not (isinstance(shape, list) and all(is_int(s) and s >= 0 for s in shape)):
-        raise CheckpointError(f"{path}: tensor {name} has shape {shape!r}, not a list of sizes (corrupt file?)")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
-        raise CheckpointError(f"{path}: tensor {name} has data_offsets {offsets!r} (corrupt file?)")
-    return _SAFETENSORS_DTYPES[dtype], shape, offsets[0], offsets[1]
+            return f"tensor {name} spans bytes [{start}, {end}) but the file holds {data_len} bytes of data (truncated?)"
+        known = isinstance(shape, list) and all(isinstance(d, int) for d in shape) and dtype in _SAFETENSORS_DTYPES
+        if known and end - start != math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize:
+            return (f"tensor {name} has {end - start} bytes for shape {tuple(shape)} of "
+                    f"{np.dtype(_SAFETENSORS_DTYPES[dtype]).name} (corrupt header)")
+    return None
 
 
 def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
