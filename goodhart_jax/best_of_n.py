@@ -18,12 +18,14 @@ Monte Carlo (`bon_mc`) reproduces the authors' synthetic grid: per trial one
 set of n_max draws, and for each n the best of its first n (a valid best-of-n
 sample for every n; vmapped over n and trials). `authors_grid()` lists their
 families. `fit_gao` (`scaling_laws.fit_gao`, re-exported) fits R(d) = d (alpha - beta d), d = sqrt(KL).
+`bon_exact` and `bon_mc` are jitted (ns and trials of `bon_mc` static): an eager call compiles once.
 
 Glossary: K sweep points (values of n), T trials.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -109,6 +111,7 @@ def _conv(error: Family, utility: Family, u: Array, dtype):
     return log_f, ev
 
 
+@jax.jit
 def bon_exact(error: Family, utility: Family, ns: Array) -> BonResult:
     """Exact E[U] and E[V] of the best of n by quadrature, for every n in `ns`.
 
@@ -202,6 +205,7 @@ def _best_of_prefixes(u: Array, v: Array, cuts: list[int]) -> tuple[Array, Array
     return jnp.stack(out_u, -1), jnp.stack(out_v, -1)
 
 
+@functools.partial(jax.jit, static_argnames=("ns", "trials", "dtype"))
 def bon_mc(key: Array, error: Family, utility: Family, ns: tuple[int, ...], trials: int,
            dtype=jnp.float32) -> BonMC:
     """Monte-Carlo best-of-n: per trial, max(ns) draws; for each n the best of the first n.
@@ -214,7 +218,7 @@ def bon_mc(key: Array, error: Family, utility: Family, ns: tuple[int, ...], tria
     Args:
       key: PRNG key.
       error, utility: families of X and V.
-      ns: K values of n >= 1 (static; any order, repeats allowed).
+      ns: K values of n >= 1, a tuple (static; any order, repeats allowed).
       trials: T >= 2 (static).
     Returns:
       `BonMC` with [K] fields (means and standard errors over trials).

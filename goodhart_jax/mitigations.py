@@ -29,12 +29,14 @@
 On the token tree (`goodhart_jax.mdp`) all are exact. On the continuous model
 (a) and (b) use `tilting.tilt` (no optimum for heavy error), (d) uses
 `conditioning.threshold`, and (c) is estimated by self-normalised weighting of
-draws from Q (weights are at most e^{1/beta}).
+draws from Q (weights are at most e^{1/beta}). The solvers and the Monte
+Carlo are jitted (`num_samples` static): an eager call compiles once.
 
 Glossary: K sweep points (budgets), A actions, L depth, J grid points in lam.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -96,6 +98,7 @@ class SigmoidOfMean(NamedTuple):
 # Token tree.
 
 
+@jax.jit
 def kl_target_tree(tree: mdp.Tree, target: Array) -> Budgeted:
     """The KL-penalised optimum whose trajectory KL equals `target` (beta solved)."""
     target = jnp.asarray(target, tree.X[-1].dtype)
@@ -132,6 +135,7 @@ def sigmoid_proxy_tree(tree: mdp.Tree) -> mdp.Tree:
     return mdp.Tree(tree.log_pi0, X, tree.V)
 
 
+@jax.jit
 def quantilizer_policy(tree: mdp.Tree, q: Array) -> mdp.Policy:
     """Maximise E[U] subject to pi(a|s) <= pi0(a|s)/q at every state (backward induction).
 
@@ -160,12 +164,14 @@ def quantilizer_policy(tree: mdp.Tree, q: Array) -> mdp.Policy:
     return mdp.Policy(tuple(pi), W[0])
 
 
+@jax.jit
 def quantilizer_tree(tree: mdp.Tree, q: Array) -> Budgeted:
     """`quantilizer_policy`'s expectations; param = q."""
     r = mdp.trajectory_stats(tree, quantilizer_policy(tree, q).pi)
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.asarray(q, r.KL.dtype), jnp.asarray(True))
 
 
+@jax.jit
 def quantilizer_tree_kl(tree: mdp.Tree, kl: Array) -> Budgeted:
     """The quantilizer whose trajectory KL is at most `kl`: q solved in [e^-kl, 1]; param = q.
 
@@ -225,6 +231,7 @@ def _sigmoid_of_mean(stats_at: Callable, beta: Array, lam_max: Array) -> Sigmoid
     return SigmoidOfMean(objective((E_U, E_V, KL)), E_U, E_V, KL, b.root, jnp.asarray(True))
 
 
+@jax.jit
 def sigmoid_of_mean_tree(tree: mdp.Tree, beta: Array) -> SigmoidOfMean:
     """Section 6.1's bounded objective on a tree: max over pi of sigmoid(E_pi[U]) - beta KL(Tr(pi) || Tr(pi0)).
 
@@ -248,6 +255,7 @@ def sigmoid_of_mean_tree(tree: mdp.Tree, beta: Array) -> SigmoidOfMean:
     return _sigmoid_of_mean(stats_at, beta, 0.25 / beta)
 
 
+@jax.jit
 def sigmoid_of_mean_tilt(error: Family, utility: Family, beta: Array) -> SigmoidOfMean:
     """Section 6.1's bounded objective on the continuous model: max over P of sigmoid(E_P[U]) - beta KL(P || Q).
 
@@ -289,6 +297,7 @@ def sigmoid_of_mean_tilt(error: Family, utility: Family, beta: Array) -> Sigmoid
 # Continuous model: KL target, quantilizer, the post's bounded reward.
 
 
+@jax.jit
 def kl_target_tilt(error: Family, utility: Family, target: Array) -> Budgeted:
     """The continuous KL-penalised optimum with KL = target (beta solved); exists False if none."""
     target = as_float(target)
@@ -302,6 +311,7 @@ def kl_target_tilt(error: Family, utility: Family, target: Array) -> Budgeted:
     return Budgeted(r.E_U, r.E_V, r.KL, jnp.exp(b.neg), ok)
 
 
+@jax.jit
 def quantilizer_continuous(error: Family, utility: Family, kl: Array, t_range=(-50.0, 500.0)) -> Budgeted:
     """The q-quantilizer with q = e^{-kl}: Q conditioned on U >= t_q, P(U >= t_q) = q.
 
@@ -320,6 +330,7 @@ def quantilizer_continuous(error: Family, utility: Family, kl: Array, t_range=(-
 MIN_ESS = 1000.0  # effective sample size below which `sigmoid_proxy_tilt_mc` refuses its estimates
 
 
+@functools.partial(jax.jit, static_argnames="num_samples")
 def sigmoid_proxy_tilt_mc(key: Array, error: Family, utility: Family, beta: Array,
                           num_samples: int = 200_000) -> BudgetedMC:
     """The post's bounded reward: P ∝ Q exp(sigmoid(U)/beta), the maximiser of E_P[sigmoid(U)] - beta KL.

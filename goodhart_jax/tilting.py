@@ -28,6 +28,8 @@ positive integrands about the mean (`_shifted_moments`), so they keep their
 relative precision (~1e-6 in float32, ~1e-14 in float64) until KL leaves the
 float's normal range (below tiny/eps: float32 beta ~ 1e15 at unit variance; refused).
 
+`tilt` and `tilt_component` are jitted, `sweep_tilt` is their jitted vmap over beta: an eager call compiles once.
+
 Glossary: K sweep points (betas).
 """
 from __future__ import annotations
@@ -208,6 +210,7 @@ def _tilt_parts(fam: Family, beta: Array) -> tuple[TiltComponent, Array]:
     return comp, mask(m.gain)
 
 
+@jax.jit
 def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     """Tilt of one variable: P ∝ q(y) exp(y / beta).
 
@@ -230,6 +233,7 @@ def tilt_component(fam: Family, beta: Array) -> TiltComponent:
     return _tilt_parts(fam, beta)[0]
 
 
+@jax.jit
 def tilt(error: Family, utility: Family, beta: Array) -> TiltResult:
     """The KL-penalised optimum for U = X + V with X ~ error, V ~ utility independent.
 
