@@ -410,7 +410,7 @@ WHY_NOT = dict(kl_target="no beta in [1e-3, 1e4] spends KL = budget (to sqrt(eps
                quantilizer="no threshold t_q in [-50, 500] leaves tail mass e^-budget",
                bounded_mean="heavy tail: the supremum is approached, not attained (no tilt exists)",
                bounded=f"the Monte Carlo's weights exp(sigmoid(U)/beta) collapse onto a few draws (effective sample "
-                       f"size < {MIN_ESS:g}): beta too small for --mc-samples; not estimated")
+                       f"size < {MIN_ESS:g}): beta too small for num_samples; not estimated")
 """Why a method's row has no numbers (exists False), by method name."""
 NOT_FINITE = "E_U, E_V or KL came out NaN or inf at this budget (float32 range): not reported"
 

@@ -78,7 +78,8 @@ tree_methods, continuous_methods = jax.jit(_tree), jax.jit(_continuous)  # jit o
 bounded_mc = jax.jit(jax.vmap(mitigations.sigmoid_proxy_tilt_mc, (None, None, None, 0, None)), static_argnums=4)
 
 
-WHY_NOT, NOT_FINITE = mitigations.WHY_NOT, mitigations.NOT_FINITE
+WHY_NOT = {m: why.replace("num_samples", "--mc-samples") for m, why in mitigations.WHY_NOT.items()}  # the flag
+NOT_FINITE = mitigations.NOT_FINITE
 
 
 def _rows(model, method, res, budget, common):

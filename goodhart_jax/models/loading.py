@@ -348,8 +348,8 @@ def load_model(
         cfg_dict = None
     state = read_state_dict(path)
     if cfg_dict is None:
-        raise CheckpointError(f"{path} has no config.json; a Starling-style checkpoint needs base_model "
-                              "(--base-model DIR) holding the Llama config")
+        raise CheckpointError(f"{path} has no config.json; a Starling-style checkpoint needs base_model, a "
+                              "directory holding the Llama config")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}; expected one of {sorted(DTYPES)}")
     if dtype is None:
