@@ -78,17 +78,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from goodhart_jax import io
+from goodhart_jax.errors import InputError, OutputError
 
 __all__ = ["InputError", "OutputError", "Checked", "RunConfig", "arg", "each", "positive", "finite", "within",
            "at_least", "seed", "inputs", "check_memory", "Run", "check_out_dir", "check_out_free", "prepare_out_dir",
            "build_parser", "parse_config", "run", "main", "guard_startup", "prog_name"]
 
-InputError = io.UsageError  # one class for bad input: subclasses (CheckpointError, ...) take the same path
-
-
-class OutputError(OSError):
-    """A run's file could not be written (a full disk, a quota): its message names the file and what is complete
-    on disk; the runner prints it in one line, exit 2."""
 
 
 _DISK_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # written outside a Run: one line, exit 2
