@@ -12,7 +12,7 @@ lines), progress on stderr, and one error path:
     intact because every file is written atomically. A script that calls
     `cli.guard_startup(__name__)` before its heavy imports answers Ctrl-C during
     them the same way (one line, exit 130), and its run sees each Ctrl-C through
-    (`_courier`): a KeyboardInterrupt that library code swallowed (a bare
+    (`signals`): a KeyboardInterrupt that library code swallowed (a bare
     `except:` in jax, a finaliser) is raised again, and a run that Ctrl-C has not
     ended after `CTRL_C_GIVE_UP_S` says what is on disk and exits 130;
   * a file that cannot be written (a full disk) -> one line naming it and the
@@ -35,7 +35,11 @@ checks a PRNG seed (an integer in [0, 2^32 - 1]).
 Flags from fields (`typing` annotations of the dataclass):
   bool -> `--x/--no-x`; tuple[T, ...] -> `nargs="+"` (`"*"` when the default
   is empty or None); int/float/str -> `type=`; help, metavar, choices and
-  `required` from `arg(...)` metadata. `foo_bar` becomes `--foo-bar`.
+  `required` from `arg(...)` metadata. `foo_bar` becomes `--foo-bar`. A field
+  holding a config dataclass (`cli.nest(SearchConfig, ...)`, or any field
+  annotated with a dataclass) gives one flag for each of its fields, flat
+  (`--length`) unless `nest(prefix=...)` is given; config.json records the
+  flags flat (`cli.flag_values`).
 
 The package, by concern: `flags` (flags from a Config, field checks),
 `output` (`Run`), `outdir` (the output directory's checks and lock),
@@ -61,15 +65,13 @@ multi-process run). Every name is here too: `cli.arg`, `cli.Run`, ...
 """
 from __future__ import annotations
 
-from __future__ import annotations
-
 import sys
 import types
 
 from goodhart_jax.cli import flags, outdir, output, processes, runner, signals
-from goodhart_jax.cli.flags import (INT64_MAX, SEED_MAX, Checked, RunConfig, arg, at_least, build_parser,
-                                    check_memory, each, finite, flag_values, inputs, nest, parse_config, positive,
-                                    seed, within)
+from goodhart_jax.cli.flags import (INT64_MAX, SEED_MAX, Checked, Flag, RunConfig, arg, at_least, build_parser,
+                                    check_memory, each, finite, flag_values, flags_of, inputs, nest, parse_config,
+                                    positive, seed, within)
 from goodhart_jax.cli.outdir import check_out_dir, check_out_free, prepare_out_dir
 from goodhart_jax.cli.output import Run, SilentRun, format_table, open_run
 from goodhart_jax.cli.processes import ProcessFlags
@@ -77,7 +79,7 @@ from goodhart_jax.cli.runner import main, run
 from goodhart_jax.cli.signals import CTRL_C_GIVE_UP_S, CTRL_C_RESEND_S, guard_startup, prog_name
 from goodhart_jax.errors import InputError, OutputError
 
-__all__ = ["InputError", "OutputError", "Checked", "RunConfig", "arg", "nest", "flag_values", "each", "positive", "finite", "within",
+__all__ = ["InputError", "OutputError", "Checked", "RunConfig", "arg", "nest", "flag_values", "flags_of", "Flag", "each", "positive", "finite", "within",
            "at_least", "seed", "inputs", "check_memory", "Run", "SilentRun", "open_run", "format_table",
            "check_out_dir", "check_out_free", "prepare_out_dir", "build_parser", "parse_config", "run", "main",
            "guard_startup", "prog_name", "ProcessFlags", "CTRL_C_RESEND_S", "CTRL_C_GIVE_UP_S", "SEED_MAX",

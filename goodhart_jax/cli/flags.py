@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from goodhart_jax import io
 from goodhart_jax.errors import InputError
 
-__all__ = ["Checked", "RunConfig", "arg", "nest", "flag_values", "each", "positive", "finite", "within", "at_least", "seed", "SEED_MAX",
+__all__ = ["Checked", "RunConfig", "arg", "nest", "flag_values", "flags_of", "Flag", "each", "positive", "finite", "within", "at_least", "seed", "SEED_MAX",
            "INT64_MAX", "inputs", "check_memory", "build_parser", "parse_config"]
 
 
@@ -77,8 +77,8 @@ def nest(cls: type, help: str = "", *, prefix: str = "", hide: Sequence[str] = (
 INT64_MAX = 2**63 - 1
 
 
-class _Leaf(typing.NamedTuple):
-    """One flag: where its value goes and what it is."""
+class Flag(typing.NamedTuple):
+    """One flag of a Config (see `flags_of`): its name, where its value goes and what it is."""
     flag: str  # "--iters"
     dest: str  # argparse's name: "iters"; "search.num_iters" for a nested field
     name: str  # the field's name in its own class: "num_iters"
@@ -105,12 +105,12 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-def _leaves(f: dataclasses.Field, tp: Any) -> list[_Leaf]:
+def _leaves(f: dataclasses.Field, tp: Any) -> list[Flag]:
     """The flags of the field `f` (annotation `tp`): one, or one for each shown field of a nested config."""
     nested = _nested(f, tp)
     if nested is None:
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        return [_Leaf(flag, f.name, f.name, f.name, tp, _default(f), f.metadata)]
+        return [Flag(flag, f.name, f.name, f.name, tp, _default(f), f.metadata)]
     cls, hints, base = nested["nested"], typing.get_type_hints(nested["nested"]), _default(f)
     order = list(nested["args"])  # the fields given in `nest` first, in that order, then the others
     out = []
@@ -120,18 +120,18 @@ def _leaves(f: dataclasses.Field, tp: Any) -> list[_Leaf]:
             continue
         given = nested["args"].get(sub.name)
         meta = given.metadata if given is not None else dict(sub.metadata, help=f"{cls.__name__}.{sub.name}")
-        if meta.get("choices") is None:
-            meta = dict(meta, metavar=meta.get("metavar") or sub.name.upper())
         flag = meta.get("flag") or "--" + nested["prefix"] + sub.name.replace("_", "-")
+        if meta.get("choices") is None:  # argparse's own would be the dest, "FIELD.NAME"
+            meta = dict(meta, metavar=meta.get("metavar") or flag[2:].replace("-", "_").upper())
         value = getattr(base, sub.name) if base is not None else _default(sub)
         if base is None and sub.default is sub.default_factory is dataclasses.MISSING:
             meta = dict(meta, required=True)  # a field the class needs: its flag must be given
-        out.append(_Leaf(flag, f"{f.name}.{sub.name}", sub.name, flag[2:].replace("-", "_"), hints[sub.name],
+        out.append(Flag(flag, f"{f.name}.{sub.name}", sub.name, flag[2:].replace("-", "_"), hints[sub.name],
                          value, meta))
     return out
 
 
-def _check(leaf: _Leaf, value: Any) -> None:
+def _check(leaf: Flag, value: Any) -> None:
     """The 64-bit bound and the leaf's `check` on `value`; InputError naming the flag."""
     tp, _ = _strip_optional(leaf.tp)
     if typing.get_origin(tp) is tuple:
@@ -150,7 +150,7 @@ def _check(leaf: _Leaf, value: Any) -> None:
         raise InputError(str(e) if str(e).startswith(leaf.flag) else f"{leaf.flag}: {e}") from None
 
 
-def _fields(obj_or_cls: Any) -> list[tuple[dataclasses.Field, list[_Leaf]]]:
+def _fields(obj_or_cls: Any) -> list[tuple[dataclasses.Field, list[Flag]]]:
     hints = typing.get_type_hints(obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls))
     return [(f, _leaves(f, hints[f.name])) for f in dataclasses.fields(obj_or_cls)]
 
@@ -179,6 +179,11 @@ class RunConfig(Checked):
                                  "never mixes two runs' files)")
     json: bool = arg(False, "stdout carries only the result rows, as JSON lines (logs go to stderr)")
     plots: bool = arg(True, "write the PNG figures")
+
+
+def flags_of(config_cls: type) -> list[Flag]:
+    """Every flag of the Config class `config_cls`, in `--help`'s order (a nested config's fields each)."""
+    return [leaf for f, leaves in _fields(config_cls) if f.init for leaf in leaves]
 
 
 def flag_values(cfg: Any) -> dict[str, Any]:
@@ -270,7 +275,7 @@ def _strip_optional(tp):
     return tp, False
 
 
-def _flag_kwargs(leaf: _Leaf) -> dict:
+def _flag_kwargs(leaf: Flag) -> dict:
     meta, default = leaf.meta, leaf.default
     help_ = meta.get("help", "")
     kw: dict[str, Any] = {"dest": leaf.dest}
@@ -319,7 +324,7 @@ def build_parser(config_cls: type, prog: str | None = None, description: str | N
     return p
 
 
-def _as_flags(message: str, leaves: list[_Leaf]) -> str:
+def _as_flags(message: str, leaves: list[Flag]) -> str:
     """`message` with each of the leaves' field names (a nested config's parameters) read as its flag."""
     names = {leaf.name: leaf.flag for leaf in leaves}
     return re.sub(r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b",

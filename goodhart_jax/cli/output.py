@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import math
@@ -51,7 +52,9 @@ class Run:
         self.files: list[str] = []  # finished files, in the order first written
         self.dir: Path | None = None
         self._lock: int | None = None
-        if not writes:
+        if not writes:  # (the static log and progress, silenced for this run)
+            self.log = lambda *args: None
+            self.progress = functools.partial(Run.progress, disable=True)
             return
         out = getattr(cfg, "out", "")
         self.dir = outdir.prepare_out_dir(out) if out else outdir.new_dir(io.default_out_dir(name))
@@ -128,10 +131,10 @@ class Run:
         with signals.holding_ctrl_c():
             return self._save(fname, data)
 
-    def log(self, *args) -> None:
-        """A line on stderr (nothing where the run writes nothing)."""
-        if self.writes:
-            io.log(*args)
+    @staticmethod
+    def log(*args) -> None:
+        """A line on stderr (`Run.log(...)` too; nothing from a run that writes nothing)."""
+        io.log(*args)
 
     def table(self, rows: Iterable[dict], columns: Sequence[tuple], title: str | None = None) -> str:
         """Log `rows` as a fixed-width table on stderr, and return its text.
@@ -146,11 +149,13 @@ class Run:
         self.log(("\n" + title + "\n" if title else "\n") + text)
         return text
 
-    def progress(self, iterable: Iterable, desc: str, total: int | None = None):
-        """tqdm progress on stderr (silent when stderr is not a terminal, or the run writes nothing)."""
+    @staticmethod
+    def progress(iterable: Iterable, desc: str, total: int | None = None, disable: bool | None = None):
+        """tqdm progress on stderr (`Run.progress(...)` too; silent when stderr is not a terminal, or from a run
+        that writes nothing)."""
         from tqdm import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=None if self.writes else True)
+        return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=disable)
 
     def on_disk(self) -> str:
         """What this run has finished writing, in words."""
