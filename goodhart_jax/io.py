@@ -22,15 +22,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from goodhart_jax.errors import UsageError  # re-exported: io.UsageError is errors.UsageError
+
 __all__ = [
     "UsageError", "atomic_write", "load_array", "check_token_ids", "npy_bytes", "npz_bytes", "csv_text", "jsonl_text",
     "save_json", "save_jsonl", "save_csv", "save_figure", "json_text", "figure_bytes", "json_safe", "default_out_dir",
     "log", "available_memory", "null_nonfinite",
 ]
-
-
-class UsageError(ValueError):
-    """Bad input from the command line: reported in one line, exit status 2."""
 
 
 _UMASK = os.umask(0)   # read once at import (os.umask can only be read by setting it)
