@@ -101,7 +101,7 @@ class Config(cli.RunConfig):
 def prepare(cfg: Config):
     """Read and check every input before anything is written (config.json included): families, betas, sizes,
     checkpoints, memory, and each family's annotator error on this tree. Returns (checkpoints, N, proxy keys)."""
-    with cli.inputs():
+    with cli.inputs({"tokens": "--tokens"}):
         for s in cfg.noise:
             tails.parse(s)
         mdp.check_float32(cfg.betas + cfg.rl_betas, [])

@@ -57,6 +57,18 @@ def test_argparse_errors_are_one_line_exit_2(argv, needle, capsys):
     assert err.startswith("toy.py: error: ") and needle in err and err.count("\n") == 1
 
 
+def test_inputs_read_library_parameters_as_flags(capsys, tmp_path):
+    """cli.inputs(params): a library's ValueError names its parameter; the CLI line names the flag, and only
+    whole parameter names are read as flags (not a flag already, not inside a longer word)."""
+    def study(cfg):
+        with cli.inputs({"tokens": "--tokens", "gold": "--gold"}):
+            raise ValueError("tokens must be >= 2 distinct ids, got [5]; subtokens; --gold x; gold ok")
+
+    assert cli.run(Toy, study, ["--out", str(tmp_path)], prog="toy.py") == 2
+    assert capsys.readouterr().err == ("toy.py: error: --tokens must be >= 2 distinct ids, got [5]; subtokens; "
+                                       "--gold x; --gold ok\n")
+
+
 def test_input_errors_one_path(capsys, tmp_path):
     def study(cfg):
         with cli.inputs():

@@ -240,14 +240,22 @@ and overflows past 2^63, so a seed is an integer in [0, 2^32 - 1], which means t
 
 
 @contextlib.contextmanager
-def inputs():
-    """Inside this block a ValueError is the user's bad input: it becomes an `InputError` (exit 2)."""
+def inputs(params: dict[str, str] | None = None):
+    """Inside this block a ValueError is the user's bad input: it becomes an `InputError` (exit 2).
+
+    params: {library parameter name: flag} read as flags in the message (a library names its parameters,
+    the CLI its flags): `with cli.inputs({"tokens": "--tokens"})` turns "tokens must be .." into "--tokens must be ..".
+    """
     try:
         yield
     except InputError:
         raise
     except ValueError as e:
-        raise InputError(str(e)) from None
+        msg = str(e)
+        if params:
+            msg = re.sub(r"(?<![-\w])(" + "|".join(map(re.escape, sorted(params, key=len, reverse=True))) + r")\b",
+                         lambda m: params[m[1]], msg)
+        raise InputError(msg) from None
 
 
 def check_memory(need: float, what: str) -> None:

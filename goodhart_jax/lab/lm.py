@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from goodhart_jax import io
+from goodhart_jax.errors import UsageError
 from goodhart_jax.models import ARCHITECTURES, CheckpointError, LoadedModel, load_model
 from goodhart_jax.models import KVCache, apply_cached, make_cached_hidden_fn, make_hidden_fn
 
@@ -433,7 +433,7 @@ def sub_vocabulary(tokens, vocab: int) -> tuple[int, ...]:
     except (TypeError, ValueError):
         out = ()
     if len(out) < 2 or len(set(out)) != len(out) or not all(0 <= t < vocab for t in out):
-        raise io.UsageError(f"--tokens must be >= 2 distinct ids in [0, {vocab}), got {list(tokens)}")
+        raise UsageError(f"tokens must be >= 2 distinct ids in [0, {vocab}), got {list(tokens)}")
     return out
 
 
@@ -451,7 +451,7 @@ def start_token(path, vocab: int, start: int | None = None) -> int:
         if isinstance(start, list):
             start = start[0] if start else None
     if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < vocab:
-        raise io.UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {vocab})")
+        raise UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {vocab})")
     return start
 
 

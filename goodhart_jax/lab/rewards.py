@@ -206,7 +206,7 @@ def load_reward(path, tokens, start: int | None = None, base_model=None, dtype: 
     """
     model = load_model(path, base_model=base_model, dtype=dtype)
     if model.reward_head is None:
-        raise CheckpointError(f"{path} has no reward head (a {model.layout} checkpoint); --gold needs a reward model")
+        raise CheckpointError(f"{path} has no reward head (a {model.layout} checkpoint); the gold needs a reward model")
     tokens = lm.sub_vocabulary(tokens, model.vocab_size)
     if start is None and base_model is not None and not (Path(path) / "config.json").is_file():
         path = base_model  # where the config (and its bos_token_id) lives
