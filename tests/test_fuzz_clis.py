@@ -144,14 +144,16 @@ SPEC_OUTCOMES: dict[str, tuple] = {
                          "cannot centre student_t:df=0.5: its mean is not finite"),
     "student_t:df=1.01": ("student_t", dict(df=1.01, loc=0.0, scale=1.0), lambda: -stats.t(1.01).mean()),
     "pareto:alpha=1.01": ("pareto", dict(scale=1.0, alpha=1.01), lambda: -stats.pareto(1.01).mean()),  # -101
-    "pareto:alpha=0.5": ("pareto", dict(scale=1.0, alpha=0.5), "cannot centre pareto:alpha=0.5: its mean is not finite"),
+    "pareto:alpha=0.5": ("pareto", dict(scale=1.0, alpha=0.5),
+                         "cannot centre pareto:alpha=0.5: its mean is not finite"),
     "lognormal:sigma=60": "lognormal: unknown parameter 'sigma'; valid parameters: loc, scale",
     # the mean 1e300 (1e308) is finite in float64 only: float32 makes it inf
     "exponential:rate=1e-300": ("exponential", dict(rate=1e-300),
                                 "cannot centre exponential:rate=1e-300: its mean is not finite"),
     "normal:scale=1e30": ("normal", dict(loc=0.0, scale=1e30), lambda: -stats.norm(scale=1e30).mean()),
     "normal:scale=1e-300": ("normal", dict(loc=0.0, scale=1e-300), lambda: -stats.norm(scale=1e-300).mean()),
-    "normal:loc=1e308": ("normal", dict(loc=1e308, scale=1.0), "cannot centre normal:loc=1e+308: its mean is not finite"),
+    "normal:loc=1e308": ("normal", dict(loc=1e308, scale=1.0),
+                         "cannot centre normal:loc=1e+308: its mean is not finite"),
     "normal:scale=0": "normal: parameter scale=0 is invalid; it must be > 0",
     "normal:scale=-1": "normal: parameter scale=-1 is invalid; it must be > 0",
     "normal:loc=0,loc=1": "normal: parameter 'loc' is given twice",

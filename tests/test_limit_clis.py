@@ -109,9 +109,10 @@ def test_other_scripts_tiny_runs(tmp_path):
                                mc_samples=20_000, plots=False, out=str(tmp_path / "mit")))
     by = {(r["model"], r["method"], r["budget"]): r for r in rows}
     assert {r["method"] for r in rows} == {"kl_penalty", "kl_target", "bounded", "bounded_mean", "quantilizer"}
-    assert sorted(by) == sorted([(m, k, d) for d in (0.5, 1.0) for m in ("tree", "continuous")
-                                 for k in ("kl_target", "quantilizer")] + [("tree", "kl_penalty", 1.0), (
-        "tree", "kl_penalty", 2.0)] + [(m, k, 1.0) for m in ("tree", "continuous") for k in ("bounded", "bounded_mean")])
+    models = ("tree", "continuous")
+    assert sorted(by) == sorted([(m, k, d) for d in (0.5, 1.0) for m in models for k in ("kl_target", "quantilizer")]
+                                + [("tree", "kl_penalty", 1.0), ("tree", "kl_penalty", 2.0)]
+                                + [(m, k, 1.0) for m in models for k in ("bounded", "bounded_mean")])
     assert all(r["exists"] for r in rows)
     # The tree, brute force over its 9 leaves in float64: the same draw as the script's (mitigations.main's keys).
     tree = mdp.make_tree(jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[0], mdp.TreeSpec(3, 2),
