@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io as _io
 import json
 import math
@@ -49,17 +48,17 @@ INTS = ["0", "-1", "1", "2", "3", "30", "64", str(2**31), str(2**62), str(2**63)
         "1.5", "x", "1e3"]
 
 
-def flag_values(f: dataclasses.Field, tp) -> st.SearchStrategy[list[str]]:
-    """argv pieces for one field: its flag and bad or extreme values for its type."""
-    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+def flag_values(leaf: cli.Flag) -> st.SearchStrategy[list[str]]:
+    """argv pieces for one flag (`cli.flags_of`: nested configs' fields included): bad or extreme values."""
+    flag, tp = leaf.flag, leaf.tp
     tp = typing.get_args(tp)[0] if type(None) in typing.get_args(tp) else tp
     if tp is bool:
         return st.sampled_from([[flag], ["--no-" + flag[2:]]])
     seq = typing.get_origin(tp) is tuple
     elem = typing.get_args(tp)[0] if seq else tp
-    if f.metadata.get("choices") is not None:
-        pool = [*map(str, f.metadata["choices"]), "bogus"]
-    elif f.metadata.get("metavar") == "FAMILY":
+    if leaf.meta.get("choices") is not None:
+        pool = [*map(str, leaf.meta["choices"]), "bogus"]
+    elif leaf.meta.get("metavar") == "FAMILY":
         pool = FAMILIES
     else:
         pool = {int: INTS, float: FLOATS}.get(elem, ["", "x"])
@@ -70,9 +69,7 @@ def flag_values(f: dataclasses.Field, tp) -> st.SearchStrategy[list[str]]:
 
 def argv_strategy(name: str) -> st.SearchStrategy[list[str]]:
     mod = load_script(name)
-    hints = typing.get_type_hints(mod.Config)
-    fuzzed = {f.name: flag_values(f, hints[f.name]) for f in dataclasses.fields(mod.Config)
-              if f.name not in NOT_FUZZED}
+    fuzzed = {leaf.flag: flag_values(leaf) for leaf in cli.flags_of(mod.Config) if leaf.name not in NOT_FUZZED}
     picks = st.lists(st.sampled_from(sorted(fuzzed)), min_size=1, max_size=3, unique=True)
     return picks.flatmap(lambda names: st.tuples(*(fuzzed[n] for n in names))).map(
         lambda parts: REQUIRED.get(name, []) + [a for p in parts for a in p])
