@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["AtKL", "value_at_kl", "table", "FamilySummary", "summarize", "sweep_rows"]
+__all__ = ["AtKL", "value_at_kl", "table", "FamilySweep", "FamilySummary", "summarize", "sweep_rows"]
 
 
 class AtKL(NamedTuple):
@@ -86,6 +86,19 @@ def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
     if partial:
         lines.append("[n/S]: only n of the S seeds' sweeps reach that KL; the mean and sd are over those n")
     return "\n".join(lines)
+
+
+class FamilySweep(NamedTuple):
+    """One error family's beta sweep (host arrays): the continuous tilt, the tree optimum and Theorem 2 per seed."""
+
+    label: str  # the family, as given
+    heavy: bool  # whether the family is heavy-tailed
+    betas: np.ndarray  # [K] the KL coefficients
+    tilt: NamedTuple  # `tilting.TiltResult` of [K] (E_U, E_V, KL, exists)
+    tree: NamedTuple  # `mdp.TreeResult` of [S, K] (S seeds)
+    ts: np.ndarray  # [M] the Theorem 2 thresholds
+    thm2: NamedTuple  # `mdp.TreeResult` of [S, M]
+    thm2_exists: np.ndarray  # [S, M] bool: whether the construction is defined
 
 
 class FamilySummary(NamedTuple):

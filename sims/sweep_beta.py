@@ -92,13 +92,13 @@ def main(cfg: Config) -> list[dict]:
                 f"{jax.process_count()} process(es){f' ({where})' if where else ''}; "
                 f"about {estimate_bytes(cfg) / 2**30:.1f} GiB a process; "
                 f"writing to {run.dir}")
-        summary = []
+        summary, curves = [], []
         for spec_x, error in run.progress(list(zip(cfg.error, errors)), "error families"):
             common = dict(error=spec_x, utility=cfg.utility)
             res = jax.device_get(tilting.sweep_tilt(error, utility, jnp.asarray(betas, jnp.float32)))
             rows = frontier.sweep_rows("tilt", common, dict(beta=betas), res, ("E_U", "E_V", "KL"), res.exists,
                                        lambda i: tilting.why_no_tilt(error, utility, betas[i], jnp.float32))
-            kl, ev = [], []
+            seeds = []
             for s in range(cfg.seeds):
                 t0 = time.perf_counter()
                 sweep, (thm2, exists) = distributed.fetch(one_seed(
@@ -106,18 +106,20 @@ def main(cfg: Config) -> list[dict]:
                     np.float32(cfg.thm2_c)))
                 if big:
                     run.log(f"  {spec_x}: seed {s} in {time.perf_counter() - t0:.1f} s")
-                kl, ev = kl + [sweep.KL], ev + [sweep.E_V]
+                seeds.append((sweep, thm2, exists))
                 rows += frontier.sweep_rows("tree", common, dict(beta=betas, seed=[s] * len(betas)), sweep, FIELDS)
                 rows += frontier.sweep_rows("thm2", common, dict(t=ts, c=[cfg.thm2_c] * len(ts), seed=[s] * len(ts)),
                                             thm2, FIELDS, exists, lambda j: f"Theorem 2 needs terminals with U > "
                                             f"t={ts[j]:g} and with U <= t (finite); this tree has not")
             run.emit(rows)  # on disk now: an interrupt keeps every finished family
+            tree, thm2, exists = jax.tree.map(lambda *xs: np.stack(xs), *seeds)  # fields [S, K], [S, M]
+            curves.append(frontier.FamilySweep(spec_x, bool(error.heavy), betas, res, tree, ts, thm2, exists))
             summary.append(frontier.FamilySummary(spec_x, "heavy" if error.heavy else "light", int(res.exists.sum()),
-                                                  frontier.value_at_kl(np.stack(kl), np.stack(ev), SUMMARY_KL)))
+                                                  frontier.value_at_kl(tree.KL, tree.E_V, SUMMARY_KL)))
         if cfg.plots:
             from goodhart_jax.plots import sweep_beta as figures
 
-            for name, fig in figures.figures(run.rows, cfg.utility).items():
+            for name, fig in figures.figures(curves, cfg.utility).items():
                 run.figure(name, fig)
         rows, text = frontier.summarize(summary, SUMMARY_KL, cfg.vocab, cfg.depth, betas_name="--betas")
         run.save_json("summary.json", rows)
