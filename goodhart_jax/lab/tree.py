@@ -291,16 +291,10 @@ def cached_terminal_scores(run: Callable, head: Callable, params: Any, vocab: in
 
 
 def terminal_logprobs(log_pi0: tuple) -> Array:
-    """[N] log pi(x) of every terminal (mdp level order) from per-level log-probabilities L x [n^k, A]."""
-    a = log_pi0[0].shape[-1]
-    n = a - 1
-    reach = jnp.zeros((1,), log_pi0[0].dtype)
-    out = []
-    for lp in log_pi0:
-        step = reach[:, None] + lp
-        out.append(step[:, n])
-        reach = step[:, :n].reshape(-1)
-    return jnp.concatenate(out + [reach])
+    """[N] log pi(x) of every terminal (mdp level order) from per-level log-probabilities L x [n^k, A]
+    (`mdp.terminal_logprobs` on the EOS tree, flattened)."""
+    spec = mdp.TreeSpec(log_pi0[0].shape[-1], len(log_pi0), eos=True)
+    return flatten(mdp.terminal_logprobs(spec, log_pi0))
 
 
 def levels(flat: Array, vocab: int, depth: int) -> tuple:
