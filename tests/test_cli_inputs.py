@@ -201,7 +201,7 @@ def test_ints_beyond_64_bits_are_one_line(name, argv, capsys):
 def test_sweep_beta_refuses_a_tree_too_large_for_memory(tmp_path, capsys, monkeypatch):
     """--vocab 2 --depth 26 --seeds 4 ran out of memory (RESOURCE_EXHAUSTED) after minutes; now one line
     with the estimate and what is available, before any work. Seeds run one tree at a time (issue 13), so the
-    estimate is one tree's: 40 bytes a terminal + 0.5 GiB (mdp.sweep_peak_bytes)."""
+    estimate is one tree's: 40 bytes a terminal + 0.5 GiB (planning.sweep_peak_bytes)."""
     sb = load_script("sweep_beta")
     big = sb.Config(vocab=2, depth=30, seeds=4)
     assert sb.estimate_bytes(big) == 2**30 * 40 + 2**29  # ~40.5 GiB
@@ -226,7 +226,7 @@ def test_sweep_beta_small_tree_passes_the_memory_check(monkeypatch):
     sb = load_script("sweep_beta")
     cfg = sb.Config(vocab=3, depth=3, seeds=2)
     leaves = len(list(itertools.product(range(3), repeat=3)))  # every sequence of 3 tokens of 3 (no EOS)
-    need = leaves * 40 + 2**29  # mdp.sweep_peak_bytes: 40 bytes a terminal + 0.5 GiB, one seed at a time
+    need = leaves * 40 + 2**29  # planning.sweep_peak_bytes: 40 bytes a terminal + 0.5 GiB, one seed at a time
     assert sb.estimate_bytes(cfg) == need
     monkeypatch.setattr(io, "available_memory", lambda: need)
     errors, utility, spec = sb.prepare(cfg)
