@@ -9,7 +9,7 @@ each method's points as plain dicts (the "lab" rows of `sims/overoptimization.py
 with None where a field does not apply; d = sqrt(KL); every KL and expectation is exact (enumeration).
 
 Public API:
-  Base(logits_fn, params, tree: LMTree, gold: Gold, lm: LMConfig | None, gold_cfg: LMConfig | None)
+  Base(logits_fn, params, tree: LMTree, gold: Gold, lm: LMConfig | None)
   Checkpoints(policy: lm.CheckpointPolicy | None, gold: rewards.CheckpointReward | None)
   load_checkpoints(vocab, depth, policy=None, tokens=(), gold=None) -> Checkpoints   # read and checked, no work
   build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600, sharpness=lm.SHARPNESS,
@@ -32,7 +32,7 @@ Public API:
       # one "bon" fit; one "rl" fit per RL beta (rows carry "rl_beta")
   check_size = lab_tree.check_size
   peak_bytes(vocab, depth, ...) -> float   # this process's peak memory for one run (calibrated: see its docstring)
-MIN_TAIL_SAMPLES = 100  # tail_index.diagnose's minimum; smaller trees get no xi (rewards.MIN_TAIL_SEQUENCES)
+MIN_TAIL_SAMPLES = rewards.MIN_TAIL_SEQUENCES = tail_index.MIN_SAMPLES (100): smaller trees get no xi
 SHARE_MIN_GAP = 1e-5  # relative to 1 + |optimum|: below it the gap at step 0 is float32 round-off (no share)
 MIN_FIT_POINTS = 4  # Gao's forms have 2 parameters; a fit needs 2 more distinct d > 0 to say anything
 ERROR_MAX = 1e15  # the largest |annotator error| the float32 lab carries (see check_error)

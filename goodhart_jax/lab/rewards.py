@@ -651,7 +651,7 @@ def tail_curves(proxy: Array, gold: Array, log_p: Array, betas=(), q=QUANTILES) 
 
 
 # ---------------------------------------------------------------- diagnostics
-MIN_TAIL_SEQUENCES = 100  # tail_index.diagnose's minimum sample; a smaller tree gets no xi
+MIN_TAIL_SEQUENCES = tail_index.MIN_SAMPLES  # tail_index.diagnose's minimum sample; a smaller tree gets no xi
 
 
 class ProxyReport(NamedTuple):
