@@ -54,8 +54,10 @@ def initialize(cfg: Any, prog: str | None = None) -> bool:
     once, what it waits for; if the processes have not all joined within `cfg.init_timeout` seconds, prints
     `prog: error: ...` (`prog`: by default the script's file name) and exits 2 (JAX's own timeout aborts the
     process from C++, which Python cannot catch: a watchdog thread ends the process first, and JAX's timeout is
-    set a little later as a backstop).
+    set a little later as a backstop). Its messages name `cfg`'s fields `coordinator` and `init_timeout`, or what
+    `cfg.param_flags` maps them to (a `cli.ProcessFlags`: the flags).
     """
+    names = {"coordinator": "coordinator", "init_timeout": "init_timeout", **getattr(cfg, "param_flags", {})}
     coordinator = getattr(cfg, "coordinator", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     if not coordinator:
         return False
@@ -64,16 +66,16 @@ def initialize(cfg: Any, prog: str | None = None) -> bool:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     timeout = float(getattr(cfg, "init_timeout", 60.0))
     if coordinator == "auto":
-        what, args = "the other processes (--coordinator auto)", {}
+        what, args = f"the other processes ({names['coordinator']} auto)", {}
     else:
         what = f"{cfg.num_processes} processes at {coordinator} (this is process {cfg.process_id})"
         args = dict(coordinator_address=coordinator, num_processes=cfg.num_processes, process_id=cfg.process_id)
     if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
         args["initialization_timeout"] = math.ceil(timeout) + 30  # the backstop: the watchdog below ends first
-    io.log(f"waiting for {what}; giving up after {timeout:g} s (--init-timeout)")
+    io.log(f"waiting for {what}; giving up after {timeout:g} s ({names['init_timeout']})")
     prog = prog or Path(sys.argv[0]).name or "goodhart_jax"
     with _watchdog(timeout, f"{prog}: error: waited {timeout:g} s for {what}, and not all joined: start "
-                            "the others, check the address and port, or raise --init-timeout"):
+                            f"the others, check the address and port, or raise {names['init_timeout']}"):
         jax.distributed.initialize(**args)
     return True
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import ClassVar
 
 from goodhart_jax.cli.flags import Checked, arg, at_least, positive
 from goodhart_jax.errors import InputError
@@ -36,6 +37,9 @@ def _address(v: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class ProcessFlags(Checked):
     """The flags of a multi-process run (a mixin for a study's Config)."""
+
+    param_flags: ClassVar[dict] = {"coordinator": "--coordinator", "init_timeout": "--init-timeout"}
+    """How `distributed.initialize`'s messages name its parameters here: as these flags."""
 
     coordinator: str = arg("", "HOST:PORT of process 0, where the processes meet (jax.distributed); 'auto': "
                                "read SLURM / Open MPI / TPU-pod settings; default: one process "
