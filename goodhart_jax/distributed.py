@@ -1,18 +1,25 @@
-"""More than one process: `jax.distributed` flags any study can take, the global mesh, and who writes.
+"""More than one process: joining them (`jax.distributed`), the global mesh, and who writes.
 
 JAX's multi-controller runtime is the engine: every process runs the same
 program, `jax.distributed.initialize` joins them, `jax.devices()` then lists
 every process's devices, and a mesh over them is one global mesh. Only process
-0 writes result files (`open_run`); every process gets the same rows.
+0 writes result files (`is_writer`; `cli.open_run`); every process gets the same
+rows (`fetch`).
 
     @dataclasses.dataclass(frozen=True)
-    class Config(cli.RunConfig, distributed.Flags):
+    class Config(cli.RunConfig, cli.ProcessFlags):
         ...
 
     def main(cfg):
         distributed.initialize(cfg)          # first: before anything touches a device
-        with distributed.open_run("my_study", cfg) as run:
+        with cli.open_run("my_study", cfg) as run:
             ...
+
+This module knows nothing of the command line's runner: `initialize` reads the
+fields `coordinator`, `num_processes`, `process_id` and `init_timeout` of any
+config (`cli.ProcessFlags` declares them as flags). `distributed.Flags`,
+`distributed.open_run` and `distributed.Silent` are kept as names for
+`cli.ProcessFlags`, `cli.open_run` and `cli.SilentRun`.
 
 On CPU the processes talk through gloo (set here); on GPU and TPU through the
 platform's own collectives. `--coordinator auto` lets JAX read a SLURM,
@@ -23,70 +30,34 @@ silently for JAX's five minutes and then aborting.
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import inspect
 import math
 import os
-import re
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from goodhart_jax import cli, io
+from goodhart_jax import io
 
-__all__ = ["Flags", "initialize", "is_writer", "open_run", "Silent", "fetch"]
-
-_ADDRESS = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$|^\[[0-9A-Fa-f:]+\]:\d{1,5}$")
+__all__ = ["initialize", "is_writer", "fetch"]
 
 
-def _address(v: str) -> None:
-    if v and v != "auto" and not _ADDRESS.match(v):
-        raise ValueError(f"must be HOST:PORT (e.g. 10.0.0.1:1234) or 'auto', got {v!r}")
-    if v and v != "auto" and not 0 < int(v.rsplit(":", 1)[1]) < 65536:
-        raise ValueError(f"port must be in 1..65535, got {v!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Flags(cli.Checked):
-    """The flags of a multi-process run (a mixin for a study's Config)."""
-
-    coordinator: str = cli.arg("", "HOST:PORT of process 0, where the processes meet (jax.distributed); 'auto': "
-                                   "read SLURM / Open MPI / TPU-pod settings; default: one process "
-                                   "(or $JAX_COORDINATOR_ADDRESS)", metavar="HOST:PORT", show_default=False,
-                               check=_address)
-    num_processes: int = cli.arg(1, "processes in the run (with --coordinator)", metavar="N",
-                                 check=cli.at_least("--num-processes", 1))
-    process_id: int = cli.arg(0, "this process's index, 0 .. N-1 (with --coordinator); 0 writes the files",
-                              metavar="I", check=cli.at_least("--process-id", 0))
-    init_timeout: float = cli.arg(60.0, "seconds to wait for every process to join (with --coordinator); then "
-                                        "one line and exit 2", metavar="S", check=cli.positive("--init-timeout"))
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.process_id >= self.num_processes:
-            raise cli.InputError(f"--process-id {self.process_id} must be below --num-processes "
-                                 f"{self.num_processes}")
-        if self.num_processes > 1 and not self.coordinator:
-            raise cli.InputError(f"--num-processes {self.num_processes} needs --coordinator HOST:PORT (or auto)")
-
-    @property
-    def writes_files(self) -> bool:
-        """Whether this process will write the run's files (process 0), as far as the flags tell before joining:
-        with 'auto' the launcher assigns the index, so not known (False). `cli.run` checks --out only here."""
-        coordinator = self.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
-        return self.process_id == 0 and coordinator != "auto"
-
-
-def initialize(cfg: Any) -> bool:
-    """Join the other processes of the run, when `cfg` (a `Flags`) names any; returns whether it did.
+def initialize(cfg: Any, prog: str | None = None) -> bool:
+    """Join the other processes of the run, when `cfg` (a `cli.ProcessFlags`) names any; returns whether it did.
 
     Call before anything touches a device. On CPU the cross-process collectives are gloo's. Says on stderr, at
     once, what it waits for; if the processes have not all joined within `cfg.init_timeout` seconds, prints
-    `prog: error: ...` and exits 2 (JAX's own timeout aborts the process from C++, which Python cannot catch:
-    a watchdog thread ends the process first, and JAX's timeout is set a little later as a backstop).
+    `prog: error: ...` (`prog`: by default the script's file name) and exits 2 (JAX's own timeout aborts the
+    process from C++, which Python cannot catch: a watchdog thread ends the process first, and JAX's timeout is
+    set a little later as a backstop). Its messages name `cfg`'s fields `coordinator` and `init_timeout`, or what
+    `cfg.param_flags` maps them to (a `cli.ProcessFlags`: the flags).
     """
+    names = {"coordinator": "coordinator", "init_timeout": "init_timeout", **getattr(cfg, "param_flags", {})}
     coordinator = getattr(cfg, "coordinator", "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     if not coordinator:
         return False
@@ -95,15 +66,16 @@ def initialize(cfg: Any) -> bool:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     timeout = float(getattr(cfg, "init_timeout", 60.0))
     if coordinator == "auto":
-        what, args = "the other processes (--coordinator auto)", {}
+        what, args = f"the other processes ({names['coordinator']} auto)", {}
     else:
         what = f"{cfg.num_processes} processes at {coordinator} (this is process {cfg.process_id})"
         args = dict(coordinator_address=coordinator, num_processes=cfg.num_processes, process_id=cfg.process_id)
     if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
         args["initialization_timeout"] = math.ceil(timeout) + 30  # the backstop: the watchdog below ends first
-    io.log(f"waiting for {what}; giving up after {timeout:g} s (--init-timeout)")
-    with _watchdog(timeout, f"{cli.prog_name()}: error: waited {timeout:g} s for {what}, and not all joined: start "
-                            "the others, check the address and port, or raise --init-timeout"):
+    io.log(f"waiting for {what}; giving up after {timeout:g} s ({names['init_timeout']})")
+    prog = prog or Path(sys.argv[0]).name or "goodhart_jax"
+    with _watchdog(timeout, f"{prog}: error: waited {timeout:g} s for {what}, and not all joined: start "
+                            f"the others, check the address and port, or raise {names['init_timeout']}"):
         jax.distributed.initialize(**args)
     return True
 
@@ -140,53 +112,6 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-class Silent:
-    """`cli.Run`'s interface for the processes that write nothing: rows are kept, files and logs are not."""
-
-    def __init__(self, name: str, cfg: Any, *args, **kwargs):
-        self.name, self.cfg, self.rows, self.files = name, cfg, [], []
-        self.dir = None
-
-    def emit(self, rows) -> None:
-        self.rows = self.rows + [dict(r) for r in rows]
-
-    def save_json(self, *args) -> None:
-        pass
-
-    def write(self, *args) -> None:
-        pass
-
-    def figure(self, fname: str, fig, *args, **kwargs) -> None:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-
-    @staticmethod
-    def log(*args) -> None:
-        pass
-
-    def table(self, rows, columns, title=None) -> str:
-        return cli.format_table(list(rows), columns)
-
-    @staticmethod
-    def progress(iterable, desc: str, total: int | None = None):
-        return iterable
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Silent":
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return False
-
-
-def open_run(name: str, cfg: Any, **kwargs):
-    """`cli.Run(name, cfg)` on process 0, a `Silent` stand-in on the others."""
-    return cli.Run(name, cfg, **kwargs) if is_writer() else Silent(name, cfg, **kwargs)
-
-
 def fetch(tree):
     """Host NumPy copies of (possibly multi-process, sharded) arrays: every process gets the whole of each."""
     if jax.process_count() == 1:
@@ -194,3 +119,13 @@ def fetch(tree):
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+_MOVED = {"Flags": "ProcessFlags", "open_run": "open_run", "Silent": "SilentRun"}  # -> goodhart_jax.cli
+
+
+def __getattr__(name: str):
+    """The names that moved to the command-line layer, kept for the scripts that use them here."""
+    if name in _MOVED:
+        return getattr(importlib.import_module("goodhart_jax.cli"), _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["AtKL", "value_at_kl", "table", "FamilySummary", "summarize", "sweep_rows"]
+__all__ = ["AtKL", "value_at_kl", "table", "FamilySweep", "FamilySummary", "summarize", "sweep_rows"]
 
 
 class AtKL(NamedTuple):
@@ -88,6 +88,19 @@ def table(labels: list[str], results: list[AtKL], targets, what: str = "E[V]",
     return "\n".join(lines)
 
 
+class FamilySweep(NamedTuple):
+    """One error family's beta sweep (host arrays): the continuous tilt, the tree optimum and Theorem 2 per seed."""
+
+    label: str  # the family, as given
+    heavy: bool  # whether the family is heavy-tailed
+    betas: np.ndarray  # [K] the KL coefficients
+    tilt: NamedTuple  # `tilting.TiltResult` of [K] (E_U, E_V, KL, exists)
+    tree: NamedTuple  # `mdp.TreeResult` of [S, K] (S seeds)
+    ts: np.ndarray  # [M] the Theorem 2 thresholds
+    thm2: NamedTuple  # `mdp.TreeResult` of [S, M]
+    thm2_exists: np.ndarray  # [S, M] bool: whether the construction is defined
+
+
 class FamilySummary(NamedTuple):
     """One family's line of a sweep's summary."""
 
@@ -97,14 +110,15 @@ class FamilySummary(NamedTuple):
     at: AtKL  # E[V] of each seed's sweep read off at the target KLs ([S, M])
 
 
-def summarize(families: list[FamilySummary], targets, vocab: int | None = None, depth: int | None = None
-              ) -> tuple[list[dict], str]:
+def summarize(families: list[FamilySummary], targets, vocab: int | None = None, depth: int | None = None,
+              betas_name: str = "the betas") -> tuple[list[dict], str]:
     """JSON rows and the text table of a sweep's summary: E[V] at equal KL, one line per family.
 
     Args:
       families: one `FamilySummary` per error family.
       targets: [M] the KLs read off.
       vocab, depth: the tree's shape, for the note under the table (its KL ceiling under a uniform pi0).
+      betas_name: what a null's reason calls the sweep's betas (a driver passes its flag).
     Returns:
       (rows for summary.json, the table and note as text).
     """
@@ -118,7 +132,7 @@ def summarize(families: list[FamilySummary], targets, vocab: int | None = None, 
         if not np.all(np.isfinite(np.asarray(f.at.value, np.float64))):
             row["reason"] = ("E[V] is null at a KL that a seed's sweep over beta does not reach: every beta's KL is "
                              "above it (a heavy tail can saturate the tree even at the largest beta) or below it; "
-                             "'KL_max' is the KL at the smallest beta. Widen --betas to read it off")
+                             f"'KL_max' is the KL at the smallest beta. Widen {betas_name} to read it off")
     text = table([f.label for f in families], [f.at for f in families], targets, label="error",
                  columns={"tail": [f.tail for f in families], "tilt exists": [f.tilt_betas for f in families]})
     return rows, text + ("\n" + note if note else "")

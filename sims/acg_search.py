@@ -34,16 +34,21 @@ class Config(cli.RunConfig):
     model: str = cli.arg("", "reward-model checkpoint (GPT-NeoX or Llama/Starling)", metavar="DIR", required=True)
     base_model: str | None = cli.arg(None, "base causal LM (log pi0, Figure 6, mixture KL), or a Starling RM's "
                                      "config", metavar="DIR")
-    length: int = cli.arg(32, "L, tokens per sequence (the paper: 133)", metavar="L", check=_ONE)
-    iters: int = cli.arg(100, "I, steps per restart (the paper: 1000)", metavar="I", check=_ONE)
-    topk: int = cli.arg(3, "k, tokens kept per position from the gradient (the paper: 3)", metavar="K", check=_ONE)
-    candidates: int = cli.arg(64, "C, candidates scored per step in one batch", metavar="C", check=_ONE)
+    search: SearchConfig = cli.nest(
+        SearchConfig, hide=("banned_ids", "from_best", "exclude_current", "share_prefix", "dedup_first_layer"),
+        length=cli.arg(32, "L, tokens per sequence (the paper: 133)", metavar="L", check=_ONE),
+        num_iters=cli.arg(100, "I, steps per restart (the paper: 1000)", flag="--iters", metavar="I", check=_ONE),
+        topk=cli.arg(3, "k, tokens kept per position from the gradient (the paper: 3)", metavar="K", check=_ONE),
+        num_candidates=cli.arg(64, "C, candidates scored per step in one batch", flag="--candidates", metavar="C",
+                               check=_ONE),
+        schedule=cli.arg("paper", "n(i): gcg = constant --edits, linear --edits-start -> --edits-end, "
+                         "paper = int((1e5/(i+1))**0.3)//4 + 2 (9 -> 2)", choices=SCHEDULES),
+        edits=cli.arg(1, "n of the gcg schedule", metavar="N", check=_ONE),
+        edits_start=cli.arg(9, "first n of the linear schedule", metavar="N", check=_ONE),
+        edits_end=cli.arg(2, "last n of the linear schedule", metavar="N", check=_ONE))
+    """The search's settings, flags of their own (--length, --iters, --topk, --candidates, --schedule, --edits,
+    --edits-start, --edits-end); the banned ids are --banned, resolved when the models are loaded."""
     restarts: int = cli.arg(4, "R, independent searches, vmapped", metavar="R", check=_ONE)
-    schedule: str = cli.arg("paper", "n(i): gcg = constant --edits, linear --edits-start -> --edits-end, "
-                            "paper = int((1e5/(i+1))**0.3)//4 + 2 (9 -> 2)", choices=SCHEDULES)
-    edits: int = cli.arg(1, "n of the gcg schedule", metavar="N", check=_ONE)
-    edits_start: int = cli.arg(9, "first n of the linear schedule", metavar="N", check=_ONE)
-    edits_end: int = cli.arg(2, "last n of the linear schedule", metavar="N", check=_ONE)
     penalty: float = cli.arg(0.0, "lambda: objective reward + lambda log pi0 (needs --base-model)", metavar="LAMBDA",
                              check=_NONNEG)
     banned: tuple[int, ...] | None = cli.arg(None, "banned ids (default: the configs' bos/eos/pad)", metavar="ID",
@@ -64,8 +69,9 @@ def load(cfg: Config):
         io.log(f"note: {cfg.base_model} holds only the config of {cfg.model}; no base log-probabilities")
     if cfg.penalty != 0.0 and lm is None:
         raise cli.InputError("--penalty needs --base-model DIR with a causal LM")
-    if (m := min(filter(None, (max_length(rm), lm and max_length(lm))), default=None)) and cfg.length > m:
-        raise cli.InputError(f"--length {cfg.length}: the models take at most {m} tokens")
+    length = cfg.search.length
+    if (m := min(filter(None, (max_length(rm), lm and max_length(lm))), default=None)) and length > m:
+        raise cli.InputError(f"--length {length}: the models take at most {m} tokens")
     banned = special_token_ids((cfg.model, cfg.base_model), rm.vocab_size) if cfg.banned is None else cfg.banned
     token_filter = retokenize_filter(load_tokenizer(cfg.model), banned) if cfg.retokenize else None
     return models.reward_scorer(rm), None if lm is None else models.logprob_scorer(lm), banned, token_filter
@@ -75,15 +81,13 @@ def main(cfg: Config) -> dict:
     """Run the search; returns results.json's dict {"rows", "mixture_kl", "iterations", ...} and "traces"."""
     reward, base, banned, token_filter = load(cfg)
     with cli.inputs():  # sizes or banned ids the vocabulary cannot serve
-        scfg = SearchConfig(length=cfg.length, topk=cfg.topk, num_candidates=cfg.candidates, num_iters=cfg.iters,
-                            schedule=cfg.schedule, edits=cfg.edits, edits_start=cfg.edits_start,
-                            edits_end=cfg.edits_end, banned_ids=banned)
+        scfg = dataclasses.replace(cfg.search, banned_ids=banned)
         chunks = search_chunks(jax.random.key(cfg.seed), scfg, reward, base if cfg.penalty else None,
                                penalty=cfg.penalty, num_restarts=cfg.restarts, token_filter=token_filter,
                                chunk=cfg.chunk)
     with cli.Run("acg_search", cfg, results=None) as run:
-        run.save_json("config.json", dataclasses.asdict(cfg) | {"banned_resolved": list(banned)})
-        with run.progress(None, "acg", total=cfg.iters) as bar:
+        run.save_json("config.json", cli.flag_values(cfg) | {"banned_resolved": list(banned)})
+        with run.progress(None, "acg", total=scfg.num_iters) as bar:
             def after_chunk(state, info):  # info: every step so far, [R, steps]
                 run.save_json("best.json", best_record(state.best_tokens, state.best_reward, state.best_objective,
                                                        state.iteration[0]))
@@ -110,7 +114,7 @@ def main(cfg: Config) -> dict:
                        final_reward=found.reward.tolist())
         run.save_json("results.json", results)
         if done.interrupted:
-            run.log(f"interrupted after {steps} of {cfg.iters} iterations: best.json holds each restart's best "
+            run.log(f"interrupted after {steps} of {scfg.num_iters} iterations: best.json holds each restart's best "
                     "sequence of those steps")
             raise KeyboardInterrupt
         run.emit(rows)  # stdout with --json

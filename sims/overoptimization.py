@@ -22,7 +22,7 @@ import math
 import jax
 import numpy as np
 
-from goodhart_jax import best_of_n, io, mdp, tails
+from goodhart_jax import best_of_n, io, planning, tails
 from goodhart_jax.lab import experiment, lm, summary
 from goodhart_jax.lab import tree as lab_tree
 
@@ -101,10 +101,10 @@ class Config(cli.RunConfig):
 def prepare(cfg: Config):
     """Read and check every input before anything is written (config.json included): families, betas, sizes,
     checkpoints, memory, and each family's annotator error on this tree. Returns (checkpoints, N, proxy keys)."""
-    with cli.inputs():
+    with cli.inputs({"tokens": "--tokens"}):
         for s in cfg.noise:
             tails.parse(s)
-        mdp.check_float32(cfg.betas + cfg.rl_betas, [])
+        planning.check_float32(cfg.betas + cfg.rl_betas, [])
         ck = experiment.load_checkpoints(cfg.vocab, cfg.depth, cfg.policy or None, cfg.tokens, cfg.gold or None)
     vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
     n = experiment.check_size(vocab, cfg.depth)

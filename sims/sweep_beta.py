@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import distributed, frontier, io, mdp, tails, tilting
+from goodhart_jax import distributed, frontier, mdp, planning, tails, tilting
 
 SUMMARY_KL = (0.5, 2.0, 8.0)  # nats at which the summary compares families
 FIELDS = ("E_U", "E_V", "KL", "KL_per_state")
@@ -59,7 +59,8 @@ def prepare(cfg: Config):
         errors = [tails.parse(s, center=cfg.center) for s in cfg.error]
         utility = tails.parse(cfg.utility, center=cfg.center)
         spec = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
-        mdp.check_float32(cfg.betas, errors + [utility], cfg.temperature if cfg.pi0 == "random" else None)
+        planning.check_float32(cfg.betas, errors + [utility], cfg.temperature if cfg.pi0 == "random" else None,
+                               temperature_name="--temperature")
     if not cfg.thm2_c > 0 or any(not (np.isfinite(t) and t > cfg.thm2_c) for t in cfg.thm2_t):
         raise cli.InputError(f"Theorem 2 needs t > c > 0; got c={cfg.thm2_c:g}, t={list(cfg.thm2_t)}")
     if spec.depth * np.log2(spec.n) > 40 or spec.depth > 64:  # in logs: --depth 1e18 is refused, not computed
@@ -70,9 +71,9 @@ def prepare(cfg: Config):
 
 
 def estimate_bytes(cfg: Config) -> float:
-    """Peak memory of this process (mdp.sweep_peak_bytes): one seed's tree at a time, split over every device."""
+    """Peak memory of this process (planning.sweep_peak_bytes): one seed's tree at a time, split over every device."""
     spec = mdp.TreeSpec(cfg.vocab, cfg.depth, cfg.eos)
-    return mdp.sweep_peak_bytes(spec, mdp.leaf_shards(spec, jax.device_count())) * jax.local_device_count()
+    return planning.sweep_peak_bytes(spec, planning.leaf_shards(spec, jax.device_count())) * jax.local_device_count()
 
 
 def main(cfg: Config) -> list[dict]:
@@ -80,10 +81,10 @@ def main(cfg: Config) -> list[dict]:
     distributed.initialize(cfg)  # first: before anything touches a device
     errors, utility, spec = prepare(cfg)
     betas, ts = np.asarray(cfg.betas, float), np.asarray(cfg.thm2_t, float)
-    one_seed = mdp.seed_sweep(spec, cfg.pi0, cfg.temperature, len(betas))
+    one_seed = planning.seed_sweep(spec, cfg.pi0, cfg.temperature, len(betas))
     host = lambda f: jax.tree.map(np.asarray, f)  # noqa: E731  (host values: the same input on every process)
     big = spec.num_terminals >= 2**24
-    where = mdp.sweep_layout(spec, len(betas))
+    where = planning.sweep_layout(spec, len(betas))
     with distributed.open_run("sweep_beta", cfg) as run:
         run.log(f"sweep_beta: families {'centred to mean 0 (--no-center to use them as given)' if cfg.center else 'used as given'}; "
                 f"utility {cfg.utility}; {len(betas)} betas; tree {cfg.vocab}^{cfg.depth}"
@@ -91,13 +92,13 @@ def main(cfg: Config) -> list[dict]:
                 f"{jax.process_count()} process(es){f' ({where})' if where else ''}; "
                 f"about {estimate_bytes(cfg) / 2**30:.1f} GiB a process; "
                 f"writing to {run.dir}")
-        summary = []
+        summary, curves = [], []
         for spec_x, error in run.progress(list(zip(cfg.error, errors)), "error families"):
             common = dict(error=spec_x, utility=cfg.utility)
             res = jax.device_get(tilting.sweep_tilt(error, utility, jnp.asarray(betas, jnp.float32)))
             rows = frontier.sweep_rows("tilt", common, dict(beta=betas), res, ("E_U", "E_V", "KL"), res.exists,
                                        lambda i: tilting.why_no_tilt(error, utility, betas[i], jnp.float32))
-            kl, ev = [], []
+            seeds = []
             for s in range(cfg.seeds):
                 t0 = time.perf_counter()
                 sweep, (thm2, exists) = distributed.fetch(one_seed(
@@ -105,20 +106,22 @@ def main(cfg: Config) -> list[dict]:
                     np.float32(cfg.thm2_c)))
                 if big:
                     run.log(f"  {spec_x}: seed {s} in {time.perf_counter() - t0:.1f} s")
-                kl, ev = kl + [sweep.KL], ev + [sweep.E_V]
+                seeds.append((sweep, thm2, exists))
                 rows += frontier.sweep_rows("tree", common, dict(beta=betas, seed=[s] * len(betas)), sweep, FIELDS)
                 rows += frontier.sweep_rows("thm2", common, dict(t=ts, c=[cfg.thm2_c] * len(ts), seed=[s] * len(ts)),
                                             thm2, FIELDS, exists, lambda j: f"Theorem 2 needs terminals with U > "
                                             f"t={ts[j]:g} and with U <= t (finite); this tree has not")
             run.emit(rows)  # on disk now: an interrupt keeps every finished family
+            tree, thm2, exists = jax.tree.map(lambda *xs: np.stack(xs), *seeds)  # fields [S, K], [S, M]
+            curves.append(frontier.FamilySweep(spec_x, bool(error.heavy), betas, res, tree, ts, thm2, exists))
             summary.append(frontier.FamilySummary(spec_x, "heavy" if error.heavy else "light", int(res.exists.sum()),
-                                                  frontier.value_at_kl(np.stack(kl), np.stack(ev), SUMMARY_KL)))
+                                                  frontier.value_at_kl(tree.KL, tree.E_V, SUMMARY_KL)))
         if cfg.plots:
             from goodhart_jax.plots import sweep_beta as figures
 
-            for name, fig in figures.figures(run.rows, cfg.utility).items():
+            for name, fig in figures.figures(curves, cfg.utility).items():
                 run.figure(name, fig)
-        rows, text = frontier.summarize(summary, SUMMARY_KL, cfg.vocab, cfg.depth)
+        rows, text = frontier.summarize(summary, SUMMARY_KL, cfg.vocab, cfg.depth, betas_name="--betas")
         run.save_json("summary.json", rows)
         run.log("\n" + text)
     return run.rows

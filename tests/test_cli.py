@@ -57,6 +57,18 @@ def test_argparse_errors_are_one_line_exit_2(argv, needle, capsys):
     assert err.startswith("toy.py: error: ") and needle in err and err.count("\n") == 1
 
 
+def test_inputs_read_library_parameters_as_flags(capsys, tmp_path):
+    """cli.inputs(params): a library's ValueError names its parameter; the CLI line names the flag, and only
+    whole parameter names are read as flags (not a flag already, not inside a longer word)."""
+    def study(cfg):
+        with cli.inputs({"tokens": "--tokens", "gold": "--gold"}):
+            raise ValueError("tokens must be >= 2 distinct ids, got [5]; subtokens; --gold x; gold ok")
+
+    assert cli.run(Toy, study, ["--out", str(tmp_path)], prog="toy.py") == 2
+    assert capsys.readouterr().err == ("toy.py: error: --tokens must be >= 2 distinct ids, got [5]; subtokens; "
+                                       "--gold x; --gold ok\n")
+
+
 def test_input_errors_one_path(capsys, tmp_path):
     def study(cfg):
         with cli.inputs():
@@ -422,3 +434,75 @@ def test_default_directories_never_collide(tmp_path, monkeypatch):
         assert (a.dir.name, b.dir.name) == ("20260101-000000", "20260101-000000-2")
     with cli.Run("toy", Toy()) as c:
         assert c.dir.name == "20260101-000000-3"
+
+
+# ---------------------------------------------------------------- a Config holding a library config
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    """A library's config: plain, frozen, its own checks (ValueError naming its parameters)."""
+    num_steps: int = 10
+    rate: float = 0.5
+    tags: tuple[str, ...] = ()
+    secret: int = 7
+
+    def __post_init__(self):
+        if self.num_steps * self.rate > 100:
+            raise ValueError(f"num_steps * rate must be <= 100, got num_steps={self.num_steps}, rate={self.rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer(cli.RunConfig):
+    inner: Inner = cli.nest(Inner, hide=("secret",), num_steps=cli.arg(20, "steps", flag="--steps", metavar="N",
+                                                                       check=cli.at_least("value", 1)))
+    other: Inner = cli.nest(Inner, "the other one", prefix="other-")
+    seed: int = cli.arg(0, "seed", check=cli.seed)
+
+
+def test_nested_config_fields_are_flags():
+    assert cli.parse_config(Outer, []) == Outer() == Outer(inner=Inner(num_steps=20), other=Inner())
+    cfg = cli.parse_config(Outer, ["--steps", "3", "--rate", "2", "--tags", "a", "b", "--other-num-steps", "4",
+                                   "--other-secret", "1"])
+    assert cfg.inner == Inner(num_steps=3, rate=2.0, tags=("a", "b")) and cfg.other == Inner(4, secret=1)
+    assert cli.flag_values(cfg) == dict(out="", overwrite=False, json=False, plots=True, steps=3, rate=2.0,
+                                        tags=("a", "b"), other_num_steps=4, other_rate=0.5, other_tags=(),
+                                        other_secret=1, seed=0)
+    assert [f.flag for f in cli.flags_of(Outer)][4:] == ["--steps", "--rate", "--tags", "--other-num-steps",
+                                                          "--other-rate", "--other-tags", "--other-secret", "--seed"]
+    text = cli.build_parser(Outer, "outer").format_help()
+    assert "--steps N" in text and "steps (default: 20)" in text and "--secret" not in text
+    assert "the other one:" in text and "--other-rate OTHER_RATE" in text and "Inner.rate (default: 0.5)" in text
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--steps", "0"], "toy.py: error: --steps: value must be an integer >= 1, got 0"),  # the field's check
+    (["--steps", str(2**64)], f"toy.py: error: --steps: {2**64} does not fit in 64 bits"),
+    (["--steps", "300"], "toy.py: error: --steps * --rate must be <= 100, got --steps=300, --rate=0.5"),  # the class's
+    (["--other-rate", "1e3"], "toy.py: error: --other-num-steps * --other-rate must be <= 100, got "
+                              "--other-num-steps=10, --other-rate=1000.0"),
+    (["--secret", "1"], "toy.py: error: unrecognized arguments: --secret 1"),
+])
+def test_nested_config_errors_name_flags(argv, line, capsys):
+    assert cli.run(Outer, lambda cfg: None, argv, prog="toy.py") == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_nested_config_checked_in_code_and_written_flat(tmp_path):
+    with pytest.raises(cli.InputError, match="--steps: value must be an integer >= 1, got 0"):
+        Outer(inner=Inner(num_steps=0))
+    with cli.Run("toy", Outer(out=str(tmp_path))):
+        pass
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 20
+
+
+def test_run_that_writes_nothing_keeps_rows(tmp_path, capsys):
+    """A process other than 0 of a multi-process run: rows kept; no directory, file, log or stdout line."""
+    with cli.Run("toy", Toy(out=str(tmp_path / "o"), json=True), writes=False) as run:
+        run.emit([dict(a=1)])
+        assert run.save_json("x.json", {}) is None and run.write("y", "z") is None
+        run.log("not printed")
+        assert run.table(run.rows, [("a", "a", "d")]).split() == ["a", "1"]
+        assert list(run.progress([1, 2], "p")) == [1, 2]
+    assert run.rows == [dict(a=1)] and run.files == [] and run.dir is None
+    assert not (tmp_path / "o").exists() and capsys.readouterr() == ("", "")
+    assert isinstance(cli.open_run("toy", Toy(out=str(tmp_path / "w"))), cli.Run)  # one process: process 0 writes

@@ -8,6 +8,7 @@ a number the model never meant (score_rewards on masks with holes, or past max_p
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import tempfile
 from io import BytesIO
@@ -200,7 +201,7 @@ def test_ints_beyond_64_bits_are_one_line(name, argv, capsys):
 def test_sweep_beta_refuses_a_tree_too_large_for_memory(tmp_path, capsys, monkeypatch):
     """--vocab 2 --depth 26 --seeds 4 ran out of memory (RESOURCE_EXHAUSTED) after minutes; now one line
     with the estimate and what is available, before any work. Seeds run one tree at a time (issue 13), so the
-    estimate is one tree's: 40 bytes a terminal + 0.5 GiB (mdp.sweep_peak_bytes)."""
+    estimate is one tree's: 40 bytes a terminal + 0.5 GiB (planning.sweep_peak_bytes)."""
     sb = load_script("sweep_beta")
     big = sb.Config(vocab=2, depth=30, seeds=4)
     assert sb.estimate_bytes(big) == 2**30 * 40 + 2**29  # ~40.5 GiB
@@ -217,11 +218,31 @@ def test_sweep_beta_refuses_a_tree_too_large_for_memory(tmp_path, capsys, monkey
     assert rc == 2 and "GiB (estimated)" in one_line_error("sweep_beta", err)
 
 
-def test_sweep_beta_small_tree_passes_the_memory_check():
+def test_sweep_beta_small_tree_passes_the_memory_check(monkeypatch):
+    """A 3^3 tree needs 27 x 40 bytes + 0.5 GiB: prepare passes with exactly that much memory and refuses with a
+    byte less; it returns the default families, centred by scipy's means, and the tree's shape."""
+    from scipy import stats
+
     sb = load_script("sweep_beta")
     cfg = sb.Config(vocab=3, depth=3, seeds=2)
-    assert sb.estimate_bytes(cfg) < 2**30
-    sb.prepare(cfg)
+    leaves = len(list(itertools.product(range(3), repeat=3)))  # every sequence of 3 tokens of 3 (no EOS)
+    need = leaves * 40 + 2**29  # planning.sweep_peak_bytes: 40 bytes a terminal + 0.5 GiB, one seed at a time
+    assert sb.estimate_bytes(cfg) == need
+    monkeypatch.setattr(io, "available_memory", lambda: need)
+    errors, utility, spec = sb.prepare(cfg)
+    assert (spec.vocab, spec.depth, spec.eos, spec.num_terminals) == (3, 3, False, leaves)
+    means = dict(normal=stats.norm.mean(), laplace=stats.laplace.mean(), **{"student_t:df=3": stats.t(3).mean()},
+                 lognormal=stats.lognorm(1).mean(), pareto=stats.pareto(2).mean())  # e^(1/2), 2
+    assert list(cfg.error) == list(means)
+    assert [(e.name, {k: float(v) for k, v in e.params.items()}) for e in errors] == [
+        ("normal", dict(loc=0, scale=1)), ("laplace", dict(loc=0, scale=1)), ("student_t", dict(df=3, loc=0, scale=1)),
+        ("lognormal", dict(loc=0, scale=1)), ("pareto", dict(scale=1, alpha=2))]
+    for e, m in zip(errors, means.values()):  # float32 means
+        assert float(e.shift) == pytest.approx(-m, rel=1e-6, abs=1e-12), e
+    assert str(utility) == "normal" and float(utility.shift) == 0.0
+    monkeypatch.setattr(io, "available_memory", lambda: need - 1)
+    with pytest.raises(cli.InputError, match=r"a 3\^3 tree \(27 terminals\) .* needs about 0\.5 GiB \(estimated\)"):
+        sb.prepare(cfg)
 
 
 # ---------------------------------------------------------------- score_rewards: masks and lengths

@@ -169,3 +169,15 @@ def test_only_a_known_process_0_checks_out_before_joining(tmp_path, monkeypatch,
             assert cli.run(Config, calls.append, argv, prog="x.py") == 2
             assert "is in use: another run holds it" in capsys.readouterr().err
     assert len(calls) == 2
+
+
+def test_distributed_sits_below_cli():
+    """The library module imports no part of the command-line layer; its old names for the CLI's pieces are the
+    CLI's (looked up only when asked for)."""
+    code = ("import sys; from goodhart_jax import distributed; "
+            "print(sorted(m for m in sys.modules if m.startswith('goodhart_jax.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), check=True).stdout
+    assert out.strip() == "[]"
+    assert (distributed.Flags, distributed.open_run, distributed.Silent) == (cli.ProcessFlags, cli.open_run,
+                                                                             cli.SilentRun)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io as _io
 import json
 import math
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from goodhart_jax import cli
 
@@ -48,17 +48,17 @@ INTS = ["0", "-1", "1", "2", "3", "30", "64", str(2**31), str(2**62), str(2**63)
         "1.5", "x", "1e3"]
 
 
-def flag_values(f: dataclasses.Field, tp) -> st.SearchStrategy[list[str]]:
-    """argv pieces for one field: its flag and bad or extreme values for its type."""
-    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+def flag_values(leaf: cli.Flag) -> st.SearchStrategy[list[str]]:
+    """argv pieces for one flag (`cli.flags_of`: nested configs' fields included): bad or extreme values."""
+    flag, tp = leaf.flag, leaf.tp
     tp = typing.get_args(tp)[0] if type(None) in typing.get_args(tp) else tp
     if tp is bool:
         return st.sampled_from([[flag], ["--no-" + flag[2:]]])
     seq = typing.get_origin(tp) is tuple
     elem = typing.get_args(tp)[0] if seq else tp
-    if f.metadata.get("choices") is not None:
-        pool = [*map(str, f.metadata["choices"]), "bogus"]
-    elif f.metadata.get("metavar") == "FAMILY":
+    if leaf.meta.get("choices") is not None:
+        pool = [*map(str, leaf.meta["choices"]), "bogus"]
+    elif leaf.meta.get("metavar") == "FAMILY":
         pool = FAMILIES
     else:
         pool = {int: INTS, float: FLOATS}.get(elem, ["", "x"])
@@ -69,9 +69,7 @@ def flag_values(f: dataclasses.Field, tp) -> st.SearchStrategy[list[str]]:
 
 def argv_strategy(name: str) -> st.SearchStrategy[list[str]]:
     mod = load_script(name)
-    hints = typing.get_type_hints(mod.Config)
-    fuzzed = {f.name: flag_values(f, hints[f.name]) for f in dataclasses.fields(mod.Config)
-              if f.name not in NOT_FUZZED}
+    fuzzed = {leaf.flag: flag_values(leaf) for leaf in cli.flags_of(mod.Config) if leaf.name not in NOT_FUZZED}
     picks = st.lists(st.sampled_from(sorted(fuzzed)), min_size=1, max_size=3, unique=True)
     return picks.flatmap(lambda names: st.tuples(*(fuzzed[n] for n in names))).map(
         lambda parts: REQUIRED.get(name, []) + [a for p in parts for a in p])
@@ -130,15 +128,71 @@ def test_round3_inputs_refused_before_anything_is_written(case, tmp_path):
     assert not out.exists()
 
 
+_NOT_FAMILY = "valid families: normal, laplace, gumbel, logistic, exponential, student_t, lognormal, pareto, weibull"
+# What each spec of FAMILIES must give: parsed, (name, parameters, the shift --center applies) or the line --center
+# refuses it with; or refused, with or without --center, by the line. The shift is -E[X], its reference scipy's
+# mean (float64), where that mean is finite in float32, the library's working precision.
+SPEC_OUTCOMES: dict[str, tuple] = {
+    "normal": ("normal", dict(loc=0.0, scale=1.0), lambda: -stats.norm.mean()),
+    "laplace": ("laplace", dict(loc=0.0, scale=1.0), lambda: -stats.laplace.mean()),
+    "gumbel": ("gumbel", dict(loc=0.0, scale=1.0), lambda: -stats.gumbel_r.mean()),  # -Euler's gamma
+    "student_t:df=3": ("student_t", dict(df=3.0, loc=0.0, scale=1.0), lambda: -stats.t(3).mean()),
+    "student_t:df=0.5": ("student_t", dict(df=0.5, loc=0.0, scale=1.0),  # df <= 1: no mean
+                         "cannot centre student_t:df=0.5: its mean is not finite"),
+    "student_t:df=1.01": ("student_t", dict(df=1.01, loc=0.0, scale=1.0), lambda: -stats.t(1.01).mean()),
+    "pareto:alpha=1.01": ("pareto", dict(scale=1.0, alpha=1.01), lambda: -stats.pareto(1.01).mean()),  # -101
+    "pareto:alpha=0.5": ("pareto", dict(scale=1.0, alpha=0.5),
+                         "cannot centre pareto:alpha=0.5: its mean is not finite"),
+    "lognormal:sigma=60": "lognormal: unknown parameter 'sigma'; valid parameters: loc, scale",
+    # the mean 1e300 (1e308) is finite in float64 only: float32 makes it inf
+    "exponential:rate=1e-300": ("exponential", dict(rate=1e-300),
+                                "cannot centre exponential:rate=1e-300: its mean is not finite"),
+    "normal:scale=1e30": ("normal", dict(loc=0.0, scale=1e30), lambda: -stats.norm(scale=1e30).mean()),
+    "normal:scale=1e-300": ("normal", dict(loc=0.0, scale=1e-300), lambda: -stats.norm(scale=1e-300).mean()),
+    "normal:loc=1e308": ("normal", dict(loc=1e308, scale=1.0),
+                         "cannot centre normal:loc=1e+308: its mean is not finite"),
+    "normal:scale=0": "normal: parameter scale=0 is invalid; it must be > 0",
+    "normal:scale=-1": "normal: parameter scale=-1 is invalid; it must be > 0",
+    "normal:loc=0,loc=1": "normal: parameter 'loc' is given twice",
+    "normal:": "normal: expected param=value, got ''; parameters: loc, scale",
+    "student_t:df=": "student_t: parameter df='' is not a number",
+    "student_t:df=nan": "student_t: parameter df='nan' must be finite",
+    "pareto:alpha=inf": "pareto: parameter alpha='inf' must be finite",
+    "weibull:concentration=1e-3": ("weibull", dict(scale=1.0, concentration=1e-3),  # mean Gamma(1001): inf in float64
+                                   "cannot centre weibull:concentration=0.001: its mean is not finite"),
+    "cauchy": f"unknown family 'cauchy'; {_NOT_FAMILY}",
+    "": f"empty family spec; {_NOT_FAMILY}",
+    ":": f"unknown family ''; {_NOT_FAMILY}",
+    "normal:sd=1": "normal: unknown parameter 'sd'; valid parameters: loc, scale",
+}
+
+
+@pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("spec", FAMILIES)
-def test_family_specs_parse_or_refuse(spec):
+def test_family_specs_parse_or_refuse(spec, center, tmp_path):
+    """Each spec parses to its parameters (and, with --center, its shift) or is refused by its own one line, exit
+    2, as theorem3.py --utility SPEC [--center] reports it."""
     from goodhart_jax import tails
 
-    for center in (False, True):
-        try:
+    want = SPEC_OUTCOMES[spec]
+    refusal = want if isinstance(want, str) else want[2] if center and isinstance(want[2], str) else None
+    t3 = load_script("theorem3")
+    err = _io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(_io.StringIO()):
+        rc = cli.run(t3.Config, t3.validate, ["--utility", spec, *(["--center"] if center else []),
+                                              "--out", str(tmp_path / "o")], prog="theorem3.py")
+    if refusal is not None:
+        with pytest.raises(ValueError) as e:
             tails.parse(spec, center=center)
-        except ValueError as e:
-            assert str(e) and "\n" not in str(e)
+        assert str(e.value) == refusal
+        assert (rc, err.getvalue()) == (2, f"theorem3.py: error: {refusal}\n")
+        return
+    fam = tails.parse(spec, center=center)
+    name, params, shift = want
+    assert (rc, err.getvalue()) == (0, "")
+    assert fam.name == name and {k: float(v) for k, v in fam.params.items()} == params
+    # float32 means: 1 ulp of Euler's gamma is 6e-8 relative
+    assert float(fam.shift) == (pytest.approx(shift(), rel=1e-7, abs=0) if center else 0.0)
 
 
 # ---------------------------------------------------------------- a few cheap full runs

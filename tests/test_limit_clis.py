@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from goodhart_jax import cli
@@ -40,7 +42,36 @@ def test_sweep_threshold_json_and_files(tmp_path):
         assert (tmp_path / f).stat().st_size > 0
 
 
+def _leaf_tilt(U, V, f):
+    """Brute force over the leaves of a tree with uniform pi0 (the trajectory KL is the leaves' KL):
+    P ∝ exp(f) and its (E_U, E_V, KL), float64. U, V, f: [leaves]."""
+    p = np.exp(f - f.max())
+    p /= p.sum()
+    return p @ U, p @ V, p @ np.log(p * len(U))
+
+
+def _tree_quantilizer(U, V, vocab, q):
+    """The capped policy pi <= pi0/q at each state of a depth-2 tree, filled in decreasing value (the best E[U]
+    under the caps), from its leaves (leaf s*vocab + a below state s): (E_U, E_V, KL), float64."""
+    def fill(values):  # one state: [A] values -> [A] probabilities, each at most 1/(A q)
+        p, left = np.zeros(len(values)), 1.0
+        for a in np.argsort(-values):
+            p[a] = min(left, 1 / (len(values) * q))
+            left -= p[a]
+        return p
+    U2, V2 = U.reshape(vocab, vocab), V.reshape(vocab, vocab)
+    below = np.array([fill(u) for u in U2])  # [s, a]
+    top = fill((below * U2).sum(1))  # [s]
+    p = top[:, None] * below  # leaf probabilities
+    nz = p > 0
+    return (p * U2).sum(), (p * V2).sum(), (p[nz] * np.log(p[nz] * vocab**2)).sum()
+
+
 def test_other_scripts_tiny_runs(tmp_path):
+    from scipy import integrate, optimize, special, stats
+
+    from goodhart_jax import mdp, tails
+
     sys.path.insert(0, str(ROOT / "sims"))
     try:
         import best_of_n as bon
@@ -54,17 +85,85 @@ def test_other_scripts_tiny_runs(tmp_path):
     assert rows[-1]["mean"] > rows[0]["mean"]
     assert (tmp_path / "tu" / "figure3.gif").stat().st_size > 0
     rows = t3.main(t3.Config(utility=("normal",), d=(0.1, 1.0), t=(2.0, 10.0), plots=False, out=str(tmp_path / "t3")))
-    assert any(r["kind"] == "kl_bounded" and r["exists"] for r in rows)
+    kl_bounded = [r for r in rows if r["kind"] == "kl_bounded"]
+    assert [r["d"] for r in kl_bounded] == [0.1, 1.0]
+    for r in kl_bounded:  # V ~ N(0, 1): the tilt e^{lam V} with KL = lam^2/2 = d has E_V = lam
+        assert r["exists"] and r["E_V"] == pytest.approx(math.sqrt(2 * r["d"]), rel=1e-6) and r["KL"] == \
+            pytest.approx(r["d"], rel=1e-6), r
     rows = bon.main(bon.Config(error=("normal",), utility=("normal",), n=(1, 4, 16), trials=20, plots=False,
                                out=str(tmp_path / "bon")))
     b = [r for r in rows if r["kind"] == "bon"]
     assert [r["n"] for r in b] == [1, 4, 16]
-    assert {"KL_bound", "E_U", "E_V", "E_V_mc", "E_V_mc_se"} <= set(b[0])
+    for r in b:  # X, V ~ N(0, 1): the best of n by U ~ N(0, 2) has E_U = sqrt(2) E[max of n N(0, 1)], E_V = E_U / 2
+        n = r["n"]
+        e_max = integrate.quad(lambda z: z * n * stats.norm.pdf(z) * stats.norm.cdf(z) ** (n - 1), -40, 40,
+                               epsabs=1e-13)[0]
+        assert r["KL_bound"] == pytest.approx(math.log(n) - (n - 1) / n, abs=1e-7), r
+        assert r["E_U"] == pytest.approx(math.sqrt(2) * e_max, rel=1e-6, abs=1e-9), r
+        assert r["E_V"] == pytest.approx(math.sqrt(2) * e_max / 2, rel=1e-6, abs=1e-9), r
+        for mc, exact in (("E_U_mc", "E_U"), ("E_V_mc", "E_V")):  # 20 trials: within 5 standard errors
+            assert abs(r[mc] - r[exact]) < 5 * r[f"{mc}_se"], r
     # Two budgets, one beta, 3^2 tree, 20000 draws: the programs of test_mitigations_json_and_files and of
     # test_cli_inputs' mitigations run (compiled once per suite run, via the JAX cache).
     rows = mit.main(mit.Config(error=("normal",), kl=(0.5, 1.0), bounded_betas=(1.0,), vocab=3, depth=2,
                                mc_samples=20_000, plots=False, out=str(tmp_path / "mit")))
+    by = {(r["model"], r["method"], r["budget"]): r for r in rows}
     assert {r["method"] for r in rows} == {"kl_penalty", "kl_target", "bounded", "bounded_mean", "quantilizer"}
+    models = ("tree", "continuous")
+    assert sorted(by) == sorted([(m, k, d) for d in (0.5, 1.0) for m in models for k in ("kl_target", "quantilizer")]
+                                + [("tree", "kl_penalty", 1.0), ("tree", "kl_penalty", 2.0)]
+                                + [(m, k, 1.0) for m in models for k in ("bounded", "bounded_mean")])
+    assert all(r["exists"] for r in rows)
+    # The tree, brute force over its 9 leaves in float64: the same draw as the script's (mitigations.main's keys).
+    tree = mdp.make_tree(jax.random.split(jax.random.fold_in(jax.random.key(0), 0))[0], mdp.TreeSpec(3, 2),
+                         tails.parse("normal"), tails.parse("normal"))
+    assert [x.size for x in tree.X] == [0, 0, 9]  # returns at the leaves only
+    X, V = (np.asarray(a[-1], np.float64) for a in (tree.X, tree.V))
+    U = X + V
+    close = dict(rel=1e-4, abs=1e-5)  # the script's tree is float32 (eps 1.2e-7); its solved knobs are bisected
+
+    def same(row, ref):
+        assert (row["E_U"], row["E_V"], row["KL"]) == (pytest.approx(ref[0], **close), pytest.approx(ref[1], **close),
+                                                       pytest.approx(ref[2], **close)), (row, ref)
+
+    for beta in (1.0, 2.0):  # the baseline: beta = 1 / D
+        same(by["tree", "kl_penalty", beta], _leaf_tilt(U, V, U / beta))
+    for d in (0.5, 1.0):
+        lam = optimize.brentq(lambda lam: _leaf_tilt(U, V, lam * U)[2] - d, 1e-9, 50.0, xtol=1e-14)
+        r = by["tree", "kl_target", d]
+        same(r, _leaf_tilt(U, V, lam * U))
+        assert r["param"] == pytest.approx(1 / lam, rel=1e-4), r  # beta = 1 / lam
+        r = by["tree", "quantilizer", d]  # q solved so that KL = D (the largest KL <= D)
+        q = optimize.brentq(lambda q: _tree_quantilizer(U, V, 3, q)[2] - d, 1 / 3 + 1e-12, 1.0, xtol=1e-14)
+        same(r, _tree_quantilizer(U, V, 3, q))
+        assert r["param"] == pytest.approx(q, rel=1e-4) and r["KL"] <= d, r
+    # max E[sigmoid(U)] - KL: the tilt by sigmoid(U), the proxy of the row's E_U
+    same(by["tree", "bounded", 1.0], _leaf_tilt(special.expit(U), V, special.expit(U) / 1.0))
+    # max sigmoid(E[U]) - KL: the tilt e^{lam U} with lam = sigmoid'(E_lam[U]), the global maximum on a fine grid
+    obj = lambda lam: special.expit(_leaf_tilt(U, V, lam * U)[0]) - _leaf_tilt(U, V, lam * U)[2]  # noqa: E731
+    grid = np.linspace(1e-6, 0.25, 2001)  # lam <= sigmoid' <= 1/4
+    best = grid[np.argmax([obj(g) for g in grid])]
+    lam = optimize.brentq(lambda lam: lam - (lambda m: special.expit(m) * special.expit(-m))(
+        _leaf_tilt(U, V, lam * U)[0]), best - 1.25e-4, best + 1.25e-4, xtol=1e-14)
+    r = by["tree", "bounded_mean", 1.0]
+    same(r, _leaf_tilt(U, V, lam * U))
+    assert r["lam"] == pytest.approx(lam, rel=1e-4), r
+    # The continuous model, X, V ~ N(0, 1): U ~ N(0, 2), E[V | U] = U / 2; float64 in the script.
+    for d in (0.5, 1.0):
+        r = by["continuous", "kl_target", d]  # the tilt e^{lam U} has KL = lam^2, E_U = 2 lam, E_V = lam
+        assert (r["KL"], r["E_V"], r["E_U"], r["param"]) == pytest.approx((d, d**0.5, 2 * d**0.5, d**-0.5), rel=1e-6)
+        r = by["continuous", "quantilizer", d]  # U >= t_q with P = q = e^-D: E_V = phi(z) / (sqrt(2) q), z = t_q/sqrt 2
+        z = stats.norm.isf(math.exp(-d))
+        assert r["t_q"] == pytest.approx(2**0.5 * z, rel=1e-4, abs=1e-6) and r["KL"] == pytest.approx(d, rel=1e-3)
+        assert r["E_V"] == pytest.approx(stats.norm.pdf(z) / (2**0.5 * math.exp(-d)), abs=1e-4), r
+    dsig = lambda m: special.expit(m) * special.expit(-m)  # noqa: E731
+    lam = optimize.brentq(lambda x: 1.0 * x - dsig(2 * x), 1e-9, 5.0, xtol=1e-14)  # sigmoid(E[U]) - KL at beta 1
+    r = by["continuous", "bounded_mean", 1.0]
+    assert (r["lam"], r["E_V"], r["KL"], r["E_U"]) == pytest.approx((lam, lam, lam**2, 2 * lam), rel=1e-6), r
+    w = lambda u, f: f(u) * stats.norm.pdf(u, scale=2**0.5) * math.exp(special.expit(u) / 1.0)  # noqa: E731
+    ev = 0.5 * integrate.quad(w, -40, 40, args=(lambda u: u,))[0] / integrate.quad(w, -40, 40, args=(lambda u: 1,))[0]
+    r = by["continuous", "bounded", 1.0]  # self-normalised Monte Carlo of P ∝ Q e^{sigmoid(U)}: 5 standard errors
+    assert abs(r["E_V"] - ev) < 5 * r["E_V_se"], (r, ev)
 
 
 @pytest.mark.parametrize("script,args,needle", [

@@ -164,6 +164,23 @@ def test_conditional_value_matches_enumeration():
             np.testing.assert_allclose(log_p, np.log(p0[m].sum()), rtol=1e-12)
 
 
+@pytest.mark.parametrize("spec", [mdp.TreeSpec(5, 3, True), mdp.TreeSpec(3, 3, False)])
+def test_terminal_probs_and_logprobs_match_enumeration(spec):
+    """The reach pass, in probabilities and in logs: each terminal's Tr(pi0) at its level and index."""
+    with jax.enable_x64(True):
+        tree = mdp.make_tree(jax.random.key(8), spec, NORMAL, NORMAL, pi0="random", dtype=jnp.float64)
+        probs = _terminal_probs(tree, tuple(jnp.exp(l) for l in tree.log_pi0))
+        logs = jax.jit(mdp.terminal_logprobs, static_argnums=0)(spec, tree.log_pi0)
+        assert [x.shape for x in logs] == [x.shape for x in probs] == [(s,) for s in spec.level_sizes()]
+        for toks, lp, _, _ in enumerate_terminals(spec, tree):
+            inner = toks[:-1] if spec.eos and toks[-1] == spec.vocab - 1 else toks  # the state it exits from
+            level, idx = len(inner), 0
+            for a in inner:
+                idx = idx * spec.n + a
+            np.testing.assert_allclose(logs[level][idx], lp, rtol=1e-12)
+            np.testing.assert_allclose(probs[level][idx], np.exp(lp), rtol=1e-12)
+
+
 def test_public_helpers_and_named_results():
     spec = mdp.TreeSpec(4, 3, True)
     tree = mdp.make_tree(jax.random.key(6), spec, NORMAL, NORMAL, pi0="random")

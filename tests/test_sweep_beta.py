@@ -104,3 +104,31 @@ def test_rows_with_null_numbers_say_why(tmp_path):
     assert all(r.get("reason") for r in nulls), [r for r in nulls if not r.get("reason")]
     tree = [r for r in nulls if r["kind"] == "tree"]
     assert tree and "not finite in float32" in tree[0]["reason"]
+
+
+def test_figures_from_typed_results():
+    """The figures take `frontier.FamilySweep`s: per beta (in beta order, whatever the given order) the mean and sd
+    over the seeds whose numbers are all finite; a tilt or Theorem 2 point that does not exist is not drawn."""
+    from goodhart_jax import frontier, mdp, tilting
+    from goodhart_jax.plots import sweep_beta as plots
+
+    betas, ts = np.array([3.0, 0.3, 1.0]), np.array([2.0, 4.0])
+    kl = np.array([[1.0, 4.0, 2.0], [3.0, 6.0, np.inf]])  # seed 1's beta = 1 overflowed: not drawn
+    ev = np.array([[0.1, 0.4, 0.2], [0.3, 0.6, 9.0]])
+    tree = mdp.TreeResult(ev + 1, ev, kl, kl / 3)
+    inf3 = np.full(3, np.inf)
+    tilt = tilting.TiltResult(np.array([True, False, True]), np.array([1.0, np.inf, 2.0]), np.array([0.5, np.inf, 0.7]),
+                              inf3, np.array([0.2, np.inf, 0.4]), inf3)
+    thm2 = mdp.TreeResult(*[np.array([[1.0, 2.0], [3.0, 4.0]])] * 4)
+    fam = frontier.FamilySweep("normal", False, betas, tilt, tree, ts, thm2, np.array([[True, False], [True, True]]))
+    figs = plots.figures([fam], "normal")
+    assert set(figs) == {"ev_vs_kl.png", "eu_vs_beta.png", "thm2_vs_t.png"}
+    (line,) = figs["ev_vs_kl.png"].axes[0].lines  # beta order 0.3, 1, 3
+    np.testing.assert_allclose(line.get_xdata(), [5.0, 2.0, 2.0])
+    np.testing.assert_allclose(line.get_ydata(), [0.5, 0.2, 0.2])
+    (tilt_line,) = figs["ev_vs_kl.png"].axes[1].lines  # the tilt exists at beta = 3 and 1 only; in KL order
+    np.testing.assert_allclose(tilt_line.get_xdata(), [0.2, 0.4])
+    np.testing.assert_allclose(tilt_line.get_ydata(), [0.5, 0.7])
+    eu, kl_t = (ax.lines[0] for ax in figs["thm2_vs_t.png"].axes)
+    np.testing.assert_allclose(eu.get_xdata(), ts)
+    np.testing.assert_allclose(eu.get_ydata(), [2.0, 4.0])  # t = 4: seed 0's construction is undefined

@@ -1,4 +1,4 @@
-"""The overoptimization lab (issue 11): a real (tiny) causal LM optimised against a learned proxy reward.
+"""The overoptimization lab: a real (tiny) causal LM optimised against a learned proxy reward.
 
 Small enough to enumerate: every sequence of the LM's tree is scored, so every
 method is measured exactly against the KL-penalised optimum of `goodhart_jax.mdp`.

@@ -20,6 +20,9 @@ ignored (`token_mask`).
 Public API:
   LMConfig(vocab=16, depth=5, layers=2, width=64, heads=4, arch="gpt_neox")  # frozen; .bos .eos .n
   init(key, cfg) -> params        # {"backbone": {...}, "lm_head": {"kernel": [D, A]}}
+  module(cfg, dtype=float32) -> linen decoder   # the registry's small config (backbone_config); also the RMs' body
+  adamw_scan(loss_fn(params, key) -> [], params, keys [S], lr, weight_decay) -> (params, loss [S])
+      # the lab's one training loop (train_lm, rewards.train_bt): AdamW, cosine to lr / 10, lax.scan
   logits(params, ids [B, T], cfg) -> [B, T, A]      # pure; make_logits(cfg) -> logits_fn(params, ids)
   with_bos(tokens [B, T], bos) -> [B, T + 1]
   token_mask(tokens [B, L], eos) -> [B, L] bool     # the real tokens: up to and including the first EOS
@@ -65,8 +68,8 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from goodhart_jax import io
-from goodhart_jax.models import ARCHITECTURES, CheckpointError, GPTNeoXConfig, LlamaConfig, LoadedModel, load_model
+from goodhart_jax.errors import UsageError
+from goodhart_jax.models import ARCHITECTURES, CheckpointError, LoadedModel, load_model
 from goodhart_jax.models import KVCache, apply_cached, make_cached_hidden_fn, make_hidden_fn
 
 LogitsFn = Callable[[Any, Array], Array]  # (params, ids [B, T] in [0, A], ids[:, 0] = BOS) -> [B, T, A]
@@ -83,7 +86,7 @@ class LMConfig:
       layers: decoder blocks.
       width: hidden size D.
       heads: attention heads (divides D; D / heads even for rotary).
-      arch: "gpt_neox" or "llama" (a key of `models.ARCHITECTURES`).
+      arch: a key of `models.ARCHITECTURES` ("gpt_neox", "llama").
     """
 
     vocab: int = 16
@@ -94,8 +97,8 @@ class LMConfig:
     arch: str = "gpt_neox"
 
     def __post_init__(self):
-        if self.arch not in ("gpt_neox", "llama"):
-            raise ValueError(f"arch must be 'gpt_neox' or 'llama', got {self.arch!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
         if self.vocab < 2 or self.depth < 1 or self.layers < 1 or self.width < 1 or self.heads < 1:
             raise ValueError(f"need vocab >= 2 and depth, layers, width, heads >= 1: {self}")
         if self.width % self.heads or (self.width // self.heads) % 2:
@@ -115,18 +118,40 @@ class LMConfig:
         return self.vocab - 1
 
 
-def backbone_config(cfg: LMConfig) -> GPTNeoXConfig | LlamaConfig:
-    """The `models` config of the decoder: vocab A + 1 (BOS), MLP width 4 D."""
-    if cfg.arch == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=cfg.vocab + 1, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
-                             num_attention_heads=cfg.heads, intermediate_size=4 * cfg.width, rotary_pct=0.5)
-    return LlamaConfig(vocab_size=cfg.vocab + 1, hidden_size=cfg.width, num_hidden_layers=cfg.layers,
-                       num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                       intermediate_size=4 * cfg.width, head_dim=cfg.width // cfg.heads)
+def backbone_config(cfg: LMConfig):
+    """The `models` config of the decoder: the registry's small config (`config.small`), vocab A + 1 (BOS)."""
+    return ARCHITECTURES[cfg.arch].config.small(cfg.vocab + 1, cfg.width, cfg.layers, cfg.heads)
 
 
-def _module(cfg: LMConfig, dtype=jnp.float32):
+def module(cfg: LMConfig, dtype=jnp.float32):
+    """The linen decoder of `cfg` (`models.ARCHITECTURES[cfg.arch].module`): the lab LM's and reward models' body."""
     return ARCHITECTURES[cfg.arch].module(backbone_config(cfg), dtype=dtype)
+
+
+def adamw_scan(loss_fn: Callable[[Any, Array], Array], params: Any, keys: Array, lr: float,
+               weight_decay: float) -> tuple[Any, Array]:
+    """Fit params by AdamW (cosine decay from lr to lr / 10 over the steps) in one `lax.scan`.
+
+    The lab's one training loop (the LM on its source, reward models on comparisons).
+
+    Args:
+      loss_fn: (params, key) -> [] loss of the step's batch (the key draws it).
+      params: initial parameters.
+      keys: [S] one key a step (S = the number of steps).
+    Returns:
+      (params after S steps, [S] losses).
+    """
+    steps = keys.shape[0]
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
+
+    def step(carry, k):
+        params, state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, k)
+        updates, state = opt.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+
+    (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), keys)
+    return params, loss
 
 
 def init(key: Array, cfg: LMConfig, dtype=jnp.float32) -> dict:
@@ -138,7 +163,7 @@ def init(key: Array, cfg: LMConfig, dtype=jnp.float32) -> dict:
     """
     k_body, k_head = jax.random.split(key)
     ids = jnp.full((1, cfg.depth), cfg.bos, jnp.int32)
-    body = _module(cfg, dtype).init(k_body, ids, jnp.ones_like(ids))["params"]
+    body = module(cfg, dtype).init(k_body, ids, jnp.ones_like(ids))["params"]
     head = jax.random.normal(k_head, (cfg.width, cfg.vocab), dtype) / jnp.sqrt(cfg.width).astype(dtype)
     return {"backbone": body, "lm_head": {"kernel": head}}
 
@@ -154,7 +179,7 @@ def logits(params: dict, ids: Array, cfg: LMConfig) -> Array:
       [B, T, A] in the parameters' dtype: logits[:, t] is the distribution of the token after ids[:, :t + 1].
     """
     kernel = params["lm_head"]["kernel"]
-    h = _module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids,
+    h = module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids,
                                          jnp.ones(ids.shape, jnp.int32)).last_hidden_state
     return jnp.einsum("btd,da->bta", h, kernel)
 
@@ -350,17 +375,8 @@ def train_lm(key: Array, cfg: LMConfig, source: MarkovSource, steps: int, batch:
       Trained(params, loss [steps]).
     """
     k_init, k_data = jax.random.split(key)
-    params = init(k_init, cfg)
-    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
-
-    def step(carry, k):
-        params, state = carry
-        tokens = sample_source(k, source, batch, cfg.depth)
-        loss, grads = jax.value_and_grad(lm_loss)(params, tokens, cfg)
-        updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
-
-    (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(k_data, steps))
+    params, loss = adamw_scan(lambda p, k: lm_loss(p, sample_source(k, source, batch, cfg.depth), cfg),
+                              init(k_init, cfg), jax.random.split(k_data, steps), lr, weight_decay)
     return Trained(params, loss)
 
 
@@ -417,7 +433,7 @@ def sub_vocabulary(tokens, vocab: int) -> tuple[int, ...]:
     except (TypeError, ValueError):
         out = ()
     if len(out) < 2 or len(set(out)) != len(out) or not all(0 <= t < vocab for t in out):
-        raise io.UsageError(f"--tokens must be >= 2 distinct ids in [0, {vocab}), got {list(tokens)}")
+        raise UsageError(f"tokens must be >= 2 distinct ids in [0, {vocab}), got {list(tokens)}")
     return out
 
 
@@ -435,7 +451,7 @@ def start_token(path, vocab: int, start: int | None = None) -> int:
         if isinstance(start, list):
             start = start[0] if start else None
     if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < vocab:
-        raise io.UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {vocab})")
+        raise UsageError(f"{path}: no start token (config.json bos_token_id={start!r}); give one in [0, {vocab})")
     return start
 
 
@@ -478,7 +494,7 @@ def lm_prefix_policy(cfg: LMConfig) -> PrefixPolicy:
     """The KV-cache form of the lab LM `make_logits(cfg)` (the same backbone and head as `logits`)."""
     def run(params, ids, cache=None, siblings=False):
         kernel = params["lm_head"]["kernel"]
-        out, new = apply_cached(_module(cfg, kernel.dtype), {"params": params["backbone"]}, ids, None, cache, siblings)
+        out, new = apply_cached(module(cfg, kernel.dtype), {"params": params["backbone"]}, ids, None, cache, siblings)
         return jnp.einsum("btd,da->bta", out.last_hidden_state, kernel), new
 
     return PrefixPolicy(run)

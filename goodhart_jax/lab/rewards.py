@@ -45,6 +45,8 @@ Public API:
   gold_config(vocab, depth) / proxy_config(vocab, depth) -> lm.LMConfig   # defaults: 2 x 64 and 1 x 32
   rm_init(key, cfg, dtype=float32) -> params {"backbone", "score": {"kernel": [D, 1], "bias": [1]}}
   rm_reward(params, tokens [B, L], cfg) -> [B];  make_rm_reward(cfg) -> reward_fn
+  rm_head(params, cfg, ids [B, T] | None, mask [B, T], inputs_embeds=None) -> [B]   # the decoder, then RM_HEAD
+      # (models.heads: last real position, linear with bias); rm_reward and lab.search.rm_scorer's one-hot path
   load_reward(path, tokens, start=None, base_model=None) -> CheckpointReward(reward_fn, params, tokens, start, model)
   score_terminals(reward_fn, params, tokens [N, L], chunk=8192) -> [N]     # jitted, chunked
   pi0_moments(r [N], log_p [N]) -> Moments(mean, sd);  standardise(r, log_p) -> [N]
@@ -89,13 +91,13 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import Array
 
 from goodhart_jax import tail_index, tails
 from goodhart_jax.lab import lm
 from goodhart_jax.lab.tree import LMTree
-from goodhart_jax.models import ARCHITECTURES, CheckpointError, LoadedModel, load_model, make_reward_fn
+from goodhart_jax.models import CheckpointError, LoadedModel, load_model, make_reward_fn
+from goodhart_jax.models.heads import HeadSpec, linear_reward, pool
 
 RewardFn = Callable[[Any, Array], Array]  # (params, tokens [B, L] EOS-continued lab tokens) -> [B]
 
@@ -111,15 +113,11 @@ def proxy_config(vocab: int, depth: int) -> lm.LMConfig:
 
 
 # ---------------------------------------------------------------- reward models
-def _module(cfg: lm.LMConfig, dtype):
-    return ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg), dtype=dtype)
-
-
 def rm_init(key: Array, cfg: lm.LMConfig, dtype=jnp.float32) -> dict:
     """Random reward-model parameters: the decoder and a scalar head {"kernel": [D, 1], "bias": [1]}."""
     k_body, k_head = jax.random.split(key)
     ids = jnp.full((1, cfg.depth + 1), cfg.bos, jnp.int32)
-    body = _module(cfg, dtype).init(k_body, ids, jnp.ones_like(ids))["params"]
+    body = lm.module(cfg, dtype).init(k_body, ids, jnp.ones_like(ids))["params"]
     kernel = jax.random.normal(k_head, (cfg.width, 1), dtype) / jnp.sqrt(cfg.width).astype(dtype)
     return {"backbone": body, "score": {"kernel": kernel, "bias": jnp.zeros((1,), dtype)}}
 
@@ -140,13 +138,33 @@ def rm_reward(params: dict, tokens: Array, cfg: lm.LMConfig) -> Array:
     Returns:
       [B] rewards in the parameters' dtype.
     """
-    kernel = params["score"]["kernel"]
     ids = lm.with_bos(tokens, cfg.bos)
     mask = jnp.concatenate([jnp.ones(tokens.shape[:1] + (1,), bool), lm.token_mask(tokens, cfg.eos)], axis=1)
-    h = _module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids, mask.astype(jnp.int32))
-    last = jnp.sum(mask, axis=1) - 1  # right padding: the last real position
-    pooled = jnp.take_along_axis(h.last_hidden_state, last[:, None, None], axis=1)[:, 0]
-    return (pooled @ kernel)[:, 0] + params["score"]["bias"][0]
+    return rm_head(params, cfg, ids, mask.astype(jnp.int32))
+
+
+RM_HEAD = HeadSpec("score", bias=True, pooling="last")  # the lab reward models' head
+
+
+def rm_head(params: dict, cfg: lm.LMConfig, ids: Array | None, mask: Array, inputs_embeds: Array | None = None
+            ) -> Array:
+    """The lab reward model on [BOS, x]: its decoder, then `RM_HEAD` (`models.heads`: the last real position of
+    mask, a linear map with bias) in the parameters' dtype.
+
+    Args:
+      params: {"backbone", "score"}; cfg: the model's sizes.
+      ids: [B, T] lab ids (BOS first), or None with `inputs_embeds` (the decoder's one-hot input [B, T, A + 1]).
+      mask: [B, T] int, 1 on real positions (right padding).
+    Returns:
+      [B] rewards.
+    """
+    kernel = params["score"]["kernel"]
+    if inputs_embeds is None:
+        h = lm.module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids, mask)
+    else:
+        h = lm.module(cfg, kernel.dtype).apply({"params": params["backbone"]}, None, mask, inputs_embeds)
+    pooled = pool(h.last_hidden_state, mask, ids, RM_HEAD)
+    return linear_reward(params["score"], pooled, dtype=kernel.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -188,7 +206,7 @@ def load_reward(path, tokens, start: int | None = None, base_model=None, dtype: 
     """
     model = load_model(path, base_model=base_model, dtype=dtype)
     if model.reward_head is None:
-        raise CheckpointError(f"{path} has no reward head (a {model.layout} checkpoint); --gold needs a reward model")
+        raise CheckpointError(f"{path} has no reward head (a {model.layout} checkpoint); the gold needs a reward model")
     tokens = lm.sub_vocabulary(tokens, model.vocab_size)
     if start is None and base_model is not None and not (Path(path) / "config.json").is_file():
         path = base_model  # where the config (and its bos_token_id) lives
@@ -356,19 +374,13 @@ def train_bt(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data: 
 
 @functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch"))
 def _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay) -> Trained:
-    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
     num = data.a.shape[0]
 
-    def step(carry, k):
-        params, state = carry
+    def loss(p, k):
         idx = jax.random.randint(k, (batch,), 0, num)
-        mini = Comparisons(data.a[idx], data.b[idx], data.label[idx])
-        loss, grads = jax.value_and_grad(lambda p: bt_loss(reward_fn, p, tokens, mini))(params)
-        updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
+        return bt_loss(reward_fn, p, tokens, Comparisons(data.a[idx], data.b[idx], data.label[idx]))
 
-    (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))
-    return Trained(params, loss)
+    return Trained(*lm.adamw_scan(loss, params, jax.random.split(key, steps), lr, weight_decay))
 
 
 # ---------------------------------------------------------------- proxies
@@ -639,7 +651,7 @@ def tail_curves(proxy: Array, gold: Array, log_p: Array, betas=(), q=QUANTILES) 
 
 
 # ---------------------------------------------------------------- diagnostics
-MIN_TAIL_SEQUENCES = 100  # tail_index.diagnose's minimum sample; a smaller tree gets no xi
+MIN_TAIL_SEQUENCES = tail_index.MIN_SAMPLES  # tail_index.diagnose's minimum sample; a smaller tree gets no xi
 
 
 class ProxyReport(NamedTuple):

@@ -15,8 +15,8 @@ policy either on the sampled rows, each token from the prefix before it only
 (`sample`: L (L + 1) / 2 positions a sequence, not L (L + 1)), or, where the
 tree has fewer prefixes than the batch has positions, on every prefix once
 (`policy_levels`, the KV-cache pass), drawing and scoring the batch on that
-table (`RLConfig.policy_pass`, `uses_tree`): the same estimator, and a batch
-of 1024 for the price of ~500 rows at A = 16, L = 4.
+table (`RLConfig.policy_pass`, `uses_tree`): the same estimator, at a cost
+that does not grow with the batch (A = 16, L = 4: 3,616 prefixes a step).
 
 Every `eval_every` steps the current policy is evaluated exactly: its log
 pi(a|s) on every prefix gives its tree (`lab.tree.log_pi0_levels`), and `mdp` gives its
@@ -31,14 +31,10 @@ policy `tabular_logits` (one free logit vector per state), or
 `residual_logits(f)`: pi proportional to pi0 exp(f + 30 T) with pi0's tree
 frozen, a fresh network f (zero head) and a zero table T of free logits per
 state (pi = pi0 at the start), the lab's default (`lab.experiment.rl_policy`).
-On the lab's default tree (A = 16, L = 4, its spread pi0, standardised
-light-noise proxies, betas 0.3 and 1, 3 seeds) it closes 94-100% of the gap
-J(pi*) - J(pi0) in every run at batch 1024 x 250 steps (~8 s a run on 2
-cores), where pi0 x exp(f) alone at the same cost closes 63-65% on the
-direct proxy at beta 1: a direct proxy's error is one independent draw per
-sequence, which a network shared across 54,241 sequences cannot memorise from
-a few samples each, and a table can (benchmarks/README.md, "RL against the
-exact optimum"). Rewards live on
+A direct proxy's error is one independent draw per sequence: a network shared
+across sequences (f) cannot hold it from a few samples each, a table can;
+with both, at batch 1024 x 250 steps, RL reaches the optimum on the lab's
+light-noise proxies (benchmarks/README.md, "RL against the exact optimum"). Rewards live on
 the tree `mdp.Tree(log_pi0, X = r - g, V = g)` (`lab.tree.mdp_tree`): E_U is the proxy, E_V the gold.
 
 API (blackjax/gcg style): `make_rl(config, logits_fn) -> (init, step)`,

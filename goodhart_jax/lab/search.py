@@ -27,10 +27,9 @@ from jax import Array
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import lm, rewards
 from goodhart_jax.lab.tree import terminal_index
-from goodhart_jax.models import ARCHITECTURES
 from goodhart_jax.scorer import Scorer
 
-__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "rm_scorer", "lm_scorer", "with_bos", "search_proxy"]
+__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "rm_scorer", "lm_scorer", "onehot_with_bos", "search_proxy"]
 
 
 class Ranked(NamedTuple):
@@ -109,22 +108,17 @@ def rm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
         return rewards.rm_reward(p, ids, cfg)
 
     def score_onehot(p, onehot, mask):
-        kernel = p["score"]["kernel"]
-        module = ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg), dtype=kernel.dtype)
         B = onehot.shape[0]
         real = lm.token_mask(jnp.argmax(onehot, axis=-1), cfg.eos)
         m = jnp.concatenate([jnp.ones((B, 1), bool), real], axis=1).astype(jnp.int32)
-        h = module.apply({"params": p["backbone"]}, None, m, with_bos(onehot, cfg.bos, kernel.dtype))
-        last = jnp.sum(m, axis=1) - 1
-        pooled = jnp.take_along_axis(h.last_hidden_state, last[:, None, None], axis=1)[:, 0]
-        return (pooled @ kernel)[:, 0] + p["score"]["bias"][0]
+        return rewards.rm_head(p, cfg, None, m, onehot_with_bos(onehot, cfg.bos, p["score"]["kernel"].dtype))
 
     return Scorer(params, score_tokens, score_onehot, A)
 
 
-def with_bos(onehot: Array, bos: int, dtype) -> Array:
+def onehot_with_bos(onehot: Array, bos: int, dtype) -> Array:
     """[BOS, onehot] as inputs embedded by onehot @ E: onehot [B, L, A] widened with a zero BOS column and led
-    by BOS's one-hot; returns [B, L + 1, A + 1] in `dtype`."""
+    by BOS's one-hot; returns [B, L + 1, A + 1] in `dtype` (the one-hot form of `lm.with_bos`)."""
     B, L, A = onehot.shape
     x = jnp.concatenate([onehot.astype(dtype), jnp.zeros((B, L, 1), dtype)], axis=-1)
     first = jnp.broadcast_to(jax.nn.one_hot(bos, A + 1, dtype=dtype), (B, 1, A + 1))
@@ -152,10 +146,10 @@ def lm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
 
     def score_onehot(p, onehot, mask):
         kernel = p["lm_head"]["kernel"]
-        module = ARCHITECTURES[cfg.arch].module(lm.backbone_config(cfg), dtype=kernel.dtype)
+        module = lm.module(cfg, kernel.dtype)
         B, L = onehot.shape[:2]
         oh = onehot.astype(kernel.dtype)
-        inputs = with_bos(onehot, cfg.bos, kernel.dtype)[:, :-1]  # [B, L, A + 1]: BOS, then all but the last
+        inputs = onehot_with_bos(onehot, cfg.bos, kernel.dtype)[:, :-1]  # [B, L, A + 1]: BOS, then all but the last
         h = module.apply({"params": p["backbone"]}, None, jnp.ones((B, L), jnp.int32), inputs).last_hidden_state
         logp = jax.nn.log_softmax(jnp.einsum("btd,da->bta", h, kernel), axis=-1)
         real = lm.token_mask(jnp.argmax(onehot, axis=-1), cfg.eos)

@@ -54,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from goodhart_jax import io, mdp
+from goodhart_jax import mdp
+from goodhart_jax.errors import UsageError
 from goodhart_jax.lab import lm
 from goodhart_jax.lab.lm import LogitsFn
 
@@ -68,21 +69,21 @@ def num_terminals(vocab: int, depth: int) -> int:
 
 
 def check_size(vocab: int, depth: int, limit: int = MAX_TERMINALS) -> int:
-    """N, or `io.UsageError` (a ValueError) when the tree cannot be enumerated.
+    """N, or `errors.UsageError` (a ValueError) when the tree cannot be enumerated.
 
     Raises:
       UsageError: vocab < 2, depth < 1, or more than `limit` terminal sequences.
     """
     if int(vocab) != vocab or vocab < 2 or int(depth) != depth or depth < 1:
-        raise io.UsageError(f"need vocab A >= 2 and depth L >= 1, got A={vocab}, L={depth}")
+        raise UsageError(f"need vocab A >= 2 and depth L >= 1, got A={vocab}, L={depth}")
     power = f" = 2^{limit.bit_length() - 1}" if limit & (limit - 1) == 0 else ""
     # N > L and N >= n^L: far past the limit is refused without forming n^L (A=3, L=1e9 would hang)
     if depth >= limit or (vocab > 2 and depth * np.log2(vocab - 1) > 1000):
-        raise io.UsageError(f"vocab A={vocab}, depth L={depth} give more than {limit}{power} terminal sequences, "
+        raise UsageError(f"vocab A={vocab}, depth L={depth} give more than {limit}{power} terminal sequences, "
                             "the most the lab enumerates")
     count = num_terminals(int(vocab), int(depth))
     if count > limit:
-        raise io.UsageError(f"vocab A={vocab}, depth L={depth} give {count} terminal sequences; "
+        raise UsageError(f"vocab A={vocab}, depth L={depth} give {count} terminal sequences; "
                             f"the lab enumerates at most {limit}{power}")
     return count
 
@@ -290,16 +291,10 @@ def cached_terminal_scores(run: Callable, head: Callable, params: Any, vocab: in
 
 
 def terminal_logprobs(log_pi0: tuple) -> Array:
-    """[N] log pi(x) of every terminal (mdp level order) from per-level log-probabilities L x [n^k, A]."""
-    a = log_pi0[0].shape[-1]
-    n = a - 1
-    reach = jnp.zeros((1,), log_pi0[0].dtype)
-    out = []
-    for lp in log_pi0:
-        step = reach[:, None] + lp
-        out.append(step[:, n])
-        reach = step[:, :n].reshape(-1)
-    return jnp.concatenate(out + [reach])
+    """[N] log pi(x) of every terminal (mdp level order) from per-level log-probabilities L x [n^k, A]
+    (`mdp.terminal_logprobs` on the EOS tree, flattened)."""
+    spec = mdp.TreeSpec(log_pi0[0].shape[-1], len(log_pi0), eos=True)
+    return flatten(mdp.terminal_logprobs(spec, log_pi0))
 
 
 def levels(flat: Array, vocab: int, depth: int) -> tuple:

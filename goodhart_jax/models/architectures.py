@@ -27,8 +27,9 @@ class Architecture(NamedTuple):
       name: the registry key, stored as `LoadedModel.arch` ("gpt_neox").
       model_types: config.json `model_type` values read as this architecture.
       config: frozen config class with `from_hf(dict) -> config` (raising
-        ValueError on an inconsistent config) and `expected_shapes(prefix)
-        -> {PyTorch name: shape}` for the backbone's tensors.
+        ValueError on an inconsistent config), `small(vocab_size, width,
+        layers, heads) -> config` (a small decoder: the lab's models) and
+        `expected_shapes(prefix) -> {PyTorch name: shape}` for the backbone's tensors.
       module: the linen backbone, a `backbone.DecoderBackbone` subclass,
         built as `module(config, dtype=...)`; its `embed_name` is the input
         embedding (the tied LM head).

@@ -68,6 +68,12 @@ class GPTNeoXConfig:
         return self.layer_norm_eps
 
     @classmethod
+    def small(cls, vocab_size: int, width: int, layers: int, heads: int) -> "GPTNeoXConfig":
+        """A small decoder of these sizes (the lab's models): MLP width 4 D, rotary on half of each head."""
+        return cls(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                   intermediate_size=4 * width, rotary_pct=0.5)
+
+    @classmethod
     def from_hf(cls, d: dict[str, Any]) -> "GPTNeoXConfig":
         """Read a config.json dict, old (`rotary_pct`) or new (`rope_parameters`) style.
 

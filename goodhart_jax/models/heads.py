@@ -73,18 +73,19 @@ def pool(hidden: Array, mask: Array, input_ids: Array | None, spec: HeadSpec) ->
     return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
 
 
-def linear_reward(head_params: dict, pooled: Array) -> Array:
-    """r = pooled @ w (+ b), in float32.
+def linear_reward(head_params: dict, pooled: Array, dtype=jnp.float32) -> Array:
+    """r = pooled @ w (+ b), computed in `dtype` (float32 by default, whatever the model's dtype).
 
     Args:
       head_params: {"kernel": [D, 1], optional "bias": [1]}.
       pooled: [B, D].
+      dtype: of the computation and result (the lab's models pass their parameters' dtype).
     Returns:
       [B] rewards.
     """
-    r = pooled.astype(jnp.float32) @ head_params["kernel"].astype(jnp.float32)
+    r = pooled.astype(dtype) @ head_params["kernel"].astype(dtype)
     if "bias" in head_params:
-        r = r + head_params["bias"].astype(jnp.float32)
+        r = r + head_params["bias"].astype(dtype)
     return r[:, 0]
 
 

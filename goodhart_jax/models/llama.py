@@ -55,6 +55,12 @@ class LlamaConfig:
         return self.rms_norm_eps
 
     @classmethod
+    def small(cls, vocab_size: int, width: int, layers: int, heads: int) -> "LlamaConfig":
+        """A small decoder of these sizes (the lab's models): MLP width 4 D, one KV head per head."""
+        return cls(vocab_size=vocab_size, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                   num_key_value_heads=heads, intermediate_size=4 * width, head_dim=width // heads)
+
+    @classmethod
     def from_hf(cls, d: dict[str, Any]) -> "LlamaConfig":
         """Read a config.json dict, old (`rope_theta`) or new (`rope_parameters`) style.
 
