@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import ChainMap
+from collections.abc import Mapping
 import re
 import struct
 from pathlib import Path
@@ -93,17 +95,48 @@ class LoadedModel(NamedTuple):
 
 
 # ---------------------------------------------------------------- file reading
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a .safetensors file, read by the safetensors library (bfloat16 as ml_dtypes').
+class SafetensorsFile(Mapping):
+    """The tensors of one .safetensors file by name, each read when asked for (the safetensors library).
 
-    The library checks the file (its header's length, JSON, every tensor's
-    dtype and byte range) but says only what kind of fault it met; a refused
-    file is explained with the header's numbers (`_header_problem`).
+    Opening checks the file (its header's length, JSON, every tensor's dtype and byte range); a tensor is
+    read from the file (memory-mapped by the library) only on access, so converting a checkpoint holds one
+    tensor at a time besides the converted parameters, as the former memory-mapped reader did. `shape(name)`
+    reads no data. bfloat16 arrives as ml_dtypes'.
     """
-    try:
-        return safetensors.numpy.load_file(path)
-    except safetensors.SafetensorError as e:
-        raise CheckpointError(f"{path}: {_header_problem(path) or e}") from None
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._file = safetensors.safe_open(str(path), framework="numpy")
+            self._names = tuple(self._file.keys())
+        except safetensors.SafetensorError as e:
+            raise CheckpointError(f"{path}: {_header_problem(path) or e}") from None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        try:
+            return self._file.get_tensor(name)
+        except safetensors.SafetensorError as e:
+            raise CheckpointError(f"{self.path}: {_header_problem(self.path) or e}") from None
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._file.get_slice(name).get_shape())
+
+
+def _read_safetensors(path: Path) -> Mapping[str, np.ndarray]:
+    """The tensors of a .safetensors file, read by the safetensors library, each on access (`SafetensorsFile`).
+
+    The library checks the file but says only what kind of fault it met; a refused file is explained with the
+    header's numbers (`_header_problem`).
+    """
+    return SafetensorsFile(path)
 
 
 def _header_problem(path: Path) -> str | None:
@@ -170,12 +203,13 @@ def _read_torch_bin(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_file(path: Path) -> dict[str, np.ndarray]:
+def _read_file(path: Path) -> Mapping[str, np.ndarray]:
     return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_bin(path)
 
 
-def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint directory (or a single file), by PyTorch name.
+def read_state_dict(path: str | Path) -> Mapping[str, np.ndarray]:
+    """All tensors of a checkpoint directory (or a single file), by PyTorch name (a safetensors file's are read
+    on access: `SafetensorsFile`).
 
     Prefers safetensors over .bin; follows an index file for sharded checkpoints.
 
@@ -195,12 +229,12 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             weight_map = _read_json(path / index).get("weight_map")
             if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
                 raise CheckpointError(f"{path / index}: no weight_map of tensor name -> shard file")
-            out: dict[str, np.ndarray] = {}
+            shards = []
             for shard in sorted(set(weight_map.values())):
                 if not (path / shard).is_file():
                     raise CheckpointError(f"{path}: index {index} names missing shard {shard}")
-                tensors = _read_file(path / shard)
-                out.update(tensors)
+                shards.append(_read_file(path / shard))
+            out = ChainMap(*reversed(shards))  # the later shard wins, as dict.update did; read on access
             absent = sorted(set(weight_map) - set(out))
             if absent:
                 raise CheckpointError(f"{path}: tensors in {index} but not in their shard: {_names(absent)}")
@@ -215,14 +249,22 @@ def _names(names, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _check(state: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], where: str,
+def _shape(state: Mapping, name: str) -> tuple[int, ...]:
+    """A tensor's shape, without reading it where the state can say (`SafetensorsFile.shape`)."""
+    if isinstance(state, ChainMap):
+        state = next(m for m in state.maps if name in m)
+    return state.shape(name) if isinstance(state, SafetensorsFile) else tuple(state[name].shape)
+
+
+def _check(state: Mapping, expected: dict[str, tuple[int, ...]], where: str,
            hint: str) -> None:
     """Raise CheckpointError naming missing, unexpected and mis-shaped tensors."""
     present = {k for k in state if not IGNORED.search(k)}
     missing = set(expected) - present
     unexpected = present - set(expected)
-    bad = [f"{k} has shape {tuple(state[k].shape)}, config implies {expected[k]}"
-           for k in sorted(set(expected) & present) if tuple(state[k].shape) != tuple(expected[k])]
+    shapes = {k: _shape(state, k) for k in sorted(set(expected) & present)}
+    bad = [f"{k} has shape {shape}, config implies {expected[k]}" for k, shape in shapes.items()
+           if shape != tuple(expected[k])]
     problems = []
     if missing:
         problems.append(f"missing tensors: {_names(missing)}")
@@ -280,9 +322,10 @@ def parse_config(cfg_dict: dict, where: str) -> tuple[Architecture, Any]:
 def _to_params(state: dict[str, np.ndarray], prefix: str, dtype, embed_name: str) -> dict:
     """Backbone tensors under `prefix` -> nested linen params (key remap + transposes)."""
     params: dict = {}
-    for name, w in state.items():
+    for name in state:
         if not name.startswith(prefix) or IGNORED.search(name):
             continue
+        w = state[name]  # read here, not for the tensors skipped (a safetensors file reads on access)
         parts = name[len(prefix):].split(".")
         if parts[0] == "layers":
             parts = [f"layers_{parts[1]}"] + parts[2:]

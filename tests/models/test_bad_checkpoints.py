@@ -162,6 +162,20 @@ def test_intact_safetensors_reads_as_the_library_does(tiny):
         np.testing.assert_array_equal(ours[k], ref[k])
 
 
+def test_safetensors_read_on_access(tiny):
+    """A .safetensors state dict reads a tensor only when asked (the loader then holds one at a time): its shapes
+    come from the header, and each tensor read equals the library's whole-file read."""
+    from safetensors.numpy import load_file
+    from goodhart_jax.models.loading import SafetensorsFile
+    path = tiny["gpt_neox"].path / "model.safetensors"
+    ours, ref = models.read_state_dict(path), load_file(str(path))
+    assert isinstance(ours, SafetensorsFile) and len(ours) == len(ref)
+    for k in ref:
+        assert ours.shape(k) == ref[k].shape
+    with pytest.raises(KeyError):
+        ours["no.such.tensor"]
+
+
 def test_corrupt_shard_index(tmp_path):
     ckpt = make_tiny_checkpoint(tmp_path / "c", "gpt_neox", "seq_cls", fmt="sharded_safetensors")
     index = ckpt.path / "model.safetensors.index.json"
