@@ -35,6 +35,7 @@ Glossary: K sweep points (thresholds t), S Monte-Carlo samples, C proposal centr
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -97,6 +98,7 @@ def integrand_mode(error: Family, utility: Family, t: Array) -> Array:
     return _breaks(error, utility, as_float(t), precise=True)[2].mode
 
 
+@jax.jit
 def threshold(error: Family, utility: Family, t: Array) -> ThresholdResult:
     """E[V | X + V >= t] and log P(X + V >= t) for independent X ~ error, V ~ utility.
 
@@ -190,6 +192,7 @@ def _widths(bump: Bump) -> tuple[Array, Array]:
     return narrow, jnp.maximum(wide, narrow)
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples",))
 def threshold_mc(key: Array, error: Family, utility: Family, t: Array, num_samples: int = 30_000) -> MCResult:
     """Importance-sampled Monte Carlo of E[V | X + V >= t] with a standard error.
 
@@ -244,6 +247,7 @@ _sweep_mc = jax.jit(jax.vmap(threshold_mc, in_axes=(0, None, None, 0, None)), st
 # Boundary case and footnote 4.
 
 
+@jax.jit
 def exponential_limit(rate: float | Array, utility: Family) -> Array:
     """lim_t E[V | X + V >= t] for X ~ Exponential(rate): E[V e^{rate V}] / E[e^{rate V}].
 
@@ -267,6 +271,7 @@ def _footnote4_log_integrand(t):
     return log_g
 
 
+@jax.jit
 def footnote4(t: Array) -> ThresholdResult:
     """E[V | X + V >= t] for footnote 4's dependent pair, by quadrature.
 
@@ -288,6 +293,7 @@ def footnote4(t: Array) -> ThresholdResult:
     return ThresholdResult(m.mean, m.log_Z)
 
 
+@functools.partial(jax.jit, static_argnames=("num_samples",))
 def footnote4_mc(key: Array, t: Array, num_samples: int = 30_000) -> MCResult:
     """Importance-sampled Monte Carlo for `footnote4` (X integrated out given V)."""
     t = as_float(t)

@@ -137,6 +137,7 @@ def why_no_upweight(base: Family, t: float, c: float | None = None, exponent: fl
         return f"Q(X > t) = exp({log_sf_q:g}) is 0 or 1 in float64"
     return None
 
+@jax.jit
 def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
     """P_t with its tail mass m chosen so that KL(P_t || Q) = d (bisection in log m).
 
@@ -158,6 +159,7 @@ def upweight_at_kl(base: Family, t: Array, d: Array) -> UpweightResult:
     return UpweightResult(mean, kl_of(log_m), m, log_sf, exists)
 
 
+@jax.jit
 def kl_bounded_optimum(utility: Family, d: Array, lam_max: float = 1e4) -> BoundedResult:
     """max E_P[V] subject to KL(P || Q) <= d, for V ~ Q light-tailed (Theorem 3).
 

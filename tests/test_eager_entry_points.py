@@ -1,11 +1,11 @@
-"""Public entry points of best_of_n, tilting and mitigations are jitted at their boundary: called eagerly, as the
+"""Public entry points of best_of_n, tilting, mitigations, conditioning and upweighting are jitted at their boundary: called eagerly, as the
 README calls them, each compiles once and a second call with new values (same shapes) reuses that program."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from goodhart_jax import best_of_n, mdp, mitigations, tilting
+from goodhart_jax import best_of_n, conditioning, mdp, mitigations, tilting, upweighting
 from goodhart_jax.tails import parse
 
 N = parse("normal")
@@ -30,6 +30,14 @@ CASES = {
     "quantilizer_tree": (mitigations.quantilizer_tree, lambda v: (_tree(), 0.3 * v)),
     "quantilizer_tree_kl": (mitigations.quantilizer_tree_kl, lambda v: (_tree(), 0.1 * v)),
     "sigmoid_of_mean_tree": (mitigations.sigmoid_of_mean_tree, lambda v: (_tree(), 0.5 * v)),
+    "threshold": (conditioning.threshold, lambda v: (parse("student_t:df=3"), N, 2.0 * v)),
+    "threshold_mc": (conditioning.threshold_mc, lambda v: (jax.random.key(v), parse("student_t:df=3"), N, 2.0 * v,
+                                                           2000)),
+    "exponential_limit": (conditioning.exponential_limit, lambda v: (0.5 * v, N)),
+    "footnote4": (conditioning.footnote4, lambda v: (2.0 * v,)),
+    "footnote4_mc": (conditioning.footnote4_mc, lambda v: (jax.random.key(v), 2.0 * v, 2000)),
+    "upweight_at_kl": (upweighting.upweight_at_kl, lambda v: (parse("student_t:df=3"), 2.0 * v, 0.5)),
+    "kl_bounded_optimum": (upweighting.kl_bounded_optimum, lambda v: (N, 0.5 * v)),
 }
 
 
