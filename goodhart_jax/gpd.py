@@ -26,6 +26,7 @@ Smith (1985) for the MLE's regularity (xi > -1/2) and its existence (xi > -1).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -240,6 +241,7 @@ def _moment_start(y, w):
     return xi0, sigma0
 
 
+@functools.partial(jax.jit, static_argnames=("max_steps",))
 def fit_gpd_mle(
     excesses: ArrayLike,
     mask: Optional[ArrayLike] = None,

@@ -1,11 +1,11 @@
-"""Public entry points of best_of_n, tilting, mitigations, conditioning and upweighting are jitted at their boundary: called eagerly, as the
+"""Public entry points of best_of_n, tilting, mitigations, conditioning, upweighting and gpd are jitted at their boundary: called eagerly, as the
 README calls them, each compiles once and a second call with new values (same shapes) reuses that program."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from goodhart_jax import best_of_n, conditioning, mdp, mitigations, tilting, upweighting
+from goodhart_jax import best_of_n, conditioning, gpd, mdp, mitigations, tilting, upweighting
 from goodhart_jax.tails import parse
 
 N = parse("normal")
@@ -38,6 +38,7 @@ CASES = {
     "footnote4_mc": (conditioning.footnote4_mc, lambda v: (jax.random.key(v), 2.0 * v, 2000)),
     "upweight_at_kl": (upweighting.upweight_at_kl, lambda v: (parse("student_t:df=3"), 2.0 * v, 0.5)),
     "kl_bounded_optimum": (upweighting.kl_bounded_optimum, lambda v: (N, 0.5 * v)),
+    "fit_gpd_mle": (gpd.fit_gpd_mle, lambda v: (jax.random.pareto(jax.random.key(v), 2.0, (500,)) - 1.0,)),
 }
 
 
