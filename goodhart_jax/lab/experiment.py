@@ -343,7 +343,7 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
                                                                                      proxy, False)]
     if rl:
         held = 3 * sum(x.nbytes for x in jax.tree.leaves(ck.policy.params)) if ck.policy is not None else 0
-        table = 16 * vocab * sum((vocab - 1) ** k for k in range(depth))  # float32, gradient, Adam's moments
+        table = 16 * vocab * lab_tree.num_prefixes(vocab, depth)  # float32, gradient, Adam's moments
         transient.append(held + table + _activation_bytes(RL_BATCH, depth + 1, pol, True, vocab)
                          + _activation_bytes(min(8192, rows), depth, pol, False, vocab))
     return float(total + max(transient))

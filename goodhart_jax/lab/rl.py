@@ -250,7 +250,7 @@ def uses_tree(config: RLConfig, logits_fn: LogitsFn) -> bool:
         return config.policy_pass == "tree"
     n, L, B = config.vocab - 1, config.depth, config.batch
     inner = getattr(logits_fn, "residual_of", logits_fn)
-    positions = sum(n**k for k in range(L)) if lm.prefix_policy(inner) is not None else n ** (L - 1) * L
+    positions = lab_tree.num_prefixes(config.vocab, L) if lm.prefix_policy(inner) is not None else n ** (L - 1) * L
     return 3 * positions <= B * (L * (L + 1) // 2 + 3 * (L + 1))
 
 

@@ -17,7 +17,8 @@ returns and reward models score), `terminal_index` maps such rows back.
 
 Public API:
   MAX_TERMINALS = 2**22
-  num_terminals(vocab, depth) -> int;  check_size(vocab, depth, limit=MAX_TERMINALS)   # UsageError if too big
+  num_prefixes(vocab, depth) -> int;  num_terminals(vocab, depth) -> int
+  check_size(vocab, depth, limit=MAX_TERMINALS)   # UsageError if too big
   prefixes(n, k) -> [n^k, k] int32                # row-major non-EOS prefixes of length k
   terminal_tokens(vocab, depth) -> [N, L] int32   # every terminal, mdp level order, EOS-continued
   terminal_index(tokens [B, L], vocab) -> [B]     # row of `terminal_tokens` (inverse map)
@@ -62,10 +63,15 @@ from goodhart_jax.lab.lm import LogitsFn
 MAX_TERMINALS = 2**22
 
 
-def num_terminals(vocab: int, depth: int) -> int:
-    """N = sum_{k<L} n^k + n^L with n = A - 1 (exact Python integer)."""
+def num_prefixes(vocab: int, depth: int) -> int:
+    """sum_{k<L} n^k with n = A - 1: the prefixes where a token is chosen (the rows of `Tree.log_pi0`)."""
     n = vocab - 1
-    return sum(n**k for k in range(depth)) + n**depth
+    return sum(n**k for k in range(depth))
+
+
+def num_terminals(vocab: int, depth: int) -> int:
+    """N = sum_{k<L} n^k + n^L with n = A - 1 (exact Python integer): each prefix ended by EOS, and length L."""
+    return num_prefixes(vocab, depth) + (vocab - 1) ** depth
 
 
 def check_size(vocab: int, depth: int, limit: int = MAX_TERMINALS) -> int:
