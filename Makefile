@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench clean
+.PHONY: run test test-fast bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,5 +38,11 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_search.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_lab.py
 
+# The documentation site into site/ (open site/index.html): the notebooks executed first where their source
+# changed (docs/execute_notebooks.py, cached in .cache/docs/), then a strict build (a warning fails it). Offline.
+docs: $(STAMP)
+	$(BIN)/python docs/execute_notebooks.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

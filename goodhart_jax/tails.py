@@ -400,8 +400,8 @@ def parse(spec: str | Family, center: bool = False) -> Family:
     With `center=True` the family is shifted to mean 0 (`Family.centered`).
 
     Raises:
-      ValueError naming the family, the parameter and the valid choices (and,
-      with `center`, a family whose mean is not finite).
+      ValueError: naming the family, the parameter and the valid choices (and,
+        with `center`, a family whose mean is not finite).
     """
     if center:
         return parse(spec).centered()
