@@ -310,7 +310,11 @@ def authors_grid() -> AuthorsGrid:
 
 
 def check_ns(ns) -> tuple[int, ...]:
-    """Validate best-of-n sizes: integers >= 1."""
+    """Validate best-of-n sizes: integers >= 1.
+
+    Args:
+      ns: the sizes n (a sequence of numbers).
+    """
     a = np.atleast_1d(np.asarray(ns, dtype=float))
     if a.ndim != 1 or a.size == 0:
         raise ValueError("n must be a non-empty list of integers >= 1")

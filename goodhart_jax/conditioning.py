@@ -94,7 +94,12 @@ def _breaks(error: Family, utility: Family, t: Array, precise: bool = False) -> 
 
 
 def integrand_mode(error: Family, utility: Family, t: Array) -> Array:
-    """The maximiser of f_V(v) Fbar_X(t - v) over v: where the conditioned V lives."""
+    """The maximiser of f_V(v) Fbar_X(t - v) over v: where the conditioned V lives.
+
+    Args:
+      error: the error family X.
+      utility: the utility family V.
+    """
     return _breaks(error, utility, as_float(t), precise=True)[2].mode
 
 
@@ -157,6 +162,9 @@ def weight_tail_index(log_w: Array) -> Array:
     An index above 1/2 means an infinite variance of the weights, above 0.7 an
     estimate that a handful of draws decide (Vehtari et al. 2024, Pareto smoothed
     importance sampling, whose tail size M this is). [S] -> [].
+
+    Args:
+      log_w: [S] log importance weights.
     """
     S = log_w.shape[0]
     M = max(int(min(S / 5, 3 * math.sqrt(S))), 2)
@@ -235,7 +243,14 @@ def threshold_mc(key: Array, error: Family, utility: Family, t: Array, num_sampl
 
 
 def sweep_threshold_mc(key: Array, error: Family, utility: Family, ts: Array, num_samples: int = 30_000) -> MCResult:
-    """`threshold_mc` over thresholds [K], one key each (jitted, vmapped)."""
+    """`threshold_mc` over thresholds [K], one key each (jitted, vmapped).
+
+    Args:
+      error: the error family X.
+      utility: the utility family V.
+      ts: [K] thresholds.
+      num_samples: importance samples per threshold (static).
+    """
     keys = jax.random.split(key, ts.shape[0])
     return _sweep_mc(keys, error, utility, ts, num_samples)
 
@@ -310,7 +325,11 @@ def footnote4_mc(key: Array, t: Array, num_samples: int = 30_000) -> MCResult:
 
 
 def check_thresholds(ts) -> np.ndarray:
-    """Validate thresholds; returns them as a 1-D float array."""
+    """Validate thresholds; returns them as a 1-D float array.
+
+    Args:
+      ts: the thresholds t (a number or a sequence; finite).
+    """
     return check_sweep(ts, "threshold t", "thresholds t")
 
 

@@ -113,7 +113,11 @@ def is_writer() -> bool:
 
 
 def fetch(tree):
-    """Host NumPy copies of (possibly multi-process, sharded) arrays: every process gets the whole of each."""
+    """Host NumPy copies of (possibly multi-process, sharded) arrays: every process gets the whole of each.
+
+    Args:
+      tree: a pytree of arrays (global `jax.Array`s of any sharding, or host arrays).
+    """
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils

@@ -16,6 +16,7 @@ __all__ = ["AtKL", "value_at_kl", "table", "FamilySweep", "FamilySummary", "summ
 
 
 class AtKL(NamedTuple):
+    """`value_at_kl`'s result: the value read off at each target KL, whether the sweep reached it, its largest KL."""
     value: np.ndarray    # [..., M] value at each target KL (NaN where not reached)
     exists: np.ndarray   # [..., M] bool: the target lies within the swept KL range
     kl_max: np.ndarray   # [...] largest KL the sweep reached

@@ -91,7 +91,11 @@ def load_array(path: str | os.PathLike, npy_only: bool = False) -> np.ndarray:
 
 def check_token_ids(tokens: np.ndarray, vocab: int, what: str = "--input") -> np.ndarray:
     """`tokens` if it is a non-empty integer array [B, T] of ids in [0, vocab); else UsageError naming the first
-    bad id and its position."""
+    bad id and its position.
+
+    Args:
+      what: the flag or parameter named in the message (default "--input").
+    """
     if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
         raise UsageError(f"{what} must be an integer array [B, T]; got {tokens.dtype} {tokens.shape}")
     if tokens.size == 0:
@@ -126,20 +130,40 @@ def json_safe(value: Any) -> Any:
 
 
 def save_json(path, obj) -> Path:
+    """Write `obj` as indented JSON (`json_text`: non-finite numbers as null) to `path`, atomically; returns the path.
+
+    Args:
+      path: the file.
+      obj: as in `json_text`.
+    """
     return atomic_write(path, json_text(obj))
 
 
 def json_text(obj) -> str:
-    """`save_json`'s text: indented JSON, non-finite numbers as null."""
+    """`save_json`'s text: indented JSON, non-finite numbers as null.
+
+    Args:
+      obj: any value `json_safe` reads (dicts, lists, NumPy and JAX arrays and scalars, dataclasses).
+    """
     return json.dumps(json_safe(obj), indent=2) + "\n"
 
 
 def save_jsonl(path, rows: Iterable[dict]) -> Path:
+    """Write `rows` as JSON lines (`jsonl_text`) to `path`, atomically; returns the path.
+
+    Args:
+      path: the file.
+      rows: dicts, one a line.
+    """
     return atomic_write(path, jsonl_text(rows))
 
 
 def jsonl_text(rows: Iterable[dict]) -> str:
-    """One JSON object a line (non-finite numbers as null)."""
+    """One JSON object a line (non-finite numbers as null).
+
+    Args:
+      rows: dicts, one a line.
+    """
     return "".join(json.dumps(json_safe(r)) + "\n" for r in rows)
 
 
@@ -158,7 +182,11 @@ def npz_bytes(**arrays) -> bytes:
 
 
 def save_csv(path, rows: list[dict]) -> Path:
-    """CSV with the union of the rows' keys as columns (first-seen order); None -> empty."""
+    """CSV with the union of the rows' keys as columns (first-seen order); None -> empty.
+
+    Args:
+      path: the file, written atomically.
+    """
     return atomic_write(path, csv_text(rows))
 
 
@@ -176,12 +204,23 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def save_figure(fig, path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure atomically (PNG or GIF by suffix) and close it."""
+    """Save a matplotlib figure atomically (PNG or GIF by suffix) and close it.
+
+    Args:
+      fig: a matplotlib figure.
+      path: the file; its suffix (.png, .gif) picks the format.
+      dpi: resolution in dots per inch.
+    """
     return atomic_write(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png", dpi))
 
 
 def figure_bytes(fig, fmt: str = "png", dpi: int = 110) -> bytes:
-    """A matplotlib figure as the bytes of one image file (`fmt`: png, gif, ...); the figure is closed."""
+    """A matplotlib figure as the bytes of one image file (`fmt`: png, gif, ...); the figure is closed.
+
+    Args:
+      fig: a matplotlib figure.
+      dpi: resolution in dots per inch.
+    """
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -229,7 +268,11 @@ def available_memory() -> int | None:
 
 
 def log(*args) -> None:
-    """Progress and logs go to stderr, so `--json` stdout stays machine-readable."""
+    """Progress and logs go to stderr, so `--json` stdout stays machine-readable.
+
+    Args:
+      args: printed as `print` would, to stderr.
+    """
     print(*args, file=sys.stderr, flush=True)
 
 

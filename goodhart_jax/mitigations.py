@@ -119,6 +119,10 @@ def spends(kl: Array, target: Array) -> Array:
     float64) leaves room for the KL's own rounding and refuses what is off by more:
     an end of the beta range that overspends (Laplace at a budget of 1e-8 spent
     1.5e-8) or a float32 tree KL of 1e-8 that came out negative.
+
+    Args:
+      kl: the KL the solved beta spends.
+      target: the KL budget.
     """
     rtol = jnp.sqrt(jnp.finfo(jnp.result_type(kl)).eps)
     return (kl <= target) & (target - kl <= rtol * target)
@@ -422,6 +426,14 @@ bounded_tree = sigmoid_proxy_tree
 
 
 def bounded_tilt_mc(key: Array, error: Family, utility: Family, beta: Array, num_samples: int = 200_000):
-    """Deprecated: `sigmoid_proxy_tilt_mc` as the old pair (Budgeted, se of E_V)."""
+    """Deprecated: `sigmoid_proxy_tilt_mc` as the old pair (Budgeted, se of E_V).
+
+    Args:
+      key: a `jax.random` key.
+      error: the error family X.
+      utility: the utility family V.
+      beta: [] the KL coefficient.
+      num_samples: importance samples.
+    """
     r = sigmoid_proxy_tilt_mc(key, error, utility, beta, num_samples)
     return Budgeted(r.E_U, r.E_V, r.KL, r.param, r.exists), r.E_V_se

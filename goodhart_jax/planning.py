@@ -45,7 +45,11 @@ def check_float32(betas, families, temperature: float | None = None, *, temperat
 
 
 def leaf_shards(spec: TreeSpec, devices: int) -> int:
-    """How many devices a tree's leaves are split over: all `devices` where the tree splits evenly, else 1."""
+    """How many devices a tree's leaves are split over: all `devices` where the tree splits evenly, else 1.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+    """
     try:
         split_level(spec, devices)
         return devices
@@ -55,7 +59,12 @@ def leaf_shards(spec: TreeSpec, devices: int) -> int:
 
 def sweep_meshes(spec: TreeSpec, num_betas: int):
     """(leaf mesh or None, sweep mesh or None) over every device (of every process): the leaves split over all of
-    them where the tree splits evenly (`split_level`), else the betas sharded where K divides evenly."""
+    them where the tree splits evenly (`split_level`), else the betas sharded where K divides evenly.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      num_betas: K, the number of betas.
+    """
     d = jax.device_count()
     if d == 1:
         return None, None
@@ -66,7 +75,12 @@ def sweep_meshes(spec: TreeSpec, num_betas: int):
 
 
 def sweep_layout(spec: TreeSpec, num_betas: int) -> str:
-    """How `seed_sweep` spreads one seed's study over the devices (`sweep_meshes`), in words ("" on one device)."""
+    """How `seed_sweep` spreads one seed's study over the devices (`sweep_meshes`), in words ("" on one device).
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      num_betas: K, the number of betas.
+    """
     d = jax.device_count()
     leaf, mesh = sweep_meshes(spec, num_betas)
     if leaf is not None:
@@ -86,6 +100,12 @@ def seed_sweep(spec: TreeSpec, pi0: str = "uniform", temperature: float = 1.0, n
     The tree is split along its leaves over every device (of every process) where it splits evenly, else the betas
     are sharded (`sweep_meshes`); betas and thresholds run one at a time (`lax.map`): memory O(leaves / devices).
     Inputs are host values (NumPy), the same on every process.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      pi0: the base policy's kind, "uniform" or "random".
+      temperature: temperature of a random pi0.
+      num_betas: K, the number of betas (static).
     """
     leaf, mesh = sweep_meshes(spec, num_betas)
 
@@ -101,6 +121,9 @@ def sweep_peak_bytes(spec: TreeSpec, shards: int = 1) -> float:
     """Peak memory a device needs for `seed_sweep`'s float32 study: one seed's tree at a time, its leaves split
     over `shards` devices, betas and Theorem 2 thresholds one at a time (`lax.map`): 40 bytes a terminal plus
     0.5 GiB.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
     """
     # Peak resident memory on CPU (X ~ Student-t(3), one seed): 39.7 bytes a terminal plus 0.47 GiB, rounded up.
     return spec.num_terminals / shards * 40 + 2**29

@@ -36,7 +36,11 @@ class Bisection(NamedTuple):
 
 
 def default_steps(dtype) -> int:
-    """Halvings that shrink a bracket to the float's resolution: mantissa bits + 12 (35 float32, 64 float64)."""
+    """Halvings that shrink a bracket to the float's resolution: mantissa bits + 12 (35 float32, 64 float64).
+
+    Args:
+      dtype: a float dtype.
+    """
     return jnp.finfo(dtype).nmant + 12
 
 

@@ -61,7 +61,11 @@ def too_few_fit_points(d) -> str | None:
 
 
 def gao_features(d: Array, form: str) -> Array:
-    """[K, 2] columns (d, -d^2) for "bon" or (d, -d log d) for "rl" (0 at d = 0), so R = features @ (alpha, beta)."""
+    """[K, 2] columns (d, -d^2) for "bon" or (d, -d log d) for "rl" (0 at d = 0), so R = features @ (alpha, beta).
+
+    Args:
+      form: "bon" or "rl".
+    """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     d = jnp.asarray(d)

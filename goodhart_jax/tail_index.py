@@ -142,6 +142,9 @@ def check_sample(x: ArrayLike, min_samples: int = MIN_SAMPLES) -> np.ndarray:
 def load_sample(path: str, min_samples: int = MIN_SAMPLES) -> np.ndarray:
     """`check_sample` of the array in a .npy or text file (`io.load_array`).
 
+    Args:
+      path: a .npy or text file of numbers.
+      min_samples: the fewest values accepted.
     Returns:
       [N] the values (float64 if stored so, else float32).
     Raises:
@@ -688,7 +691,11 @@ def mle_problem(xi: float, se: float) -> tuple[str, str]:
 
 def hill_problem(diag: "Diagnosis", k: int) -> str:
     """Why the Hill estimate at k is NaN ("" when it is not): with k below the number of positive values only
-    float64's range can cause it (the scaled x_(k) flushed to 0)."""
+    float64's range can cause it (the scaled x_(k) flushed to 0).
+
+    Args:
+      diag: a `diagnose` result.
+    """
     if np.isfinite(diag.hill.xi[k - 1]):
         return ""
     return (f"x_(k) = {diag.x_desc[k]:.3g} at k = {k} lies more than 2^1022 below the largest value "

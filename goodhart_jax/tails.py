@@ -399,6 +399,8 @@ def parse(spec: str | Family, center: bool = False) -> Family:
 
     With `center=True` the family is shifted to mean 0 (`Family.centered`).
 
+    Args:
+      spec: 'name' or 'name:param=value,...' (numpyro's parameter names), or a `Family` (returned as is).
     Raises:
       ValueError: naming the family, the parameter and the valid choices (and,
         with `center`, a family whose mean is not finite).

@@ -269,12 +269,21 @@ retrace; changing a family's name does.
 
 
 def check_betas(betas) -> np.ndarray:
-    """Validate a sweep of KL coefficients; returns them as a 1-D float array."""
+    """Validate a sweep of KL coefficients; returns them as a 1-D float array.
+
+    Args:
+      betas: the KL coefficients (a number or a sequence; finite, > 0).
+    """
     return check_sweep(betas, "beta", "betas", "finite and > 0", lambda b: np.isfinite(b) & (b > 0))
 
 
 def why_no_tilt(error: Family | str, utility: Family | str, beta: float, dtype=None) -> str | None:
-    """Why P_beta ∝ Q exp(U/beta) does not exist, or (given the dtype) cannot be computed in it; else None."""
+    """Why P_beta ∝ Q exp(U/beta) does not exist, or (given the dtype) cannot be computed in it; else None.
+
+    Args:
+      error: the error family X (or its spec).
+      utility: the utility family V (or its spec).
+    """
     beta = float(check_betas(beta)[0])
     for spec in (error, utility):
         fam = parse(spec)

@@ -73,7 +73,11 @@ class TailMoments(NamedTuple):
 
 
 def tail_moments(base: Family, t: Array) -> TailMoments:
-    """log Q(X > t) and E_Q[X | X > t] by log-space quadrature on (t, inf) (unpacks as log_sf, mean)."""
+    """log Q(X > t) and E_Q[X | X > t] by log-space quadrature on (t, inf) (unpacks as log_sf, mean).
+
+    Args:
+      base: the base family Q.
+    """
     t = as_float(t)
     k = jnp.maximum(jnp.asarray(base.kink(), t.dtype), t)
     breaks = jnp.stack([t, k, k + 1.0, 2.0 * jnp.abs(t) + k + 1.0])

@@ -90,6 +90,11 @@ def uniform_tail(key: Array, shape, dtype=jnp.float32) -> Array:
 
     Near 1 the spacing is float's own (U = 1 can occur, with probability 2^-25
     in float32), so use it where small U matters: -log(U), U^(-1/alpha).
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
     """
     shape = tuple(shape)
     if _is64(dtype):
@@ -110,6 +115,11 @@ def signed_tail(key: Array, shape, dtype=jnp.float32) -> SignedTail:
 
     V is resolved to 2^-33 (float32) near 0, so a symmetric inverse CDF
     x = s F^{-1}(V) reaches both tails equally far.
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
     """
     shape = tuple(shape)
     if _is64(dtype):
@@ -123,18 +133,36 @@ def signed_tail(key: Array, shape, dtype=jnp.float32) -> SignedTail:
 
 
 def std_exponential(key: Array, shape, dtype=jnp.float32) -> Array:
-    """Exp(1) = -log U."""
+    """Exp(1) = -log U.
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
+    """
     return -jnp.log(uniform_tail(key, shape, dtype))
 
 
 def std_laplace(key: Array, shape, dtype=jnp.float32) -> Array:
-    """Laplace(0, 1) = s E with a random sign s and E = -log(2V), V ~ U(0, 1/2]."""
+    """Laplace(0, 1) = s E with a random sign s and E = -log(2V), V ~ U(0, 1/2].
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
+    """
     sign, v = signed_tail(key, shape, dtype)
     return -sign * jnp.log(2.0 * v)
 
 
 def std_logistic(key: Array, shape, dtype=jnp.float32) -> Array:
-    """Logistic(0, 1) = s log((1 - V) / V), V ~ U(0, 1/2] (the inverse CDF, folded)."""
+    """Logistic(0, 1) = s log((1 - V) / V), V ~ U(0, 1/2] (the inverse CDF, folded).
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
+    """
     sign, v = signed_tail(key, shape, dtype)
     return sign * (jnp.log1p(-v) - jnp.log(v))
 
@@ -145,6 +173,11 @@ def std_gumbel(key: Array, shape, dtype=jnp.float32) -> Array:
     The upper (heavier) tail reaches 22.9 in float32; the doubly-exponential
     lower tail is cut where -log(1 - U) saturates (G >= -2.8 in float32,
     probability 6e-8).
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
     """
     u = jnp.minimum(uniform_tail(key, shape, dtype), 1.0 - jnp.finfo(dtype).epsneg)
     return -jnp.log(-jnp.log1p(-u))
@@ -155,6 +188,11 @@ def std_normal(key: Array, shape, dtype=jnp.float32) -> Array:
 
     2U - 1 is exact, so the draws are exactly symmetric; |x| <= 5.42 in
     float32 (8.29 in float64).
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
     """
     return math.sqrt(2.0) * lax.erf_inv(_symmetric_unit(key, shape, dtype))
 
@@ -182,6 +220,11 @@ def std_student_t(key: Array, df: Array, shape, dtype=jnp.float32) -> Array:
     with w = u^2 + v^2; since w ~ U(0, 1) and the angle theta ~ U(0, 2 pi) are
     independent, T = sqrt(df (W^(-2/df) - 1)) cos(theta). Small W gives the
     tails, so W is `uniform_tail`.
+
+    Args:
+      key: a `jax.random` key.
+      shape: the output's shape.
+      dtype: the float dtype (float32 or float64).
     """
     k1, k2 = jax.random.split(key)
     log_w = jnp.log(uniform_tail(k1, shape, dtype))

@@ -204,6 +204,7 @@ def flag_values(cfg: Any) -> dict[str, Any]:
 def each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], None]:
     """Check: every value (one, or a non-empty tuple) satisfies `ok`; else "<what> must be <must>, got x"."""
     def check(v):
+        """Raise ValueError unless `v` (one value, or a non-empty tuple of them) satisfies the check."""
         vals = list(v) if isinstance(v, (tuple, list)) else [v]
         if not vals:
             raise ValueError(f"give at least one {what}")
@@ -214,22 +215,38 @@ def each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], Non
 
 
 def positive(what: str) -> Callable[[Any], None]:
-    """Check: every value is a finite number > 0."""
+    """Check: every value is a finite number > 0.
+
+    Args:
+      what: what the values are, as the error message names them (e.g. "threshold t").
+    """
     return each(what, lambda x: math.isfinite(x) and x > 0, "finite and > 0")
 
 
 def finite(what: str) -> Callable[[Any], None]:
-    """Check: every value is a finite number."""
+    """Check: every value is a finite number.
+
+    Args:
+      what: what the values are, as the error message names them (e.g. "threshold t").
+    """
     return each(what, math.isfinite, "finite")
 
 
 def within(what: str, lo: float, hi: float) -> Callable[[Any], None]:
-    """Check: every value lies in the open interval (lo, hi)."""
+    """Check: every value lies in the open interval (lo, hi).
+
+    Args:
+      what: what the values are, as the error message names them (e.g. "threshold t").
+    """
     return each(what, lambda x: lo < x < hi, f"in ({lo:g}, {hi:g})")
 
 
 def at_least(what: str, lo: int) -> Callable[[Any], None]:
-    """Check: every value is an integer >= lo."""
+    """Check: every value is an integer >= lo.
+
+    Args:
+      what: what the values are, as the error message names them (e.g. "threshold t").
+    """
     return each(what, lambda x: math.isfinite(x) and int(x) == x and x >= lo, f"an integer >= {lo}")
 
 
@@ -259,7 +276,11 @@ def inputs(params: dict[str, str] | None = None):
 
 
 def check_memory(need: float, what: str) -> None:
-    """Raise InputError, in one line, if an estimate of `need` bytes exceeds `io.available_memory()`."""
+    """Raise InputError, in one line, if an estimate of `need` bytes exceeds `io.available_memory()`.
+
+    Args:
+      what: what needs the memory, as the message names it (e.g. "a tree of 16^7 leaves").
+    """
     have = io.available_memory()
     if have is not None and need > have:
         raise InputError(f"{what} needs about {need / 2**30:.1f} GiB (estimated), but {have / 2**30:.1f} GiB "
@@ -319,7 +340,12 @@ def _flag_kwargs(leaf: Flag) -> dict:
 
 def build_parser(config_cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser whose flags are the fields of the frozen dataclass `config_cls` (see `nest` for a
-    field that holds a config)."""
+    field that holds a config).
+
+    Args:
+      prog: the program name in messages (default: argparse's, from sys.argv).
+      description: the text `--help` prints above the flags.
+    """
     p = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f, leaves in _fields(config_cls):
         if not f.init:
@@ -341,7 +367,12 @@ def _as_flags(message: str, leaves: list[Flag]) -> str:
 
 def parse_config(config_cls: type, argv: Sequence[str] | None = None, prog: str | None = None,
                  description: str | None = None):
-    """Parse `argv` into a `config_cls` instance (sequences as tuples). argparse errors exit 2 in one line."""
+    """Parse `argv` into a `config_cls` instance (sequences as tuples). argparse errors exit 2 in one line.
+
+    Args:
+      prog: as in `build_parser`.
+      description: as in `build_parser`.
+    """
     ns = vars(build_parser(config_cls, prog, description).parse_args(argv))
 
     def value(leaf):

@@ -58,7 +58,11 @@ def check_out_dir(out: str | os.PathLike) -> None:
 
 
 def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create the output directory, or raise InputError saying why it cannot be written (before any work)."""
+    """Create the output directory, or raise InputError saying why it cannot be written (before any work).
+
+    Args:
+      out: the directory (made with its parents if missing).
+    """
     path = Path(out)
     check_out_dir(path)
     try:

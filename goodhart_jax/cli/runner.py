@@ -25,6 +25,10 @@ def run(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str] 
         prog: str | None = None, description: str | None = None) -> int:
     """Parse flags into `config_cls`, check `--out`, call `study_main(cfg)`, and map the outcome to an exit status.
 
+    Args:
+      argv: the arguments (default: sys.argv[1:]).
+      prog: the program name in messages (default: the script's).
+      description: `--help`'s text.
     Returns:
       0 on success; 2 on bad input, or a file the disk refused (one line on stderr); 130 on Ctrl-C.
     """
@@ -68,6 +72,12 @@ def main(config_cls: type, study_main: Callable[[Any], Any], argv: Sequence[str]
 
     After Ctrl-C the process leaves with `os._exit`: interpreter teardown while XLA's threads are still
     busy can crash (exit 139); every result file is already complete on disk by then.
+
+    Args:
+      config_cls: the study's frozen Config dataclass (its fields are the flags).
+      study_main: the study's `main(cfg)`, which returns its rows.
+      argv: the arguments (default: sys.argv[1:]).
+      description: `--help`'s text (default: the `__main__` module's docstring).
     """
     if description is None:
         doc = sys.modules["__main__"].__doc__ or ""

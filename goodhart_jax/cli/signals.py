@@ -242,6 +242,11 @@ def enter(run: Any) -> None:
 
 
 def leave(run: Any) -> None:
+    """`run` (one `enter` registered) no longer holds files a Ctrl-C should name; a run not registered is ignored.
+
+    Args:
+      run: the output manager `enter` registered.
+    """
     if run in _RUNS:
         _RUNS.remove(run)
 

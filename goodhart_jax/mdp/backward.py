@@ -109,7 +109,11 @@ def backward(tree: Tree, spec: TreeSpec, weights_at, scale, reward=None, axis: s
 
 
 def soft_weights(tree: Tree, beta: Array):
-    """weights_at for the KL-penalised optimum: pi = softmax(log pi0 + W_kids / beta)."""
+    """weights_at for the KL-penalised optimum: pi = softmax(log pi0 + W_kids / beta).
+
+    Args:
+      tree: a `Tree` (`make_tree`).
+    """
 
     def weights_at(k, w_kids):
         lp0 = tree.log_pi0[k]
@@ -142,7 +146,11 @@ def optimal_policy(tree: Tree, beta: Array) -> Policy:
 
 
 def soft_optimum_part(tree: Tree, spec: TreeSpec, beta: Array, axis: str | None = None) -> TreeResult:
-    """`soft_optimum` of a tree of shape `spec` (inside `shard_map` with the leaf `axis`: this device's part)."""
+    """`soft_optimum` of a tree of shape `spec` (inside `shard_map` with the leaf `axis`: this device's part).
+
+    Args:
+      beta: [] the KL coefficient (> 0).
+    """
     return backward(tree, spec, soft_weights(tree, beta), beta, axis=axis)[0]
 
 

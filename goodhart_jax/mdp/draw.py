@@ -61,6 +61,10 @@ def make_base_policy(key: Array, spec: TreeSpec, kind: str = "uniform", temperat
 
     Random logits are drawn in blocks (see `draw_depth`), so the same key gives the same pi0 on any mesh.
 
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      kind: "uniform" or "random".
+      dtype: the float dtype (float32 or float64).
     Returns:
       L arrays [n^k, A] of log-probabilities (inside `shard_map` with the leaf `axis`: this device's rows of
       the levels `split_level` shards).
@@ -100,6 +104,13 @@ def make_tree(key: Array, spec: TreeSpec, error: Family, utility: Family, pi0: s
     Every level is drawn in blocks of whole subtrees, block j from `fold_in(key, j)` (`draw_depth`). With a
     `mesh`, each device draws only its own blocks of the levels it holds (`tree_sharding`): nothing of size
     [leaves] passes through the host, and the tree is the same as without a mesh.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      pi0: the base policy's kind, "uniform" or "random" (`make_base_policy`).
+      temperature: temperature of a random pi0's logits.
+      dtype: the float dtype (float32 or float64).
+      leaf_axis: name of the mesh axis the leaves are split over.
     """
     _check_base_policy(pi0, temperature)
     if mesh is not None:

@@ -21,7 +21,12 @@ __all__ = ["tree_specs", "tree_sharding", "gather", "psum_logsumexp", "logsumexp
 
 
 def tree_specs(spec: TreeSpec, shards: int, leaf_axis: str = "leaf") -> Tree:
-    """A `Tree` of PartitionSpecs: levels from `split_level` on split along `leaf_axis`, the rest replicated."""
+    """A `Tree` of PartitionSpecs: levels from `split_level` on split along `leaf_axis`, the rest replicated.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      shards: the number of devices along `leaf_axis`.
+    """
     s = split_level(spec, shards)
     sizes = spec.level_sizes()
     return Tree(tuple(P(leaf_axis, None) if k >= s else P() for k in range(spec.depth)),
@@ -29,18 +34,31 @@ def tree_specs(spec: TreeSpec, shards: int, leaf_axis: str = "leaf") -> Tree:
 
 
 def tree_sharding(spec: TreeSpec, mesh: jax.sharding.Mesh, leaf_axis: str = "leaf") -> Tree:
-    """A `Tree` of NamedShardings on `mesh` (see `tree_specs`); e.g. `jax.device_put(tree, tree_sharding(...))`."""
+    """A `Tree` of NamedShardings on `mesh` (see `tree_specs`); e.g. `jax.device_put(tree, tree_sharding(...))`.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+      leaf_axis: name of the mesh axis the leaves are split over.
+    """
     return jax.tree.map(lambda p: NamedSharding(mesh, p), tree_specs(spec, mesh.shape[leaf_axis], leaf_axis),
                         is_leaf=lambda x: isinstance(x, P))
 
 
 def gather(x, axis):
-    """The whole of a level split over `axis` (every device gets all of it)."""
+    """The whole of a level split over `axis` (every device gets all of it).
+
+    Args:
+      x: this device's part of a level.
+    """
     return jax.lax.all_gather(x, axis, tiled=True, to="invarying")
 
 
 def psum_logsumexp(local: Array, axis: str | None) -> Array:
-    """log sum exp over the devices of `axis` of per-device log-sums."""
+    """log sum exp over the devices of `axis` of per-device log-sums.
+
+    Args:
+      local: this device's log-sum.
+    """
     if axis is None:
         return local
     mx = jax.lax.pmax(local, axis)
@@ -49,7 +67,12 @@ def psum_logsumexp(local: Array, axis: str | None) -> Array:
 
 
 def logsumexp_levels(parts: Levels, spec: TreeSpec, axis: str | None) -> Array:
-    """log sum exp over every terminal of all levels (the split ones summed over the devices of `axis`)."""
+    """log sum exp over every terminal of all levels (the split ones summed over the devices of `axis`).
+
+    Args:
+      parts: per level, this device's log-sums over its terminals.
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+    """
     split = split_level(spec, jax.lax.axis_size(axis)) if axis is not None else 0
     lse = lambda xs: logsumexp(jnp.stack([logsumexp(x) if x.size else -jnp.inf for x in xs]))  # noqa: E731
     whole = psum_logsumexp(lse(parts[split:]), axis)
@@ -57,7 +80,12 @@ def logsumexp_levels(parts: Levels, spec: TreeSpec, axis: str | None) -> Array:
 
 
 def sum_levels(parts: Levels, spec: TreeSpec, axis: str | None) -> Array:
-    """sum over every terminal of all levels (the split ones summed over the devices of `axis`)."""
+    """sum over every terminal of all levels (the split ones summed over the devices of `axis`).
+
+    Args:
+      parts: per level, this device's sums over its terminals.
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+    """
     split = split_level(spec, jax.lax.axis_size(axis)) if axis is not None else 0
     whole = sum(jnp.sum(x) for x in parts[split:])
     whole = jax.lax.psum(whole, axis) if axis is not None else whole

@@ -54,6 +54,7 @@ def thm2_policy(tree: Tree, t: Array, c: Array) -> Thm2Policy:
     pi(a|s) = rho_t(next token a | prefix s).
 
     Args:
+      tree: a `Tree` (`make_tree`).
       t: [] threshold, > c.
       c: [] > 0, the tail mass is c / t.
     Returns:
@@ -103,6 +104,10 @@ def thm2(tree: Tree, t: Array, c: Array, mesh: jax.sharding.Mesh | None = None,
     rho_t = rho0 exp(r) with r = log(rho_t / rho0) is the soft optimum at beta = 1 for the reward r (the
     normaliser is 1), so one fused backward pass gives its expectations. With a `mesh`, the tree is split
     along its leaves over `leaf_axis`.
+
+    Args:
+      t: [] threshold, > c.
+      c: [] > 0, the tail mass is c / t.
     """
     if mesh is not None:
         return on_mesh(_thm2, spec_of(tree), mesh, leaf_axis, tree, t, c)
@@ -123,6 +128,10 @@ def conditional_value(tree: Tree, t: Array, mesh: jax.sharding.Mesh | None = Non
                       leaf_axis: str = "leaf") -> ConditionalValue:
     """E[V | U >= t] under pi0, and log P(U >= t) (-inf where no terminal qualifies).
 
+    Args:
+      tree: a `Tree` (`make_tree`).
+      mesh: optional device mesh: the tree split along its leaves over it.
+      leaf_axis: name of the mesh axis the leaves are split over.
     Returns:
       `ConditionalValue` (E_V, log_p) with [] fields.
     """

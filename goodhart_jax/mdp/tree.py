@@ -97,7 +97,11 @@ def action_values(spec: TreeSpec, below: Array, exit_: Array) -> Array:
 
 
 def terminal_values(tree: Tree) -> Levels:
-    """U = X + V per level."""
+    """U = X + V per level.
+
+    Args:
+      tree: a `Tree` (`make_tree`).
+    """
     return tuple(x + v for x, v in zip(tree.X, tree.V))
 
 
@@ -111,6 +115,9 @@ def draw_depth(spec: TreeSpec) -> int:
 
     The block count depends on the tree alone, never on the mesh, so a seed gives the same tree on any number
     of devices and processes, as long as each device holds whole blocks (`split_level`).
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
     """
     if spec.n == 1:
         return spec.depth
@@ -123,6 +130,8 @@ def split_level(spec: TreeSpec, shards: int) -> int:
     Every level k >= s splits evenly: its n^k states and its n^min(k, c) draw blocks (`draw_depth`) are
     multiples of `shards`, and device j's states at level k + 1 are the children of its states at level k.
 
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
     Raises:
       ValueError: when no level splits (e.g. 3 tokens over 2 devices).
     """
@@ -135,7 +144,11 @@ def split_level(spec: TreeSpec, shards: int) -> int:
 
 
 def level_axis(spec: TreeSpec, k: int, axis: str | None) -> str | None:
-    """The leaf axis if level k is split over it (inside `shard_map`), else None."""
+    """The leaf axis if level k is split over it (inside `shard_map`), else None.
+
+    Args:
+      spec: the tree's `TreeSpec` (vocab, depth, eos).
+    """
     return axis if axis is not None and k >= split_level(spec, jax.lax.axis_size(axis)) else None
 
 

@@ -52,7 +52,11 @@ def figure(rows: list[dict], errors: list[str]) -> plt.Figure:
 
 
 def summary(rows: list[dict]) -> str:
-    """One line per (model, method, error): the largest KL reached and E[V] there."""
+    """One line per (model, method, error): the largest KL reached and E[V] there.
+
+    Args:
+      rows: the study's `mitigation` rows.
+    """
     lines = [f"{'model':<11}{'method':<14}{'error':<16}{'max KL':>8}{'E[V] there':>12}"]
     errors = list(dict.fromkeys(r["error"] for r in rows))
     rank = {m: i for i, m in enumerate(LABELS)}

@@ -113,7 +113,11 @@ def curves(rows: list[dict]) -> plt.Figure:
 
 def rl_gap(rows: list[dict]) -> plt.Figure:
     """RL's objective gap J(pi*) - J(pi) against steps: one panel per noise family, a line per (proxy, beta);
-    over several seeds the mean gap with its 95% interval as a band."""
+    over several seeds the mean gap with its 95% interval as a band.
+
+    Args:
+      rows: the lab's rows (those with method "rl" are drawn).
+    """
     rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl" and r["gap"] is not None and r["d"] is not None]
     noises = list(dict.fromkeys(r["noise"] for r in rl))
     seeds = len({r.get("seed") for r in rl})

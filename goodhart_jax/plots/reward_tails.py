@@ -28,6 +28,9 @@ def normal_qq(x: np.ndarray):
     """Normal probability plot points: (theoretical quantiles [N], ordered sample [N]).
 
     Plotting positions (i - 0.375) / (N + 0.25) (Blom).
+
+    Args:
+      x: [N] the sample.
     """
     a = np.sort(np.asarray(x, np.float64))
     n = a.shape[0]
@@ -41,6 +44,9 @@ def exponential_upper_half(x: np.ndarray):
     Returns (standard-exponential quantiles [M], ordered excesses over the median [M]).
     A straight line means an exponential tail; bending down, lighter; slope
     running off to infinity, heavier.
+
+    Args:
+      x: [N] the sample.
     """
     a = np.sort(np.asarray(x, np.float64))
     med = np.median(a)

@@ -21,6 +21,10 @@ def curves(rows: list[dict], c: float, exponent: float) -> plt.Figure:
     Rows with no numbers (P_t does not exist, or its mean or KL is null) are left out; where no row has a
     positive KL the KL axis stays linear (a log axis of nothing cannot be drawn), and a panel with no
     points says so.
+
+    Args:
+      c: Theorem 1's constant (tail mass c / t^exponent), for the title.
+      exponent: the exponent p of the tail mass.
     """
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     drawn = []
@@ -105,7 +109,14 @@ def figure3_stills(base: Family, ts: np.ndarray, res: UpweightResult, c: float, 
 
 
 def figure3_gif(base: Family, ts: np.ndarray, res: UpweightResult, ms_per_frame: int = 180) -> bytes:
-    """The animated Figure 3: one frame per t (arguments as `figure3_stills`); GIF bytes."""
+    """The animated Figure 3: one frame per t (arguments as `figure3_stills`); GIF bytes.
+
+    Args:
+      base: the base family Q.
+      ts: [T] thresholds, one frame each.
+      res: `upweighting.upweight` at those thresholds.
+      ms_per_frame: milliseconds a frame.
+    """
     from PIL import Image
 
     top, frames = _top(res), []

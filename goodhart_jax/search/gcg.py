@@ -186,6 +186,8 @@ class SearchParams(NamedTuple):
 
 
 class SearchState(NamedTuple):
+    """The search's carry between steps (`make_search`'s `init` makes it, `step` advances it); one restart's,
+    a leading [R] on every field when restarts are vmapped."""
     tokens: Array          # [T] int32, current sequence
     objective: Array       # [] objective J of `tokens`
     best_tokens: Array     # [T] int32, best sequence scored so far
@@ -196,6 +198,7 @@ class SearchState(NamedTuple):
 
 
 class SearchInfo(NamedTuple):
+    """What one step did (`step`'s second output); stacked over steps, [num_iters] per field, by `search`."""
     objective: Array       # [] objective of the candidate moved to
     reward: Array          # [] its reward
     best_objective: Array  # [] best-so-far objective after the step
@@ -208,7 +211,13 @@ class SearchInfo(NamedTuple):
 
 def search_params(reward: Scorer, base: Optional[Scorer] = None,
                   penalty: float = 0.0) -> SearchParams:
-    """Bundles the scorers' parameters and lambda into `SearchParams`."""
+    """Bundles the scorers' parameters and lambda into `SearchParams`.
+
+    Args:
+      reward: the reward `Scorer`.
+      base: optional base LM `Scorer`.
+      penalty: lambda.
+    """
     return SearchParams(reward=reward.params,
                         base=None if base is None else base.params,
                         penalty=jnp.asarray(penalty, jnp.float32))
@@ -250,6 +259,9 @@ def _scores(reward: Scorer, base: Optional[Scorer]):
 def onehot_gradient(reward: Scorer, base: Optional[Scorer] = None):
     """dJ/d onehot(x): the gradient GCG ranks tokens by.
 
+    Args:
+      reward: the reward `Scorer`.
+      base: optional base LM `Scorer` (its log pi0 enters J).
     Returns:
       fn(params: SearchParams, tokens [T] int) -> (J [], grad [T, V]).
     """
@@ -513,6 +525,11 @@ def search(key: Array, config: SearchConfig, reward: Scorer, base: Optional[Scor
     scanned loop. Restart r uses key `split(key, R)[r]` (split again into an
     init key and a run key), the same keys as the chunked CLI.
 
+    Args:
+      reward: the reward `Scorer` r.
+      base: optional base causal LM `Scorer`: J = r + penalty log pi0.
+      penalty: lambda, the weight of log pi0 in J.
+      token_filter: optional host-side filter of candidates (`retokenize_filter`).
     Returns:
       (SearchState with a leading [R] axis, SearchInfo with leading [R, I] axes).
     """

@@ -54,13 +54,24 @@ def paper() -> Schedule:
 
 
 def paper_python(i: int) -> int:
-    """The authors' formula in plain Python (the reference for `paper`)."""
+    """The authors' formula in plain Python (the reference for `paper`).
+
+    Args:
+      i: the step, from 0.
+    """
     return int((1e5 / (i + 1)) ** 0.3) // 4 + 2
 
 
 def make_schedule(name: str, *, edits: int = 1, edits_start: int = 9,
                   edits_end: int = 2, num_iters: int = 1000) -> Schedule:
-    """The schedule called `name` ("gcg" = "constant", "linear", "paper")."""
+    """The schedule called `name` ("gcg" = "constant", "linear", "paper").
+
+    Args:
+      edits: n for "gcg" (constant).
+      edits_start: n at step 0 for "linear".
+      edits_end: n at the last step for "linear".
+      num_iters: the number of steps.
+    """
     if name in ("gcg", "constant"):
         return constant(edits)
     if name == "linear":
@@ -72,7 +83,14 @@ def make_schedule(name: str, *, edits: int = 1, edits_start: int = 9,
 
 def max_edits(name: str, *, edits: int = 1, edits_start: int = 9,
               edits_end: int = 2, num_iters: int = 1000) -> int:
-    """The largest n the schedule reaches over `num_iters` steps (a static size)."""
+    """The largest n the schedule reaches over `num_iters` steps (a static size).
+
+    Args:
+      name: the schedule (`make_schedule`).
+      edits: as in `make_schedule`.
+      edits_start: as in `make_schedule`.
+      edits_end: as in `make_schedule`.
+    """
     if name in ("gcg", "constant"):
         return edits
     if name == "linear":
