@@ -66,6 +66,16 @@ def notebooks() -> list[Path]:
     return sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+def notebook_title(path: Path) -> str:
+    """A notebook's first heading, as plain text (its nav entry)."""
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip().replace("`", "")
+    return path.stem
+
+
 def source_hash(path: Path) -> str:
     """A notebook's identity: its cells' sources (outputs and metadata aside)."""
     nb = json.loads(path.read_text())
@@ -150,7 +160,7 @@ def on_config(config):
         raise PluginError(f"no page docs/studies/NAME.md for the sims/ script(s): {', '.join(missing)}")
     for item in config["nav"]:
         if isinstance(item, dict) and "Notebooks" in item:
-            item["Notebooks"] = [f"notebooks/{p.name}" for p in notebooks()]
+            item["Notebooks"] = [{notebook_title(p): f"notebooks/{p.name}"} for p in notebooks()]
         if isinstance(item, dict) and "API reference" in item:
             item["API reference"] = ["api/index.md"] + [f"api/{page}.md" for page in api_pages()]
     return config

@@ -8,12 +8,13 @@ The exact optimum of E[U] - beta KL(Tr(pi) || Tr(pi0)) is soft backward inductio
 W(s) = beta log sum_a pi0(a|s) exp(W(sa)/beta), pi*(a|s) = pi0(a|s) exp((W(sa) - W(s)) / beta).
 
 One module an idea, every public name re-exported here:
-  tree      `TreeSpec`, `Tree`, the level layout, the draw blocks and the split level, the reach pass
-  draw      `make_tree`, `make_base_policy`: a seed gives the same tree on any mesh
-  backward  the fused backward pass: `soft_optimum`, `optimal_policy`, `trajectory_stats`
-  theorem2  `thm2`, `thm2_policy`, `conditional_value`
-  sweep     `sweep_betas`, `sweep_tree`: the optimum over a grid of beta
-  sharding  a tree split along its leaves over a mesh axis: `tree_specs`, `tree_sharding`
+
+- `tree`: `TreeSpec`, `Tree`, the level layout, the draw blocks and the split level, the reach pass;
+- `draw`: `make_tree`, `make_base_policy`: a seed gives the same tree on any mesh;
+- `backward`: the fused backward pass: `soft_optimum`, `optimal_policy`, `trajectory_stats`;
+- `theorem2`: `thm2`, `thm2_policy`, `conditional_value`;
+- `sweep`: `sweep_betas`, `sweep_tree`: the optimum over a grid of beta;
+- `sharding`: a tree split along its leaves over a mesh axis: `tree_specs`, `tree_sharding`.
 
 Glossary: A vocabulary (actions), L depth, n non-EOS tokens, K sweep points.
 """
