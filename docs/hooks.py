@@ -5,7 +5,7 @@
 * Studies: `<!-- flags: NAME -->` in a page becomes the table of `sims/NAME.py`'s flags, read off the argparse
   parser that `goodhart_jax.cli` builds from the script's `Config` dataclass (the flags a user types, with their
   help and defaults); `<!-- usage: NAME -->` its usage line. A script in `sims/` without a page
-  `studies/NAME.md` fails the build.
+  `studies/NAME.md` fails the build. `<!-- about: NAME -->` is the script's module docstring.
 * Notebooks: every `notebooks/*.ipynb` is a page (rendered by mkdocs-jupyter, never executed here). Where
   `docs/execute_notebooks.py` has executed a notebook into `.cache/docs/notebooks/` from the same source, the
   executed copy is rendered, with its outputs.
@@ -17,9 +17,11 @@ import hashlib
 import html
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
@@ -142,6 +144,34 @@ def flags_table(name: str) -> str:
     return "\n".join(out)
 
 
+def about(name: str) -> str:
+    """The script's module docstring as Markdown: what it computes, in its own words (indented lines as code)."""
+    out = []
+    for block in (inspect.getdoc(load_script(name)) or "").split("\n\n"):
+        lines = block.splitlines()
+        if all(line.startswith("    ") for line in lines):
+            out.append("```\n" + textwrap.dedent(block) + "\n```")
+            continue
+        para: list[str] = []
+        items: list[str] = []
+        for line in lines:
+            text = line.strip()
+            if text.startswith("* "):  # a list item ("  * ..."), its continuation lines indented deeper
+                if para:
+                    out.append("\n".join(para))
+                    para = []
+                items.append("- " + text[2:])
+            elif items and line.startswith("    "):
+                items[-1] += " " + text
+            else:
+                if items:
+                    out.append("\n".join(items))
+                    items = []
+                para.append(line)
+        out += ["\n".join(x) for x in (para, items) if x]
+    return "\n\n".join(out)
+
+
 def usage(name: str) -> str:
     parser = parser_of(name)
     parser.prog = f"python sims/{name}.py"
@@ -223,4 +253,5 @@ def on_page_markdown(markdown, page, config, files):
         return usage(m[1])
 
     markdown = re.sub(r"<!-- flags: (\w+) -->", flags, markdown)
+    markdown = re.sub(r"<!-- about: (\w+) -->", lambda m: about(m[1]), markdown)
     return re.sub(r"<!-- usage: (\w+) -->", use, markdown)
