@@ -4,8 +4,9 @@
   mkdocstrings block; every public module is imported first, so a module that fails to import fails the build.
 * Studies: `<!-- flags: NAME -->` in a page becomes the table of `sims/NAME.py`'s flags, read off the argparse
   parser that `goodhart_jax.cli` builds from the script's `Config` dataclass (the flags a user types, with their
-  help and defaults); `<!-- usage: NAME -->` its usage line. A script in `sims/` without a page
-  `studies/NAME.md` fails the build. `<!-- about: NAME -->` is the script's module docstring.
+  help and defaults); `<!-- usage: NAME -->` its usage line; `<!-- about: NAME -->` its module docstring. A
+  script in `sims/` without a hand-written page `studies/NAME.md` gets a generated one (docstring, usage,
+  flags); every script is in the nav.
 * Notebooks: every `notebooks/*.ipynb` is a page (rendered by mkdocs-jupyter, never executed here). Where
   `docs/execute_notebooks.py` has executed a notebook into `.cache/docs/notebooks/` from the same source, the
   executed copy is rendered, with its outputs.
@@ -62,6 +63,24 @@ def api_pages() -> dict[str, list[str]]:
 def studies() -> list[str]:
     """The scripts in sims/, by name."""
     return sorted(p.stem for p in (ROOT / "sims").glob("*.py") if not p.stem.startswith("_"))
+
+
+# The studies in the order the site lists them (the main job first); a script not named here comes after them.
+STUDY_ORDER = ("sweep_beta", "sweep_threshold", "tail_upweight", "theorem3", "best_of_n", "mitigations",
+               "overoptimization", "reward_tails", "acg_search", "score_rewards")
+
+
+def study_order() -> list[str]:
+    """Every script of sims/, in the site's order."""
+    have = studies()
+    return [s for s in STUDY_ORDER if s in have] + [s for s in have if s not in STUDY_ORDER]
+
+
+def generated_study_page(name: str) -> str:
+    """The page of a study that has no hand-written `docs/studies/NAME.md`: its docstring, usage and flags."""
+    return (f"# `sims/{name}.py`\n\n<!-- about: {name} -->\n\n## Usage\n\n<!-- usage: {name} -->\n\n"
+            f"## Flags\n\n<!-- flags: {name} -->\n\n*This page is generated from the script; its JSON fields and "
+            f"figures are described once `docs/studies/{name}.md` is written.*\n")
 
 
 def notebooks() -> list[Path]:
@@ -182,13 +201,12 @@ def usage(name: str) -> str:
 # ------------------------------------------------------------------ hooks
 
 def on_config(config):
-    """Fill the nav's Notebooks and API reference sections; check that every study has its page."""
+    """Fill the nav's Studies (every sims/ script), Notebooks and API reference sections."""
     if str(ROOT) not in sys.path:  # this checkout's package, installed or not (mkdocs restores sys.path after
         sys.path.insert(0, str(ROOT))  # loading this file, so here rather than at import)
-    missing = [s for s in studies() if not (Path(config["docs_dir"]) / "studies" / f"{s}.md").exists()]
-    if missing:
-        raise PluginError(f"no page docs/studies/NAME.md for the sims/ script(s): {', '.join(missing)}")
     for item in config["nav"]:
+        if isinstance(item, dict) and "Studies" in item:
+            item["Studies"] = ["studies/index.md"] + [f"studies/{s}.md" for s in study_order()]
         if isinstance(item, dict) and "Notebooks" in item:
             item["Notebooks"] = [{notebook_title(p): f"notebooks/{p.name}"} for p in notebooks()]
         if isinstance(item, dict) and "API reference" in item:
@@ -207,6 +225,11 @@ def on_files(files, config):
             failed.append(f"{mod}: {type(e).__name__}: {e}")
     if failed:
         raise PluginError("public module(s) fail to import:\n  " + "\n  ".join(failed))
+
+    for name in studies():  # a study without its hand-written page gets a generated one
+        if not (Path(config["docs_dir"]) / "studies" / f"{name}.md").exists():
+            log.info(f"sims/{name}.py has no page docs/studies/{name}.md: generating one from the script")
+            files.append(File.generated(config, f"studies/{name}.md", content=generated_study_page(name)))
 
     pages = api_pages()
     index = ["# API reference", "",

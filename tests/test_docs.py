@@ -100,11 +100,14 @@ def test_a_module_that_fails_to_import_fails_the_build(monkeypatch):
         hooks.on_files(None, {"site_dir": "site", "use_directory_urls": False})
 
 
-def test_a_study_without_its_page_fails_the_build(tmp_path):
+def test_a_study_without_its_page_gets_a_generated_one(tmp_path):
+    """A new sims/ script is on the site at once: in the nav, with a page made of its docstring, usage and flags."""
     (tmp_path / "studies").mkdir()
-    (tmp_path / "studies" / "sweep_beta.md").write_text("# x\n")
-    with pytest.raises(hooks.PluginError, match="best_of_n"):
-        hooks.on_config({"docs_dir": str(tmp_path), "nav": []})
+    config = hooks.on_config({"docs_dir": str(tmp_path), "nav": [{"Studies": []}]})
+    assert config["nav"][0]["Studies"] == ["studies/index.md"] + [f"studies/{s}.md" for s in hooks.study_order()]
+    assert set(hooks.study_order()) == set(SCRIPTS)
+    page = hooks.on_page_markdown(hooks.generated_study_page("theorem3"), None, None, None)
+    assert "--utility" in page and "usage: " not in page and "Theorem 3" in page
 
 
 # ------------------------------------------------------------------ what the built site holds
