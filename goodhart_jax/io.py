@@ -232,7 +232,7 @@ def figure_bytes(fig, fmt: str = "png", dpi: int = 110) -> bytes:
 
 
 def default_out_dir(name: str) -> Path:
-    """runs/<name>/<YYYYmmdd-HHMMSS>/ relative to the working directory."""
+    """`runs/<name>/<YYYYmmdd-HHMMSS>/` relative to the working directory."""
     return Path("runs") / name / time.strftime("%Y%m%d-%H%M%S")
 
 

@@ -267,6 +267,21 @@ def test_every_public_module_function_and_class_has_a_docstring():
     assert not fixed, "these have a docstring now: remove them from NO_DOCSTRING_YET:\n  " + "\n  ".join(fixed)
 
 
+def test_no_docstring_holds_raw_html():
+    """`runs/<script>/...` outside backticks is an HTML tag to Markdown: `<script>` swallowed the rest of the
+    cli page once. Angle brackets belong in backticks."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "goodhart_jax").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = re.sub(r"`[^`]*`", "", ast.get_docstring(node, clean=False) or "")
+                found += [f"{path.relative_to(ROOT)}:{getattr(node, 'name', '')}: {m}"
+                          for m in re.findall(r"<[A-Za-z/!][^>\n]*>", doc)]
+    assert not found, found
+
+
 # Public functions whose docstring does not yet name every parameter (2026-12-07). The list may only shrink:
 # a new function must name its parameters, and a function fixed here must leave the list (the test says so).
 # goodhart_jax/lab/* and goodhart_jax/models/* are the lead's to fix.

@@ -19,6 +19,7 @@ lines), progress on stderr, and one error path:
     files that are complete, exit 2 (`OutputError`).
 
 The output directory belongs to one run at a time and holds one run's files:
+
   * a run locks it (`flock` on the directory) for its life; a second run with
     the same `--out` is refused at once in one line, exit 2;
   * a directory that holds an earlier run (a `config.json`) is refused in one
@@ -26,7 +27,7 @@ The output directory belongs to one run at a time and holds one run's files:
     (config.json and every plain file beside it) are removed, under the lock,
     before anything is written. Subdirectories and hidden files (but for
     temporary files of a killed write) are left alone;
-  * without `--out`, each run gets a new directory runs/<script>/<timestamp>
+  * without `--out`, each run gets a new directory `runs/<script>/<timestamp>`
     (with a -2, -3, ... suffix when two start in the same second).
 
 Every int field (and every int in a tuple field) must fit in 64 bits; `seed`

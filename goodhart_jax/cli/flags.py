@@ -202,7 +202,7 @@ def flag_values(cfg: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------ checks for `arg(check=...)`
 
 def each(what: str, ok: Callable[[Any], bool], must: str) -> Callable[[Any], None]:
-    """Check: every value (one, or a non-empty tuple) satisfies `ok`; else "<what> must be <must>, got x"."""
+    """Check: every value (one, or a non-empty tuple) satisfies `ok`; else `"<what> must be <must>, got x"`."""
     def check(v):
         """Raise ValueError unless `v` (one value, or a non-empty tuple of them) satisfies the check."""
         vals = list(v) if isinstance(v, (tuple, list)) else [v]

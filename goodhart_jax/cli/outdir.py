@@ -4,7 +4,7 @@
   * `check_out_free`: no other run holds it, and it holds no earlier run (a `config.json`) unless `--overwrite`;
   * `prepare_out_dir`: create it, or say why not;
   * for a `Run`: `lock` it (flock on the directory) and `remove_earlier_run` under the lock; `new_dir` gives a
-    run without `--out` its runs/<script>/<timestamp> (with a -2, -3, ... suffix when two start in the same
+    run without `--out` its `runs/<script>/<timestamp>` (with a -2, -3, ... suffix when two start in the same
     second).
 
 Each refusal is one `InputError` line.

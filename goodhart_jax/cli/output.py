@@ -30,7 +30,7 @@ class Run:
     Use as a context manager; on Ctrl-C its exit says (on stderr) exactly what is on disk.
 
     Args:
-      name: the study's name; the default directory is runs/<name>/<timestamp>/.
+      name: the study's name; the default directory is `runs/<name>/<timestamp>/`.
       cfg: the study's Config (written to config.json). Its `out`, `json` and `plots` fields, where present,
         choose the directory, JSON lines on stdout, and whether `figure` writes anything.
       results: base name of the row files (results.jsonl and results.csv); None writes no row files.
