@@ -267,6 +267,19 @@ def test_every_public_module_function_and_class_has_a_docstring():
     assert not fixed, "these have a docstring now: remove them from NO_DOCSTRING_YET:\n  " + "\n  ".join(fixed)
 
 
+def test_docstring_lists_render_as_lists():
+    """docs/griffe_lists.py (configured in mkdocs.yml) puts a blank line before a list that follows a line of
+    text, as the docstrings write them (after an item's continuation line too: a loose list, still a list); an
+    indented code line is left alone."""
+    spec = importlib.util.spec_from_file_location("griffe_lists", ROOT / "docs" / "griffe_lists.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = "One error path:\n  * bad input,\n    exit 2;\n  * Ctrl-C.\n\n    x = a - b\n"
+    assert mod.blank_line_before_lists(text) == ("One error path:\n\n  * bad input,\n    exit 2;\n\n  * Ctrl-C.\n"
+                                                  "\n    x = a - b\n")
+    assert "griffe_lists.py:BlankLineBeforeLists" in (ROOT / "mkdocs.yml").read_text()
+
+
 def test_no_docstring_holds_raw_html():
     """`runs/<script>/...` outside backticks is an HTML tag to Markdown: `<script>` swallowed the rest of the
     cli page once. Angle brackets belong in backticks."""
