@@ -40,8 +40,9 @@ def main(argv=None) -> int:
         NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(nb_path.parent)}}).execute()
         for cell in nb.cells:  # the executing machine's tqdm warning (IProgress, its site-packages path): noise
-            cell.outputs = [o for o in cell.get("outputs", [])
-                            if not (o.get("name") == "stderr" and "TqdmWarning: IProgress not found" in o.get("text", ""))]
+            if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs
+                                if not (o.get("name") == "stderr" and "TqdmWarning: IProgress" in o.get("text", ""))]
         nb.metadata["goodhart_jax"] = {"source_sha256": sha}
         tmp = out.with_suffix(".tmp")
         nbformat.write(nb, tmp)

@@ -157,8 +157,8 @@ def flags_table(name: str) -> str:
                 value = f"`{metavar} ...`" if a.nargs in ("+", "*") else f"`{metavar}`"
                 if a.required:
                     value += " (required)"
-            out.append(f"| {flags} | {_cell(value) if not value.startswith('`') else value.replace('|', chr(92) + '|')} "
-                       f"| {_cell(fmt._expand_help(a) if a.help else '')} |")
+            value = value.replace("|", "\\|") if value.startswith("`") else _cell(value)
+            out.append(f"| {flags} | {value} | {_cell(fmt._expand_help(a) if a.help else '')} |")
         out.append("")
     return "\n".join(out)
 

@@ -2,9 +2,8 @@
 
 Random words come from XLA's native Threefry bit generator
 (`lax.rng_bit_generator`, `RNG_THREE_FRY`), seeded by hashing the JAX key with
-`jax.random.bits`. On this CPU it produces 32-bit words about 3x faster than
-`jax.random.bits`, which is what makes sampling here faster than NumPy's
-generator (see `benchmarks/bench_sampling.py`). Same key, same draws on a
+`jax.random.bits`: on CPU its 32-bit words cost less than `jax.random.bits`'s
+(the figures are in `benchmarks/README.md`, `benchmarks/bench_sampling.py`). Same key, same draws on a
 given backend; XLA does not promise identical words across backends or
 compiler versions.
 

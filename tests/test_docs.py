@@ -267,17 +267,18 @@ def test_every_public_module_function_and_class_has_a_docstring():
     assert not fixed, "these have a docstring now: remove them from NO_DOCSTRING_YET:\n  " + "\n  ".join(fixed)
 
 
-def test_docstring_lists_render_as_lists():
-    """docs/griffe_lists.py (configured in mkdocs.yml) puts a blank line before a list that follows a line of
-    text, as the docstrings write them (after an item's continuation line too: a loose list, still a list); an
-    indented code line is left alone."""
-    spec = importlib.util.spec_from_file_location("griffe_lists", ROOT / "docs" / "griffe_lists.py")
+def test_docstrings_read_as_markdown():
+    """docs/griffe_docstrings.py (configured in mkdocs.yml): a list that follows a line of text gets the blank
+    line Markdown needs (after an item's continuation line too: a loose list, still a list), indented code is
+    left alone; shapes side by side are no reference link, outside code spans only."""
+    spec = importlib.util.spec_from_file_location("griffe_docstrings", ROOT / "docs" / "griffe_docstrings.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = "One error path:\n  * bad input,\n    exit 2;\n  * Ctrl-C.\n\n    x = a - b\n"
-    assert mod.blank_line_before_lists(text) == ("One error path:\n\n  * bad input,\n    exit 2;\n\n  * Ctrl-C.\n"
-                                                  "\n    x = a - b\n")
-    assert "griffe_lists.py:BlankLineBeforeLists" in (ROOT / "mkdocs.yml").read_text()
+    assert mod.markdown_of(text) == "One error path:\n\n  * bad input,\n    exit 2;\n\n  * Ctrl-C.\n\n    x = a - b\n"
+    assert mod.markdown_of("([BOS, x] [B, L + 1] ids, `y[0][1]`) x[B][T]") == \
+        "([BOS, x] \\[B, L + 1] ids, `y[0][1]`) x[B]\\[T]"
+    assert "griffe_docstrings.py:DocstringMarkdown" in (ROOT / "mkdocs.yml").read_text()
 
 
 def test_no_docstring_holds_raw_html():
@@ -312,8 +313,10 @@ PARAMS_NOT_NAMED: dict[str, tuple[str, ...]] = {
     "lab.lm.backbone_config": ("cfg",),
     "lab.lm.checkpoint_logits": ("model", "start"),
     "lab.lm.init": ("key", "cfg"),
-    "lab.lm.lm_head_kernel": ("model", "params"),
     "lab.lm.lm_loss": ("params", "cfg"),
+    "lab.lm.model_logits": ("params",),
+    "lab.lm.model_params": ("params", "cfg"),
+    "lab.lm.model_prefix_logits": ("model", "params", "cache", "siblings", "cols"),
     "lab.lm.module": ("dtype",),
     "lab.lm.sample_source": ("key", "depth"),
     "lab.lm.source_logprob": ("tokens",),
@@ -331,6 +334,7 @@ PARAMS_NOT_NAMED: dict[str, tuple[str, ...]] = {
     "lab.rewards.pi0_corr": ("log_p",),
     "lab.rewards.proxy_config": ("vocab", "depth"),
     "lab.rewards.rm_init": ("key", "cfg", "dtype"),
+    "lab.rewards.rm_model": ("cfg", "params"),
     "lab.rewards.sample_pairs": ("key", "log_p"),
     "lab.rewards.sample_terminals": ("key",),
     "lab.rewards.standardise": ("log_p",),
@@ -341,7 +345,6 @@ PARAMS_NOT_NAMED: dict[str, tuple[str, ...]] = {
     "lab.rl.policy_levels": ("logits_fn", "depth"),
     "lab.rl.sample": ("logits_fn", "params", "depth"),
     "lab.rl.uses_tree": ("config", "logits_fn"),
-    "lab.search.onehot_with_bos": ("bos",),
     "lab.summary.cell": ("s", "fmt"),
     "lab.summary.exact_at_kl": ("targets",),
     "lab.tree.flatten": ("levels_",),
@@ -361,6 +364,7 @@ PARAMS_NOT_NAMED: dict[str, tuple[str, ...]] = {
     "models.loading.load_reward_and_base": ("dtype",),
     "models.loading.parse_config": ("cfg_dict", "where"),
     "models.loading.read_state_dict": ("path",),
+    "models.scoring.lm_kernel": ("model", "params"),
     "models.scoring.logprob_scorer": ("model",),
     "models.scoring.make_hidden_fn": ("model",),
     "models.scoring.make_logprob_fn": ("model",),

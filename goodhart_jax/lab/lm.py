@@ -24,7 +24,13 @@ Public API:
   adamw_scan(loss_fn(params, key) -> [], params, keys [S], lr, weight_decay) -> (params, loss [S])
       # the lab's one training loop (train_lm, rewards.train_bt): AdamW, cosine to lr / 10, lax.scan
   logits(params, ids [B, T], cfg) -> [B, T, A]      # pure; make_logits(cfg) -> logits_fn(params, ids)
+  model_logits(model, params, ids [B, T], cols=None) -> [B, T, A]   # any models.LoadedModel LM (lab or checkpoint)
+  model_prefix_logits(model, params, ids [B, S], cache=None, siblings=False, cols=None) -> (logits, KVCache)
   with_bos(tokens [B, T], bos) -> [B, T + 1]
+  as_model(cfg, params, reward_head=None) -> models.LoadedModel   # layout "lab": the models/ scorers serve it
+  model_params(params, cfg) -> dict   # lab params keyed as the LoadedModel's
+  lab_inputs(tokens [B, L], vocab) -> (ids [B, L + 1], mask [B, L + 1])   # [BOS, x], real up to the first EOS
+  lab_onehot_inputs(onehot [B, L, A]) -> (onehot [B, L + 1, A + 1], mask [B, L + 1])
   token_mask(tokens [B, L], eos) -> [B, L] bool     # the real tokens: up to and including the first EOS
   prefix_policy(logits_fn) -> PrefixPolicy(run) | None   # a policy's KV-cache form (the lab LM's, a checkpoint's,
       # or a logits_fn's attribute `prefix_policy`); run(params, ids [B,S], cache=None, siblings=False)
@@ -70,7 +76,8 @@ from jax import Array
 
 from goodhart_jax.errors import UsageError
 from goodhart_jax.models import ARCHITECTURES, CheckpointError, LoadedModel, load_model
-from goodhart_jax.models import KVCache, apply_cached, make_cached_hidden_fn, make_hidden_fn
+from goodhart_jax.models import KVCache, lm_kernel, make_cached_hidden_fn, make_hidden_fn
+
 
 LogitsFn = Callable[[Any, Array], Array]  # (params, ids [B, T] in [0, A], ids[:, 0] = BOS) -> [B, T, A]
 
@@ -178,10 +185,17 @@ def logits(params: dict, ids: Array, cfg: LMConfig) -> Array:
     Returns:
       [B, T, A] in the parameters' dtype: logits[:, t] is the distribution of the token after ids[:, :t + 1].
     """
-    kernel = params["lm_head"]["kernel"]
-    h = module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids,
-                                         jnp.ones(ids.shape, jnp.int32)).last_hidden_state
-    return jnp.einsum("btd,da->bta", h, kernel)
+    model = as_model(cfg, params)
+    return model_logits(model, model.params, ids)
+
+
+def model_logits(model: LoadedModel, params: dict, ids: Array, cols: Array | None = None) -> Array:
+    """A causal LM's next-token logits at every position of unpadded ids [B, T] (model ids): the `models`
+    backbone (`make_hidden_fn`) and output matrix (`models.scoring.lm_kernel`), restricted to the columns
+    `cols` [A] (None: all). Returns [B, T, A] in the parameters' dtype."""
+    h = make_hidden_fn(model)(params, ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
+    kernel = lm_kernel(model, params)
+    return jnp.einsum("btd,da->bta", h, kernel if cols is None else kernel[:, cols])
 
 
 @functools.lru_cache(maxsize=None)
@@ -197,6 +211,48 @@ def make_logits(cfg: LMConfig) -> LogitsFn:
 def with_bos(tokens: Array, bos: int) -> Array:
     """[B, T] tokens -> [B, T + 1] with BOS prepended."""
     return jnp.concatenate([jnp.full(tokens.shape[:1] + (1,), bos, tokens.dtype), tokens], axis=1)
+
+
+def model_params(params: dict, cfg: LMConfig) -> dict:
+    """Lab parameters {"backbone", head...} keyed as a `models.LoadedModel`'s: the backbone under the
+    architecture's `params_key` ("gpt_neox" or "model"); the same arrays, renamed (free under jit)."""
+    key = ARCHITECTURES[cfg.arch].params_key
+    return {(key if k == "backbone" else k): v for k, v in params.items()}
+
+
+def as_model(cfg: LMConfig, params: dict, reward_head=None) -> LoadedModel:
+    """A lab decoder (the LM, or a reward model with its `models.heads.HeadSpec`) as a `models.LoadedModel`.
+
+    The model reads [BOS, x] in model ids 0..A (`lab_inputs`), so `models.make_reward_fn`,
+    `make_logprob_fn`, `reward_scorer` and `logprob_scorer` serve the lab's models as they serve a checkpoint.
+
+    Args:
+      cfg: the model's sizes.
+      params: lab parameters ({"backbone", "lm_head"} or {"backbone", head name}); arrays or tracers.
+      reward_head: the scalar head's spec (`rewards.RM_HEAD`), or None for the LM.
+    Returns:
+      LoadedModel with layout "lab", dtype that of the parameters, `has_lm_head` when "lm_head" is present.
+    """
+    dtype = jax.tree.leaves(params["backbone"])[0].dtype
+    return LoadedModel(cfg.arch, backbone_config(cfg), model_params(params, cfg), reward_head,
+                       "lm_head" in params, jnp.dtype(dtype).name, "lab")
+
+
+def lab_inputs(tokens: Array, vocab: int) -> tuple[Array, Array]:
+    """A lab model's inputs for EOS-continued tokens [B, L] in [0, A), A = `vocab`: ([BOS, x] [B, L + 1] ids,
+    BOS = A, and mask [B, L + 1] int32, 1 on BOS and the real tokens: right padding after the first EOS)."""
+    mask = jnp.concatenate([jnp.ones(tokens.shape[:1] + (1,), bool), token_mask(tokens, vocab - 1)], axis=1)
+    return with_bos(tokens, vocab), mask.astype(jnp.int32)
+
+
+def lab_onehot_inputs(onehot: Array) -> tuple[Array, Array]:
+    """`lab_inputs` of relaxed tokens onehot [B, L, A]: ([B, L + 1, A + 1] in onehot's dtype, embedded as
+    onehot @ E: a zero BOS column, led by BOS's one-hot; the mask of the one-hot's argmax)."""
+    B, L, A = onehot.shape
+    x = jnp.concatenate([onehot, jnp.zeros((B, L, 1), onehot.dtype)], axis=-1)
+    first = jnp.broadcast_to(jax.nn.one_hot(A, A + 1, dtype=onehot.dtype), (B, 1, A + 1))
+    _, mask = lab_inputs(jnp.argmax(onehot, axis=-1), A)
+    return jnp.concatenate([first, x], axis=1), mask
 
 
 def token_mask(tokens: Array, eos: int) -> Array:
@@ -401,22 +457,13 @@ class CheckpointPolicy(NamedTuple):
     model: LoadedModel
 
 
-def lm_head_kernel(model: LoadedModel, params: dict) -> Array:
-    """[D, V] output matrix of a causal LM: its lm_head, or the transposed input embedding when tied."""
-    if "lm_head" in params:
-        return params["lm_head"]["kernel"]
-    return params[model.backbone_key][model.architecture.embed_name]["embedding"].T
-
-
 def checkpoint_logits(model: LoadedModel, tokens, start: int) -> LogitsFn:
     """The policy convention's logits_fn for a loaded causal LM on the sub-vocabulary `tokens`."""
     table = jnp.asarray(tuple(tokens) + (start,), jnp.int32)  # lab id -> model id
     cols = jnp.asarray(tuple(tokens), jnp.int32)
-    hidden_fn = make_hidden_fn(model)
 
     def logits_fn(params, ids):
-        h = hidden_fn(params, table[ids], jnp.ones(ids.shape, jnp.int32)).last_hidden_state
-        return jnp.einsum("btd,da->bta", h, lm_head_kernel(model, params)[:, cols])
+        return model_logits(model, params, table[ids], cols)
 
     logits_fn.prefix_policy = checkpoint_prefix_policy(model, tokens, start)  # its KV-cache form (`prefix_policy`)
     return logits_fn
@@ -493,22 +540,28 @@ class PrefixPolicy(NamedTuple):
 def lm_prefix_policy(cfg: LMConfig) -> PrefixPolicy:
     """The KV-cache form of the lab LM `make_logits(cfg)` (the same backbone and head as `logits`)."""
     def run(params, ids, cache=None, siblings=False):
-        kernel = params["lm_head"]["kernel"]
-        out, new = apply_cached(module(cfg, kernel.dtype), {"params": params["backbone"]}, ids, None, cache, siblings)
-        return jnp.einsum("btd,da->bta", out.last_hidden_state, kernel), new
+        model = as_model(cfg, params)
+        return model_prefix_logits(model, model.params, ids, cache, siblings)
 
     return PrefixPolicy(run)
+
+
+def model_prefix_logits(model: LoadedModel, params: dict, ids: Array, cache: KVCache | None = None,
+                        siblings: bool = False, cols: Array | None = None) -> tuple[Array, KVCache]:
+    """`model_logits` of new tokens ids [B, S] after a cached prefix (`models.make_cached_hidden_fn`): returns
+    (logits [B, S, A], the new tokens' KVCache [B, S])."""
+    out, new = make_cached_hidden_fn(model)(params, ids, None, cache, siblings)
+    kernel = lm_kernel(model, params)
+    return jnp.einsum("btd,da->bta", out.last_hidden_state, kernel if cols is None else kernel[:, cols]), new
 
 
 def checkpoint_prefix_policy(model: LoadedModel, tokens, start: int) -> PrefixPolicy:
     """The KV-cache form of `checkpoint_logits(model, tokens, start)` (`checkpoint_logits` attaches it)."""
     table = jnp.asarray(tuple(tokens) + (start,), jnp.int32)  # lab id -> model id
     cols = jnp.asarray(tuple(tokens), jnp.int32)
-    hidden_fn = make_cached_hidden_fn(model)
 
     def run(params, ids, cache=None, siblings=False):
-        out, new = hidden_fn(params, table[ids], None, cache, siblings)
-        return jnp.einsum("btd,da->bta", out.last_hidden_state, lm_head_kernel(model, params)[:, cols]), new
+        return model_prefix_logits(model, params, table[ids], cache, siblings, cols)
 
     return PrefixPolicy(run)
 

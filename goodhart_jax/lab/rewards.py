@@ -44,9 +44,8 @@ Diagnostics per proxy (`diagnose_proxy`):
 Public API:
   gold_config(vocab, depth) / proxy_config(vocab, depth) -> lm.LMConfig   # defaults: 2 x 64 and 1 x 32
   rm_init(key, cfg, dtype=float32) -> params {"backbone", "score": {"kernel": [D, 1], "bias": [1]}}
-  rm_reward(params, tokens [B, L], cfg) -> [B];  make_rm_reward(cfg) -> reward_fn
-  rm_head(params, cfg, ids [B, T] | None, mask [B, T], inputs_embeds=None) -> [B]   # the decoder, then RM_HEAD
-      # (models.heads: last real position, linear with bias); rm_reward and lab.search.rm_scorer's one-hot path
+  rm_model(cfg, params) -> models.LoadedModel   # with RM_HEAD (last real position, linear with bias)
+  rm_reward(params, tokens [B, L], cfg) -> [B];  make_rm_reward(cfg) -> reward_fn   # models.make_reward_fn
   load_reward(path, tokens, start=None, base_model=None) -> CheckpointReward(reward_fn, params, tokens, start, model)
   score_terminals(reward_fn, params, tokens [N, L], chunk=8192) -> [N]     # jitted, chunked
   pi0_moments(r [N], log_p [N]) -> Moments(mean, sd);  standardise(r, log_p) -> [N]
@@ -97,7 +96,7 @@ from goodhart_jax import tail_index, tails
 from goodhart_jax.lab import lm
 from goodhart_jax.lab.tree import LMTree
 from goodhart_jax.models import CheckpointError, LoadedModel, load_model, make_reward_fn
-from goodhart_jax.models.heads import HeadSpec, linear_reward, pool
+from goodhart_jax.models.heads import HeadSpec
 
 RewardFn = Callable[[Any, Array], Array]  # (params, tokens [B, L] EOS-continued lab tokens) -> [B]
 
@@ -125,46 +124,31 @@ def rm_init(key: Array, cfg: lm.LMConfig, dtype=jnp.float32) -> dict:
 rm_init_jit = jax.jit(rm_init, static_argnames=("cfg", "dtype"))
 
 
+RM_HEAD = HeadSpec("score", bias=True, pooling="last")  # the lab reward models' head
+
+
+def rm_model(cfg: lm.LMConfig, params: dict) -> LoadedModel:
+    """A lab reward model as a `models.LoadedModel` (`lm.as_model` with `RM_HEAD`: the last real position, a
+    linear map with bias), so `models.make_reward_fn` and `reward_scorer` serve it."""
+    return lm.as_model(cfg, params, RM_HEAD)
+
+
 def rm_reward(params: dict, tokens: Array, cfg: lm.LMConfig) -> Array:
     """Reward of each EOS-continued sequence: the head on the final hidden state of its last real token.
 
-    The decoder reads [BOS, x_1..x_L] with the tokens after the first EOS
-    masked out (right padding).
+    `models.make_reward_fn` of `rm_model` (every position computed) on [BOS, x_1..x_L] with the tokens
+    after the first EOS masked out (right padding: `lm.lab_inputs`).
 
     Args:
       params: from `rm_init` / `train_bt`.
       tokens: [B, L] lab tokens.
       cfg: the model's sizes (static).
     Returns:
-      [B] rewards in the parameters' dtype.
+      [B] float32 rewards.
     """
-    ids = lm.with_bos(tokens, cfg.bos)
-    mask = jnp.concatenate([jnp.ones(tokens.shape[:1] + (1,), bool), lm.token_mask(tokens, cfg.eos)], axis=1)
-    return rm_head(params, cfg, ids, mask.astype(jnp.int32))
-
-
-RM_HEAD = HeadSpec("score", bias=True, pooling="last")  # the lab reward models' head
-
-
-def rm_head(params: dict, cfg: lm.LMConfig, ids: Array | None, mask: Array, inputs_embeds: Array | None = None
-            ) -> Array:
-    """The lab reward model on [BOS, x]: its decoder, then `RM_HEAD` (`models.heads`: the last real position of
-    mask, a linear map with bias) in the parameters' dtype.
-
-    Args:
-      params: {"backbone", "score"}; cfg: the model's sizes.
-      ids: [B, T] lab ids (BOS first), or None with `inputs_embeds` (the decoder's one-hot input [B, T, A + 1]).
-      mask: [B, T] int, 1 on real positions (right padding).
-    Returns:
-      [B] rewards.
-    """
-    kernel = params["score"]["kernel"]
-    if inputs_embeds is None:
-        h = lm.module(cfg, kernel.dtype).apply({"params": params["backbone"]}, ids, mask)
-    else:
-        h = lm.module(cfg, kernel.dtype).apply({"params": params["backbone"]}, None, mask, inputs_embeds)
-    pooled = pool(h.last_hidden_state, mask, ids, RM_HEAD)
-    return linear_reward(params["score"], pooled, dtype=kernel.dtype)
+    ids, mask = lm.lab_inputs(tokens, cfg.vocab)
+    model = rm_model(cfg, params)
+    return make_reward_fn(model, one_position=False)(model.params, ids, mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,9 +202,8 @@ def load_reward(path, tokens, start: int | None = None, base_model=None, dtype: 
     a = len(tokens)
 
     def reward_fn(params, x):
-        mask = jnp.concatenate([jnp.ones(x.shape[:1] + (1,), bool), lm.token_mask(x, a - 1)], axis=1)
-        ids = jnp.where(mask, table[lm.with_bos(x, a)], pad)
-        return score(params, ids, mask.astype(jnp.int32))
+        ids, mask = lm.lab_inputs(x, a)
+        return score(params, jnp.where(mask > 0, table[ids], pad), mask)
 
     return CheckpointReward(reward_fn, model.params, tokens, start, model)
 

@@ -13,6 +13,10 @@ are not part of it. `eos_masked` makes any `Scorer` read only the real tokens
 (mask = up to and including the first EOS, from the token ids or from the
 one-hot's argmax), so the search's free tokens past EOS cannot change the score.
 
+The lab's models are `models.LoadedModel`s (`lm.as_model`, `rewards.rm_model`): `rm_scorer` and `lm_scorer` are
+the `models.reward_scorer` / `logprob_scorer` that serve checkpoints in GCG, seen through `lab_view` ([BOS, x]
+inputs, the mask up to the first EOS, lab parameter keys).
+
 Glossary: N terminal sequences, L depth, A vocabulary, R restarts, K top-k.
 """
 from __future__ import annotations
@@ -27,9 +31,10 @@ from jax import Array
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import lm, rewards
 from goodhart_jax.lab.tree import terminal_index
+from goodhart_jax.models import ARCHITECTURES, logprob_scorer, reward_scorer
 from goodhart_jax.scorer import Scorer
 
-__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "rm_scorer", "lm_scorer", "onehot_with_bos", "search_proxy"]
+__all__ = ["Ranked", "Found", "exhaustive", "eos_masked", "lab_view", "rm_scorer", "lm_scorer", "search_proxy"]
 
 
 class Ranked(NamedTuple):
@@ -88,74 +93,59 @@ def eos_masked(scorer: Scorer, eos: int) -> Scorer:
     return Scorer(scorer.params, score_tokens, score_onehot, scorer.vocab_size)
 
 
-def rm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
-    """The lab reward model (`lab.rewards.rm_reward`) as a `Scorer` of EOS-continued lab tokens.
+def lab_view(scorer: Scorer, cfg: lm.LMConfig) -> Scorer:
+    """A `models` Scorer of a lab decoder (`reward_scorer` / `logprob_scorer` of `lm.as_model`) as a Scorer of
+    EOS-continued lab tokens with lab parameters.
 
-    `score_tokens` is `rm_reward` itself (the given mask is ignored: the model
-    masks after the first EOS). `score_onehot` runs the same decoder on
-    [BOS, onehot] (onehot [B, L, A] widened with a zero BOS column, embedded
-    as onehot @ E), with the mask of the one-hot's argmax, and the same head
-    at the last real position: equal to `score_tokens` on exact one-hots
-    and differentiable in them, as GCG needs.
+    Tokens [B, L] become [BOS, x] with the mask "up to the first EOS" (`lm.lab_inputs`; the given mask is
+    ignored); one-hots [B, L, A] become [B, L + 1, A + 1] with a zero BOS column and the mask of their argmax
+    (`lm.lab_onehot_inputs`); the parameters are renamed to the model's keys (`lm.model_params`). Equal on
+    exact one-hots and differentiable in them, as GCG needs. No prefix scoring: the mask depends on the tokens.
+
+    Args:
+      scorer: the model's Scorer (its functions take model-keyed parameters).
+      cfg: the lab model's sizes.
+    Returns:
+      Scorer over vocabulary A whose `params` are `scorer.params` keyed back as the lab's ({"backbone", ...}).
+    """
+    key = ARCHITECTURES[cfg.arch].params_key
+
+    def score_tokens(p, ids, mask):
+        x, m = lm.lab_inputs(ids, cfg.vocab)
+        return scorer.score_tokens(lm.model_params(p, cfg), x, m)
+
+    def score_onehot(p, onehot, mask):
+        x, m = lm.lab_onehot_inputs(onehot)
+        return scorer.score_onehot(lm.model_params(p, cfg), x, m)
+
+    params = {("backbone" if k == key else k): v for k, v in scorer.params.items()}
+    return Scorer(params, score_tokens, score_onehot, cfg.vocab)
+
+
+def rm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
+    """A lab reward model as a `Scorer` of EOS-continued lab tokens: `models.reward_scorer` of
+    `rewards.rm_model` seen through `lab_view` (its token path equals `rewards.rm_reward` up to float rounding:
+    the last layer computes only the pooled position).
 
     Args:
       cfg: the reward model's sizes (`rewards.proxy_config` ...).
       params: its parameters ({"backbone", "score"}).
     """
-    A = cfg.vocab
-
-    def score_tokens(p, ids, mask):
-        return rewards.rm_reward(p, ids, cfg)
-
-    def score_onehot(p, onehot, mask):
-        B = onehot.shape[0]
-        real = lm.token_mask(jnp.argmax(onehot, axis=-1), cfg.eos)
-        m = jnp.concatenate([jnp.ones((B, 1), bool), real], axis=1).astype(jnp.int32)
-        return rewards.rm_head(p, cfg, None, m, onehot_with_bos(onehot, cfg.bos, p["score"]["kernel"].dtype))
-
-    return Scorer(params, score_tokens, score_onehot, A)
-
-
-def onehot_with_bos(onehot: Array, bos: int, dtype) -> Array:
-    """[BOS, onehot] as inputs embedded by onehot @ E: onehot [B, L, A] widened with a zero BOS column and led
-    by BOS's one-hot; returns [B, L + 1, A + 1] in `dtype` (the one-hot form of `lm.with_bos`)."""
-    B, L, A = onehot.shape
-    x = jnp.concatenate([onehot.astype(dtype), jnp.zeros((B, L, 1), dtype)], axis=-1)
-    first = jnp.broadcast_to(jax.nn.one_hot(bos, A + 1, dtype=dtype), (B, 1, A + 1))
-    return jnp.concatenate([first, x], axis=1)
+    return lab_view(reward_scorer(rewards.rm_model(cfg, params)), cfg)
 
 
 def lm_scorer(cfg: lm.LMConfig, params: dict) -> Scorer:
     """The lab LM's log pi0(x) as a `Scorer` of EOS-continued lab tokens: GCG's base model for a KL penalty.
 
     With it as `base` and `penalty` = beta, GCG maximises proxy(x) + beta log pi0(x) = proxy(x) - beta KL(delta_x
-    || pi0): the KL-penalised objective restricted to point masses. `score_tokens` is
-    `lm.sequence_logprob`; `score_onehot` runs the same decoder on [BOS, onehot[:, :-1]] (a zero BOS
-    column, embedded as onehot @ E) and sums onehot . log_softmax(logits) over the real positions (those of
-    the one-hot's argmax): equal on exact one-hots, differentiable in them.
+    || pi0): the KL-penalised objective restricted to point masses. `models.logprob_scorer` of `lm.as_model`
+    seen through `lab_view`: sum_t log pi0(x_t | BOS, x_<t) over the real tokens, as `lm.sequence_logprob`.
 
     Args:
       cfg: the LM's sizes.
       params: its parameters ({"backbone", "lm_head"}).
     """
-    A = cfg.vocab
-    logits_fn = lm.make_logits(cfg)
-
-    def score_tokens(p, ids, mask):
-        return lm.sequence_logprob(logits_fn, p, ids)
-
-    def score_onehot(p, onehot, mask):
-        kernel = p["lm_head"]["kernel"]
-        module = lm.module(cfg, kernel.dtype)
-        B, L = onehot.shape[:2]
-        oh = onehot.astype(kernel.dtype)
-        inputs = onehot_with_bos(onehot, cfg.bos, kernel.dtype)[:, :-1]  # [B, L, A + 1]: BOS, then all but the last
-        h = module.apply({"params": p["backbone"]}, None, jnp.ones((B, L), jnp.int32), inputs).last_hidden_state
-        logp = jax.nn.log_softmax(jnp.einsum("btd,da->bta", h, kernel), axis=-1)
-        real = lm.token_mask(jnp.argmax(onehot, axis=-1), cfg.eos)
-        return jnp.sum(jnp.where(real, jnp.sum(oh * logp, axis=-1), 0.0), axis=1)
-
-    return Scorer(params, score_tokens, score_onehot, A)
+    return lab_view(logprob_scorer(lm.as_model(cfg, params)), cfg)
 
 
 def search_proxy(key: Array, config: gcg.SearchConfig, proxy_scorer: Scorer, proxy: Array, gold: Array,

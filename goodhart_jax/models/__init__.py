@@ -12,6 +12,7 @@ Public API:
   reward_scorer(model) -> goodhart_jax.scorer.Scorer     # reward head (with `prefix` for "last" pooling)
   make_prefix_scoring(model) -> PrefixScoring | None      # rows scored from their first edit on, cached prefix
   logprob_scorer(model) -> Scorer                          # causal-LM log-probability
+  lm_kernel(model, params) -> [D, V]                       # the LM head (or the tied embedding, transposed)
   make_reward_fn(model, onehot=False, one_position=True) -> reward_fn(params, input_ids [B,T], mask [B,T]) -> [B]
   make_logprob_fn(model, onehot=False) -> logprob_fn(params, input_ids, mask) -> [B]
   make_hidden_fn(model) -> (params, ids, mask, onehot=None, index=None) -> BackboneOutput
@@ -43,6 +44,7 @@ from goodhart_jax.models.loading import CheckpointError, LoadedModel, load_model
 from goodhart_jax.models.scoring import (
     data_mesh,
     default_buckets,
+    lm_kernel,
     logprob_scorer,
     make_cached_hidden_fn,
     make_hidden_fn,
@@ -57,6 +59,6 @@ from goodhart_jax.models.scoring import (
 __all__ = [
     "ARCHITECTURES", "Architecture", "BackboneOutput", "CheckpointError", "DecoderBackbone", "GPTNeoXConfig",
     "GPTNeoXModel", "HeadSpec", "KVCache", "LlamaConfig", "LlamaModel", "LoadedModel", "apply_cached", "data_mesh",
-    "default_buckets", "load_model", "logprob_scorer", "make_cached_hidden_fn", "make_hidden_fn", "make_logprob_fn",
+    "default_buckets", "lm_kernel", "load_model", "logprob_scorer", "make_cached_hidden_fn", "make_hidden_fn", "make_logprob_fn",
     "make_prefix_scoring", "make_reward_fn", "read_state_dict", "reward_scorer", "score_array", "shard_params",
 ]

@@ -99,8 +99,11 @@ def sequence_logprob(hidden: Array, lm_kernel: Array, targets: Array, mask: Arra
     Args:
       hidden: [B, T, D] final hidden states.
       lm_kernel: [D, V] output projection.
-      targets: [B, T] int tokens, or [B, T, V] one-hot (relaxed) tokens, in
-        which case the term is log_softmax(logits_{t-1}) . onehot_t.
+      targets: [B, T] int tokens, or [B, T, V'] one-hot (relaxed) tokens, in
+        which case the term is log_softmax(logits_{t-1}) . onehot_t. V' may
+        exceed V for input-only ids the head never emits (a start token such
+        as the lab's BOS): their columns are not read, so they may be non-zero
+        only where no term is scored (the first real token).
       mask: [B, T] 1 for real tokens.
     Returns:
       [B] float32 log-probabilities.
@@ -110,6 +113,6 @@ def sequence_logprob(hidden: Array, lm_kernel: Array, targets: Array, mask: Arra
     if targets.ndim == 2:
         terms = jnp.take_along_axis(logp, targets[:, 1:, None], axis=-1)[..., 0]
     else:
-        terms = jnp.einsum("btv,btv->bt", logp, targets[:, 1:].astype(jnp.float32))
+        terms = jnp.einsum("btv,btv->bt", logp, targets[:, 1:, :logp.shape[-1]].astype(jnp.float32))
     pair = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
     return jnp.sum(jnp.where(pair, terms, 0.0), axis=-1)

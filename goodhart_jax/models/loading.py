@@ -70,7 +70,8 @@ class LoadedModel(NamedTuple):
       has_lm_head: whether log-probabilities can be computed (an lm_head
         tensor, or tied input embeddings).
       dtype: "float32" or "bfloat16".
-      layout: "oasst", "starling", "seq_cls" or "causal_lm".
+      layout: "oasst", "starling", "seq_cls" or "causal_lm" (a checkpoint's), or "lab" (a lab model built in
+        memory, `lab.lm.as_model`).
     """
 
     arch: str

@@ -57,7 +57,8 @@ def make_cached_hidden_fn(model: LoadedModel) -> Callable[..., tuple[BackboneOut
     return cached_hidden_fn
 
 
-def _lm_kernel(model: LoadedModel, params: dict) -> Array:
+def lm_kernel(model: LoadedModel, params: dict) -> Array:
+    """[D, V] output matrix of a causal LM: its lm_head, or the transposed input embedding when tied."""
     if "lm_head" in params:
         return params["lm_head"]["kernel"]
     emb = params[model.backbone_key][model.architecture.embed_name]["embedding"]
@@ -105,7 +106,7 @@ def make_logprob_fn(model: LoadedModel, onehot: bool = False) -> ScoreFn:
 
     def logprob_fn(params, inputs, mask):
         h = hidden_fn(params, None, mask, inputs) if onehot else hidden_fn(params, inputs, mask)
-        return heads.sequence_logprob(h.last_hidden_state, _lm_kernel(model, params), inputs, mask)
+        return heads.sequence_logprob(h.last_hidden_state, lm_kernel(model, params), inputs, mask)
 
     return logprob_fn
 

@@ -84,6 +84,9 @@ def test_rm_scorer_and_search_on_a_lab_reward_model():
     proxy = jax.jit(lambda p, x: rewards.rm_reward(p, x, cfg))(params, seqs)
     via_onehot = jax.jit(sc.score_onehot)(params, jax.nn.one_hot(seqs, cfg.vocab), ones)
     np.testing.assert_allclose(via_onehot, proxy, rtol=1e-5, atol=1e-6)  # float32, same decoder
+    # the token path: models.reward_scorer (last layer at the pooled position only) = rm_reward (every position)
+    np.testing.assert_allclose(jax.jit(sc.score_tokens)(params, seqs, ones), proxy, rtol=1e-5, atol=1e-6)
+    assert rewards.rm_model(cfg, params).layout == "lab" and sc.vocab_size == cfg.vocab
     gold = jax.random.normal(jax.random.key(9), proxy.shape)
     log_p0 = jax.nn.log_softmax(jax.random.normal(jax.random.key(8), proxy.shape))
     scfg = gcg.SearchConfig(length=cfg.depth, topk=2, num_candidates=8, num_iters=15, schedule="gcg", edits=1)
