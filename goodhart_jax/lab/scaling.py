@@ -1,0 +1,362 @@
+"""Reward-model scaling in the lab, as Gao, Schulman & Hilton (2023) measured it, but exactly.
+
+Gao et al. trained proxy reward models of several sizes on several amounts of gold-labelled comparisons and
+fitted their forms R(d) = d (alpha - beta d) (best-of-n) and d (alpha - beta log d) (RL) to the gold reward of
+sampled optimisation. Here every proxy's curves are exact (`experiment.bon_points`: best-of-n's law;
+`experiment.exact_points`: the KL-regularised optimum pi*(beta) over a beta grid), so what moves with size and
+data is the proxy, not the sampling.
+
+One grid cell is (size, data size P, seed). For one seed, the comparisons are drawn once (`rewards.comparisons`,
+max P pairs) and a proxy trained on P pairs sees their first P (nested subsets, as more labels would add to a
+dataset); proxies of one size and seed share their initialisation and minibatch keys across P (common random
+numbers: a difference between data sizes is the data's). The proxies of one size and seed are trained together,
+vmapped over P in one program (`train_members`); member i equals `rewards.train_bt` on the first P_i pairs.
+
+Gao's forms on the pi*(beta) curve: the optimum traced over beta is a path in d = sqrt(KL) as an RL run's is; the
+lab fits Gao's RL form (d log d) to it and says so (`method` "exact", `form` "rl").
+
+Public API:
+  SIZES = ((1, 8, 2), (1, 16, 2), (2, 32, 4), (2, 48, 4))     # (layers, width, heads): 1,033 .. 57,505 parameters at A=16 (56x)
+  PAIRS = (500, 1000, 2000, 4000)
+  size_config(vocab, depth, layers, width, heads) -> lm.LMConfig
+  num_params(cfg) -> int                                   # the reward model's parameter count
+  Members(params [M] stacked, loss [M, steps], raw [M, N], pairs [M])
+  train_members(key, cfg, tree, utility [N], pairs, steps, batch=256, lr=3e-3, weight_decay=0.01, temperature=1.0,
+                chunk=8192) -> (Members, Comparisons [max P])
+  Peak(gold, KL, at, reason)
+  peak(points) -> Peak                                     # the largest gold on a curve, None where it is its end
+  Trend(slope, intercept, lo, hi, r2, n, reason)
+  trend(x [K], y [K], level=0.95) -> Trend                 # OLS of y on x, Student-t interval of the slope
+  FORM = {"bon": "bon", "exact": "rl"};  fit_curve(points, method) -> fit row   # Gao's form on one curve
+  evaluate(key, raw [N], pairs, data, base, error [N], betas, ns, heldout_pairs=10000)
+      -> Evaluated(proxy row, points, fits, peaks)          # agreement with gold; exact best-of-n and pi*(beta)
+  QUANTITIES   # alpha_/beta_/peak_gold_/peak_KL_ of "bon" and "exact", pair_accuracy_unseen, corr, error_corr
+  summarise(cells, level=0.95) -> "summary" rows          # per (size, pairs): mean and interval over seeds
+  trends(cells, level=0.95) -> "trend" rows               # slope per seed against log10 params / log10 pairs,
+                                                          # mean and interval over seeds
+
+Glossary: N terminal sequences, M members (data sizes), P pairs, K points.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from goodhart_jax.lab import experiment, lm, rewards
+from goodhart_jax.lab import tree as lab_tree
+from goodhart_jax.lab.summary import interval, t_quantile
+from goodhart_jax.lab.tree import LMTree
+from goodhart_jax.scaling_laws import fit_gao, too_few_fit_points
+
+__all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "train_members", "Peak", "peak", "Trend",
+           "trend", "FORM", "fit_curve", "Evaluated", "evaluate", "QUANTITIES", "summarise", "trends"]
+
+SIZES = ((1, 8, 2), (1, 16, 2), (2, 32, 4), (2, 48, 4))
+PAIRS = (500, 1000, 2000, 4000)
+
+
+def size_config(vocab: int, depth: int, layers: int, width: int, heads: int) -> lm.LMConfig:
+    """A proxy reward model's sizes: `lm.LMConfig(vocab, depth, layers, width, heads)` (the registry's small
+    decoder; its embedding has vocab + 1 rows, BOS included)."""
+    return lm.LMConfig(vocab, depth, layers=layers, width=width, heads=heads)
+
+
+@functools.lru_cache(maxsize=None)
+def num_params(cfg: lm.LMConfig) -> int:
+    """The number of parameters of the lab reward model `cfg` (body and head; shapes only, nothing computed)."""
+    shapes = jax.eval_shape(lambda k: rewards.rm_init(k, cfg), jax.random.key(0))
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+class Members(NamedTuple):
+    """Proxies of one size and seed, one per data size."""
+
+    params: Any  # the reward models' parameters, stacked on a leading axis [M]
+    loss: Array  # [M, steps] minibatch BT log-loss per step
+    raw: Array  # [M, N] each model's scores of every terminal
+    pairs: Array  # [M] int32: the number of comparisons each was trained on (the first P of the shared data)
+
+
+@functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch"))
+def _train(keys, reward_fn, params, tokens, data, nums, steps, batch, lr, weight_decay):
+    def one(num):
+        def loss(p, k):
+            idx = jax.random.randint(k, (batch,), 0, num)
+            return rewards.bt_loss(reward_fn, p, tokens, rewards.Comparisons(data.a[idx], data.b[idx],
+                                                                             data.label[idx]))
+
+        return lm.adamw_scan(loss, params, keys, lr, weight_decay)
+
+    return jax.vmap(one)(nums)
+
+
+def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pairs, steps: int,
+                  batch: int = 256, lr: float = 3e-3, weight_decay: float = 0.01, temperature: float = 1.0,
+                  chunk: int = 8192) -> tuple[Members, rewards.Comparisons]:
+    """Bradley-Terry proxies of size `cfg`, one per data size in `pairs`, on nested subsets of one dataset.
+
+    The key is split as `rewards.learned_proxy` splits it (comparisons, initialisation, minibatches), so the
+    member trained on max(pairs) comparisons is `learned_proxy(key, cfg, tree, ...)`'s model, up to float
+    rounding of the vmapped program. Every member starts from the same initialisation and draws its minibatch
+    indices from the same keys (uniform in [0, P_i)).
+
+    Args:
+      key: PRNG key (one seed).
+      cfg: the proxies' sizes.
+      tree: the LM's tree (pairs drawn from its pi0).
+      utility: [N] the annotators' utility gold + eps.
+      pairs: data sizes P_i >= 1 (each <= 2^31 - 1).
+      steps, batch, lr, weight_decay: training (`rewards.train_bt`); temperature: BT label noise
+        (`rewards.comparisons`).
+      chunk: rows a call when scoring the tree.
+    Returns:
+      (Members, the max(pairs) comparisons; member i saw the first pairs[i]).
+    Raises:
+      ValueError: pairs empty or not positive integers; steps or batch < 1.
+    """
+    sizes = [int(p) for p in pairs]
+    if not sizes or any(p < 1 or p != q for p, q in zip(sizes, pairs)):
+        raise ValueError(f"pairs must be positive integers, got {list(pairs)}")
+    if steps < 1 or batch < 1:
+        raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
+    k_data, k_init, k_train = jax.random.split(key, 3)
+    data = rewards.comparisons(k_data, tree.log_p, utility, max(sizes), temperature)
+    fn = rewards.make_rm_reward(cfg)
+    params0 = rewards.rm_init_jit(k_init, cfg)
+    nums = jnp.asarray(sizes, jnp.int32)
+    params, loss = _train(jax.random.split(k_train, steps), fn, params0, tree.tokens, data, nums, steps, batch,
+                          lr, weight_decay)
+    raw = jnp.stack([rewards.score_terminals(fn, jax.tree.map(lambda x: x[i], params), tree.tokens, chunk)
+                     for i in range(len(sizes))])
+    return Members(params, loss, raw, nums), data
+
+
+class Peak(NamedTuple):
+    """The largest gold on a curve of points (ordered by KL), and where."""
+
+    gold: float | None  # None where the curve has no finite gold
+    KL: float | None  # the KL there; None where the largest gold is the curve's last point (still rising)
+    at: float | None  # the point's n (best-of-n) or beta (pi*), None with gold
+    reason: str  # why KL (or gold) is None, else ""
+
+
+def peak(points: list[dict]) -> Peak:
+    """The peak of a curve: the point of largest gold among those with finite gold and KL.
+
+    Args:
+      points: `experiment.point` rows of one curve ("bon": by n; "exact": by beta), in any order.
+    Returns:
+      Peak; where the largest gold is at the curve's largest KL, gold is that value and KL None ("still
+      rising at the grid's end": the peak is beyond the grid, and the KL of a peak is not known).
+    """
+    pts = [p for p in points if p.get("gold") is not None and p.get("KL") is not None
+           and math.isfinite(p["gold"]) and math.isfinite(p["KL"])]
+    if not pts:
+        return Peak(None, None, None, "no point has a finite gold and KL")
+    pts.sort(key=lambda p: p["KL"])
+    best = max(range(len(pts)), key=lambda i: pts[i]["gold"])
+    p = pts[best]
+    at = p["n"] if p.get("n") is not None else p.get("beta")
+    if best == len(pts) - 1:
+        return Peak(float(p["gold"]), None, at, f"gold still rising at the grid's largest KL ({p['KL']:.3g} nats): "
+                    "no peak within the grid")
+    return Peak(float(p["gold"]), float(p["KL"]), at, "")
+
+
+class Trend(NamedTuple):
+    """Least-squares line y = intercept + slope x, with a Student-t interval of the slope."""
+
+    slope: float
+    intercept: float
+    lo: float  # the slope's interval; nan (with reason) below 3 points or without spread in x
+    hi: float
+    r2: float
+    n: int
+    reason: str
+
+
+def trend(x, y, level: float = 0.95) -> Trend:
+    """Ordinary least squares of y on x with the slope's `level` interval: slope +- t_{(1+level)/2, n-2} se,
+    se = sqrt(SS_res / (n - 2) / sum (x - mean x)^2) (the textbook interval; `scipy.stats.linregress`'s stderr).
+
+    Non-finite pairs are left out. Below 2 points, or with x constant, everything is nan with a reason; with 2
+    points the line is exact and the interval nan.
+
+    Args:
+      x, y: [K] numbers (e.g. log10 parameters and a fitted coefficient, one point a proxy).
+      level: the interval's coverage.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = int(x.size)
+    nan = math.nan
+    if n < 2 or np.ptp(x) == 0:
+        return Trend(nan, nan, nan, nan, nan, n, f"{n} point(s) with {np.unique(x).size} distinct x: no line")
+    xm, ym = x.mean(), y.mean()
+    sxx = float(np.sum((x - xm) ** 2))
+    slope = float(np.sum((x - xm) * (y - ym)) / sxx)
+    intercept = float(ym - slope * xm)
+    res = y - intercept - slope * x
+    ss_tot = float(np.sum((y - ym) ** 2))
+    r2 = 1.0 - float(np.sum(res ** 2)) / ss_tot if ss_tot > 0 else nan
+    if n < 3:
+        return Trend(slope, intercept, nan, nan, r2, n, "2 points: the line is exact, no interval")
+    se = math.sqrt(float(np.sum(res ** 2)) / (n - 2) / sxx)
+    half = t_quantile((1.0 + level) / 2.0, n - 2) * se
+    return Trend(slope, intercept, slope - half, slope + half, r2, n, "")
+
+
+FORM = {"bon": "bon", "exact": "rl"}  # Gao's form fitted to each curve: best-of-n's, and RL's to the pi*(beta) path
+
+
+def fit_curve(points: list[dict], method: str) -> dict:
+    """Gao's form (`FORM[method]`) fitted to one curve's `points`: gold against d = sqrt(KL) (`scaling_laws.fit_gao`, float64
+    NumPy in, the lab's float32 fit): {"method", "form", "alpha", "beta", "r2", "points"}; alpha, beta, r2 None
+    with a `reason` below MIN_FIT_POINTS distinct d > 0 or where r2 is undefined."""
+    pts = [p for p in points if p.get("d") is not None and p.get("gold") is not None]
+    out = dict(method=method, form=FORM[method], points=len(pts))
+    d = np.asarray([p["d"] for p in pts], float)
+    if few := too_few_fit_points(d):
+        return dict(out, alpha=None, beta=None, r2=None, reason=few)
+    g = jax.device_get(_fit(jnp.asarray(d, jnp.float32), jnp.asarray([p["gold"] for p in pts], jnp.float32),
+                            form=FORM[method]))
+    out.update(alpha=float(g.alpha), beta=float(g.beta), r2=float(g.r2))
+    if not math.isfinite(out["r2"]):
+        out.update(r2=None, reason="gold is the same at every point: r2 is undefined")
+    return out
+
+
+_fit = jax.jit(fit_gao, static_argnames=("form", "steps"))
+
+
+class Evaluated(NamedTuple):
+    """One proxy measured: its agreement with gold, its exact curves, Gao's fits and the peaks."""
+
+    proxy: dict  # pair_accuracy_unseen, corr, error_corr, raw_mean, raw_sd (and "reason" where null)
+    points: list  # experiment.point rows: "bon" per n, "exact" per beta
+    fits: list  # fit_curve per method
+    peaks: list  # {"method", "gold", "KL", "at"} (and "reason")
+
+
+def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base, error: Array, betas, ns,
+             heldout_pairs: int = 10000) -> Evaluated:
+    """A trained proxy's agreement with gold and its exact best-of-n and pi*(beta) curves on the tree.
+
+    Args:
+      key: PRNG key (held-out pairs).
+      raw: [N] the proxy's scores of every terminal.
+      pairs: P, the comparisons it was trained on (the first P of `data`).
+      data: the shared comparisons.
+      base: `experiment.Base` (tree, gold).
+      error: [N] the annotator error eps (utility = gold + eps).
+      betas, ns: the pi*(beta) grid and best-of-n sizes.
+      heldout_pairs: pi0 pairs on sequences in none of its P training comparisons (`rewards.split_pairs`).
+    """
+    gold, log_p = base.gold.reward, base.tree.log_p
+    z = rewards.pi0_standardise(raw, log_p)
+    seen = rewards.Comparisons(data.a[:pairs], data.b[:pairs], data.label[:pairs])
+    split = rewards.split_pairs(key, log_p, seen, heldout_pairs)
+    acc = float(rewards.pair_accuracy(z.z, gold, *split.unseen))
+    proxy = dict(pair_accuracy_unseen=acc, corr=float(rewards.pi0_corr(z.z, gold, log_p)),
+                 error_corr=float(rewards.pi0_corr(z.z - gold, error, log_p)), raw_mean=float(z.mean),
+                 raw_sd=float(z.sd), seen_mass=float(split.seen_mass))
+    reasons = {f: "not finite (no unseen pair, or a constant reward)" for f, v in proxy.items() if not math.isfinite(v)}
+    proxy = {f: (None if f in reasons else v) for f, v in proxy.items()}
+    if reasons:
+        proxy["reason"] = "; ".join(f"{f}: {why}" for f, why in reasons.items())
+    tree = lab_tree.mdp_tree(base.tree, gold, z.z)
+    points = experiment.bon_points(tree, ns) + experiment.exact_points(tree, betas)
+    fits, peaks = [], []
+    for method in FORM:
+        curve = [p for p in points if p["method"] == method]
+        fits.append(fit_curve(curve, method))
+        pk = peak(curve)
+        peaks.append(dict(method=method, gold=pk.gold, KL=pk.KL, at=pk.at, **({"reason": pk.reason} if pk.reason
+                                                                                 else {})))
+    return Evaluated(proxy, points, fits, peaks)
+
+
+QUANTITIES = ("alpha_bon", "beta_bon", "alpha_exact", "beta_exact", "peak_gold_bon", "peak_KL_bon", "peak_gold_exact",
+              "peak_KL_exact", "pair_accuracy_unseen", "corr", "error_corr")  # what `summarise` and `trends` report
+
+
+def _quantities(ev: Evaluated) -> dict:
+    """{name: value or None} of one proxy `ev`, named as QUANTITIES (Gao's alpha and beta, the peak gold and
+    its KL, per method; the agreement fields)."""
+    out = {f: ev.proxy.get(f) for f in ("pair_accuracy_unseen", "corr", "error_corr")}
+    for f in ev.fits:
+        out[f"alpha_{f['method']}"], out[f"beta_{f['method']}"] = f["alpha"], f["beta"]
+    for p in ev.peaks:
+        out[f"peak_gold_{p['method']}"], out[f"peak_KL_{p['method']}"] = p["gold"], p["KL"]
+    return {q: out[q] for q in QUANTITIES}
+
+
+def summarise(cells: list[dict], level: float = 0.95) -> list[dict]:
+    """Mean and Student-t interval over seeds of every quantity, per (size, pairs).
+
+    Args:
+      cells: {"seed", "size", "params", "pairs", "evaluated": Evaluated} one a trained proxy.
+      level: the intervals' coverage.
+    Returns:
+      [{"kind": "summary", "size", "params", "pairs", "quantity", "mean", "lo", "hi", "sd", "seeds", "of"} and
+      "reason" where lo/hi (or the mean) are null], in the order of `cells`.
+    """
+    groups: dict = {}
+    for c in cells:
+        groups.setdefault((c["size"], c["params"], c["pairs"]), []).append(_quantities(c["evaluated"]))
+    rows = []
+    for (size, params, pairs), qs in groups.items():
+        for q in qs[0]:
+            iv = interval([x[q] for x in qs], level)
+            rows.append(_interval_row(dict(kind="summary", size=size, params=params, pairs=pairs, quantity=q), iv,
+                                      len(qs)))
+    return rows
+
+
+def _interval_row(row: dict, iv, of: int) -> dict:
+    fin = lambda v: v if math.isfinite(v) else None  # noqa: E731
+    row.update(mean=fin(iv.mean), lo=fin(iv.lo), hi=fin(iv.hi), sd=fin(iv.sd), seeds=iv.n, of=of)
+    if iv.reason:
+        row["reason"] = iv.reason
+    return row
+
+
+def trends(cells: list[dict], level: float = 0.95) -> list[dict]:
+    """How each quantity moves with proxy size and with data, as a slope per seed and its interval over seeds.
+
+    Per seed, the slope of the quantity against log10(parameters) across sizes at each data size
+    ("against": "params"), and against log10(pairs) across data sizes at each size ("against": "pairs")
+    (`trend`: least squares). Proxies of one seed share pi0, gold and data, so the slopes are averaged over
+    seeds (independent draws of everything) with a Student-t interval, not pooled.
+
+    Args:
+      cells: as `summarise` takes them.
+      level: the intervals' coverage.
+    Returns:
+      [{"kind": "trend", "against", "at" (the pairs or size held fixed), "quantity", "mean", "lo", "hi", "sd",
+      "seeds", "of", "per_seed" [slopes]} and "reason" where null].
+    """
+    rows = []
+    seeds = sorted({c["seed"] for c in cells})
+    for against, fixed, x_of in (("params", "pairs", lambda c: math.log10(c["params"])),
+                                 ("pairs", "size", lambda c: math.log10(c["pairs"]))):
+        for at in dict.fromkeys(c[fixed] for c in cells):
+            group = [c for c in cells if c[fixed] == at]
+            for q in _quantities(group[0]["evaluated"]):
+                slopes = []
+                for s in seeds:
+                    mine = [c for c in group if c["seed"] == s]
+                    ys = [_quantities(c["evaluated"])[q] for c in mine]
+                    t = trend([x_of(c) for c in mine], [math.nan if y is None else y for y in ys], level)
+                    slopes.append(None if not math.isfinite(t.slope) else t.slope)
+                iv = interval(slopes, level)
+                rows.append(_interval_row(dict(kind="trend", against=against, at=at, quantity=q,
+                                               per_seed=slopes), iv, len(seeds)))
+    return rows

@@ -1,0 +1,163 @@
+"""Reward-model scaling in the lab, as Gao et al. (2023) measured it, with every optimisation curve exact.
+
+Per seed: pi0 (the lab LM), its tree and a gold reward model; the annotator error eps (--noise); one set of
+comparisons of gold + eps. Then proxies of each --sizes (layers x width x heads) trained on the first P of
+those comparisons for each P in --pairs (`lab.scaling.train_members`), each measured exactly: agreement with
+gold (held-out pair accuracy, corr), best-of-n's and pi*(beta)'s gold against d = sqrt(KL), Gao's coefficients
+(best-of-n form on best-of-n, RL form on the pi*(beta) path), the peak gold and the KL there. Summary rows give
+the mean and 95% interval over seeds per (size, pairs); trend rows the slope of each quantity against log10
+parameters and log10 pairs, per seed, with its interval over seeds.
+
+    python sims/rm_scaling.py                          # 4 sizes x 4 data sizes x 3 seeds, A=16, L=4
+    python sims/rm_scaling.py --sizes 1x8x2 2x64x4 --pairs 1000 4000 --seeds 2 --json
+"""
+from __future__ import annotations
+
+from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is one line, exit 130
+cli.guard_startup(__name__)
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from goodhart_jax import best_of_n, planning, tails
+from goodhart_jax.lab import experiment, scaling
+from goodhart_jax.lab import tree as lab_tree
+
+INT32_MAX = 2**31 - 1
+
+
+def parse_size(spec: str) -> tuple[int, int, int]:
+    """"LxWxH" -> (layers, width, heads), checked as `lab.lm.LMConfig` checks them."""
+    try:
+        layers, width, heads = (int(x) for x in spec.lower().split("x"))
+        experiment.lm.LMConfig(2, 1, layers, width, heads)
+    except ValueError as e:
+        why = str(e) if "split" in str(e) or "need" in str(e) else "three integers LxWxH, e.g. 2x32x4"
+        raise cli.InputError(f"--sizes: {spec!r}: {why}") from None
+    return layers, width, heads
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(cli.RunConfig):
+    vocab: int = cli.arg(16, "lab tokens A, the last EOS", metavar="A", check=cli.at_least("--vocab", 2))
+    depth: int = cli.arg(4, "maximum length L", metavar="L", check=cli.at_least("--depth", 1))
+    sizes: tuple[str, ...] = cli.arg(tuple(f"{l}x{w}x{h}" for l, w, h in scaling.SIZES),
+                                     "proxy sizes, layers x width x heads", metavar="LxWxH",
+                                     check=lambda v: [parse_size(s) for s in v])
+    pairs: tuple[int, ...] = cli.arg(scaling.PAIRS, "comparisons per proxy (nested subsets of one dataset a seed)",
+                                     metavar="P", check=cli.each("--pairs", lambda x: 1 <= x <= INT32_MAX,
+                                                                 "an integer in [1, 2^31 - 1]"))
+    noise: str = cli.arg("normal", "annotator error family (goodhart_jax.tails spec)", metavar="FAMILY")
+    noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
+                                 check=cli.positive("--noise-scale"))
+    betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
+                                       "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
+                                       metavar="B", show_default=False, check=cli.positive("beta"))
+    ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
+                                  check=best_of_n.check_ns)
+    bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256)", metavar="S",
+                            check=cli.each("--bt-steps", lambda x: 1 <= x <= INT32_MAX, "an integer >= 1"))
+    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S",
+                            check=cli.each("--lm-steps", lambda x: 1 <= x <= INT32_MAX, "an integer >= 1"))
+    seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
+    seeds: int = cli.arg(3, "seeds S .. S + N - 1: summary and trend rows give the mean and a 95%% interval over "
+                            "them", metavar="N", check=cli.each("--seeds", lambda x: 1 <= x <= 1000, "in [1, 1000]"))
+
+    @property
+    def seed_values(self) -> list[int]:
+        return [(self.seed + i) % (cli.SEED_MAX + 1) for i in range(self.seeds)]
+
+
+def prepare(cfg: Config):
+    """Check every input before anything is written; returns (sizes [(layers, width, heads)], N)."""
+    try:
+        tails.parse(cfg.noise)
+    except ValueError as e:
+        raise cli.InputError(f"--noise: {e}") from None
+    with cli.inputs():
+        planning.check_float32(cfg.betas, [])
+    n = experiment.check_size(cfg.vocab, cfg.depth)
+    sizes = [parse_size(s) for s in cfg.sizes]
+    cli.check_memory(experiment.peak_bytes(cfg.vocab, cfg.depth, ns=len(cfg.ns), pairs=max(cfg.pairs),
+                                           lm_steps=cfg.lm_steps, bt_steps=cfg.bt_steps),
+                     f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth})")
+    for s in cfg.seed_values:
+        try:
+            experiment.check_error(experiment.annotator_error(jax.random.fold_in(jax.random.key(s), 1), cfg.noise,
+                                                              n, cfg.noise_scale), cfg.betas)
+        except ValueError as e:
+            raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {cfg.noise} (seed {s}): {e}") from None
+    return sizes, n
+
+
+def one_seed(run: cli.Run, cfg: Config, sizes, seed: int) -> list[dict]:
+    """pi0, gold, eps and the comparisons of one seed; every size's proxies trained and measured. Emits the
+    seed's rows; returns its cells ({"seed", "size", "params", "pairs", "evaluated"})."""
+    key = jax.random.key(seed)
+    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
+    n = base.tree.log_p.shape[0]
+    eps = experiment.annotator_error(jax.random.fold_in(key, 1), cfg.noise, n, cfg.noise_scale)
+    eps = eps.astype(base.gold.reward.dtype)
+    law = lab_tree.law_stats(base.tree.log_p)
+    run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
+                   top_mass=law.top_mass, n90=law.n90)])
+    cells = []
+    for (layers, width, heads) in run.progress(sizes, f"seed {seed}: sizes"):
+        mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
+        size, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
+        members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, base.tree, base.gold.reward + eps,
+                                              cfg.pairs, cfg.bt_steps)
+        for i, p in enumerate(cfg.pairs):
+            ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, base, eps, cfg.betas, cfg.ns)
+            tag = dict(seed=seed, size=size, params=params, pairs=p)
+            run.emit([dict(kind="proxy", **tag, final_loss=float(np.mean(members.loss[i, -50:])), **ev.proxy)]
+                     + [dict(kind="lab", **tag, **pt) for pt in ev.points]
+                     + [dict(kind="fit", **tag, **f) for f in ev.fits]
+                     + [dict(kind="peak", **tag, **pk) for pk in ev.peaks])
+            cells.append(dict(tag, evaluated=ev))
+    return cells
+
+
+def main(cfg: Config) -> list[dict]:
+    """Every seed (`one_seed`), then the summary over seeds, the trends, summary.json, figures and a table."""
+    sizes, n = prepare(cfg)
+    with cli.Run("rm_scaling", cfg) as run:
+        run.log(f"rm_scaling: {len(sizes)} sizes x {len(cfg.pairs)} data sizes x {cfg.seeds} seeds on a tree of "
+                f"{n:,} sequences; writing to {run.dir}")
+        cells = []
+        for seed in cfg.seed_values:
+            cells += one_seed(run, cfg, sizes, seed)
+        summ, tr = scaling.summarise(cells), scaling.trends(cells)
+        run.emit(summ + tr)
+        run.save_json("summary.json", dict(seeds=cfg.seed_values, level=0.95, summary=summ, trends=tr))
+        if cfg.plots:
+            from goodhart_jax.plots import rm_scaling as plots
+
+            for name, fig in plots.figures(run.rows).items():
+                run.figure(name, fig)
+        cell = lambda r: "n/a" if r.get("mean") is None else (  # noqa: E731
+            f"{r['mean']:.3g}" + ("" if r.get("lo") is None else f" [{r['lo']:.3g}, {r['hi']:.3g}]"))
+        by = {(r["size"], r["pairs"], r["quantity"]): r for r in summ}
+        run.table([dict(size=s, params=by[(s, p, "corr")]["params"], pairs=p,
+                        **{q: cell(by[(s, p, q)]) for q in ("pair_accuracy_unseen", "alpha_bon", "beta_bon",
+                                                           "peak_gold_exact", "peak_KL_exact")})
+                   for s in cfg.sizes for p in cfg.pairs],
+                  [("size", "size", ""), ("params", "params", ""), ("pairs", "pairs", ""),
+                   ("held-out acc", "pair_accuracy_unseen", ""), ("alpha bon", "alpha_bon", ""),
+                   ("beta bon", "beta_bon", ""), ("peak gold pi*", "peak_gold_exact", ""),
+                   ("KL at peak", "peak_KL_exact", "")],
+                  title=f"mean [95% interval] over {cfg.seeds} seeds")
+        slope = [r for r in tr if r["against"] == "params" and r["quantity"] in ("alpha_bon", "beta_bon",
+                                                                                 "peak_gold_exact")]
+        run.table([dict(pairs=r["at"], quantity=r["quantity"], slope=cell(r)) for r in slope],
+                  [("pairs", "pairs", ""), ("quantity", "quantity", ""), ("slope per decade of parameters", "slope",
+                                                                         "")],
+                  title="trend with proxy size (slope per seed; mean [95% interval] over seeds)")
+    return run.rows
+
+
+if __name__ == "__main__":
+    cli.main(Config, main)

@@ -1,0 +1,101 @@
+"""lab.scaling: proxies trained together on nested data equal rewards.train_bt one by one; parameter counts from
+the architecture's closed form; OLS trends against SciPy; peaks of a curve."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from goodhart_jax.lab import lm, rewards, scaling
+from goodhart_jax.lab import tree as lab_tree
+
+
+def neox_params(vocab: int, layers: int, width: int) -> int:
+    """GPT-NeoX reward model by hand: embedding (A + 1) x D; per layer two LayerNorms (2 x 2D), fused QKV
+    (D x 3D + 3D), output (D x D + D), MLP D -> 4D -> D with biases; final LayerNorm 2D; head D + 1."""
+    d = width
+    per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return (vocab + 1) * d + layers * per_layer + 2 * d + d + 1
+
+
+@pytest.mark.parametrize("size", scaling.SIZES)
+def test_num_params_closed_form(size):
+    layers, width, heads = size
+    cfg = scaling.size_config(16, 4, layers, width, heads)
+    assert scaling.num_params(cfg) == neox_params(16, layers, width)
+
+
+def test_default_sizes_span_30x():
+    n = [scaling.num_params(scaling.size_config(16, 4, *s)) for s in scaling.SIZES]
+    assert n == sorted(n) and n[-1] / n[0] >= 30 and len(n) >= 4
+
+
+def test_members_equal_train_bt_on_their_first_pairs():
+    """Member i of the vmapped program = rewards.train_bt on the first P_i comparisons, same keys; its raw scores
+    = score_terminals of that model; the largest member is learned_proxy's model."""
+    vocab, depth = 4, 3
+    cfg_lm = lm.LMConfig(vocab, depth, layers=1, width=16, heads=2)
+    params = lm.init(jax.random.key(0), cfg_lm)
+    tree = lab_tree.exact_tree(lm.make_logits(cfg_lm), params, depth)
+    u = jax.random.normal(jax.random.key(1), tree.log_p.shape)
+    cfg = scaling.size_config(vocab, depth, 1, 8, 2)
+    pairs, steps = (7, 30, 64), 25
+    key = jax.random.key(2)
+    m, data = scaling.train_members(key, cfg, tree, u, pairs, steps, batch=16)
+    assert m.raw.shape == (3, tree.log_p.shape[0]) and m.loss.shape == (3, steps)
+    np.testing.assert_array_equal(m.pairs, pairs)
+    k_data, k_init, k_train = jax.random.split(key, 3)
+    fn = rewards.make_rm_reward(cfg)
+    for i, p in enumerate(pairs):
+        sub = rewards.Comparisons(data.a[:p], data.b[:p], data.label[:p])
+        ref = rewards.train_bt(k_train, fn, rewards.rm_init_jit(k_init, cfg), tree.tokens, sub, steps, batch=16,
+                               lr=3e-3)
+        np.testing.assert_allclose(m.loss[i], ref.loss, rtol=2e-5, atol=2e-6)
+        raw = rewards.score_terminals(fn, ref.params, tree.tokens)
+        np.testing.assert_allclose(m.raw[i], raw, rtol=2e-4, atol=2e-5)
+    proxy = rewards.learned_proxy(key, cfg, tree, jnp.zeros_like(u), u, max(pairs), steps=steps, batch=16)
+    np.testing.assert_allclose(m.raw[-1], proxy.raw, rtol=2e-4, atol=2e-5)
+    assert not np.allclose(m.raw[0], m.raw[-1], atol=1e-3)  # the data sizes trained different models
+
+
+def test_train_members_refuses_bad_sizes():
+    tree = lab_tree.exact_tree(lm.make_logits(lm.LMConfig(3, 2, 1, 8, 2)), lm.init(jax.random.key(0),
+                               lm.LMConfig(3, 2, 1, 8, 2)), 2)
+    cfg = scaling.size_config(3, 2, 1, 8, 2)
+    u = jnp.zeros(tree.log_p.shape)
+    for bad in ((), (0, 4), (2.5,)):
+        with pytest.raises(ValueError, match="pairs"):
+            scaling.train_members(jax.random.key(0), cfg, tree, u, bad, 3)
+    with pytest.raises(ValueError, match="steps"):
+        scaling.train_members(jax.random.key(0), cfg, tree, u, (4,), 0)
+
+
+def test_trend_against_scipy():
+    rng = np.random.default_rng(0)
+    x = np.log10([1e3, 3e3, 3e4, 1e5] * 3)
+    y = 0.4 * x + rng.normal(0, 0.2, x.size)
+    t = scaling.trend(x, y)
+    ref = stats.linregress(x, y)
+    half = stats.t.ppf(0.975, x.size - 2) * ref.stderr
+    assert t.n == x.size and t.reason == ""
+    np.testing.assert_allclose([t.slope, t.intercept, t.r2], [ref.slope, ref.intercept, ref.rvalue ** 2],
+                               rtol=1e-10)
+    np.testing.assert_allclose([t.lo, t.hi], [ref.slope - half, ref.slope + half], rtol=1e-8)
+    # non-finite pairs are left out; 2 points: exact line, no interval; constant x: nothing
+    t2 = scaling.trend([0.0, 1.0, np.nan], [1.0, 3.0, 5.0])
+    assert (t2.slope, t2.intercept, t2.n) == (2.0, 1.0, 2) and math.isnan(t2.lo) and "exact" in t2.reason
+    t3 = scaling.trend([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
+    assert math.isnan(t3.slope) and "no line" in t3.reason
+
+
+def test_peak_of_a_curve():
+    pts = [dict(method="exact", beta=b, KL=k, gold=g) for b, k, g in
+           [(10.0, 0.01, 0.05), (1.0, 0.5, 0.4), (0.3, 2.0, 0.3), (0.1, 5.0, None)]]
+    p = scaling.peak(pts[::-1])  # order does not matter: sorted by KL
+    assert (p.gold, p.KL, p.at, p.reason) == (0.4, 0.5, 1.0, "")
+    rising = [dict(method="bon", n=n, KL=k, gold=g) for n, k, g in [(1, 0.0, 0.0), (4, 0.6, 0.3), (16, 1.8, 0.5)]]
+    p = scaling.peak(rising)
+    assert p.gold == 0.5 and p.KL is None and p.at == 16 and "still rising" in p.reason
+    assert scaling.peak([dict(KL=None, gold=1.0)]).gold is None
