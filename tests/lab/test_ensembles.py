@@ -97,12 +97,24 @@ def test_trained_ensemble(ens, small_tree, gold):
     px = ensembles.objective_proxy(ens, "wco", small_tree.log_p)
     np.testing.assert_allclose(px.raw, np.min(np.asarray(ens.members), axis=0), atol=1e-6)
     np.testing.assert_allclose(px.reward, (np.asarray(px.raw, np.float64) - px.mean) / px.sd, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="loss"):
+        ensembles.train_ensemble(jax.random.key(3), CFG, small_tree, gold, ens.error, P, loss="hinge")
+
+
+@pytest.mark.slow  # a second vmapped training program to compile (~35 s on the loaded 2-core box)
+def test_mse_ensemble_without_bootstrap(ens, small_tree, gold):
+    """The regression control as an ensemble: ratings, every member on every label (no resample)."""
+    P = 400
     plain = ensembles.train_ensemble(jax.random.key(3), CFG, small_tree, gold, ens.error, P, members=2, steps=40,
                                      bootstrap=False, loss="mse")
     np.testing.assert_array_equal(plain.indices, np.broadcast_to(np.arange(P), (2, P)))  # every label, each
     assert isinstance(plain.data, rewards.Ratings) and plain.data.x.shape == (P,) and plain.kind == "mse"
-    with pytest.raises(ValueError, match="loss"):
-        ensembles.train_ensemble(jax.random.key(3), CFG, small_tree, gold, ens.error, P, loss="hinge")
+    p = _p0(small_tree)
+    for z in list(plain.members) + [plain.single.reward]:
+        z = np.asarray(z, np.float64)
+        np.testing.assert_allclose([p @ z, np.sqrt(p @ (z - p @ z) ** 2)], [0.0, 1.0], atol=1e-5)
+        assert float(rewards.pi0_corr(jnp.asarray(z), gold, small_tree.log_p)) > 0.3
+    assert not np.allclose(plain.members[0], plain.members[1])  # initialisations differ
 
 
 def _pi_star_np(p, r, g, beta):
