@@ -1,6 +1,6 @@
 """sims/ensembles.py: bad input is one line and exit 2 with nothing written; a tiny run (A=3, L=2, 2 seeds, XLA's
 optimisations off: compiling is its cost) with --json prints strict JSON rows: every proxy label and method, null
-numbers with a reason, paired differences equal to the headlines' differences, summary means over the seeds."""
+numbers with a reason, RL never above the exact optimum of its objective, paired differences equal to the headlines' differences, summary means over the seeds."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from scripts import load_script, unoptimised_compiles  # tests/scripts.py
 sim = load_script("ensembles")
 TINY = ["--vocab", "3", "--depth", "2", "--noise", "student_t:df=2", "--losses", "bt", "--members", "2",
         "--labels", "100", "--bt-steps", "10", "--lm-steps", "10", "--betas", "0.5", "2", "--ns", "1", "4",
-        "--seeds", "2", "--seed", "5", "--no-plots"]
+        "--seeds", "2", "--seed", "5", "--no-plots", "--rl-betas", "1", "--rl-steps", "10", "--eval-every", "5"]
 
 
 @pytest.mark.parametrize("argv,says", [
@@ -63,7 +63,9 @@ def test_tiny_run_rows(tiny):
     labels = {"bt:single", "bt:mean", "bt:wco", "bt:uwo(lambda=1)"}
     lab = [r for r in tiny if r["kind"] == "lab"]
     assert {r["proxy"] for r in lab} == labels and {r["seed"] for r in lab} == {5, 6}
-    assert {r["method"] for r in lab} == {"exact", "bon"}
+    assert {r["method"] for r in lab} == {"exact", "bon", "rl"}
+    for r in (r for r in lab if r["method"] == "rl"):  # RL on every objective: never above its exact optimum
+        assert r["objective"] <= r["optimum"] + 1e-4 * (1 + abs(r["optimum"])) and r["step"] in (0, 5, 10)
     for r in tiny:
         for k, v in r.items():
             if v is None and k in ("KL", "gold", "value", "mean", "corr"):
