@@ -733,3 +733,119 @@ def diagnose_proxy(key: Array, proxy: Array, gold: Array, log_p: Array, data: Co
                        x, diag["xi"][2], diag["xi_proxy"][2],
                        tail_curves(proxy, gold, log_p, betas, q), split, reasons, ecorr["error_corr_unseen"],
                        ecorr["error_corr_seen"])
+
+
+# ---------------------------------------------------------------- control: a regression proxy (MSE on ratings)
+class Ratings(NamedTuple):
+    """Noisy scalar ratings of sequences drawn from pi0: the regression proxy's training data.
+
+    `a` and `b` both name the rated sequences, so that `seen_terminals`, `split_pairs` and `diagnose_proxy` treat
+    them as the proxy's training sequences exactly as they do a Bradley-Terry proxy's pairs.
+    """
+
+    x: Array  # [P] terminal index of each rated sequence (i.i.d. from pi0, repeats included)
+    y: Array  # [P] its rating u(x) (+ rating noise)
+
+    @property
+    def a(self) -> Array:
+        return self.x
+
+    @property
+    def b(self) -> Array:
+        return self.x
+
+
+def ratings(key: Array, log_p: Array, utility: Array, num: int, noise: float = 0.0) -> Ratings:
+    """Ratings y = u(x) + noise * N(0, 1) of `num` sequences x drawn i.i.d. from pi0.
+
+    The annotator's utility u = gold + eps carries the per-sequence error eps (as for `comparisons`); `noise` adds
+    independent per-label noise on top (0: none, the default: a rating is the utility itself, and a sequence rated
+    twice gets the same rating).
+
+    Args:
+      key: PRNG key (sequences, label noise).
+      log_p: [N] pi0's terminal log-probabilities.
+      utility: [N] u = gold + eps.
+      num: P ratings (static).
+      noise: sd of the per-label noise, >= 0.
+    """
+    if not noise >= 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    k_x, k_y = jax.random.split(key)
+    x = sample_terminals(k_x, log_p, num)
+    y = utility[x]
+    if noise > 0:
+        y = y + noise * jax.random.normal(k_y, y.shape, y.dtype)
+    return Ratings(x, y)
+
+
+def mse_loss(reward_fn: RewardFn, params: Any, tokens: Array, data: Ratings) -> Array:
+    """Mean squared error mean_i (r(x_i) - y_i)^2 of the reward model on ratings.
+
+    Args:
+      tokens: [N, L] terminal sequences; data indexes them.
+    """
+    return jnp.mean(jnp.square(reward_fn(params, tokens[data.x]) - data.y))
+
+
+def train_mse(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data: Ratings, steps: int,
+              batch: int | None = 256, lr: float = 1e-3, weight_decay: float = 0.01) -> Trained:
+    """Fit a reward model to ratings by AdamW on `mse_loss`: one jitted `lax.scan` (`lm.adamw_scan`), as `train_bt`.
+
+    Each step draws `batch` ratings with replacement (batch None: every rating, every step: full-batch AdamW, a
+    deterministic gradient); the learning rate decays by cosine to lr / 10.
+
+    Args:
+      key: PRNG key (minibatches).
+      reward_fn, params: the model and its initial parameters.
+      tokens: [N, L] terminal sequences.
+      data: the ratings (indices into tokens).
+      steps, batch: static sizes.
+    Returns:
+      Trained(params, loss [steps]).
+    """
+    return _train_mse(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay)
+
+
+@functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch"))
+def _train_mse(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay) -> Trained:
+    num = data.x.shape[0]
+
+    def loss(p, k):
+        if batch is None:
+            return mse_loss(reward_fn, p, tokens, data)
+        idx = jax.random.randint(k, (batch,), 0, num)
+        return mse_loss(reward_fn, p, tokens, Ratings(data.x[idx], data.y[idx]))
+
+    return Trained(*lm.adamw_scan(loss, params, jax.random.split(key, steps), lr, weight_decay))
+
+
+def regression_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, error: Array, num: int,
+                     steps: int = 2000, noise: float = 0.0, batch: int = 256, lr: float = 3e-3,
+                     weight_decay: float = 0.01, chunk: int = 8192) -> Proxy:
+    """The control beside `learned_proxy`: the same reward model trained by MSE on noisy ratings u = gold + eps
+    of `num` sequences from pi0, scored on every terminal and standardised under pi0 (`Proxy`, the `Ratings` in
+    `data`).
+
+    Matching the Bradley-Terry proxy: `num` ratings for `pairs` comparisons is one label each (a comparison is one
+    bit about two sequences, a rating one real number about one sequence); pass num = 2 pairs to match the
+    sequences seen instead. A rating carries the error's magnitude, which a comparison saturates (sigmoid), so
+    the two tell label saturation from the model's capacity.
+
+    Args:
+      key: PRNG key (ratings, initialisation, minibatches).
+      cfg: the proxy's sizes.
+      tree: the LM's tree (rated sequences are drawn from its pi0).
+      gold: [N] standardised gold.
+      error: [N] annotator error eps (any map: i.i.d. or a function of the sequence).
+      num: P ratings.
+      steps, noise, batch, lr, weight_decay: training (see `ratings`, `train_mse`).
+    """
+    k_data, k_init, k_train = jax.random.split(key, 3)
+    data = ratings(k_data, tree.log_p, gold + error, num, noise)
+    fn = make_rm_reward(cfg)
+    params = rm_init_jit(k_init, cfg)
+    fit = train_mse(k_train, fn, params, tree.tokens, data, steps, batch, lr, weight_decay)
+    raw = score_terminals(fn, fit.params, tree.tokens, chunk)
+    s = pi0_standardise(raw, tree.log_p)
+    return Proxy(s.z, error, fit.params, fit.loss, raw, s.mean, s.sd, data)
