@@ -67,7 +67,7 @@ def studies() -> list[str]:
 
 # The studies in the order the site lists them (the main job first); a script not named here comes after them.
 STUDY_ORDER = ("sweep_beta", "sweep_threshold", "tail_upweight", "theorem3", "best_of_n", "mitigations",
-               "overoptimization", "reward_tails", "acg_search", "score_rewards")
+               "overoptimization", "rm_scaling", "ensembles", "reward_tails", "acg_search", "score_rewards")
 
 
 def study_order() -> list[str]:

@@ -27,15 +27,8 @@ from goodhart_jax import best_of_n, io, planning, tails
 from goodhart_jax.lab import ensembles, experiment, lm, rewards, summary
 from goodhart_jax.lab import tree as lab_tree
 
-INT32_MAX = 2**31 - 1  # counts enter the jitted programs as int32
 N_MAX = 2**24  # best-of-n sizes are float32 inside the exact law
 NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "share_closed")
-
-
-def count(flag: str, hi: int = INT32_MAX, why: str = "2^31 - 1: it enters the jitted programs as int32"):
-    """Check: every value is an integer in [1, hi]."""
-    return cli.each(flag, lambda x: math.isfinite(x) and int(x) == x and 1 <= x <= hi,
-                    f"an integer in [1, {hi}] ({why})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +40,9 @@ class Config(cli.RunConfig):
                                  check=cli.positive("--noise-scale"))
     losses: tuple[str, ...] = cli.arg(("bt", "mse"), "label kinds: bt (comparisons) and/or mse (ratings, the "
                                       "regression control)", choices=ensembles.LOSSES)
-    members: int = cli.arg(ensembles.MEMBERS, "ensemble members K", metavar="K", check=count("--members", 64, "64"))
+    members: int = cli.arg(ensembles.MEMBERS, "ensemble members K", metavar="K", check=cli.count("--members", 64, "64"))
     labels: int = cli.arg(4000, "labels per ensemble: comparisons (bt) or ratings (mse)", metavar="P",
-                          check=count("--labels"))
+                          check=cli.count("--labels"))
     bootstrap: bool = cli.arg(True, "each member trains on a bootstrap resample of the labels (--no-bootstrap: "
                               "all of them, members differing by initialisation only, as Coste et al.)")
     uwo_lambda: float = cli.arg(ensembles.UWO_LAMBDA, "lambda of uwo = mean - lambda Var over members (members "
@@ -60,17 +53,17 @@ class Config(cli.RunConfig):
                                        "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
                                        metavar="B", show_default=False, check=cli.positive("beta"))
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
-                                  check=lambda ns: (best_of_n.check_ns(ns), count("n", N_MAX, "2^24")(ns)))
+                                  check=lambda ns: (best_of_n.check_ns(ns), cli.count("n", N_MAX, "2^24")(ns)))
     rl_betas: tuple[float, ...] = cli.arg((), "KL coefficients of RL on every objective (none: no RL)", metavar="B",
                                           nargs="*")
-    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=count("--rl-steps"))
+    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=cli.count("--rl-steps"))
     eval_every: int = cli.arg(50, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
-                              check=count("--eval-every"))
-    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))
-    bt_steps: int = cli.arg(600, "training steps of each proxy", metavar="S", check=count("--bt-steps"))
+                              check=cli.count("--eval-every"))
+    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.count("--lm-steps"))
+    bt_steps: int = cli.arg(600, "training steps of each proxy", metavar="S", check=cli.count("--bt-steps"))
     seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
     seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1 (mod 2^32); summary rows: mean and 95%% interval over "
-                            "them", metavar="N", check=count("--seeds", 1000, "1000"))
+                            "them", metavar="N", check=cli.count("--seeds", 1000, "1000"))
 
     def __post_init__(self):
         super().__post_init__()

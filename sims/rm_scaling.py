@@ -26,9 +26,6 @@ from goodhart_jax import best_of_n, planning, tails
 from goodhart_jax.lab import experiment, scaling
 from goodhart_jax.lab import tree as lab_tree
 
-INT32_MAX = 2**31 - 1
-
-
 def parse_size(spec: str) -> tuple[int, int, int]:
     """"LxWxH" -> (layers, width, heads), checked as `lab.lm.LMConfig` checks them."""
     try:
@@ -42,14 +39,13 @@ def parse_size(spec: str) -> tuple[int, int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Config(cli.RunConfig):
-    vocab: int = cli.arg(16, "lab tokens A, the last EOS", metavar="A", check=cli.at_least("--vocab", 2))
-    depth: int = cli.arg(4, "maximum length L", metavar="L", check=cli.at_least("--depth", 1))
+    vocab: int = cli.arg(16, "lab tokens A, the last EOS", metavar="A", check=cli.count("--vocab"))
+    depth: int = cli.arg(4, "maximum length L", metavar="L", check=cli.count("--depth"))
     sizes: tuple[str, ...] = cli.arg(tuple(f"{l}x{w}x{h}" for l, w, h in scaling.SIZES),
                                      "proxy sizes, layers x width x heads", metavar="LxWxH",
                                      check=lambda v: [parse_size(s) for s in v])
     pairs: tuple[int, ...] = cli.arg(scaling.PAIRS, "comparisons per proxy (nested subsets of one dataset a seed)",
-                                     metavar="P", check=cli.each("--pairs", lambda x: 1 <= x <= INT32_MAX,
-                                                                 "an integer in [1, 2^31 - 1]"))
+                                     metavar="P", check=cli.count("--pairs"))
     noise: str = cli.arg("normal", "annotator error family (goodhart_jax.tails spec)", metavar="FAMILY")
     noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
                                  check=cli.positive("--noise-scale"))
@@ -59,12 +55,12 @@ class Config(cli.RunConfig):
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
                                   check=best_of_n.check_ns)
     bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256)", metavar="S",
-                            check=cli.each("--bt-steps", lambda x: 1 <= x <= INT32_MAX, "an integer >= 1"))
+                            check=cli.count("--bt-steps"))
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S",
-                            check=cli.each("--lm-steps", lambda x: 1 <= x <= INT32_MAX, "an integer >= 1"))
+                            check=cli.count("--lm-steps"))
     seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
     seeds: int = cli.arg(3, "seeds S .. S + N - 1: summary and trend rows give the mean and a 95%% interval over "
-                            "them", metavar="N", check=cli.each("--seeds", lambda x: 1 <= x <= 1000, "in [1, 1000]"))
+                            "them", metavar="N", check=cli.count("--seeds", 1000, "1000"))
 
     @property
     def seed_values(self) -> list[int]:

@@ -70,8 +70,8 @@ import sys
 import types
 
 from goodhart_jax.cli import flags, outdir, output, processes, runner, signals
-from goodhart_jax.cli.flags import (INT64_MAX, SEED_MAX, Checked, Flag, RunConfig, arg, at_least, build_parser,
-                                    check_memory, each, finite, flag_values, flags_of, inputs, nest, parse_config,
+from goodhart_jax.cli.flags import (INT32_MAX, INT64_MAX, SEED_MAX, Checked, Flag, RunConfig, arg, at_least,
+                                    build_parser, check_memory, count, each, finite, flag_values, flags_of, inputs, nest, parse_config,
                                     positive, seed, within)
 from goodhart_jax.cli.outdir import check_out_dir, check_out_free, prepare_out_dir
 from goodhart_jax.cli.output import Run, SilentRun, format_table, open_run
@@ -81,7 +81,7 @@ from goodhart_jax.cli.signals import CTRL_C_GIVE_UP_S, CTRL_C_RESEND_S, guard_st
 from goodhart_jax.errors import InputError, OutputError
 
 __all__ = ["InputError", "OutputError", "Checked", "RunConfig", "arg", "nest", "flag_values", "flags_of", "Flag", "each", "positive", "finite", "within",
-           "at_least", "seed", "inputs", "check_memory", "Run", "SilentRun", "open_run", "format_table",
+           "at_least", "count", "INT32_MAX", "seed", "inputs", "check_memory", "Run", "SilentRun", "open_run", "format_table",
            "check_out_dir", "check_out_free", "prepare_out_dir", "build_parser", "parse_config", "run", "main",
            "guard_startup", "prog_name", "ProcessFlags", "CTRL_C_RESEND_S", "CTRL_C_GIVE_UP_S", "SEED_MAX",
            "INT64_MAX"]

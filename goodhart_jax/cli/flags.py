@@ -223,6 +223,21 @@ def positive(what: str) -> Callable[[Any], None]:
     return each(what, lambda x: math.isfinite(x) and x > 0, "finite and > 0")
 
 
+INT32_MAX = 2**31 - 1  # counts (steps, pairs) enter jitted programs as int32 (lax.scan lengths, randint bounds)
+
+
+def count(what: str, hi: int = INT32_MAX, why: str = "2^31 - 1: it enters the jitted programs as int32"
+          ) -> Callable[[Any], None]:
+    """Check: every value is an integer in [1, hi]; the error names `what` and says `why` hi is the limit.
+
+    Args:
+      what: the flag (e.g. "--bt-steps").
+      hi: the largest value accepted.
+      why: the reason for `hi`, shown in the error.
+    """
+    return each(what, lambda x: math.isfinite(x) and int(x) == x and 1 <= x <= hi, f"an integer in [1, {hi}] ({why})")
+
+
 def finite(what: str) -> Callable[[Any], None]:
     """Check: every value is a finite number.
 

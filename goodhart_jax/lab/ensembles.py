@@ -60,7 +60,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from goodhart_jax.lab import best_of_n as lab_bon
 from goodhart_jax.lab import experiment, lm, rewards, summary
 from goodhart_jax.lab import tree as lab_tree
 
@@ -259,17 +258,13 @@ def peak(curve: Curve) -> Peak:
     return Peak(float(curve.gold[i]), float(curve.KL[i]), float(curve.param[i]), i == int(np.flatnonzero(ok)[-1]))
 
 
-_bon_stats = jax.jit(lab_bon.bon_stats)
-
-
 def evaluate(tree: lab_tree.LMTree, gold: Array, table: Array, betas, ns, kl_targets=summary.KL_TARGETS,
              name: str = "") -> Evaluation:
     """Exact pi*(beta), exact best-of-n and pi* at fixed KLs of the proxy `table`, scored by `gold`.
 
     pi*(beta)(x) is proportional to pi0(x) exp(table(x) / beta) (`mdp.sweep_betas` on `lab.tree.mdp_tree`);
-    best-of-n ranks by the table itself (`lab.best_of_n.bon_stats`, ties split by pi0: an objective such as wco
-    can tie; `lab.experiment.bon_points` ranks by the tree's X + V, where float32 rounding of (table - gold) +
-    gold breaks exact ties); gold at a KL target solves for beta (`lab.summary.exact_at_kl`).
+    best-of-n ranks by the table itself (`lab.experiment.bon_points` given the table: an objective such as wco
+    can tie, and float32 rounding of the tree's (table - gold) + gold would split ties); gold at a KL target solves for beta (`lab.summary.exact_at_kl`).
 
     Args:
       tree: the LM's tree.
@@ -284,13 +279,7 @@ def evaluate(tree: lab_tree.LMTree, gold: Array, table: Array, betas, ns, kl_tar
     betas = sorted((float(b) for b in betas), reverse=True)
     ns = sorted(int(n) for n in ns)
     exact = _curve(experiment.exact_points(t, betas), "beta") if betas else Curve(*[np.zeros(0)] * 4)
-    bon = Curve(*[np.zeros(0)] * 4)
-    if ns:
-        dtype = t.V[-1].dtype
-        res = jax.device_get(_bon_stats(tree.log_p.astype(dtype), jnp.asarray(table, dtype), jnp.asarray(gold, dtype),
-                                        jnp.asarray(ns, dtype)))
-        bon = Curve(np.asarray(ns, np.float64), np.maximum(np.asarray(res.KL, np.float64), 0.0),
-                    np.asarray(res.gold, np.float64), np.asarray(res.proxy, np.float64))
+    bon = _curve(experiment.bon_points(t, ns, table), "n") if ns else Curve(*[np.zeros(0)] * 4)
     at = summary.exact_at_kl(t, kl_targets) if len(kl_targets) else []
     g = np.asarray([np.nan if r["gold"] is None else r["gold"] for r in at], np.float64)
     b = np.asarray([np.nan if r["beta"] is None else r["beta"] for r in at], np.float64)

@@ -20,7 +20,7 @@ Public API:
   tail_rows(built) -> rows    # "tail" rows: exact mean-excess curves of X and proxy under pi0 and pi*(beta)
   annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
-  exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K]) -> rows
+  exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K], proxy=None) -> rows
   rl_policy(key, base, residual=True, table=True) -> (logits_fn, params)   # pi0 x exp(fresh LM + 30 x table, both 0 at the
       # start), or pi0's LM
   rl_points(key, base, tree, beta, steps=250, eval_every=50, batch=1024, lr=3e-3, residual=True,
@@ -376,10 +376,26 @@ def _bon(tree: mdp.Tree, ns):
     return lab_bon.bon_tree(tree, ns)
 
 
-def bon_points(tree: mdp.Tree, ns) -> list[dict]:
-    """Exact best-of-n from pi0 on the proxy, per n: E[gold], E[proxy], exact KL and the bound log n - (n-1)/n."""
+_bon_table = jax.jit(lab_bon.bon_stats)
+
+
+def bon_points(tree: mdp.Tree, ns, proxy=None) -> list[dict]:
+    """Exact best-of-n from pi0 on the proxy, per n: E[gold], E[proxy], exact KL and the bound log n - (n-1)/n.
+
+    Args:
+      tree: `lab.tree.mdp_tree` of the proxy (pi0's levels, X = proxy - gold, V = gold).
+      ns: [K] best-of-n sizes >= 1.
+      proxy: [N] the proxy table itself, when at hand: best-of-n ranks by it, so that its exact ties stay
+        ties (without it the ranking is by the tree's X + V, where float32 rounding of (proxy - gold) + gold
+        can split a tie; a continuous proxy ranks the same either way).
+    """
     n = np.asarray(ns, float)
-    res = jax.device_get(_bon(tree, jnp.asarray(n, tree.V[-1].dtype)))
+    dtype = tree.V[-1].dtype
+    if proxy is None:
+        res = jax.device_get(_bon(tree, jnp.asarray(n, dtype)))
+    else:
+        res = jax.device_get(_bon_table(lab_tree.terminal_logprobs(tree.log_pi0), jnp.asarray(proxy, dtype),
+                                        lab_tree.flatten(tree.V), jnp.asarray(n, dtype)))
     return [point("bon", n=int(ni), KL=res.KL[i], gold=res.gold[i], proxy_reward=res.proxy[i],
                   KL_bound=res.KL_bound[i]) for i, ni in enumerate(n)]
 

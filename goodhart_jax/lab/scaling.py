@@ -272,7 +272,7 @@ def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base
     if reasons:
         proxy["reason"] = "; ".join(f"{f}: {why}" for f, why in reasons.items())
     tree = lab_tree.mdp_tree(base.tree, gold, z.z)
-    points = experiment.bon_points(tree, ns) + experiment.exact_points(tree, betas)
+    points = experiment.bon_points(tree, ns, z.z) + experiment.exact_points(tree, betas)
     fits, peaks = [], []
     for method in FORM:
         curve = [p for p in points if p["method"] == method]
