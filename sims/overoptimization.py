@@ -104,11 +104,11 @@ def prepare(cfg: Config):
     """Read and check every input before anything is written (config.json included): families, betas, sizes,
     checkpoints, memory, and each family's annotator error on this tree. Returns (checkpoints, N, proxy keys)."""
     with cli.inputs({"tokens": "--tokens", "error map": "--error-map"}):
-        error_maps.parse(cfg.error_map)
         for s in cfg.noise:
             tails.parse(s)
         planning.check_float32(cfg.betas + cfg.rl_betas, [])
         ck = experiment.load_checkpoints(cfg.vocab, cfg.depth, cfg.policy or None, cfg.tokens, cfg.gold or None)
+        error_maps.check(cfg.error_map, len(ck.policy.tokens) if ck.policy is not None else cfg.vocab)
     vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
     n = experiment.check_size(vocab, cfg.depth)
     cli.check_memory(estimate_bytes(cfg, ck), f"the lab's tree of {n:,} sequences (A={vocab}, L={cfg.depth})")

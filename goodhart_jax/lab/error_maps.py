@@ -48,7 +48,7 @@ p = 1e-12: ~7e5); the lab refuses what float32 cannot carry
 Public API:
   ErrorMap(name, params);  ERROR_MAPS = {name: MapDef(defaults, doc)}
   parse(spec: str | ErrorMap) -> ErrorMap   # "iid", "feature:width=64", "token:id=3+5"; ValueError naming it
-  is_iid(spec) -> bool
+  is_iid(spec) -> bool;  check(spec, vocab) -> ErrorMap   # parse, and token's ids against the vocabulary
   error(key, spec, tokens [N, L], log_p [N], family, scale, vocab=None) -> eps [N] float32   # any map
   iid(key, tokens, log_p, family, scale) -> [N]
   feature(key, tokens, log_p, family, scale, vocab=None, layers=1, width=32, heads=2) -> [N]
@@ -75,7 +75,7 @@ from goodhart_jax import tails
 from goodhart_jax.lab import lm, rewards
 from goodhart_jax.roots import bisect
 
-__all__ = ["ErrorMap", "MapDef", "ERROR_MAPS", "parse", "is_iid", "error", "iid", "feature", "length", "token",
+__all__ = ["ErrorMap", "MapDef", "ERROR_MAPS", "parse", "is_iid", "check", "error", "iid", "feature", "length", "token",
            "feature_scores", "lengths", "contains", "levels", "quantile_transform", "quantile"]
 
 
@@ -158,6 +158,17 @@ def parse(spec: str | ErrorMap) -> ErrorMap:
 def is_iid(spec: str | ErrorMap) -> bool:
     """Whether the map is `iid` (it needs no tree: its eps depends on the key and N alone)."""
     return parse(spec).name == "iid"
+
+
+def check(spec: str | ErrorMap, vocab: int) -> ErrorMap:
+    """`parse`, and token's ids against the vocabulary A (non-EOS: in [0, A - 2]): what can be checked before the
+    tree exists. ValueError naming the parameter."""
+    m = parse(spec)
+    ids = m.params.get("id", ())
+    if any(not 0 <= v <= vocab - 2 for v in ids):
+        raise ValueError(f"error map token: parameter id={'+'.join(map(str, ids))} must be non-EOS tokens in "
+                         f"[0, {vocab - 2}] (vocab {vocab}, EOS = {vocab - 1})")
+    return m
 
 
 # ---------------------------------------------------------------- the family's quantile function
@@ -380,9 +391,7 @@ def token(key: Array, tokens, log_p, family, scale: float, vocab: int | None = N
     """
     a = _vocab(tokens, vocab)
     ids = tuple(int(v) for v in np.atleast_1d(id))
-    if not ids or any(not 0 <= v <= a - 2 for v in ids):
-        raise ValueError(f"error map token: parameter id={'+'.join(map(str, ids))} must be non-EOS tokens in "
-                         f"[0, {a - 2}] (vocab {a}, EOS = {a - 1})")
+    check(ErrorMap("token", dict(ERROR_MAPS["token"].defaults, id=ids)), a)
     f = feature_scores(key, tokens, a, layers, width, heads)
     return quantile_transform(_ranked(f, contains(tokens, ids)), log_p, family, scale)
 
