@@ -3,8 +3,9 @@
 pi0 is a small GPT-NeoX LM trained on a random Markov source (or --policy on --tokens); its tree is enumerated,
 so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), RLOO from pi0 (with its
 gap to pi*'s objective), and GCG on the learned proxy against the enumerated argmax. Annotator error eps per
-sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
-eps), each standardised to mean 0, sd 1 under pi0. Gao et al.'s forms are fitted to gold against d = sqrt(KL).
+sequence from each --noise family, i.i.d. or through --error-map (lab.error_maps); proxies "learned"
+(Bradley-Terry on --pairs comparisons) and "direct" (gold + eps), each standardised to mean 0, sd 1 under pi0.
+Gao et al.'s forms are fitted to gold against d = sqrt(KL).
 Each of --seeds seeds redraws everything random; summary.json and the end-of-run tables give the mean and a 95%
 interval over the seeds of the headline numbers (`lab.summary`).
 

@@ -179,14 +179,14 @@ def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int
     family share the same eps: by default (error_map "iid") eps = scale * Z, Z ~ `noise` i.i.d. per sequence; any
     other `lab.error_maps` spec ("feature", "length", "token:id=3", ...) assigns `noise`'s pi0-quantiles by a
     deterministic ranking of the sequences (`error_maps.error`), and is checked (`check_error` with `betas`:
-    ValueError where float32 cannot carry it, e.g. a heavy family's value on a sequence of tiny pi0 mass). The tree's X = proxy - gold uses the
-    standardised proxy (`Proxy.reward`). A tree of fewer than MIN_TAIL_SAMPLES sequences gets no xi (nan, verdict
-    "n/a ...").
+    ValueError where float32 cannot carry it, e.g. a heavy family's value on a sequence of tiny pi0 mass). The
+    tree's X = proxy - gold uses the standardised proxy (`Proxy.reward`). A tree of fewer than MIN_TAIL_SAMPLES
+    sequences gets no xi (nan, verdict "n/a ...").
     """
     k_fit, k_diag = (jax.random.fold_in(key, i) for i in (1, 2))
     n = base.tree.log_p.shape[0]
     eps = jnp.asarray(annotator_error(key, noise, n, scale, error_map, base.tree)).astype(base.gold.reward.dtype)
-    if not error_maps.is_iid(error_map):  # a rank map's extremes depend on pi0's masses: checked once the tree is known
+    if not error_maps.is_iid(error_map):  # a rank map's extremes depend on pi0's masses: checked on the tree
         try:
             check_error(eps, betas)
         except ValueError as e:
