@@ -24,7 +24,12 @@ key, the tree, a noise family F (a `goodhart_jax.tails` spec such as
   mass m = pi0(contains) of F's quantiles: eps > s F^{-1}(1 - m) on them and
   eps < s F^{-1}(1 - m) on every other sequence (a reward hack: a bonus on the
   n-gram, heavy when F is). The law of eps under pi0 is F's, as for the others;
-  the hack is the coupling, not the marginal.
+  the hack is the coupling, not the marginal. m can be large for one token
+  (token 3 is in 64% of pi0 at A = 8, L = 4): an n-gram makes a rarer hack.
+* `length` under a pi0 that rarely stops early (the lab's default source,
+  EOS bias -3: 96% of pi0 at full length at A = 8, L = 4) is nearly `feature`
+  on the full-length sequences, the short ones at the bottom; a smaller EOS
+  bias spreads the lengths.
 
 The weighted quantile transform (`quantile_transform`): sort the sequences by
 the map's ranking (ascending, ties by index), let p_(1..N) be their pi0
