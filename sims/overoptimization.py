@@ -3,8 +3,9 @@
 pi0 is a small GPT-NeoX LM trained on a random Markov source (or --policy on --tokens); its tree is enumerated,
 so every method is exact: best-of-n's law, the KL-penalised optimum pi*(beta), RLOO from pi0 (with its
 gap to pi*'s objective), and GCG on the learned proxy against the enumerated argmax. Annotator error eps per
-sequence from each --noise family; proxies "learned" (Bradley-Terry on --pairs comparisons) and "direct" (gold +
-eps), each standardised to mean 0, sd 1 under pi0. Gao et al.'s forms are fitted to gold against d = sqrt(KL).
+sequence from each --noise family, i.i.d. or through --error-map (lab.error_maps); proxies "learned"
+(Bradley-Terry on --pairs comparisons) and "direct" (gold + eps), each standardised to mean 0, sd 1 under pi0.
+Gao et al.'s forms are fitted to gold against d = sqrt(KL).
 Each of --seeds seeds redraws everything random; summary.json and the end-of-run tables give the mean and a 95%
 interval over the seeds of the headline numbers (`lab.summary`).
 
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, io, planning, tails
-from goodhart_jax.lab import experiment, lm, summary
+from goodhart_jax.lab import error_maps, experiment, lm, summary
 from goodhart_jax.lab import tree as lab_tree
 
 LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
@@ -46,6 +47,8 @@ class Config(cli.RunConfig):
     vocab: int = cli.arg(16, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
     depth: int = cli.arg(4, "maximum length L", metavar="L")
     noise: tuple[str, ...] = cli.arg(("normal", "student_t:df=2"), "annotator error families", metavar="FAMILY")
+    error_map: str = cli.arg("iid", "how eps depends on the sequence (lab.error_maps): iid, feature, length, "
+                             "token:id=I[+J..]", metavar="MAP")
     noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
                                  check=cli.positive("--noise-scale"))
     proxy: tuple[str, ...] = cli.arg(("learned", "direct"), "proxy kinds", choices=("learned", "direct"))
@@ -101,17 +104,18 @@ class Config(cli.RunConfig):
 def prepare(cfg: Config):
     """Read and check every input before anything is written (config.json included): families, betas, sizes,
     checkpoints, memory, and each family's annotator error on this tree. Returns (checkpoints, N, proxy keys)."""
-    with cli.inputs({"tokens": "--tokens"}):
+    with cli.inputs({"tokens": "--tokens", "error map": "--error-map"}):
         for s in cfg.noise:
             tails.parse(s)
         planning.check_float32(cfg.betas + cfg.rl_betas, [])
         ck = experiment.load_checkpoints(cfg.vocab, cfg.depth, cfg.policy or None, cfg.tokens, cfg.gold or None)
+        error_maps.check(cfg.error_map, len(ck.policy.tokens) if ck.policy is not None else cfg.vocab)
     vocab = len(ck.policy.tokens) if ck.policy is not None else cfg.vocab
     n = experiment.check_size(vocab, cfg.depth)
     cli.check_memory(estimate_bytes(cfg, ck), f"the lab's tree of {n:,} sequences (A={vocab}, L={cfg.depth})")
     keys = {s: [jax.random.fold_in(jax.random.fold_in(jax.random.key(s), 1), i) for i in range(len(cfg.noise))]
             for s in cfg.seed_values}
-    for seed, ks in keys.items():
+    for seed, ks in keys.items() if error_maps.is_iid(cfg.error_map) else ():  # other maps: build_proxy checks
         for noise, k in zip(cfg.noise, ks):
             try:
                 experiment.check_error(experiment.annotator_error(k, noise, n, cfg.noise_scale),
@@ -148,8 +152,10 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
     at_kl = []
     for i, noise, kind, pairs in run.progress(jobs, f"seed {seed}: proxies"):
         k = keys[i]
-        built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps, cfg.betas)
-        tag = dict(seed=seed, noise=noise, proxy=kind, pairs=pairs)
+        with cli.inputs({"error map": "--error-map"}):  # a map's |eps| on this tree beyond float32's lab
+            built = experiment.build_proxy(k, base, noise, cfg.noise_scale, kind, pairs, cfg.bt_steps, cfg.betas,
+                                           cfg.error_map)
+        tag = dict(seed=seed, noise=noise, proxy=kind, pairs=pairs, error_map=cfg.error_map)
         run.emit([dict(kind="proxy", **tag, **experiment.proxy_row(built))])  # nulls carry their reason
         run.emit([dict(kind="tail", **tag, **t) for t in experiment.tail_rows(built)])
         pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)

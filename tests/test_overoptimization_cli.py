@@ -177,6 +177,8 @@ def test_defaults_are_the_issue_sizes():
     (["--sharpness", "inf"], "--sharpness must be"),
     (["--eos-bias", "nan"], "--eos-bias must be in [-100, 100]"),
     (["--eos-bias", "1e3"], "--eos-bias must be"),
+    (["--error-map", "bogus"], "unknown --error-map 'bogus'"),  # lab.error_maps' specs
+    (["--error-map", "token:id=15"], "--error-map token: parameter id=15"),  # A = 16: 15 is EOS
     (["--gold", "/nonexistent/rm"], "/nonexistent/rm"),  # was read after config.json and 10 s of the LM's training
 ])
 def test_bad_input_exits_2(argv, message, tmp_path, capsys):

@@ -15,10 +15,12 @@ Public API:
   build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600, sharpness=lm.SHARPNESS,
              eos_bias=lm.EOS_BIAS) -> Base   # paths or Checkpoints'; the source's knobs: lm.markov_source
   ProxyBuild(proxy: Proxy, report: ProxyReport, tree: mdp.Tree, cfg: LMConfig | None)
-  build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500, betas=()) -> ProxyBuild   # standardised proxy
+  build_proxy(key, base, noise, scale, kind, pairs, bt_steps=1500, betas=(), error_map="iid") -> ProxyBuild
+      # standardised proxy; error_map: lab.error_maps' spec (iid, feature, length, token:id=I)
   proxy_row(built) -> dict    # a "proxy" row's fields (accuracy and corr(X, eps) unseen / seen, xi on pi0's law)
   tail_rows(built) -> rows    # "tail" rows: exact mean-excess curves of X and proxy under pi0 and pi*(beta)
-  annotator_error(key, noise, num, scale) -> [num]   # build_proxy(key, ...)'s eps, drawn alone
+  annotator_error(key, noise, num, scale, error_map="iid", tree=None) -> [num]   # build_proxy(key, ...)'s eps, alone
+      # (a map other than iid needs the LMTree)
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K], proxy=None) -> rows
   rl_policy(key, base, residual=True, table=True) -> (logits_fn, params)   # pi0 x exp(fresh LM + 30 x table, both 0 at the
@@ -52,6 +54,7 @@ from goodhart_jax import mdp
 from goodhart_jax.best_of_n import MIN_FIT_POINTS, too_few_fit_points  # 2 parameters + 2 distinct d > 0
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import best_of_n as lab_bon
+from goodhart_jax.lab import error_maps
 from goodhart_jax.lab import fits
 from goodhart_jax.lab import lm, rewards, rl
 from goodhart_jax.lab import search as lab_search
@@ -167,19 +170,27 @@ def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gol
 
 
 def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int | None,
-                bt_steps: int = 1500, betas=()) -> ProxyBuild:
+                bt_steps: int = 1500, betas=(), error_map: str = "iid") -> ProxyBuild:
     """A "learned" (Bradley-Terry on `pairs` comparisons) or "direct" (gold + eps) proxy, standardised under pi0,
     with diagnostics (`rewards.diagnose_proxy`: accuracy on unseen and seen sequences, tails under pi0 and under
     pi*(beta) for each of `betas`).
 
-    The annotator error eps = scale * Z, Z ~ `noise`, is drawn from `fold_in(key, 0)` for both kinds, so the
-    learned and direct proxies of one family share the same eps. The tree's X = proxy - gold uses the
-    standardised proxy (`Proxy.reward`). A tree of fewer than MIN_TAIL_SAMPLES sequences gets no xi (nan, verdict
-    "n/a ...").
+    The annotator error eps comes from `fold_in(key, 0)` for both kinds, so the learned and direct proxies of one
+    family share the same eps: by default (error_map "iid") eps = scale * Z, Z ~ `noise` i.i.d. per sequence; any
+    other `lab.error_maps` spec ("feature", "length", "token:id=3", ...) assigns `noise`'s pi0-quantiles by a
+    deterministic ranking of the sequences (`error_maps.error`), and is checked (`check_error` with `betas`:
+    ValueError where float32 cannot carry it, e.g. a heavy family's value on a sequence of tiny pi0 mass). The
+    tree's X = proxy - gold uses the standardised proxy (`Proxy.reward`). A tree of fewer than MIN_TAIL_SAMPLES
+    sequences gets no xi (nan, verdict "n/a ...").
     """
     k_fit, k_diag = (jax.random.fold_in(key, i) for i in (1, 2))
     n = base.tree.log_p.shape[0]
-    eps = annotator_error(key, noise, n, scale).astype(base.gold.reward.dtype)
+    eps = jnp.asarray(annotator_error(key, noise, n, scale, error_map, base.tree)).astype(base.gold.reward.dtype)
+    if not error_maps.is_iid(error_map):  # a rank map's extremes depend on pi0's masses: checked on the tree
+        try:
+            check_error(eps, betas)
+        except ValueError as e:
+            raise ValueError(f"error map {error_map}, noise {noise}, scale {scale:g}: {e}") from None
     cfg = None
     if kind == "direct":
         px = rewards.direct_proxy(base.gold.reward, eps, base.tree.log_p)
@@ -234,10 +245,20 @@ def tail_rows(built: ProxyBuild) -> list[dict]:
     return rows
 
 
-def annotator_error(key, noise: str, num: int, scale: float):
-    """The annotator error eps = scale * Z [num] that `build_proxy(key, ...)` draws, alone: it can be checked
-    (`check_error`) before any work."""
-    return rewards.annotator_error(jax.random.fold_in(key, 0), noise, num, scale)
+def annotator_error(key, noise: str, num: int, scale: float, error_map: str = "iid", tree=None):
+    """The annotator error eps [num] that `build_proxy(key, ...)` uses, alone. The default map "iid" (eps = scale * Z,
+    Z ~ `noise` i.i.d.) needs no tree and can be checked (`check_error`) before any work; any other map
+    (`lab.error_maps`) needs pi0's tree (`tree`: an LMTree of `num` sequences).
+
+    Raises:
+      ValueError: a bad error_map or noise spec; a map other than iid without a tree of num sequences.
+    """
+    k = jax.random.fold_in(key, 0)
+    if error_maps.is_iid(error_map):
+        return rewards.annotator_error(k, noise, num, scale)
+    if tree is None or tree.log_p.shape[0] != num:
+        raise ValueError(f"error_map {error_map!r} needs pi0's tree of {num} sequences (tree)")
+    return error_maps.error(k, error_map, tree.tokens, tree.log_p, noise, scale, tree.log_pi0[0].shape[-1])
 
 
 def check_error(eps, betas) -> float:
