@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, io, planning, tails
-from goodhart_jax.lab import ensembles, experiment, lm, rewards, summary
+from goodhart_jax.lab import ensembles, error_maps, experiment, rewards, summary
 from goodhart_jax.lab import tree as lab_tree
 
 N_MAX = 2**24  # best-of-n sizes are float32 inside the exact law
@@ -36,6 +36,8 @@ class Config(cli.RunConfig):
     vocab: int = cli.arg(8, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
     depth: int = cli.arg(4, "maximum length L", metavar="L")
     noise: tuple[str, ...] = cli.arg(("normal", "student_t:df=2"), "annotator error families", metavar="FAMILY")
+    error_map: str = cli.arg("iid", "how eps depends on the sequence (lab.error_maps): iid, feature, length, "
+                             "token:id=I[+J..]", metavar="MAP")
     noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
                                  check=cli.positive("--noise-scale"))
     losses: tuple[str, ...] = cli.arg(("bt", "mse"), "label kinds: bt (comparisons) and/or mse (ratings, the "
@@ -88,21 +90,30 @@ def error_key(seed: int, i: int):
 
 
 def annotator_error(cfg: Config, key, noise: str, n: int, base=None):
-    """The annotator error eps [N] of one family: the one place where the misspecification is made.
+    """The annotator error eps [N] of one family: the one place where the misspecification is made
+    (`lab.experiment.annotator_error`: scale x a `tails` family, i.i.d. or through --error-map, which needs pi0's
+    tree: `base`); it reaches every proxy through `lab.ensembles.train_ensemble`'s `error`.
 
-    Today i.i.d. per sequence (`lab.experiment.annotator_error`: scale x a `tails` family); an error map (a
-    function of the sequence, `base.tree.tokens`) goes here, with its flag in Config, and reaches every proxy
-    through `lab.ensembles.train_ensemble`'s `error`.
+    Raises:
+      cli.InputError: eps beyond what the float32 lab carries (`experiment.check_error`), naming the flags.
     """
-    return experiment.annotator_error(key, noise, n, cfg.noise_scale)
+    tree = None if base is None else base.tree
+    eps = experiment.annotator_error(key, noise, n, cfg.noise_scale, cfg.error_map, tree)
+    try:
+        experiment.check_error(eps, cfg.betas + cfg.rl_betas)
+    except ValueError as e:
+        raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {noise}, --error-map {cfg.error_map}: "
+                             f"{e}") from None
+    return eps
 
 
 def prepare(cfg: Config) -> int:
     """Every input checked before anything is written: families, betas, the tree's size, memory, the error."""
-    with cli.inputs():
+    with cli.inputs({"error map": "--error-map"}):
         for s in cfg.noise:
             tails.parse(s)
         planning.check_float32(cfg.betas + cfg.rl_betas, [])
+        error_maps.check(cfg.error_map, cfg.vocab)
     n = experiment.check_size(cfg.vocab, cfg.depth)
     est = lambda steps: experiment.peak_bytes(cfg.vocab, cfg.depth, ns=len(cfg.ns), pairs=cfg.labels,  # noqa: E731
                                               lm_steps=cfg.lm_steps, bt_steps=steps, rl=bool(cfg.rl_betas),
@@ -111,12 +122,9 @@ def prepare(cfg: Config) -> int:
     one = max(est(cfg.bt_steps) - est(0), 0.0)
     cli.check_memory(est(cfg.bt_steps) + cfg.members * one + (cfg.members + 1) * 16 * n,
                      f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth}), {cfg.members + 1} proxies")
-    for seed in cfg.seed_values:
+    for seed in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need the tree
         for i, noise in enumerate(cfg.noise):
-            try:
-                experiment.check_error(annotator_error(cfg, error_key(seed, i), noise, n), cfg.betas + cfg.rl_betas)
-            except ValueError as e:
-                raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {noise} (seed {seed}): {e}") from None
+            annotator_error(cfg, error_key(seed, i), noise, n)
     return n
 
 
@@ -152,7 +160,7 @@ def one_seed(run: cli.Run, cfg: Config, n: int, seed: int) -> list[dict]:
         proxies += [(f"{loss}:{label}", ensembles.objective_proxy(ens, o, log_p, cfg.uwo_lambda), ens.members)
                     for o, label in cfg.objectives]
         for j, (label, px, members) in enumerate(proxies):
-            tag = dict(seed=seed, noise=noise, proxy=label, pairs=cfg.labels)
+            tag = dict(seed=seed, noise=noise, proxy=label, pairs=cfg.labels, error_map=cfg.error_map)
             run.emit([proxy_row(tag, px, gold, log_p, members)])
             ev = ensembles.evaluate(base.tree, gold, px.reward, cfg.betas, cfg.ns, name=label)
             pts, at = ensembles.evaluation_rows(ev)

@@ -18,28 +18,16 @@ from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is o
 cli.guard_startup(__name__)
 
 import dataclasses
-import math
 
 import jax
 import numpy as np
 
-from goodhart_jax import best_of_n, io, planning, tails
+from goodhart_jax import best_of_n, planning, tails
 from goodhart_jax.lab import error_maps, experiment, lm, summary
 from goodhart_jax.lab import tree as lab_tree
 
-LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
-               "argmax_gold", "share_closed")
-INT32_MAX = 2**31 - 1  # counts (steps, pairs) enter the jitted programs as int32 (lax.scan, randint, RL's step)
 N_MAX = 2**24  # best-of-n sizes are float32 inside (bon's law): integers above 2^24 would round
-
-
-def count(flag: str, hi: int = INT32_MAX, why: str = "2^31 - 1: it enters the jitted programs as int32"):
-    """Check: every value is an integer in [1, hi] (one line naming `flag` and `why` otherwise)."""
-    return cli.each(flag, lambda x: math.isfinite(x) and int(x) == x and 1 <= x <= hi,
-                    f"an integer in [1, {hi}] ({why})")
-
-
-check_n = count("n", N_MAX, "2^24: n is float32 in the exact law")
+check_n = cli.count("n", N_MAX, "2^24: n is float32 in the exact law")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,28 +41,26 @@ class Config(cli.RunConfig):
                                  check=cli.positive("--noise-scale"))
     proxy: tuple[str, ...] = cli.arg(("learned", "direct"), "proxy kinds", choices=("learned", "direct"))
     pairs: tuple[int, ...] = cli.arg((4000,), "BT comparisons per learned proxy", metavar="N",
-                                     check=count("--pairs"))
+                                     check=cli.count("--pairs"))
     betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
                                        "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
                                        metavar="B", show_default=False, check=cli.positive("beta"))
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
                                   check=lambda ns: (best_of_n.check_ns(ns), check_n(ns)))
     rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
-    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=count("--rl-steps"))
+    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=cli.count("--rl-steps"))
     eval_every: int = cli.arg(50, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
-                              check=count("--eval-every"))
+                              check=cli.count("--eval-every"))
     search: bool = cli.arg(True, "GCG on each learned proxy")
-    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=count("--lm-steps"))
+    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.count("--lm-steps"))
     sharpness: float = cli.arg(lm.SHARPNESS, "inverse temperature of the lab LM's Markov source (0: uniform rows; "
                                "larger: a more peaked pi0)", metavar="S",
-                               check=cli.each("--sharpness", lambda x: math.isfinite(x) and 0 <= x <= lm.SOURCE_MAX,
-                                              f"in [0, {lm.SOURCE_MAX:g}] (lab.lm.check_source)"))
+                               check=lambda s: lm.check_source(s, lm.EOS_BIAS))
     eos_bias: float = cli.arg(lm.EOS_BIAS, "shift of EOS's logit in the source's rows (larger: shorter sequences; "
                               "the defaults keep pi0 spread)", metavar="B",
-                              check=cli.each("--eos-bias", lambda x: math.isfinite(x) and abs(x) <= lm.SOURCE_MAX,
-                                             f"in [-{lm.SOURCE_MAX:g}, {lm.SOURCE_MAX:g}] (lab.lm.check_source)"))
+                              check=lambda b: lm.check_source(lm.SHARPNESS, b))
     bt_steps: int = cli.arg(600, "Bradley-Terry training steps per learned proxy", metavar="S",
-                            check=count("--bt-steps"))
+                            check=cli.count("--bt-steps"))
     policy: str = cli.arg("", "causal-LM checkpoint as pi0 (with --tokens)", metavar="DIR", show_default=False)
     tokens: tuple[int, ...] = cli.arg((), "model ids of the lab tokens, the last EOS", metavar="ID")
     gold: str = cli.arg("", "reward-model checkpoint as gold (default: a random lab reward model)", metavar="DIR",
@@ -82,7 +68,7 @@ class Config(cli.RunConfig):
     seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
     seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1 (mod 2^32): every row carries its seed; summary.json and the "
                             "end-of-run tables give the mean and a 95%% interval over them", metavar="N",
-                         check=count("--seeds", 1000, "1000"))
+                         check=cli.count("--seeds", 1000, "1000"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -158,13 +144,8 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
         tag = dict(seed=seed, noise=noise, proxy=kind, pairs=pairs, error_map=cfg.error_map)
         run.emit([dict(kind="proxy", **tag, **experiment.proxy_row(built))])  # nulls carry their reason
         run.emit([dict(kind="tail", **tag, **t) for t in experiment.tail_rows(built)])
-        pts = experiment.bon_points(built.tree, cfg.ns) + experiment.exact_points(built.tree, cfg.betas)
-        for j, b in enumerate(cfg.rl_betas):
-            pts += experiment.rl_points(jax.random.fold_in(jax.random.fold_in(k, 7), j), base, built.tree, b,
-                                        cfg.rl_steps, cfg.eval_every)
-        if cfg.search:
-            pts += experiment.search_points(jax.random.fold_in(k, 8), built, base)
-        pts = [io.null_nonfinite(p, [f for f in LAB_NUMBERS if f in p]) for p in pts]  # a safety net
+        pts = experiment.method_points(k, base, built, cfg.betas, cfg.ns, cfg.rl_betas, cfg.rl_steps, cfg.eval_every,
+                                       cfg.search)
         run.emit([dict(kind="lab", **tag, **p) for p in pts])
         run.emit([dict(kind="fit", **tag, **f) for f in experiment.gao_fits(pts)])  # "rl": one per beta
         at_kl += [dict(kind="exact_at_kl", **tag, **p) for p in summary.exact_at_kl(built.tree)]

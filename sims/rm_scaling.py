@@ -1,6 +1,7 @@
 """Reward-model scaling in the lab, as Gao et al. (2023) measured it, with every optimisation curve exact.
 
-Per seed: pi0 (the lab LM), its tree and a gold reward model; the annotator error eps (--noise); one set of
+Per seed: pi0 (the lab LM), its tree and a gold reward model; the annotator error eps (--noise, i.i.d. or through
+--error-map: lab.error_maps); one set of
 comparisons of gold + eps. Then proxies of each --sizes (layers x width x heads) trained on the first P of
 those comparisons for each P in --pairs (`lab.scaling.train_members`), each measured exactly: agreement with
 gold (held-out pair accuracy, corr), best-of-n's and pi*(beta)'s gold against d = sqrt(KL), Gao's coefficients
@@ -17,13 +18,12 @@ from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is o
 cli.guard_startup(__name__)
 
 import dataclasses
-import math
 
 import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, planning, tails
-from goodhart_jax.lab import experiment, scaling
+from goodhart_jax.lab import error_maps, experiment, scaling
 from goodhart_jax.lab import tree as lab_tree
 
 def parse_size(spec: str) -> tuple[int, int, int]:
@@ -47,6 +47,8 @@ class Config(cli.RunConfig):
     pairs: tuple[int, ...] = cli.arg(scaling.PAIRS, "comparisons per proxy (nested subsets of one dataset a seed)",
                                      metavar="P", check=cli.count("--pairs"))
     noise: str = cli.arg("normal", "annotator error family (goodhart_jax.tails spec)", metavar="FAMILY")
+    error_map: str = cli.arg("iid", "how eps depends on the sequence (lab.error_maps): iid, feature, length, "
+                             "token:id=I[+J..]", metavar="MAP")
     noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
                                  check=cli.positive("--noise-scale"))
     betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
@@ -73,20 +75,30 @@ def prepare(cfg: Config):
         tails.parse(cfg.noise)
     except ValueError as e:
         raise cli.InputError(f"--noise: {e}") from None
-    with cli.inputs():
+    with cli.inputs({"error map": "--error-map"}):
         planning.check_float32(cfg.betas, [])
+        error_maps.check(cfg.error_map, cfg.vocab)
     n = experiment.check_size(cfg.vocab, cfg.depth)
     sizes = [parse_size(s) for s in cfg.sizes]
     cli.check_memory(experiment.peak_bytes(cfg.vocab, cfg.depth, ns=len(cfg.ns), pairs=max(cfg.pairs),
                                            lm_steps=cfg.lm_steps, bt_steps=cfg.bt_steps),
                      f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth})")
-    for s in cfg.seed_values:
-        try:
-            experiment.check_error(experiment.annotator_error(jax.random.fold_in(jax.random.key(s), 1), cfg.noise,
-                                                              n, cfg.noise_scale), cfg.betas)
-        except ValueError as e:
-            raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {cfg.noise} (seed {s}): {e}") from None
+    for s in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need pi0's tree
+        annotator_error(cfg, jax.random.fold_in(jax.random.key(s), 1), n)
     return sizes, n
+
+
+def annotator_error(cfg: Config, key, n: int, tree=None):
+    """eps [N] of a seed (`lab.experiment.annotator_error`: --noise-scale x --noise, i.i.d. or through
+    --error-map, which needs pi0's `tree`), checked against what the float32 lab carries (InputError naming
+    the flags)."""
+    eps = experiment.annotator_error(key, cfg.noise, n, cfg.noise_scale, cfg.error_map, tree)
+    try:
+        experiment.check_error(eps, cfg.betas)
+    except ValueError as e:
+        raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {cfg.noise}, --error-map "
+                             f"{cfg.error_map}: {e}") from None
+    return eps
 
 
 def one_seed(run: cli.Run, cfg: Config, sizes, seed: int) -> list[dict]:
@@ -95,8 +107,7 @@ def one_seed(run: cli.Run, cfg: Config, sizes, seed: int) -> list[dict]:
     key = jax.random.key(seed)
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
     n = base.tree.log_p.shape[0]
-    eps = experiment.annotator_error(jax.random.fold_in(key, 1), cfg.noise, n, cfg.noise_scale)
-    eps = eps.astype(base.gold.reward.dtype)
+    eps = annotator_error(cfg, jax.random.fold_in(key, 1), n, base.tree).astype(base.gold.reward.dtype)
     law = lab_tree.law_stats(base.tree.log_p)
     run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
                    top_mass=law.top_mass, n90=law.n90)])
@@ -108,7 +119,7 @@ def one_seed(run: cli.Run, cfg: Config, sizes, seed: int) -> list[dict]:
                                               cfg.pairs, cfg.bt_steps)
         for i, p in enumerate(cfg.pairs):
             ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, base, eps, cfg.betas, cfg.ns)
-            tag = dict(seed=seed, size=size, params=params, pairs=p)
+            tag = dict(seed=seed, size=size, params=params, pairs=p, error_map=cfg.error_map)
             run.emit([dict(kind="proxy", **tag, final_loss=float(np.mean(members.loss[i, -50:])), **ev.proxy)]
                      + [dict(kind="lab", **tag, **pt) for pt in ev.points]
                      + [dict(kind="fit", **tag, **f) for f in ev.fits]

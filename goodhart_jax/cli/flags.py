@@ -132,7 +132,8 @@ def _leaves(f: dataclasses.Field, tp: Any) -> list[Flag]:
 
 
 def _check(leaf: Flag, value: Any) -> None:
-    """The 64-bit bound and the leaf's `check` on `value`; InputError naming the flag."""
+    """The 64-bit bound and the leaf's `check` on `value`; InputError naming the flag (a ValueError that names
+    the field's parameter, e.g. "eos_bias must be ...", names the flag in its place: "--eos-bias must be ...")."""
     tp, _ = _strip_optional(leaf.tp)
     if typing.get_origin(tp) is tuple:
         tp = (typing.get_args(tp) or (None,))[0]
@@ -147,7 +148,10 @@ def _check(leaf: Flag, value: Any) -> None:
     except InputError:
         raise
     except ValueError as e:
-        raise InputError(str(e) if str(e).startswith(leaf.flag) else f"{leaf.flag}: {e}") from None
+        msg, param = str(e), leaf.flag.lstrip("-").replace("-", "_")
+        if msg.startswith(param + " "):  # a core check names its parameter ("sharpness must be ..."): name the flag
+            msg = leaf.flag + msg[len(param):]
+        raise InputError(msg if msg.startswith(leaf.flag) else f"{leaf.flag}: {msg}") from None
 
 
 def _fields(obj_or_cls: Any) -> list[tuple[dataclasses.Field, list[Flag]]]:

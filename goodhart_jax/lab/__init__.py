@@ -14,4 +14,7 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
               lm_scorer: the LM's log pi0 as the base for a KL penalty (proxy + beta log pi0)
   fits        Gao et al.'s best-of-n and RL forms of gold against d = sqrt(KL), least squares with optax, r2
   experiment  one lab run assembled (pi0, tree, gold, proxies), each method's points as rows (the sims driver)
+  error_maps  how the annotator error depends on the sequence: iid, feature, length, token (pi0's law = the family's)
+  scaling     reward-model scaling (Gao et al.): proxies of several sizes on nested data, exact curves, fits, trends
+  ensembles   reward-model ensembles (Coste et al.): mean, worst-case and uncertainty-weighted objectives, exactly
 """

@@ -85,6 +85,8 @@ __all__ = ["ErrorMap", "MapDef", "ERROR_MAPS", "parse", "is_iid", "check", "erro
 
 
 class MapDef(NamedTuple):
+    """An error map's parameters with their defaults, and a one-line description (`ERROR_MAPS`' values)."""
+
     defaults: dict  # parameter -> default (ints; token's "id" a tuple of ints)
     doc: str  # one line
 
@@ -131,7 +133,7 @@ def parse(spec: str | ErrorMap) -> ErrorMap:
     against the vocabulary when the map is applied).
 
     Raises:
-      ValueError naming the error map, the parameter and the valid choices.
+      ValueError: a bad spec (the message names the error map, the parameter and the valid choices).
     """
     if isinstance(spec, ErrorMap):
         return spec
@@ -388,9 +390,10 @@ def token(key: Array, tokens, log_p, family, scale: float, vocab: int | None = N
     """eps [N]: the family's pi0-quantiles by (contains the n-gram `id`, f): the n-gram's sequences take the top pi0
     mass m = pi0(contains) of the law, every other sequence the rest.
 
+    The other arguments are those of `feature`.
+
     Args:
       id: a token or n-gram of non-EOS tokens (ints in [0, A - 2]).
-      (the rest as `feature`)
     Raises:
       ValueError: an id outside [0, A - 2].
     """

@@ -23,6 +23,8 @@ Public API:
       # (a map other than iid needs the LMTree)
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K], proxy=None) -> rows
+  method_points(key, base, built, betas, ns, rl_betas, rl_steps=250, eval_every=50, search=True) -> rows
+      # every method on one proxy (best-of-n, pi*, RL, GCG), non-finite numbers nulled with a reason
   rl_policy(key, base, residual=True, table=True) -> (logits_fn, params)   # pi0 x exp(fresh LM + 30 x table, both 0 at the
       # start), or pi0's LM
   rl_points(key, base, tree, beta, steps=250, eval_every=50, batch=1024, lr=3e-3, residual=True,
@@ -50,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from goodhart_jax import mdp
+from goodhart_jax import io, mdp
 from goodhart_jax.best_of_n import MIN_FIT_POINTS, too_few_fit_points  # 2 parameters + 2 distinct d > 0
 from goodhart_jax import search as gcg
 from goodhart_jax.lab import best_of_n as lab_bon
@@ -61,8 +63,9 @@ from goodhart_jax.lab import search as lab_search
 from goodhart_jax.lab import tree as lab_tree
 
 __all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "annotator_error",
-           "check_error", "point", "exact_points", "bon_points", "rl_points", "search_points", "gao_fits", "rl_policy",
-           "check_size", "peak_bytes", "FIELDS", "SHARE_MIN_GAP", "proxy_row", "tail_rows"]
+           "check_error", "point", "exact_points", "bon_points", "method_points", "LAB_NUMBERS", "rl_points",
+           "search_points", "gao_fits", "rl_policy", "check_size", "peak_bytes", "FIELDS", "SHARE_MIN_GAP", "proxy_row",
+           "tail_rows"]
 
 check_size = lab_tree.check_size
 MIN_TAIL_SAMPLES = rewards.MIN_TAIL_SEQUENCES  # tail_index.diagnose's minimum; smaller trees get no xi
@@ -503,6 +506,31 @@ def search_points(key, built: ProxyBuild, base: Base, restarts: int = 4, iters: 
                        proxy_reward=float(proxy[f.found.index[r]])),
                  restart=r, rank=int(f.found.rank[r]), argmax_proxy=float(proxy[f.best.index[0]]),
                  argmax_gold=float(f.best.gold[0])) for r in range(restarts)]
+
+
+LAB_NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "argmax_proxy",
+               "argmax_gold", "share_closed")  # the numeric fields of a point row (nulled where not finite)
+
+
+def method_points(key, base: Base, built: ProxyBuild, betas=(), ns=(), rl_betas=(), rl_steps: int = 250,
+                  eval_every: int = 50, search: bool = True) -> list[dict]:
+    """Every method's points on one proxy: exact best-of-n per n (ranking by the proxy table), pi*(beta) per
+    beta, RL per RL beta (`rl_points`, key fold_in(fold_in(key, 7), j)) and GCG on a learned proxy
+    (`search_points`, key fold_in(key, 8)); a non-finite number is null with a reason (`io.null_nonfinite`).
+
+    Args:
+      key: the proxy's PRNG key (as `build_proxy` took it).
+      base, built: pi0's `Base` and the proxy's `ProxyBuild`.
+      betas, ns, rl_betas: the exact optimum's KL coefficients, best-of-n sizes, RL's KL coefficients.
+      rl_steps, eval_every: RL's steps and evaluation period.
+      search: whether to run GCG (learned proxies only).
+    """
+    pts = bon_points(built.tree, ns, built.proxy.reward) + exact_points(built.tree, betas)
+    for j, b in enumerate(rl_betas):
+        pts += rl_points(jax.random.fold_in(jax.random.fold_in(key, 7), j), base, built.tree, b, rl_steps, eval_every)
+    if search:
+        pts += search_points(jax.random.fold_in(key, 8), built, base)
+    return [io.null_nonfinite(p, [f for f in LAB_NUMBERS if f in p]) for p in pts]
 
 
 _fit = jax.jit(fits.fit_gao, static_argnames=("form", "steps"))

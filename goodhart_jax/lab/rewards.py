@@ -78,6 +78,10 @@ Public API:
               error_corr_unseen, error_corr_seen)
   diagnose_proxy(key, proxy [N], gold [N], log_p [N], data=None, error=None, heldout_pairs=10000,
                  tail_sample=20000, betas=(), q=QUANTILES) -> ProxyReport
+  Ratings(x [P], y [P]) (.a = .b = x);  ratings(key, log_p, utility [N], num, noise=0.0) -> Ratings
+  mse_loss(reward_fn, params, tokens, data) -> [];  train_mse(key, reward_fn, params, tokens, data, steps,
+      batch=256 | None, lr=1e-3, weight_decay=0.01) -> Trained          # the regression control's fit
+  regression_proxy(key, cfg, tree, gold, error, num, steps=2000, noise=0.0, ...) -> Proxy   # MSE on ratings
 
 Glossary: N terminals, L depth, A vocabulary, B batch, P pairs, D model.
 """
