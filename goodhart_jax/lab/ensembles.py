@@ -100,12 +100,23 @@ def objective(members: Array, name: str, uwo_lambda: float = UWO_LAMBDA) -> Arra
 
 
 def objective_name(name: str, uwo_lambda: float = UWO_LAMBDA) -> str:
-    """A label of an objective: "mean", "wco", or "uwo(lambda=L)"."""
+    """A label of an objective: "mean", "wco", or "uwo(lambda=L)".
+
+    Args:
+      name: one of OBJECTIVES.
+      uwo_lambda: lambda of "uwo", written into its label (unused otherwise).
+    """
     return f"uwo(lambda={uwo_lambda:g})" if name == "uwo" else name
 
 
 def bootstrap_indices(key: Array, members: int, num: int) -> Array:
-    """[K, P] int32: each member's bootstrap resample of the P labels (P draws with replacement, uniform)."""
+    """[K, P] int32: each member's bootstrap resample of the P labels (P draws with replacement, uniform).
+
+    Args:
+      key: PRNG key.
+      members: K, the number of resamples (rows).
+      num: P, the number of labels (each row draws P indices in [0, P - 1]).
+    """
     return jax.random.randint(key, (members, num), 0, num, jnp.int32)
 
 
@@ -132,7 +143,13 @@ def _standardise_rows(raw, log_p):
 
 
 def ensemble_from_tables(raw: Array, log_p: Array, error: Array | None = None) -> Ensemble:
-    """An ensemble of given member tables raw [K, N] (standardised here under pi0 = exp(log_p [N]))."""
+    """An ensemble of given member tables (standardised here under pi0), with no models or labels behind them.
+
+    Args:
+      raw: [K, N] the members' scores.
+      log_p: [N] log pi0 (normalised).
+      error: [N] the annotator error eps the tables came from, kept in `Ensemble.error` (None where unknown).
+    """
     raw = jnp.asarray(raw)
     z, mean, sd = _standardise_rows(raw, log_p)
     return Ensemble(z, raw, mean, sd, None, None, None, None, None, error, "tables")
@@ -174,6 +191,7 @@ def train_ensemble(key: Array, cfg: lm.LMConfig, tree: lab_tree.LMTree, gold: Ar
       steps, batch, lr, weight_decay: training (`rewards.train_bt` / `rewards.train_mse`).
       bootstrap: resample the labels per member (False: every member sees them all, as in Coste et al.).
       temperature: BT label temperature (loss "bt").
+      chunk: rows per chunk when the trained models score every terminal (`rewards.score_terminals`).
     Returns:
       `Ensemble` (members standardised under pi0; `single` a `rewards.Proxy`, standardised).
     """
@@ -205,7 +223,14 @@ def train_ensemble(key: Array, cfg: lm.LMConfig, tree: lab_tree.LMTree, gold: Ar
 
 def objective_proxy(ens: Ensemble, name: str, log_p: Array, uwo_lambda: float = UWO_LAMBDA) -> rewards.Proxy:
     """An objective of the ensemble as a `rewards.Proxy`: raw = the objective of the standardised members,
-    reward = raw standardised under pi0 (module docstring), data = the labels, params and loss None."""
+    reward = raw standardised under pi0 (module docstring), data = the labels, params and loss None.
+
+    Args:
+      ens: the ensemble (`train_ensemble` or `ensemble_from_tables`); its `members` [K, N] are combined.
+      name: one of OBJECTIVES.
+      log_p: [N] log pi0 (normalised), for the standardisation.
+      uwo_lambda: lambda >= 0 of "uwo" (unused otherwise).
+    """
     raw = objective(ens.members, name, uwo_lambda)
     s = rewards.pi0_standardise(raw, log_p)
     return rewards.Proxy(s.z, ens.error, None, None, raw, s.mean, s.sd, ens.data)
@@ -292,6 +317,9 @@ def evaluation_rows(ev: Evaluation) -> tuple[list[dict], list[dict]]:
     points: `lab.experiment.point` rows, "exact" per beta (objective = E[proxy] - beta KL) and "bon" per n
     (KL_bound = log n - (n - 1)/n), the form `lab.summary.headlines` reads as "lab" rows; at-KL rows:
     `lab.summary.exact_at_kl`'s, read as "exact_at_kl" rows. Non-finite numbers are None.
+
+    Args:
+      ev: an `Evaluation` (`evaluate`).
     """
     fin = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
     pts = [experiment.point("exact", beta=float(b), KL=fin(k), gold=fin(g), proxy_reward=fin(u),
@@ -329,8 +357,11 @@ def paired(rows: list[dict], reference: str) -> list[dict]:
     (same seed, noise, pairs, method, beta, quantity, at): paired differences, whose interval over seeds
     (`lab.summary.summarise`) is the comparison with the single proxy.
 
+    Args:
+      rows: result rows; those of kind "headline" with method "exact", "bon" or "rl" are paired.
+      reference: the proxy label subtracted (e.g. the single proxy's).
     Returns:
-      headline rows with quantity "<quantity>_minus" and "minus": reference, for every proxy but the reference
+      headline rows with quantity `<quantity>_minus` and "minus": reference, for every proxy but the reference
       (value None with a reason where either side is None).
     """
     key = lambda r: (r["seed"], r["noise"], r["pairs"], r["method"], r["beta"], r["quantity"], r["at"])  # noqa: E731

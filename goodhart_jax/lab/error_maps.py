@@ -163,13 +163,26 @@ def parse(spec: str | ErrorMap) -> ErrorMap:
 
 
 def is_iid(spec: str | ErrorMap) -> bool:
-    """Whether the map is `iid` (it needs no tree: its eps depends on the key and N alone)."""
+    """Whether the map is `iid` (it needs no tree: its eps depends on the key and N alone).
+
+    Args:
+      spec: an error map spec or `ErrorMap` (`parse`; ValueError for a bad one).
+    """
     return parse(spec).name == "iid"
 
 
 def check(spec: str | ErrorMap, vocab: int) -> ErrorMap:
     """`parse`, and token's ids against the vocabulary A (non-EOS: in [0, A - 2]): what can be checked before the
-    tree exists. ValueError naming the parameter."""
+    tree exists.
+
+    Args:
+      spec: an error map spec or `ErrorMap`.
+      vocab: A, the lab vocabulary (EOS = A - 1).
+    Returns:
+      the parsed `ErrorMap`.
+    Raises:
+      ValueError: a bad spec, or a token id outside [0, A - 2] (the message names the parameter).
+    """
     m = parse(spec)
     ids = m.params.get("id", ())
     if any(not 0 <= v <= vocab - 2 for v in ids):
@@ -333,14 +346,24 @@ def feature_scores(key: Array, tokens, vocab: int, layers: int = 1, width: int =
 
 
 def lengths(tokens, vocab: int) -> np.ndarray:
-    """[N] the number of real tokens of each EOS-continued sequence [N, L] (those before the first EOS)."""
+    """[N] the number of real tokens of each EOS-continued sequence (those before the first EOS).
+
+    Args:
+      tokens: [N, L] EOS-continued lab tokens.
+      vocab: A (EOS = A - 1).
+    """
     t = np.asarray(tokens)
     return np.sum(np.cumsum(t == vocab - 1, axis=1) == 0, axis=1)
 
 
 def contains(tokens, ngram) -> np.ndarray:
     """[N] bool: the sequence holds the n-gram (contiguous, in order) among its tokens; an n-gram without EOS can
-    only match before the first EOS. An n-gram longer than L matches nothing."""
+    only match before the first EOS. An n-gram longer than L matches nothing.
+
+    Args:
+      tokens: [N, L] EOS-continued lab tokens.
+      ngram: a sequence of token ids (ints), matched contiguously.
+    """
     t, g = np.asarray(tokens), tuple(int(v) for v in ngram)
     n, depth = t.shape
     hit = np.zeros(n, bool)
@@ -351,7 +374,15 @@ def contains(tokens, ngram) -> np.ndarray:
 
 # ---------------------------------------------------------------- the maps
 def iid(key: Array, tokens, log_p, family, scale: float) -> Array:
-    """eps = scale Z [N], Z ~ family i.i.d. (`rewards.annotator_error(key, family, N, scale)`, bit for bit)."""
+    """eps = scale Z [N], Z ~ family i.i.d. (`rewards.annotator_error(key, family, N, scale)`, bit for bit).
+
+    Args:
+      key: PRNG key of the draws.
+      tokens: [N, L] lab tokens (unused: the signature is every map's).
+      log_p: [N] log pi0 (only its length N is used).
+      family: `tails` spec of the noise.
+      scale: s.
+    """
     return rewards.annotator_error(key, family, int(np.shape(log_p)[0]), scale)
 
 
@@ -379,7 +410,15 @@ def feature(key: Array, tokens, log_p, family, scale: float, vocab: int | None =
 
 def length(key: Array, tokens, log_p, family, scale: float, vocab: int | None = None, layers: int = 1,
            width: int = 32, heads: int = 2) -> np.ndarray:
-    """eps [N]: the family's pi0-quantiles by (length, f): non-decreasing in the number of real tokens."""
+    """eps [N]: the family's pi0-quantiles by (length, f): non-decreasing in the number of real tokens.
+
+    Args:
+      key: PRNG key of the feature network (the tie-breaking f).
+      tokens: [N, L] EOS-continued lab tokens; log_p: [N] log pi0.
+      family: `tails` spec; scale: s.
+      vocab: A (default: max token + 1, a full enumeration's EOS).
+      layers, width, heads: the feature network's sizes.
+    """
     a = _vocab(tokens, vocab)
     f = feature_scores(key, tokens, a, layers, width, heads)
     return quantile_transform(_ranked(f, lengths(tokens, a)), log_p, family, scale)
@@ -390,10 +429,13 @@ def token(key: Array, tokens, log_p, family, scale: float, vocab: int | None = N
     """eps [N]: the family's pi0-quantiles by (contains the n-gram `id`, f): the n-gram's sequences take the top pi0
     mass m = pi0(contains) of the law, every other sequence the rest.
 
-    The other arguments are those of `feature`.
-
     Args:
+      key: PRNG key of the feature network (the tie-breaking f).
+      tokens: [N, L] EOS-continued lab tokens; log_p: [N] log pi0.
+      family: `tails` spec; scale: s.
+      vocab: A (default: max token + 1, a full enumeration's EOS).
       id: a token or n-gram of non-EOS tokens (ints in [0, A - 2]).
+      layers, width, heads: the feature network's sizes.
     Raises:
       ValueError: an id outside [0, A - 2].
     """

@@ -787,6 +787,8 @@ def mse_loss(reward_fn: RewardFn, params: Any, tokens: Array, data: Ratings) -> 
     """Mean squared error mean_i (r(x_i) - y_i)^2 of the reward model on ratings.
 
     Args:
+      reward_fn: the reward model, reward_fn(params, tokens [B, L]) -> [B].
+      params: its parameters.
       tokens: [N, L] terminal sequences; data indexes them.
     """
     return jnp.mean(jnp.square(reward_fn(params, tokens[data.x]) - data.y))
@@ -805,6 +807,8 @@ def train_mse(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data:
       tokens: [N, L] terminal sequences.
       data: the ratings (indices into tokens).
       steps, batch: static sizes.
+      lr: peak AdamW learning rate (cosine decay to lr / 10).
+      weight_decay: AdamW's decoupled weight decay.
     Returns:
       Trained(params, loss [steps]).
     """
@@ -844,6 +848,7 @@ def regression_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, er
       error: [N] annotator error eps (any map: i.i.d. or a function of the sequence).
       num: P ratings.
       steps, noise, batch, lr, weight_decay: training (see `ratings`, `train_mse`).
+      chunk: rows per chunk when the trained model scores every terminal (`score_terminals`).
     """
     k_data, k_init, k_train = jax.random.split(key, 3)
     data = ratings(k_data, tree.log_p, gold + error, num, noise)

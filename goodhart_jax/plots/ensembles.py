@@ -21,7 +21,14 @@ def _place(r: dict):
 
 def over_seeds(points: list[dict]) -> list[dict]:
     """Per place: the mean KL over seeds and the mean of gold with its Student-t 95% interval (lo = hi = the mean
-    with one seed), in the order of the places' first rows."""
+    with one seed), sorted by mean KL.
+
+    Args:
+      points: one curve's point rows over seeds (each with "method", "KL", "gold" and its place: "n", "beta",
+        or "beta" and "step" for RL).
+    Returns:
+      one dict per place: KL, y (mean gold), lo, hi, seeds.
+    """
     groups: dict = {}
     for r in points:
         groups.setdefault(_place(r), []).append(r)
@@ -35,7 +42,12 @@ def over_seeds(points: list[dict]) -> list[dict]:
 
 def gold_vs_kl(rows: list[dict]) -> plt.Figure:
     """Rows = (noise family, label kind), columns = methods; one curve per proxy (single: black; mean, wco, uwo),
-    gold (sd units under pi0) against KL (nats, log x), the band the 95% interval over seeds."""
+    gold (sd units under pi0) against KL (nats, log x), the band the 95% interval over seeds.
+
+    Args:
+      rows: the study's result rows; those of kind "lab" with a KL and a gold are drawn (proxy labels
+        "loss:objective", e.g. "bt:mean").
+    """
     lab = [r for r in rows if r["kind"] == "lab" and r["KL"] is not None and r["gold"] is not None]
     seeds = len({r["seed"] for r in lab})
     panels = list(dict.fromkeys((r["noise"], r["proxy"].split(":")[0]) for r in lab))
