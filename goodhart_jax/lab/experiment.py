@@ -185,6 +185,16 @@ def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int
     ValueError where float32 cannot carry it, e.g. a heavy family's value on a sequence of tiny pi0 mass). The
     tree's X = proxy - gold uses the standardised proxy (`Proxy.reward`). A tree of fewer than MIN_TAIL_SAMPLES
     sequences gets no xi (nan, verdict "n/a ...").
+
+    Args:
+      key: PRNG key (eps from fold_in(key, 0), the fit from fold_in(key, 1), the diagnostics from fold_in(key, 2)).
+      base: pi0, its tree and the gold (`Base`).
+      noise: the error family (`tails` spec); scale: its scale.
+      kind: "learned" or "direct".
+      pairs: P comparisons of a learned proxy (unused by direct).
+      bt_steps: training steps of a learned proxy (`rewards.learned_proxy`).
+      betas: the pi*(beta) whose tails are diagnosed (and at which eps is checked).
+      error_map: a `lab.error_maps` spec.
     """
     k_fit, k_diag = (jax.random.fold_in(key, i) for i in (1, 2))
     n = base.tree.log_p.shape[0]
@@ -209,7 +219,11 @@ def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int
 def proxy_row(built: ProxyBuild) -> dict:
     """The fields of a "proxy" row: accuracies on unseen and seen sequences, the seen set's pi0 mass and size,
     corr, corr(X, eps) on unseen and on seen sequences, xi and verdict of X and of the proxy and the law they were fitted on (tail_law: i.i.d. pi0 draws), the
-    raw proxy's pi0 mean and sd (divided out), and `reason` ("field: why; ...") where a field is null."""
+    raw proxy's pi0 mean and sd (divided out), and `reason` ("field: why; ...") where a field is null.
+
+    Args:
+      built: the proxy and its diagnostics (`build_proxy`).
+    """
     r, px = built.report, built.proxy
     row = dict(pair_accuracy_unseen=r.pair_accuracy_unseen, pair_accuracy_seen=r.pair_accuracy_seen,
                seen_mass=r.seen_mass, seen_sequences=r.seen, corr=r.corr, error_corr_unseen=r.error_corr_unseen,
@@ -232,7 +246,11 @@ def proxy_row(built: ProxyBuild) -> dict:
 def tail_rows(built: ProxyBuild) -> list[dict]:
     """Rows of the exact mean-excess curves (`rewards.tail_curves`): law ("pi0" or "pi*"), beta (null for pi0),
     of ("X" or "proxy"), q, u (the law's q-quantile), mean_excess E[Z - u | Z > u], mass_above P(Z > u); a null
-    mean_excess carries its `reason`."""
+    mean_excess carries its `reason`.
+
+    Args:
+      built: the proxy and its diagnostics (`build_proxy`; its report's tails are read).
+    """
     t = built.report.tails
     rows = []
     for of, c in (("X", t.x), ("proxy", t.proxy)):
@@ -374,7 +392,12 @@ def peak_bytes(vocab: int, depth: int, *, ns: int = 9, pairs: int = 0, lm_steps:
 
 
 def point(method: str, **fields) -> dict:
-    """A lab row: every field of FIELDS (None where absent), d = sqrt(KL), numbers as Python floats."""
+    """A lab row: every field of FIELDS (None where absent), d = sqrt(KL), numbers as Python floats.
+
+    Args:
+      method: the row's method ("exact", "bon", "rl", "search").
+      fields: the row's values by name (FIELDS' and any other; array scalars become Python numbers).
+    """
     row = {f: None for f in FIELDS}
     row.update(method=method, **{k: (v.item() if hasattr(v, "item") else v) for k, v in fields.items()})
     if row["KL"] is not None:
@@ -388,7 +411,12 @@ def _exact(tree: mdp.Tree, betas):
 
 
 def exact_points(tree: mdp.Tree, betas) -> list[dict]:
-    """The exact optimum pi*(beta) on the proxy, per beta: E[gold], E[proxy], trajectory KL, objective."""
+    """The exact optimum pi*(beta) on the proxy, per beta: E[gold], E[proxy], trajectory KL, objective.
+
+    Args:
+      tree: `mdp.Tree(log pi0, X = proxy - gold, V = gold)` (`ProxyBuild.tree`).
+      betas: [M] KL coefficients > 0, one row each, in the order given.
+    """
     b = np.asarray(betas, float)
     res = jax.device_get(_exact(tree, jnp.asarray(b, tree.V[-1].dtype)))
     return [point("exact", beta=float(bi), KL=max(float(res.KL[i]), 0.0), gold=res.E_V[i], proxy_reward=res.E_U[i],
@@ -463,6 +491,10 @@ def rl_points(key, base: Base, tree: mdp.Tree, beta: float, steps: int = 250, ev
     objective ("optimum"), the gap optimum - objective (>= 0 up to round-off) and "share_closed" =
     1 - gap / gap0, the share of pi0's gap gap0 = J(pi*) - J(pi0) closed (1: the optimum; null with
     "reason" where gap0 <= SHARE_MIN_GAP (1 + |optimum|), float32 round-off).
+
+    Args:
+      tree: `mdp.Tree(log pi0, X = proxy - gold, V = gold)` (`ProxyBuild.tree`), the task's tree.
+      optimizer: "adam" or "sgd" (`rl.RLConfig`).
     """
     a, depth = base.tree.log_pi0[0].shape[-1], len(base.tree.log_pi0)
     config = rl.RLConfig(a, depth, batch=batch, learning_rate=lr, num_steps=steps, eval_every=eval_every,
@@ -491,6 +523,13 @@ def search_points(key, built: ProxyBuild, base: Base, restarts: int = 4, iters: 
     argmax), and the enumerated argmax's proxy and gold. proxy_reward and argmax_proxy are the standardised proxy
     (`Proxy.reward`, as in every other row); the search climbs and ranks the model's raw scores (`Proxy.raw`),
     the same order. A direct proxy has no model to differentiate: [].
+
+    Args:
+      key: PRNG key of the search (`lab.search.search_proxy`).
+      built: the proxy (`build_proxy`; its learned model is searched).
+      base: pi0's tree and the gold.
+      restarts: independent restarts, one row each.
+      iters: GCG iterations per restart.
     """
     if built.cfg is None:
         return []

@@ -106,18 +106,34 @@ RewardFn = Callable[[Any, Array], Array]  # (params, tokens [B, L] EOS-continued
 
 
 def gold_config(vocab: int, depth: int) -> lm.LMConfig:
-    """Default gold reward model: 2 layers, width 64, 4 heads."""
+    """Default gold reward model: 2 layers, width 64, 4 heads.
+
+    Args:
+      vocab: A, the lab vocabulary (EOS = A - 1).
+      depth: L, the sequence length.
+    """
     return lm.LMConfig(vocab, depth, layers=2, width=64, heads=4)
 
 
 def proxy_config(vocab: int, depth: int) -> lm.LMConfig:
-    """Default proxy reward model: 1 layer, width 32, 2 heads (smaller than the gold)."""
+    """Default proxy reward model: 1 layer, width 32, 2 heads (smaller than the gold).
+
+    Args:
+      vocab: A, the lab vocabulary (EOS = A - 1).
+      depth: L, the sequence length.
+    """
     return lm.LMConfig(vocab, depth, layers=1, width=32, heads=2)
 
 
 # ---------------------------------------------------------------- reward models
 def rm_init(key: Array, cfg: lm.LMConfig, dtype=jnp.float32) -> dict:
-    """Random reward-model parameters: the decoder and a scalar head {"kernel": [D, 1], "bias": [1]}."""
+    """Random reward-model parameters: the decoder and a scalar head {"kernel": [D, 1], "bias": [1]}.
+
+    Args:
+      key: PRNG key (decoder and head).
+      cfg: the model's sizes (`lm.LMConfig`).
+      dtype: the parameters' dtype.
+    """
     k_body, k_head = jax.random.split(key)
     ids = jnp.full((1, cfg.depth + 1), cfg.bos, jnp.int32)
     body = lm.module(cfg, dtype).init(k_body, ids, jnp.ones_like(ids))["params"]
@@ -133,7 +149,12 @@ RM_HEAD = HeadSpec("score", bias=True, pooling="last")  # the lab reward models'
 
 def rm_model(cfg: lm.LMConfig, params: dict) -> LoadedModel:
     """A lab reward model as a `models.LoadedModel` (`lm.as_model` with `RM_HEAD`: the last real position, a
-    linear map with bias), so `models.make_reward_fn` and `reward_scorer` serve it."""
+    linear map with bias), so `models.make_reward_fn` and `reward_scorer` serve it.
+
+    Args:
+      cfg: the model's sizes (`lm.LMConfig`).
+      params: its parameters (`rm_init`'s form).
+    """
     return lm.as_model(cfg, params, RM_HEAD)
 
 
@@ -228,6 +249,8 @@ def score_terminals(reward_fn: RewardFn, params: Any, tokens: Array, chunk: int 
 
 # ---------------------------------------------------------------- exact moments under pi0
 class Moments(NamedTuple):
+    """Exact mean and sd of a reward under pi0 (`pi0_moments`)."""
+
     mean: Array  # [] E_pi0[r]
     sd: Array  # [] sqrt(E_pi0[(r - mean)^2])
 
@@ -240,19 +263,31 @@ def pi0_moments(r: Array, log_p: Array) -> Moments:
 
 
 def standardise(r: Array, log_p: Array) -> Array:
-    """(r - E_pi0[r]) / sd_pi0(r): [N], mean 0 and sd 1 under pi0."""
+    """(r - E_pi0[r]) / sd_pi0(r): [N], mean 0 and sd 1 under pi0.
+
+    Args:
+      r: [N] a reward of every terminal.
+      log_p: [N] log pi0 (any normalisation).
+    """
     m = pi0_moments(r, log_p)
     return (r - m.mean) / m.sd
 
 
 def pi0_corr(x: Array, y: Array, log_p: Array) -> Array:
-    """Pearson correlation of x and y [N] under pi0, exact."""
+    """Pearson correlation of x and y [N] under pi0, exact.
+
+    Args:
+      x, y: [N] values of every terminal.
+      log_p: [N] log pi0 (any normalisation).
+    """
     p = jnp.exp(log_p - jax.scipy.special.logsumexp(log_p))
     return jnp.sum(p * standardise(x, log_p) * standardise(y, log_p))
 
 
 # ---------------------------------------------------------------- gold
 class Gold(NamedTuple):
+    """The gold reward of every terminal, standardised under pi0, with its raw scores and their moments."""
+
     reward: Array  # [N] r*(x), standardised: mean 0, sd 1 under pi0
     raw: Array  # [N] the model's own scores
     mean: Array  # [] E_pi0[raw]
@@ -260,25 +295,48 @@ class Gold(NamedTuple):
 
 
 def gold_from(reward_fn: RewardFn, params: Any, tree: LMTree, chunk: int = 8192) -> Gold:
-    """Score every terminal of `tree` with a reward model and standardise under pi0."""
+    """Score every terminal of `tree` with a reward model and standardise under pi0.
+
+    Args:
+      reward_fn: the reward model, reward_fn(params, tokens [B, L]) -> [B].
+      params: its parameters.
+      tree: the LM's tree (its tokens [N, L] are scored, its log_p [N] weighs the moments).
+      chunk: rows per scoring chunk (`score_terminals`).
+    """
     raw = score_terminals(reward_fn, params, tree.tokens, chunk)
     m = pi0_moments(raw, tree.log_p)
     return Gold((raw - m.mean) / m.sd, raw, m.mean, m.sd)
 
 
 def gold_reward(key: Array, cfg: lm.LMConfig, tree: LMTree, chunk: int = 8192) -> Gold:
-    """The default gold: a randomly initialised lab reward model (`rm_init(key, cfg)`), standardised under pi0."""
+    """The default gold: a randomly initialised lab reward model (`rm_init(key, cfg)`), standardised under pi0.
+
+    Args:
+      key: PRNG key of the initialisation.
+      cfg: the model's sizes (`gold_config`).
+      tree: the LM's tree, every terminal of which is scored.
+      chunk: rows per scoring chunk (`score_terminals`).
+    """
     params = rm_init_jit(key, cfg)
     return gold_from(make_rm_reward(cfg), params, tree, chunk)
 
 
 # ---------------------------------------------------------------- annotators and comparisons
 def annotator_error(key: Array, family: str | tails.Family, num: int, scale: float) -> Array:
-    """eps = scale * Z, Z ~ `family` (a `tails` spec such as "student_t:df=2"), i.i.d. per terminal: [num]."""
+    """eps = scale * Z, Z ~ `family` (a `tails` spec such as "student_t:df=2"), i.i.d. per terminal: [num].
+
+    Args:
+      key: PRNG key of the draws.
+      family: the noise law (`tails` spec or Family).
+      num: N, the number of terminals.
+      scale: the scale s.
+    """
     return scale * tails.parse(family).sample(key, (num,))
 
 
 class Comparisons(NamedTuple):
+    """Bradley-Terry preference data: pairs of terminal indices and their labels (`comparisons`)."""
+
     a: Array  # [P] terminal index of the first sequence
     b: Array  # [P] terminal index of the second
     label: Array  # [P] float 1.0 when a is preferred (0.5 on a tie at temperature 0)
@@ -287,7 +345,13 @@ class Comparisons(NamedTuple):
 def sample_terminals(key: Array, log_p: Array, num: int) -> Array:
     """num i.i.d. terminal indices from pi0 by inverse CDF ([num] int32; O(N + num log N) memory and time).
 
-    A terminal with log_p = -inf (pi0 conditioned on a subset: `split_pairs`) is never drawn."""
+    A terminal with log_p = -inf (pi0 conditioned on a subset: `split_pairs`) is never drawn.
+
+    Args:
+      key: PRNG key.
+      log_p: [N] log pi0 (any normalisation).
+      num: the number of draws (static).
+    """
     p = jnp.exp(log_p - jax.scipy.special.logsumexp(log_p))
     cdf = jnp.cumsum(p)
     u = jax.random.uniform(key, (num,), cdf.dtype) * cdf[-1]
@@ -296,7 +360,13 @@ def sample_terminals(key: Array, log_p: Array, num: int) -> Array:
 
 
 def sample_pairs(key: Array, log_p: Array, num: int) -> tuple[Array, Array]:
-    """num independent pairs of terminals, each drawn from pi0: ([P], [P]) indices."""
+    """num independent pairs of terminals, each drawn from pi0: ([P], [P]) indices.
+
+    Args:
+      key: PRNG key.
+      log_p: [N] log pi0 (any normalisation).
+      num: P pairs (static).
+    """
     ka, kb = jax.random.split(key)
     return sample_terminals(ka, log_p, num), sample_terminals(kb, log_p, num)
 
@@ -323,6 +393,8 @@ def comparisons(key: Array, log_p: Array, utility: Array, num: int, temperature:
 
 # ---------------------------------------------------------------- Bradley-Terry training
 class Trained(NamedTuple):
+    """A trained reward model's parameters and its loss per step (`train_bt`, `train_mse`)."""
+
     params: Any  # trained parameters
     loss: Array  # [steps] minibatch BT log-loss per step
 
@@ -331,6 +403,8 @@ def bt_loss(reward_fn: RewardFn, params: Any, tokens: Array, data: Comparisons) 
     """Mean Bradley-Terry log-loss -[y log s(r_a - r_b) + (1 - y) log s(r_b - r_a)] over pairs.
 
     Args:
+      reward_fn: the reward model, reward_fn(params, tokens [B, L]) -> [B].
+      params: its parameters.
       tokens: [N, L] terminal sequences; data indexes them.
     """
     ra = reward_fn(params, tokens[data.a])
@@ -353,6 +427,8 @@ def train_bt(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data: 
       tokens: [N, L] terminal sequences.
       data: the comparisons (indices into tokens).
       steps, batch: static sizes.
+      lr: peak AdamW learning rate (cosine decay to lr / 10).
+      weight_decay: AdamW's decoupled weight decay.
     Returns:
       Trained(params, loss [steps]).
     """
@@ -372,6 +448,8 @@ def _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_dec
 
 # ---------------------------------------------------------------- proxies
 class Standardised(NamedTuple):
+    """A reward standardised under pi0 with its float64 moments (`pi0_standardise`)."""
+
     z: Array  # [N] (r - mean) / sd, in r's dtype: mean 0, sd 1 under pi0
     mean: np.float64  # E_pi0[r]
     sd: np.float64  # sd_pi0(r) (the divisor, except where r is constant under pi0: sd 0, divided by 1)
@@ -419,7 +497,13 @@ class Proxy(NamedTuple):
 
 def direct_proxy(gold: Array, error: Array, log_p: Array) -> Proxy:
     """The control: raw proxy = gold + eps exactly (the paper's U = X + V on the LM's tree), standardised under
-    pi0 = exp(log_p [N])."""
+    pi0 = exp(log_p [N]).
+
+    Args:
+      gold: [N] standardised gold.
+      error: [N] annotator error eps.
+      log_p: [N] log pi0.
+    """
     raw = gold + error
     s = pi0_standardise(raw, log_p)
     return Proxy(s.z, error, None, None, raw, s.mean, s.sd, None)
@@ -439,6 +523,7 @@ def learned_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, error
       error: [N] annotator error eps.
       pairs: P comparisons.
       steps, temperature, batch, lr, weight_decay: training (see `comparisons`, `train_bt`).
+      chunk: rows per chunk when the trained model scores every terminal (`score_terminals`).
     """
     k_data, k_init, k_train = jax.random.split(key, 3)
     data = comparisons(k_data, tree.log_p, gold + error, pairs, temperature)

@@ -139,6 +139,8 @@ class RLTask(NamedTuple):
 
 
 class RLState(NamedTuple):
+    """The RL loop's carry: the policy's parameters, the optimiser's state and the steps taken."""
+
     params: Any  # the policy's parameters
     opt_state: Any  # optax state
     step: Array  # [] int32, steps taken
@@ -222,6 +224,10 @@ def policy_levels(logits_fn: LogitsFn, params: Any, depth: int) -> tuple:
     A residual policy (`residual_logits`) is evaluated as log_softmax(log pi0 + f + TABLE_SCALE T) with f on
     the tree by its KV-cache pass (each prefix once), not by the row pass over whole sequences.
 
+    Args:
+      logits_fn: the policy (`residual_logits` or any logits function `lab.tree.log_pi0_levels` takes).
+      params: its parameters.
+      depth: L, the tree's depth.
     Returns:
       L arrays [n^k, A] of log-probabilities (mdp's `Tree.log_pi0` layout).
     """
@@ -245,6 +251,10 @@ def uses_tree(config: RLConfig, logits_fn: LogitsFn) -> bool:
     Cost in token positions run: the tree's prefixes sum_{k<L} n^k with a KV-cache form (the lab LM, a residual
     policy over it), else the row pass's n^(L-1) L, x 3 (forward and backward), against the rows' B L (L + 1) / 2
     (sampling) + 3 B (L + 1) (forward and backward).
+
+    Args:
+      config: static `RLConfig`.
+      logits_fn: the policy (a KV-cache form is looked for in it, or in the logits function a residual policy wraps).
     """
     if config.policy_pass != "auto":
         return config.policy_pass == "tree"
@@ -267,6 +277,12 @@ def sample(key: Array, logits_fn: LogitsFn, params: Any, num: int, depth: int) -
     sequence); a causal policy's logits at position t depend on positions <= t only, so token t + 1 needs
     the t + 1 positions before it: L (L + 1) / 2 positions in all, half the work (A read from the output).
 
+    Args:
+      key: PRNG key (split into one key per token).
+      logits_fn: the causal policy, logits_fn(params, ids [B, T]) -> [B, T, A].
+      params: its parameters.
+      num: B, the number of sequences.
+      depth: L, tokens per sequence.
     Returns:
       [num, L] int32 tokens, EOS-continued.
     """
@@ -341,6 +357,9 @@ def make_rl(config: RLConfig, logits_fn: LogitsFn):
 def make_eval(config: RLConfig, logits_fn: LogitsFn):
     """Exact evaluation of a policy on the task's tree.
 
+    Args:
+      config: static `RLConfig`.
+      logits_fn: the policy (its params travel in the state, never baked in).
     Returns:
       evaluate(params, task, step=0, optimum=None) -> RLEval. `optimum`
       (the exact optimum's objective) is computed when not given.
@@ -368,6 +387,8 @@ def make_run(config: RLConfig, logits_fn: LogitsFn, num_evals: int | None = None
     calls (for a progress bar) gives exactly the result of one call.
 
     Args:
+      config: static `RLConfig`.
+      logits_fn: the policy (its params travel in the state, never baked in).
       num_evals: rounds per call (default num_steps / eval_every, the whole run).
     Returns:
       run(key, state, task) -> (RLState, RLInfo with leading [rounds, eval_every] axes, RLEval [rounds]).
@@ -395,6 +416,9 @@ def make_run(config: RLConfig, logits_fn: LogitsFn, num_evals: int | None = None
 def make_train(config: RLConfig, logits_fn: LogitsFn):
     """The whole run as one jitted function (compiled once; new params, keys and betas reuse it).
 
+    Args:
+      config: static `RLConfig`.
+      logits_fn: the policy (its params travel in the state, never baked in).
     Returns:
       train(key, params, task) -> (RLState, RLInfo [S/E, E], RLEval [S/E + 1]):
       the final state, per-step diagnostics, and the exact evaluations at

@@ -125,6 +125,9 @@ def _kl_target(tree: mdp.Tree, targets):
 def exact_at_kl(tree: mdp.Tree, targets=KL_TARGETS) -> list[dict]:
     """The exact optimum pi*(beta) whose trajectory KL is each target (beta solved by bisection in log beta).
 
+    Args:
+      tree: `mdp.Tree(log pi0, X = proxy - gold, V = gold)` (`lab.tree.mdp_tree`).
+      targets: [T] KLs in nats.
     Returns:
       one dict a target: {"at": target, "beta", "KL", "gold", "proxy_reward"}, and "reason" (the numbers None)
       where no beta in the solver's range spends the target within sqrt(eps) (a target above the largest KL the
@@ -307,7 +310,12 @@ def summarise(rows: list[dict], level: float = LEVEL) -> list[dict]:
 
 def cell(s: dict | None, fmt: str = ".2f") -> str:
     """A summary row as 'mean [lo, hi]' ('mean' with one seed; 'n/a' without a value), with '(k/n seeds)' where
-    only k of the n seeds have a value."""
+    only k of the n seeds have a value.
+
+    Args:
+      s: a summary row (`summarise`: mean, lo, hi, seeds, of) or None.
+      fmt: the numbers' format spec.
+    """
     if s is None or s["mean"] is None:
         return "n/a"
     some = f" ({s['seeds']}/{s['of']} seeds)" if s["seeds"] < s["of"] else ""

@@ -64,13 +64,23 @@ MAX_TERMINALS = 2**22
 
 
 def num_prefixes(vocab: int, depth: int) -> int:
-    """sum_{k<L} n^k with n = A - 1: the prefixes where a token is chosen (the rows of `Tree.log_pi0`)."""
+    """sum_{k<L} n^k with n = A - 1: the prefixes where a token is chosen (the rows of `Tree.log_pi0`).
+
+    Args:
+      vocab: A, the vocabulary (EOS = A - 1).
+      depth: L, the sequence length.
+    """
     n = vocab - 1
     return sum(n**k for k in range(depth))
 
 
 def num_terminals(vocab: int, depth: int) -> int:
-    """N = sum_{k<L} n^k + n^L with n = A - 1 (exact Python integer): each prefix ended by EOS, and length L."""
+    """N = sum_{k<L} n^k + n^L with n = A - 1 (exact Python integer): each prefix ended by EOS, and length L.
+
+    Args:
+      vocab: A, the vocabulary (EOS = A - 1).
+      depth: L, the sequence length.
+    """
     return num_prefixes(vocab, depth) + (vocab - 1) ** depth
 
 
@@ -102,7 +112,12 @@ def prefixes(n: int, k: int) -> Array:
 
 
 def terminal_tokens(vocab: int, depth: int) -> Array:
-    """[N, L] int32: every terminal sequence in mdp level order, EOS-continued."""
+    """[N, L] int32: every terminal sequence in mdp level order, EOS-continued.
+
+    Args:
+      vocab: A, the vocabulary (EOS = A - 1).
+      depth: L, the sequence length.
+    """
     n, eos = vocab - 1, vocab - 1
     rows = [jnp.concatenate([prefixes(n, k), jnp.full((n**k, depth - k), eos, jnp.int32)], axis=1)
             for k in range(depth)]
@@ -188,6 +203,11 @@ def split_levels(n: int, depth: int, chunk: int) -> tuple[int, int]:
     m is the first level whose subtrees hold at most `chunk` prefixes on their deepest level
     (n^(L-1-m) <= chunk); r is the largest divisor of the n^m subtrees with r n^(L-1-m) <= chunk
     (at least 1), so every chunk has the same shape and none is padding.
+
+    Args:
+      n: real tokens per prefix (A - 1).
+      depth: L, the sequence length.
+      chunk: the most prefixes one evaluation may hold.
     """
     deep = depth - 1
     m = 0
@@ -298,20 +318,34 @@ def cached_terminal_scores(run: Callable, head: Callable, params: Any, vocab: in
 
 def terminal_logprobs(log_pi0: tuple) -> Array:
     """[N] log pi(x) of every terminal (mdp level order) from per-level log-probabilities L x [n^k, A]
-    (`mdp.terminal_logprobs` on the EOS tree, flattened)."""
+    (`mdp.terminal_logprobs` on the EOS tree, flattened).
+
+    Args:
+      log_pi0: L arrays [n^k, A]: log pi(a | prefix) on each level (`LMTree.log_pi0`).
+    """
     spec = mdp.TreeSpec(log_pi0[0].shape[-1], len(log_pi0), eos=True)
     return flatten(mdp.terminal_logprobs(spec, log_pi0))
 
 
 def levels(flat: Array, vocab: int, depth: int) -> tuple:
-    """Split a per-terminal array [N, ...] into mdp's L + 1 levels ([n^k] for k < L, then [n^L])."""
+    """Split a per-terminal array [N, ...] into mdp's L + 1 levels ([n^k] for k < L, then [n^L]).
+
+    Args:
+      flat: [N, ...] per-terminal values in mdp level order.
+      vocab: A, the vocabulary (n = A - 1 real tokens).
+      depth: L, the sequence length.
+    """
     n = vocab - 1
     splits = np.cumsum([n**k for k in range(depth)])
     return tuple(jnp.split(flat, splits))
 
 
 def flatten(levels_: tuple) -> Array:
-    """Inverse of `levels`: [N]."""
+    """Inverse of `levels`: [N].
+
+    Args:
+      levels_: mdp's L + 1 levels ([n^k] for k < L, then [n^L]), concatenated in order.
+    """
     return jnp.concatenate(levels_)
 
 
