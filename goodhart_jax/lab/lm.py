@@ -126,12 +126,21 @@ class LMConfig:
 
 
 def backbone_config(cfg: LMConfig):
-    """The `models` config of the decoder: the registry's small config (`config.small`), vocab A + 1 (BOS)."""
+    """The `models` config of the decoder: the registry's small config (`config.small`), vocab A + 1 (BOS).
+
+    Args:
+      cfg: the lab model's sizes (`LMConfig`).
+    """
     return ARCHITECTURES[cfg.arch].config.small(cfg.vocab + 1, cfg.width, cfg.layers, cfg.heads)
 
 
 def module(cfg: LMConfig, dtype=jnp.float32):
-    """The linen decoder of `cfg` (`models.ARCHITECTURES[cfg.arch].module`): the lab LM's and reward models' body."""
+    """The linen decoder of `cfg` (`models.ARCHITECTURES[cfg.arch].module`): the lab LM's and reward models' body.
+
+    Args:
+      cfg: the lab model's sizes (`LMConfig`).
+      dtype: the computation's dtype.
+    """
     return ARCHITECTURES[cfg.arch].module(backbone_config(cfg), dtype=dtype)
 
 
@@ -145,6 +154,8 @@ def adamw_scan(loss_fn: Callable[[Any, Array], Array], params: Any, keys: Array,
       loss_fn: (params, key) -> [] loss of the step's batch (the key draws it).
       params: initial parameters.
       keys: [S] one key a step (S = the number of steps).
+      lr: the peak learning rate.
+      weight_decay: AdamW's decoupled weight decay.
     Returns:
       (params after S steps, [S] losses).
     """
@@ -167,6 +178,11 @@ def init(key: Array, cfg: LMConfig, dtype=jnp.float32) -> dict:
     `dtype` is that of the parameters and of the computation (`logits` follows
     the parameters; cast them to float64 under `jax.enable_x64` for exact
     checks; the shared attention softmax and norm statistics stay float32).
+
+    Args:
+      key: PRNG key (decoder and head).
+      cfg: the model's sizes (`LMConfig`).
+      dtype: the parameters' dtype.
     """
     k_body, k_head = jax.random.split(key)
     ids = jnp.full((1, cfg.depth), cfg.bos, jnp.int32)
@@ -192,7 +208,14 @@ def logits(params: dict, ids: Array, cfg: LMConfig) -> Array:
 def model_logits(model: LoadedModel, params: dict, ids: Array, cols: Array | None = None) -> Array:
     """A causal LM's next-token logits at every position of unpadded ids [B, T] (model ids): the `models`
     backbone (`make_hidden_fn`) and output matrix (`models.scoring.lm_kernel`), restricted to the columns
-    `cols` [A] (None: all). Returns [B, T, A] in the parameters' dtype."""
+    `cols` [A] (None: all). Returns [B, T, A] in the parameters' dtype.
+
+    Args:
+      model: the loaded causal LM.
+      params: its parameters.
+      ids: [B, T] model ids, unpadded.
+      cols: [A] the output columns kept (None: all).
+    """
     h = make_hidden_fn(model)(params, ids, jnp.ones(ids.shape, jnp.int32)).last_hidden_state
     kernel = lm_kernel(model, params)
     return jnp.einsum("btd,da->bta", h, kernel if cols is None else kernel[:, cols])
@@ -209,13 +232,23 @@ def make_logits(cfg: LMConfig) -> LogitsFn:
 
 
 def with_bos(tokens: Array, bos: int) -> Array:
-    """[B, T] tokens -> [B, T + 1] with BOS prepended."""
+    """[B, T] tokens -> [B, T + 1] with BOS prepended.
+
+    Args:
+      tokens: [B, T] ids.
+      bos: the BOS id.
+    """
     return jnp.concatenate([jnp.full(tokens.shape[:1] + (1,), bos, tokens.dtype), tokens], axis=1)
 
 
 def model_params(params: dict, cfg: LMConfig) -> dict:
     """Lab parameters {"backbone", head...} keyed as a `models.LoadedModel`'s: the backbone under the
-    architecture's `params_key` ("gpt_neox" or "model"); the same arrays, renamed (free under jit)."""
+    architecture's `params_key` ("gpt_neox" or "model"); the same arrays, renamed (free under jit).
+
+    Args:
+      params: the lab model's parameters (`init`, `rewards.rm_init`).
+      cfg: its sizes (`LMConfig`; its arch names the key).
+    """
     key = ARCHITECTURES[cfg.arch].params_key
     return {(key if k == "backbone" else k): v for k, v in params.items()}
 
@@ -256,7 +289,12 @@ def lab_onehot_inputs(onehot: Array) -> tuple[Array, Array]:
 
 
 def token_mask(tokens: Array, eos: int) -> Array:
-    """[B, L] bool: True up to and including the first EOS (the sequence's real tokens)."""
+    """[B, L] bool: True up to and including the first EOS (the sequence's real tokens).
+
+    Args:
+      tokens: [B, L] EOS-continued sequences.
+      eos: the EOS id.
+    """
     ended_before = jnp.cumsum(tokens == eos, axis=1) - (tokens == eos)
     return ended_before == 0
 
@@ -372,7 +410,14 @@ def markov_source(key: Array, vocab: int, sharpness: float = SHARPNESS, eos_bias
 
 
 def sample_source(key: Array, source: MarkovSource, num: int, depth: int) -> Array:
-    """[num, L] int32 sequences of the source, EOS-continued after the first EOS."""
+    """[num, L] int32 sequences of the source, EOS-continued after the first EOS.
+
+    Args:
+      key: PRNG key.
+      source: the Markov source.
+      num: the number of sequences.
+      depth: L, their length.
+    """
     eos = source.log_p_first.shape[0] - 1
     k0, *ks = jax.random.split(key, depth)
     first = jax.random.categorical(k0, source.log_p_first, shape=(num,))
@@ -389,7 +434,12 @@ def sample_source(key: Array, source: MarkovSource, num: int, depth: int) -> Arr
 
 
 def source_logprob(source: MarkovSource, tokens: Array) -> Array:
-    """[B] log-probability of each EOS-continued sequence [B, L] under the source."""
+    """[B] log-probability of each EOS-continued sequence under the source.
+
+    Args:
+      source: the Markov source.
+      tokens: [B, L] EOS-continued sequences.
+    """
     eos = source.log_p_first.shape[0] - 1
     terms = jnp.concatenate([source.log_p_first[tokens[:, :1]],
                              source.log_p_next[tokens[:, :-1], tokens[:, 1:]]], axis=1)
@@ -405,7 +455,13 @@ class Trained(NamedTuple):
 
 
 def lm_loss(params: dict, tokens: Array, cfg: LMConfig) -> Array:
-    """Mean next-token cross-entropy over the real tokens of tokens [B, L] (nats)."""
+    """Mean next-token cross-entropy over the real tokens of tokens [B, L] (nats).
+
+    Args:
+      params: the LM's parameters (`init`).
+      tokens: [B, L] EOS-continued sequences.
+      cfg: its sizes (`LMConfig`).
+    """
     lg = logits(params, with_bos(tokens, cfg.bos)[:, :-1], cfg)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(lg, axis=-1), tokens[..., None], axis=-1)[..., 0]
     m = token_mask(tokens, cfg.eos)
@@ -458,7 +514,13 @@ class CheckpointPolicy(NamedTuple):
 
 
 def checkpoint_logits(model: LoadedModel, tokens, start: int) -> LogitsFn:
-    """The policy convention's logits_fn for a loaded causal LM on the sub-vocabulary `tokens`."""
+    """The policy convention's logits_fn for a loaded causal LM on the sub-vocabulary `tokens`.
+
+    Args:
+      model: the loaded causal LM.
+      tokens: the model ids of the lab tokens (lab id a is model id tokens[a]).
+      start: the model id that lab BOS (id A) maps to.
+    """
     table = jnp.asarray(tuple(tokens) + (start,), jnp.int32)  # lab id -> model id
     cols = jnp.asarray(tuple(tokens), jnp.int32)
 
@@ -472,6 +534,9 @@ def checkpoint_logits(model: LoadedModel, tokens, start: int) -> LogitsFn:
 def sub_vocabulary(tokens, vocab: int) -> tuple[int, ...]:
     """The model ids of the lab tokens as a tuple, checked: >= 2 distinct ids in [0, V).
 
+    Args:
+      tokens: the model ids, one per lab token.
+      vocab: V, the model's vocabulary size.
     Raises:
       UsageError: otherwise (one line naming the ids and V).
     """
@@ -487,6 +552,10 @@ def sub_vocabulary(tokens, vocab: int) -> tuple[int, ...]:
 def start_token(path, vocab: int, start: int | None = None) -> int:
     """`start`, or the checkpoint's config.json bos_token_id (the first if a list), checked in [0, V).
 
+    Args:
+      path: the checkpoint's directory (its config.json is read when start is None).
+      vocab: V, the model's vocabulary size.
+      start: the start token, or None.
     Raises:
       UsageError: no such id.
     """
@@ -549,7 +618,17 @@ def lm_prefix_policy(cfg: LMConfig) -> PrefixPolicy:
 def model_prefix_logits(model: LoadedModel, params: dict, ids: Array, cache: KVCache | None = None,
                         siblings: bool = False, cols: Array | None = None) -> tuple[Array, KVCache]:
     """`model_logits` of new tokens ids [B, S] after a cached prefix (`models.make_cached_hidden_fn`): returns
-    (logits [B, S, A], the new tokens' KVCache [B, S])."""
+    (logits [B, S, A], the new tokens' KVCache [B, S]).
+
+    Args:
+      model: the loaded causal LM.
+      params: its parameters.
+      ids: [B, S] new model ids.
+      cache: the prefix's KVCache (None: no prefix).
+      siblings: each new token attends to the cached prefix and to itself only (`models.KVCache.siblings`),
+        not to the other new tokens.
+      cols: [A] the output columns kept (None: all).
+    """
     out, new = make_cached_hidden_fn(model)(params, ids, None, cache, siblings)
     kernel = lm_kernel(model, params)
     return jnp.einsum("btd,da->bta", out.last_hidden_state, kernel if cols is None else kernel[:, cols]), new

@@ -210,6 +210,9 @@ def required(d: dict, key: str) -> Any:
 def config_int(key: str, value: Any, minimum: int = 1) -> int:
     """A config.json integer field, at least `minimum` (sizes: >= 1).
 
+    Args:
+      key: the field's name (for the message).
+      value: its value as read from config.json.
     Raises:
       ValueError: not an integer (a bool, 40.5, "40", null) or below `minimum`.
     """
@@ -225,6 +228,9 @@ def config_float(key: str, value: Any, low: float = -math.inf, high: float = mat
                  low_open: bool = False) -> float:
     """A config.json float field, finite and in [low, high] ((low, high] when `low_open`).
 
+    Args:
+      key: the field's name (for the message).
+      value: its value as read from config.json.
     Raises:
       ValueError: not a finite number, or out of range.
     """

@@ -52,7 +52,13 @@ def before_first_pad_index(input_ids: Array, pad_id: int) -> Array:
 
 
 def pool_index(mask: Array, input_ids: Array | None, spec: HeadSpec) -> Array | None:
-    """[B] the position `spec.pooling` reads in each row of mask [B, T]; None for "mean" (every position)."""
+    """[B] the position `spec.pooling` reads in each row of mask [B, T]; None for "mean" (every position).
+
+    Args:
+      mask: [B, T] 1 on real tokens, 0 on padding.
+      input_ids: [B, T] ids (needed by "before_first_pad" only; None otherwise).
+      spec: the head (its pooling and pad_id).
+    """
     if spec.pooling == "mean":
         return None
     if spec.pooling == "last":
@@ -65,7 +71,14 @@ def pool_index(mask: Array, input_ids: Array | None, spec: HeadSpec) -> Array | 
 
 
 def pool(hidden: Array, mask: Array, input_ids: Array | None, spec: HeadSpec) -> Array:
-    """Read one [B, D] vector per sequence from hidden [B, T, D] by `spec.pooling`."""
+    """Read one [B, D] vector per sequence from hidden [B, T, D] by `spec.pooling`.
+
+    Args:
+      hidden: [B, T, D] final hidden states.
+      mask: [B, T] 1 on real tokens, 0 on padding.
+      input_ids: [B, T] ids (needed by "before_first_pad" only; None otherwise).
+      spec: the head (its pooling and pad_id).
+    """
     idx = pool_index(mask, input_ids, spec)
     if idx is None:
         m = mask.astype(hidden.dtype)[..., None]

@@ -127,7 +127,14 @@ def rotary_from_mask(mask: Array | np.ndarray, rotary_dims: int, theta: float) -
 
 
 def rotary_at(positions: Array, length: int, rotary_dims: int, theta: float) -> tuple[Array, Array]:
-    """cos/sin [..., R] at int positions [...] in 0..length-1, gathered from `rotary_table(length, ...)`."""
+    """cos/sin [..., R] at int positions [...] in 0..length-1, gathered from `rotary_table(length, ...)`.
+
+    Args:
+      positions: [...] int positions in 0..length-1.
+      length: the table's length.
+      rotary_dims: R, even.
+      theta: rotary base.
+    """
     cos_t, sin_t = rotary_table(length, rotary_dims, theta)
     return tuple(jnp.take(jnp.asarray(t), positions, axis=0, mode="clip") for t in (cos_t, sin_t))
 
@@ -416,7 +423,13 @@ class LayerNorm(nn.Module):
 
 
 def embed(module: nn.Module, input_ids: Array | None, onehot: Array | None) -> Array:
-    """Token embeddings by lookup, or by `onehot @ E` (differentiable in onehot; see `onehot_embed`)."""
+    """Token embeddings by lookup, or by `onehot @ E` (differentiable in onehot; see `onehot_embed`).
+
+    Args:
+      module: the embedding module (`nn.Embed`; its `embedding` is E [V, D]).
+      input_ids: [B, T] ids (used when onehot is None).
+      onehot: [B, T, V] one-hot (or relaxed) tokens, or None.
+    """
     if onehot is None:
         return module(input_ids)
     return onehot_embed(onehot, module.embedding)
@@ -490,6 +503,11 @@ def rotary_attention(q: Array, k: Array, v: Array, mask: Array, cos: Array, sin:
     (this layer's (k [B, P, K, H], v [B, P, K, H], mask [B, P]) of a `KVCache`) the T new tokens
     attend to the cached keys and to themselves (`cached_attention`; no `index`). Returns
     [B, T, N, H], or [B', 1, N, H] at `index` (B' = C rows when packed).
+
+    Args:
+      cos, sin: the rotary tables at the T tokens' positions (`rotary_at`), [B, T, R].
+      siblings: with `cache`: the T new tokens are alternatives, each attending to the cached keys and to
+        itself only (`cached_attention`).
     """
     if cache is not None:
         if index is not None or packed is not None:

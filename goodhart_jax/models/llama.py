@@ -136,6 +136,9 @@ class LlamaConfig:
 
 
 class LlamaAttention(nn.Module):
+    """Llama self-attention: q, k, v and o projections (bias per `attention_bias`), rotary positions, grouped-query
+    heads (`num_key_value_heads`)."""
+
     config: LlamaConfig
     dtype: Any = jnp.float32
 
@@ -182,6 +185,8 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    """One Llama block: x + attention(RMSNorm(x)), then x + MLP(RMSNorm(x)) (`LlamaAttention`, `LlamaMLP`)."""
+
     config: LlamaConfig
     dtype: Any = jnp.float32
 

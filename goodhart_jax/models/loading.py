@@ -214,6 +214,8 @@ def read_state_dict(path: str | Path) -> Mapping[str, np.ndarray]:
 
     Prefers safetensors over .bin; follows an index file for sharded checkpoints.
 
+    Args:
+      path: a checkpoint directory or a single weights file.
     Raises:
       CheckpointError: no weights file, or an index naming a missing shard.
     """
@@ -299,6 +301,9 @@ def parse_config(cfg_dict: dict, where: str) -> tuple[Architecture, Any]:
     divide hidden_size, ...); a config that does not is a bad checkpoint, not
     a crash later in the forward pass.
 
+    Args:
+      cfg_dict: the parsed config.json.
+      where: what the config belongs to (a path), named in the messages.
     Raises:
       CheckpointError: a model_type that is not ported, or an inconsistent config.
       NotPortedError (a CheckpointError and a NotImplementedError): a config feature that is not
@@ -491,6 +496,10 @@ def load_reward_and_base(
     Llama config: then it configures `path`, and where it holds no weights
     there is no base LM.
 
+    Args:
+      path: the reward checkpoint.
+      base_model: the base causal LM's directory (or the Llama config's), or None.
+      dtype: "float32" or "bfloat16" for both; None keeps the stored dtype (`load_model`).
     Returns:
       (reward model, base LM or None).
     Raises:

@@ -34,6 +34,9 @@ def make_hidden_fn(model: LoadedModel) -> Callable[..., BackboneOutput]:
     """(params, input_ids [B, T], mask [B, T], onehot=None, index=None) -> BackboneOutput.
 
     With index [B], the last layer computes only position index[b] (see `DecoderBackbone`).
+
+    Args:
+      model: a loaded model.
     """
     module, key = backbone(model), model.backbone_key
 
@@ -58,7 +61,12 @@ def make_cached_hidden_fn(model: LoadedModel) -> Callable[..., tuple[BackboneOut
 
 
 def lm_kernel(model: LoadedModel, params: dict) -> Array:
-    """[D, V] output matrix of a causal LM: its lm_head, or the transposed input embedding when tied."""
+    """[D, V] output matrix of a causal LM: its lm_head, or the transposed input embedding when tied.
+
+    Args:
+      model: the loaded causal LM.
+      params: its parameters.
+    """
     if "lm_head" in params:
         return params["lm_head"]["kernel"]
     emb = params[model.backbone_key][model.architecture.embed_name]["embedding"]
@@ -99,6 +107,10 @@ def make_logprob_fn(model: LoadedModel, onehot: bool = False) -> ScoreFn:
 
     log p(x) = sum_t log p(x_t | x_<t) under the causal-LM head, the first real
     token unscored (see `heads.sequence_logprob`).
+
+    Args:
+      model: a loaded causal LM.
+      onehot: take one-hot tokens [B, T, V] instead of ids.
     """
     if not model.has_lm_head:
         raise ValueError(f"this {model.layout} checkpoint has no language-model head (lm_head / embed_out)")
@@ -127,6 +139,9 @@ def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
     also takes distinct=(ids [U], src [C, T]) with rows = ids[src], the
     first layer's speed hint of `make_reward_fn` (the slots' per-token
     work on the U rows).
+
+    Args:
+      model: a loaded reward model.
     """
     if model.reward_head is None or model.reward_head.pooling != "last":
         return None
@@ -152,18 +167,30 @@ def make_prefix_scoring(model: LoadedModel) -> PrefixScoring | None:
 
 
 def reward_scorer(model: LoadedModel) -> Scorer:
-    """A `Scorer` (goodhart_jax.scorer) giving the reward head's score (with `prefix` for "last" pooling)."""
+    """A `Scorer` (goodhart_jax.scorer) giving the reward head's score (with `prefix` for "last" pooling).
+
+    Args:
+      model: a loaded reward model.
+    """
     return Scorer(model.params, make_reward_fn(model), make_reward_fn(model, onehot=True), model.vocab_size,
                   make_prefix_scoring(model), distinct=True)
 
 
 def logprob_scorer(model: LoadedModel) -> Scorer:
-    """A `Scorer` giving the causal-LM log-probability of the sequence."""
+    """A `Scorer` giving the causal-LM log-probability of the sequence.
+
+    Args:
+      model: a loaded causal LM.
+    """
     return Scorer(model.params, make_logprob_fn(model), make_logprob_fn(model, onehot=True), model.vocab_size)
 
 
 def max_length(model: LoadedModel) -> int | None:
-    """The longest sequence the checkpoint was trained for (config.json's max_position_embeddings), or None."""
+    """The longest sequence the checkpoint was trained for (config.json's max_position_embeddings), or None.
+
+    Args:
+      model: a loaded model.
+    """
     return getattr(model.config, "max_position_embeddings", None)
 
 
@@ -211,6 +238,12 @@ def shard_params(params, mesh: Mesh, axis: str = "data", min_size: int = 2**16):
     dimension divisible by the mesh size (FSDP-like: XLA gathers it where it
     is used), so a model that does not fit on one device can still be scored.
     With `min_size=inf` every parameter is replicated (plain data parallel).
+
+    Args:
+      params: the parameters (any pytree of arrays).
+      mesh: the device mesh.
+      axis: the mesh axis large matrices are split over.
+      min_size: a matrix of at least this many elements is split.
     """
     n = mesh.shape[axis]
 
