@@ -23,15 +23,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 # The test files that take longest (seconds of one run on 2 loaded cores, session 10; the files whose time was
-# cut in session 13 placed by their new CPU time, x1.6 for that load: /work/notes/suite_time.md), run first:
-# `make test` hands whole files to the two workers (--dist loadfile, so a module's fixtures and programs are
-# built once) in collection order, and a long file started last would leave the other core idle. Other files
-# keep their order.
+# cut in session 13 placed by their new CPU time, x1.6 for that load: /work/notes/suite_time.md; session 18: CPU
+# seconds of each file alone, fresh cache: test_search_prefix 88, lab/test_rl 95, lab/test_notebook 60 and a
+# notebook kernel's wall, test_interrupts 42 and its waits, lab/test_experiment 36, test_tail_cli 33, test_tails 31;
+# test_search_prefix was collected 47th of 53, so a worker could start it last), run first: `make test` hands
+# whole files to the two workers (--dist loadfile, so a module's fixtures and programs are built once) in
+# collection order, and a long file started last would leave the other core idle. Other files keep their order.
 LONG_FILES = (
-    "test_conditioning.py", "test_best_of_n.py", "test_mdp.py", "test_limit_clis.py", "test_search_cli.py",
-    "test_tilting.py", "models/test_parity.py", "test_tour_notebook.py", "lab/test_rewards.py",
-    "test_mitigations.py", "lab/test_tree.py", "test_notebook.py", "test_search.py", "lab/test_lab_search.py",
-    "lab/test_rl.py", "test_overoptimization_cli.py", "test_cli_inputs.py", "test_sweep_beta.py",
+    "test_conditioning.py", "test_best_of_n.py", "test_mdp.py", "test_limit_clis.py", "test_search_prefix.py",
+    "lab/test_rl.py", "test_search_cli.py", "test_tilting.py", "models/test_parity.py", "test_tour_notebook.py",
+    "lab/test_notebook.py", "lab/test_rewards.py", "test_mitigations.py", "lab/test_tree.py", "test_notebook.py",
+    "test_search.py", "lab/test_lab_search.py", "test_overoptimization_cli.py", "test_cli_inputs.py",
+    "test_sweep_beta.py", "test_interrupts.py", "lab/test_experiment.py", "test_tail_cli.py", "test_tails.py",
 )
 
 

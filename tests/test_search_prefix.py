@@ -91,16 +91,19 @@ def test_distinct_rows_score_as_the_full_pass(tiny, tmp_path, arch):
 
 
 def test_search_with_dedup_first_layer_takes_the_plain_steps(tiny):
-    """GCG with the first layer on the T + C E distinct rows takes the same steps as without (same key)."""
+    """GCG with the first layer on the T + C E distinct rows takes the same steps as without (same key).
+
+    The plain run is test_search_with_shared_prefix_takes_the_plain_steps' (same config, 6 steps, same keys):
+    one program, compiled once a suite run (the JAX cache)."""
     scorer = models.reward_scorer(tiny["gpt_neox"])
     params = search_params(scorer)
     out = []
     for dedup in (False, True):
-        cfg = SearchConfig(length=9, topk=3, num_candidates=8, num_iters=5, schedule="gcg", edits=2,
+        cfg = SearchConfig(length=9, topk=3, num_candidates=8, num_iters=6, schedule="gcg", edits=2,
                            dedup_first_layer=dedup)
         init, step = make_search(cfg, scorer)
         state = jax.jit(init)(jax.random.key(3), params)
-        out.append(jax.jit(make_scan(step, 5))(jax.random.key(4), state, params))
+        out.append(jax.jit(make_scan(step, cfg.num_iters))(jax.random.key(4), state, params))
     (s0, i0), (s1, i1) = out
     np.testing.assert_array_equal(np.asarray(s0.tokens), np.asarray(s1.tokens))
     np.testing.assert_array_equal(np.asarray(s0.best_tokens), np.asarray(s1.best_tokens))

@@ -145,12 +145,20 @@ def test_gold_is_standardised_exactly(small_tree):
     assert not np.allclose(g.reward, other.reward)
 
 
-def test_learned_proxy_tracks_gold(small_tree):
-    """Trained on 4000 BT pairs (300 steps) with light annotator error, the proxy orders held-out pairs as gold mostly
-    does; an untrained proxy does not (the check can fail)."""
+@pytest.fixture(scope="module")
+def learned(small_tree):
+    """(gold, eps, a proxy learned on 4000 BT pairs over 300 steps with light annotator error): one training run
+    for the two tests that read it (what it learned, and how it is standardised)."""
     g = rewards.gold_reward(jax.random.key(11), RM_CFG, small_tree)
     eps = rewards.annotator_error(jax.random.key(12), "normal", small_tree.tokens.shape[0], 0.2)
     px = rewards.learned_proxy(jax.random.key(13), RM_CFG, small_tree, g.reward, eps, 4000, steps=300, lr=1e-2)
+    return g, eps, px
+
+
+def test_learned_proxy_tracks_gold(small_tree, learned):
+    """Trained on 4000 BT pairs (300 steps) with light annotator error, the proxy orders held-out pairs as gold mostly
+    does; an untrained proxy does not (the check can fail)."""
+    g, eps, px = learned
     a, b = rewards.sample_pairs(jax.random.key(14), small_tree.log_p, 5000)
     acc = float(rewards.pair_accuracy(px.reward, g.reward, a, b))
     corr = float(rewards.pi0_corr(px.reward, g.reward, small_tree.log_p))
@@ -170,14 +178,13 @@ def _pi0_moments64(z, log_p):
     return mean, np.sqrt(p @ (z - mean) ** 2)
 
 
-def test_proxies_are_standardised_under_pi0(small_tree):
+def test_proxies_are_standardised_under_pi0(small_tree, learned):
     """Direct and learned proxies: mean 0 and sd 1 under pi0 to 1e-6 (float64 NumPy weighted moments of the
     float32 proxy), the raw scores kept with their pi0 mean and sd; also a heavy-tailed direct proxy on 20,000
-    sequences with a spread-out pi0."""
-    g = rewards.gold_reward(jax.random.key(11), RM_CFG, small_tree)
-    eps = rewards.annotator_error(jax.random.key(12), "normal", small_tree.tokens.shape[0], 0.5)
-    learned = rewards.learned_proxy(jax.random.key(13), RM_CFG, small_tree, g.reward, eps, 500, steps=20, lr=1e-2)
-    assert isinstance(learned.data, rewards.Comparisons) and learned.data.a.shape == (500,)
+    sequences with a spread-out pi0. The learned proxy is the `learned` fixture's (a second training run, 20
+    steps on 500 pairs, compiled another program for the same checks)."""
+    g, eps, learned = learned
+    assert isinstance(learned.data, rewards.Comparisons) and learned.data.a.shape == (4000,)
     raw = rewards.score_terminals(rewards.make_rm_reward(RM_CFG), learned.params, small_tree.tokens)
     np.testing.assert_array_equal(learned.raw, raw)  # the model's own scale, as GCG's scorer returns it
     direct = rewards.direct_proxy(g.reward, eps, small_tree.log_p)
