@@ -80,6 +80,9 @@ def prepare(cfg: Config):
         error_maps.check(cfg.error_map, cfg.vocab)
     n = experiment.check_size(cfg.vocab, cfg.depth)
     sizes = [parse_size(s) for s in cfg.sizes]
+    for flag, values in (("--sizes", sizes), ("--pairs", cfg.pairs)):
+        if len(set(values)) != len(values):  # a repeat would count twice in every summary and trend
+            raise cli.InputError(f"{flag}: each value once, got {list(getattr(cfg, flag[2:]))}")
     cli.check_memory(experiment.peak_bytes(cfg.vocab, cfg.depth, ns=len(cfg.ns), pairs=max(cfg.pairs),
                                            lm_steps=cfg.lm_steps, bt_steps=cfg.bt_steps),
                      f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth})")

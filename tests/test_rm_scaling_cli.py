@@ -105,6 +105,8 @@ def test_summary_and_trends_recomputed(tiny):
     (["--sizes", "1x7x2"], "--sizes"),
     (["--sizes", "big"], "--sizes"),
     (["--pairs", "0"], "--pairs"),
+    (["--pairs", "500", "500"], "--pairs"),
+    (["--sizes", "1x8x2", "1x8x2"], "--sizes"),
     (["--noise", "nope"], "--noise"),
     (["--betas", "-1"], "beta"),
 ])
