@@ -229,7 +229,7 @@ class Checked(cli.RunConfig):
     (["--betas", "1", "0"], "toy.py: error: --betas: beta must be finite and > 0, got 0"),
     (["--betas", "inf"], "toy.py: error: --betas: beta must be finite and > 0, got inf"),
     (["--seeds", "0"], "toy.py: error: --seeds must be an integer >= 1, got 0"),
-    (["--t", "nan"], "toy.py: error: --t: t must be finite, got nan"),
+    (["--t", "nan"], "toy.py: error: --t must be finite, got nan"),  # the check names t: the flag takes its place
 ])
 def test_field_checks_at_the_boundary(argv, line, capsys):
     assert cli.run(Checked, lambda cfg: None, argv, prog="toy.py") == 2
@@ -253,7 +253,7 @@ def test_run_write_csv_filter_and_at_least_on_non_finite(tmp_path, capsys):
 
     for bad in ("inf", "nan", "2.5"):
         assert cli.run(N, lambda cfg: None, ["--n", bad], prog="toy.py") == 2
-        assert capsys.readouterr().err == f"toy.py: error: --n: n must be an integer >= 1, got {bad}\n"
+        assert capsys.readouterr().err == f"toy.py: error: --n must be an integer >= 1, got {bad}\n"
 
 
 def test_table_and_closing_line(tmp_path, capsys):
