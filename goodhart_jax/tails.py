@@ -30,6 +30,7 @@ from jax import Array
 from jax.scipy.special import betainc, gammaln
 
 from goodhart_jax import variates
+from goodhart_jax.specs import parse_spec
 
 __all__ = ["Family", "parse", "FAMILIES"]
 
@@ -394,6 +395,17 @@ class Family:
         return f"{self.name}:{extra}" if extra else self.name
 
 
+def _family_param(name: str, key: str, value: str) -> float:
+    """One family parameter's value: a finite number."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"{name}: parameter {key}={value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: parameter {key}={value!r} must be finite")
+    return v
+
+
 def parse(spec: str | Family, center: bool = False) -> Family:
     """Parse 'name' or 'name:param=value,...' into a `Family`.
 
@@ -409,31 +421,9 @@ def parse(spec: str | Family, center: bool = False) -> Family:
         return parse(spec).centered()
     if isinstance(spec, Family):
         return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"empty family spec; valid families: {', '.join(FAMILIES)}")
-    name, colon, rest = spec.strip().partition(":")
-    name = name.strip()
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; valid families: {', '.join(FAMILIES)}")
+    name, params = parse_spec(spec, {n: f.defaults for n, f in FAMILIES.items()}, "family", "families",
+                              _family_param)
     d = FAMILIES[name]
-    params = dict(d.defaults)
-    given: set[str] = set()
-    for item in (s.strip() for s in rest.split(",")) if colon else ():  # 'name:' and 'a=1,,b=2' are refused
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise ValueError(f"{name}: expected param=value, got {item!r}; parameters: {', '.join(d.defaults)}")
-        if key not in d.defaults:
-            raise ValueError(f"{name}: unknown parameter {key!r}; valid parameters: {', '.join(d.defaults)}")
-        if key in given:
-            raise ValueError(f"{name}: parameter {key!r} is given twice")
-        given.add(key)
-        try:
-            params[key] = float(value)
-        except ValueError:
-            raise ValueError(f"{name}: parameter {key}={value!r} is not a number") from None
-        if not math.isfinite(params[key]):
-            raise ValueError(f"{name}: parameter {key}={value!r} must be finite")
     for key, ok, desc in d.checks:
         if not ok(params[key]):
             raise ValueError(f"{name}: parameter {key}={params[key]:g} is invalid; it must be {desc}")

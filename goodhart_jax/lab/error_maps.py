@@ -79,6 +79,7 @@ from jax import Array
 from goodhart_jax import tails
 from goodhart_jax.lab import lm, rewards
 from goodhart_jax.roots import bisect
+from goodhart_jax.specs import parse_spec
 
 __all__ = ["ErrorMap", "MapDef", "ERROR_MAPS", "parse", "is_iid", "check", "error", "iid", "feature", "length", "token",
            "feature_scores", "lengths", "contains", "levels", "quantile_transform", "quantile"]
@@ -115,6 +116,11 @@ class ErrorMap(NamedTuple):
         return f"{self.name}:{extra}" if extra else self.name
 
 
+def _param(name: str, key: str, value: str):
+    """One map parameter: an integer, or for `id` a "+"-joined n-gram of them."""
+    return tuple(_int(name, key, v) for v in value.split("+")) if key == "id" else _int(name, key, value)
+
+
 def _int(name: str, key: str, value: str) -> int:
     try:
         v = int(value)
@@ -137,25 +143,8 @@ def parse(spec: str | ErrorMap) -> ErrorMap:
     """
     if isinstance(spec, ErrorMap):
         return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"empty error map spec; valid error maps: {', '.join(ERROR_MAPS)}")
-    name, colon, rest = spec.strip().partition(":")
-    name = name.strip()
-    if name not in ERROR_MAPS:
-        raise ValueError(f"unknown error map {name!r}; valid error maps: {', '.join(ERROR_MAPS)}")
-    d = ERROR_MAPS[name].defaults
-    params, given = dict(d), set()
-    for item in (s.strip() for s in rest.split(",")) if colon else ():
-        key, eq, value = (s.strip() for s in item.partition("="))
-        if not eq:
-            raise ValueError(f"error map {name}: expected param=value, got {item!r}; parameters: "
-                             f"{', '.join(d) or 'none'}")
-        if key not in d:
-            raise ValueError(f"error map {name}: unknown parameter {key!r}; valid parameters: {', '.join(d) or 'none'}")
-        if key in given:
-            raise ValueError(f"error map {name}: parameter {key!r} is given twice")
-        given.add(key)
-        params[key] = tuple(_int(name, key, v) for v in value.split("+")) if key == "id" else _int(name, key, value)
+    name, params = parse_spec(spec, {n: m.defaults for n, m in ERROR_MAPS.items()}, "error map", "error maps",
+                              _param, prefix="error map ")
     if "width" in params and (params["width"] % params["heads"] or (params["width"] // params["heads"]) % 2):
         raise ValueError(f"error map {name}: parameter width={params['width']} must split into heads="
                          f"{params['heads']} heads of even size")
