@@ -23,23 +23,18 @@ import math
 import jax
 import numpy as np
 
-from goodhart_jax import best_of_n, io, planning, tails
+from goodhart_jax import io, planning, tails
+from goodhart_jax.cli import lab_flags
 from goodhart_jax.lab import ensembles, error_maps, experiment, rewards, summary
 from goodhart_jax.lab import tree as lab_tree
 
-N_MAX = 2**24  # best-of-n sizes are float32 inside the exact law
 NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "share_closed")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(cli.RunConfig):
-    vocab: int = cli.arg(8, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
-    depth: int = cli.arg(4, "maximum length L", metavar="L")
+class Config(lab_flags.LabRLConfig):
+    vocab: int = lab_flags.vocab(8)
     noise: tuple[str, ...] = cli.arg(("normal", "student_t:df=2"), "annotator error families", metavar="FAMILY")
-    error_map: str = cli.arg("iid", "how eps depends on the sequence (lab.error_maps): iid, feature, length, "
-                             "token:id=I[+J..]", metavar="MAP")
-    noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
-                                 check=cli.positive("--noise-scale"))
     losses: tuple[str, ...] = cli.arg(("bt", "mse"), "label kinds: bt (comparisons) and/or mse (ratings, the "
                                       "regression control)", choices=ensembles.LOSSES)
     members: int = cli.arg(ensembles.MEMBERS, "ensemble members K", metavar="K", check=cli.count("--members", 64, "64"))
@@ -51,32 +46,8 @@ class Config(cli.RunConfig):
                                 "in sd units under pi0)", metavar="L",
                                 check=cli.each("--uwo-lambda", lambda x: math.isfinite(x) and 0 <= x <= 1e6,
                                                "in [0, 1e6]"))
-    betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
-                                       "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
-                                       metavar="B", show_default=False, check=cli.positive("beta"))
-    ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
-                                  check=lambda ns: (best_of_n.check_ns(ns), cli.count("n", N_MAX, "2^24")(ns)))
-    rl_betas: tuple[float, ...] = cli.arg((), "KL coefficients of RL on every objective (none: no RL)", metavar="B",
-                                          nargs="*")
-    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=cli.count("--rl-steps"))
-    eval_every: int = cli.arg(50, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
-                              check=cli.count("--eval-every"))
-    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.count("--lm-steps"))
+    rl_betas: tuple[float, ...] = lab_flags.rl_betas((), "KL coefficients of RL on every objective (none: no RL)")
     bt_steps: int = cli.arg(600, "training steps of each proxy", metavar="S", check=cli.count("--bt-steps"))
-    seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
-    seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1 (mod 2^32); summary rows: mean and 95%% interval over "
-                            "them", metavar="N", check=cli.count("--seeds", 1000, "1000"))
-
-    def __post_init__(self):
-        super().__post_init__()
-        if any(not (np.isfinite(b) and b > 0) for b in self.rl_betas):
-            raise cli.InputError(f"--rl-betas: beta must be finite and > 0, got {list(self.rl_betas)}")
-        if self.rl_steps % self.eval_every:
-            raise cli.InputError(f"--eval-every {self.eval_every} must divide --rl-steps {self.rl_steps}")
-
-    @property
-    def seed_values(self) -> list[int]:
-        return [(self.seed + i) % (cli.SEED_MAX + 1) for i in range(self.seeds)]
 
     @property
     def objectives(self) -> list[tuple[str, str]]:

@@ -20,39 +20,21 @@ cli.guard_startup(__name__)
 import dataclasses
 
 import jax
-import numpy as np
 
-from goodhart_jax import best_of_n, planning, tails
+from goodhart_jax import planning, tails
+from goodhart_jax.cli import lab_flags
 from goodhart_jax.lab import error_maps, experiment, lm, summary
 from goodhart_jax.lab import tree as lab_tree
 
-N_MAX = 2**24  # best-of-n sizes are float32 inside (bon's law): integers above 2^24 would round
-check_n = cli.count("n", N_MAX, "2^24: n is float32 in the exact law")
-
 
 @dataclasses.dataclass(frozen=True)
-class Config(cli.RunConfig):
-    vocab: int = cli.arg(16, "lab tokens A, the last EOS (the tree has sum_k (A-1)^k sequences)", metavar="A")
-    depth: int = cli.arg(4, "maximum length L", metavar="L")
+class Config(lab_flags.LabRLConfig):
     noise: tuple[str, ...] = cli.arg(("normal", "student_t:df=2"), "annotator error families", metavar="FAMILY")
-    error_map: str = cli.arg("iid", "how eps depends on the sequence (lab.error_maps): iid, feature, length, "
-                             "token:id=I[+J..]", metavar="MAP")
-    noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
-                                 check=cli.positive("--noise-scale"))
     proxy: tuple[str, ...] = cli.arg(("learned", "direct"), "proxy kinds", choices=("learned", "direct"))
     pairs: tuple[int, ...] = cli.arg((4000,), "BT comparisons per learned proxy", metavar="N",
                                      check=cli.count("--pairs"))
-    betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
-                                       "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
-                                       metavar="B", show_default=False, check=cli.positive("beta"))
-    ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
-                                  check=lambda ns: (best_of_n.check_ns(ns), check_n(ns)))
-    rl_betas: tuple[float, ...] = cli.arg((0.3, 1.0), "KL coefficients of RL (none: no RL)", metavar="B", nargs="*")
-    rl_steps: int = cli.arg(250, "RL steps (batch 1024)", metavar="S", check=cli.count("--rl-steps"))
-    eval_every: int = cli.arg(50, "RL steps between exact evaluations (divides --rl-steps)", metavar="E",
-                              check=cli.count("--eval-every"))
+    rl_betas: tuple[float, ...] = lab_flags.rl_betas((0.3, 1.0))
     search: bool = cli.arg(True, "GCG on each learned proxy")
-    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.count("--lm-steps"))
     sharpness: float = cli.arg(lm.SHARPNESS, "inverse temperature of the lab LM's Markov source (0: uniform rows; "
                                "larger: a more peaked pi0)", metavar="S",
                                check=lambda s: lm.check_source(s, lm.EOS_BIAS))
@@ -65,26 +47,13 @@ class Config(cli.RunConfig):
     tokens: tuple[int, ...] = cli.arg((), "model ids of the lab tokens, the last EOS", metavar="ID")
     gold: str = cli.arg("", "reward-model checkpoint as gold (default: a random lab reward model)", metavar="DIR",
                         show_default=False)
-    seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
-    seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1 (mod 2^32): every row carries its seed; summary.json and the "
-                            "end-of-run tables give the mean and a 95%% interval over them", metavar="N",
-                         check=cli.count("--seeds", 1000, "1000"))
 
     def __post_init__(self):
         super().__post_init__()
-        if any(not (np.isfinite(b) and b > 0) for b in self.rl_betas):
-            raise cli.InputError(f"--rl-betas: beta must be finite and > 0, got {list(self.rl_betas)}")
-        if self.rl_steps % self.eval_every:
-            raise cli.InputError(f"--eval-every {self.eval_every} must divide --rl-steps {self.rl_steps}")
         if self.policy and not self.tokens:
             raise cli.InputError("--policy needs --tokens: the model ids of the lab tokens, the last EOS")
         if self.tokens and not self.policy and (not self.gold or len(self.tokens) != self.vocab):
             raise cli.InputError("--tokens without --policy names --gold's model ids: give --gold and --vocab ids")
-
-    @property
-    def seed_values(self) -> list[int]:
-        """S, S + 1, .., S + N - 1, modulo 2^32 (past 2^32 - 1 the seeds go on from 0)."""
-        return [(self.seed + i) % (cli.SEED_MAX + 1) for i in range(self.seeds)]
 
 
 def prepare(cfg: Config):
