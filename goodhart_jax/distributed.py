@@ -44,7 +44,7 @@ import numpy as np
 
 from goodhart_jax import io
 
-__all__ = ["initialize", "is_writer", "fetch"]
+__all__ = ["initialize", "is_writer", "fetch", "share", "gather_objects"]
 
 
 def initialize(cfg: Any, prog: str | None = None) -> bool:
@@ -123,6 +123,40 @@ def fetch(tree):
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def share(items: list) -> list:
+    """This process's share of a list of work units: every `process_count()`-th item from its index (all of
+    them in a single process). Each unit must be a pure function of its own inputs (keys folded from its seed),
+    so that which process does it changes nothing.
+
+    Args:
+      items: the run's work units, in the run's order (the same list in every process).
+    """
+    return list(items)[jax.process_index()::jax.process_count()]
+
+
+def gather_objects(obj: Any) -> list:
+    """Every process's `obj`, in process order, on every process (`[obj]` in a single process).
+
+    Pickled to bytes and all-gathered (`multihost_utils.process_allgather`): for Python results (rows, NamedTuples
+    of host arrays) that `fetch` cannot carry. Only between the processes of one run: pickle trusts its input.
+
+    Args:
+      obj: any picklable object.
+    """
+    if jax.process_count() == 1:
+        return [obj]
+    import pickle
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(obj), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))  # [P, max size]
+    return [pickle.loads(every[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
 
 
 _MOVED = {"Flags": "ProcessFlags", "open_run": "open_run", "Silent": "SilentRun"}  # -> goodhart_jax.cli

@@ -11,6 +11,7 @@ parameters and log10 pairs, per seed, with its interval over seeds.
 
     python sims/rm_scaling.py                          # 4 sizes x 4 data sizes x 3 seeds, A=16, L=4
     python sims/rm_scaling.py --sizes 1x8x2 2x64x4 --pairs 1000 4000 --seeds 2 --json
+    python sims/rm_scaling.py --coordinator HOST:PORT --num-processes N --process-id I   # the units over N processes
 """
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is o
 cli.guard_startup(__name__)
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
-from goodhart_jax import best_of_n, planning, tails
+from goodhart_jax import distributed, planning, tails
+from goodhart_jax.cli import lab_flags
 from goodhart_jax.lab import error_maps, experiment, scaling
 from goodhart_jax.lab import tree as lab_tree
+
 
 def parse_size(spec: str) -> tuple[int, int, int]:
     """"LxWxH" -> (layers, width, heads), checked as `lab.lm.LMConfig` checks them."""
@@ -38,35 +42,15 @@ def parse_size(spec: str) -> tuple[int, int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(cli.RunConfig):
-    vocab: int = cli.arg(16, "lab tokens A, the last EOS", metavar="A", check=cli.count("--vocab"))
-    depth: int = cli.arg(4, "maximum length L", metavar="L", check=cli.count("--depth"))
+class Config(lab_flags.LabConfig, cli.ProcessFlags):
     sizes: tuple[str, ...] = cli.arg(tuple(f"{l}x{w}x{h}" for l, w, h in scaling.SIZES),
                                      "proxy sizes, layers x width x heads", metavar="LxWxH",
                                      check=lambda v: [parse_size(s) for s in v])
     pairs: tuple[int, ...] = cli.arg(scaling.PAIRS, "comparisons per proxy (nested subsets of one dataset a seed)",
                                      metavar="P", check=cli.count("--pairs"))
     noise: str = cli.arg("normal", "annotator error family (goodhart_jax.tails spec)", metavar="FAMILY")
-    error_map: str = cli.arg("iid", "how eps depends on the sequence (lab.error_maps): iid, feature, length, "
-                             "token:id=I[+J..]", metavar="MAP")
-    noise_scale: float = cli.arg(1.0, "scale of the annotator error (gold has sd 1 under pi0)", metavar="S",
-                                 check=cli.positive("--noise-scale"))
-    betas: tuple[float, ...] = cli.arg(tuple(float(b) for b in np.geomspace(0.05, 10.0, 12)),
-                                       "KL coefficients of the exact optimum (default: 12, log grid 0.05 .. 10)",
-                                       metavar="B", show_default=False, check=cli.positive("beta"))
-    ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
-                                  check=best_of_n.check_ns)
     bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256)", metavar="S",
                             check=cli.count("--bt-steps"))
-    lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S",
-                            check=cli.count("--lm-steps"))
-    seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
-    seeds: int = cli.arg(3, "seeds S .. S + N - 1: summary and trend rows give the mean and a 95%% interval over "
-                            "them", metavar="N", check=cli.count("--seeds", 1000, "1000"))
-
-    @property
-    def seed_values(self) -> list[int]:
-        return [(self.seed + i) % (cli.SEED_MAX + 1) for i in range(self.seeds)]
 
 
 def prepare(cfg: Config):
@@ -104,42 +88,82 @@ def annotator_error(cfg: Config, key, n: int, tree=None):
     return eps
 
 
-def one_seed(run: cli.Run, cfg: Config, sizes, seed: int) -> list[dict]:
-    """pi0, gold, eps and the comparisons of one seed; every size's proxies trained and measured. Emits the
-    seed's rows; returns its cells ({"seed", "size", "params", "pairs", "evaluated"})."""
+class SeedBase(NamedTuple):
+    """What every size of one seed shares: pi0's tree and gold (`experiment.build_base`), eps, the base row."""
+
+    base: experiment.Base
+    eps: jax.Array  # [N]
+    row: dict
+
+
+def seed_base(cfg: Config, seed: int) -> SeedBase:
+    """pi0, gold and eps of one seed: the same in every process (keys folded from the seed)."""
     key = jax.random.key(seed)
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
     n = base.tree.log_p.shape[0]
     eps = annotator_error(cfg, jax.random.fold_in(key, 1), n, base.tree).astype(base.gold.reward.dtype)
     law = lab_tree.law_stats(base.tree.log_p)
-    run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
-                   top_mass=law.top_mass, n90=law.n90)])
-    cells = []
-    for (layers, width, heads) in run.progress(sizes, f"seed {seed}: sizes"):
-        mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
-        size, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
-        members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, base.tree, base.gold.reward + eps,
-                                              cfg.pairs, cfg.bt_steps)
-        for i, p in enumerate(cfg.pairs):
-            ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, base, eps, cfg.betas, cfg.ns)
-            tag = dict(seed=seed, size=size, params=params, pairs=p, error_map=cfg.error_map)
-            run.emit([dict(kind="proxy", **tag, final_loss=float(np.mean(members.loss[i, -50:])), **ev.proxy)]
-                     + [dict(kind="lab", **tag, **pt) for pt in ev.points]
-                     + [dict(kind="fit", **tag, **f) for f in ev.fits]
-                     + [dict(kind="peak", **tag, **pk) for pk in ev.peaks])
-            cells.append(dict(tag, evaluated=ev))
-    return cells
+    return SeedBase(base, eps, dict(kind="base", seed=seed, N=law.num, entropy=law.entropy,
+                                    perplexity=law.perplexity, top_mass=law.top_mass, n90=law.n90))
+
+
+def one_size(cfg: Config, sb: SeedBase, seed: int, size: tuple[int, int, int]) -> tuple[list[dict], list[dict]]:
+    """One size's proxies of one seed (one per --pairs value: `lab.scaling.train_members`), each measured.
+    Returns (rows, cells): cells are {"seed", "size", "params", "pairs", "error_map", "evaluated"}."""
+    key, (layers, width, heads) = jax.random.key(seed), size
+    mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
+    name, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
+    members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, sb.base.tree,
+                                          sb.base.gold.reward + sb.eps, cfg.pairs, cfg.bt_steps)
+    rows, cells = [], []
+    for i, p in enumerate(cfg.pairs):
+        ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, sb.base, sb.eps, cfg.betas,
+                              cfg.ns)
+        tag = dict(seed=seed, size=name, params=params, pairs=p, error_map=cfg.error_map)
+        rows += ([dict(kind="proxy", **tag, final_loss=float(np.mean(members.loss[i, -50:])), **ev.proxy)]
+                 + [dict(kind="lab", **tag, **pt) for pt in ev.points]
+                 + [dict(kind="fit", **tag, **f) for f in ev.fits]
+                 + [dict(kind="peak", **tag, **pk) for pk in ev.peaks])
+        cells.append(dict(tag, evaluated=ev))
+    return rows, cells
+
+
+def run_units(run: cli.Run, cfg: Config, sizes) -> list[dict]:
+    """Every (seed, size) unit, in the run's order; returns the cells of all of them.
+
+    In one process the rows of each unit are written as it finishes. With several processes (--coordinator)
+    each trains its share of the units (`distributed.share`), the results are gathered, and process 0 writes
+    every row in the same order as one process would: the same flags give the same rows on any number of
+    processes (keys are folded from each seed, never from the process).
+    """
+    units = [(seed, j) for seed in cfg.seed_values for j in range(len(sizes))]
+    single = jax.process_count() == 1
+    done, sb = {}, None
+    for seed, j in run.progress(distributed.share(units), "(seed, size) units"):
+        if sb is None or sb.row["seed"] != seed:
+            sb = seed_base(cfg, seed)
+        rows, cells = one_size(cfg, sb, seed, sizes[j])
+        rows = [sb.row] + rows if j == 0 else rows
+        if single:
+            run.emit(rows)
+        done[(seed, j)] = (rows, cells)
+    if not single:
+        for part in distributed.gather_objects(done):
+            done.update(part)
+        for u in units:
+            run.emit(done[u][0])
+    return [c for u in units for c in done[u][1]]
 
 
 def main(cfg: Config) -> list[dict]:
-    """Every seed (`one_seed`), then the summary over seeds, the trends, summary.json, figures and a table."""
+    """Every (seed, size) unit (`run_units`), then the summary over seeds, the trends, summary.json, figures and a
+    table."""
+    distributed.initialize(cfg)  # first: before anything touches a device
     sizes, n = prepare(cfg)
-    with cli.Run("rm_scaling", cfg) as run:
+    with cli.open_run("rm_scaling", cfg) as run:
         run.log(f"rm_scaling: {len(sizes)} sizes x {len(cfg.pairs)} data sizes x {cfg.seeds} seeds on a tree of "
-                f"{n:,} sequences; writing to {run.dir}")
-        cells = []
-        for seed in cfg.seed_values:
-            cells += one_seed(run, cfg, sizes, seed)
+                f"{n:,} sequences, {jax.process_count()} process(es); writing to {run.dir}")
+        cells = run_units(run, cfg, sizes)
         summ, tr = scaling.summarise(cells), scaling.trends(cells)
         run.emit(summ + tr)
         run.save_json("summary.json", dict(seeds=cfg.seed_values, level=0.95, summary=summ, trends=tr))

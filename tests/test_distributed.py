@@ -1,4 +1,5 @@
-"""More than one process: sims/sweep_beta.py on 2 processes x 2 CPU devices equals a single-process run."""
+"""More than one process: sims/sweep_beta.py on 2 processes x 2 CPU devices, and sims/rm_scaling.py with its
+(seed, size) units shared over 2 processes, each equal a single-process run."""
 import dataclasses
 import json
 import math
@@ -18,16 +19,21 @@ ARGS = ["--error", "laplace", "--betas", "0.3", "1", "3", "10", "--depth", "3", 
 # 4 betas are sharded (each device holds the whole tree). The same 4 betas: the tilt compiles once.
 RUNS = {"leaves": ["--vocab", "5"], "betas": ["--vocab", "4"]}
 LAYOUT = {"leaves": "each tree split along its leaves over 4 devices", "betas": "the betas sharded over 4 devices"}
-# Both runs in one process pair (the script's runner, `cli.run`, once per flag list): one start-up and one
-# jax.distributed join instead of two.
+# rm_scaling at a tiny size: 2 seeds x 2 sizes = 4 units, 2 on each process (each process trains sizes of both
+# seeds, so each builds both seeds' pi0).
+SCALING = ["--vocab", "4", "--depth", "3", "--sizes", "1x8x2", "1x16x2", "--pairs", "40", "160", "--seeds", "2",
+           "--bt-steps", "20", "--lm-steps", "20", "--betas", "0.1", "0.3", "1", "3", "10", "--ns", "1", "2", "4", "8",
+           "16", "--no-plots"]
+# Every run in one process pair (each script's runner, `cli.run`, once per flag list): one start-up and one
+# jax.distributed join instead of three.
 DRIVER = """
 import json, sys
 sys.path.insert(0, "tests")
 from goodhart_jax import cli
 from scripts import load_script
-sweep_beta = load_script("sweep_beta")
-for argv in json.loads(sys.argv[1]):
-    status = cli.run(sweep_beta.Config, sweep_beta.main, argv, prog="sweep_beta.py")
+for name, argv in json.loads(sys.argv[1]):
+    script = load_script(name)
+    status = cli.run(script.Config, script.main, argv, prog=name + ".py")
     if status:
         sys.exit(status)
 """
@@ -56,10 +62,11 @@ def test_two_processes_equal_one(tmp_path):
     split over 4 devices, over which the betas are sharded. Only process 0 writes and logs; its rows equal those
     of this process (1 device) on the same flags."""
     port = free_port()
-    argvs = [ARGS + RUNS[name] + ["--out", str(tmp_path / name), "--coordinator", f"127.0.0.1:{port}",
-                                  "--num-processes", "2"] for name in RUNS]
+    join = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    argvs = [("sweep_beta", ARGS + RUNS[name] + ["--out", str(tmp_path / name)] + join) for name in RUNS]
+    argvs.append(("rm_scaling", SCALING + ["--out", str(tmp_path / "scaling")] + join))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps([a + ["--process-id", str(i)] for a in argvs])],
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps([(n, a + ["--process-id", str(i)]) for n, a in argvs])],
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
@@ -69,7 +76,8 @@ def test_two_processes_equal_one(tmp_path):
             p.kill()
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
-    assert "sweep_beta" not in results[1][1]  # process 1 logs nothing of the runs' (and writes nothing)
+    assert "sweep_beta" not in results[1][1] and "rm_scaling" not in results[1][1]  # process 1 logs nothing of the
+    # runs' (and writes nothing)
     sweep_beta = load_script("sweep_beta")
     for name in RUNS:
         assert f"on 4 device(s), 2 process(es) ({LAYOUT[name]}" in results[0][1], name
@@ -79,6 +87,14 @@ def test_two_processes_equal_one(tmp_path):
         assert len(multi) == len(single) == 4 + 2 * (4 + 1), name
         bad = [(a, b) for a, b in zip(multi, single) if not same(a, json.loads(json.dumps(b)))]
         assert not bad, (name, bad[:3])
+    assert "sequences, 2 process(es)" in results[0][1]  # rm_scaling says it ran on 2
+    multi = [json.loads(line) for line in (tmp_path / "scaling" / "results.jsonl").read_text().splitlines()]
+    rm_scaling = load_script("rm_scaling")
+    single = rm_scaling.main(cli.parse_config(rm_scaling.Config, SCALING + ["--out", str(tmp_path / "scaling-1")]))
+    assert len(multi) == len(single) and [r["kind"] for r in multi] == [r["kind"] for r in single]
+    assert {r["seed"] for r in multi if r["kind"] == "proxy"} == {0, 1}
+    bad = [(a, b) for a, b in zip(multi, single) if not same(a, json.loads(json.dumps(b)))]
+    assert not bad, ("rm_scaling", bad[:3])
 
 
 @pytest.mark.parametrize("argv,msg", [
