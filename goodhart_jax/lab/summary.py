@@ -13,8 +13,8 @@ The headline quantities of one seed (`headlines`, `exact_at_kl`), per (noise, pr
   target (beta solved by bisection, `mitigations.kl_target_tree`: exact); best-of-n's and each RL beta's
   interpolated linearly in KL between the two adjacent points of its curve (the row says which), null with a
   reason where the curve does not reach the target;
-- peak gold on the method's points and the KL there (the row says when the peak is the curve's last point:
-  gold was still rising);
+- peak gold on the method's points and the KL there (where the peak is the curve's last point, gold was still
+  rising: peak_gold says so and KL_at_peak is null with that reason, the peak's KL lying beyond the curve);
 - Gao's coefficients (`fit` rows: alpha, beta, r2; RL's one fit a beta);
 - RL's share of the gap J(pi*) - J(pi0) closed at its last step, per beta;
 - the proxy's diagnostics (pair accuracy on unseen and seen sequences, corr, corr(X, eps), xi of X and proxy) and pi0's law (entropy, perplexity, top mass, n90),
@@ -254,10 +254,14 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
             valid = [r for r in pts if r["gold"] is not None and r["KL"] is not None]
             if valid:
                 top = max(valid, key=lambda r: r["gold"])
-                edge = " (the curve's last point: gold still rising)" if top is valid[-1] else ""
-                how = f"max over {len(valid)} points, at {_name(top)}{edge}"
+                edge = top is valid[-1]
+                how = (f"max over {len(valid)} points, at {_name(top)}"
+                       + (" (the curve's last point: gold still rising)" if edge else ""))
                 out.append(_headline(seed, tag, method, beta, "peak_gold", None, top["gold"], how))
-                out.append(_headline(seed, tag, method, beta, "KL_at_peak", None, top["KL"], how))
+                # at the curve's last point the peak lies beyond the grid: its KL is not known, only a lower bound
+                out.append(_headline(seed, tag, method, beta, "KL_at_peak", None, None if edge else top["KL"],
+                                     f"gold still rising at the curve's last point (KL {top['KL']:.3g}): no peak "
+                                     "within it" if edge else how))
             if method == "rl" and valid:
                 first, last = valid[0], valid[-1]
                 if "share_closed" in last:  # the RL rows' own (null with a reason where the gap at pi0 is ~0)

@@ -99,6 +99,8 @@ def test_headlines_and_their_summary_over_seeds():
     assert one(0, "rl", "gold_at_KL", 4.0)["value"] is None  # RL ends at KL 2
     assert one(0, "rl", "share_closed")["value"] == pytest.approx(0.95)
     assert "still rising" in one(0, "rl", "peak_gold")["how"]
+    kl = one(0, "rl", "KL_at_peak")  # the peak is beyond the curve's end: its KL is not known
+    assert kl["value"] is None and "still rising" in kl["reason"]
     assert one(1, "exact", "gold_at_KL", 1.0)["value"] == pytest.approx(1.3)
     assert one(0, "proxy", "xi")["value"] is None and one(0, "proxy", "xi")["reason"] == "xi: not finite"
     assert one(0, "proxy", "corr")["how"] == ""  # the row's reason is xi's, not corr's
