@@ -41,6 +41,7 @@ _Path(OUT).write_text(_json.dumps({
                 for c in cells],
     "summary": summ, "trends": tr,
     "ensembles": {str(s): dict(raw=_a(e.raw), single_raw=_a(e.single.raw),
+                               tables={n: _a(t) for n, t in tables_of[s].items()},
                                evals={n: dict(exact=_curve(v.exact), bon=_curve(v.bon), exact_peak=_peak(v.exact_peak),
                                               bon_peak=_peak(v.bon_peak), kl_targets=_a(v.kl_targets),
                                               gold_at_kl=_a(v.gold_at_kl), beta_at_kl=_a(v.beta_at_kl))
@@ -258,7 +259,9 @@ def test_ensemble_objectives_and_curves_match_enumeration(lab):
         assert raw.shape == (d["K"], 156)
         tables = _objectives(raw, log_p0, d["uwo_lambda"])
         tables["single"] = _standardise(e["single_raw"], log_p0)
-        assert set(e["evals"]) == {"single", "mean", "wco", "uwo"}
+        assert set(e["evals"]) == set(e["tables"]) == {"single", "mean", "wco", "uwo"}
+        for name, t in e["tables"].items():  # the notebook's tables: float32, the recomputation's rounding
+            np.testing.assert_allclose(t, tables[name], rtol=0, atol=2e-5)
         for name, ev in e["evals"].items():
             table = tables[name]
             assert ev["exact"]["param"] == pytest.approx(sorted(d["betas"], reverse=True))
@@ -284,3 +287,35 @@ def test_ensemble_objectives_and_curves_match_enumeration(lab):
             assert ppk == pytest.approx(ev["exact"]["param"][i]) and kpk == pytest.approx(ev["exact"]["KL"][i])
             assert last == (i == len(ev["exact"]["gold"]) - 1)
             assert f"seed {s} {name:<6} pi* peak gold {gpk:+.3f} at KL {kpk:.2f}" in text
+
+
+def test_ensemble_differences_over_seeds(lab):
+    """The printed paired differences of the pi* peak gold (objective minus the single proxy of the same labels),
+    recomputed from the exact curves, with their Student-t interval over seeds."""
+    d, text, _ = lab
+    t = stats.t.ppf(0.975, len(d["seeds"]) - 1)
+    for o in ("mean", "wco", "uwo"):
+        ev = [d["ensembles"][str(s)]["evals"] for s in d["seeds"]]
+        diffs = np.asarray([max(e[o]["exact"]["gold"]) - max(e["single"]["exact"]["gold"]) for e in ev])
+        half = t * diffs.std(ddof=1) / math.sqrt(diffs.size)
+        assert f"{o:<4} per seed {np.round(diffs, 3)}: {diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, " \
+               f"{diffs.mean() + half:+.3f}]" in text
+
+
+def test_the_best_of_n_reference_splits_ties_by_pi0():
+    """The reference law itself, against every n-tuple of draws of a 5-sequence law with a three-way tie at the
+    top (the winner: the first draw attaining the largest proxy, as lab.best_of_n keeps it)."""
+    import itertools
+
+    p0 = np.array([0.1, 0.3, 0.2, 0.15, 0.25])
+    proxy = np.array([0.5, 2.0, -1.0, 2.0, 2.0])
+    gold = np.array([1.0, -2.0, 0.5, 3.0, 0.0])
+    for n in (1, 2, 3):
+        law = np.zeros(5)
+        for draws in itertools.product(range(5), repeat=n):
+            top = max(proxy[list(draws)])
+            law[next(x for x in draws if proxy[x] == top)] += np.prod(p0[list(draws)])
+        m = {v: p0[proxy == v].sum() for v in np.unique(proxy)}
+        kl = sum(q * math.log(q / m[v]) for v in m if (q := law[proxy == v].sum()) > 0)
+        np.testing.assert_allclose(_best_of_n(np.log(p0), proxy, gold, n), [law @ gold, law @ proxy, kl],
+                                   rtol=1e-12, atol=1e-12)
