@@ -35,6 +35,7 @@ LONG_FILES = (
     "lab/test_notebook.py", "lab/test_rewards.py", "test_mitigations.py", "lab/test_tree.py", "test_notebook.py",
     "test_search.py", "lab/test_lab_search.py", "test_overoptimization_cli.py", "test_cli_inputs.py",
     "test_sweep_beta.py", "test_interrupts.py", "lab/test_experiment.py", "test_tail_cli.py", "test_tails.py",
+    "lab/test_scaling_notebook.py",
 )
 
 
