@@ -5,12 +5,17 @@ Per seed: pi0 (the lab LM), its tree and a gold reward model; the annotator erro
 comparisons of gold + eps. Then proxies of each --sizes (layers x width x heads) trained on the first P of
 those comparisons for each P in --pairs (`lab.scaling.train_members`), each measured exactly: agreement with
 gold (held-out pair accuracy, corr), best-of-n's and pi*(beta)'s gold against d = sqrt(KL), Gao's coefficients
-(best-of-n form on best-of-n, RL form on the pi*(beta) path), the peak gold and the KL there. Summary rows give
+(best-of-n form on best-of-n, RL form on the pi*(beta) path), the peak gold and the KL there. By default
+(--stop val) each proxy is early-stopped: it gets ceil(--val-frac x P) validation comparisons of the same
+annotators on sequences in none of its training pairs, its validation BT loss is measured every --val-every
+steps inside the vmapped training scan, and the parameters of the least one are kept (the held-out pairs then
+avoid the validation sequences too); --stop steps keeps the last of --bt-steps. Summary rows give
 the mean and 95% interval over seeds per (size, pairs); trend rows the slope of each quantity against log10
 parameters and log10 pairs, per seed, with its interval over seeds.
 
     python sims/rm_scaling.py                          # 4 sizes x 4 data sizes x 3 seeds, A=16, L=4
     python sims/rm_scaling.py --sizes 1x8x2 2x64x4 --pairs 1000 4000 --seeds 2 --json
+    python sims/rm_scaling.py --stop steps             # no early stopping: 400 steps, the last parameters
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import jax
 import numpy as np
 
 from goodhart_jax import best_of_n, planning, tails
-from goodhart_jax.lab import error_maps, experiment, scaling
+from goodhart_jax.lab import error_maps, experiment, rewards, scaling
 from goodhart_jax.lab import tree as lab_tree
 
 def parse_size(spec: str) -> tuple[int, int, int]:
@@ -56,8 +61,14 @@ class Config(cli.RunConfig):
                                        metavar="B", show_default=False, check=cli.positive("beta"))
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N",
                                   check=best_of_n.check_ns)
-    bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256)", metavar="S",
-                            check=cli.count("--bt-steps"))
+    bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256); with --stop val the most it trains",
+                            metavar="S", check=cli.count("--bt-steps"))
+    stop: str = cli.arg("val", "which parameters a proxy keeps: val (early stopping: the checkpoint of least BT loss "
+                        "on its validation pairs) or steps (the last of --bt-steps)", choices=("val", "steps"))
+    val_frac: float = cli.arg(0.25, "with --stop val: validation pairs per training pair (same annotators, on "
+                              "sequences in none of its training pairs)", metavar="F", check=cli.positive("--val-frac"))
+    val_every: int = cli.arg(10, "with --stop val: steps between validation checkpoints", metavar="K",
+                             check=cli.count("--val-every"))
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S",
                             check=cli.count("--lm-steps"))
     seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
@@ -118,16 +129,37 @@ def one_seed(run: cli.Run, cfg: Config, sizes, seed: int) -> list[dict]:
     for (layers, width, heads) in run.progress(sizes, f"seed {seed}: sizes"):
         mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
         size, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
-        members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, base.tree, base.gold.reward + eps,
-                                              cfg.pairs, cfg.bt_steps)
+        try:
+            members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, base.tree,
+                                                  base.gold.reward + eps, cfg.pairs, cfg.bt_steps,
+                                                  val_frac=cfg.val_frac if cfg.stop == "val" else None,
+                                                  every=cfg.val_every)
+        except ValueError as e:  # a tree so small that some member's pairs cover every sequence
+            raise cli.InputError(f"--stop val with --pairs {max(cfg.pairs)}: {e}; use --stop steps or fewer "
+                                 "pairs") from None
         for i, p in enumerate(cfg.pairs):
-            ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, base, eps, cfg.betas, cfg.ns)
+            val = None if members.val is None else jax.tree.map(lambda x: x[i, :int(members.val_pairs[i])],
+                                                                members.val)
+            ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, base, eps, cfg.betas, cfg.ns,
+                                  val=val)
             tag = dict(seed=seed, size=size, params=params, pairs=p, error_map=cfg.error_map)
-            run.emit([dict(kind="proxy", **tag, final_loss=float(np.mean(members.loss[i, -50:])), **ev.proxy)]
+            stop = int(members.stop[i])
+            fit = dict(stop=cfg.stop, stop_step=stop, val_pairs=int(members.val_pairs[i]),
+                       final_loss=float(np.mean(members.loss[i, -50:])),
+                       train_loss_at_stop=float(np.mean(members.loss[i, max(0, stop - 50):stop])) if stop else None)
+            if val is not None:
+                marks = rewards.checkpoints(cfg.bt_steps, cfg.val_every)
+                fit["val_loss"] = float(members.val_loss[i][marks.index(stop)]) if stop else None
+                fit["val_loss_last"] = float(members.val_loss[i][-1])
+            row = dict(kind="proxy", **tag, **fit, **ev.proxy)
+            if stop == 0:  # nothing finite to choose from: say why the stop fields are null
+                why = "stop_step 0: no checkpoint had a finite validation loss (the initial parameters are kept)"
+                row["reason"] = "; ".join(filter(None, [row.get("reason"), why]))
+            run.emit([row]
                      + [dict(kind="lab", **tag, **pt) for pt in ev.points]
                      + [dict(kind="fit", **tag, **f) for f in ev.fits]
                      + [dict(kind="peak", **tag, **pk) for pk in ev.peaks])
-            cells.append(dict(tag, evaluated=ev))
+            cells.append(dict(tag, evaluated=ev, stop_step=stop))
     return cells
 
 
@@ -153,12 +185,12 @@ def main(cfg: Config) -> list[dict]:
         by = {(r["size"], r["pairs"], r["quantity"]): r for r in summ}
         run.table([dict(size=s, params=by[(s, p, "corr")]["params"], pairs=p,
                         **{q: cell(by[(s, p, q)]) for q in ("pair_accuracy_unseen", "alpha_bon", "beta_bon",
-                                                           "peak_gold_exact", "peak_KL_exact")})
+                                                           "peak_gold_exact", "peak_KL_exact", "stop_step")})
                    for s in cfg.sizes for p in cfg.pairs],
                   [("size", "size", ""), ("params", "params", ""), ("pairs", "pairs", ""),
                    ("held-out acc", "pair_accuracy_unseen", ""), ("alpha bon", "alpha_bon", ""),
                    ("beta bon", "beta_bon", ""), ("peak gold pi*", "peak_gold_exact", ""),
-                   ("KL at peak", "peak_KL_exact", "")],
+                   ("KL at peak", "peak_KL_exact", ""), ("kept step", "stop_step", "")],
                   title=f"mean [95% interval] over {cfg.seeds} seeds")
         slope = [r for r in tr if r["against"] == "params" and r["quantity"] in ("alpha_bon", "beta_bon",
                                                                                  "peak_gold_exact")]
