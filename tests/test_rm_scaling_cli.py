@@ -92,6 +92,8 @@ def test_summary_and_trends_recomputed(tiny):
                                        rtol=1e-9, atol=1e-12)
             acc = [proxies[(s, size, p)]["pair_accuracy_unseen"] for s in seeds]
             np.testing.assert_allclose(summ[(size, p, "pair_accuracy_unseen")]["mean"], np.mean(acc), rtol=1e-12)
+            kept = [proxies[(s, size, p)]["stop_step"] for s in seeds]
+            np.testing.assert_allclose(summ[(size, p, "stop_step")]["mean"], np.mean(kept), rtol=1e-12)
     trend = {(r["against"], r["at"], r["quantity"]): r for r in rows if r["kind"] == "trend"}
     for p in cfg.pairs:
         slopes = []
