@@ -5,12 +5,17 @@ Per seed: pi0 (the lab LM), its tree and a gold reward model; the annotator erro
 comparisons of gold + eps. Then proxies of each --sizes (layers x width x heads) trained on the first P of
 those comparisons for each P in --pairs (`lab.scaling.train_members`), each measured exactly: agreement with
 gold (held-out pair accuracy, corr), best-of-n's and pi*(beta)'s gold against d = sqrt(KL), Gao's coefficients
-(best-of-n form on best-of-n, RL form on the pi*(beta) path), the peak gold and the KL there. Summary rows give
+(best-of-n form on best-of-n, RL form on the pi*(beta) path), the peak gold and the KL there. By default
+(--stop val) each proxy is early-stopped: it gets ceil(--val-frac x P) validation comparisons of the same
+annotators on sequences in none of its training pairs, its validation BT loss is measured every --val-every
+steps inside the vmapped training scan, and the parameters of the least one are kept (the held-out pairs then
+avoid the validation sequences too); --stop steps keeps the last of --bt-steps. Summary rows give
 the mean and 95% interval over seeds per (size, pairs); trend rows the slope of each quantity against log10
 parameters and log10 pairs, per seed, with its interval over seeds.
 
     python sims/rm_scaling.py                          # 4 sizes x 4 data sizes x 3 seeds, A=16, L=4
     python sims/rm_scaling.py --sizes 1x8x2 2x64x4 --pairs 1000 4000 --seeds 2 --json
+    python sims/rm_scaling.py --stop steps             # no early stopping: 400 steps, the last parameters
     python sims/rm_scaling.py --coordinator HOST:PORT --num-processes N --process-id I   # the units over N processes
 """
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from goodhart_jax import distributed, planning, tails
 from goodhart_jax.cli import lab_flags
-from goodhart_jax.lab import error_maps, experiment, scaling
+from goodhart_jax.lab import error_maps, experiment, rewards, scaling
 from goodhart_jax.lab import tree as lab_tree
 
 
@@ -49,8 +54,14 @@ class Config(lab_flags.LabConfig, cli.ProcessFlags):
     pairs: tuple[int, ...] = cli.arg(scaling.PAIRS, "comparisons per proxy (nested subsets of one dataset a seed)",
                                      metavar="P", check=cli.count("--pairs"))
     noise: str = cli.arg("normal", "annotator error family (goodhart_jax.tails spec)", metavar="FAMILY")
-    bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256)", metavar="S",
-                            check=cli.count("--bt-steps"))
+    bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256); with --stop val the most it trains",
+                            metavar="S", check=cli.count("--bt-steps"))
+    stop: str = cli.arg("val", "which parameters a proxy keeps: val (early stopping: the checkpoint of least BT loss "
+                        "on its validation pairs) or steps (the last of --bt-steps)", choices=("val", "steps"))
+    val_frac: float = cli.arg(0.25, "with --stop val: validation pairs per training pair (same annotators, on "
+                              "sequences in none of its training pairs)", metavar="F", check=cli.positive("--val-frac"))
+    val_every: int = cli.arg(10, "with --stop val: steps between validation checkpoints", metavar="K",
+                             check=cli.count("--val-every"))
 
 
 def prepare(cfg: Config):
@@ -108,23 +119,43 @@ def seed_base(cfg: Config, seed: int) -> SeedBase:
 
 
 def one_size(cfg: Config, sb: SeedBase, seed: int, size: tuple[int, int, int]) -> tuple[list[dict], list[dict]]:
-    """One size's proxies of one seed (one per --pairs value: `lab.scaling.train_members`), each measured.
-    Returns (rows, cells): cells are {"seed", "size", "params", "pairs", "error_map", "evaluated"}."""
+    """One size's proxies of one seed (one per --pairs value: `lab.scaling.train_members`, early-stopped on
+    validation pairs with --stop val), each measured. Returns (rows, cells): cells are {"seed", "size", "params",
+    "pairs", "error_map", "evaluated", "stop_step"}."""
     key, (layers, width, heads) = jax.random.key(seed), size
     mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
     name, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
-    members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, sb.base.tree,
-                                          sb.base.gold.reward + sb.eps, cfg.pairs, cfg.bt_steps)
+    try:
+        members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, sb.base.tree,
+                                              sb.base.gold.reward + sb.eps, cfg.pairs, cfg.bt_steps,
+                                              val_frac=cfg.val_frac if cfg.stop == "val" else None,
+                                              every=cfg.val_every)
+    except ValueError as e:  # a tree so small that some member's pairs cover every sequence
+        raise cli.InputError(f"--stop val with --pairs {max(cfg.pairs)}: {e}; use --stop steps or fewer "
+                             "pairs") from None
     rows, cells = [], []
     for i, p in enumerate(cfg.pairs):
+        val = None if members.val is None else jax.tree.map(lambda x: x[i, :int(members.val_pairs[i])], members.val)
         ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, sb.base, sb.eps, cfg.betas,
-                              cfg.ns)
+                              cfg.ns, val=val)
         tag = dict(seed=seed, size=name, params=params, pairs=p, error_map=cfg.error_map)
-        rows += ([dict(kind="proxy", **tag, final_loss=float(np.mean(members.loss[i, -50:])), **ev.proxy)]
+        stop = int(members.stop[i])
+        fit = dict(stop=cfg.stop, stop_step=stop, val_pairs=int(members.val_pairs[i]),
+                   final_loss=float(np.mean(members.loss[i, -50:])),
+                   train_loss_at_stop=float(np.mean(members.loss[i, max(0, stop - 50):stop])) if stop else None)
+        if val is not None:
+            marks = rewards.checkpoints(cfg.bt_steps, cfg.val_every)
+            fit["val_loss"] = float(members.val_loss[i][marks.index(stop)]) if stop else None
+            fit["val_loss_last"] = float(members.val_loss[i][-1])
+        row = dict(kind="proxy", **tag, **fit, **ev.proxy)
+        if stop == 0:  # nothing finite to choose from: say why the stop fields are null
+            why = "stop_step 0: no checkpoint had a finite validation loss (the initial parameters are kept)"
+            row["reason"] = "; ".join(filter(None, [row.get("reason"), why]))
+        rows += ([row]
                  + [dict(kind="lab", **tag, **pt) for pt in ev.points]
                  + [dict(kind="fit", **tag, **f) for f in ev.fits]
                  + [dict(kind="peak", **tag, **pk) for pk in ev.peaks])
-        cells.append(dict(tag, evaluated=ev))
+        cells.append(dict(tag, evaluated=ev, stop_step=stop))
     return rows, cells
 
 
@@ -177,12 +208,12 @@ def main(cfg: Config) -> list[dict]:
         by = {(r["size"], r["pairs"], r["quantity"]): r for r in summ}
         run.table([dict(size=s, params=by[(s, p, "corr")]["params"], pairs=p,
                         **{q: cell(by[(s, p, q)]) for q in ("pair_accuracy_unseen", "alpha_bon", "beta_bon",
-                                                           "peak_gold_exact", "peak_KL_exact")})
+                                                           "peak_gold_exact", "peak_KL_exact", "stop_step")})
                    for s in cfg.sizes for p in cfg.pairs],
                   [("size", "size", ""), ("params", "params", ""), ("pairs", "pairs", ""),
                    ("held-out acc", "pair_accuracy_unseen", ""), ("alpha bon", "alpha_bon", ""),
                    ("beta bon", "beta_bon", ""), ("peak gold pi*", "peak_gold_exact", ""),
-                   ("KL at peak", "peak_KL_exact", "")],
+                   ("KL at peak", "peak_KL_exact", ""), ("kept step", "stop_step", "")],
                   title=f"mean [95% interval] over {cfg.seeds} seeds")
         slope = [r for r in tr if r["against"] == "params" and r["quantity"] in ("alpha_bon", "beta_bon",
                                                                                  "peak_gold_exact")]

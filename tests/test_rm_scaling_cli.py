@@ -51,8 +51,12 @@ def test_rows(tiny):
     assert len(proxies) == 3 * 2 * 3  # sizes x pairs x seeds
     assert sorted({r["params"] for r in proxies}) == sorted(
         sim.scaling.num_params(sim.scaling.size_config(4, 3, *sim.parse_size(s))) for s in cfg.sizes)
+    marks = sim.rewards.checkpoints(cfg.bt_steps, cfg.val_every)
     for r in proxies:
         assert 0.0 <= r["pair_accuracy_unseen"] <= 1.0 and -1.0 <= r["corr"] <= 1.0
+        # early stopping (the default): a checkpoint's step, ceil(val_frac P) validation pairs
+        assert r["stop"] == "val" and r["stop_step"] in marks and r["val_pairs"] == math.ceil(cfg.val_frac * r["pairs"])
+        assert r["val_loss"] <= r["val_loss_last"]
     fits = [r for r in rows if r["kind"] == "fit"]
     assert {(f["method"], f["form"]) for f in fits} == {("bon", "bon"), ("exact", "rl")}
     # each fit is the least-squares line through its own curve's (d, gold) with Gao's features
@@ -88,6 +92,8 @@ def test_summary_and_trends_recomputed(tiny):
                                        rtol=1e-9, atol=1e-12)
             acc = [proxies[(s, size, p)]["pair_accuracy_unseen"] for s in seeds]
             np.testing.assert_allclose(summ[(size, p, "pair_accuracy_unseen")]["mean"], np.mean(acc), rtol=1e-12)
+            kept = [proxies[(s, size, p)]["stop_step"] for s in seeds]
+            np.testing.assert_allclose(summ[(size, p, "stop_step")]["mean"], np.mean(kept), rtol=1e-12)
     trend = {(r["against"], r["at"], r["quantity"]): r for r in rows if r["kind"] == "trend"}
     for p in cfg.pairs:
         slopes = []
@@ -109,6 +115,9 @@ def test_summary_and_trends_recomputed(tiny):
     (["--sizes", "1x8x2", "1x8x2"], "--sizes"),
     (["--noise", "nope"], "--noise"),
     (["--betas", "-1"], "beta"),
+    (["--stop", "never"], "--stop"),
+    (["--val-frac", "0"], "--val-frac"),
+    (["--val-every", "0"], "--val-every"),
 ])
 def test_bad_input_exits_2(argv, needle, tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "sims" / "rm_scaling.py"), "--out", str(tmp_path / "o"), *argv],

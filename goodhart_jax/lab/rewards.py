@@ -57,9 +57,15 @@ Public API:
   Comparisons(a [P], b [P], label [P]);  sample_terminals(key, log_p, num) -> [num]   # -inf log_p: never drawn
   sample_pairs(key, log_p, num) -> (a [num], b [num])     # i.i.d. from pi0
   comparisons(key, log_p, utility [N], num, temperature=1.0) -> Comparisons
-  bt_loss(reward_fn, params, tokens, data) -> []
-  train_bt(key, reward_fn, params, tokens [N, L], data, steps, batch=256, lr=1e-3, weight_decay=0.01)
-      -> Trained(params, loss [steps])           # jitted lax.scan, minibatches drawn with replacement
+  bt_loss(reward_fn, params, tokens, data, weights=None) -> []
+  checkpoints(steps, every) -> [every, 2 every, .., steps]     # where early stopping measures validation loss
+  fit_minibatched(loss_fn, params, keys [S], data, num, batch, lr, weight_decay, val_loss=None, every=10)
+      -> Trained                                 # the one minibatched AdamW fit (un-jitted; jit/vmap it)
+  train_bt(key, reward_fn, params, tokens [N, L], data, steps, batch=256, lr=1e-3, weight_decay=0.01, val=None,
+           val_weights=None, every=10)
+      -> Trained(params, loss [steps], stop, val_loss [C])   # jitted lax.scan, minibatches drawn with replacement;
+                                                             # with val: the checkpoint of least validation loss
+  validation_comparisons(key, log_p, utility, seen, num, temperature=1.0) -> Comparisons   # off seen's sequences
   Proxy(reward [N] standardised, error [N], params, loss, raw [N], mean, sd, data: Comparisons | None)
   direct_proxy(gold, error, log_p) -> Proxy
   learned_proxy(key, cfg, tree, gold, error, pairs, steps=2000, temperature=1.0, ...) -> Proxy
@@ -94,6 +100,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import Array
 
 from goodhart_jax import tail_index, tails
@@ -393,29 +400,129 @@ def comparisons(key: Array, log_p: Array, utility: Array, num: int, temperature:
 
 # ---------------------------------------------------------------- Bradley-Terry training
 class Trained(NamedTuple):
-    """A trained reward model's parameters and its loss per step (`train_bt`, `train_mse`)."""
+    """A trained reward model's parameters and its loss per step (`train_bt`, `train_mse`).
+
+    With validation (`train_bt`'s `val`), `params` are those of the checkpoint of least validation loss and `stop`
+    its step; without, `params` are the last step's and `stop` = steps.
+    """
 
     params: Any  # trained parameters
     loss: Array  # [steps] minibatch BT log-loss per step
+    stop: Any = None  # [] int32: the step whose parameters are kept (steps without validation; 0: no finite val loss)
+    val_loss: Any = None  # [C] validation loss at each checkpoint (`checkpoints`); [0] without validation
 
 
-def bt_loss(reward_fn: RewardFn, params: Any, tokens: Array, data: Comparisons) -> Array:
+def bt_loss(reward_fn: RewardFn, params: Any, tokens: Array, data: Comparisons, weights: Array | None = None) -> Array:
     """Mean Bradley-Terry log-loss -[y log s(r_a - r_b) + (1 - y) log s(r_b - r_a)] over pairs.
 
     Args:
       reward_fn: the reward model, reward_fn(params, tokens [B, L]) -> [B].
       params: its parameters.
       tokens: [N, L] terminal sequences; data indexes them.
+      data: the comparisons ([P] each).
+      weights: None (the plain mean), or [P] >= 0 with a positive sum: the weighted mean sum w l / sum w (0 leaves
+        a padding pair out: `lab.scaling` pads each member's validation pairs to one length).
     """
     ra = reward_fn(params, tokens[data.a])
     rb = reward_fn(params, tokens[data.b])
     d = ra - rb
-    return jnp.mean(data.label * jax.nn.softplus(-d) + (1.0 - data.label) * jax.nn.softplus(d))
+    loss = data.label * jax.nn.softplus(-d) + (1.0 - data.label) * jax.nn.softplus(d)
+    return jnp.mean(loss) if weights is None else jnp.sum(weights * loss) / jnp.sum(weights)
+
+
+def checkpoints(steps: int, every: int) -> list[int]:
+    """The steps after which `fit_minibatched` measures the validation loss: every, 2 every, .., and steps (the last
+    step always, also where every does not divide it).
+
+    Args:
+      steps: S >= 1 training steps.
+      every: >= 1 steps between checkpoints.
+    Raises:
+      ValueError: steps or every < 1.
+    """
+    if steps < 1 or every < 1:
+        raise ValueError(f"steps and every must be >= 1, got steps={steps}, every={every}")
+    return list(range(every, steps + 1, every)) + ([steps] if steps % every else [])
+
+
+def fit_minibatched(loss_fn: Callable[[Any, Any], Array], params: Any, keys: Array, data: Any, num, batch: int | None,
+                    lr: float, weight_decay: float, val_loss: Callable[[Any], Array] | None = None,
+                    every: int = 10) -> Trained:
+    """Fit by minibatched AdamW: the lab's reward-model training loop (`train_bt`, `train_mse`, `lab.scaling`).
+
+    Step s draws `batch` row indices uniform in [0, num) with keys[s] (with replacement) and takes one AdamW step on
+    loss_fn(params, those rows of data) (`lm.adamw_scan`: cosine decay from lr to lr / 10 over the steps). Without
+    `val_loss` that is all: the last step's parameters. With it, early stopping: after every `every` steps (and
+    after the last: `checkpoints`) val_loss(params) is measured and the parameters of the least one are kept
+    (the first on a tie; a nan never counts), selected by `jnp.where` inside the scan, so the fit stays one
+    program that `jax.vmap` can batch (over `num` and the validation data, as `lab.scaling` does).
+
+    Not jitted: call it inside `jax.jit` (and `jax.vmap`).
+
+    Args:
+      loss_fn: (params, rows) -> [] loss of a minibatch; rows has data's structure with leading axis batch.
+      params: initial parameters.
+      keys: [S] one PRNG key a step (S = the number of steps).
+      data: a pytree of arrays with a leading axis of rows (Comparisons, Ratings).
+      num: rows the minibatches draw from: the first num of data ([] int, may be traced; <= data's rows).
+      batch: rows a step (static), or None: every row of data at every step (full batch; keys unused).
+      lr: the peak learning rate.
+      weight_decay: AdamW's decoupled weight decay.
+      val_loss: None, or params -> [] validation loss (early stopping).
+      every: steps between validation checkpoints (static; used with val_loss).
+    Returns:
+      Trained(params, loss [S], stop [] int32, val_loss [C] at the C = len(checkpoints(S, every)) checkpoints).
+    """
+    def loss(p, k):
+        if batch is None:
+            return loss_fn(p, data)
+        idx = jax.random.randint(k, (batch,), 0, num)
+        return loss_fn(p, jax.tree.map(lambda x: x[idx], data))
+
+    steps = keys.shape[0]
+    if val_loss is None:
+        fit, losses = lm.adamw_scan(loss, params, keys, lr, weight_decay)
+        return Trained(fit, losses, jnp.asarray(steps, jnp.int32), jnp.zeros((0,), jnp.float32))
+    return _adamw_select(loss, params, keys, lr, weight_decay, val_loss, every)
+
+
+def _adamw_select(loss, params, keys, lr, weight_decay, val_loss, every) -> Trained:
+    """`lm.adamw_scan`'s loop (same optimiser, same steps) as scans of `every` steps, each followed by the
+    validation loss and a `jnp.where` keeping the best parameters so far."""
+    steps = keys.shape[0]
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
+
+    def step(carry, k):
+        p, state = carry
+        value, grads = jax.value_and_grad(loss)(p, k)
+        updates, state = opt.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), value
+
+    def chunk(carry, ks):
+        p, state, best, best_v, best_t, t = carry
+        (p, state), values = jax.lax.scan(step, (p, state), ks)
+        t = t + ks.shape[0]
+        v = val_loss(p)
+        better = v < best_v  # False for nan: a nan checkpoint is never kept
+        best = jax.tree.map(lambda b, x: jnp.where(better, x, b), best, p)
+        return (p, state, best, jnp.where(better, v, best_v), jnp.where(better, t, best_t), t), (values, v)
+
+    full = steps // every
+    carry = (params, opt.init(params), params, jnp.asarray(jnp.inf, jnp.float32), jnp.int32(0), jnp.int32(0))
+    carry, (values, vs) = jax.lax.scan(chunk, carry, keys[:full * every].reshape((full, every) + keys.shape[1:]))
+    values, vs = values.reshape(-1), vs.astype(jnp.float32)
+    if steps % every:  # the last, shorter chunk: the last step is always a checkpoint
+        carry, (tail, v) = chunk(carry, keys[full * every:])
+        values, vs = jnp.concatenate([values, tail]), jnp.concatenate([vs, v.astype(jnp.float32)[None]])
+    _, _, best, _, best_t, _ = carry
+    return Trained(best, values, best_t, vs)
 
 
 def train_bt(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data: Comparisons, steps: int,
-             batch: int = 256, lr: float = 1e-3, weight_decay: float = 0.01) -> Trained:
-    """Fit a reward model to comparisons by AdamW on `bt_loss`: one jitted `lax.scan` over steps.
+             batch: int = 256, lr: float = 1e-3, weight_decay: float = 0.01, val: Comparisons | None = None,
+             val_weights: Array | None = None, every: int = 10) -> Trained:
+    """Fit a reward model to comparisons by AdamW on `bt_loss`: one jitted `lax.scan` over steps
+    (`fit_minibatched`), optionally early-stopped on validation comparisons.
 
     Each step draws `batch` comparisons with replacement; the learning rate
     decays by cosine to lr / 10. Jitted, with `reward_fn` static (hashed by
@@ -429,21 +536,46 @@ def train_bt(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data: 
       steps, batch: static sizes.
       lr: peak AdamW learning rate (cosine decay to lr / 10).
       weight_decay: AdamW's decoupled weight decay.
+      val: None (train `steps` steps, keep the last parameters), or validation comparisons [V]
+        (`validation_comparisons`): keep the parameters of least `bt_loss` on them among the `checkpoints`.
+      val_weights: None, or [V] weights of the validation pairs (`bt_loss`'s weights).
+      every: steps between validation checkpoints (static).
     Returns:
-      Trained(params, loss [steps]).
+      Trained(params, loss [steps], stop, val_loss [C]).
     """
-    return _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay)
+    if val is not None:
+        checkpoints(steps, every)  # refuses every < 1
+    return _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay, val, val_weights, every)
 
 
-@functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch"))
-def _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay) -> Trained:
-    num = data.a.shape[0]
+@functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch", "every"))
+def _train_bt(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay, val, val_weights,
+              every) -> Trained:
+    check = None if val is None else (lambda p: bt_loss(reward_fn, p, tokens, val, val_weights))
+    return fit_minibatched(lambda p, rows: bt_loss(reward_fn, p, tokens, rows), params, jax.random.split(key, steps),
+                           data, data.a.shape[0], batch, lr, weight_decay, check, every)
 
-    def loss(p, k):
-        idx = jax.random.randint(k, (batch,), 0, num)
-        return bt_loss(reward_fn, p, tokens, Comparisons(data.a[idx], data.b[idx], data.label[idx]))
 
-    return Trained(*lm.adamw_scan(loss, params, jax.random.split(key, steps), lr, weight_decay))
+def validation_comparisons(key: Array, log_p: Array, utility: Array, seen: Comparisons, num: int,
+                           temperature: float = 1.0) -> Comparisons:
+    """Validation comparisons for a proxy trained on `seen`: `comparisons` of the same annotators (utility,
+    temperature) on pairs from pi0 conditioned on the sequences in no pair of `seen` (disjoint from the training
+    sequences, as `split_pairs`' held-out pairs are).
+
+    Args:
+      key: PRNG key (pairs and labels).
+      log_p: [N] pi0's terminal log-probabilities.
+      utility: [N] the annotators' u = gold + eps.
+      seen: the training comparisons.
+      num: V validation pairs (static).
+      temperature: BT label noise (`comparisons`).
+    Raises:
+      ValueError: every sequence is in a training pair (nothing left to validate on).
+    """
+    keep = ~seen_terminals(seen, log_p.shape[0])
+    if not bool(jnp.any(keep)):
+        raise ValueError("every sequence is in a training pair: no sequence is left for validation pairs")
+    return comparisons(key, jnp.where(keep, log_p, -jnp.inf), utility, num, temperature)
 
 
 # ---------------------------------------------------------------- proxies
@@ -902,15 +1034,9 @@ def train_mse(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data:
 
 @functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch"))
 def _train_mse(key, reward_fn, params, tokens, data, steps, batch, lr, weight_decay) -> Trained:
-    num = data.x.shape[0]
-
-    def loss(p, k):
-        if batch is None:
-            return mse_loss(reward_fn, p, tokens, data)
-        idx = jax.random.randint(k, (batch,), 0, num)
-        return mse_loss(reward_fn, p, tokens, Ratings(data.x[idx], data.y[idx]))
-
-    return Trained(*lm.adamw_scan(loss, params, jax.random.split(key, steps), lr, weight_decay))
+    fit = fit_minibatched(lambda p, rows: mse_loss(reward_fn, p, tokens, rows), params, jax.random.split(key, steps),
+                          data, data.x.shape[0], batch, lr, weight_decay)
+    return Trained(fit.params, fit.loss)
 
 
 def regression_proxy(key: Array, cfg: lm.LMConfig, tree: LMTree, gold: Array, error: Array, num: int,

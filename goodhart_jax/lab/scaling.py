@@ -20,17 +20,22 @@ Public API:
   PAIRS = (500, 1000, 2000, 4000)
   size_config(vocab, depth, layers, width, heads) -> lm.LMConfig
   num_params(cfg) -> int                                   # the reward model's parameter count
-  Members(params [M] stacked, loss [M, steps], raw [M, N], pairs [M])
+  Members(params [M] stacked, loss [M, steps], raw [M, N], pairs [M], stop [M], val_loss [M, C], val [M, V],
+          val_pairs [M])
+  member_validation(key, tree, utility [N], data, pairs, val_frac, temperature=1.0)
+      -> (Comparisons [M, V], weights [M, V], V_i [M])     # each member's pairs off its training sequences
   train_members(key, cfg, tree, utility [N], pairs, steps, batch=256, lr=3e-3, weight_decay=0.01, temperature=1.0,
-                chunk=8192) -> (Members, Comparisons [max P])
+                chunk=8192, val_frac=None, every=10) -> (Members, Comparisons [max P])
+                                                        # val_frac: early stopping on validation pairs
   Peak(gold, KL, at, reason)
   peak(points) -> Peak                                     # the largest gold on a curve, None where it is its end
   Trend(slope, intercept, lo, hi, r2, n, reason)
   trend(x [K], y [K], level=0.95) -> Trend                 # OLS of y on x, Student-t interval of the slope
   FORM = {"bon": "bon", "exact": "rl"};  fit_curve(points, method) -> fit row   # Gao's form on one curve
-  evaluate(key, raw [N], pairs, data, base, error [N], betas, ns, heldout_pairs=10000)
+  evaluate(key, raw [N], pairs, data, base, error [N], betas, ns, heldout_pairs=10000, val=None)
       -> Evaluated(proxy row, points, fits, peaks)          # agreement with gold; exact best-of-n and pi*(beta)
-  QUANTITIES   # alpha_/beta_/peak_gold_/peak_KL_ of "bon" and "exact", pair_accuracy_unseen, corr, error_corr
+  QUANTITIES   # alpha_/beta_/peak_gold_/peak_KL_ of "bon" and "exact", pair_accuracy_unseen, corr, error_corr,
+               # stop_step
   summarise(cells, level=0.95) -> "summary" rows          # per (size, pairs): mean and interval over seeds
   trends(cells, level=0.95) -> "trend" rows               # slope per seed against log10 params / log10 pairs,
                                                           # mean and interval over seeds
@@ -54,7 +59,7 @@ from goodhart_jax.lab.summary import interval, t_quantile
 from goodhart_jax.lab.tree import LMTree
 from goodhart_jax.scaling_laws import fit_gao, too_few_fit_points
 
-__all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "train_members", "Peak", "peak", "Trend",
+__all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "member_validation", "train_members", "Peak", "peak", "Trend",
            "trend", "FORM", "fit_curve", "Evaluated", "evaluate", "QUANTITIES", "summarise", "trends"]
 
 SIZES = ((1, 8, 2), (1, 16, 2), (2, 32, 4), (2, 48, 4))
@@ -77,34 +82,71 @@ def num_params(cfg: lm.LMConfig) -> int:
 class Members(NamedTuple):
     """Proxies of one size and seed, one per data size."""
 
-    params: Any  # the reward models' parameters, stacked on a leading axis [M]
+    params: Any  # the reward models' parameters, stacked on a leading axis [M] (early stopping: the kept ones)
     loss: Array  # [M, steps] minibatch BT log-loss per step
     raw: Array  # [M, N] each model's scores of every terminal
     pairs: Array  # [M] int32: the number of comparisons each was trained on (the first P of the shared data)
+    stop: Any = None  # [M] int32: the step whose parameters were kept (steps without validation)
+    val_loss: Any = None  # [M, C] validation BT loss at each checkpoint (`rewards.checkpoints`); [M, 0] without
+    val: Any = None  # Comparisons [M, V]: member i's validation pairs are the first val_pairs[i] of row i; None without
+    val_pairs: Any = None  # [M] int32: V_i = ceil(val_frac P_i) (0 without validation)
 
 
-@functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch"))
-def _train(keys, reward_fn, params, tokens, data, nums, steps, batch, lr, weight_decay):
-    def one(num):
-        def loss(p, k):
-            idx = jax.random.randint(k, (batch,), 0, num)
-            return rewards.bt_loss(reward_fn, p, tokens, rewards.Comparisons(data.a[idx], data.b[idx],
-                                                                             data.label[idx]))
+@functools.partial(jax.jit, static_argnames=("reward_fn", "steps", "batch", "every"))
+def _train(keys, reward_fn, params, tokens, data, nums, val, val_weights, steps, batch, lr, weight_decay, every):
+    def one(num, v, w):
+        check = None if v is None else (lambda p: rewards.bt_loss(reward_fn, p, tokens, v, w))
+        return rewards.fit_minibatched(lambda p, rows: rewards.bt_loss(reward_fn, p, tokens, rows), params, keys,
+                                       data, num, batch, lr, weight_decay, check, every)
 
-        return lm.adamw_scan(loss, params, keys, lr, weight_decay)
+    return jax.vmap(one)(nums, val, val_weights)
 
-    return jax.vmap(one)(nums)
+
+def member_validation(key: Array, tree: LMTree, utility: Array, data: rewards.Comparisons, pairs, val_frac: float,
+                      temperature: float = 1.0) -> tuple[rewards.Comparisons, Array, Array]:
+    """Each member's validation comparisons: V_i = ceil(val_frac P_i) pairs of the same annotators on sequences in
+    none of its first P_i training pairs (`rewards.validation_comparisons`, one key for all members), padded to
+    max V_i.
+
+    Args:
+      key: PRNG key (validation pairs and labels).
+      tree: the LM's tree (pi0).
+      utility: [N] the annotators' u = gold + eps.
+      data: the shared training comparisons; member i saw the first pairs[i].
+      pairs: [M] data sizes P_i.
+      val_frac: validation pairs per training pair, > 0.
+      temperature: BT label noise (`rewards.comparisons`).
+    Returns:
+      (Comparisons [M, V] stacked, weights [M, V] (1 on the first V_i, 0 after), V_i [M] int32).
+    Raises:
+      ValueError: val_frac not > 0, or a member saw every sequence.
+    """
+    if not (math.isfinite(val_frac) and val_frac > 0):
+        raise ValueError(f"val_frac must be a finite number > 0, got {val_frac}")
+    counts = [max(1, math.ceil(val_frac * int(p))) for p in pairs]
+    v = max(counts)
+    sets = [rewards.validation_comparisons(key, tree.log_p, utility,
+                                           rewards.Comparisons(data.a[:p], data.b[:p], data.label[:p]), v,
+                                           temperature) for p in pairs]
+    val = jax.tree.map(lambda *x: jnp.stack(x), *sets)
+    weights = (jnp.arange(v)[None, :] < jnp.asarray(counts)[:, None]).astype(jnp.float32)
+    return val, weights, jnp.asarray(counts, jnp.int32)
 
 
 def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pairs, steps: int,
                   batch: int = 256, lr: float = 3e-3, weight_decay: float = 0.01, temperature: float = 1.0,
-                  chunk: int = 8192) -> tuple[Members, rewards.Comparisons]:
+                  chunk: int = 8192, val_frac: float | None = None, every: int = 10) -> tuple[Members, rewards.Comparisons]:
     """Bradley-Terry proxies of size `cfg`, one per data size in `pairs`, on nested subsets of one dataset.
 
-    The key is split as `rewards.learned_proxy` splits it (comparisons, initialisation, minibatches), so the
-    member trained on max(pairs) comparisons is `learned_proxy(key, cfg, tree, ...)`'s model, up to float
-    rounding of the vmapped program. Every member starts from the same initialisation and draws its minibatch
+    The key is split as `rewards.learned_proxy` splits it (comparisons, initialisation, minibatches), so without
+    validation the member trained on max(pairs) comparisons is `learned_proxy(key, cfg, tree, ...)`'s model, up to
+    float rounding of the vmapped program. Every member starts from the same initialisation and draws its minibatch
     indices from the same keys (uniform in [0, P_i)).
+
+    With `val_frac`, early stopping: member i also gets ceil(val_frac P_i) validation comparisons on sequences in
+    none of its training pairs (`member_validation`, key `jax.random.fold_in(k_data, 1)`), its validation BT loss
+    is measured every `every` steps inside the vmapped scan (`rewards.fit_minibatched`) and the parameters of the
+    least one are kept. Member i is then `rewards.train_bt(..., val=its pairs, val_weights=its weights, every)`.
 
     Args:
       key: PRNG key (one seed).
@@ -115,10 +157,13 @@ def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pa
       steps, batch, lr, weight_decay: training (`rewards.train_bt`); temperature: BT label noise
         (`rewards.comparisons`).
       chunk: rows a call when scoring the tree.
+      val_frac: None (train `steps` steps, keep the last parameters) or validation pairs per training pair (> 0).
+      every: steps between validation checkpoints (`rewards.checkpoints`).
     Returns:
       (Members, the max(pairs) comparisons; member i saw the first pairs[i]).
     Raises:
-      ValueError: pairs empty or not positive integers; steps or batch < 1.
+      ValueError: pairs empty or not positive integers; steps, batch or every < 1; val_frac not > 0; a member saw
+        every sequence (no validation pair possible).
     """
     sizes = [int(p) for p in pairs]
     if not sizes or any(p < 1 or p != q for p, q in zip(sizes, pairs)):
@@ -127,14 +172,20 @@ def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pa
         raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
     k_data, k_init, k_train = jax.random.split(key, 3)
     data = rewards.comparisons(k_data, tree.log_p, utility, max(sizes), temperature)
+    val = weights = None
+    counts = jnp.zeros(len(sizes), jnp.int32)
+    if val_frac is not None:
+        rewards.checkpoints(steps, every)  # refuses every < 1
+        val, weights, counts = member_validation(jax.random.fold_in(k_data, 1), tree, utility, data, sizes, val_frac,
+                                                 temperature)
     fn = rewards.make_rm_reward(cfg)
     params0 = rewards.rm_init_jit(k_init, cfg)
     nums = jnp.asarray(sizes, jnp.int32)
-    params, loss = _train(jax.random.split(k_train, steps), fn, params0, tree.tokens, data, nums, steps, batch,
-                          lr, weight_decay)
-    raw = jnp.stack([rewards.score_terminals(fn, jax.tree.map(lambda x: x[i], params), tree.tokens, chunk)
+    fit = _train(jax.random.split(k_train, steps), fn, params0, tree.tokens, data, nums, val, weights, steps, batch,
+                 lr, weight_decay, every)
+    raw = jnp.stack([rewards.score_terminals(fn, jax.tree.map(lambda x: x[i], fit.params), tree.tokens, chunk)
                      for i in range(len(sizes))])
-    return Members(params, loss, raw, nums), data
+    return Members(fit.params, fit.loss, raw, nums, fit.stop, fit.val_loss, val, counts), data
 
 
 class Peak(NamedTuple):
@@ -246,7 +297,7 @@ class Evaluated(NamedTuple):
 
 
 def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base, error: Array, betas, ns,
-             heldout_pairs: int = 10000) -> Evaluated:
+             heldout_pairs: int = 10000, val: rewards.Comparisons | None = None) -> Evaluated:
     """A trained proxy's agreement with gold and its exact best-of-n and pi*(beta) curves on the tree.
 
     Args:
@@ -258,10 +309,14 @@ def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base
       error: [N] the annotator error eps (utility = gold + eps).
       betas, ns: the pi*(beta) grid and best-of-n sizes.
       heldout_pairs: pi0 pairs on sequences in none of its P training comparisons (`rewards.split_pairs`).
+      val: None, or the proxy's validation comparisons (early stopping chose on them): their sequences are left
+        out of the held-out pairs too, and count in `seen_mass`.
     """
     gold, log_p = base.gold.reward, base.tree.log_p
     z = rewards.pi0_standardise(raw, log_p)
     seen = rewards.Comparisons(data.a[:pairs], data.b[:pairs], data.label[:pairs])
+    if val is not None:
+        seen = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), seen, val)
     split = rewards.split_pairs(key, log_p, seen, heldout_pairs)
     acc = float(rewards.pair_accuracy(z.z, gold, *split.unseen))
     proxy = dict(pair_accuracy_unseen=acc, corr=float(rewards.pi0_corr(z.z, gold, log_p)),
@@ -284,13 +339,16 @@ def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base
 
 
 QUANTITIES = ("alpha_bon", "beta_bon", "alpha_exact", "beta_exact", "peak_gold_bon", "peak_KL_bon", "peak_gold_exact",
-              "peak_KL_exact", "pair_accuracy_unseen", "corr", "error_corr")  # what `summarise` and `trends` report
+              "peak_KL_exact", "pair_accuracy_unseen", "corr", "error_corr", "stop_step")  # what `summarise` and
+# `trends` report (stop_step: the training step whose parameters a proxy kept)
 
 
-def _quantities(ev: Evaluated) -> dict:
-    """{name: value or None} of one proxy `ev`, named as QUANTITIES (Gao's alpha and beta, the peak gold and
-    its KL, per method; the agreement fields)."""
+def _quantities(cell: dict) -> dict:
+    """{name: value or None} of one proxy `cell` ({"evaluated": Evaluated, "stop_step" optional}), named as
+    QUANTITIES (Gao's alpha and beta, the peak gold and its KL, per method; the agreement fields; the kept step)."""
+    ev = cell["evaluated"]
     out = {f: ev.proxy.get(f) for f in ("pair_accuracy_unseen", "corr", "error_corr")}
+    out["stop_step"] = cell.get("stop_step")
     for f in ev.fits:
         out[f"alpha_{f['method']}"], out[f"beta_{f['method']}"] = f["alpha"], f["beta"]
     for p in ev.peaks:
@@ -302,7 +360,8 @@ def summarise(cells: list[dict], level: float = 0.95) -> list[dict]:
     """Mean and Student-t interval over seeds of every quantity, per (size, pairs).
 
     Args:
-      cells: {"seed", "size", "params", "pairs", "evaluated": Evaluated} one a trained proxy.
+      cells: {"seed", "size", "params", "pairs", "evaluated": Evaluated, "stop_step" (optional: null without)} one
+        a trained proxy.
       level: the intervals' coverage.
     Returns:
       [{"kind": "summary", "size", "params", "pairs", "quantity", "mean", "lo", "hi", "sd", "seeds", "of"} and
@@ -310,7 +369,7 @@ def summarise(cells: list[dict], level: float = 0.95) -> list[dict]:
     """
     groups: dict = {}
     for c in cells:
-        groups.setdefault((c["size"], c["params"], c["pairs"]), []).append(_quantities(c["evaluated"]))
+        groups.setdefault((c["size"], c["params"], c["pairs"]), []).append(_quantities(c))
     rows = []
     for (size, params, pairs), qs in groups.items():
         for q in qs[0]:
@@ -349,11 +408,11 @@ def trends(cells: list[dict], level: float = 0.95) -> list[dict]:
                                  ("pairs", "size", lambda c: math.log10(c["pairs"]))):
         for at in dict.fromkeys(c[fixed] for c in cells):
             group = [c for c in cells if c[fixed] == at]
-            for q in _quantities(group[0]["evaluated"]):
+            for q in _quantities(group[0]):
                 slopes = []
                 for s in seeds:
                     mine = [c for c in group if c["seed"] == s]
-                    ys = [_quantities(c["evaluated"])[q] for c in mine]
+                    ys = [_quantities(c)[q] for c in mine]
                     t = trend([x_of(c) for c in mine], [math.nan if y is None else y for y in ys], level)
                     slopes.append(None if not math.isfinite(t.slope) else t.slope)
                 iv = interval(slopes, level)

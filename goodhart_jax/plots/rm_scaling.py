@@ -14,7 +14,9 @@ from goodhart_jax.plots.overoptimization import over_seeds  # noqa: E402
 TITLES = {"bon": "best-of-n", "exact": "exact optimum pi*(beta)"}
 COEFFICIENTS = (("alpha_bon", "best-of-n alpha"), ("beta_bon", "best-of-n beta"), ("alpha_exact", "pi* alpha (RL form)"),
                 ("beta_exact", "pi* beta (RL form)"), ("peak_gold_exact", "peak gold, pi*"),
-                ("pair_accuracy_unseen", "held-out pair accuracy"))
+                ("peak_KL_exact", "KL at the pi* peak (nats; seeds with a peak)"),
+                ("pair_accuracy_unseen", "held-out pair accuracy"), ("corr", "corr(proxy, gold) under pi0"),
+                ("stop_step", "kept training step (early stopping)"))
 
 
 def curves(rows: list[dict]):
@@ -51,7 +53,7 @@ def coefficients(rows: list[dict]):
     summ = [r for r in rows if r["kind"] == "summary"]
     pairs = sorted({r["pairs"] for r in summ})
     colors = plt.cm.plasma(np.linspace(0.1, 0.85, len(pairs)))
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    fig, axes = plt.subplots(3, 3, figsize=(12, 9.5))
     for ax, (q, title) in zip(axes.flat, COEFFICIENTS):
         for p, c in zip(pairs, colors):
             pts = sorted((r for r in summ if r["quantity"] == q and r["pairs"] == p and r["mean"] is not None),
@@ -66,6 +68,8 @@ def coefficients(rows: list[dict]):
                         label=f"{p} pairs")
         ax.set_xscale("log")
         ax.set_title(title, fontsize=9)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", color="grey")
         ax.set_xlabel("proxy parameters")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()

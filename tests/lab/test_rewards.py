@@ -404,3 +404,98 @@ def test_load_reward_refusals(tmp_path):
     rm = make_tiny_checkpoint(tmp_path / "rm", arch="gpt_neox", layout="oasst")
     with pytest.raises(io.UsageError, match="distinct ids"):
         rewards.load_reward(rm.path, (1, 1))
+
+
+def test_checkpoints_end_at_the_last_step():
+    assert rewards.checkpoints(30, 10) == [10, 20, 30]
+    assert rewards.checkpoints(60, 7) == [7, 14, 21, 28, 35, 42, 49, 56, 60]
+    assert rewards.checkpoints(3, 10) == [3]
+    for steps, every in ((0, 1), (5, 0)):
+        with pytest.raises(ValueError, match="every"):
+            rewards.checkpoints(steps, every)
+
+
+def test_weighted_bt_loss_against_numpy(small_tree):
+    """Weights 0 leave pairs out: the weighted loss is the float64 loss of the kept pairs."""
+    fn = rewards.make_rm_reward(RM_CFG)
+    params = rewards.rm_init_jit(jax.random.key(3), RM_CFG)
+    u = jax.random.normal(jax.random.key(4), small_tree.log_p.shape)
+    data = rewards.comparisons(jax.random.key(5), small_tree.log_p, u, 40)
+    w = (jnp.arange(40) < 25).astype(jnp.float32)
+    r = np.asarray(rewards.score_terminals(fn, params, small_tree.tokens), np.float64)
+    d = r[np.asarray(data.a)] - r[np.asarray(data.b)]
+    y = np.asarray(data.label, np.float64)
+    each = y * np.logaddexp(0, -d) + (1 - y) * np.logaddexp(0, d)
+    np.testing.assert_allclose(rewards.bt_loss(fn, params, small_tree.tokens, data, w), each[:25].mean(), rtol=1e-5)
+    np.testing.assert_allclose(rewards.bt_loss(fn, params, small_tree.tokens, data), each.mean(), rtol=1e-5)
+
+
+def test_validation_comparisons_avoid_the_training_sequences(small_tree):
+    u = jax.random.normal(jax.random.key(4), small_tree.log_p.shape)
+    train = rewards.comparisons(jax.random.key(5), small_tree.log_p, u, 30)
+    val = rewards.validation_comparisons(jax.random.key(6), small_tree.log_p, u, train, 500)
+    seen = set(np.asarray(train.a).tolist()) | set(np.asarray(train.b).tolist())
+    assert not seen & (set(np.asarray(val.a).tolist()) | set(np.asarray(val.b).tolist()))
+    # labels: Bernoulli(sigmoid(u_a - u_b)), 4 standard errors of the mean label
+    p = 1 / (1 + np.exp(-(np.asarray(u)[np.asarray(val.a)] - np.asarray(u)[np.asarray(val.b)])))
+    assert abs(np.asarray(val.label).mean() - p.mean()) < 4 * np.sqrt(np.sum(p * (1 - p))) / p.size
+    every = rewards.Comparisons(jnp.arange(small_tree.log_p.shape[0]), jnp.arange(small_tree.log_p.shape[0]),
+                                jnp.ones(small_tree.log_p.shape[0]))
+    with pytest.raises(ValueError, match="validation"):
+        rewards.validation_comparisons(jax.random.key(6), small_tree.log_p, u, every, 5)
+
+
+def test_early_stopping_keeps_the_checkpoint_of_least_validation_loss(small_tree):
+    """train_bt with validation pairs = a plain step-by-step AdamW run (optax, not the lab's scan) that records the
+    parameters at every checkpoint, the validation loss of each computed in NumPy float64, and its argmin: the kept
+    parameters are that checkpoint's, `stop` its step. The utility is a learnable reward (3 x a random reward
+    model's, standardised) and 16 pairs overfit, so the argmin is neither the first nor the last checkpoint;
+    every = 7 does not divide 60 steps (the last, shorter chunk)."""
+    import optax
+
+    fn = rewards.make_rm_reward(RM_CFG)
+    params0 = rewards.rm_init_jit(jax.random.key(3), RM_CFG)
+    g = rewards.score_terminals(fn, rewards.rm_init_jit(jax.random.key(9), RM_CFG), small_tree.tokens)
+    u = 3.0 * (g - g.mean()) / g.std()
+    data = rewards.comparisons(jax.random.key(5), small_tree.log_p, u, 16)
+    val = rewards.validation_comparisons(jax.random.key(6), small_tree.log_p, u, data, 200)
+    steps, every, batch, lr, wd = 60, 7, 8, 1e-3, 0.01
+    key = jax.random.key(7)
+    fit = rewards.train_bt(key, fn, params0, small_tree.tokens, data, steps, batch, lr, wd, val=val, every=every)
+
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=wd)
+
+    @jax.jit
+    def step(p, state, k):
+        idx = jax.random.randint(k, (batch,), 0, data.a.shape[0])
+        rows = rewards.Comparisons(data.a[idx], data.b[idx], data.label[idx])
+        value, g = jax.value_and_grad(lambda q: rewards.bt_loss(fn, q, small_tree.tokens, rows))(p)
+        upd, state = opt.update(g, state, p)
+        return optax.apply_updates(p, upd), state, value
+
+    p, state, saved, values = params0, opt.init(params0), {}, []
+    for s, k in enumerate(jax.random.split(key, steps), start=1):
+        p, state, v = step(p, state, k)
+        values.append(float(v))
+        if s in rewards.checkpoints(steps, every):
+            saved[s] = p
+    y = np.asarray(val.label, np.float64)
+
+    def val64(q):
+        r = np.asarray(rewards.score_terminals(fn, q, small_tree.tokens), np.float64)
+        d = r[np.asarray(val.a)] - r[np.asarray(val.b)]
+        return float(np.mean(y * np.logaddexp(0, -d) + (1 - y) * np.logaddexp(0, d)))
+
+    marks = list(saved)
+    losses = np.asarray([val64(saved[s]) for s in marks])
+    best = int(np.argmin(losses))
+    assert 0 < best < len(marks) - 1  # early stopping has something to do: the validation loss turns up
+    assert np.sort(losses)[1] - losses[best] > 1e-4  # no near-tie that float32 could order differently
+    assert int(fit.stop) == marks[best]
+    np.testing.assert_allclose(fit.val_loss, losses, rtol=1e-4)  # float32 in the scan
+    np.testing.assert_allclose(fit.loss, values, rtol=1e-4, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fit.params, saved[marks[best]])
+    # the reference is the lab's loop: its last checkpoint is train_bt without validation
+    plain = rewards.train_bt(key, fn, params0, small_tree.tokens, data, steps, batch, lr, wd)
+    assert int(plain.stop) == steps and plain.val_loss.shape == (0,)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), plain.params, saved[steps])

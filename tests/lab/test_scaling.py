@@ -60,6 +60,41 @@ def test_members_equal_train_bt_on_their_first_pairs():
     assert not np.allclose(m.raw[0], m.raw[-1], atol=1e-3)  # the data sizes trained different models
 
 
+def test_members_with_early_stopping_equal_train_bt_with_their_validation_pairs():
+    """With val_frac: member i has ceil(val_frac P_i) validation pairs on sequences in none of its training pairs,
+    and is rewards.train_bt with those pairs (its row, its weights) and the same keys: the same kept step, the same
+    validation curve, the same scores."""
+    vocab, depth = 4, 3
+    cfg_lm = lm.LMConfig(vocab, depth, layers=1, width=16, heads=2)
+    tree = lab_tree.exact_tree(lm.make_logits(cfg_lm), lm.init(jax.random.key(0), cfg_lm), depth)
+    cfg = scaling.size_config(vocab, depth, 1, 8, 2)
+    fn = rewards.make_rm_reward(cfg)
+    g = rewards.score_terminals(fn, rewards.rm_init_jit(jax.random.key(9), cfg), tree.tokens)
+    u = 3.0 * (g - g.mean()) / g.std()  # learnable, so that the validation loss falls before it rises
+    pairs, steps, every = (8, 16, 40), 40, 6
+    key = jax.random.key(2)
+    m, data = scaling.train_members(key, cfg, tree, u, pairs, steps, batch=8, lr=1e-3, val_frac=0.5, every=every)
+    np.testing.assert_array_equal(m.val_pairs, [4, 8, 20])
+    assert m.val.a.shape == (3, 20) and m.val_loss.shape == (3, len(rewards.checkpoints(steps, every)))
+    _, k_init, k_train = jax.random.split(key, 3)
+    for i, p in enumerate(pairs):
+        seen = set(np.asarray(data.a[:p]).tolist()) | set(np.asarray(data.b[:p]).tolist())
+        v = int(m.val_pairs[i])
+        assert not seen & (set(np.asarray(m.val.a[i, :v]).tolist()) | set(np.asarray(m.val.b[i, :v]).tolist()))
+        val = jax.tree.map(lambda x: x[i], m.val)
+        w = (jnp.arange(20) < v).astype(jnp.float32)
+        sub = rewards.Comparisons(data.a[:p], data.b[:p], data.label[:p])
+        ref = rewards.train_bt(k_train, fn, rewards.rm_init_jit(k_init, cfg), tree.tokens, sub, steps, batch=8,
+                               lr=1e-3, val=val, val_weights=w, every=every)
+        assert int(m.stop[i]) == int(ref.stop)
+        np.testing.assert_allclose(m.val_loss[i], ref.val_loss, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(m.raw[i], rewards.score_terminals(fn, ref.params, tree.tokens), rtol=2e-4,
+                                   atol=2e-5)
+    assert int(m.stop.min()) < steps  # some member stopped early
+    with pytest.raises(ValueError, match="val_frac"):
+        scaling.train_members(key, cfg, tree, u, pairs, steps, val_frac=0.0)
+
+
 def test_train_members_refuses_bad_sizes():
     tree = lab_tree.exact_tree(lm.make_logits(lm.LMConfig(3, 2, 1, 8, 2)), lm.init(jax.random.key(0),
                                lm.LMConfig(3, 2, 1, 8, 2)), 2)
