@@ -20,6 +20,19 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
     atexit.register(shutil.rmtree, _OWN_CACHE, True)  # removed when this process ends, however pytest stops
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# XLA's optimisations off for the test run (jax_disable_most_optimizations: LLVM at -O0 without its expensive
+# passes; XLA's HLO passes still run), in the xdist workers and in every script and notebook kernel the tests start
+# (they inherit this environment; it is set before jax is imported). Most of the suite's time is XLA compiling the
+# programs under test, not running them (a test's programs run for milliseconds). Session 19
+# (/work/notes/suite_time.md: CPU seconds, fresh cache, load 10-15): test_search_prefix 129 -> 80, lab/test_rl
+# 124 -> 92 (its RL loops run ~3x slower and still cost < 1 s), lab/test_experiment and lab/test_notebook about
+# the same. Every assertion is unchanged; results agree with the optimised programs to float rounding, not
+# bitwise (float32 ulps; a parameter Adam moves on round-off alone differs more). Only the tests are affected:
+# the library, its scripts, notebooks and benchmarks run with JAX's defaults. `make test-optimised`
+# (JAX_DISABLE_MOST_OPTIMIZATIONS=0) runs the suite compiled as users run it.
+# Not set: XLA:CPU's classic emitters (--xla_cpu_use_fusion_emitters=false) halve the compile time again, but
+# lab/test_rl's check that a run cut into rounds equals the whole run (two programs, 1e-6) then fails by 0.014.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
 # The test files that take longest (seconds of one run on 2 loaded cores, session 10; the files whose time was
