@@ -1,9 +1,11 @@
-"""Shared pytest set-up: offline hub, CPU only, quiet JAX, one compilation cache for the whole run, the
-longest test files scheduled first."""
+"""Shared pytest set-up: offline hub, CPU only, quiet JAX, one compilation cache for the whole run, XLA's
+optimisations off (but for OPTIMISED_FILES), the longest test files scheduled first."""
 import atexit
 import os
 import shutil
 import tempfile
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -68,8 +70,6 @@ def pytest_collection_modifyitems(session, config, items):
     rank = {f"tests/{f}": i for i, f in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: order within kept
 
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
