@@ -37,7 +37,8 @@ _Path(OUT).write_text(_json.dumps({
     "base": {str(s): dict(log_p=_a(b.tree.log_p), gold=_a(b.gold.reward)) for s, b in bases.items()},
     "scaling": [dict(seed=c["seed"], size=c["size"], params=c["params"], pairs=c["pairs"],
                      raw=_a(raw_of[(c["seed"], c["size"], c["pairs"])]), proxy=c["evaluated"].proxy,
-                     points=c["evaluated"].points, fits=c["evaluated"].fits, peaks=c["evaluated"].peaks)
+                     points=c["evaluated"].points, fits=c["evaluated"].fits, peaks=c["evaluated"].peaks,
+                     stop_step=c.get("stop_step"))
                 for c in cells],
     "summary": summ, "trends": tr,
     "ensembles": {str(s): dict(raw=_a(e.raw), single_raw=_a(e.single.raw),
@@ -120,6 +121,7 @@ def _close(got, want, tol=2e-4):
 def _quantities(cell):
     """{name: value} of one scaling proxy, named as scaling.QUANTITIES, from its dumped fits, peaks and proxy row."""
     out = {q: cell["proxy"][q] for q in ("pair_accuracy_unseen", "corr", "error_corr")}
+    out["stop_step"] = cell["stop_step"]  # the kept step: null here (no early stopping in the notebook)
     for f in cell["fits"]:
         out[f"alpha_{f['method']}"], out[f"beta_{f['method']}"] = f["alpha"], f["beta"]
     for p in cell["peaks"]:
