@@ -52,10 +52,9 @@ OPTIMISED_FILES = ("lab/test_error_maps.py",)
 LONG_FILES = (
     "test_conditioning.py", "test_best_of_n.py", "test_mdp.py", "test_limit_clis.py", "test_search_prefix.py",
     "lab/test_rl.py", "test_search_cli.py", "test_tilting.py", "models/test_parity.py", "test_tour_notebook.py",
-    "lab/test_notebook.py", "lab/test_rewards.py", "test_mitigations.py", "lab/test_tree.py", "test_notebook.py",
+    "lab/test_notebook.py", "lab/test_scaling_notebook.py", "lab/test_rewards.py", "test_mitigations.py", "lab/test_tree.py", "test_notebook.py",
     "test_search.py", "lab/test_lab_search.py", "test_overoptimization_cli.py", "test_cli_inputs.py",
     "test_sweep_beta.py", "test_interrupts.py", "lab/test_experiment.py", "test_tail_cli.py", "test_tails.py",
-    "lab/test_scaling_notebook.py",
 )
 
 

@@ -27,8 +27,9 @@ def load_script(name: str):
 def unoptimised_compiles():
     """XLA's optimisations off (jax_disable_most_optimizations), in this process and in the scripts it starts,
     for tests of the command-line layer (files, JSON rows, exit codes) whose small runs cost compiling, not
-    running: the numerics they print are tested against their references, compiled as users run them, in the
-    library's own tests. On leaving, JAX's in-memory caches are cleared: the flag is not part of their keys, so
+    running. Since session 19 the whole suite compiles so by default (tests/conftest.py; `make test-optimised`
+    compiles as users run, and the numerics hold to their references either way), so this is then a no-op but
+    for files that conftest runs optimised. On leaving, JAX's in-memory caches are cleared: the flag is not part of their keys, so
     a later test in this process would otherwise reuse an unoptimised executable (the on-disk cache keys on it).
     test_limit_clis: 118 s of CPU instead of 184 (fresh cache, load ~6)."""
     import jax
