@@ -169,17 +169,27 @@ def run_units(run: cli.Run, cfg: Config, sizes) -> list[dict]:
     """
     units = [(seed, j) for seed in cfg.seed_values for j in range(len(sizes))]
     single = jax.process_count() == 1
-    done, sb = {}, None
+    done, sb, failed = {}, None, None
     for seed, j in run.progress(distributed.share(units), "(seed, size) units"):
         if sb is None or sb.row["seed"] != seed:
             sb = seed_base(cfg, seed)
-        rows, cells = one_size(cfg, sb, seed, sizes[j])
+        try:
+            rows, cells = one_size(cfg, sb, seed, sizes[j])
+        except cli.InputError as e:
+            if single:
+                raise
+            failed = str(e)  # carried to every process: the others would otherwise wait for this one in the gather
+            break
         rows = [sb.row] + rows if j == 0 else rows
         if single:
             run.emit(rows)
         done[(seed, j)] = (rows, cells)
     if not single:
-        for part in distributed.gather_objects(done):
+        parts = distributed.gather_objects((done, failed))
+        why = next((f for _, f in parts if f is not None), None)
+        if why is not None:
+            raise cli.InputError(why)
+        for part, _ in parts:
             done.update(part)
         for u in units:
             run.emit(done[u][0])
