@@ -46,6 +46,9 @@ The package, by concern: `flags` (flags from a Config, field checks),
 `output` (`Run`), `outdir` (the output directory's checks and lock),
 `signals` (Ctrl-C), `runner` (`run`, `main`), `processes` (the flags of a
 multi-process run). Every name is here too: `cli.arg`, `cli.Run`, ...
+Not imported here (it imports the numerics, slow to load): `lab_flags`, the
+flags the lab's drivers share (`from goodhart_jax.cli import lab_flags` after
+`cli.guard_startup`).
 
     @dataclasses.dataclass(frozen=True)
     class Config(cli.RunConfig):
