@@ -113,7 +113,8 @@ def one_seed(run: cli.Run, cfg: Config, n: int, seed: int) -> list[dict]:
     """Every row of one seed; returns its headline and paired rows."""
     key = jax.random.key(seed)
     first = len(run.rows)
-    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
+    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps,
+                                 sharpness=cfg.sharpness, eos_bias=cfg.eos_bias)
     law = lab_tree.law_stats(base.tree.log_p)
     run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
                    top_mass=law.top_mass, n90=law.n90)])

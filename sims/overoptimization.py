@@ -23,7 +23,7 @@ import jax
 
 from goodhart_jax import planning, tails
 from goodhart_jax.cli import lab_flags
-from goodhart_jax.lab import error_maps, experiment, lm, summary
+from goodhart_jax.lab import error_maps, experiment, summary
 from goodhart_jax.lab import tree as lab_tree
 
 
@@ -35,12 +35,6 @@ class Config(lab_flags.LabRLConfig):
                                      check=cli.count("--pairs"))
     rl_betas: tuple[float, ...] = lab_flags.rl_betas((0.3, 1.0))
     search: bool = cli.arg(True, "GCG on each learned proxy")
-    sharpness: float = cli.arg(lm.SHARPNESS, "inverse temperature of the lab LM's Markov source (0: uniform rows; "
-                               "larger: a more peaked pi0)", metavar="S",
-                               check=lambda s: lm.check_source(s, lm.EOS_BIAS))
-    eos_bias: float = cli.arg(lm.EOS_BIAS, "shift of EOS's logit in the source's rows (larger: shorter sequences; "
-                              "the defaults keep pi0 spread)", metavar="B",
-                              check=lambda b: lm.check_source(lm.SHARPNESS, b))
     bt_steps: int = cli.arg(600, "Bradley-Terry training steps per learned proxy", metavar="S",
                             check=cli.count("--bt-steps"))
     policy: str = cli.arg("", "causal-LM checkpoint as pi0 (with --tokens)", metavar="DIR", show_default=False)

@@ -110,7 +110,8 @@ class SeedBase(NamedTuple):
 def seed_base(cfg: Config, seed: int) -> SeedBase:
     """pi0, gold and eps of one seed: the same in every process (keys folded from the seed)."""
     key = jax.random.key(seed)
-    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
+    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps,
+                                 sharpness=cfg.sharpness, eos_bias=cfg.eos_bias)
     n = base.tree.log_p.shape[0]
     eps = annotator_error(cfg, jax.random.fold_in(key, 1), n, base.tree).astype(base.gold.reward.dtype)
     law = lab_tree.law_stats(base.tree.log_p)

@@ -18,6 +18,7 @@ import numpy as np
 
 from goodhart_jax import best_of_n
 from goodhart_jax.cli import flags as cli
+from goodhart_jax.lab import lm
 
 __all__ = ["N_MAX", "LabConfig", "LabRLConfig", "vocab", "rl_betas"]
 
@@ -52,7 +53,7 @@ def rl_betas(default: tuple[float, ...], help: str = "KL coefficients of RL (non
 
 @dataclasses.dataclass(frozen=True)
 class LabConfig(cli.RunConfig):
-    """The lab's tree (vocabulary, depth, the LM's training), its misspecification map and noise scale, the exact
+    """The lab's tree (vocabulary, depth, the LM's source and training), its misspecification map and noise scale, the exact
     methods' grids (betas of pi*, best-of-n sizes) and the seeds."""
     vocab: int = vocab(16)
     depth: int = cli.arg(4, "maximum length L", metavar="L", check=cli.count("--depth"))
@@ -65,6 +66,12 @@ class LabConfig(cli.RunConfig):
                                        metavar="B", show_default=False, check=cli.positive("beta"))
     ns: tuple[int, ...] = cli.arg(tuple(4**k for k in range(9)), "best-of-n sizes", metavar="N", check=_check_ns)
     lm_steps: int = cli.arg(600, "training steps of the lab LM", metavar="S", check=cli.count("--lm-steps"))
+    sharpness: float = cli.arg(lm.SHARPNESS, "inverse temperature of the lab LM's Markov source (0: uniform rows; "
+                               "larger: a more peaked pi0)", metavar="S",
+                               check=lambda s: lm.check_source(s, lm.EOS_BIAS))
+    eos_bias: float = cli.arg(lm.EOS_BIAS, "shift of EOS's logit in the source's rows (larger: shorter sequences; "
+                              "0: lengths spread out; the defaults keep pi0 spread over sequences)", metavar="B",
+                              check=lambda b: lm.check_source(lm.SHARPNESS, b))
     seed: int = cli.arg(0, "PRNG seed of the first seed", metavar="S", check=cli.seed)
     seeds: int = cli.arg(3, "seeds S, S + 1, .., S + N - 1 (mod 2^32): every row carries its seed; the summary "
                             "gives the mean and a 95%% interval over them", metavar="N",
