@@ -46,3 +46,28 @@ def unoptimised_compiles():
             os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = old_env
         jax.config.update("jax_disable_most_optimizations", old)
         jax.clear_caches()
+
+
+def run_notebook_with_dump(path: Path, dump: str, out: Path, timeout: int = 900):
+    """Execute the committed notebook `path` (asserted output-free) headless with one cell appended,
+    `OUT = <out>` + `dump` (code that writes the values to check to OUT as JSON). Fails on any cell's error.
+
+    Returns:
+      (the JSON that cell wrote, every stream output joined, the number of PNG images drawn).
+    """
+    import json
+
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
+    nb.cells.append(nbformat.v4.new_code_cell(f"OUT = {str(out)!r}\n" + dump))
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert not errors, errors[0].get("evalue")
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    images = sum("image/png" in o.get("data", {}) for o in outputs)
+    return json.loads(Path(out).read_text()), text, images

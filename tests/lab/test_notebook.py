@@ -5,15 +5,16 @@ each proxy on every sequence, and the lab rows to JSON. The references are NumPy
 sequences: pi*(beta)(x) = p0(x) e^{proxy(x)/beta} / Z for the exact optimum, P(best of n = x) = F(x)^n -
 F(x^-)^n for best-of-n, and the optimum's objective beta log E_p0[e^{proxy/beta}] for RL's gap.
 """
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
+
+from scripts import run_notebook_with_dump  # noqa: E402
 
 pytestmark = pytest.mark.slow  # executing the notebook: ~45 s of CPU, mostly compilation
 
@@ -34,18 +35,9 @@ _Path(OUT).write_text(_json.dumps({
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     pytest.importorskip("ipykernel")
-    nb = nbformat.read(NB, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    out = tmp_path_factory.mktemp("nb") / "values.json"
-    nb.cells.append(nbformat.v4.new_code_cell(f"OUT = {str(out)!r}\n" + DUMP))
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(NB.parent)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    errors = [o for o in outputs if o.get("output_type") == "error"]
-    assert not errors, errors[0].get("evalue")
-    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves were drawn
-    return json.loads(out.read_text()), text
+    values, text, images = run_notebook_with_dump(NB, DUMP, tmp_path_factory.mktemp("nb") / "values.json")
+    assert images  # the curves were drawn
+    return values, text
 
 
 def _tilt(log_p0, proxy, gold, beta):

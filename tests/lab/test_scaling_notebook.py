@@ -8,15 +8,16 @@ evaluation. The references, independent of the library: NumPy float64 enumeratio
 split by pi0 mass), np.linalg.lstsq for Gao's forms, the pi0 standardisation and the mean / min / mean - lambda Var
 objectives recomputed from the raw tables, and SciPy's Student-t quantile for the intervals over seeds.
 """
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbformat")
+pytest.importorskip("nbclient")
+
+from scripts import run_notebook_with_dump  # noqa: E402
 stats = pytest.importorskip("scipy.stats")
 
 pytestmark = pytest.mark.slow  # executing the notebook: ~60-75 s of CPU, mostly compilation
@@ -55,18 +56,8 @@ _Path(OUT).write_text(_json.dumps({
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     pytest.importorskip("ipykernel")
-    nb = nbformat.read(NB, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    out = tmp_path_factory.mktemp("nb") / "values.json"
-    nb.cells.append(nbformat.v4.new_code_cell(f"OUT = {str(out)!r}\n" + DUMP))
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(NB.parent)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    errors = [o for o in outputs if o.get("output_type") == "error"]
-    assert not errors, errors[0].get("evalue")
-    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    images = sum("image/png" in o.get("data", {}) for o in outputs)
-    return json.loads(out.read_text()), text, images
+    values, text, images = run_notebook_with_dump(NB, DUMP, tmp_path_factory.mktemp("nb") / "values.json")
+    return values, text, images
 
 
 # ---------------------------------------------------------------- float64 references, NumPy only
