@@ -81,18 +81,7 @@ def _optimised_compiles(request):
     if not any(path.endswith("tests/" + f) for f in OPTIMISED_FILES):
         yield
         return
-    import jax
+    from scripts import compiles
 
-    old, old_env = jax.config.read("jax_disable_most_optimizations"), os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
-    jax.config.update("jax_disable_most_optimizations", False)
-    jax.clear_caches()
-    try:
+    with compiles(True):
         yield
-    finally:
-        if old_env is None:
-            os.environ.pop("JAX_DISABLE_MOST_OPTIMIZATIONS", None)
-        else:
-            os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = old_env
-        jax.config.update("jax_disable_most_optimizations", old)
-        jax.clear_caches()

@@ -24,19 +24,18 @@ def load_script(name: str):
 
 
 @contextlib.contextmanager
-def unoptimised_compiles():
-    """XLA's optimisations off (jax_disable_most_optimizations), in this process and in the scripts it starts,
-    for tests of the command-line layer (files, JSON rows, exit codes) whose small runs cost compiling, not
-    running. Since session 19 the whole suite compiles so by default (tests/conftest.py; `make test-optimised`
-    compiles as users run, and the numerics hold to their references either way), so this is then a no-op but
-    for files that conftest runs optimised. On leaving, JAX's in-memory caches are cleared: the flag is not part of their keys, so
-    a later test in this process would otherwise reuse an unoptimised executable (the on-disk cache keys on it).
-    test_limit_clis: 118 s of CPU instead of 184 (fresh cache, load ~6)."""
+def compiles(optimised: bool):
+    """XLA's optimisations on or off (jax_disable_most_optimizations), in this process and in the scripts and
+    kernels it starts; on leaving, the value found is restored. JAX's in-memory caches are cleared on entering
+    where the value changes, and on leaving: the flag is not part of their keys, so a test would otherwise reuse
+    an executable compiled the other way (the on-disk cache keys on it)."""
     import jax
 
     old, old_env = jax.config.read("jax_disable_most_optimizations"), os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS")
-    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-    jax.config.update("jax_disable_most_optimizations", True)
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0" if optimised else "1"
+    jax.config.update("jax_disable_most_optimizations", not optimised)
+    if bool(old) == optimised:  # the value changes
+        jax.clear_caches()
     try:
         yield
     finally:
@@ -46,6 +45,15 @@ def unoptimised_compiles():
             os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = old_env
         jax.config.update("jax_disable_most_optimizations", old)
         jax.clear_caches()
+
+
+def unoptimised_compiles():
+    """XLA's optimisations off (`compiles(False)`), for tests of the command-line layer (files, JSON rows, exit
+    codes) whose small runs cost compiling, not running. Since session 19 the whole suite compiles so by default
+    (tests/conftest.py; `make test-optimised` compiles as users run, and the numerics hold to their references
+    either way), so this is then a no-op but for files that conftest runs optimised.
+    test_limit_clis: 118 s of CPU instead of 184 (fresh cache, load ~6)."""
+    return compiles(False)
 
 
 def run_notebook_with_dump(path: Path, dump: str, out: Path, timeout: int = 900):
