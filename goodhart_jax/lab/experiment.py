@@ -9,7 +9,7 @@ each method's points as plain dicts (the "lab" rows of `sims/overoptimization.py
 with None where a field does not apply; d = sqrt(KL); every KL and expectation is exact (enumeration).
 
 Public API:
-  Base(logits_fn, params, tree: LMTree, gold: Gold, lm: LMConfig | None)
+  Base(logits_fn, params, tree: LMTree, gold: Gold, lm: LMConfig | None, source: MarkovSource | None)
   Checkpoints(policy: lm.CheckpointPolicy | None, gold: rewards.CheckpointReward | None)
   load_checkpoints(vocab, depth, policy=None, tokens=(), gold=None) -> Checkpoints   # read and checked, no work
   build_base(key, vocab, depth, policy=None, tokens=(), gold=None, lm_steps=600, sharpness=lm.SHARPNESS,
@@ -91,6 +91,7 @@ class Base(NamedTuple):
     tree: lab_tree.LMTree  # the exact tree of pi0
     gold: rewards.Gold  # standardised gold on every terminal
     lm: Any  # lm.LMConfig of the lab LM (None for a checkpoint policy)
+    source: Any = None  # lm.MarkovSource the lab LM was trained on (its corpus; None for a checkpoint policy)
 
 
 class ProxyBuild(NamedTuple):
@@ -153,6 +154,7 @@ def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gol
                               gold if isinstance(gold, str) else None)
         policy = ck.policy if isinstance(policy, str) else policy
         gold = ck.gold if isinstance(gold, str) else gold
+    source = None
     if policy is not None:
         pol = policy
         vocab, logits_fn, params, cfg = len(pol.tokens), pol.logits_fn, pol.params, None
@@ -169,7 +171,7 @@ def build_base(key, vocab: int, depth: int, policy=None, tokens: tuple = (), gol
         g = rewards.gold_from(gold.reward_fn, gold.params, tree)
     else:
         g = rewards.gold_reward(k_gold, rewards.gold_config(vocab, depth), tree)
-    return Base(logits_fn, params, tree, g, cfg)
+    return Base(logits_fn, params, tree, g, cfg, source)
 
 
 def build_proxy(key, base: Base, noise: str, scale: float, kind: str, pairs: int | None,

@@ -24,9 +24,12 @@ Public API:
           val_pairs [M])
   member_validation(key, tree, utility [N], data, pairs, val_frac, temperature=1.0)
       -> (Comparisons [M, V], weights [M, V], V_i [M])     # each member's pairs off its training sequences
+  pretrained_init(key, cfg, source, steps, batch=256, lr=3e-3, weight_decay=0.01) -> params
+                                                        # the decoder first trained as an LM on pi0's corpus
   train_members(key, cfg, tree, utility [N], pairs, steps, batch=256, lr=3e-3, weight_decay=0.01, temperature=1.0,
-                chunk=8192, val_frac=None, every=10) -> (Members, Comparisons [max P])
-                                                        # val_frac: early stopping on validation pairs
+                chunk=8192, val_frac=None, every=10, init=None) -> (Members, Comparisons [max P])
+                                                        # val_frac: early stopping on validation pairs;
+                                                        # init: e.g. pretrained_init's (Gao's regime)
   Peak(gold, KL, at, reason)
   peak(points) -> Peak                                     # the largest gold on a curve, None where it is its end
   Trend(slope, intercept, lo, hi, r2, n, reason)
@@ -59,7 +62,8 @@ from goodhart_jax.lab.summary import interval, t_quantile
 from goodhart_jax.lab.tree import LMTree
 from goodhart_jax.scaling_laws import fit_gao, too_few_fit_points
 
-__all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "member_validation", "train_members", "Peak", "peak", "Trend",
+__all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "member_validation", "pretrained_init",
+           "train_members", "Peak", "peak", "Trend",
            "trend", "FORM", "fit_curve", "Evaluated", "evaluate", "QUANTITIES", "summarise", "trends"]
 
 SIZES = ((1, 8, 2), (1, 16, 2), (2, 32, 4), (2, 48, 4))
@@ -133,9 +137,39 @@ def member_validation(key: Array, tree: LMTree, utility: Array, data: rewards.Co
     return val, weights, jnp.asarray(counts, jnp.int32)
 
 
+def pretrained_init(key: Array, cfg: lm.LMConfig, source: lm.MarkovSource, steps: int, batch: int = 256,
+                    lr: float = 3e-3, weight_decay: float = 0.01) -> dict:
+    """Reward-model parameters whose decoder was first pretrained as a language model, as Gao et al.'s reward models
+    were: the decoder of `lm.train_lm(k_lm, cfg, source, steps, ...)` (next-token prediction on `steps` x `batch`
+    sequences of the Markov source, pi0's own corpus) under a fresh scalar head (`rewards.rm_init`'s, from k_head).
+
+    The lab LM and the reward models share one decoder (`lm.module`), so the pretrained body drops into the reward
+    model as it is; only the LM head is left behind.
+
+    Args:
+      key: PRNG key, split into (k_lm, k_head).
+      cfg: the reward model's sizes (`size_config`).
+      source: the corpus (`experiment.Base.source`, the lab LM's; vocabulary cfg.vocab).
+      steps: pretraining steps (>= 1).
+      batch, lr, weight_decay: `lm.train_lm`'s.
+    Returns:
+      {"backbone": the pretrained decoder, "score": {"kernel": [D, 1], "bias": [1]}} (`rewards.rm_init`'s form).
+    Raises:
+      ValueError: steps < 1, or source's vocabulary is not cfg.vocab.
+    """
+    if steps < 1:
+        raise ValueError(f"pretraining steps must be >= 1, got {steps}")
+    if source.log_p_first.shape[-1] != cfg.vocab:
+        raise ValueError(f"the source has {source.log_p_first.shape[-1]} tokens, the reward model {cfg.vocab}")
+    k_lm, k_head = jax.random.split(key)
+    body = lm.train_lm(k_lm, cfg, source, steps, batch, lr, weight_decay).params["backbone"]
+    return {"backbone": body, "score": rewards.rm_init_jit(k_head, cfg)["score"]}
+
+
 def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pairs, steps: int,
                   batch: int = 256, lr: float = 3e-3, weight_decay: float = 0.01, temperature: float = 1.0,
-                  chunk: int = 8192, val_frac: float | None = None, every: int = 10) -> tuple[Members, rewards.Comparisons]:
+                  chunk: int = 8192, val_frac: float | None = None, every: int = 10,
+                  init: Any = None) -> tuple[Members, rewards.Comparisons]:
     """Bradley-Terry proxies of size `cfg`, one per data size in `pairs`, on nested subsets of one dataset.
 
     The key is split as `rewards.learned_proxy` splits it (comparisons, initialisation, minibatches), so without
@@ -159,6 +193,8 @@ def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pa
       chunk: rows a call when scoring the tree.
       val_frac: None (train `steps` steps, keep the last parameters) or validation pairs per training pair (> 0).
       every: steps between validation checkpoints (`rewards.checkpoints`).
+      init: None (a random reward model, `rewards.rm_init` from k_init) or every member's initial parameters in
+        `rm_init`'s form (e.g. `pretrained_init`'s); the keys are split as without it.
     Returns:
       (Members, the max(pairs) comparisons; member i saw the first pairs[i]).
     Raises:
@@ -179,7 +215,7 @@ def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pa
         val, weights, counts = member_validation(jax.random.fold_in(k_data, 1), tree, utility, data, sizes, val_frac,
                                                  temperature)
     fn = rewards.make_rm_reward(cfg)
-    params0 = rewards.rm_init_jit(k_init, cfg)
+    params0 = rewards.rm_init_jit(k_init, cfg) if init is None else init
     nums = jnp.asarray(sizes, jnp.int32)
     fit = _train(jax.random.split(k_train, steps), fn, params0, tree.tokens, data, nums, val, weights, steps, batch,
                  lr, weight_decay, every)

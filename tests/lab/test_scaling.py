@@ -95,6 +95,38 @@ def test_members_with_early_stopping_equal_train_bt_with_their_validation_pairs(
         scaling.train_members(key, cfg, tree, u, pairs, steps, val_frac=0.0)
 
 
+def test_pretrained_members_start_from_the_lm_trained_on_the_source():
+    """pretrained_init: the decoder is lm.train_lm's on the source (bit for bit), the head rm_init's; it scores every
+    sequence as a reward model; train_members(init=) is train_bt from those parameters, same keys."""
+    vocab, depth = 4, 3
+    cfg_lm = lm.LMConfig(vocab, depth, layers=1, width=16, heads=2)
+    tree = lab_tree.exact_tree(lm.make_logits(cfg_lm), lm.init(jax.random.key(0), cfg_lm), depth)
+    source = lm.markov_source(jax.random.key(5), vocab)
+    cfg = scaling.size_config(vocab, depth, 1, 8, 2)
+    pre = scaling.pretrained_init(jax.random.key(6), cfg, source, 20, batch=32)
+    k_lm, k_head = jax.random.split(jax.random.key(6))
+    body = lm.train_lm(k_lm, cfg, source, 20, 32).params["backbone"]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(pre["backbone"]), jax.tree.leaves(body)))
+    assert jax.tree.structure(pre) == jax.tree.structure(rewards.rm_init_jit(k_head, cfg))
+    np.testing.assert_array_equal(pre["score"]["kernel"], rewards.rm_init_jit(k_head, cfg)["score"]["kernel"])
+    fn = rewards.make_rm_reward(cfg)
+    assert np.all(np.isfinite(rewards.score_terminals(fn, pre, tree.tokens)))
+    u = jax.random.normal(jax.random.key(1), tree.log_p.shape)
+    key = jax.random.key(2)
+    m, data = scaling.train_members(key, cfg, tree, u, (9, 30), 12, batch=8, init=pre)
+    _, _, k_train = jax.random.split(key, 3)
+    for i, p in enumerate((9, 30)):
+        sub = rewards.Comparisons(data.a[:p], data.b[:p], data.label[:p])
+        ref = rewards.train_bt(k_train, fn, pre, tree.tokens, sub, 12, batch=8, lr=3e-3)
+        np.testing.assert_allclose(m.loss[i], ref.loss, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(m.raw[i], rewards.score_terminals(fn, ref.params, tree.tokens), rtol=2e-4,
+                                   atol=2e-5)
+    with pytest.raises(ValueError, match="steps"):
+        scaling.pretrained_init(key, cfg, source, 0)
+    with pytest.raises(ValueError, match="tokens"):
+        scaling.pretrained_init(key, scaling.size_config(5, depth, 1, 8, 2), source, 3)
+
+
 def test_train_members_refuses_bad_sizes():
     tree = lab_tree.exact_tree(lm.make_logits(lm.LMConfig(3, 2, 1, 8, 2)), lm.init(jax.random.key(0),
                                lm.LMConfig(3, 2, 1, 8, 2)), 2)
