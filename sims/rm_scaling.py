@@ -9,13 +9,16 @@ gold (held-out pair accuracy, corr), best-of-n's and pi*(beta)'s gold against d 
 (--stop val) each proxy is early-stopped: it gets ceil(--val-frac x P) validation comparisons of the same
 annotators on sequences in none of its training pairs, its validation BT loss is measured every --val-every
 steps inside the vmapped training scan, and the parameters of the least one are kept (the held-out pairs then
-avoid the validation sequences too); --stop steps keeps the last of --bt-steps. Summary rows give
+avoid the validation sequences too); --stop steps keeps the last of --bt-steps. With --pretrain S each proxy's
+decoder is first trained as a language model on pi0's corpus for S steps (`lab.scaling.pretrained_init`), as
+Gao et al.'s reward models were pretrained LMs (by default proxies start from random weights). Summary rows give
 the mean and 95% interval over seeds per (size, pairs); trend rows the slope of each quantity against log10
 parameters and log10 pairs, per seed, with its interval over seeds.
 
     python sims/rm_scaling.py                          # 4 sizes x 4 data sizes x 3 seeds, A=16, L=4
     python sims/rm_scaling.py --sizes 1x8x2 2x64x4 --pairs 1000 4000 --seeds 2 --json
     python sims/rm_scaling.py --stop steps             # no early stopping: 400 steps, the last parameters
+    python sims/rm_scaling.py --pretrain 600           # Gao's regime: each proxy's decoder first trained as an LM
     python sims/rm_scaling.py --coordinator HOST:PORT --num-processes N --process-id I   # the units over N processes
 """
 from __future__ import annotations
@@ -62,6 +65,12 @@ class Config(lab_flags.LabConfig, cli.ProcessFlags):
                               "sequences in none of its training pairs)", metavar="F", check=cli.positive("--val-frac"))
     val_every: int = cli.arg(10, "with --stop val: steps between validation checkpoints", metavar="K",
                              check=cli.count("--val-every"))
+    pretrain: int = cli.arg(0, "steps of language-model pretraining of each proxy's decoder on pi0's corpus (the "
+                            "lab LM's Markov source, batch 256) before its Bradley-Terry training, as Gao et al.'s "
+                            "reward models were pretrained LMs (0: from scratch)", metavar="S",
+                            check=cli.at_least("--pretrain", 0))
+    lr: float = cli.arg(3e-3, "peak learning rate of the Bradley-Terry training (AdamW, cosine to lr / 10)",
+                        metavar="LR", check=cli.positive("--lr"))
 
 
 def prepare(cfg: Config):
@@ -126,11 +135,13 @@ def one_size(cfg: Config, sb: SeedBase, seed: int, size: tuple[int, int, int]) -
     key, (layers, width, heads) = jax.random.key(seed), size
     mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
     name, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
+    init = None if not cfg.pretrain else scaling.pretrained_init(jax.random.fold_in(key, 4), mcfg,
+                                                                  sb.base.source, cfg.pretrain)
     try:
         members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, sb.base.tree,
-                                              sb.base.gold.reward + sb.eps, cfg.pairs, cfg.bt_steps,
+                                              sb.base.gold.reward + sb.eps, cfg.pairs, cfg.bt_steps, lr=cfg.lr,
                                               val_frac=cfg.val_frac if cfg.stop == "val" else None,
-                                              every=cfg.val_every)
+                                              every=cfg.val_every, init=init)
     except ValueError as e:  # a tree so small that some member's pairs cover every sequence
         raise cli.InputError(f"--stop val with --pairs {max(cfg.pairs)}: {e}; use --stop steps or fewer "
                              "pairs") from None
@@ -141,7 +152,7 @@ def one_size(cfg: Config, sb: SeedBase, seed: int, size: tuple[int, int, int]) -
                               cfg.ns, val=val)
         tag = dict(seed=seed, size=name, params=params, pairs=p, error_map=cfg.error_map)
         stop = int(members.stop[i])
-        fit = dict(stop=cfg.stop, stop_step=stop, val_pairs=int(members.val_pairs[i]),
+        fit = dict(pretrain=cfg.pretrain, stop=cfg.stop, stop_step=stop, val_pairs=int(members.val_pairs[i]),
                    final_loss=float(np.mean(members.loss[i, -50:])),
                    train_loss_at_stop=float(np.mean(members.loss[i, max(0, stop - 50):stop])) if stop else None)
         if val is not None:

@@ -118,6 +118,8 @@ def test_summary_and_trends_recomputed(tiny):
     (["--stop", "never"], "--stop"),
     (["--val-frac", "0"], "--val-frac"),
     (["--val-every", "0"], "--val-every"),
+    (["--pretrain", "-1"], "--pretrain"),
+    (["--lr", "0"], "--lr"),
 ])
 def test_bad_input_exits_2(argv, needle, tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "sims" / "rm_scaling.py"), "--out", str(tmp_path / "o"), *argv],
