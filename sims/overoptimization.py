@@ -94,8 +94,11 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
     base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, ck.policy, cfg.tokens,
                                  ck.gold, cfg.lm_steps, cfg.sharpness, cfg.eos_bias)
     law = lab_tree.law_stats(base.tree.log_p)  # how spread pi0 is: a spread law by default (lm.markov_source)
+    hack = error_maps.hack_set(cfg.error_map, base.tree.tokens)  # token maps: the n-gram's sequences
+    extra = {} if hack is None else dict(hack_mass=experiment.exact_mass(base.tree.log_p, base.tree.log_p * 0, 1.0,
+                                                                         hack))
     run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
-                   top_mass=law.top_mass, n90=law.n90)])
+                   top_mass=law.top_mass, n90=law.n90, **extra)])
     run.log(f"overoptimization: seed {seed}: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; "
             f"about {estimate_bytes(cfg, ck) / 2**30:.1f} GiB at the peak; writing to {run.dir}")
     at_kl = []
@@ -111,7 +114,11 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
                                        cfg.search)
         run.emit([dict(kind="lab", **tag, **p) for p in pts])
         run.emit([dict(kind="fit", **tag, **f) for f in experiment.gao_fits(pts)])  # "rl": one per beta
-        at_kl += [dict(kind="exact_at_kl", **tag, **p) for p in summary.exact_at_kl(built.tree)]
+        rows = summary.exact_at_kl(built.tree)
+        if hack is not None:  # pi*'s mass on the hack's sequences at each KL
+            rows = [dict(r, hack_mass=None if r["beta"] is None else
+                         experiment.exact_mass(base.tree.log_p, built.proxy.reward, r["beta"], hack)) for r in rows]
+        at_kl += [dict(kind="exact_at_kl", **tag, **p) for p in rows]
     heads = summary.headlines(run.rows[first:] + at_kl, seed)
     run.emit(heads)
     return heads
@@ -135,6 +142,17 @@ def main(cfg: Config) -> list[dict]:
                 run.figure(name, fig)
         for rows, columns, title in summary.tables(summ, [r for r in run.rows if r["kind"] == "proxy"], cfg.seeds):
             run.table(rows, columns, title=title)
+        hack = [r for r in summ if r["quantity"] == "hack_mass_at_KL"]
+        if hack:
+            by = {(r["noise"], r["proxy"], r["pairs"], r["at"]): r for r in hack}
+            tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in hack))
+            run.table([dict(noise=n, proxy=p if q is None else f"{p} ({q})",
+                            **{f"at{a:g}": summary.cell(by.get((n, p, q, a)), ".3f") for a in summary.KL_TARGETS})
+                       for n, p, q in tags],
+                      [("noise", "noise", ""), ("proxy", "proxy", "")]
+                      + [(f"KL {a:g}", f"at{a:g}", "") for a in summary.KL_TARGETS],
+                      title=f"pi*'s mass on the sequences of {cfg.error_map}'s n-gram (pi0's: the base row's "
+                      "hack_mass)")
     return run.rows
 
 

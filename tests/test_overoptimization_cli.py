@@ -106,6 +106,34 @@ def test_rows_and_fields(tiny):
     assert (Path(cfg.out) / "results.jsonl").is_file() and (Path(cfg.out) / "results.csv").is_file()
 
 
+@pytest.mark.slow  # a second tiny run, its programs mostly compiled by the first
+def test_token_map_reports_the_hack_mass(tmp_path):
+    """Under a token map the base row carries pi0's mass on the n-gram's sequences and the headlines pi*'s at each
+    KL target: against pi0 summed in NumPy and mdp.sweep_betas with V = the indicator at the solved beta."""
+    cfg = sim.Config(out=str(tmp_path / "tok"), **dict(TINY, error_map="token:id=1", seeds=1, rl_betas=(),
+                                                       search=False, proxy=("direct",)))
+    rows = sim.main(cfg)
+    key = jax.random.key(cfg.seed)
+    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps)
+    member = np.array([1 in r for r in np.asarray(base.tree.tokens).tolist()])  # EOS-continued: no 1 after EOS
+    pi0 = np.exp(np.asarray(base.tree.log_p, np.float64))
+    row = next(r for r in rows if r["kind"] == "base")
+    assert row["hack_mass"] == pytest.approx(pi0[member].sum() / pi0.sum(), rel=1e-6)
+    built = experiment.build_proxy(jax.random.fold_in(jax.random.fold_in(key, 1), 0), base, "normal",
+                                   cfg.noise_scale, "direct", None, error_map=cfg.error_map)
+    heads = {r["at"]: r for r in rows if r["kind"] == "headline" and r["quantity"] == "hack_mass_at_KL"}
+    solved = sim.summary.exact_at_kl(built.tree)
+    assert sorted(heads) == [r["at"] for r in solved]
+    ind = lab_tree.mdp_tree(base.tree, jnp.asarray(member, jnp.float32), built.proxy.reward)
+    for r in solved:
+        if r["beta"] is None:
+            assert heads[r["at"]]["value"] is None and heads[r["at"]]["reason"]
+            continue
+        want = float(mdp.sweep_betas(ind, jnp.asarray([r["beta"]], jnp.float32)).E_V[0])
+        assert heads[r["at"]]["value"] == pytest.approx(want, rel=2e-4, abs=1e-6)
+    assert any(r["kind"] == "summary" and r["quantity"] == "hack_mass_at_KL" for r in rows)
+
+
 @pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation
 def test_exact_rows_against_mdp(tiny):
     """KL, gold and proxy of the exact rows = mdp.soft_optimum on the same (rebuilt, same-key) tree."""

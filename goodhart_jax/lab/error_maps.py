@@ -61,6 +61,7 @@ Public API:
   token(key, tokens, log_p, family, scale, vocab=None, id=(0,), layers=1, width=32, heads=2) -> [N]
   feature_scores(key, tokens [N, L], vocab, layers=1, width=32, heads=2) -> [N]   # the random feature f
   lengths(tokens [N, L], vocab) -> [N] int;  contains(tokens [N, L], ngram) -> [N] bool
+  hack_set(spec, tokens [N, L]) -> [N] bool | None   # the sequences a map favours by construction (token's n-gram)
   levels(order [N], log_p [N]) -> (lower [N], upper [N])   # float64 midpoint levels, in `order`'s rank order
   quantile_transform(order [N], log_p [N], family, scale) -> [N] float32
   quantile(family, lower [K], upper [K] | None = None) -> [K] float64   # F^{-1}; upper = 1 - lower, exact
@@ -82,7 +83,7 @@ from goodhart_jax.roots import bisect
 from goodhart_jax.specs import parse_spec
 
 __all__ = ["ErrorMap", "MapDef", "ERROR_MAPS", "parse", "is_iid", "check", "error", "iid", "feature", "length", "token",
-           "feature_scores", "lengths", "contains", "levels", "quantile_transform", "quantile"]
+           "feature_scores", "lengths", "contains", "hack_set", "levels", "quantile_transform", "quantile"]
 
 
 class MapDef(NamedTuple):
@@ -359,6 +360,21 @@ def contains(tokens, ngram) -> np.ndarray:
     for j in range(depth - len(g) + 1):
         hit |= np.all(t[:, j:j + len(g)] == np.asarray(g), axis=1)
     return hit
+
+
+def hack_set(spec: str | ErrorMap, tokens) -> np.ndarray | None:
+    """The sequences a map puts on top of the error's law by construction: for `token`, those containing its
+    n-gram (`contains`); None for the other maps (their ranking has no set apart). An optimiser's mass on this
+    set says whether it found the hack.
+
+    Args:
+      spec: an error map spec or `ErrorMap` (`parse`).
+      tokens: [N, L] EOS-continued lab tokens.
+    Returns:
+      [N] bool, or None.
+    """
+    m = parse(spec)
+    return contains(tokens, m.params["id"]) if m.name == "token" else None
 
 
 # ---------------------------------------------------------------- the maps

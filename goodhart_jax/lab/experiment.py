@@ -23,6 +23,7 @@ Public API:
       # (a map other than iid needs the LMTree)
   check_error(eps [N], betas) -> max |eps|           # ValueError past ERROR_MAX or where U / beta overflows
   exact_points(tree, betas [K]) -> rows;  bon_points(tree, ns [K], proxy=None) -> rows
+  exact_mass(log_p [N], proxy [N], beta, member [N]) -> float   # pi*(beta)'s mass on a set of sequences
   method_points(key, base, built, betas, ns, rl_betas, rl_steps=250, eval_every=50, search=True) -> rows
       # every method on one proxy (best-of-n, pi*, RL, GCG), non-finite numbers nulled with a reason
   rl_policy(key, base, residual=True, table=True) -> (logits_fn, params)   # pi0 x exp(fresh LM + 30 x table, both 0 at the
@@ -63,7 +64,7 @@ from goodhart_jax.lab import search as lab_search
 from goodhart_jax.lab import tree as lab_tree
 
 __all__ = ["Base", "ProxyBuild", "Checkpoints", "load_checkpoints", "build_base", "build_proxy", "annotator_error",
-           "check_error", "point", "exact_points", "bon_points", "method_points", "LAB_NUMBERS", "rl_points",
+           "check_error", "point", "exact_points", "exact_mass", "bon_points", "method_points", "LAB_NUMBERS", "rl_points",
            "search_points", "gao_fits", "rl_policy", "check_size", "peak_bytes", "FIELDS", "SHARE_MIN_GAP", "proxy_row",
            "tail_rows"]
 
@@ -423,6 +424,23 @@ def exact_points(tree: mdp.Tree, betas) -> list[dict]:
     res = jax.device_get(_exact(tree, jnp.asarray(b, tree.V[-1].dtype)))
     return [point("exact", beta=float(bi), KL=max(float(res.KL[i]), 0.0), gold=res.E_V[i], proxy_reward=res.E_U[i],
                   objective=float(res.E_U[i]) - float(bi) * max(float(res.KL[i]), 0.0)) for i, bi in enumerate(b)]
+
+
+def exact_mass(log_p, proxy, beta: float, member) -> float:
+    """pi*(beta)'s mass on a set of terminal sequences, in float64: pi*(beta)(x) = pi0(x) exp(proxy(x) / beta) / Z,
+    the terminal law of the KL-regularised optimum of a reward on whole sequences.
+
+    Args:
+      log_p: [N] log pi0 of the terminals.
+      proxy: [N] the reward optimised (e.g. the standardised proxy).
+      beta: the KL coefficient, > 0.
+      member: [N] bool, the set (e.g. `error_maps.hack_set`).
+    Returns:
+      the mass, in [0, 1].
+    """
+    logit = np.asarray(log_p, np.float64) + np.asarray(proxy, np.float64) / float(beta)
+    w = np.exp(logit - logit.max())
+    return float(w[np.asarray(member, bool)].sum() / w.sum())
 
 
 @jax.jit

@@ -18,7 +18,9 @@ The headline quantities of one seed (`headlines`, `exact_at_kl`), per (noise, pr
 - Gao's coefficients (`fit` rows: alpha, beta, r2; RL's one fit a beta);
 - RL's share of the gap J(pi*) - J(pi0) closed at its last step, per beta;
 - the proxy's diagnostics (pair accuracy on unseen and seen sequences, corr, corr(X, eps), xi of X and proxy) and pi0's law (entropy, perplexity, top mass, n90),
-  where those rows carry them.
+  where those rows carry them;
+- under a token map (`lab.error_maps.hack_set`), the mass on the n-gram's sequences: pi0's (`hack_mass`) and the
+  exact optimum's at each KL target (`hack_mass_at_KL`), where the rows carry `hack_mass`.
 
 Public API:
   KL_TARGETS = (1.0, 2.0, 4.0);  LEVEL = 0.95
@@ -56,7 +58,7 @@ LEVEL = 0.95
 GROUP = ("noise", "proxy", "pairs", "method", "beta", "quantity", "at")  # what a summary row is over seeds of
 PROXY_FIELDS = ("pair_accuracy_unseen", "pair_accuracy_seen", "seen_mass", "corr", "error_corr_unseen",
                 "error_corr_seen", "xi", "xi_proxy")
-BASE_FIELDS = ("entropy", "perplexity", "top_mass", "n90")
+BASE_FIELDS = ("entropy", "perplexity", "top_mass", "n90", "hack_mass")  # hack_mass: token maps only
 
 
 class Interval(NamedTuple):
@@ -246,6 +248,8 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
         for r in mine("exact_at_kl"):
             how = f"exact: pi*(beta) at beta = {r['beta']:.4g}" if r["gold"] is not None else r.get("reason", "")
             out.append(_headline(seed, tag, "exact", None, "gold_at_KL", r["at"], r["gold"], how))
+            if "hack_mass" in r:  # token maps: pi*'s mass on the n-gram's sequences
+                out.append(_headline(seed, tag, "exact", None, "hack_mass_at_KL", r["at"], r["hack_mass"], how))
         for (method, beta), pts in _curves(mine("lab")).items():
             if method != "exact":
                 for target in KL_TARGETS:

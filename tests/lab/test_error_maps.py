@@ -174,6 +174,7 @@ def test_token_map_puts_the_ngram_on_top(lab, ngram):
     rows = np.asarray(toks).tolist()
     has = np.array([any(tuple(r[j:j + len(ngram)]) == ngram for j in range(L - len(ngram) + 1)) for r in rows])
     np.testing.assert_array_equal(error_maps.contains(toks, ngram), has)
+    np.testing.assert_array_equal(error_maps.hack_set(spec, toks), has)
     p = np.exp(np.asarray(lp, np.float64))
     m = p[has].sum() / p.sum()
     cut = stats.t(2).isf(m)

@@ -1,6 +1,7 @@
 """lab.experiment's checks before any work: the annotator error the float32 lab can carry, the Gao fits' minimum
 of points (against SciPy's least squares where they fit), and the peak-memory estimate's growth with each size."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize as so
@@ -149,3 +150,24 @@ def test_rl_points_share_closed():
         else:
             assert abs(rows[0]["gap"]) < 1e-5
             assert all(r["share_closed"] is None and "pi0 is already optimal" in r["reason"] for r in rows)
+
+
+def test_exact_mass_is_the_optimums_expectation_of_the_set():
+    """exact_mass (closed form over terminals, float64) = E_pi*(beta)[1{x in S}] from the tree's own sweep
+    (mdp.sweep_betas with V = the indicator, float64), for several betas and a set from a token map."""
+    from goodhart_jax import mdp
+    from goodhart_jax.lab import error_maps, lm
+    from goodhart_jax.lab import tree as lab_tree
+
+    with jax.enable_x64(True):
+        cfg = lm.LMConfig(4, 3, layers=1, width=8, heads=2)
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), lm.init(jax.random.key(0), cfg))
+        t = lab_tree.exact_tree(lm.make_logits(cfg), params, 3)
+        proxy = jax.random.normal(jax.random.key(1), t.log_p.shape, jnp.float64)
+        member = error_maps.hack_set("token:id=1+2", t.tokens)
+        assert 0 < member.sum() < member.size
+        betas = np.array([0.3, 1.0, 4.0])
+        want = mdp.sweep_betas(lab_tree.mdp_tree(t, jnp.asarray(member, jnp.float64), proxy), jnp.asarray(betas)).E_V
+        got = [experiment.exact_mass(t.log_p, proxy, b, member) for b in betas]
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-9, atol=1e-12)
+    assert error_maps.hack_set("feature", t.tokens) is None
