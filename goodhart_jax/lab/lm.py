@@ -21,8 +21,11 @@ Public API:
   LMConfig(vocab=16, depth=5, layers=2, width=64, heads=4, arch="gpt_neox")  # frozen; .bos .eos .n
   init(key, cfg) -> params        # {"backbone": {...}, "lm_head": {"kernel": [D, A]}}
   module(cfg, dtype=float32) -> linen decoder   # the registry's small config (backbone_config); also the RMs' body
-  adamw_scan(loss_fn(params, key) -> [], params, keys [S], lr, weight_decay) -> (params, loss [S])
-      # the lab's one training loop (train_lm, rewards.train_bt): AdamW, cosine to lr / 10, lax.scan
+  adamw_scan(loss_fn(params, key) -> [], params, keys [S], lr, weight_decay, val_loss=None, every=10)
+      -> Fit(params, loss [S], stop [] int32, val_loss [C])
+      # the lab's one training loop (train_lm, rewards.fit_minibatched): AdamW, cosine to lr / 10, lax.scan;
+      # with val_loss(params) -> []: early stopping, the checkpoint (every `every` steps and the last) of least
+      # validation loss is kept (stop = its step; without: the last, stop = S, val_loss [0])
   logits(params, ids [B, T], cfg) -> [B, T, A]      # pure; make_logits(cfg) -> logits_fn(params, ids)
   model_logits(model, params, ids [B, T], cols=None) -> [B, T, A]   # any models.LoadedModel LM (lab or checkpoint)
   model_prefix_logits(model, params, ids [B, S], cache=None, siblings=False, cols=None) -> (logits, KVCache)
@@ -144,11 +147,26 @@ def module(cfg: LMConfig, dtype=jnp.float32):
     return ARCHITECTURES[cfg.arch].module(backbone_config(cfg), dtype=dtype)
 
 
-def adamw_scan(loss_fn: Callable[[Any, Array], Array], params: Any, keys: Array, lr: float,
-               weight_decay: float) -> tuple[Any, Array]:
-    """Fit params by AdamW (cosine decay from lr to lr / 10 over the steps) in one `lax.scan`.
+class Fit(NamedTuple):
+    """Result of `adamw_scan`."""
 
-    The lab's one training loop (the LM on its source, reward models on comparisons).
+    params: Any  # the kept parameters: the last step's, or (val_loss) the checkpoint's of least validation loss
+    loss: Array  # [S] training loss of each step's batch
+    stop: Array  # [] int32: the step whose parameters are kept (S without val_loss; 0: no finite validation loss)
+    val_loss: Array  # [C] float32 validation loss at each checkpoint; [0] without val_loss
+
+
+def adamw_scan(loss_fn: Callable[[Any, Array], Array], params: Any, keys: Array, lr: float, weight_decay: float,
+               val_loss: Callable[[Any], Array] | None = None, every: int = 10) -> Fit:
+    """Fit params by AdamW (cosine decay from lr to lr / 10 over the steps) in one `lax.scan`, optionally
+    early-stopped on a validation loss.
+
+    The lab's one training loop (the LM on its source, reward models on comparisons or ratings:
+    `rewards.fit_minibatched`). Without `val_loss`: one scan over the S steps, the last step's parameters.
+    With it, the same steps as scans of `every` steps, each followed by a checkpoint: after steps every,
+    2 every, .., and after the last (`rewards.checkpoints(S, every)`, C of them) val_loss(params) is measured
+    and the parameters of the least one so far are kept (the first on a tie; a nan never counts), selected by
+    `jnp.where` inside the scan, so the fit stays one program that `jax.vmap` can batch.
 
     Args:
       loss_fn: (params, key) -> [] loss of the step's batch (the key draws it).
@@ -156,8 +174,12 @@ def adamw_scan(loss_fn: Callable[[Any, Array], Array], params: Any, keys: Array,
       keys: [S] one key a step (S = the number of steps).
       lr: the peak learning rate.
       weight_decay: AdamW's decoupled weight decay.
+      val_loss: None, or params -> [] validation loss (early stopping).
+      every: steps between checkpoints (static, >= 1; used with val_loss).
     Returns:
-      (params after S steps, [S] losses).
+      Fit(params, loss [S], stop [] int32, val_loss [C]).
+    Raises:
+      ValueError: val_loss given and every < 1.
     """
     steps = keys.shape[0]
     opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
@@ -168,8 +190,30 @@ def adamw_scan(loss_fn: Callable[[Any, Array], Array], params: Any, keys: Array,
         updates, state = opt.update(grads, state, params)
         return (optax.apply_updates(params, updates), state), loss
 
-    (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), keys)
-    return params, loss
+    if val_loss is None:
+        (params, _), loss = jax.lax.scan(step, (params, opt.init(params)), keys)
+        return Fit(params, loss, jnp.asarray(steps, jnp.int32), jnp.zeros((0,), jnp.float32))
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+
+    def chunk(carry, ks):
+        p, state, best, best_v, best_t, t = carry
+        (p, state), values = jax.lax.scan(step, (p, state), ks)
+        t = t + ks.shape[0]
+        v = val_loss(p)
+        better = v < best_v  # False for nan: a nan checkpoint is never kept
+        best = jax.tree.map(lambda b, x: jnp.where(better, x, b), best, p)
+        return (p, state, best, jnp.where(better, v, best_v), jnp.where(better, t, best_t), t), (values, v)
+
+    full = steps // every
+    carry = (params, opt.init(params), params, jnp.asarray(jnp.inf, jnp.float32), jnp.int32(0), jnp.int32(0))
+    carry, (loss, vs) = jax.lax.scan(chunk, carry, keys[:full * every].reshape((full, every) + keys.shape[1:]))
+    loss, vs = loss.reshape(-1), vs.astype(jnp.float32)
+    if steps % every:  # the last, shorter chunk: the last step is always a checkpoint
+        carry, (tail, v) = chunk(carry, keys[full * every:])
+        loss, vs = jnp.concatenate([loss, tail]), jnp.concatenate([vs, v.astype(jnp.float32)[None]])
+    _, _, best, _, best_t, _ = carry
+    return Fit(best, loss, best_t, vs)
 
 
 def init(key: Array, cfg: LMConfig, dtype=jnp.float32) -> dict:
@@ -487,9 +531,9 @@ def train_lm(key: Array, cfg: LMConfig, source: MarkovSource, steps: int, batch:
       Trained(params, loss [steps]).
     """
     k_init, k_data = jax.random.split(key)
-    params, loss = adamw_scan(lambda p, k: lm_loss(p, sample_source(k, source, batch, cfg.depth), cfg),
-                              init(k_init, cfg), jax.random.split(k_data, steps), lr, weight_decay)
-    return Trained(params, loss)
+    fit = adamw_scan(lambda p, k: lm_loss(p, sample_source(k, source, batch, cfg.depth), cfg),
+                     init(k_init, cfg), jax.random.split(k_data, steps), lr, weight_decay)
+    return Trained(fit.params, fit.loss)
 
 
 # ---------------------------------------------------------------- checkpoint policies

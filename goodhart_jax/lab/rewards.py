@@ -60,7 +60,7 @@ Public API:
   bt_loss(reward_fn, params, tokens, data, weights=None) -> []
   checkpoints(steps, every) -> [every, 2 every, .., steps]     # where early stopping measures validation loss
   fit_minibatched(loss_fn, params, keys [S], data, num, batch, lr, weight_decay, val_loss=None, every=10)
-      -> Trained                                 # the one minibatched AdamW fit (un-jitted; jit/vmap it)
+      -> Trained         # the one minibatched AdamW fit: lm.adamw_scan on minibatches (un-jitted; jit/vmap it)
   train_bt(key, reward_fn, params, tokens [N, L], data, steps, batch=256, lr=1e-3, weight_decay=0.01, val=None,
            val_weights=None, every=10)
       -> Trained(params, loss [steps], stop, val_loss [C])   # jitted lax.scan, minibatches drawn with replacement;
@@ -100,7 +100,6 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import Array
 
 from goodhart_jax import tail_index, tails
@@ -451,11 +450,12 @@ def fit_minibatched(loss_fn: Callable[[Any, Any], Array], params: Any, keys: Arr
     """Fit by minibatched AdamW: the lab's reward-model training loop (`train_bt`, `train_mse`, `lab.scaling`).
 
     Step s draws `batch` row indices uniform in [0, num) with keys[s] (with replacement) and takes one AdamW step on
-    loss_fn(params, those rows of data) (`lm.adamw_scan`: cosine decay from lr to lr / 10 over the steps). Without
-    `val_loss` that is all: the last step's parameters. With it, early stopping: after every `every` steps (and
-    after the last: `checkpoints`) val_loss(params) is measured and the parameters of the least one are kept
-    (the first on a tie; a nan never counts), selected by `jnp.where` inside the scan, so the fit stays one
-    program that `jax.vmap` can batch (over `num` and the validation data, as `lab.scaling` does).
+    loss_fn(params, those rows of data): `lm.adamw_scan`, the lab's one training loop (cosine decay from lr to
+    lr / 10 over the steps). Without `val_loss` that is all: the last step's parameters. With it, early stopping
+    (`lm.adamw_scan`'s checkpoint hook): after every `every` steps (and after the last: `checkpoints`)
+    val_loss(params) is measured and the parameters of the least one are kept (the first on a tie; a nan never
+    counts), selected by `jnp.where` inside the scan, so the fit stays one program that `jax.vmap` can batch (over
+    `num` and the validation data, as `lab.scaling` does).
 
     Not jitted: call it inside `jax.jit` (and `jax.vmap`).
 
@@ -479,43 +479,8 @@ def fit_minibatched(loss_fn: Callable[[Any, Any], Array], params: Any, keys: Arr
         idx = jax.random.randint(k, (batch,), 0, num)
         return loss_fn(p, jax.tree.map(lambda x: x[idx], data))
 
-    steps = keys.shape[0]
-    if val_loss is None:
-        fit, losses = lm.adamw_scan(loss, params, keys, lr, weight_decay)
-        return Trained(fit, losses, jnp.asarray(steps, jnp.int32), jnp.zeros((0,), jnp.float32))
-    return _adamw_select(loss, params, keys, lr, weight_decay, val_loss, every)
-
-
-def _adamw_select(loss, params, keys, lr, weight_decay, val_loss, every) -> Trained:
-    """`lm.adamw_scan`'s loop (same optimiser, same steps) as scans of `every` steps, each followed by the
-    validation loss and a `jnp.where` keeping the best parameters so far."""
-    steps = keys.shape[0]
-    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=weight_decay)
-
-    def step(carry, k):
-        p, state = carry
-        value, grads = jax.value_and_grad(loss)(p, k)
-        updates, state = opt.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), value
-
-    def chunk(carry, ks):
-        p, state, best, best_v, best_t, t = carry
-        (p, state), values = jax.lax.scan(step, (p, state), ks)
-        t = t + ks.shape[0]
-        v = val_loss(p)
-        better = v < best_v  # False for nan: a nan checkpoint is never kept
-        best = jax.tree.map(lambda b, x: jnp.where(better, x, b), best, p)
-        return (p, state, best, jnp.where(better, v, best_v), jnp.where(better, t, best_t), t), (values, v)
-
-    full = steps // every
-    carry = (params, opt.init(params), params, jnp.asarray(jnp.inf, jnp.float32), jnp.int32(0), jnp.int32(0))
-    carry, (values, vs) = jax.lax.scan(chunk, carry, keys[:full * every].reshape((full, every) + keys.shape[1:]))
-    values, vs = values.reshape(-1), vs.astype(jnp.float32)
-    if steps % every:  # the last, shorter chunk: the last step is always a checkpoint
-        carry, (tail, v) = chunk(carry, keys[full * every:])
-        values, vs = jnp.concatenate([values, tail]), jnp.concatenate([vs, v.astype(jnp.float32)[None]])
-    _, _, best, _, best_t, _ = carry
-    return Trained(best, values, best_t, vs)
+    fit = lm.adamw_scan(loss, params, keys, lr, weight_decay, val_loss, every)
+    return Trained(fit.params, fit.loss, fit.stop, fit.val_loss)
 
 
 def train_bt(key: Array, reward_fn: RewardFn, params: Any, tokens: Array, data: Comparisons, steps: int,

@@ -1,9 +1,11 @@
 """The lab LM: training fits the Markov source (exact KL by enumeration), sampling and log-probabilities agree."""
+import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from goodhart_jax.lab import lm
@@ -111,6 +113,80 @@ def test_same_key_same_params(source, trained):
     for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(again.params)):
         np.testing.assert_array_equal(a, b)
     assert trained.loss.shape == (STEPS,) and trained.loss[-1] < trained.loss[0]
+
+
+W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
+VAL_LOSSES = {  # the checkpoint hook's validation losses: (jax for adamw_scan, float64 NumPy for the reference)
+    # least halfway to W_TRUE: falls, then rises as the fit passes it (the least is interior: step 21)
+    "interior": (lambda w: jnp.sum(jnp.square(w - 0.5 * W_TRUE)), lambda w: np.sum(np.square(w - 0.5 * W_TRUE))),
+    # falls all along, but nan once |w| > 1.4: a nan never counts, the last finite checkpoint is kept (step 28)
+    "nan_later": (lambda w: jnp.where(jnp.linalg.norm(w) > 1.4, jnp.nan, -jnp.linalg.norm(w)),
+                  lambda w: np.nan if np.linalg.norm(w) > 1.4 else -np.linalg.norm(w)),
+    # falls all along: the last step, at the end of the shorter last chunk, is kept (step 50)
+    "last": (lambda w: -jnp.linalg.norm(w), lambda w: -np.linalg.norm(w)),
+    # a tie everywhere: the first checkpoint is kept
+    "constant": (lambda w: jnp.ones(()), lambda w: 1.0),
+    # nothing finite: stop 0, the initial parameters
+    "all_nan": (lambda w: jnp.full((), jnp.nan), lambda w: np.nan),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", sorted(VAL_LOSSES))
+def test_adamw_scan_checkpoint_hook_equals_a_step_by_step_optax_run(case, jit):
+    """adamw_scan with val_loss = a plain optax AdamW loop, one jitted step at a time, that records the parameters
+    at every checkpoint (every = 7 does not divide 50 steps: the last step is one too) and their validation loss
+    in float64 NumPy: the kept step is the first argmin (nan as +inf; 0 when none is finite), the kept parameters
+    that checkpoint's (the initial ones at 0), the losses and validation losses those of the loop. Without val_loss:
+    the last step's parameters, stop = steps, no validation loss."""
+    steps, every, lr, wd = 50, 7, 0.05, 0.01
+    val_jax, val_np = VAL_LOSSES[case]
+    p0 = {"w": jnp.zeros(3)}
+
+    def loss_fn(p, k):  # least squares toward W_TRUE on a fresh batch of 8 Gaussian rows a step
+        x = jax.random.normal(k, (8, 3))
+        return jnp.mean(jnp.square(x @ (p["w"] - W_TRUE)))
+
+    keys = jax.random.split(jax.random.key(0), steps)
+    run = functools.partial(lm.adamw_scan, loss_fn, lr=lr, weight_decay=wd, every=every)
+    run = jax.jit(run, static_argnames="val_loss") if jit else run
+    fit = run(p0, keys, val_loss=lambda p: val_jax(p["w"]))
+
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.1), weight_decay=wd)
+
+    @jax.jit
+    def step(p, state, k):
+        value, g = jax.value_and_grad(loss_fn)(p, k)
+        upd, state = opt.update(g, state, p)
+        return optax.apply_updates(p, upd), state, value
+
+    p, state, saved, values = p0, opt.init(p0), {0: p0}, []
+    for s, k in enumerate(keys, start=1):
+        p, state, v = step(p, state, k)
+        values.append(float(v))
+        if s % every == 0 or s == steps:
+            saved[s] = p
+    marks = [s for s in saved if s]
+    assert marks == [7, 14, 21, 28, 35, 42, 49, 50]  # every 7 steps, and the last
+    val = np.asarray([val_np(np.asarray(saved[s]["w"], np.float64)) for s in marks])
+    finite = np.isfinite(val)
+    want = marks[int(np.argmin(np.where(finite, val, np.inf)))] if finite.any() else 0
+    assert want == {"interior": 21, "nan_later": 28, "last": steps, "constant": every, "all_nan": 0}[case]  # the case is as meant
+    assert int(fit.stop) == want and fit.stop.dtype == jnp.int32
+    # float32 in both; the scan and the stepped loop may round differently
+    np.testing.assert_allclose(fit.params["w"], saved[want]["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fit.val_loss, val, rtol=1e-5, atol=1e-6)  # nan where the reference is nan
+    np.testing.assert_allclose(fit.loss, values, rtol=1e-5, atol=1e-6)
+    plain = lm.adamw_scan(loss_fn, p0, keys, lr, wd)
+    assert int(plain.stop) == steps and plain.val_loss.shape == (0,)
+    np.testing.assert_allclose(plain.params["w"], saved[steps]["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain.loss, values, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_scan_refuses_every_below_one():
+    with pytest.raises(ValueError, match="every"):
+        lm.adamw_scan(lambda p, k: jnp.sum(p ** 2), jnp.ones(2), jax.random.split(jax.random.key(0), 3), 0.1, 0.0,
+                      val_loss=jnp.sum, every=0)
 
 
 def test_sample_matches_sequence_logprob(trained):

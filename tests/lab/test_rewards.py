@@ -446,11 +446,12 @@ def test_validation_comparisons_avoid_the_training_sequences(small_tree):
 
 
 def test_early_stopping_keeps_the_checkpoint_of_least_validation_loss(small_tree):
-    """train_bt with validation pairs = a plain step-by-step AdamW run (optax, not the lab's scan) that records the
-    parameters at every checkpoint, the validation loss of each computed in NumPy float64, and its argmin: the kept
-    parameters are that checkpoint's, `stop` its step. The utility is a learnable reward (3 x a random reward
-    model's, standardised) and 16 pairs overfit, so the argmin is neither the first nor the last checkpoint;
-    every = 7 does not divide 60 steps (the last, shorter chunk)."""
+    """train_bt with validation pairs (`lm.adamw_scan`'s checkpoint hook, through `fit_minibatched`) = a plain
+    step-by-step AdamW run (optax, not the lab's scan) that records the parameters at every checkpoint, the
+    validation BT loss of each computed in NumPy float64, and its argmin: the kept parameters are that checkpoint's,
+    `stop` its step. The utility is a learnable reward (3 x a random reward model's, standardised) and 16 pairs
+    overfit, so the argmin is neither the first nor the last checkpoint; every = 7 does not divide 60 steps (the
+    last, shorter chunk). The hook's own cases (ties, nan, the last step kept) are test_lm's."""
     import optax
 
     fn = rewards.make_rm_reward(RM_CFG)
@@ -495,7 +496,7 @@ def test_early_stopping_keeps_the_checkpoint_of_least_validation_loss(small_tree
     np.testing.assert_allclose(fit.val_loss, losses, rtol=1e-4)  # float32 in the scan
     np.testing.assert_allclose(fit.loss, values, rtol=1e-4, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fit.params, saved[marks[best]])
-    # the reference is the lab's loop: its last checkpoint is train_bt without validation
+    # without validation (adamw_scan's plain scan, no checkpoints) train_bt ends where the reference does
     plain = rewards.train_bt(key, fn, params0, small_tree.tokens, data, steps, batch, lr, wd)
     assert int(plain.stop) == steps and plain.val_loss.shape == (0,)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), plain.params, saved[steps])
