@@ -35,13 +35,12 @@ Public API:
                  temperature=1.0, batch=256, lr=3e-3, weight_decay=0.01) -> Ensemble
   ensemble_from_tables(raw [K, N], log_p, error=None) -> Ensemble      # tables given (tests, other sources)
   objective_proxy(ens, name, log_p, uwo_lambda=UWO_LAMBDA) -> rewards.Proxy   # standardised under pi0
-  Curve(param [M], KL [M], gold [M], proxy [M]);  Peak(gold, KL, param, last)
-  Evaluation(name, exact: Curve, bon: Curve, kl_targets [T], gold_at_kl [T], beta_at_kl [T], exact_peak, bon_peak,
-             at_kl: rows)
+  Curve(param [M], KL [M], gold [M], proxy [M])
+  Evaluation(name, exact: Curve, bon: Curve, kl_targets [T], gold_at_kl [T], beta_at_kl [T],
+             exact_peak: summary.Peak, bon_peak: summary.Peak, at_kl: rows)
   evaluate(tree: LMTree, gold [N], table [N], betas [M], ns [M'], kl_targets=summary.KL_TARGETS, name="")
       -> Evaluation                                     # every number exact (enumeration of the tree)
   evaluation_rows(ev) -> (points, at-KL rows)          # the lab's "lab" / "exact_at_kl" row forms
-  peak(curve) -> Peak
   Versus(peak_gold, KL_at_peak, gold_at_kl [T]) ;  versus(ev, ref, method="exact") -> Versus   # ev - ref
   paired(headline_rows, reference) -> rows              # per seed: each headline minus the reference's
 
@@ -64,8 +63,8 @@ from goodhart_jax.lab import experiment, lm, rewards, summary
 from goodhart_jax.lab import tree as lab_tree
 
 __all__ = ["OBJECTIVES", "LOSSES", "UWO_LAMBDA", "MEMBERS", "objective", "objective_name", "bootstrap_indices",
-           "Ensemble", "train_ensemble", "ensemble_from_tables", "objective_proxy", "Curve", "Peak", "Evaluation",
-           "evaluate", "evaluation_rows", "peak", "Versus", "versus", "paired"]
+           "Ensemble", "train_ensemble", "ensemble_from_tables", "objective_proxy", "Curve", "Evaluation",
+           "evaluate", "evaluation_rows", "Versus", "versus", "paired"]
 
 OBJECTIVES = ("mean", "wco", "uwo")
 LOSSES = ("bt", "mse")
@@ -246,15 +245,6 @@ class Curve(NamedTuple):
     proxy: np.ndarray  # [M] E[the objective]
 
 
-class Peak(NamedTuple):
-    """The largest gold on a curve; nan where the curve has no finite point."""
-
-    gold: float
-    KL: float  # KL at the peak
-    param: float  # its beta or n
-    last: bool  # the peak is the curve's last point: gold was still rising (the true peak may lie beyond)
-
-
 class Evaluation(NamedTuple):
     """An objective (a proxy table) optimised exactly, scored by gold."""
 
@@ -264,8 +254,8 @@ class Evaluation(NamedTuple):
     kl_targets: np.ndarray  # [T]
     gold_at_kl: np.ndarray  # [T] E_pi*[gold] at trajectory KL = target (nan where no beta reaches it)
     beta_at_kl: np.ndarray  # [T] the beta solved for it (nan likewise)
-    exact_peak: Peak
-    bon_peak: Peak
+    exact_peak: summary.Peak  # `lab.summary.peak` of the pi* points: at = beta; KL None where gold still rises
+    bon_peak: summary.Peak  # of the best-of-n points: at = n
     at_kl: list  # `lab.summary.exact_at_kl`'s rows (a "reason" where no beta reaches the target)
 
 
@@ -274,13 +264,15 @@ def _curve(rows: list[dict], param: str) -> Curve:
     return Curve(f(param), f("KL"), f("gold"), f("proxy_reward"))
 
 
-def peak(curve: Curve) -> Peak:
-    """The point of largest gold (the first of equals), and whether it is the curve's last finite point."""
-    ok = np.isfinite(curve.gold) & np.isfinite(curve.KL)
-    if not ok.any():
-        return Peak(math.nan, math.nan, math.nan, False)
-    i = int(np.flatnonzero(ok)[np.argmax(curve.gold[ok])])
-    return Peak(float(curve.gold[i]), float(curve.KL[i]), float(curve.param[i]), i == int(np.flatnonzero(ok)[-1]))
+def _points(exact: Curve, bon: Curve) -> list[dict]:
+    """The curves as `lab.experiment.point` rows (`evaluation_rows`' points; non-finite numbers None)."""
+    fin = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+    pts = [experiment.point("exact", beta=float(b), KL=fin(k), gold=fin(g), proxy_reward=fin(u),
+                            objective=fin(u - b * k))
+           for b, k, g, u in zip(exact.param, exact.KL, exact.gold, exact.proxy)]
+    return pts + [experiment.point("bon", n=int(n), KL=fin(k), gold=fin(g), proxy_reward=fin(u),
+                                   KL_bound=float(np.log(n) - (n - 1) / n))
+                  for n, k, g, u in zip(bon.param, bon.KL, bon.gold, bon.proxy)]
 
 
 def evaluate(tree: lab_tree.LMTree, gold: Array, table: Array, betas, ns, kl_targets=summary.KL_TARGETS,
@@ -308,7 +300,10 @@ def evaluate(tree: lab_tree.LMTree, gold: Array, table: Array, betas, ns, kl_tar
     at = summary.exact_at_kl(t, kl_targets) if len(kl_targets) else []
     g = np.asarray([np.nan if r["gold"] is None else r["gold"] for r in at], np.float64)
     b = np.asarray([np.nan if r["beta"] is None else r["beta"] for r in at], np.float64)
-    return Evaluation(name, exact, bon, np.asarray(kl_targets, np.float64), g, b, peak(exact), peak(bon), at)
+    pts = _points(exact, bon)  # the peaks: `lab.summary.peak` on the rows `evaluation_rows` gives
+    return Evaluation(name, exact, bon, np.asarray(kl_targets, np.float64), g, b,
+                      summary.peak([p for p in pts if p["method"] == "exact"]),
+                      summary.peak([p for p in pts if p["method"] == "bon"]), at)
 
 
 def evaluation_rows(ev: Evaluation) -> tuple[list[dict], list[dict]]:
@@ -321,35 +316,38 @@ def evaluation_rows(ev: Evaluation) -> tuple[list[dict], list[dict]]:
     Args:
       ev: an `Evaluation` (`evaluate`).
     """
-    fin = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
-    pts = [experiment.point("exact", beta=float(b), KL=fin(k), gold=fin(g), proxy_reward=fin(u),
-                            objective=fin(u - b * k))
-           for b, k, g, u in zip(ev.exact.param, ev.exact.KL, ev.exact.gold, ev.exact.proxy)]
-    pts += [experiment.point("bon", n=int(n), KL=fin(k), gold=fin(g), proxy_reward=fin(u),
-                             KL_bound=float(np.log(n) - (n - 1) / n))
-            for n, k, g, u in zip(ev.bon.param, ev.bon.KL, ev.bon.gold, ev.bon.proxy)]
-    return pts, [dict(r) for r in ev.at_kl]
+    return _points(ev.exact, ev.bon), [dict(r) for r in ev.at_kl]
 
 
 class Versus(NamedTuple):
-    """An objective against a reference proxy (differences: objective - reference)."""
+    """An objective against a reference proxy (differences: objective - reference; nan where either is unknown)."""
 
-    peak_gold: float
-    KL_at_peak: float
-    gold_at_kl: np.ndarray  # [T] (pi*: exact at each KL target)
+    peak_gold: float  # nan where either curve has no finite point
+    KL_at_peak: float  # nan where either peak's KL is unknown (gold still rising at its curve's last point)
+    gold_at_kl: np.ndarray  # [T] (pi*: exact at each KL target; nan where either does not reach it)
 
 
 def versus(ev: Evaluation, ref: Evaluation, method: str = "exact") -> Versus:
     """Peak gold, the KL at the peak, and (pi*) gold at each KL target of `ev` minus those of `ref`.
 
+    A peak at its curve's last point (gold still rising: `lab.summary.peak` gives it no KL) has its KL beyond
+    the curve, unknown, so the difference of the KLs is too: nan, as gold_at_kl is nan where a target is not
+    reached. Its gold is a lower bound of the true peak's, and the difference of the peak golds is given
+    (`Evaluation.exact_peak.KL is None` says which side is so bounded).
+
     Args:
+      ev: the objective's evaluation (`evaluate`).
+      ref: the reference's (e.g. the single proxy's), on the same betas and ns.
       method: "exact" (pi*(beta)) or "bon" (best-of-n: gold_at_kl is nan, best-of-n's KL grid is its own).
+    Returns:
+      Versus(peak_gold, KL_at_peak, gold_at_kl [T]).
     """
     if method not in ("exact", "bon"):
         raise ValueError(f"method must be 'exact' or 'bon', got {method!r}")
     a, b = (ev.exact_peak, ref.exact_peak) if method == "exact" else (ev.bon_peak, ref.bon_peak)
     at = ev.gold_at_kl - ref.gold_at_kl if method == "exact" else np.full(ev.kl_targets.shape, np.nan)
-    return Versus(a.gold - b.gold, a.KL - b.KL, at)
+    diff = lambda x, y: math.nan if x is None or y is None else x - y  # noqa: E731
+    return Versus(diff(a.gold, b.gold), diff(a.KL, b.KL), at)
 
 
 def paired(rows: list[dict], reference: str) -> list[dict]:

@@ -30,8 +30,6 @@ Public API:
                 chunk=8192, val_frac=None, every=10, init=None) -> (Members, Comparisons [max P])
                                                         # val_frac: early stopping on validation pairs;
                                                         # init: e.g. pretrained_init's (Gao's regime)
-  Peak(gold, KL, at, reason)
-  peak(points) -> Peak                                     # the largest gold on a curve, None where it is its end
   Trend(slope, intercept, lo, hi, r2, n, reason)
   trend(x [K], y [K], level=0.95) -> Trend                 # OLS of y on x, Student-t interval of the slope
   FORM = {"bon": "bon", "exact": "rl"};  fit_curve(points, method) -> fit row   # Gao's form on one curve
@@ -58,12 +56,12 @@ from jax import Array
 
 from goodhart_jax.lab import experiment, lm, rewards
 from goodhart_jax.lab import tree as lab_tree
-from goodhart_jax.lab.summary import interval, t_quantile
+from goodhart_jax.lab.summary import interval, peak, t_quantile
 from goodhart_jax.lab.tree import LMTree
 from goodhart_jax.scaling_laws import fit_gao, too_few_fit_points
 
 __all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "member_validation", "pretrained_init",
-           "train_members", "Peak", "peak", "Trend",
+           "train_members", "Trend",
            "trend", "FORM", "fit_curve", "Evaluated", "evaluate", "QUANTITIES", "summarise", "trends"]
 
 SIZES = ((1, 8, 2), (1, 16, 2), (2, 32, 4), (2, 48, 4))
@@ -222,38 +220,6 @@ def train_members(key: Array, cfg: lm.LMConfig, tree: LMTree, utility: Array, pa
     raw = jnp.stack([rewards.score_terminals(fn, jax.tree.map(lambda x: x[i], fit.params), tree.tokens, chunk)
                      for i in range(len(sizes))])
     return Members(fit.params, fit.loss, raw, nums, fit.stop, fit.val_loss, val, counts), data
-
-
-class Peak(NamedTuple):
-    """The largest gold on a curve of points (ordered by KL), and where."""
-
-    gold: float | None  # None where the curve has no finite gold
-    KL: float | None  # the KL there; None where the largest gold is the curve's last point (still rising)
-    at: float | None  # the point's n (best-of-n) or beta (pi*), None with gold
-    reason: str  # why KL (or gold) is None, else ""
-
-
-def peak(points: list[dict]) -> Peak:
-    """The peak of a curve: the point of largest gold among those with finite gold and KL.
-
-    Args:
-      points: `experiment.point` rows of one curve ("bon": by n; "exact": by beta), in any order.
-    Returns:
-      Peak; where the largest gold is at the curve's largest KL, gold is that value and KL None ("still
-      rising at the grid's end": the peak is beyond the grid, and the KL of a peak is not known).
-    """
-    pts = [p for p in points if p.get("gold") is not None and p.get("KL") is not None
-           and math.isfinite(p["gold"]) and math.isfinite(p["KL"])]
-    if not pts:
-        return Peak(None, None, None, "no point has a finite gold and KL")
-    pts.sort(key=lambda p: p["KL"])
-    best = max(range(len(pts)), key=lambda i: pts[i]["gold"])
-    p = pts[best]
-    at = p["n"] if p.get("n") is not None else p.get("beta")
-    if best == len(pts) - 1:
-        return Peak(float(p["gold"]), None, at, f"gold still rising at the grid's largest KL ({p['KL']:.3g} nats): "
-                    "no peak within the grid")
-    return Peak(float(p["gold"]), float(p["KL"]), at, "")
 
 
 class Trend(NamedTuple):

@@ -13,8 +13,9 @@ The headline quantities of one seed (`headlines`, `exact_at_kl`), per (noise, pr
   target (beta solved by bisection, `mitigations.kl_target_tree`: exact); best-of-n's and each RL beta's
   interpolated linearly in KL between the two adjacent points of its curve (the row says which), null with a
   reason where the curve does not reach the target;
-- peak gold on the method's points and the KL there (where the peak is the curve's last point, gold was still
-  rising: peak_gold says so and KL_at_peak is null with that reason, the peak's KL lying beyond the curve);
+- peak gold on the method's points and the KL there (`peak`: where the peak is the curve's last point, by KL for
+  best-of-n and pi*, by step for an RL run, gold was still rising: peak_gold says so and KL_at_peak is null with
+  that reason, the peak's KL lying beyond the curve);
 - Gao's coefficients (`fit` rows: alpha, beta, r2; RL's one fit a beta);
 - RL's share of the gap J(pi*) - J(pi0) closed at its last step, per beta;
 - the proxy's diagnostics (pair accuracy on unseen and seen sequences, corr, corr(X, eps), xi of X and proxy) and pi0's law (entropy, perplexity, top mass, n90),
@@ -29,6 +30,8 @@ Public API:
   interval(values, level=LEVEL) -> Interval          # over the finite values; reason where lo, hi are null
   exact_at_kl(tree, targets=KL_TARGETS) -> [dict]    # pi*(beta) at trajectory KL = target: beta, KL, gold
   at_kl(points, target) -> (gold, how)               # linear interpolation in KL along a curve
+  AT = {"bon": "n", "exact": "beta", "rl": "step"};  Peak(gold, KL, at, reason, points)
+  peak(points, order=None) -> Peak                   # the largest gold on a curve; KL None where it is its end
   headlines(rows, seed) -> [dict]                    # "headline" rows of one seed from its lab/fit/proxy/base rows
   summarise(headline_rows, level=LEVEL) -> [dict]    # "summary" rows: mean, lo, hi, sd, seeds over the seeds
   cell(summary_row, fmt) -> "mean [lo, hi]";  tables(summary_rows, proxy_rows, seeds) -> [(rows, columns, title)]
@@ -50,8 +53,8 @@ import numpy as np
 from goodhart_jax import mdp, mitigations
 from goodhart_jax.roots import bisect
 
-__all__ = ["KL_TARGETS", "LEVEL", "Interval", "t_quantile", "interval", "exact_at_kl", "at_kl", "headlines",
-           "summarise", "GROUP", "cell", "tables"]
+__all__ = ["KL_TARGETS", "LEVEL", "Interval", "t_quantile", "interval", "exact_at_kl", "at_kl", "AT", "Peak", "peak",
+           "headlines", "summarise", "GROUP", "cell", "tables"]
 
 KL_TARGETS = (1.0, 2.0, 4.0)
 LEVEL = 0.95
@@ -148,13 +151,20 @@ def exact_at_kl(tree: mdp.Tree, targets=KL_TARGETS) -> list[dict]:
     return out
 
 
-def _name(r: dict) -> str:
+AT = {"bon": "n", "exact": "beta", "rl": "step"}  # the field that places a point on its method's curve
+
+
+def _place(method: str, at) -> str:
     """How a point is placed on its curve: n for best-of-n, step for RL, beta for the exact optimum."""
-    if r["method"] == "bon":
-        return f"n = {r['n']}"
-    if r["method"] == "rl":
-        return f"step {r['step']}"
-    return f"beta = {r['beta']:.4g}"
+    if method == "bon":
+        return f"n = {at}"
+    if method == "rl":
+        return f"step {at}"
+    return f"beta = {at:.4g}"
+
+
+def _name(r: dict) -> str:
+    return _place(r["method"], r[AT.get(r["method"], "beta")])
 
 
 def at_kl(points: list[dict], target: float) -> tuple[float | None, str]:
@@ -180,6 +190,62 @@ def at_kl(points: list[dict], target: float) -> tuple[float | None, str]:
     top = max(r["KL"] for r in pts)
     return None, f"the curve reaches KL {top:.3g} at most" if top < target else \
         f"no two adjacent points bracket KL {target:g}"
+
+
+class Peak(NamedTuple):
+    """The largest gold on a curve, and where; its KL None where it is the curve's last point (gold still rising)."""
+
+    gold: float | None  # the largest finite gold; None where no point has a finite gold and KL
+    KL: float | None  # the KL there; None where that is the curve's last point (the peak lies beyond), or with gold
+    at: float | None  # where on the curve (`AT`): n (best-of-n), beta (pi*), step (RL); None with gold
+    reason: str  # why KL (or gold) is None, else ""
+    points: int  # the points the maximum is over (those with a finite gold and KL)
+
+
+def peak(points: list[dict], order: str | None = None) -> Peak:
+    """The peak of one curve: its point of largest gold (the first of equals along the curve) among the points with
+    a finite gold and KL.
+
+    The curve runs along `order`; where its largest gold is its last point, gold was still rising there: the peak
+    lies beyond the curve, so `gold` is a lower bound of the peak's and its KL is not known (None, with a reason).
+    Best-of-n's and pi*(beta)'s curves run along KL (it rises with n and as beta falls). An RL run's runs along its
+    steps: its KL need not rise with the step, and what the run leaves open is what more steps would do, so its
+    peak is "still rising" where its last evaluation has the largest gold, and within the run (KL known) where gold
+    fell after it, even at the run's largest KL.
+
+    Args:
+      points: one curve's `lab.experiment.point` rows ("method", "KL", "gold", and the `AT` field of the method:
+        "n", "beta" or "step"), in any order; None or non-finite gold or KL: left out.
+      order: the field the curve runs along (points sorted by it, ascending; equal values in the sweep's order:
+        n and step ascending, beta descending); None: the method's own, "step" for an RL run ("method" "rl"),
+        "KL" otherwise.
+    Returns:
+      Peak(gold, KL, at, reason, points); gold None ("no point has a finite gold and KL") where no point counts.
+    Raises:
+      ValueError: points of several methods (not one curve), or a counted point without its `order` field.
+    """
+    methods = {p.get("method") for p in points}
+    if len(methods) > 1:
+        raise ValueError(f"points must be one curve, got methods {sorted(map(str, methods))}")
+    method = methods.pop() if methods else None
+    order = order or ("step" if method == "rl" else "KL")
+    pts = [p for p in points if p.get("gold") is not None and p.get("KL") is not None
+           and math.isfinite(p["gold"]) and math.isfinite(p["KL"])]
+    if not pts:
+        return Peak(None, None, None, "no point has a finite gold and KL", 0)
+    if any(p.get(order) is None for p in pts):
+        raise ValueError(f"order: every point with a gold and KL needs {order!r}")
+    along = AT.get(method)  # ties in `order` (a saturated curve) keep the sweep's order: n, step up; beta down
+    sign = -1.0 if along == "beta" else 1.0
+    pts = sorted(pts, key=lambda p: (p[order],) if along is None or p.get(along) is None else
+                 (p[order], sign * p[along]))
+    best = max(range(len(pts)), key=lambda i: pts[i]["gold"])
+    p = pts[best]
+    at = p.get(along) if along else None
+    if best == len(pts) - 1:
+        return Peak(float(p["gold"]), None, at, f"gold still rising at the curve's last point (KL {p['KL']:.3g}): "
+                    "no peak within it", len(pts))
+    return Peak(float(p["gold"]), float(p["KL"]), at, "", len(pts))
 
 
 def _headline(seed, tag: dict, method: str, beta, quantity: str, at, value, how: str) -> dict:
@@ -224,7 +290,8 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
     """The headline rows of one seed, from its "base", "proxy", "lab", "fit" rows and its "exact_at_kl" rows.
 
     `exact_at_kl` rows are {"kind": "exact_at_kl", noise, proxy, pairs, at, gold, ...} (the driver's, from
-    `exact_at_kl`); best-of-n's and RL's gold at a KL are interpolated (`at_kl`).
+    `exact_at_kl`); best-of-n's and RL's gold at a KL are interpolated (`at_kl`). peak_gold and KL_at_peak are
+    `peak`'s on each curve: best-of-n's and pi*'s end at their largest KL, an RL run's at its last step.
     """
     out = []
     for r in rows:
@@ -255,17 +322,14 @@ def headlines(rows: list[dict], seed: int) -> list[dict]:
                 for target in KL_TARGETS:
                     gold, how = at_kl(pts, target)
                     out.append(_headline(seed, tag, method, beta, "gold_at_KL", target, gold, how))
+            pk = peak(pts)
+            if pk.gold is not None:
+                how = (f"max over {pk.points} points, at {_place(method, pk.at)}"
+                       + (" (the curve's last point: gold still rising)" if pk.KL is None else ""))
+                out.append(_headline(seed, tag, method, beta, "peak_gold", None, pk.gold, how))
+                # at the curve's last point the peak lies beyond it: its KL is not known, only a lower bound
+                out.append(_headline(seed, tag, method, beta, "KL_at_peak", None, pk.KL, pk.reason or how))
             valid = [r for r in pts if r["gold"] is not None and r["KL"] is not None]
-            if valid:
-                top = max(valid, key=lambda r: r["gold"])
-                edge = top is valid[-1]
-                how = (f"max over {len(valid)} points, at {_name(top)}"
-                       + (" (the curve's last point: gold still rising)" if edge else ""))
-                out.append(_headline(seed, tag, method, beta, "peak_gold", None, top["gold"], how))
-                # at the curve's last point the peak lies beyond the grid: its KL is not known, only a lower bound
-                out.append(_headline(seed, tag, method, beta, "KL_at_peak", None, None if edge else top["KL"],
-                                     f"gold still rising at the curve's last point (KL {top['KL']:.3g}): no peak "
-                                     "within it" if edge else how))
             if method == "rl" and valid:
                 first, last = valid[0], valid[-1]
                 if "share_closed" in last:  # the RL rows' own (null with a reason where the gap at pi0 is ~0)

@@ -170,9 +170,14 @@ def test_exact_curves_equal_numpy_enumeration(name, ens, small_tree, gold):
     pts, at = ensembles.evaluation_rows(ev)  # the lab's row forms carry the same numbers
     np.testing.assert_allclose([q["gold"] for q in pts], np.r_[ev.exact.gold, ev.bon.gold], rtol=1e-12)
     assert [q["method"] for q in pts] == ["exact"] * 4 + ["bon"] * 5 and at[2]["gold"] is None and at[2]["reason"]
-    pk = ensembles.peak(ev.exact)
-    i = int(np.argmax(want[:, 0]))
-    assert pk.gold == pytest.approx(want[i, 0], rel=2e-4) and pk.param == BETAS[i] and pk.last == (i == 3)
+    # the peaks: the enumeration's largest gold (BETAS descending: KL rising), no KL where it is the last point
+    for pk, w, at in ((ev.exact_peak, want, BETAS), (ev.bon_peak, bon, NS)):
+        i = int(np.argmax(w[:, 0]))
+        assert pk.gold == pytest.approx(w[i, 0], rel=2e-4) and pk.at == at[i] and pk.points == len(at)
+        if i == len(at) - 1:
+            assert pk.KL is None and "still rising" in pk.reason
+        else:
+            assert pk.KL == pytest.approx(w[i, 2], rel=2e-4, abs=2e-5) and pk.reason == ""
 
 
 def test_best_of_n_with_ties_by_brute_force(small_tree, gold):
@@ -209,14 +214,27 @@ def test_rl_never_beats_the_exact_optimum(ens, small_tree, gold):
 
 
 def test_versus_and_paired():
-    c = ensembles.Curve(np.asarray([1.0, 0.5]), np.asarray([0.1, 0.4]), np.asarray([0.2, 0.1]), np.zeros(2))
-    d = ensembles.Curve(np.asarray([1.0, 0.5]), np.asarray([0.2, 0.9]), np.asarray([0.1, 0.3]), np.zeros(2))
-    mk = lambda cv, g: ensembles.Evaluation("x", cv, cv, np.asarray([1.0]), np.asarray([g]), np.asarray([0.5]),  # noqa: E731
-                                            ensembles.peak(cv), ensembles.peak(cv), [])
-    v = ensembles.versus(mk(c, 0.3), mk(d, 0.1))
-    assert v.peak_gold == pytest.approx(0.2 - 0.3) and v.KL_at_peak == pytest.approx(0.1 - 0.9)
+    beta = np.asarray([1.0, 0.5])  # pi*'s sweep: KL rising
+    c = ensembles.Curve(beta, np.asarray([0.1, 0.4]), np.asarray([0.2, 0.1]), np.zeros(2))  # peak inside
+    d = ensembles.Curve(beta, np.asarray([0.2, 0.9]), np.asarray([0.1, 0.3]), np.zeros(2))  # still rising
+    e = ensembles.Curve(beta, np.asarray([0.3, 0.5]), np.asarray([0.4, 0.2]), np.zeros(2))  # peak inside
+    peaks = {"c": summary.Peak(0.2, 0.1, 1.0, "", 2), "e": summary.Peak(0.4, 0.3, 1.0, "", 2),
+             "d": summary.Peak(0.3, None, 0.5, "gold still rising at the curve's last point (KL 0.9): no peak within "
+                               "it", 2)}
+    mk = lambda cv, g, pk: ensembles.Evaluation("x", cv, cv, np.asarray([1.0]), np.asarray([g]),  # noqa: E731
+                                                np.asarray([0.5]), pk, pk, [])
+    for name, cv in (("c", c), ("d", d), ("e", e)):  # the peak of a Curve: lab.summary.peak of its rows
+        pts, _ = ensembles.evaluation_rows(mk(cv, 0.0, None))
+        assert summary.peak([q for q in pts if q["method"] == "exact"]) == peaks[name]
+    v = ensembles.versus(mk(c, 0.3, peaks["c"]), mk(e, 0.1, peaks["e"]))
+    assert v.peak_gold == pytest.approx(0.2 - 0.4) and v.KL_at_peak == pytest.approx(0.1 - 0.3)
     np.testing.assert_allclose(v.gold_at_kl, [0.2])
-    assert ensembles.peak(d).last and not ensembles.peak(c).last
+    v = ensembles.versus(mk(c, 0.3, peaks["c"]), mk(d, 0.1, peaks["d"]))  # d's peak KL is beyond its curve
+    assert v.peak_gold == pytest.approx(0.2 - 0.3) and np.isnan(v.KL_at_peak)
+    v = ensembles.versus(mk(c, 0.3, peaks["c"]), mk(c, 0.3, summary.Peak(None, None, None, "no point", 0)))
+    assert np.isnan(v.peak_gold) and np.isnan(v.KL_at_peak)
+    with pytest.raises(ValueError, match="method"):
+        ensembles.versus(mk(c, 0.3, peaks["c"]), mk(c, 0.3, peaks["c"]), method="rl")
     rows = [dict(kind="headline", seed=s, noise="n", proxy=px, pairs=10, method="exact", beta=None,
                  quantity="peak_gold", at=None, value=val, how="h") for s, px, val in
             [(0, "single", 1.0), (0, "wco", 1.5), (1, "single", 2.0), (1, "wco", None)]]

@@ -156,13 +156,3 @@ def test_trend_against_scipy():
     t3 = scaling.trend([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
     assert math.isnan(t3.slope) and "no line" in t3.reason
 
-
-def test_peak_of_a_curve():
-    pts = [dict(method="exact", beta=b, KL=k, gold=g) for b, k, g in
-           [(10.0, 0.01, 0.05), (1.0, 0.5, 0.4), (0.3, 2.0, 0.3), (0.1, 5.0, None)]]
-    p = scaling.peak(pts[::-1])  # order does not matter: sorted by KL
-    assert (p.gold, p.KL, p.at, p.reason) == (0.4, 0.5, 1.0, "")
-    rising = [dict(method="bon", n=n, KL=k, gold=g) for n, k, g in [(1, 0.0, 0.0), (4, 0.6, 0.3), (16, 1.8, 0.5)]]
-    p = scaling.peak(rising)
-    assert p.gold == 0.5 and p.KL is None and p.at == 16 and "still rising" in p.reason
-    assert scaling.peak([dict(KL=None, gold=1.0)]).gold is None

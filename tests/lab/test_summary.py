@@ -70,6 +70,36 @@ def test_exact_at_kl_against_a_brute_force_tilt():
     assert rows[2]["gold"] is None and "reaches KL" in rows[2]["reason"]
 
 
+def test_peak_of_a_curve():
+    pts = [dict(method="exact", beta=b, KL=k, gold=g) for b, k, g in
+           [(10.0, 0.01, 0.05), (1.0, 0.5, 0.4), (0.3, 2.0, 0.3), (0.1, 5.0, None), (0.05, math.nan, 9.0)]]
+    p = summary.peak(pts[::-1])  # order does not matter: sorted by KL; None and nan left out
+    assert p == summary.Peak(0.4, 0.5, 1.0, "", 3)
+    rising = [dict(method="bon", n=n, KL=k, gold=g) for n, k, g in [(1, 0.0, 0.0), (4, 0.6, 0.3), (16, 1.8, 0.5)]]
+    p = summary.peak(rising)
+    assert p.gold == 0.5 and p.KL is None and p.at == 16 and "still rising" in p.reason and "1.8" in p.reason
+    assert summary.peak([dict(method="bon", n=1, KL=None, gold=1.0)]).gold is None
+    assert summary.peak([]) == summary.Peak(None, None, None, "no point has a finite gold and KL", 0)
+    # a saturated pi* curve: equal KL and gold at the smallest betas; the first along the sweep (largest beta)
+    flat = [dict(method="exact", beta=b, KL=k, gold=g) for b, k, g in
+            [(0.05, 3.0, 0.7), (0.1, 3.0, 0.7), (0.3, 3.0, 0.7), (1.0, 1.0, 0.5)]]
+    assert summary.peak(flat) == summary.peak(flat[::-1]) == summary.Peak(0.7, 3.0, 0.3, "", 4)
+    with pytest.raises(ValueError, match="one curve"):
+        summary.peak(pts + rising)
+
+
+def test_peak_of_an_rl_run_is_along_its_steps():
+    """An RL run's KL need not rise with the step: its curve ends at its last step, not at its largest KL."""
+    run = [dict(method="rl", beta=0.3, step=s, KL=k, gold=g) for s, k, g in
+           [(0, 0.0, 0.0), (50, 2.5, 0.8), (100, 2.0, 0.6), (150, 2.2, 0.7)]]
+    assert summary.peak(run[::-1]) == summary.Peak(0.8, 2.5, 50, "", 4)  # gold fell after step 50: a peak
+    p = summary.peak(run, order="KL")  # by KL instead, step 50 is the curve's end
+    assert p.gold == 0.8 and p.KL is None and p.at == 50
+    rising = run[:3] + [dict(method="rl", beta=0.3, step=150, KL=1.9, gold=0.9)]
+    p = summary.peak(rising)  # the largest gold at the last step, at less KL than step 50's: still rising
+    assert (p.gold, p.KL, p.at) == (0.9, None, 150) and "KL 1.9" in p.reason
+
+
 def _seed_rows(seed, shift):
     tag = dict(noise="normal", proxy="direct", pairs=None)
     lab = [dict(kind="lab", **tag, method="bon", n=n, beta=None, step=None, KL=k, gold=g + shift)
