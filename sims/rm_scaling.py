@@ -11,7 +11,9 @@ annotators on sequences in none of its training pairs, its validation BT loss is
 steps inside the vmapped training scan, and the parameters of the least one are kept (the held-out pairs then
 avoid the validation sequences too); --stop steps keeps the last of --bt-steps. With --pretrain S each proxy's
 decoder is first trained as a language model on pi0's corpus for S steps (`lab.scaling.pretrained_init`), as
-Gao et al.'s reward models were pretrained LMs (by default proxies start from random weights). Summary rows give
+Gao et al.'s reward models were pretrained LMs (by default proxies start from random weights). With --rl-betas
+RL runs against every proxy (`experiment.rl_points`, evaluated exactly every --eval-every steps), each path fitted
+with Gao's RL form (quantities "alpha_rl_b0.3", ... at beta 0.3: `lab.scaling.rl_quantities`). Summary rows give
 the mean and 95% interval over seeds per (size, pairs); trend rows the slope of each quantity against log10
 parameters and log10 pairs, per seed, with its interval over seeds.
 
@@ -19,6 +21,7 @@ parameters and log10 pairs, per seed, with its interval over seeds.
     python sims/rm_scaling.py --sizes 1x8x2 2x64x4 --pairs 1000 4000 --seeds 2 --json
     python sims/rm_scaling.py --stop steps             # no early stopping: 400 steps, the last parameters
     python sims/rm_scaling.py --pretrain 600           # Gao's regime: each proxy's decoder first trained as an LM
+    python sims/rm_scaling.py --rl-betas 0.3           # and RL against every proxy, fitted with Gao's RL form
     python sims/rm_scaling.py --coordinator HOST:PORT --num-processes N --process-id I   # the units over N processes
 """
 from __future__ import annotations
@@ -50,13 +53,16 @@ def parse_size(spec: str) -> tuple[int, int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(lab_flags.LabConfig, cli.ProcessFlags):
+class Config(lab_flags.LabRLConfig, cli.ProcessFlags):
     sizes: tuple[str, ...] = cli.arg(tuple(f"{l}x{w}x{h}" for l, w, h in scaling.SIZES),
                                      "proxy sizes, layers x width x heads", metavar="LxWxH",
                                      check=lambda v: [parse_size(s) for s in v])
     pairs: tuple[int, ...] = cli.arg(scaling.PAIRS, "comparisons per proxy (nested subsets of one dataset a seed)",
                                      metavar="P", check=cli.count("--pairs"))
     noise: str = cli.arg("normal", "annotator error family (goodhart_jax.tails spec)", metavar="FAMILY")
+    rl_betas: tuple[float, ...] = lab_flags.rl_betas((), "KL coefficients of RL against every proxy, each fitted with "
+                                                     "Gao's RL form (none: no RL; about 15 s of CPU a run at the "
+                                                     "default size)")
     bt_steps: int = cli.arg(400, "Bradley-Terry steps per proxy (batch 256); with --stop val the most it trains",
                             metavar="S", check=cli.count("--bt-steps"))
     stop: str = cli.arg("val", "which parameters a proxy keeps: val (early stopping: the checkpoint of least BT loss "
@@ -80,7 +86,7 @@ def prepare(cfg: Config):
     except ValueError as e:
         raise cli.InputError(f"--noise: {e}") from None
     with cli.inputs({"error map": "--error-map"}):
-        planning.check_float32(cfg.betas, [])
+        planning.check_float32(cfg.betas + cfg.rl_betas, [])
         error_maps.check(cfg.error_map, cfg.vocab)
     n = experiment.check_size(cfg.vocab, cfg.depth)
     sizes = [parse_size(s) for s in cfg.sizes]
@@ -88,7 +94,8 @@ def prepare(cfg: Config):
         if len(set(values)) != len(values):  # a repeat would count twice in every summary and trend
             raise cli.InputError(f"{flag}: each value once, got {list(getattr(cfg, flag[2:]))}")
     cli.check_memory(experiment.peak_bytes(cfg.vocab, cfg.depth, ns=len(cfg.ns), pairs=max(cfg.pairs),
-                                           lm_steps=cfg.lm_steps, bt_steps=cfg.bt_steps),
+                                           lm_steps=cfg.lm_steps, bt_steps=cfg.bt_steps, rl=bool(cfg.rl_betas),
+                                           rl_steps=cfg.rl_steps),
                      f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth})")
     for s in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need pi0's tree
         annotator_error(cfg, jax.random.fold_in(jax.random.key(s), 1), n)
@@ -101,7 +108,7 @@ def annotator_error(cfg: Config, key, n: int, tree=None):
     the flags)."""
     eps = experiment.annotator_error(key, cfg.noise, n, cfg.noise_scale, cfg.error_map, tree)
     try:
-        experiment.check_error(eps, cfg.betas)
+        experiment.check_error(eps, cfg.betas + cfg.rl_betas)
     except ValueError as e:
         raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {cfg.noise}, --error-map "
                              f"{cfg.error_map}: {e}") from None
@@ -149,7 +156,8 @@ def one_size(cfg: Config, sb: SeedBase, seed: int, size: tuple[int, int, int]) -
     for i, p in enumerate(cfg.pairs):
         val = None if members.val is None else jax.tree.map(lambda x: x[i, :int(members.val_pairs[i])], members.val)
         ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, sb.base, sb.eps, cfg.betas,
-                              cfg.ns, val=val)
+                              cfg.ns, val=val, rl_betas=cfg.rl_betas, rl_steps=cfg.rl_steps,
+                              eval_every=cfg.eval_every)
         tag = dict(seed=seed, size=name, params=params, pairs=p, error_map=cfg.error_map)
         stop = int(members.stop[i])
         fit = dict(pretrain=cfg.pretrain, stop=cfg.stop, stop_step=stop, val_pairs=int(members.val_pairs[i]),
@@ -228,17 +236,20 @@ def main(cfg: Config) -> list[dict]:
         cell = lambda r: "n/a" if r.get("mean") is None else (  # noqa: E731
             f"{r['mean']:.3g}" + ("" if r.get("lo") is None else f" [{r['lo']:.3g}, {r['hi']:.3g}]"))
         by = {(r["size"], r["pairs"], r["quantity"]): r for r in summ}
-        run.table([dict(size=s, params=by[(s, p, "corr")]["params"], pairs=p,
-                        **{q: cell(by[(s, p, q)]) for q in ("pair_accuracy_unseen", "alpha_bon", "beta_bon",
-                                                           "peak_gold_exact", "peak_KL_exact", "stop_step")})
+        rl = [(f"{q} RL {b:g}", n) for b in cfg.rl_betas
+              for q, n in zip(("alpha", "beta", "peak gold"), scaling.rl_quantities(b))]
+        shown = ("pair_accuracy_unseen", "alpha_bon", "beta_bon", "peak_gold_exact", "peak_KL_exact",
+                 "stop_step") + tuple(n for _, n in rl)
+        run.table([dict(size=s, params=by[(s, p, "corr")]["params"], pairs=p, **{q: cell(by[(s, p, q)]) for q in shown})
                    for s in cfg.sizes for p in cfg.pairs],
                   [("size", "size", ""), ("params", "params", ""), ("pairs", "pairs", ""),
                    ("held-out acc", "pair_accuracy_unseen", ""), ("alpha bon", "alpha_bon", ""),
                    ("beta bon", "beta_bon", ""), ("peak gold pi*", "peak_gold_exact", ""),
-                   ("KL at peak", "peak_KL_exact", ""), ("kept step", "stop_step", "")],
+                   ("KL at peak", "peak_KL_exact", ""), ("kept step", "stop_step", "")]
+                  + [(title, n, "") for title, n in rl],
                   title=f"mean [95% interval] over {cfg.seeds} seeds")
-        slope = [r for r in tr if r["against"] == "params" and r["quantity"] in ("alpha_bon", "beta_bon",
-                                                                                 "peak_gold_exact")]
+        slope = [r for r in tr if r["against"] == "params" and r["quantity"] in
+                 ("alpha_bon", "beta_bon", "peak_gold_exact") + tuple(n for _, n in rl)]
         run.table([dict(pairs=r["at"], quantity=r["quantity"], slope=cell(r)) for r in slope],
                   [("pairs", "pairs", ""), ("quantity", "quantity", ""), ("slope per decade of parameters", "slope",
                                                                          "")],

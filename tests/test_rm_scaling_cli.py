@@ -25,7 +25,8 @@ def _load():
 
 sim = _load()
 TINY = dict(vocab=4, depth=3, sizes=("1x8x2", "1x16x2", "2x16x2"), pairs=(40, 160), betas=(0.1, 0.3, 1.0, 3.0, 10.0),
-            ns=(1, 2, 4, 8, 16), bt_steps=20, lm_steps=20, plots=False, seed=5, seeds=3)
+            ns=(1, 2, 4, 8, 16), bt_steps=20, lm_steps=20, plots=False, seed=5, seeds=3, rl_betas=(1.0,), rl_steps=20,
+            eval_every=5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,9 +59,14 @@ def test_rows(tiny):
         assert r["stop"] == "val" and r["stop_step"] in marks and r["val_pairs"] == math.ceil(cfg.val_frac * r["pairs"])
         assert r["val_loss"] <= r["val_loss_last"]
     fits = [r for r in rows if r["kind"] == "fit"]
-    assert {(f["method"], f["form"]) for f in fits} == {("bon", "bon"), ("exact", "rl")}
+    assert {(f["method"], f["form"]) for f in fits} == {("bon", "bon"), ("exact", "rl"), ("rl", "rl")}
+    assert all(f["rl_beta"] == 1.0 for f in fits if f["method"] == "rl")
+    # RL against each proxy: evaluated at steps 0, 5, .., 20, never above the exact optimum of its objective
+    rl = [r for r in rows if r["kind"] == "lab" and r["method"] == "rl"]
+    assert len(rl) == 3 * 2 * 3 * 5 and all(r["beta"] == 1.0 for r in rl)
+    assert all(r["objective"] <= r["optimum"] + 1e-5 * (1 + abs(r["optimum"])) for r in rl)
     # each fit is the least-squares line through its own curve's (d, gold) with Gao's features
-    for f in fits[:6]:
+    for f in fits[:9]:
         pts = [r for r in rows if r["kind"] == "lab" and r["method"] == f["method"] and
                all(r[k] == f[k] for k in ("seed", "size", "pairs"))]
         d = np.asarray([p["d"] for p in pts])
@@ -68,10 +74,12 @@ def test_rows(tiny):
         f2 = d * d if f["form"] == "bon" else np.where(d > 0, d * np.log(np.where(d > 0, d, 1.0)), 0.0)
         coef = np.linalg.lstsq(np.stack([d, -f2], 1), g, rcond=None)[0]
         np.testing.assert_allclose([f["alpha"], f["beta"]], coef, rtol=2e-3, atol=2e-4)
-    # peaks: the largest gold of the curve; KL null exactly when it is the curve's end
-    for pk in [r for r in rows if r["kind"] == "peak"][:6]:
+    # peaks: the largest gold of the curve; KL null exactly when it is the curve's end (best-of-n's and pi*'s
+    # largest KL, an RL run's last step: its KL need not rise with the step)
+    for pk in [r for r in rows if r["kind"] == "peak"][:9]:
         pts = sorted((r for r in rows if r["kind"] == "lab" and r["method"] == pk["method"] and
-                      all(r[k] == pk[k] for k in ("seed", "size", "pairs"))), key=lambda r: r["KL"])
+                      all(r[k] == pk[k] for k in ("seed", "size", "pairs"))),
+                     key=lambda r: r["step"] if r["method"] == "rl" else r["KL"])
         i = int(np.argmax([p["gold"] for p in pts]))
         assert pk["gold"] == pts[i]["gold"]
         assert (pk["KL"] is None) == (i == len(pts) - 1) and (pk["KL"] is None or pk["KL"] == pts[i]["KL"])
@@ -104,6 +112,13 @@ def test_summary_and_trends_recomputed(tiny):
         r = trend[("params", p, "beta_exact")]
         np.testing.assert_allclose(r["per_seed"], slopes, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(r["mean"], np.mean(slopes), rtol=1e-9, atol=1e-12)
+    for size in cfg.sizes:  # RL's quantities, named by its beta, summarised like the others
+        for p in cfg.pairs:
+            v = [fits[(s, size, p, "rl")]["alpha"] for s in seeds]
+            r = summ[(size, p, "alpha_rl_b1")]
+            assert r["seeds"] == sum(x is not None for x in v)
+            if r["mean"] is not None:
+                np.testing.assert_allclose(r["mean"], np.mean([x for x in v if x is not None]), rtol=1e-9)
     assert json.loads(json.dumps(rows, allow_nan=False))  # strict JSON
 
 

@@ -32,11 +32,13 @@ Public API:
                                                         # init: e.g. pretrained_init's (Gao's regime)
   Trend(slope, intercept, lo, hi, r2, n, reason)
   trend(x [K], y [K], level=0.95) -> Trend                 # OLS of y on x, Student-t interval of the slope
-  FORM = {"bon": "bon", "exact": "rl"};  fit_curve(points, method) -> fit row   # Gao's form on one curve
-  evaluate(key, raw [N], pairs, data, base, error [N], betas, ns, heldout_pairs=10000, val=None)
-      -> Evaluated(proxy row, points, fits, peaks)          # agreement with gold; exact best-of-n and pi*(beta)
+  FORM = {"bon": "bon", "exact": "rl", "rl": "rl"};  fit_curve(points, method) -> fit row   # Gao's form on one curve
+  evaluate(key, raw [N], pairs, data, base, error [N], betas, ns, heldout_pairs=10000, val=None, rl_betas=(),
+           rl_steps=250, eval_every=50) -> Evaluated(proxy row, points, fits, peaks)
+                                                          # agreement with gold; exact best-of-n and pi*(beta); RL
   QUANTITIES   # alpha_/beta_/peak_gold_/peak_KL_ of "bon" and "exact", pair_accuracy_unseen, corr, error_corr,
                # stop_step
+  rl_quantities(rl_beta) -> ("alpha_rl_b0.3", "beta_rl_b0.3", "peak_gold_rl_b0.3", "peak_KL_rl_b0.3") at rl_beta 0.3
   summarise(cells, level=0.95) -> "summary" rows          # per (size, pairs): mean and interval over seeds
   trends(cells, level=0.95) -> "trend" rows               # slope per seed against log10 params / log10 pairs,
                                                           # mean and interval over seeds
@@ -61,8 +63,8 @@ from goodhart_jax.lab.tree import LMTree
 from goodhart_jax.scaling_laws import fit_gao, too_few_fit_points
 
 __all__ = ["SIZES", "PAIRS", "size_config", "num_params", "Members", "member_validation", "pretrained_init",
-           "train_members", "Trend",
-           "trend", "FORM", "fit_curve", "Evaluated", "evaluate", "QUANTITIES", "summarise", "trends"]
+           "train_members", "Trend", "trend", "FORM", "fit_curve", "Evaluated", "evaluate", "QUANTITIES",
+           "rl_quantities", "summarise", "trends"]
 
 SIZES = ((1, 8, 2), (1, 16, 2), (2, 32, 4), (2, 48, 4))
 PAIRS = (500, 1000, 2000, 4000)
@@ -266,7 +268,8 @@ def trend(x, y, level: float = 0.95) -> Trend:
     return Trend(slope, intercept, slope - half, slope + half, r2, n, "")
 
 
-FORM = {"bon": "bon", "exact": "rl"}  # Gao's form fitted to each curve: best-of-n's, and RL's to the pi*(beta) path
+FORM = {"bon": "bon", "exact": "rl", "rl": "rl"}  # Gao's form fitted to each curve: best-of-n's; RL's to the pi*(beta)
+# path and to each RL run's path (one fit an RL beta)
 
 
 def fit_curve(points: list[dict], method: str) -> dict:
@@ -275,6 +278,8 @@ def fit_curve(points: list[dict], method: str) -> dict:
     with a `reason` below MIN_FIT_POINTS distinct d > 0 or where r2 is undefined."""
     pts = [p for p in points if p.get("d") is not None and p.get("gold") is not None]
     out = dict(method=method, form=FORM[method], points=len(pts))
+    if method == "rl":  # one RL run: its KL coefficient ("beta" is Gao's coefficient)
+        out["rl_beta"] = points[0]["beta"] if points else None
     d = np.asarray([p["d"] for p in pts], float)
     if few := too_few_fit_points(d):
         return dict(out, alpha=None, beta=None, r2=None, reason=few)
@@ -293,14 +298,17 @@ class Evaluated(NamedTuple):
     """One proxy measured: its agreement with gold, its exact curves, Gao's fits and the peaks."""
 
     proxy: dict  # pair_accuracy_unseen, corr, error_corr, raw_mean, raw_sd (and "reason" where null)
-    points: list  # experiment.point rows: "bon" per n, "exact" per beta
-    fits: list  # fit_curve per method
-    peaks: list  # {"method", "gold", "KL", "at"} (and "reason")
+    points: list  # experiment.point rows: "bon" per n, "exact" per beta, "rl" per (RL beta, step)
+    fits: list  # fit_curve per method (and per RL beta: "rl_beta")
+    peaks: list  # {"method", "gold", "KL", "at"} (and "beta" for RL, "reason")
 
 
 def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base, error: Array, betas, ns,
-             heldout_pairs: int = 10000, val: rewards.Comparisons | None = None) -> Evaluated:
-    """A trained proxy's agreement with gold and its exact best-of-n and pi*(beta) curves on the tree.
+             heldout_pairs: int = 10000, val: rewards.Comparisons | None = None, rl_betas=(), rl_steps: int = 250,
+             eval_every: int = 50) -> Evaluated:
+    """A trained proxy's agreement with gold, its exact best-of-n and pi*(beta) curves on the tree, and (with
+    `rl_betas`) RL against it, evaluated exactly along the way (`experiment.rl_points`), as Gao et al. ran RL
+    against each of their proxies.
 
     Args:
       key: PRNG key (held-out pairs).
@@ -313,6 +321,9 @@ def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base
       heldout_pairs: pi0 pairs on sequences in none of its P training comparisons (`rewards.split_pairs`).
       val: None, or the proxy's validation comparisons (early stopping chose on them): their sequences are left
         out of the held-out pairs too, and count in `seen_mass`.
+      rl_betas: KL coefficients of RL runs against the standardised proxy (key `fold_in(key, 100 + b)` for the
+        b-th); each gets Gao's RL form fitted to its path and a peak.
+      rl_steps, eval_every: RL's steps and the steps between its exact evaluations.
     """
     gold, log_p = base.gold.reward, base.tree.log_p
     z = rewards.pi0_standardise(raw, log_p)
@@ -330,13 +341,17 @@ def evaluate(key: Array, raw: Array, pairs: int, data: rewards.Comparisons, base
         proxy["reason"] = "; ".join(f"{f}: {why}" for f, why in reasons.items())
     tree = lab_tree.mdp_tree(base.tree, gold, z.z)
     points = experiment.bon_points(tree, ns, z.z) + experiment.exact_points(tree, betas)
+    for b, beta in enumerate(rl_betas):
+        points += experiment.rl_points(jax.random.fold_in(key, 100 + b), base, tree, beta, rl_steps, eval_every)
+    curves = [(m, None, [p for p in points if p["method"] == m]) for m in ("bon", "exact")]
+    curves += [("rl", float(beta), [p for p in points if p["method"] == "rl" and p["beta"] == float(beta)])
+               for beta in rl_betas]
     fits, peaks = [], []
-    for method in FORM:
-        curve = [p for p in points if p["method"] == method]
+    for method, beta, curve in curves:
         fits.append(fit_curve(curve, method))
         pk = peak(curve)
-        peaks.append(dict(method=method, gold=pk.gold, KL=pk.KL, at=pk.at, **({"reason": pk.reason} if pk.reason
-                                                                                 else {})))
+        peaks.append(dict(method=method, **({} if beta is None else {"beta": beta}), gold=pk.gold, KL=pk.KL,
+                          at=pk.at, **({"reason": pk.reason} if pk.reason else {})))
     return Evaluated(proxy, points, fits, peaks)
 
 
@@ -345,17 +360,28 @@ QUANTITIES = ("alpha_bon", "beta_bon", "alpha_exact", "beta_exact", "peak_gold_b
 # `trends` report (stop_step: the training step whose parameters a proxy kept)
 
 
+def rl_quantities(rl_beta: float) -> tuple[str, ...]:
+    """The quantities of the RL runs at KL coefficient `rl_beta`: Gao's RL alpha and beta on its path, its peak
+    gold and the KL there ("alpha_rl_b0.3", ...)."""
+    return tuple(f"{q}_rl_b{rl_beta:g}" for q in ("alpha", "beta", "peak_gold", "peak_KL"))
+
+
 def _quantities(cell: dict) -> dict:
     """{name: value or None} of one proxy `cell` ({"evaluated": Evaluated, "stop_step" optional}), named as
-    QUANTITIES (Gao's alpha and beta, the peak gold and its KL, per method; the agreement fields; the kept step)."""
+    QUANTITIES (Gao's alpha and beta, the peak gold and its KL, per method; the agreement fields; the kept step),
+    then `rl_quantities` of each RL beta it has."""
     ev = cell["evaluated"]
     out = {f: ev.proxy.get(f) for f in ("pair_accuracy_unseen", "corr", "error_corr")}
     out["stop_step"] = cell.get("stop_step")
+    names = QUANTITIES
     for f in ev.fits:
-        out[f"alpha_{f['method']}"], out[f"beta_{f['method']}"] = f["alpha"], f["beta"]
+        m = f["method"] if f["method"] != "rl" else f"rl_b{f['rl_beta']:g}"
+        out[f"alpha_{m}"], out[f"beta_{m}"] = f["alpha"], f["beta"]
+        names += rl_quantities(f["rl_beta"]) if f["method"] == "rl" else ()
     for p in ev.peaks:
-        out[f"peak_gold_{p['method']}"], out[f"peak_KL_{p['method']}"] = p["gold"], p["KL"]
-    return {q: out[q] for q in QUANTITIES}
+        m = p["method"] if p["method"] != "rl" else f"rl_b{p['beta']:g}"
+        out[f"peak_gold_{m}"], out[f"peak_KL_{m}"] = p["gold"], p["KL"]
+    return {q: out[q] for q in names}
 
 
 def summarise(cells: list[dict], level: float = 0.95) -> list[dict]:

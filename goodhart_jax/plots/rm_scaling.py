@@ -26,10 +26,14 @@ def curves(rows: list[dict]):
     top = max(r["pairs"] for r in lab)
     sizes = list(dict.fromkeys(r["size"] for r in lab))
     colors = plt.cm.viridis(np.linspace(0.1, 0.9, len(sizes)))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, method in zip(axes, TITLES):
+    panels = [(m, None, TITLES[m]) for m in TITLES]  # and one panel an RL beta, where the run has RL
+    panels += [("rl", b, f"RL, beta {b:g}") for b in sorted({r["beta"] for r in lab if r["method"] == "rl"})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
+    for ax, (method, beta, title) in zip(axes, panels):
         for size, c in zip(sizes, colors):
-            pts = [r for r in lab if r["method"] == method and r["size"] == size and r["pairs"] == top]
+            pts = [r for r in lab if r["method"] == method and r["size"] == size and r["pairs"] == top
+                   and (beta is None or r["beta"] == beta)]
             if not pts:
                 continue
             params = pts[0]["params"]
@@ -38,7 +42,7 @@ def curves(rows: list[dict]):
             ax.plot(d, [p["y"] for p in g], "-o", ms=3, color=c, label=f"{size} ({params:,} params)")
             ax.fill_between(d, [p["lo"] for p in g], [p["hi"] for p in g], color=c, alpha=0.15, lw=0)
             ax.plot(d, [p["proxy"] for p in g], "--", color=c, lw=1)
-        ax.set_title(f"{TITLES[method]}, {top} pairs")
+        ax.set_title(f"{title}, {top} pairs")
         ax.set_xlabel("d = sqrt(KL(pi || pi0))")
         ax.axhline(0.0, color="grey", lw=0.5)
     axes[0].set_ylabel("gold (solid) / proxy (dashed), sd under pi0")
@@ -53,8 +57,14 @@ def coefficients(rows: list[dict]):
     summ = [r for r in rows if r["kind"] == "summary"]
     pairs = sorted({r["pairs"] for r in summ})
     colors = plt.cm.plasma(np.linspace(0.1, 0.85, len(pairs)))
-    fig, axes = plt.subplots(3, 3, figsize=(12, 9.5))
-    for ax, (q, title) in zip(axes.flat, COEFFICIENTS):
+    panels = list(COEFFICIENTS)  # and RL's alpha, beta and peak gold per RL beta, where the run has RL
+    for q in dict.fromkeys(r["quantity"] for r in summ if "_rl_b" in r["quantity"] and "peak_KL" not in r["quantity"]):
+        name, b = q.split("_rl_b")
+        panels.append((q, f"RL (beta {b}) {name.replace('_', ' ')}"))
+    fig, axes = plt.subplots(-(-len(panels) // 3), 3, figsize=(12, 3.2 * -(-len(panels) // 3)), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (q, title) in zip(axes.flat, panels):
         for p, c in zip(pairs, colors):
             pts = sorted((r for r in summ if r["quantity"] == q and r["pairs"] == p and r["mean"] is not None),
                          key=lambda r: r["params"])
