@@ -18,4 +18,5 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
   scaling     reward-model scaling (Gao et al.): proxies of several sizes on nested data, exact curves, fits, trends
   scaling_study  sims/rm_scaling.py's units: one seed's pi0, gold and eps; one size's proxies trained and measured
   ensembles   reward-model ensembles (Coste et al.): mean, worst-case and uncertainty-weighted objectives, exactly
+  ensemble_study  sims/ensembles.py's seeds: ensembles and single proxies trained, optimised exactly, as rows
 """
