@@ -4,7 +4,8 @@ JAX's multi-controller runtime is the engine: every process runs the same
 program, `jax.distributed.initialize` joins them, `jax.devices()` then lists
 every process's devices, and a mesh over them is one global mesh. Only process
 0 writes result files (`is_writer`; `cli.open_run`); every process gets the same
-rows (`fetch`).
+rows (`fetch`). Independent work units (seeds, sizes) are shared over the
+processes and their results gathered by `run_units` (`share`, `gather_objects`).
 
     @dataclasses.dataclass(frozen=True)
     class Config(cli.RunConfig, cli.ProcessFlags):
@@ -37,14 +38,14 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import numpy as np
 
 from goodhart_jax import io
 
-__all__ = ["initialize", "is_writer", "fetch", "share", "gather_objects"]
+__all__ = ["initialize", "is_writer", "fetch", "share", "gather_objects", "run_units"]
 
 
 def initialize(cfg: Any, prog: str | None = None) -> bool:
@@ -157,6 +158,72 @@ def gather_objects(obj: Any) -> list:
     padded[:data.size] = data
     every = np.asarray(multihost_utils.process_allgather(padded))  # [P, max size]
     return [pickle.loads(every[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+
+
+def run_units(units: Sequence, fn: Callable[[Any], Any], emit: Callable[[Any], None] | None = None,
+              progress: Callable[[Iterable], Iterable] | None = None,
+              carried: tuple[type[BaseException], ...] = ()) -> list:
+    """`[fn(u) for u in units]`, the units shared over the processes (`share`), on every process, in unit order.
+
+    In a single process each unit runs in turn and `emit(result)` follows each as it finishes; an exception
+    propagates as it is. With several processes each runs its share, the results are gathered
+    (`gather_objects`), and every process calls `emit` on every result in unit order, once all are done: the
+    calls are those of one process, later. Where a unit raises, its process stops its share and the exception
+    is carried through the gather, so that no process waits for it there: every process raises, in the first
+    failing process's terms (the lowest process index that failed) - an instance of one of `carried` (the first
+    it is an instance of: e.g. `cli.InputError`, bad input that the runner reports in one line) with the same
+    message, or else a RuntimeError naming the process, the unit, the exception's type and message (on the
+    failing process chained to the exception itself).
+
+    Each unit must be a pure function of its own inputs (keys folded from its seed, never from the process), so
+    that the results are the same on any number of processes; `fn` must not use cross-process collectives (the
+    processes run different units); the results must be picklable.
+
+    Args:
+      units: the run's work units, in the run's order (the same list in every process); each is named by its
+        repr in an error.
+      fn: unit -> result.
+      emit: called with each result (rows to write, say), in unit order; None: nothing is called.
+      progress: wraps the iterable of this process's units (a progress bar); None: none.
+      carried: exception types re-raised as themselves (type and message) on every process; constructed
+        from the message alone.
+    Returns:
+      [len(units)] the results, in unit order (the same list on every process).
+    """
+    units = list(units)
+    single = jax.process_count() == 1
+    mine = share(units)
+    done, failed = {}, None
+    for i, u in zip(range(jax.process_index(), len(units), jax.process_count()),
+                    mine if progress is None else progress(mine)):
+        try:
+            result = fn(u)
+        except Exception as e:
+            if single:
+                raise
+            kind = next((k for k, t in enumerate(carried) if isinstance(e, t)), None)
+            failed = (kind, f"{type(e).__name__}: {e}" if kind is None else str(e), repr(u), e)
+            break
+        if single and emit is not None:
+            emit(result)
+        done[i] = result
+    if single:
+        return [done[i] for i in range(len(units))]
+    parts = gather_objects((done, None if failed is None else failed[:3]))
+    for p, (_, f) in enumerate(parts):
+        if f is not None:
+            kind, msg, unit = f
+            if kind is not None:
+                raise carried[kind](msg)
+            cause = failed[3] if p == jax.process_index() else None
+            raise RuntimeError(f"process {p} of {len(parts)}, unit {unit}: {msg}") from cause
+    for part, _ in parts:
+        done.update(part)
+    results = [done[i] for i in range(len(units))]
+    if emit is not None:
+        for r in results:
+            emit(r)
+    return results
 
 
 _MOVED = {"Flags": "ProcessFlags", "open_run": "open_run", "Silent": "SilentRun"}  # -> goodhart_jax.cli

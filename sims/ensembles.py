@@ -20,15 +20,12 @@ cli.guard_startup(__name__)
 import dataclasses
 import math
 
-import jax
-import numpy as np
-
-from goodhart_jax import io, planning, tails
+from goodhart_jax import planning, tails
 from goodhart_jax.cli import lab_flags
-from goodhart_jax.lab import ensembles, error_maps, experiment, rewards, summary
-from goodhart_jax.lab import tree as lab_tree
+from goodhart_jax.lab import ensemble_study, ensembles, error_maps, experiment, summary
 
-NUMBERS = ("KL", "d", "gold", "proxy_reward", "objective", "KL_bound", "optimum", "gap", "share_closed")
+# The library's names for what the flags set (`lab.ensemble_study` names cfg's fields in its errors).
+FLAGS = {"noise_scale": "--noise-scale", "noise": "--noise", "error_map": "--error-map", "error map": "--error-map"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,38 +46,10 @@ class Config(lab_flags.LabRLConfig):
     rl_betas: tuple[float, ...] = lab_flags.rl_betas((), "KL coefficients of RL on every objective (none: no RL)")
     bt_steps: int = cli.arg(600, "training steps of each proxy", metavar="S", check=cli.count("--bt-steps"))
 
-    @property
-    def objectives(self) -> list[tuple[str, str]]:
-        """(objective, its label) of every ensemble objective."""
-        return [(o, ensembles.objective_name(o, self.uwo_lambda)) for o in ensembles.OBJECTIVES]
-
-
-def error_key(seed: int, i: int):
-    """The key of the annotator error of the i-th --noise family in a seed (the keys of sims/overoptimization)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), i)
-
-
-def annotator_error(cfg: Config, key, noise: str, n: int, base=None):
-    """The annotator error eps [N] of one family: the one place where the misspecification is made
-    (`lab.experiment.annotator_error`: scale x a `tails` family, i.i.d. or through --error-map, which needs pi0's
-    tree: `base`); it reaches every proxy through `lab.ensembles.train_ensemble`'s `error`.
-
-    Raises:
-      cli.InputError: eps beyond what the float32 lab carries (`experiment.check_error`), naming the flags.
-    """
-    tree = None if base is None else base.tree
-    eps = experiment.annotator_error(key, noise, n, cfg.noise_scale, cfg.error_map, tree)
-    try:
-        experiment.check_error(eps, cfg.betas + cfg.rl_betas)
-    except ValueError as e:
-        raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {noise}, --error-map {cfg.error_map}: "
-                             f"{e}") from None
-    return eps
-
 
 def prepare(cfg: Config) -> int:
     """Every input checked before anything is written: families, betas, the tree's size, memory, the error."""
-    with cli.inputs({"error map": "--error-map"}):
+    with cli.inputs(FLAGS):
         for s in cfg.noise:
             tails.parse(s)
         planning.check_float32(cfg.betas + cfg.rl_betas, [])
@@ -93,95 +62,24 @@ def prepare(cfg: Config) -> int:
     one = max(est(cfg.bt_steps) - est(0), 0.0)
     cli.check_memory(est(cfg.bt_steps) + cfg.members * one + (cfg.members + 1) * 16 * n,
                      f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth}), {cfg.members + 1} proxies")
-    for seed in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need the tree
-        for i, noise in enumerate(cfg.noise):
-            annotator_error(cfg, error_key(seed, i), noise, n)
+    with cli.inputs(FLAGS):
+        for seed in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need the tree
+            for i, noise in enumerate(cfg.noise):
+                ensemble_study.annotator_error(cfg, ensemble_study.error_key(seed, i), noise, n)
     return n
 
 
-def proxy_row(tag: dict, px: rewards.Proxy, gold, log_p, members=None) -> dict:
-    """A "proxy" row: corr(proxy, gold) under pi0 and, for an ensemble, the members' mean pairwise corr."""
-    row = dict(kind="proxy", **tag, corr=float(rewards.pi0_corr(px.reward, gold, log_p)))
-    if members is not None and members.shape[0] > 1:
-        k = members.shape[0]
-        cs = [float(rewards.pi0_corr(members[i], members[j], log_p)) for i in range(k) for j in range(i + 1, k)]
-        row["member_corr"] = float(np.mean(cs))
-    return io.null_nonfinite(row, [f for f in ("corr", "member_corr") if f in row])
-
-
-def one_seed(run: cli.Run, cfg: Config, n: int, seed: int) -> list[dict]:
-    """Every row of one seed; returns its headline and paired rows."""
-    key = jax.random.key(seed)
-    first = len(run.rows)
-    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps,
-                                 sharpness=cfg.sharpness, eos_bias=cfg.eos_bias)
-    law = lab_tree.law_stats(base.tree.log_p)
-    run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
-                   top_mass=law.top_mass, n90=law.n90)])
-    gold, log_p = base.gold.reward, base.tree.log_p
-    pcfg = rewards.proxy_config(cfg.vocab, cfg.depth)
-    at_kl, refs = [], []
-    jobs = [(i, noise, loss) for i, noise in enumerate(cfg.noise) for loss in cfg.losses]
-    for i, noise, loss in run.progress(jobs, f"seed {seed}: ensembles"):
-        eps = annotator_error(cfg, error_key(seed, i), noise, n, base)
-        ens = ensembles.train_ensemble(jax.random.fold_in(error_key(seed, i), 10 + cfg.losses.index(loss)), pcfg,
-                                       base.tree, gold, eps, cfg.labels, cfg.members, loss, cfg.bt_steps,
-                                       cfg.bootstrap)
-        refs.append(f"{loss}:single")
-        proxies = [(f"{loss}:single", ens.single, None)]
-        proxies += [(f"{loss}:{label}", ensembles.objective_proxy(ens, o, log_p, cfg.uwo_lambda), ens.members)
-                    for o, label in cfg.objectives]
-        for j, (label, px, members) in enumerate(proxies):
-            tag = dict(seed=seed, noise=noise, proxy=label, pairs=cfg.labels, error_map=cfg.error_map)
-            run.emit([proxy_row(tag, px, gold, log_p, members)])
-            ev = ensembles.evaluate(base.tree, gold, px.reward, cfg.betas, cfg.ns, name=label)
-            pts, at = ensembles.evaluation_rows(ev)
-            tree = lab_tree.mdp_tree(base.tree, gold, px.reward)
-            for b, beta in enumerate(cfg.rl_betas):
-                k = jax.random.fold_in(jax.random.fold_in(error_key(seed, i), 100 + j), b)
-                pts += experiment.rl_points(k, base, tree, beta, cfg.rl_steps, cfg.eval_every)
-            pts = [io.null_nonfinite(p, [f for f in NUMBERS if f in p]) for p in pts]
-            run.emit([dict(kind="lab", **tag, **p) for p in pts])
-            at_kl += [dict(kind="exact_at_kl", **tag, **r) for r in at]
-    heads = summary.headlines(run.rows[first:] + at_kl, seed)
-    for ref in dict.fromkeys(refs):
-        loss = ref.split(":")[0]
-        heads += ensembles.paired([h for h in heads if h["proxy"] is None or h["proxy"].startswith(loss + ":")],
-                                  ref)
-    run.emit(heads)
-    return heads
-
-
-QUANTITIES = (("peak_gold", None), ("KL_at_peak", None)) + tuple(("gold_at_KL", a) for a in summary.KL_TARGETS)
-
-
-def table_rows(summ: list[dict]) -> list[dict]:
-    """One row per (noise, proxy, method): each headline's mean [95% interval], and beside it the paired
-    difference with the single proxy of the same labels."""
-    by = {(r["noise"], r["proxy"], r["method"], r["beta"], r["quantity"], r["at"]): r for r in summ}
-    out = []
-    keys = dict.fromkeys((r["noise"], r["proxy"], r["method"], r["beta"]) for r in summ
-                         if r["method"] in ("exact", "bon", "rl") and r["quantity"] == "peak_gold")
-    for noise, proxy, method, beta in keys:
-        row = dict(noise=noise, proxy=proxy, method=method + ("" if beta is None else f" beta {beta:g}"))
-        for q, at in QUANTITIES:
-            name = q if at is None else f"{q}{at:g}"
-            row[name] = summary.cell(by.get((noise, proxy, method, beta, q, at)), ".2f")
-            if not proxy.endswith(":single"):
-                row[name] += " | " + summary.cell(by.get((noise, proxy, method, beta, q + "_minus", at)), "+.2f")
-        out.append(row)
-    return out
-
-
 def main(cfg: Config) -> list[dict]:
-    """Per seed (`one_seed`), then the summary over seeds (rows, summary.json), the figure and the table."""
+    """Per seed (`lab.ensemble_study.seed_rows`), then the summary over seeds (rows, summary.json), the figure and
+    the table (`lab.ensemble_study.table_rows`)."""
     n = prepare(cfg)
     with cli.Run("ensembles", cfg) as run:
         run.log(f"ensembles: {cfg.seeds} seeds x {len(cfg.noise)} families x {len(cfg.losses)} label kinds, "
                 f"K = {cfg.members} + 1 proxies each, on {n:,} sequences; writing to {run.dir}")
         heads = []
         for seed in cfg.seed_values:
-            heads += one_seed(run, cfg, n, seed)
+            with cli.inputs(FLAGS):
+                heads += ensemble_study.seed_rows(cfg, seed, run.emit, run.progress)
         summ = summary.summarise(heads)
         run.emit(summ)
         run.save_json("summary.json", dict(seeds=cfg.seed_values, level=summary.LEVEL, rows=summ))
@@ -192,9 +90,10 @@ def main(cfg: Config) -> list[dict]:
         over = f"mean [95% interval] over {cfg.seeds} seeds" if cfg.seeds > 1 else "one seed: no interval"
         cols = [("noise", "noise", ""), ("proxy", "proxy", ""), ("method", "method", "")]
         cols += [(q if at is None else f"gold at KL {at:g}", q if at is None else f"{q}{at:g}", "")
-                 for q, at in QUANTITIES]
-        run.table(table_rows(summ), cols, title=f"gold (sd units under pi0), {over}; after '|': minus the single "
-                  "proxy of the same labels, paired by seed (exact: pi* at the KL; bon/rl: interpolated in KL):")
+                 for q, at in ensemble_study.QUANTITIES]
+        run.table(ensemble_study.table_rows(summ), cols,
+                  title=f"gold (sd units under pi0), {over}; after '|': minus the single proxy of the same labels, "
+                  "paired by seed (exact: pi* at the KL; bon/rl: interpolated in KL):")
     return run.rows
 
 

@@ -30,15 +30,16 @@ from goodhart_jax import cli  # first: Ctrl-C during the slow imports below is o
 cli.guard_startup(__name__)
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
-import numpy as np
 
 from goodhart_jax import distributed, planning, tails
 from goodhart_jax.cli import lab_flags
-from goodhart_jax.lab import error_maps, experiment, rewards, scaling
-from goodhart_jax.lab import tree as lab_tree
+from goodhart_jax.lab import error_maps, experiment, scaling, scaling_study
+
+# The library's names for what the flags set (`lab.scaling_study` names cfg's fields in its errors).
+FLAGS = {"noise_scale": "--noise-scale", "noise": "--noise", "error_map": "--error-map", "error map": "--error-map",
+         "stop": "--stop"}
 
 
 def parse_size(spec: str) -> tuple[int, int, int]:
@@ -85,7 +86,7 @@ def prepare(cfg: Config):
         tails.parse(cfg.noise)
     except ValueError as e:
         raise cli.InputError(f"--noise: {e}") from None
-    with cli.inputs({"error map": "--error-map"}):
+    with cli.inputs(FLAGS):
         planning.check_float32(cfg.betas + cfg.rl_betas, [])
         error_maps.check(cfg.error_map, cfg.vocab)
     n = experiment.check_size(cfg.vocab, cfg.depth)
@@ -97,123 +98,31 @@ def prepare(cfg: Config):
                                            lm_steps=cfg.lm_steps, bt_steps=cfg.bt_steps, rl=bool(cfg.rl_betas),
                                            rl_steps=cfg.rl_steps),
                      f"the lab's tree of {n:,} sequences (A={cfg.vocab}, L={cfg.depth})")
-    for s in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need pi0's tree
-        annotator_error(cfg, jax.random.fold_in(jax.random.key(s), 1), n)
+    with cli.inputs(FLAGS):
+        for s in cfg.seed_values if error_maps.is_iid(cfg.error_map) else ():  # other maps need pi0's tree
+            scaling_study.annotator_error(cfg, jax.random.fold_in(jax.random.key(s), 1), n)
     return sizes, n
 
 
-def annotator_error(cfg: Config, key, n: int, tree=None):
-    """eps [N] of a seed (`lab.experiment.annotator_error`: --noise-scale x --noise, i.i.d. or through
-    --error-map, which needs pi0's `tree`), checked against what the float32 lab carries (InputError naming
-    the flags)."""
-    eps = experiment.annotator_error(key, cfg.noise, n, cfg.noise_scale, cfg.error_map, tree)
-    try:
-        experiment.check_error(eps, cfg.betas + cfg.rl_betas)
-    except ValueError as e:
-        raise cli.InputError(f"--noise-scale {cfg.noise_scale:g}, --noise {cfg.noise}, --error-map "
-                             f"{cfg.error_map}: {e}") from None
-    return eps
-
-
-class SeedBase(NamedTuple):
-    """What every size of one seed shares: pi0's tree and gold (`experiment.build_base`), eps, the base row."""
-
-    base: experiment.Base
-    eps: jax.Array  # [N]
-    row: dict
-
-
-def seed_base(cfg: Config, seed: int) -> SeedBase:
-    """pi0, gold and eps of one seed: the same in every process (keys folded from the seed)."""
-    key = jax.random.key(seed)
-    base = experiment.build_base(jax.random.fold_in(key, 0), cfg.vocab, cfg.depth, lm_steps=cfg.lm_steps,
-                                 sharpness=cfg.sharpness, eos_bias=cfg.eos_bias)
-    n = base.tree.log_p.shape[0]
-    eps = annotator_error(cfg, jax.random.fold_in(key, 1), n, base.tree).astype(base.gold.reward.dtype)
-    law = lab_tree.law_stats(base.tree.log_p)
-    return SeedBase(base, eps, dict(kind="base", seed=seed, N=law.num, entropy=law.entropy,
-                                    perplexity=law.perplexity, top_mass=law.top_mass, n90=law.n90))
-
-
-def one_size(cfg: Config, sb: SeedBase, seed: int, size: tuple[int, int, int]) -> tuple[list[dict], list[dict]]:
-    """One size's proxies of one seed (one per --pairs value: `lab.scaling.train_members`, early-stopped on
-    validation pairs with --stop val), each measured. Returns (rows, cells): cells are {"seed", "size", "params",
-    "pairs", "error_map", "evaluated", "stop_step"}."""
-    key, (layers, width, heads) = jax.random.key(seed), size
-    mcfg = scaling.size_config(cfg.vocab, cfg.depth, layers, width, heads)
-    name, params = f"{layers}x{width}x{heads}", scaling.num_params(mcfg)
-    init = None if not cfg.pretrain else scaling.pretrained_init(jax.random.fold_in(key, 4), mcfg,
-                                                                  sb.base.source, cfg.pretrain)
-    try:
-        members, data = scaling.train_members(jax.random.fold_in(key, 2), mcfg, sb.base.tree,
-                                              sb.base.gold.reward + sb.eps, cfg.pairs, cfg.bt_steps, lr=cfg.lr,
-                                              val_frac=cfg.val_frac if cfg.stop == "val" else None,
-                                              every=cfg.val_every, init=init)
-    except ValueError as e:  # a tree so small that some member's pairs cover every sequence
-        raise cli.InputError(f"--stop val with --pairs {max(cfg.pairs)}: {e}; use --stop steps or fewer "
-                             "pairs") from None
-    rows, cells = [], []
-    for i, p in enumerate(cfg.pairs):
-        val = None if members.val is None else jax.tree.map(lambda x: x[i, :int(members.val_pairs[i])], members.val)
-        ev = scaling.evaluate(jax.random.fold_in(key, 3), members.raw[i], p, data, sb.base, sb.eps, cfg.betas,
-                              cfg.ns, val=val, rl_betas=cfg.rl_betas, rl_steps=cfg.rl_steps,
-                              eval_every=cfg.eval_every)
-        tag = dict(seed=seed, size=name, params=params, pairs=p, error_map=cfg.error_map)
-        stop = int(members.stop[i])
-        fit = dict(pretrain=cfg.pretrain, stop=cfg.stop, stop_step=stop, val_pairs=int(members.val_pairs[i]),
-                   final_loss=float(np.mean(members.loss[i, -50:])),
-                   train_loss_at_stop=float(np.mean(members.loss[i, max(0, stop - 50):stop])) if stop else None)
-        if val is not None:
-            marks = rewards.checkpoints(cfg.bt_steps, cfg.val_every)
-            fit["val_loss"] = float(members.val_loss[i][marks.index(stop)]) if stop else None
-            fit["val_loss_last"] = float(members.val_loss[i][-1])
-        row = dict(kind="proxy", **tag, **fit, **ev.proxy)
-        if stop == 0:  # nothing finite to choose from: say why the stop fields are null
-            why = "stop_step 0: no checkpoint had a finite validation loss (the initial parameters are kept)"
-            row["reason"] = "; ".join(filter(None, [row.get("reason"), why]))
-        rows += ([row]
-                 + [dict(kind="lab", **tag, **pt) for pt in ev.points]
-                 + [dict(kind="fit", **tag, **f) for f in ev.fits]
-                 + [dict(kind="peak", **tag, **pk) for pk in ev.peaks])
-        cells.append(dict(tag, evaluated=ev, stop_step=stop))
-    return rows, cells
-
-
 def run_units(run: cli.Run, cfg: Config, sizes) -> list[dict]:
-    """Every (seed, size) unit, in the run's order; returns the cells of all of them.
+    """Every (seed, size) unit (`lab.scaling_study.make_unit`), in the run's order; returns the cells of all of them.
 
     In one process the rows of each unit are written as it finishes. With several processes (--coordinator)
-    each trains its share of the units (`distributed.share`), the results are gathered, and process 0 writes
-    every row in the same order as one process would: the same flags give the same rows on any number of
-    processes (keys are folded from each seed, never from the process).
+    each trains its share of the units and process 0 writes every row in the same order as one process would
+    (`distributed.run_units`): the same flags give the same rows on any number of processes (keys are folded
+    from each seed, never from the process). Bad input found in a unit ends every process with exit 2.
     """
-    units = [(seed, j) for seed in cfg.seed_values for j in range(len(sizes))]
-    single = jax.process_count() == 1
-    done, sb, failed = {}, None, None
-    for seed, j in run.progress(distributed.share(units), "(seed, size) units"):
-        if sb is None or sb.row["seed"] != seed:
-            sb = seed_base(cfg, seed)
-        try:
-            rows, cells = one_size(cfg, sb, seed, sizes[j])
-        except cli.InputError as e:
-            if single:
-                raise
-            failed = str(e)  # carried to every process: the others would otherwise wait for this one in the gather
-            break
-        rows = [sb.row] + rows if j == 0 else rows
-        if single:
-            run.emit(rows)
-        done[(seed, j)] = (rows, cells)
-    if not single:
-        parts = distributed.gather_objects((done, failed))
-        why = next((f for _, f in parts if f is not None), None)
-        if why is not None:
-            raise cli.InputError(why)
-        for part, _ in parts:
-            done.update(part)
-        for u in units:
-            run.emit(done[u][0])
-    return [c for u in units for c in done[u][1]]
+    unit = scaling_study.make_unit(cfg, sizes)
+
+    def checked(u):
+        with cli.inputs(FLAGS):
+            return unit(u)
+
+    done = distributed.run_units(scaling_study.units(cfg.seed_values, len(sizes)), checked,
+                                 emit=lambda result: run.emit(result[0]),
+                                 progress=lambda mine: run.progress(mine, "(seed, size) units"),
+                                 carried=(cli.InputError,))
+    return [c for _, cells in done for c in cells]
 
 
 def main(cfg: Config) -> list[dict]:

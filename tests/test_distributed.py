@@ -1,5 +1,6 @@
 """More than one process: sims/sweep_beta.py on 2 processes x 2 CPU devices, and sims/rm_scaling.py with its
-(seed, size) units shared over 2 processes, each equal a single-process run."""
+(seed, size) units shared over 2 processes, each equal a single-process run; `distributed.run_units` on 2 processes
+(results and emits in unit order, a refused input and an unexpected error in one process's unit end both)."""
 import dataclasses
 import json
 import math
@@ -36,6 +37,26 @@ for name, argv in json.loads(sys.argv[1]):
     status = cli.run(script.Config, script.main, argv, prog=name + ".py")
     if status:
         sys.exit(status)
+# Then, joined: distributed.run_units itself. Units "a" and "c" are process 0's, "b" and "d" process 1's.
+import jax
+from goodhart_jax import distributed
+emitted = []
+got = distributed.run_units(list("abcde"), lambda u: [u, jax.process_index()], emit=emitted.append)
+def refuse(u):
+    if u == "c":
+        raise cli.InputError("bad input in unit c")
+    return u
+try:
+    distributed.run_units(list("abcd"), refuse, carried=(cli.InputError,))
+    refused = None
+except cli.InputError as e:
+    refused = [type(e).__name__, str(e)]
+print("RUN_UNITS " + json.dumps(dict(got=got, emitted=emitted, refused=refused)), flush=True)
+def broken(u):
+    if u == "d":
+        raise ValueError("boom")
+    return u
+distributed.run_units(list("abcd"), broken, carried=(cli.InputError,))  # raises on both: each exits 1
 """
 
 
@@ -70,12 +91,19 @@ def test_two_processes_equal_one(tmp_path):
                               env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
-        results = [p.communicate(timeout=600) for p in procs]
+        results = [p.communicate(timeout=600) for p in procs]  # a process left waiting in a gather fails here
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
+    # run_units (after the scripts): results and emits in unit order on both; the refused input of process 0's
+    # unit raised as itself on both; process 1's unexpected error a RuntimeError naming it on both, which end
+    expect = dict(got=[[u, i % 2] for i, u in enumerate("abcde")], refused=["UsageError", "bad input in unit c"])
+    expect["emitted"] = expect["got"]
+    for i, (p, (out, err)) in enumerate(zip(procs, results)):
+        assert p.returncode == 1, err[-3000:]
+        assert "RuntimeError: process 1 of 2, unit 'd': ValueError: boom" in err, (i, err[-3000:])
+        line = [x for x in out.splitlines() if x.startswith("RUN_UNITS ")]
+        assert len(line) == 1 and json.loads(line[0].split(" ", 1)[1]) == expect, (i, out[-3000:])
     assert "sweep_beta" not in results[1][1] and "rm_scaling" not in results[1][1]  # process 1 logs nothing of the
     # runs' (and writes nothing)
     sweep_beta = load_script("sweep_beta")
@@ -95,6 +123,36 @@ def test_two_processes_equal_one(tmp_path):
     assert {r["seed"] for r in multi if r["kind"] == "proxy"} == {0, 1}
     bad = [(a, b) for a, b in zip(multi, single) if not same(a, json.loads(json.dumps(b)))]
     assert not bad, ("rm_scaling", bad[:3])
+
+
+def test_run_units_in_one_process_emits_as_each_finishes_and_raises_as_is():
+    """One process: every unit in order, each result emitted before the next unit runs (a progress wrapper sees
+    the units); a unit's exception, carried type or not, propagates unchanged at that unit."""
+    events, seen = [], []
+
+    def fn(u):
+        events.append(("run", u))
+        return u * 10
+
+    def progress(mine):
+        seen.extend(mine)
+        return mine
+
+    got = distributed.run_units([3, 1, 2], fn, emit=lambda r: events.append(("emit", r)), progress=progress)
+    assert got == [30, 10, 20] and seen == [3, 1, 2]
+    assert events == [("run", 3), ("emit", 30), ("run", 1), ("emit", 10), ("run", 2), ("emit", 20)]
+    assert distributed.run_units([], fn) == []
+
+    def bad(u):
+        if u == 1:
+            raise cli.InputError("refused") if carried else ZeroDivisionError("boom")
+        return u
+
+    for carried in (True, False):
+        events.clear()
+        with pytest.raises(cli.InputError if carried else ZeroDivisionError, match="refused" if carried else "boom"):
+            distributed.run_units([0, 1, 2], bad, emit=lambda r: events.append(r), carried=(cli.InputError,))
+        assert events == [0]  # unit 0 was emitted; unit 2 never ran
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from goodhart_jax.lab import rewards
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +54,7 @@ def test_rows(tiny):
     assert len(proxies) == 3 * 2 * 3  # sizes x pairs x seeds
     assert sorted({r["params"] for r in proxies}) == sorted(
         sim.scaling.num_params(sim.scaling.size_config(4, 3, *sim.parse_size(s))) for s in cfg.sizes)
-    marks = sim.rewards.checkpoints(cfg.bt_steps, cfg.val_every)
+    marks = rewards.checkpoints(cfg.bt_steps, cfg.val_every)
     for r in proxies:
         assert 0.0 <= r["pair_accuracy_unseen"] <= 1.0 and -1.0 <= r["corr"] <= 1.0
         # early stopping (the default): a checkpoint's step, ceil(val_frac P) validation pairs

@@ -16,5 +16,7 @@ Modules (import them directly, e.g. `from goodhart_jax.lab import lm`):
   experiment  one lab run assembled (pi0, tree, gold, proxies), each method's points as rows (the sims driver)
   error_maps  how the annotator error depends on the sequence: iid, feature, length, token (pi0's law = the family's)
   scaling     reward-model scaling (Gao et al.): proxies of several sizes on nested data, exact curves, fits, trends
+  scaling_study  sims/rm_scaling.py's units: one seed's pi0, gold and eps; one size's proxies trained and measured
   ensembles   reward-model ensembles (Coste et al.): mean, worst-case and uncertainty-weighted objectives, exactly
+  ensemble_study  sims/ensembles.py's seeds: ensembles and single proxies trained, optimised exactly, as rows
 """
