@@ -20,6 +20,7 @@ cli.guard_startup(__name__)
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from goodhart_jax import planning, tails
 from goodhart_jax.cli import lab_flags
@@ -95,8 +96,8 @@ def one_seed(run: cli.Run, cfg: Config, ck, n: int, seed: int, keys: list) -> li
                                  ck.gold, cfg.lm_steps, cfg.sharpness, cfg.eos_bias)
     law = lab_tree.law_stats(base.tree.log_p)  # how spread pi0 is: a spread law by default (lm.markov_source)
     hack = error_maps.hack_set(cfg.error_map, base.tree.tokens)  # token maps: the n-gram's sequences
-    extra = {} if hack is None else dict(hack_mass=experiment.exact_mass(base.tree.log_p, base.tree.log_p * 0, 1.0,
-                                                                         hack))
+    extra = {} if hack is None else dict(  # pi0's mass on it: pi* of a zero reward
+        hack_mass=experiment.exact_mass(base.tree.log_p, jnp.zeros_like(base.tree.log_p), 1.0, hack))
     run.emit([dict(kind="base", seed=seed, N=law.num, entropy=law.entropy, perplexity=law.perplexity,
                    top_mass=law.top_mass, n90=law.n90, **extra)])
     run.log(f"overoptimization: seed {seed}: pi0 and its tree ({n:,} sequences) built; {len(jobs)} proxies; "
