@@ -143,17 +143,6 @@ def main(cfg: Config) -> list[dict]:
                 run.figure(name, fig)
         for rows, columns, title in summary.tables(summ, [r for r in run.rows if r["kind"] == "proxy"], cfg.seeds):
             run.table(rows, columns, title=title)
-        hack = [r for r in summ if r["quantity"] == "hack_mass_at_KL"]
-        if hack:
-            by = {(r["noise"], r["proxy"], r["pairs"], r["at"]): r for r in hack}
-            tags = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in hack))
-            run.table([dict(noise=n, proxy=p if q is None else f"{p} ({q})",
-                            **{f"at{a:g}": summary.cell(by.get((n, p, q, a)), ".3f") for a in summary.KL_TARGETS})
-                       for n, p, q in tags],
-                      [("noise", "noise", ""), ("proxy", "proxy", "")]
-                      + [(f"KL {a:g}", f"at{a:g}", "") for a in summary.KL_TARGETS],
-                      title=f"pi*'s mass on the sequences of {cfg.error_map}'s n-gram (pi0's: the base row's "
-                      "hack_mass)")
     return run.rows
 
 

@@ -132,6 +132,9 @@ def test_token_map_reports_the_hack_mass(tmp_path):
         want = float(mdp.sweep_betas(ind, jnp.asarray([r["beta"]], jnp.float32)).E_V[0])
         assert heads[r["at"]]["value"] == pytest.approx(want, rel=2e-4, abs=1e-6)
     assert any(r["kind"] == "summary" and r["quantity"] == "hack_mass_at_KL" for r in rows)
+    summ = [r for r in rows if r["kind"] == "summary"]
+    table = next(t for t in sim.summary.tables(summ, [r for r in rows if r["kind"] == "proxy"], 1) if "n-gram" in t[2])
+    assert [c for c in table[0][0] if c.startswith("KL")] == ["KL1", "KL2", "KL4"]  # one row, a cell a KL target
 
 
 @pytest.mark.slow  # the tiny run: ~65 s of CPU, nearly all compilation

@@ -360,10 +360,15 @@ QUANTITIES = ("alpha_bon", "beta_bon", "alpha_exact", "beta_exact", "peak_gold_b
 # `trends` report (stop_step: the training step whose parameters a proxy kept)
 
 
+def _curve(method: str, rl_beta=None) -> str:
+    """A curve's suffix in quantity names: "bon", "exact", or "rl_b<rl_beta>" for one RL run."""
+    return method if method != "rl" else f"rl_b{rl_beta:g}"
+
+
 def rl_quantities(rl_beta: float) -> tuple[str, ...]:
     """The quantities of the RL runs at KL coefficient `rl_beta`: Gao's RL alpha and beta on its path, its peak
     gold and the KL there ("alpha_rl_b0.3", ...)."""
-    return tuple(f"{q}_rl_b{rl_beta:g}" for q in ("alpha", "beta", "peak_gold", "peak_KL"))
+    return tuple(f"{q}_{_curve('rl', rl_beta)}" for q in ("alpha", "beta", "peak_gold", "peak_KL"))
 
 
 def _quantities(cell: dict) -> dict:
@@ -375,11 +380,11 @@ def _quantities(cell: dict) -> dict:
     out["stop_step"] = cell.get("stop_step")
     names = QUANTITIES
     for f in ev.fits:
-        m = f["method"] if f["method"] != "rl" else f"rl_b{f['rl_beta']:g}"
+        m = _curve(f["method"], f.get("rl_beta"))
         out[f"alpha_{m}"], out[f"beta_{m}"] = f["alpha"], f["beta"]
         names += rl_quantities(f["rl_beta"]) if f["method"] == "rl" else ()
     for p in ev.peaks:
-        m = p["method"] if p["method"] != "rl" else f"rl_b{p['beta']:g}"
+        m = _curve(p["method"], p.get("beta"))
         out[f"peak_gold_{m}"], out[f"peak_KL_{m}"] = p["gold"], p["KL"]
     return {q: out[q] for q in names}
 

@@ -450,4 +450,12 @@ def tables(summ: list[dict], proxies: list[dict], seeds: int) -> list[tuple]:
                 + [("peak gold", "peak", ""), ("its KL", "at", ""), ("RL share closed", "share", "")],
                 "gold (sd units under pi0) by method" + over + "; exact: beta solved for the KL, best-of-n and "
                 "RL: interpolated in KL; n/a: not reached:"))
+    hack = list(dict.fromkeys((r["noise"], r["proxy"], r["pairs"]) for r in summ if r["quantity"] == "hack_mass_at_KL"))
+    if hack:  # token maps: pi*'s mass on the n-gram's sequences
+        out.append(([dict(noise=n, proxy=p + ("" if q is None else f" ({q})"),
+                          **{f"KL{a:g}": cell(by.get((n, p, q, "exact", None, "hack_mass_at_KL", a)), ".3f")
+                             for a in KL_TARGETS}) for n, p, q in hack],
+                    [("noise", "noise", ""), ("proxy", "proxy", "")] + [(f"KL {a:g}", f"KL{a:g}", "")
+                                                                        for a in KL_TARGETS],
+                    "pi*'s mass on the sequences of the token map's n-gram" + over + " (pi0's: hack_mass above):"))
     return out
