@@ -361,7 +361,7 @@ QUANTITIES = ("alpha_bon", "beta_bon", "alpha_exact", "beta_exact", "peak_gold_b
 
 
 def _curve(method: str, rl_beta=None) -> str:
-    """A curve's suffix in quantity names: "bon", "exact", or "rl_b<rl_beta>" for one RL run."""
+    """A curve's suffix in quantity names: "bon", "exact", or "rl_b0.3" for one RL run at rl_beta 0.3."""
     return method if method != "rl" else f"rl_b{rl_beta:g}"
 
 
